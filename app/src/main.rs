@@ -1,0 +1,3 @@
+//! `hospes`: the Hospes desktop app.
+
+fn main() {}

@@ -1,0 +1,4 @@
+//! Device models. Each is free of KVM: it sees guest memory through vm-memory, raises
+//! interrupts through a small trait, and is reached through a [`bus::Bus`].
+
+pub mod bus;

@@ -1,0 +1,7 @@
+//! Hospes' VM library, settings, control protocol and virtual machine monitor.
+//!
+//! The same crate serves three programs: `hospes-vmm` (one VM per process), `hospesctl`
+//! (the command line) and the GTK app, which uses only [`config`], [`library`] and the
+//! control client. See ARCHITECTURE.md for the code map.
+
+pub mod devices;
