@@ -5,3 +5,6 @@
 //! control client. See ARCHITECTURE.md for the code map.
 
 pub mod devices;
+pub mod control;
+pub mod launch;
+pub mod runtime;

@@ -1,0 +1,233 @@
+//! A fake VM for tests of everything that drives a helper: the QMP server's own tests,
+//! `hospesctl`, the app, and `qemu.qmp` interop tests. It is a test double, not a VMM:
+//! no guest runs. [`FakeVm`] keeps a run state and emits the events a real VM would;
+//! [`run_fake_helper`] is a whole pretend `hospes-vmm` process (QMP socket plus an echoing
+//! serial socket) used by `examples/qmp_fake_vm.rs` and the launch tests.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use super::server::{EventSender, QmpServer, ServerError};
+use super::{ControlError, Event, RunState, ShutdownReason, VmControl, parse_unix_endpoint};
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeError {
+    /// Bad command line.
+    #[error("usage: {0}")]
+    Usage(String),
+    /// The QMP server did not start.
+    #[error("QMP server")]
+    Server(#[from] ServerError),
+    /// The serial socket did not start.
+    #[error("serial socket")]
+    Serial(#[source] io::Error),
+}
+
+/// What the fake VM was asked to do that its owner should act on.
+#[derive(Debug, Default, Clone, Copy)]
+struct Requests {
+    quit: bool,
+    powerdown: bool,
+}
+
+/// A VM that only keeps state and emits events.
+pub struct FakeVm {
+    state: Mutex<RunState>,
+    requests: Mutex<Requests>,
+    wake: Condvar,
+    events: EventSender,
+}
+
+impl FakeVm {
+    /// A running fake VM that reports events through `events`.
+    pub fn new(events: EventSender) -> Self {
+        Self {
+            state: Mutex::new(RunState::Running),
+            requests: Mutex::default(),
+            wake: Condvar::new(),
+            events,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn requests(&self) -> MutexGuard<'_, Requests> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once `quit` was requested.
+    pub fn quit_requested(&self) -> bool {
+        self.requests().quit
+    }
+
+    /// True once the power button was pressed.
+    pub fn powerdown_requested(&self) -> bool {
+        self.requests().powerdown
+    }
+
+    /// Simulates the guest powering off: state shutdown, SHUTDOWN event.
+    pub fn guest_shutdown(&self) {
+        *self.state() = RunState::Shutdown;
+        self.events.emit(Event::Shutdown { guest: true, reason: ShutdownReason::GuestShutdown });
+    }
+
+    /// Blocks until `quit` or the power button is requested, or `timeout` passes.
+    /// Returns the requests seen.
+    fn wait_request(&self, timeout: Duration) -> Requests {
+        let guard = self.requests();
+        let (guard, _) = self
+            .wake
+            .wait_timeout_while(guard, timeout, |r| !r.quit && !r.powerdown)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+}
+
+impl VmControl for FakeVm {
+    fn status(&self) -> RunState {
+        *self.state()
+    }
+
+    fn pause(&self) -> Result<(), ControlError> {
+        let mut state = self.state();
+        match *state {
+            RunState::Running => {
+                *state = RunState::Paused;
+                drop(state);
+                self.events.emit(Event::Stop);
+                Ok(())
+            }
+            // Like QEMU: stopping a stopped VM is a no-op.
+            _ => Ok(()),
+        }
+    }
+
+    fn resume(&self) -> Result<(), ControlError> {
+        let mut state = self.state();
+        match *state {
+            RunState::Paused => {
+                *state = RunState::Running;
+                drop(state);
+                self.events.emit(Event::Resume);
+                Ok(())
+            }
+            RunState::Running => Ok(()),
+            other => Err(ControlError::InvalidState(other)),
+        }
+    }
+
+    fn powerdown(&self) -> Result<(), ControlError> {
+        self.events.emit(Event::Powerdown);
+        self.requests().powerdown = true;
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    fn reset(&self) -> Result<(), ControlError> {
+        *self.state() = RunState::Running;
+        self.events
+            .emit(Event::Reset { guest: false, reason: ShutdownReason::HostQmpSystemReset });
+        Ok(())
+    }
+
+    fn quit(&self) {
+        self.requests().quit = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Options of the fake helper, parsed from `hospes-vmm`-style arguments.
+#[derive(Debug, Default)]
+struct FakeHelperArgs {
+    qmp: Option<PathBuf>,
+    serial: Option<PathBuf>,
+    name: String,
+    ignore_powerdown: bool,
+}
+
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<FakeHelperArgs, FakeError> {
+    let mut out = FakeHelperArgs { name: "fake".into(), ..Default::default() };
+    let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| FakeError::Usage(format!("{flag} needs a value")));
+        let endpoint = |v: String| parse_unix_endpoint(&v).map_err(|e| FakeError::Usage(e.to_string()));
+        match flag.as_str() {
+            "--qmp" => out.qmp = Some(endpoint(value()?)?),
+            "--serial" => out.serial = Some(endpoint(value()?)?),
+            "--name" => out.name = value()?,
+            "--config" => drop(value()?),
+            "--ignore-powerdown" => out.ignore_powerdown = true,
+            other => return Err(FakeError::Usage(format!("unknown argument {other}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a pretend helper until `quit` or, unless `--ignore-powerdown` is given, until the
+/// power button is pressed (the fake guest then shuts down at once).
+///
+/// Arguments: `--qmp unix:PATH [--serial unix:PATH] [--name NAME] [--config FILE]
+/// [--ignore-powerdown]`. The serial socket echoes every byte back.
+pub fn run_fake_helper(args: impl IntoIterator<Item = OsString>) -> Result<(), FakeError> {
+    let args = parse_args(args)?;
+    let qmp = args.qmp.ok_or_else(|| FakeError::Usage("--qmp unix:PATH is required".into()))?;
+    if let Some(serial) = &args.serial {
+        start_echo_serial(serial.clone()).map_err(FakeError::Serial)?;
+    }
+    let events = EventSender::new();
+    let vm = Arc::new(FakeVm::new(events.clone()));
+    let server = QmpServer::start_with_events(&qmp, Arc::clone(&vm) as Arc<dyn VmControl>, events)?;
+    log::info!("fake VM '{}' serving QMP on {}", args.name, qmp.display());
+    loop {
+        let requests = vm.wait_request(Duration::from_secs(3600));
+        if requests.quit {
+            server.emit(Event::Shutdown { guest: false, reason: ShutdownReason::HostQmpQuit });
+            break;
+        }
+        if requests.powerdown && !args.ignore_powerdown {
+            // Give the reply to system_powerdown time to leave before the "guest" reacts.
+            thread::sleep(Duration::from_millis(20));
+            vm.guest_shutdown();
+            break;
+        }
+        if requests.powerdown {
+            vm.requests().powerdown = false;
+        }
+    }
+    server.shutdown();
+    if let Some(serial) = &args.serial {
+        let _ = fs::remove_file(serial);
+    }
+    Ok(())
+}
+
+fn start_echo_serial(path: PathBuf) -> io::Result<()> {
+    let _ = fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    thread::Builder::new().name("fake-serial".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = thread::Builder::new().name("fake-serial-conn".into()).spawn(move || echo(stream));
+        }
+    })?;
+    Ok(())
+}
+
+fn echo(mut stream: UnixStream) {
+    let mut buf = [0u8; 1024];
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        if stream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The QMP server: a unix socket, one accept thread, two threads per client.
+//!
+//! Data flow: the accept thread polls the listening socket and a stop eventfd. Each
+//! client gets a reader thread (bytes -> [`Framer`] -> [`Session`] -> reply) and a
+//! writer thread that drains a bounded queue onto the socket with a write timeout, so a
+//! client that stops reading never blocks the VMM. Replies are queued by the reader;
+//! events are queued by [`EventSender::emit`] to every negotiated client without
+//! blocking; a client whose queue is full is dropped. A reply is always queued before
+//! the state change it causes is reported, and negotiation completes (events start)
+//! only after the `qmp_capabilities` reply is queued.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::commands::Session;
+use super::protocol::{self, Framer, QmpError, Timestamp};
+use super::{Event, VmControl};
+
+/// Most clients served at once; further connections are closed at once.
+pub const MAX_CLIENTS: usize = 16;
+/// Messages queued for one client before it counts as stuck and is dropped.
+const QUEUE_LEN: usize = 256;
+/// How long one write to a client may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another process answers on the socket path.
+    #[error("{0} is in use by a running process")]
+    InUse(PathBuf),
+    /// Something other than a socket is at the path.
+    #[error("{0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// Binding or preparing the socket failed.
+    #[error("cannot listen on {path}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A thread or eventfd could not be created.
+    #[error("cannot start the QMP server")]
+    Setup(#[source] io::Error),
+}
+
+/// What a client's writer thread receives.
+enum Outgoing {
+    /// Bytes to write.
+    Data(Vec<u8>),
+    /// Flush and close the connection.
+    Close,
+}
+
+/// The server's view of one connected client.
+struct ClientSlot {
+    id: u64,
+    tx: SyncSender<Outgoing>,
+    negotiated: Arc<AtomicBool>,
+    /// A handle on the socket, to drop the client from any thread.
+    stream: UnixStream,
+}
+
+/// The set of connected clients, shared by the server and every [`EventSender`].
+#[derive(Default)]
+struct Hub {
+    clients: Mutex<Vec<ClientSlot>>,
+}
+
+impl Hub {
+    fn clients(&self) -> MutexGuard<'_, Vec<ClientSlot>> {
+        // A panic elsewhere while holding the lock leaves a usable Vec.
+        self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remove(&self, id: u64) {
+        self.clients().retain(|c| c.id != id);
+    }
+}
+
+/// Sends events to every negotiated client. Cheap to clone; create it before the VM
+/// object so the VM can report events, then pass it to [`QmpServer::start_with_events`].
+#[derive(Clone, Default)]
+pub struct EventSender {
+    hub: Arc<Hub>,
+}
+
+impl EventSender {
+    /// A sender with no clients yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Broadcasts `event`, stamped with the current time. Never blocks: a client whose
+    /// queue is full is disconnected.
+    pub fn emit(&self, event: Event) {
+        let bytes = protocol::encode(&protocol::event_message(&event, Timestamp::now()));
+        self.hub.clients().retain(|client| {
+            if !client.negotiated.load(Ordering::Acquire) {
+                return true;
+            }
+            match client.tx.try_send(Outgoing::Data(bytes.clone())) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    log::warn!("QMP client {} is not reading; dropping it", client.id);
+                    let _ = client.stream.shutdown(std::net::Shutdown::Both);
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+    }
+
+    /// Number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.hub.clients().len()
+    }
+}
+
+/// Starts QMP servers.
+pub struct QmpServer;
+
+impl QmpServer {
+    /// Listens on `path` (mode 0600) and serves `vm` until the handle is shut down or
+    /// dropped. A stale socket left at `path` is replaced.
+    pub fn start(path: &Path, vm: Arc<dyn VmControl>) -> Result<QmpServerHandle, ServerError> {
+        Self::start_with_events(path, vm, EventSender::new())
+    }
+
+    /// Like [`QmpServer::start`], broadcasting the events sent through `events`.
+    pub fn start_with_events(
+        path: &Path,
+        vm: Arc<dyn VmControl>,
+        events: EventSender,
+    ) -> Result<QmpServerHandle, ServerError> {
+        let listener = bind(path)?;
+        let bind_err = |source| ServerError::Bind { path: path.to_path_buf(), source };
+        let ino = fs::metadata(path).map_err(bind_err)?.ino();
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Setup)?;
+        let stop_for_thread = stop.try_clone().map_err(ServerError::Setup)?;
+        let shared = Arc::new(Shared { vm, events: events.clone(), threads: Mutex::default() });
+        let acceptor = Arc::clone(&shared);
+        let accept_thread = thread::Builder::new()
+            .name("qmp-accept".into())
+            .spawn(move || acceptor.accept_loop(&listener, &stop_for_thread))
+            .map_err(ServerError::Setup)?;
+        Ok(QmpServerHandle {
+            path: path.to_path_buf(),
+            ino,
+            stop,
+            accept_thread: Some(accept_thread),
+            shared,
+            events,
+        })
+    }
+}
+
+/// Binds `path`, replacing a stale socket, and restricts it to the owner.
+fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let bind_err = |source| ServerError::Bind { path: path.to_path_buf(), source };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.to_path_buf()));
+            }
+            fs::remove_file(path).map_err(bind_err)?;
+        }
+        Ok(_) => return Err(ServerError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// State shared by the server's threads.
+struct Shared {
+    vm: Arc<dyn VmControl>,
+    events: EventSender,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Shared {
+    fn accept_loop(self: Arc<Self>, listener: &UnixListener, stop: &EventFd) {
+        loop {
+            match wait_readable(listener.as_raw_fd(), stop.as_raw_fd()) {
+                Ok(Readable::Stop) => return,
+                Ok(Readable::Listener) => {}
+                Err(e) => {
+                    log::error!("QMP server poll failed: {e}");
+                    return;
+                }
+            }
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = Arc::clone(&self).serve(stream) {
+                        log::warn!("QMP client not served: {e}");
+                    }
+                }
+                Err(e) => log::warn!("QMP accept failed: {e}"),
+            }
+        }
+    }
+
+    /// Registers a new client and starts its threads.
+    fn serve(self: Arc<Self>, stream: UnixStream) -> io::Result<()> {
+        if self.events.client_count() >= MAX_CLIENTS {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Err(io::Error::other("too many QMP clients"));
+        }
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LEN);
+        let negotiated = Arc::new(AtomicBool::new(false));
+        // Queued before the client is visible to events, so it comes first.
+        tx.send(Outgoing::Data(protocol::encode(&protocol::greeting())))
+            .map_err(|_| io::Error::other("client queue closed"))?;
+        self.events.hub.clients().push(ClientSlot {
+            id,
+            tx: tx.clone(),
+            negotiated: Arc::clone(&negotiated),
+            stream: stream.try_clone()?,
+        });
+        let writer_stream = stream.try_clone()?;
+        let writer = thread::Builder::new()
+            .name(format!("qmp-client-{id}-w"))
+            .spawn(move || write_loop(writer_stream, &rx));
+        let shared = Arc::clone(&self);
+        let reader = thread::Builder::new()
+            .name(format!("qmp-client-{id}-r"))
+            .spawn(move || shared.read_loop(id, stream, &tx, &negotiated));
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.retain(|t| !t.is_finished());
+        for handle in [writer, reader] {
+            match handle {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    self.events.hub.remove(id);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_loop(
+        &self,
+        id: u64,
+        mut stream: UnixStream,
+        tx: &SyncSender<Outgoing>,
+        negotiated: &AtomicBool,
+    ) {
+        let mut session = Session::default();
+        let mut framer = Framer::new();
+        let mut buf = [0u8; 4096];
+        let mut texts = Vec::new();
+        'conn: loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            if let Err(e) = framer.push(&buf[..n], &mut texts) {
+                let reply = protocol::error_reply(&QmpError::generic(e.to_string()), None);
+                let _ = tx.send(Outgoing::Data(protocol::encode(&reply)));
+                let _ = tx.send(Outgoing::Close);
+                break;
+            }
+            for text in texts.drain(..) {
+                let handled = session.handle(&text, self.vm.as_ref());
+                if tx.send(Outgoing::Data(protocol::encode(&handled.reply))).is_err() {
+                    break 'conn;
+                }
+                if session.negotiated() {
+                    negotiated.store(true, Ordering::Release);
+                }
+                if let Some(action) = handled.after_reply {
+                    action(self.vm.as_ref());
+                }
+            }
+        }
+        self.events.hub.remove(id);
+    }
+}
+
+fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Outgoing::Data(bytes) => {
+                if stream.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+            Outgoing::Close => break,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Which descriptor became readable.
+enum Readable {
+    Listener,
+    Stop,
+}
+
+fn wait_readable(listener: i32, stop: i32) -> io::Result<Readable> {
+    let mut fds = [
+        libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd structs that outlives the call, and
+        // the length passed matches it.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    if fds[1].revents != 0 {
+        Ok(Readable::Stop)
+    } else {
+        Ok(Readable::Listener)
+    }
+}
+
+/// A running QMP server. Dropping it stops the server like [`QmpServerHandle::shutdown`].
+pub struct QmpServerHandle {
+    path: PathBuf,
+    ino: u64,
+    stop: EventFd,
+    accept_thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    events: EventSender,
+}
+
+impl QmpServerHandle {
+    /// Broadcasts `event` to every negotiated client.
+    pub fn emit(&self, event: Event) {
+        self.events.emit(event);
+    }
+
+    /// A sender for events, for the VMM's other threads.
+    pub fn events(&self) -> EventSender {
+        self.events.clone()
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, flushes what is queued to each client (each write bounded by a
+    /// timeout), closes every connection and removes the socket. Call it after emitting
+    /// the final SHUTDOWN event. Must not be called from within a [`VmControl`] method.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        let Some(accept_thread) = self.accept_thread.take() else { return };
+        let _ = self.stop.write(1);
+        let _ = accept_thread.join();
+        for client in self.events.hub.clients().iter() {
+            if client.tx.try_send(Outgoing::Close).is_err() {
+                let _ = client.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let me = thread::current().id();
+        for handle in threads {
+            if handle.thread().id() != me {
+                let _ = handle.join();
+            }
+        }
+        // Remove the socket only if it is still ours (not replaced by a new helper).
+        if fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for QmpServerHandle {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
