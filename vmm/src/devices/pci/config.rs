@@ -1,0 +1,455 @@
+//! Type-0 PCI configuration space of one function.
+//!
+//! The space is an array of little-endian dwords plus, for every dword, the mask of bits a
+//! guest may change. Reads return the array; writes merge the guest's bits through the mask.
+//! BARs follow the same rule: a BAR's mask keeps the size-aligned address bits only, so the
+//! classic sizing probe (write all-ones, read back) returns `!(size - 1) | flags` with no
+//! special case. After every write the space works out where each memory BAR should now be
+//! decoded (address programmed, memory decoding on in the command register) and reports the
+//! BARs whose placement changed, so the owner can move them on the MMIO bus.
+
+use super::PciError;
+
+/// Dwords in the extended (ECAM) configuration space: 4 KiB.
+pub const CONFIG_DWORDS: usize = 1024;
+/// First byte after the conventional space reachable through ports 0xCF8/0xCFC.
+pub const CONVENTIONAL_SIZE: usize = 256;
+
+pub const REG_ID: usize = 0;
+pub const REG_COMMAND_STATUS: usize = 1;
+pub const REG_CLASS_REVISION: usize = 2;
+pub const REG_HEADER: usize = 3;
+pub const REG_BAR0: usize = 4;
+pub const REG_SUBSYSTEM: usize = 11;
+pub const REG_CAP_POINTER: usize = 13;
+pub const REG_INTERRUPT: usize = 15;
+
+pub const COMMAND_IO: u16 = 1 << 0;
+pub const COMMAND_MEMORY: u16 = 1 << 1;
+pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+const COMMAND_SERR: u16 = 1 << 8;
+const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+const STATUS_CAP_LIST: u32 = 1 << 4;
+
+/// Capability ids this crate places.
+pub const CAP_ID_VENDOR: u8 = 0x09;
+pub const CAP_ID_MSIX: u8 = 0x11;
+
+/// First byte capabilities may use (the standard header ends at 0x40).
+const CAP_START: usize = 0x40;
+
+/// Identity of a function: what enumeration shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciIds {
+    pub vendor: u16,
+    pub device: u16,
+    pub revision: u8,
+    /// Base class, subclass and programming interface.
+    pub class: u8,
+    pub subclass: u8,
+    pub prog_if: u8,
+    pub subsystem_vendor: u16,
+    pub subsystem: u16,
+}
+
+/// The kind of a memory BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarKind {
+    Mem32,
+    /// Takes two BAR slots: the next one holds the high dword.
+    Mem64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bar {
+    size: u64,
+    kind: BarKind,
+    prefetchable: bool,
+    /// Where the BAR is decoded now, as last reported to the owner.
+    mapped: Option<u64>,
+}
+
+/// A memory BAR that moved: the owner removes `old` from the MMIO bus and inserts `new`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarChange {
+    pub bar: u8,
+    pub old: Option<u64>,
+    pub new: Option<u64>,
+    pub len: u64,
+}
+
+/// The configuration space of one type-0 function.
+pub struct PciConfig {
+    regs: Box<[u32; CONFIG_DWORDS]>,
+    wmask: Box<[u32; CONFIG_DWORDS]>,
+    bars: [Option<Bar>; 6],
+    /// Byte offset of the next free capability byte, and of the last capability placed.
+    cap_next_free: usize,
+    cap_last: Option<usize>,
+}
+
+impl PciConfig {
+    /// A function with the given identity, no BARs and no capabilities.
+    pub fn new(ids: PciIds) -> Self {
+        let mut regs = Box::new([0u32; CONFIG_DWORDS]);
+        let mut wmask = Box::new([0u32; CONFIG_DWORDS]);
+        regs[REG_ID] = u32::from(ids.vendor) | u32::from(ids.device) << 16;
+        regs[REG_CLASS_REVISION] = u32::from(ids.revision)
+            | u32::from(ids.prog_if) << 8
+            | u32::from(ids.subclass) << 16
+            | u32::from(ids.class) << 24;
+        regs[REG_SUBSYSTEM] = u32::from(ids.subsystem_vendor) | u32::from(ids.subsystem) << 16;
+        wmask[REG_COMMAND_STATUS] = u32::from(
+            COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_SERR | COMMAND_INTX_DISABLE,
+        );
+        // Cache line size and latency timer are plain storage; interrupt line too.
+        wmask[REG_HEADER] = 0x0000_ffff;
+        wmask[REG_INTERRUPT] = 0x0000_00ff;
+        Self {
+            regs,
+            wmask,
+            bars: [None; 6],
+            cap_next_free: CAP_START,
+            cap_last: None,
+        }
+    }
+
+    /// The identity this space was built with (vendor and device).
+    pub fn vendor_device(&self) -> (u16, u16) {
+        let id = self.regs[REG_ID];
+        (id as u16, (id >> 16) as u16)
+    }
+
+    /// Declares memory BAR `index` of `size` bytes (a power of two, at least 4 KiB so that
+    /// every BAR owns whole pages). A 64-bit BAR also takes slot `index + 1`.
+    pub fn add_bar(
+        &mut self,
+        index: usize,
+        size: u64,
+        kind: BarKind,
+        prefetchable: bool,
+    ) -> Result<(), PciError> {
+        let slots = if kind == BarKind::Mem64 { 2 } else { 1 };
+        let max_size = if kind == BarKind::Mem64 {
+            1 << 63
+        } else {
+            1 << 31
+        };
+        if index + slots > 6 || self.bars[index..index + slots].iter().any(Option::is_some) {
+            return Err(PciError::BarSlot { index });
+        }
+        if !size.is_power_of_two() || !(0x1000..=max_size).contains(&size) {
+            return Err(PciError::BarSize { size });
+        }
+        let flags = (if kind == BarKind::Mem64 { 0b100 } else { 0 })
+            | (if prefetchable { 0b1000 } else { 0 });
+        let mask = !(size - 1);
+        self.regs[REG_BAR0 + index] = flags;
+        self.wmask[REG_BAR0 + index] = (mask as u32) & !0xf;
+        if kind == BarKind::Mem64 {
+            self.wmask[REG_BAR0 + index + 1] = (mask >> 32) as u32;
+        }
+        self.bars[index] = Some(Bar {
+            size,
+            kind,
+            prefetchable,
+            mapped: None,
+        });
+        Ok(())
+    }
+
+    /// Size of BAR `index`, if declared.
+    pub fn bar_size(&self, index: usize) -> Option<u64> {
+        self.bars.get(index).copied().flatten().map(|b| b.size)
+    }
+
+    /// Indices and sizes of the declared BARs.
+    pub fn bar_list(&self) -> impl Iterator<Item = (usize, u64, BarKind)> + '_ {
+        self.bars
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.map(|b| (i, b.size, b.kind)))
+    }
+
+    /// The address programmed into BAR `index` (whether or not decoding is on).
+    pub fn bar_address(&self, index: usize) -> Option<u64> {
+        let bar = self.bars.get(index).copied().flatten()?;
+        let low = u64::from(self.regs[REG_BAR0 + index] & !0xf);
+        let high = match bar.kind {
+            BarKind::Mem64 => u64::from(self.regs[REG_BAR0 + index + 1]) << 32,
+            BarKind::Mem32 => 0,
+        };
+        Some(high | low)
+    }
+
+    /// Where BAR `index` is decoded now, if anywhere.
+    pub fn bar_mapped(&self, index: usize) -> Option<u64> {
+        self.bars.get(index).copied().flatten()?.mapped
+    }
+
+    /// Which decoded BAR holds `addr`, and the offset inside it.
+    pub fn bar_for_address(&self, addr: u64) -> Option<(usize, u64)> {
+        self.bars.iter().enumerate().find_map(|(i, b)| {
+            let b = (*b)?;
+            let base = b.mapped?;
+            let off = addr.checked_sub(base)?;
+            (off < b.size).then_some((i, off))
+        })
+    }
+
+    /// Programs BAR `index` as firmware would (the helper's allocator for direct boot).
+    pub fn set_bar_address(&mut self, index: usize, addr: u64) -> Result<(), PciError> {
+        let bar = self
+            .bars
+            .get(index)
+            .copied()
+            .flatten()
+            .ok_or(PciError::BarSlot { index })?;
+        if addr & (bar.size - 1) != 0 || (bar.kind == BarKind::Mem32 && addr >> 32 != 0) {
+            return Err(PciError::BarAddress { addr });
+        }
+        let flags = self.regs[REG_BAR0 + index] & 0xf;
+        self.regs[REG_BAR0 + index] = addr as u32 | flags;
+        if bar.kind == BarKind::Mem64 {
+            self.regs[REG_BAR0 + index + 1] = (addr >> 32) as u32;
+        }
+        Ok(())
+    }
+
+    /// Records that the owner placed (or removed) BAR `index` on its bus, without a guest
+    /// write; used after the helper assigns BARs itself.
+    pub fn set_bar_mapped(&mut self, index: usize, at: Option<u64>) {
+        if let Some(Some(bar)) = self.bars.get_mut(index) {
+            bar.mapped = at;
+        }
+    }
+
+    /// The command register.
+    pub fn command(&self) -> u16 {
+        self.regs[REG_COMMAND_STATUS] as u16
+    }
+
+    /// Sets command register bits (the helper enabling decoding for direct boot).
+    pub fn set_command(&mut self, bits: u16) {
+        self.regs[REG_COMMAND_STATUS] |= u32::from(bits);
+    }
+
+    /// Sets the interrupt pin register (1 = INTA#).
+    pub fn set_interrupt_pin(&mut self, pin: u8) {
+        self.regs[REG_INTERRUPT] = (self.regs[REG_INTERRUPT] & !0xff00) | u32::from(pin) << 8;
+    }
+
+    /// Appends a capability: `body` is the capability without its id and next-pointer bytes.
+    /// `writable` gives, per byte of the whole capability (id and next included), the bits a
+    /// guest may change. Returns the capability's offset in configuration space.
+    pub fn add_capability(
+        &mut self,
+        id: u8,
+        body: &[u8],
+        writable: &[u8],
+    ) -> Result<usize, PciError> {
+        let len = (body.len() + 2).next_multiple_of(4);
+        let at = self.cap_next_free;
+        if at + len > CONVENTIONAL_SIZE {
+            return Err(PciError::CapabilitySpace);
+        }
+        let mut bytes = vec![0u8; len];
+        bytes[0] = id;
+        bytes[2..2 + body.len()].copy_from_slice(body);
+        for (i, b) in bytes.iter().enumerate() {
+            self.set_byte(at + i, *b);
+            let mask = writable.get(i).copied().unwrap_or(0);
+            let reg = &mut self.wmask[(at + i) / 4];
+            let shift = ((at + i) % 4) * 8;
+            *reg = (*reg & !(0xff << shift)) | u32::from(mask) << shift;
+        }
+        match self.cap_last {
+            Some(prev) => self.set_byte(prev + 1, at as u8),
+            None => {
+                self.regs[REG_CAP_POINTER] = at as u32;
+                self.regs[REG_COMMAND_STATUS] |= STATUS_CAP_LIST << 16;
+            }
+        }
+        self.cap_last = Some(at);
+        self.cap_next_free = at + len;
+        Ok(at)
+    }
+
+    fn set_byte(&mut self, offset: usize, value: u8) {
+        let shift = (offset % 4) * 8;
+        let reg = &mut self.regs[offset / 4];
+        *reg = (*reg & !(0xff << shift)) | u32::from(value) << shift;
+    }
+
+    /// Reads a byte of configuration space (capability state for the owning device).
+    pub fn byte(&self, offset: usize) -> u8 {
+        self.regs
+            .get(offset / 4)
+            .map_or(0xff, |r| (r >> ((offset % 4) * 8)) as u8)
+    }
+
+    /// Reads dword `reg`; registers past the space read as zero, as absent capabilities do.
+    pub fn read_reg(&self, reg: usize) -> u32 {
+        self.regs.get(reg).copied().unwrap_or(0)
+    }
+
+    /// Writes `data` (1, 2 or 4 bytes) at byte `offset` inside dword `reg`, and returns the
+    /// BARs whose decoded placement changed.
+    pub fn write_reg(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarChange> {
+        let Some(old) = self.regs.get(reg).copied() else {
+            return Vec::new();
+        };
+        if offset as usize + data.len() > 4 || data.is_empty() {
+            return Vec::new();
+        }
+        let mut value = 0u32;
+        let mut bytes_mask = 0u32;
+        for (i, b) in data.iter().enumerate() {
+            let shift = (offset as usize + i) * 8;
+            value |= u32::from(*b) << shift;
+            bytes_mask |= 0xff << shift;
+        }
+        let mask = self.wmask[reg] & bytes_mask;
+        self.regs[reg] = (old & !mask) | (value & mask);
+        // A write of all-ones to a BAR dword is the sizing probe: the BAR keeps decoding
+        // where it was until a real address comes back.
+        let sizing = (REG_BAR0..REG_BAR0 + 6).contains(&reg) && value & bytes_mask == bytes_mask;
+        if sizing {
+            return Vec::new();
+        }
+        self.update_mappings()
+    }
+
+    fn update_mappings(&mut self) -> Vec<BarChange> {
+        let decode = self.command() & COMMAND_MEMORY != 0;
+        let mut changes = Vec::new();
+        for index in 0..6 {
+            let Some(bar) = self.bars[index] else {
+                continue;
+            };
+            let addr = self.bar_address(index).filter(|&a| decode && a != 0);
+            if addr != bar.mapped {
+                changes.push(BarChange {
+                    bar: index as u8,
+                    old: bar.mapped,
+                    new: addr,
+                    len: bar.size,
+                });
+                self.set_bar_mapped(index, addr);
+            }
+        }
+        changes
+    }
+
+    /// Whether BAR `index` was declared prefetchable.
+    pub fn bar_prefetchable(&self, index: usize) -> bool {
+        self.bars
+            .get(index)
+            .copied()
+            .flatten()
+            .is_some_and(|b| b.prefetchable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> PciIds {
+        PciIds {
+            vendor: 0x1af4,
+            device: 0x1042,
+            revision: 1,
+            class: 1,
+            subclass: 0,
+            prog_if: 0,
+            subsystem_vendor: 0x1af4,
+            subsystem: 0x1100,
+        }
+    }
+
+    #[test]
+    fn sizing_probe_returns_size_mask_and_flags() {
+        let mut c = PciConfig::new(ids());
+        c.add_bar(0, 0x4000, BarKind::Mem64, false).unwrap();
+        c.add_bar(2, 0x1000, BarKind::Mem32, true).unwrap();
+        c.write_reg(REG_BAR0, 0, &[0xff; 4]);
+        c.write_reg(REG_BAR0 + 1, 0, &[0xff; 4]);
+        c.write_reg(REG_BAR0 + 2, 0, &[0xff; 4]);
+        assert_eq!(c.read_reg(REG_BAR0), 0xffff_c004);
+        assert_eq!(c.read_reg(REG_BAR0 + 1), 0xffff_ffff);
+        assert_eq!(c.read_reg(REG_BAR0 + 2), 0xffff_f008);
+        // Unused BARs stay zero: not implemented.
+        c.write_reg(REG_BAR0 + 3, 0, &[0xff; 4]);
+        assert_eq!(c.read_reg(REG_BAR0 + 3), 0);
+    }
+
+    #[test]
+    fn reports_bar_move_only_when_memory_decoding_is_on() {
+        let mut c = PciConfig::new(ids());
+        c.add_bar(0, 0x4000, BarKind::Mem32, false).unwrap();
+        assert!(
+            c.write_reg(REG_BAR0, 0, &0xe000_0000u32.to_le_bytes())
+                .is_empty()
+        );
+        let ch = c.write_reg(REG_COMMAND_STATUS, 0, &[COMMAND_MEMORY as u8, 0]);
+        assert_eq!(
+            ch,
+            vec![BarChange {
+                bar: 0,
+                old: None,
+                new: Some(0xe000_0000),
+                len: 0x4000
+            }]
+        );
+        // Sizing while decoding keeps the mapping; restoring it changes nothing.
+        assert!(c.write_reg(REG_BAR0, 0, &[0xff; 4]).is_empty());
+        assert!(
+            c.write_reg(REG_BAR0, 0, &0xe000_0000u32.to_le_bytes())
+                .is_empty()
+        );
+        let ch = c.write_reg(REG_BAR0, 0, &0xe001_0000u32.to_le_bytes());
+        assert_eq!(ch[0].old, Some(0xe000_0000));
+        assert_eq!(ch[0].new, Some(0xe001_0000));
+        let ch = c.write_reg(REG_COMMAND_STATUS, 0, &[0, 0]);
+        assert_eq!(ch[0].new, None);
+        assert_eq!(c.bar_for_address(0xe001_0010), None);
+    }
+
+    #[test]
+    fn capabilities_form_a_linked_list() {
+        let mut c = PciConfig::new(ids());
+        let a = c.add_capability(CAP_ID_VENDOR, &[14, 1, 2], &[]).unwrap();
+        let b = c
+            .add_capability(CAP_ID_MSIX, &[0; 10], &[0, 0, 0, 0xc0])
+            .unwrap();
+        assert_eq!(c.read_reg(REG_CAP_POINTER) as usize, a);
+        assert_ne!(c.read_reg(REG_COMMAND_STATUS) & (STATUS_CAP_LIST << 16), 0);
+        assert_eq!(c.byte(a), CAP_ID_VENDOR);
+        assert_eq!(c.byte(a + 1) as usize, b);
+        assert_eq!(c.byte(b + 1), 0);
+        // Only the writable bits of the MSI-X message control change.
+        c.write_reg(b / 4, 2, &[0xff, 0xff]);
+        assert_eq!(c.byte(b + 2), 0);
+        assert_eq!(c.byte(b + 3), 0xc0);
+    }
+
+    #[test]
+    fn identity_registers_are_read_only() {
+        let mut c = PciConfig::new(ids());
+        c.write_reg(REG_ID, 0, &[0; 4]);
+        c.write_reg(REG_CLASS_REVISION, 0, &[0; 4]);
+        assert_eq!(c.vendor_device(), (0x1af4, 0x1042));
+        assert_eq!(c.read_reg(REG_CLASS_REVISION), 0x0100_0001);
+    }
+
+    #[test]
+    fn rejects_bad_bar_declarations() {
+        let mut c = PciConfig::new(ids());
+        assert!(c.add_bar(5, 0x1000, BarKind::Mem64, false).is_err());
+        assert!(c.add_bar(0, 0x1800, BarKind::Mem32, false).is_err());
+        c.add_bar(0, 0x1000, BarKind::Mem64, false).unwrap();
+        assert!(c.add_bar(1, 0x1000, BarKind::Mem32, false).is_err());
+        assert!(c.set_bar_address(0, 0x1800).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! One call that puts PCI and the virtio devices into a machine: [`attach_pci`].
+//!
+//! It builds bus 0 (host bridge at 00:00.0, then one virtio-blk per disk, then virtio-rng),
+//! gives every device MSI-X vectors (KVM irqfds and GSI routes when a VM fd is given),
+//! assigns BARs from the machine's MMIO window as firmware would, places the BARs and the
+//! ECAM window on the MMIO bus and ports 0xCF8..0xCFF on the PIO bus. At run time a guest
+//! that moves a BAR goes through the machine's [`BarRelocator`]; `RwLock<Bus>` and
+//! `Mutex<Bus>` implement it, so `Arc<RwLock<Bus>>` can be passed as is.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use kvm_ioctls::VmFd;
+
+use super::config::{BarChange, COMMAND_BUS_MASTER, COMMAND_MEMORY, REG_COMMAND_STATUS};
+use super::kvm::{KvmGsiRouter, KvmIoEvents, KvmMsixVectors};
+use super::{
+    BarAllocator, BarRelocator, HostBridge, PciConfigIo, PciConfigMmio, PciDevice, PciError,
+    PciRoot,
+};
+use crate::devices::bus::{Bus, BusDevice, SharedDevice, lock};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::pci::{TransportParts, VirtioPciDevice};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{
+    GuestMemory, IoEventRegistrar, MsiRoutes, MsixInterrupt, VirtioDevice,
+};
+
+/// Ports of configuration mechanism #1.
+pub const CONFIG_IO_PORT: u64 = 0xcf8;
+pub const CONFIG_IO_LEN: u64 = 8;
+
+/// A disk given on the command line: `PATH[,readonly]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+impl FromStr for DiskSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or("empty disk path")?;
+        let mut read_only = false;
+        for opt in parts {
+            match opt {
+                "readonly" | "ro" => read_only = true,
+                other => return Err(format!("unknown disk option `{other}`")),
+            }
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
+/// What [`attach_pci`] needs from the machine.
+pub struct PciParams<'a> {
+    pub mem: GuestMemory,
+    /// The VM, for irqfds, MSI routes and ioeventfds. `None` builds the same topology with
+    /// interrupts that go nowhere (unit tests, no /dev/kvm).
+    pub vm: Option<Arc<VmFd>>,
+    /// Moves BARs when the guest reprograms them.
+    pub relocator: Arc<dyn BarRelocator>,
+    /// The 32-bit MMIO window BARs are assigned from (`layout::PCI_MMIO_START..END`).
+    pub mmio_window: (u64, u64),
+    /// ECAM base and size (`layout::PCI_ECAM_START`, `PCI_ECAM_SIZE`); `None` for none.
+    pub ecam: Option<(u64, u64)>,
+    pub disks: &'a [DiskSpec],
+    pub rng: bool,
+}
+
+/// What the machine may keep: the root (for ACPI or hot paths later) and the devices.
+pub struct PciSetup {
+    pub root: Arc<Mutex<PciRoot>>,
+    pub devices: Vec<(usize, Arc<Mutex<VirtioPciDevice>>)>,
+    /// The GSI routing table; other MSI users (future devices) must share it.
+    pub router: Option<Arc<KvmGsiRouter>>,
+}
+
+/// Interrupts for a run without KVM: nothing is raised.
+struct NoInterrupts;
+
+impl MsixInterrupt for NoInterrupts {
+    fn trigger(&self, _vector: u16) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl MsiRoutes for NoInterrupts {
+    fn update(&self, _vector: u16, _addr: u64, _data: u32, _masked: bool) {}
+}
+
+/// Builds PCI bus 0 with its devices and places it on the machine's buses.
+pub fn attach_pci(pio: &mut Bus, mmio: &mut Bus, p: PciParams<'_>) -> Result<PciSetup, PciError> {
+    let router =
+        p.vm.as_ref()
+            .map(|vm| Arc::new(KvmGsiRouter::new(vm.clone())));
+    let ioevents: Option<Arc<dyn IoEventRegistrar>> =
+        p.vm.as_ref()
+            .map(|vm| Arc::new(KvmIoEvents::new(vm.clone())) as Arc<dyn IoEventRegistrar>);
+    let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (i, d) in p.disks.iter().enumerate() {
+        let blk = Block::open(&d.path, d.read_only, &format!("hospes-disk{i}")).map_err(|e| {
+            PciError::Disk {
+                path: d.path.clone(),
+                source: std::io::Error::other(e),
+            }
+        })?;
+        models.push(Box::new(blk));
+    }
+    if p.rng {
+        models.push(Box::new(Rng::new()));
+    }
+
+    let mut root = PciRoot::new();
+    root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))?;
+    let mut alloc = BarAllocator::new(
+        p.mmio_window.0,
+        p.mmio_window.1.saturating_sub(p.mmio_window.0),
+    );
+    let mut devices = Vec::new();
+    for model in models {
+        let vectors = model.queue_max_sizes().len() as u16 + 1;
+        let (msix, routes): (Arc<dyn MsixInterrupt>, Arc<dyn MsiRoutes>) = match (&p.vm, &router) {
+            (Some(vm), Some(router)) => {
+                let v = Arc::new(KvmMsixVectors::new(vm, router.clone(), vectors)?);
+                (v.clone(), v)
+            }
+            _ => (Arc::new(NoInterrupts), Arc::new(NoInterrupts)),
+        };
+        let dev = VirtioPciDevice::new(
+            model,
+            TransportParts {
+                mem: p.mem.clone(),
+                msix,
+                routes,
+                ioevents: ioevents.clone(),
+            },
+        )?;
+        let dev = Arc::new(Mutex::new(dev));
+        let slot = root.free_slot().ok_or(PciError::NoFreeSlot)?;
+        root.add_device(slot, dev.clone())?;
+        assign_bars(&dev, &mut alloc, mmio)?;
+        devices.push((slot, dev));
+    }
+
+    let root = Arc::new(Mutex::new(root));
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(
+            root.clone(),
+            Some(p.relocator.clone()),
+        ))),
+        CONFIG_IO_PORT,
+        CONFIG_IO_LEN,
+    )?;
+    if let Some((base, len)) = p.ecam {
+        mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(
+                root.clone(),
+                Some(p.relocator),
+            ))),
+            base,
+            len,
+        )?;
+    }
+    Ok(PciSetup {
+        root,
+        devices,
+        router,
+    })
+}
+
+/// Programs every BAR of `dev` from `alloc`, turns on memory decoding and bus mastering
+/// through the same configuration writes a guest would use, and places the BARs on `mmio`.
+fn assign_bars<T>(
+    dev: &Arc<Mutex<T>>,
+    alloc: &mut BarAllocator,
+    mmio: &mut Bus,
+) -> Result<(), PciError>
+where
+    T: PciDevice + BusDevice + 'static,
+{
+    let mut d = lock(dev);
+    let bars: Vec<_> = d.config().bar_list().collect();
+    for (index, size, _kind) in bars {
+        let addr = alloc.allocate(size)?;
+        d.config_mut().set_bar_address(index, addr)?;
+    }
+    let cmd = (COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes();
+    let changes = d.write_config(REG_COMMAND_STATUS, 0, &cmd);
+    drop(d);
+    let shared: SharedDevice = dev.clone();
+    for c in changes {
+        if let Some(new) = c.new {
+            mmio.insert(shared.clone(), new, c.len)?;
+        }
+    }
+    Ok(())
+}
+
+fn relocate_on(bus: &mut Bus, device: SharedDevice, change: BarChange) -> Result<(), PciError> {
+    if let Some(old) = change.old {
+        bus.remove(old)?;
+    }
+    if let Some(new) = change.new {
+        bus.insert(device, new, change.len)?;
+    }
+    Ok(())
+}
+
+impl BarRelocator for RwLock<Bus> {
+    fn relocate(&self, device: SharedDevice, change: BarChange) -> Result<(), PciError> {
+        let mut bus = self.write().unwrap_or_else(|e| e.into_inner());
+        relocate_on(&mut bus, device, change)
+    }
+}
+
+impl BarRelocator for Mutex<Bus> {
+    fn relocate(&self, device: SharedDevice, change: BarChange) -> Result<(), PciError> {
+        relocate_on(&mut lock(self), device, change)
+    }
+}

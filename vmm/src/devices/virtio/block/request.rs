@@ -1,0 +1,480 @@
+//! Serving one virtio-blk queue on the worker thread.
+//!
+//! A request is read as two byte streams, whatever the descriptor framing: the
+//! device-readable bytes (16-byte header, then write data or discard segments) and the
+//! device-writable bytes (read data or the ID, then the status byte, always last). Data moves
+//! between the file and guest memory with `preadv`/`pwritev` on iovecs that point into guest
+//! memory, built in vectors reused from request to request.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
+use crate::devices::virtio::worker::drain_queue;
+use crate::devices::virtio::{GuestMemory, VirtioInterrupt};
+
+pub const T_IN: u32 = 0;
+pub const T_OUT: u32 = 1;
+pub const T_FLUSH: u32 = 4;
+pub const T_GET_ID: u32 = 8;
+pub const T_DISCARD: u32 = 11;
+pub const T_WRITE_ZEROES: u32 = 13;
+
+pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+pub const S_UNSUPP: u8 = 2;
+
+const HEADER_LEN: u64 = 16;
+const SEGMENT_LEN: u64 = 16;
+/// More descriptors than this in one chain is malformed (a queue holds 256).
+const MAX_DESCRIPTORS: usize = 1024;
+
+/// Why a request failed; each maps to the status byte the guest sees.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request shorter than its header")]
+    ShortHeader,
+    #[error("data length {0} is not a multiple of the sector size")]
+    UnalignedLength(u64),
+    #[error("sectors past the end of the disk")]
+    OutOfRange,
+    #[error("guest buffer is not in guest memory")]
+    BadBuffer,
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    #[error("malformed discard or write-zeroes segment")]
+    BadSegment,
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
+    #[error("host I/O failed")]
+    Io(#[source] io::Error),
+}
+
+impl RequestError {
+    fn status(&self) -> u8 {
+        match self {
+            Self::Unsupported(_) => S_UNSUPP,
+            _ => S_IOERR,
+        }
+    }
+}
+
+/// A run of guest bytes a descriptor names.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    addr: u64,
+    len: u64,
+}
+
+/// Calls `f(addr, len)` for each guest range covering bytes `[skip, skip + len)` of `segs`.
+fn for_ranges(
+    segs: &[Seg],
+    mut skip: u64,
+    mut len: u64,
+    mut f: impl FnMut(GuestAddress, u64) -> Result<(), RequestError>,
+) -> Result<(), RequestError> {
+    for s in segs {
+        if len == 0 {
+            break;
+        }
+        if skip >= s.len {
+            skip -= s.len;
+            continue;
+        }
+        let n = (s.len - skip).min(len);
+        let addr = s.addr.checked_add(skip).ok_or(RequestError::BadBuffer)?;
+        f(GuestAddress(addr), n)?;
+        len -= n;
+        skip = 0;
+    }
+    if len == 0 {
+        Ok(())
+    } else {
+        Err(RequestError::BadBuffer)
+    }
+}
+
+/// The disk side: the file and what the device offers.
+pub struct Disk {
+    file: File,
+    sectors: u64,
+    read_only: bool,
+    id: [u8; 20],
+}
+
+impl Disk {
+    pub fn new(file: File, sectors: u64, read_only: bool, id: [u8; 20]) -> Self {
+        Self {
+            file,
+            sectors,
+            read_only,
+            id,
+        }
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            ..*self
+        })
+    }
+
+    fn check_range(&self, sector: u64, bytes: u64) -> Result<u64, RequestError> {
+        let start = sector
+            .checked_mul(SECTOR_SIZE)
+            .ok_or(RequestError::OutOfRange)?;
+        let end = start.checked_add(bytes).ok_or(RequestError::OutOfRange)?;
+        if end > self.sectors.saturating_mul(SECTOR_SIZE) {
+            return Err(RequestError::OutOfRange);
+        }
+        Ok(start)
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: fallocate only reads its integer arguments; the fd is owned by `self.file`.
+        let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn write_zeroes_slow(&self, mut offset: u64, mut len: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        static ZEROES: [u8; 4096] = [0; 4096];
+        while len > 0 {
+            let n = len.min(ZEROES.len() as u64) as usize;
+            self.file.write_all_at(&ZEROES[..n], offset)?;
+            offset += n as u64;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Reused per-request scratch space.
+#[derive(Default)]
+struct Scratch {
+    readable: Vec<Seg>,
+    writable: Vec<Seg>,
+    iovecs: Vec<libc::iovec>,
+}
+
+// SAFETY: the raw pointers in `iovecs` are only meaningful during one request, while the
+// guest memory they point into is held by the same handler; between requests the vector
+// holds stale values that are never dereferenced before being rewritten.
+unsafe impl Send for Scratch {}
+
+/// Serves one queue: owned by the worker thread.
+pub struct BlockHandler {
+    mem: GuestMemory,
+    queue: Queue,
+    index: u16,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    disk: Disk,
+    scratch: Scratch,
+}
+
+impl BlockHandler {
+    pub fn new(
+        mem: GuestMemory,
+        queue: Queue,
+        index: u16,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        disk: Disk,
+    ) -> Self {
+        Self {
+            mem,
+            queue,
+            index,
+            interrupt,
+            disk,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Serves every available request, then interrupts the driver if it wants it.
+    pub fn process_queue(&mut self) {
+        let (disk, scratch) = (&self.disk, &mut self.scratch);
+        drain_queue(
+            &self.mem,
+            &mut self.queue,
+            self.index,
+            &*self.interrupt,
+            |chain| serve(&self.mem, disk, scratch, chain),
+        );
+    }
+}
+
+impl crate::devices::virtio::worker::QueueHandler for BlockHandler {
+    fn process(&mut self, _index: usize) {
+        self.process_queue();
+    }
+}
+
+/// Serves one chain; returns the number of bytes written into guest memory for the used ring.
+fn serve(
+    mem: &GuestMemory,
+    disk: &Disk,
+    s: &mut Scratch,
+    chain: DescriptorChain<&GuestMemory>,
+) -> u32 {
+    s.readable.clear();
+    s.writable.clear();
+    let mut count = 0usize;
+    for d in chain {
+        count += 1;
+        let seg = Seg {
+            addr: d.addr().0,
+            len: u64::from(d.len()),
+        };
+        if d.is_write_only() {
+            s.writable.push(seg);
+        } else if !s.writable.is_empty() || count > MAX_DESCRIPTORS {
+            // Device-readable after device-writable: no sane place for the status byte.
+            return 0;
+        } else {
+            s.readable.push(seg);
+        }
+    }
+    s.readable.retain(|x| x.len > 0);
+    s.writable.retain(|x| x.len > 0);
+    let w_total: u64 = s.writable.iter().map(|x| x.len).sum();
+    // The status byte is the last device-writable byte; without it the request cannot be
+    // answered, so the chain goes back unused.
+    let Some(status_addr) = s
+        .writable
+        .last()
+        .and_then(|x| x.addr.checked_add(x.len - 1))
+    else {
+        return 0;
+    };
+    let data_w = w_total - 1;
+    let (status, written) = match execute(mem, disk, s, data_w) {
+        Ok(n) => (S_OK, n),
+        Err(e) => {
+            log::debug!("virtio-blk: request failed: {e}");
+            (e.status(), 0)
+        }
+    };
+    if mem.write_obj(status, GuestAddress(status_addr)).is_err() {
+        return 0;
+    }
+    u32::try_from(written + 1).unwrap_or(u32::MAX)
+}
+
+fn read_bytes<const N: usize>(
+    mem: &GuestMemory,
+    segs: &[Seg],
+    skip: u64,
+) -> Result<[u8; N], RequestError> {
+    let mut out = [0u8; N];
+    let mut at = 0usize;
+    for_ranges(segs, skip, N as u64, |addr, n| {
+        let n = n as usize;
+        mem.read_slice(&mut out[at..at + n], addr)
+            .map_err(|_| RequestError::BadBuffer)?;
+        at += n;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// Runs a parsed request; returns the data bytes it wrote into guest memory.
+fn execute(
+    mem: &GuestMemory,
+    disk: &Disk,
+    s: &mut Scratch,
+    data_w: u64,
+) -> Result<u64, RequestError> {
+    let r_total: u64 = s.readable.iter().map(|x| x.len).sum();
+    if r_total < HEADER_LEN {
+        return Err(RequestError::ShortHeader);
+    }
+    let header: [u8; 16] = read_bytes(mem, &s.readable, 0)?;
+    let kind = le_u32(&header[0..4]);
+    let sector = le_u64(&header[8..16]);
+    match kind {
+        T_IN => {
+            let offset = data_range(disk, sector, data_w)?;
+            build_iovecs(mem, &s.writable, 0, data_w, &mut s.iovecs)?;
+            transfer(disk, &mut s.iovecs, offset, false)?;
+            Ok(data_w)
+        }
+        T_OUT => {
+            if disk.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            let len = r_total - HEADER_LEN;
+            let offset = data_range(disk, sector, len)?;
+            build_iovecs(mem, &s.readable, HEADER_LEN, len, &mut s.iovecs)?;
+            transfer(disk, &mut s.iovecs, offset, true)?;
+            Ok(0)
+        }
+        T_FLUSH => {
+            if !disk.read_only {
+                disk.file.sync_data().map_err(RequestError::Io)?;
+            }
+            Ok(0)
+        }
+        T_GET_ID => {
+            let n = data_w.min(disk.id.len() as u64);
+            let mut at = 0usize;
+            for_ranges(&s.writable, 0, n, |addr, len| {
+                let len = len as usize;
+                mem.write_slice(&disk.id[at..at + len], addr)
+                    .map_err(|_| RequestError::BadBuffer)?;
+                at += len;
+                Ok(())
+            })?;
+            Ok(n)
+        }
+        T_DISCARD | T_WRITE_ZEROES => {
+            if disk.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            let body = r_total - HEADER_LEN;
+            if body == 0
+                || !body.is_multiple_of(SEGMENT_LEN)
+                || body / SEGMENT_LEN > u64::from(MAX_DISCARD_SEG)
+            {
+                return Err(RequestError::BadSegment);
+            }
+            for i in 0..body / SEGMENT_LEN {
+                let seg: [u8; 16] = read_bytes(mem, &s.readable, HEADER_LEN + i * SEGMENT_LEN)?;
+                let (sector, count) = (le_u64(&seg[0..8]), le_u32(&seg[8..12]));
+                if count > MAX_DISCARD_SECTORS {
+                    return Err(RequestError::BadSegment);
+                }
+                let len = u64::from(count) * SECTOR_SIZE;
+                let offset = disk.check_range(sector, len)?;
+                if len > 0 {
+                    discard_or_zero(disk, kind == T_DISCARD, offset, len)?;
+                }
+            }
+            Ok(0)
+        }
+        other => Err(RequestError::Unsupported(other)),
+    }
+}
+
+fn data_range(disk: &Disk, sector: u64, len: u64) -> Result<u64, RequestError> {
+    if !len.is_multiple_of(SECTOR_SIZE) {
+        return Err(RequestError::UnalignedLength(len));
+    }
+    disk.check_range(sector, len)
+}
+
+fn discard_or_zero(disk: &Disk, discard: bool, offset: u64, len: u64) -> Result<(), RequestError> {
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    if discard {
+        // Discard is a hint: a file system without hole punching just keeps the data.
+        return match disk.fallocate(punch, offset, len) {
+            Err(e) if e.raw_os_error() != Some(libc::EOPNOTSUPP) => Err(RequestError::Io(e)),
+            _ => Ok(()),
+        };
+    }
+    let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    disk.fallocate(zero, offset, len)
+        .or_else(|_| disk.fallocate(punch, offset, len))
+        .or_else(|_| disk.write_zeroes_slow(offset, len))
+        .map_err(RequestError::Io)
+}
+
+/// Fills `iovecs` with host pointers for bytes `[skip, skip + len)` of `segs`, checking that
+/// every byte lies in guest memory.
+fn build_iovecs(
+    mem: &GuestMemory,
+    segs: &[Seg],
+    skip: u64,
+    len: u64,
+    iovecs: &mut Vec<libc::iovec>,
+) -> Result<(), RequestError> {
+    iovecs.clear();
+    for_ranges(segs, skip, len, |addr, n| {
+        let n = usize::try_from(n).map_err(|_| RequestError::BadBuffer)?;
+        for slice in mem.get_slices(addr, n) {
+            let slice = slice.map_err(|_| RequestError::BadBuffer)?;
+            iovecs.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
+        Ok(())
+    })
+}
+
+/// Reads (or writes) the whole of `iovecs` from (to) the disk at `offset`, resuming after
+/// short transfers.
+fn transfer(
+    disk: &Disk,
+    iovecs: &mut [libc::iovec],
+    mut offset: u64,
+    write: bool,
+) -> Result<(), RequestError> {
+    let mut iov = iovecs;
+    let fd = disk.file.as_raw_fd();
+    while !iov.is_empty() {
+        let count = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        let off = libc::off_t::try_from(offset).map_err(|_| RequestError::OutOfRange)?;
+        let n = if write {
+            // SAFETY: every iovec points into guest memory that `get_slices` checked and
+            // that the handler keeps mapped; the kernel only reads from them.
+            unsafe { libc::pwritev(fd, iov.as_ptr(), count, off) }
+        } else {
+            // SAFETY: as above; the kernel writes at most `iov_len` bytes to each, all of it
+            // guest RAM that no Rust reference aliases.
+            unsafe { libc::preadv(fd, iov.as_ptr(), count, off) }
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(RequestError::Io(err));
+        }
+        if n == 0 {
+            return Err(RequestError::Io(io::Error::from(
+                io::ErrorKind::UnexpectedEof,
+            )));
+        }
+        let mut done = n as usize;
+        offset += done as u64;
+        while let Some(first) = iov.first_mut() {
+            if done < first.iov_len {
+                // SAFETY: `done < iov_len`, so the advanced pointer stays inside the buffer.
+                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(done) }.cast();
+                first.iov_len -= done;
+                break;
+            }
+            done -= first.iov_len;
+            iov = &mut iov[1..];
+        }
+    }
+    Ok(())
+}

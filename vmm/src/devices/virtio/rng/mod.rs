@@ -1,0 +1,142 @@
+//! virtio-rng: entropy from the host's getrandom(2).
+//!
+//! Data flow: the driver queues device-writable buffers and kicks; the worker fills each
+//! with random bytes (at most [`MAX_FILL`] per request, so a huge buffer cannot keep the
+//! worker busy) and returns it with the length filled.
+
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::worker::{QueueHandler, Worker, drain_queue};
+use super::{
+    Activation, GuestMemory, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice,
+    VirtioError, VirtioInterrupt,
+};
+
+/// Virtio device id of an entropy source.
+pub const DEVICE_TYPE: u16 = 4;
+pub const QUEUE_SIZE: u16 = 64;
+/// Bytes one request gets at most.
+pub const MAX_FILL: usize = 64 * 1024;
+
+/// The entropy device.
+#[derive(Default)]
+pub struct Rng {
+    worker: Option<Worker>,
+}
+
+impl Rng {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u16 {
+        DEVICE_TYPE
+    }
+
+    fn pci_class(&self) -> (u8, u8, u8) {
+        (0xff, 0x00, 0x00)
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), VirtioError> {
+        let Activation {
+            mem,
+            interrupt,
+            mut queues,
+            ..
+        } = activation;
+        let got = queues.len();
+        let (Some(q), 1) = (queues.pop(), got) else {
+            return Err(VirtioError::QueueCount { got, want: 1 });
+        };
+        let handler = RngHandler {
+            mem,
+            queue: q.queue,
+            index: q.index,
+            interrupt,
+        };
+        self.worker = Some(Worker::spawn("hospes-rng", vec![q.event], handler)?);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+struct RngHandler {
+    mem: GuestMemory,
+    queue: Queue,
+    index: u16,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// Fills `buf` from getrandom(2).
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, which we own.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            done += n as usize;
+        }
+    }
+    Ok(())
+}
+
+/// Fills the chain's device-writable buffers; returns the bytes written.
+fn fill_chain(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>, buf: &mut [u8]) -> u32 {
+    let mut written = 0usize;
+    for d in chain.writable() {
+        let mut addr = d.addr().0;
+        let mut left = (d.len() as usize).min(MAX_FILL - written);
+        while left > 0 {
+            let n = left.min(buf.len());
+            if fill_random(&mut buf[..n]).is_err() {
+                return written as u32;
+            }
+            if mem.write_slice(&buf[..n], GuestAddress(addr)).is_err() {
+                return written as u32;
+            }
+            written += n;
+            left -= n;
+            addr = addr.wrapping_add(n as u64);
+        }
+    }
+    written as u32
+}
+
+impl QueueHandler for RngHandler {
+    fn process(&mut self, _index: usize) {
+        let mut buf = [0u8; 4096];
+        drain_queue(
+            &self.mem,
+            &mut self.queue,
+            self.index,
+            &*self.interrupt,
+            |chain| fill_chain(&self.mem, chain, &mut buf),
+        );
+    }
+}

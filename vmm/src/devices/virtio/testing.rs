@@ -1,0 +1,1 @@
+//! Mock virtio driver for unit tests.

@@ -1,0 +1,138 @@
+//! The device worker thread: sleeps in poll(2) on the queues' eventfds and a stop eventfd,
+//! and calls the device's [`QueueHandler`] for each queue the driver kicked. All guest I/O of
+//! a device happens here, never on a vCPU thread.
+
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+
+use super::{GuestMemory, VirtioError, VirtioInterrupt};
+
+/// What a device does when queue `index` was notified.
+pub trait QueueHandler: Send + 'static {
+    fn process(&mut self, index: usize);
+}
+
+/// A running worker; dropping it stops and joins the thread.
+pub struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts `handler` on a thread named `name`, woken by `events` (one per queue, in the
+    /// order the handler numbers its queues).
+    pub fn spawn<H: QueueHandler>(
+        name: &str,
+        events: Vec<EventFd>,
+        mut handler: H,
+    ) -> Result<Self, VirtioError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+        let stop_thread = stop.try_clone().map_err(VirtioError::EventFd)?;
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || run(&stop_thread, &events, &mut handler))
+            .map_err(VirtioError::SpawnWorker)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it to finish the request it is serving.
+    pub fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Err(e) = self.stop.write(1) {
+                log::error!("virtio worker: cannot signal stop: {e}");
+                return;
+            }
+            if thread.join().is_err() {
+                log::error!("virtio worker panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run<H: QueueHandler>(stop: &EventFd, events: &[EventFd], handler: &mut H) {
+    let mut fds: Vec<libc::pollfd> = std::iter::once(stop)
+        .chain(events)
+        .map(|e| libc::pollfd {
+            fd: e.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // Serve anything queued before the worker started.
+    for index in 0..events.len() {
+        handler.process(index);
+    }
+    loop {
+        // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfd structs that the
+        // kernel may write `revents` into for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("virtio worker: poll failed: {err}");
+            return;
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+        for (index, (pfd, event)) in fds[1..].iter().zip(events).enumerate() {
+            if pfd.revents & libc::POLLIN != 0 {
+                // The count is irrelevant; reading resets it so poll sleeps again.
+                let _ = event.read();
+                handler.process(index);
+            }
+        }
+    }
+}
+
+/// Serves every available chain of `queue` with `serve` (which returns the bytes it wrote
+/// into guest memory), then interrupts the driver if it asked for it. A ring that claims
+/// buffers but yields none is broken: the loop stops instead of spinning the thread.
+pub fn drain_queue(
+    mem: &GuestMemory,
+    queue: &mut Queue,
+    index: u16,
+    interrupt: &dyn VirtioInterrupt,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemory>) -> u32,
+) {
+    let mut served_any = false;
+    loop {
+        if queue.disable_notification(mem).is_err() {
+            log::debug!("virtio: queue {index}: rings not in guest memory");
+            return;
+        }
+        let mut served = 0usize;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let used = serve(chain);
+            if queue.add_used(mem, head, used).is_err() {
+                log::debug!("virtio: queue {index}: cannot return chain {head}");
+            }
+            served += 1;
+        }
+        served_any |= served > 0;
+        match queue.enable_notification(mem) {
+            Ok(true) if served > 0 => continue,
+            Ok(_) => break,
+            Err(_) => return,
+        }
+    }
+    if served_any && queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.notify_queue(index);
+    }
+}
