@@ -8,3 +8,5 @@ pub mod devices;
 pub mod control;
 pub mod launch;
 pub mod runtime;
+pub mod config;
+pub mod library;
