@@ -1,6 +1,173 @@
 //! `hospes-vmm`: runs one virtual machine in this process.
+//!
+//! Flags are spelled for QEMU users; `--config vm.ron` reads the same settings from a VM's
+//! file. Exit status: 0 after a guest power-off (or a reset with `--no-reboot`, or QMP
+//! `quit`), 1 with a one-line reason on stderr after any error.
 
-fn main() {
-    eprintln!("hospes-vmm: not built yet");
-    std::process::exit(1);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm};
+
+/// Runs one virtual machine on KVM.
+#[derive(Parser, Debug)]
+#[command(name = "hospes-vmm", version, about)]
+struct Args {
+    /// Kernel to boot: a bzImage or an ELF kernel with a PVH note.
+    #[arg(long, value_name = "FILE", required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING")]
+    cmdline: Option<String>,
+    /// Guest RAM, e.g. 256M, 2G (a bare number is MiB, as in QEMU).
+    #[arg(short = 'm', long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", alias = "smp")]
+    cpus: Option<u32>,
+    /// COM1: stdio, unix:PATH, file:PATH or none.
+    #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
+    serial: SerialConfig,
+    /// Exit instead of rebooting when the guest resets.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Read the VM's settings from a vm.ron file (flags given too take precedence).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A disk image, FILE[,readonly] (repeatable; wired by the block device).
+    #[arg(long, value_name = "FILE[,readonly]")]
+    disk: Vec<String>,
+    /// QMP control socket, unix:PATH (wired by the control module).
+    #[arg(long, value_name = "unix:PATH")]
+    qmp: Option<String>,
+}
+
+/// Parses QEMU-style sizes: `512`, `512M`, `2G`, `1024K`, `1T`, optional `B`/`iB`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 40),
+        _ => (t, 20),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size like 256M or 2G"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    match s.split_once(':') {
+        _ if s == "stdio" => Ok(SerialConfig::Stdio),
+        _ if s == "none" => Ok(SerialConfig::None),
+        Some(("unix", p)) if !p.is_empty() => Ok(SerialConfig::Unix(p.into())),
+        Some(("file", p)) if !p.is_empty() => Ok(SerialConfig::File(p.into())),
+        _ => Err(format!("'{s}' is not stdio, unix:PATH, file:PATH or none")),
+    }
+}
+
+fn machine_config(args: Args) -> Result<MachineConfig, String> {
+    let mut cfg = MachineConfig {
+        kernel: PathBuf::new(),
+        initrd: None,
+        cmdline: String::new(),
+        memory: 256 << 20,
+        cpus: 1,
+        serial: args.serial,
+        no_reboot: args.no_reboot,
+    };
+    if let Some(path) = &args.config {
+        let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
+        match vm.boot {
+            hospes_vmm::config::Boot::Kernel { kernel, initrd, cmdline } => {
+                cfg.kernel = kernel;
+                cfg.initrd = initrd;
+                cfg.cmdline = cmdline;
+            }
+            _ => return Err(format!("{}: only kernel boot is supported so far", path.display())),
+        }
+        cfg.memory = vm.memory.bytes();
+        cfg.cpus = vm.cpus;
+    }
+    if let Some(k) = args.kernel {
+        cfg.kernel = k;
+    }
+    if args.initrd.is_some() {
+        cfg.initrd = args.initrd;
+    }
+    if let Some(c) = args.cmdline {
+        cfg.cmdline = c;
+    }
+    if let Some(m) = args.memory {
+        cfg.memory = m;
+    }
+    if let Some(c) = args.cpus {
+        cfg.cpus = c;
+    }
+    if !args.disk.is_empty() {
+        log::warn!("--disk is not wired yet; ignoring {} disk(s)", args.disk.len());
+    }
+    if let Some(q) = args.qmp {
+        log::warn!("--qmp {q} is not wired yet");
+    }
+    Ok(cfg)
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    hospes_vmm::logger::init();
+    let args = Args::parse();
+    let cfg = match machine_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hospes-vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = Vmm::new(cfg).and_then(|mut vmm| vmm.run(|_machine| Ok(())));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hospes-vmm: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_qemu_style_sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("512"), Ok(512 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn parses_serial_backends() {
+        assert_eq!(parse_serial("unix:/tmp/s"), Ok(SerialConfig::Unix("/tmp/s".into())));
+        assert_eq!(parse_serial("file:/tmp/f"), Ok(SerialConfig::File("/tmp/f".into())));
+        assert_eq!(parse_serial("none"), Ok(SerialConfig::None));
+        assert!(parse_serial("tcp:1").is_err());
+    }
 }

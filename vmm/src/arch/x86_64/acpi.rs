@@ -1,0 +1,307 @@
+//! ACPI tables, built once per boot and copied into guest memory at
+//! [`layout::ACPI_START`].
+//!
+//! The blob starts with the RSDP (so a kernel scanning 0xe0000.. finds it, and PVH/zero page
+//! carry its address too), then FACS, DSDT, FADT, MADT, MCFG and the XSDT that lists them.
+//! The FADT is a full (not hardware-reduced) one: a PM1a event and control block, a PM timer
+//! and GPE0 in I/O space, SCI on IRQ 9, a fixed-hardware power button and a reset register,
+//! all served by `devices::legacy::pm`. The DSDT holds `_S5`, a PCI root bridge (ECAM, bus
+//! range, I/O and MMIO windows), a power button device and COM1.
+
+use acpi_tables::Aml;
+use acpi_tables::aml::{
+    AddressSpace, AddressSpaceCacheable, EISAName, Interrupt, Name, Package,
+    ResourceTemplate, IO,
+};
+use acpi_tables::aml::Device as AmlDevice;
+use acpi_tables::facs::FACS;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
+use acpi_tables::mcfg::MCFG;
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+
+use super::layout;
+
+const OEM_ID: [u8; 6] = *b"HOSPES";
+const OEM_TABLE_ID: [u8; 8] = *b"HOSPESVM";
+const OEM_REVISION: u32 = 1;
+
+/// Errors building the ACPI tables.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AcpiError {
+    #[error("ACPI tables need {0} bytes, more than the space reserved for them")]
+    TooLarge(usize),
+    #[error("{0} vCPUs do not fit in the MADT (at most 255)")]
+    TooManyCpus(u32),
+}
+
+/// The tables as one blob to copy to `base`, and the RSDP's address.
+pub struct AcpiTables {
+    pub base: u64,
+    pub blob: Vec<u8>,
+    pub rsdp_addr: u64,
+}
+
+fn to_bytes(t: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    t.to_aml_bytes(&mut v);
+    v
+}
+
+/// The DSDT: `_S5`, the PCI root bridge, the power button, COM1.
+pub fn dsdt(mem: u64) -> Vec<u8> {
+    let s5 = Name::new(
+        "_S5_".into(),
+        &Package::new(vec![&layout::S5_SLP_TYP, &layout::S5_SLP_TYP, &0u8, &0u8]),
+    );
+
+    let last_bus = ((layout::PCI_ECAM_SIZE >> 20) - 1) as u16;
+    let buses = AddressSpace::new_bus_number(0u16, last_bus);
+    let cf8 = IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = AddressSpace::new_io(0u16, 0x0cf7, None);
+    let io_high = AddressSpace::new_io(0x0d00u16, 0xffff, None);
+    let mmio32 = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        layout::PCI_MMIO_START as u32,
+        (layout::PCI_MMIO_END - 1) as u32,
+        None,
+    );
+    let high = layout::high_mmio_start(mem);
+    let mmio64 = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        high,
+        high + layout::HIGH_MMIO_SIZE - 1,
+        None,
+    );
+    let pci_crs = ResourceTemplate::new(vec![&buses, &cf8, &io_low, &io_high, &mmio32, &mmio64]);
+    let mut body = to_bytes(&s5);
+    body.extend(to_bytes(&AmlDevice::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0A08")),
+            &Name::new("_CID".into(), &EISAName::new("PNP0A03")),
+            &Name::new("_ADR".into(), &0u8),
+            &Name::new("_SEG".into(), &0u8),
+            &Name::new("_UID".into(), &0u8),
+            &Name::new("_BBN".into(), &0u8),
+            &Name::new("_CRS".into(), &pci_crs),
+        ],
+    )));
+    body.extend(to_bytes(&AmlDevice::new(
+        "_SB_.PWRB".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
+            &Name::new("_UID".into(), &0u8),
+        ],
+    )));
+
+    let com1_io = IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, 8);
+    let com1_irq = Interrupt::new(true, true, false, false, layout::COM1_IRQ);
+    let com1_crs = ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    body.extend(to_bytes(&AmlDevice::new(
+        "_SB_.COM1".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
+            &Name::new("_UID".into(), &0u8),
+            &Name::new("_CRS".into(), &com1_crs),
+        ],
+    )));
+
+    let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    sdt.append_slice(&body);
+    sdt.as_slice().to_vec()
+}
+
+fn io_gas(port: u16, bits: u8, access: AccessSize) -> GAS {
+    GAS::new(GasSpace::SystemIo, bits, 0, access, u64::from(port))
+}
+
+/// The FADT pointing at `dsdt` and `facs`.
+pub fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
+    let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt)
+        .firmware_ctrl_32(facs as u32)
+        .flag(Flags::Wbinvd)
+        .flag(Flags::ProcC1)
+        .flag(Flags::SlpButton)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::TmrValExt);
+    // Fixed-hardware power button: the PwrButton flag stays clear.
+    f.sci_int = (layout::SCI_IRQ as u16).into();
+    f.pm1a_evt_blk = u32::from(layout::PM1A_EVT).into();
+    f.pm1a_cnt_blk = u32::from(layout::PM1A_CNT).into();
+    f.pm_tmr_blk = u32::from(layout::PM_TMR).into();
+    f.gpe0_blk = u32::from(layout::GPE0).into();
+    f.pm1_evt_len = 4;
+    f.pm1_cnt_len = 2;
+    f.pm_tmr_len = 4;
+    f.gpe0_blk_len = 4;
+    f.century = crate::devices::legacy::rtc::REG_CENTURY;
+    // IA-PC boot architecture: legacy devices present, 8042 present.
+    f.iapc_boot_arch = 0x3u16.into();
+    f.x_pm1a_evt_blk = io_gas(layout::PM1A_EVT, 32, AccessSize::WordAccess);
+    f.x_pm1a_cnt_blk = io_gas(layout::PM1A_CNT, 16, AccessSize::WordAccess);
+    f.x_pm_tmr_blk = io_gas(layout::PM_TMR, 32, AccessSize::DwordAccess);
+    f.x_gpe0_blk = io_gas(layout::GPE0, 32, AccessSize::ByteAccess);
+    f.reset_reg = io_gas(layout::RESET_REG, 8, AccessSize::ByteAccess);
+    f.reset_value = layout::RESET_VALUE;
+    to_bytes(&f.finalize())
+}
+
+/// The MADT: a local APIC per vCPU (ids 0..cpus), the IOAPIC, and the ISA overrides
+/// (IRQ 0 -> GSI 2, SCI level-triggered active-high).
+pub fn madt(cpus: u32) -> Result<Vec<u8>, AcpiError> {
+    if cpus == 0 || cpus > 255 {
+        return Err(AcpiError::TooManyCpus(cpus));
+    }
+    let mut sdt = Sdt::new(*b"APIC", 44, 4, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    sdt.write_u32(36, layout::LAPIC_START as u32);
+    // PCAT_COMPAT: the 8259 PICs are there too.
+    sdt.write_u32(40, 1);
+    let mut body = Vec::new();
+    for id in 0..cpus {
+        // Type 0, length 8, ACPI processor uid, APIC id, flags = enabled.
+        body.extend([0, 8, id as u8, id as u8, 1, 0, 0, 0]);
+    }
+    // Type 1 IOAPIC: length 12, id, reserved, address, GSI base.
+    body.extend([1, 12, 0, 0]);
+    body.extend((layout::IOAPIC_START as u32).to_le_bytes());
+    body.extend(0u32.to_le_bytes());
+    // Type 2 interrupt source overrides: bus 0 (ISA), source, GSI, flags.
+    let iso = |src: u8, gsi: u32, flags: u16| {
+        let mut e = vec![2, 10, 0, src];
+        e.extend(gsi.to_le_bytes());
+        e.extend(flags.to_le_bytes());
+        e
+    };
+    body.extend(iso(0, 2, 0));
+    // Active high (01) | level triggered (11 << 2).
+    body.extend(iso(layout::SCI_IRQ as u8, layout::SCI_IRQ, 0x000d));
+    sdt.append_slice(&body);
+    Ok(sdt.as_slice().to_vec())
+}
+
+fn mcfg() -> Vec<u8> {
+    let mut m = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let last_bus = ((layout::PCI_ECAM_SIZE >> 20) - 1) as u8;
+    m.add_ecam(layout::PCI_ECAM_START, 0, 0, last_bus);
+    to_bytes(&m)
+}
+
+/// Builds every table for a machine of `cpus` vCPUs and `mem` bytes of RAM, laid out from
+/// [`layout::ACPI_START`].
+pub fn build(cpus: u32, mem: u64) -> Result<AcpiTables, AcpiError> {
+    let base = layout::ACPI_START;
+    let mut blob = Vec::new();
+    let place = |blob: &mut Vec<u8>, table: &[u8], align: usize| -> u64 {
+        let at = blob.len().next_multiple_of(align);
+        blob.resize(at, 0);
+        blob.extend_from_slice(table);
+        base + at as u64
+    };
+    // The RSDP goes first; its XSDT address is patched in at the end.
+    blob.resize(Rsdp::len(), 0);
+    let facs_addr = place(&mut blob, &to_bytes(&FACS::new()), 64);
+    let dsdt_addr = place(&mut blob, &dsdt(mem), 8);
+    let fadt_addr = place(&mut blob, &fadt(dsdt_addr, facs_addr), 8);
+    let madt_addr = place(&mut blob, &madt(cpus)?, 8);
+    let mcfg_addr = place(&mut blob, &mcfg(), 8);
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    for a in [fadt_addr, madt_addr, mcfg_addr] {
+        xsdt.add_entry(a);
+    }
+    let xsdt_addr = place(&mut blob, &to_bytes(&xsdt), 8);
+    let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    blob[..rsdp.len()].copy_from_slice(&rsdp);
+    if blob.len() as u64 > layout::ACPI_END - base {
+        return Err(AcpiError::TooLarge(blob.len()));
+    }
+    Ok(AcpiTables { base, blob, rsdp_addr: base })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, &x| a.wrapping_add(x))
+    }
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+    }
+
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from(u32_at(b, off)) | (u64::from(u32_at(b, off + 4)) << 32)
+    }
+
+    fn table_at(t: &AcpiTables, addr: u64) -> &[u8] {
+        let off = (addr - t.base) as usize;
+        let len = u32_at(&t.blob, off + 4) as usize;
+        &t.blob[off..off + len]
+    }
+
+    #[test]
+    fn every_table_is_reachable_from_the_rsdp_with_good_checksums() {
+        let t = build(4, 256 << 20).unwrap();
+        let rsdp = &t.blob[..36];
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(sum(&rsdp[..20]), 0);
+        assert_eq!(sum(rsdp), 0);
+        let xsdt = table_at(&t, u64_at(rsdp, 24));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        assert_eq!(sum(xsdt), 0);
+        let mut sigs = Vec::new();
+        for i in 0..(xsdt.len() - 36) / 8 {
+            let table = table_at(&t, u64_at(xsdt, 36 + i * 8));
+            assert_eq!(sum(table), 0, "{:?}", &table[..4]);
+            sigs.push(table[..4].to_vec());
+        }
+        assert_eq!(sigs, [b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]);
+    }
+
+    #[test]
+    fn fadt_names_the_pm_block_sci_and_reset_register() {
+        let t = build(1, 64 << 20).unwrap();
+        let rsdp = &t.blob[..36];
+        let xsdt = table_at(&t, u64_at(rsdp, 24));
+        let fadt = table_at(&t, u64_at(xsdt, 36));
+        assert_eq!(u32::from(fadt[46]) | u32::from(fadt[47]) << 8, 9);
+        assert_eq!(u32_at(fadt, 56), 0x600);
+        assert_eq!(u32_at(fadt, 64), 0x604);
+        assert_eq!(u32_at(fadt, 76), 0x608);
+        assert_eq!(u32_at(fadt, 112) & (1 << 20), 0, "not hardware-reduced");
+        assert_eq!(u32_at(fadt, 112) & (1 << 4), 0, "fixed power button");
+        assert_eq!(u64_at(fadt, 116 + 4), 0x610);
+        assert_eq!(fadt[128], 6);
+        let dsdt = table_at(&t, u64_at(fadt, 140));
+        assert_eq!(&dsdt[..4], b"DSDT");
+        assert_eq!(sum(dsdt), 0);
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        let facs = table_at(&t, u64::from(u32_at(fadt, 36)));
+        assert_eq!(&facs[..4], b"FACS");
+        assert_eq!(u32_at(fadt, 36) % 64, 0);
+    }
+
+    #[test]
+    fn madt_lists_every_cpu_and_the_ioapic() {
+        let m = madt(3).unwrap();
+        assert_eq!(sum(&m), 0);
+        assert_eq!(u32_at(&m, 36), 0xfee0_0000);
+        let lapics: Vec<(u8, u8)> = m[44..]
+            .chunks(8)
+            .take(3)
+            .map(|e| (e[0], e[3]))
+            .collect();
+        assert_eq!(lapics, [(0, 0), (0, 1), (0, 2)]);
+        assert_eq!(m[44 + 24], 1);
+        assert_eq!(u32_at(&m, 44 + 24 + 4), 0xfec0_0000);
+        assert_eq!(madt(0), Err(AcpiError::TooManyCpus(0)));
+        assert_eq!(madt(256), Err(AcpiError::TooManyCpus(256)));
+    }
+}

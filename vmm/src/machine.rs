@@ -1,0 +1,473 @@
+//! Builds and runs one virtual machine.
+//!
+//! Boot flow: [`Vmm::run`] loops over boots. Each boot [`Machine::new`] opens KVM, creates
+//! the VM (irqchip, PIT), maps guest memory, writes the boot GDT and the ACPI tables, loads
+//! the kernel, and puts the legacy devices on the buses. Then the caller's *registration
+//! step* runs (see [`Vmm::run`]'s `setup`): other device families (PCI host bridge, virtio)
+//! insert themselves into [`Machine::pio_bus`]/[`Machine::mmio_bus`] and wire irqfds,
+//! ioeventfds and MSI routes on [`Machine::vm_fd`]. [`Machine::run`] then creates the
+//! vCPUs, starts one thread each, and waits for an event: guest power-off, reset, a vCPU
+//! error, or a command from a [`VmHandle`]. A reset ends this boot and starts the next one
+//! from scratch (fresh VM, memory and per-boot devices); the serial port and the CMOS RTC
+//! persist across boots, as on a PC.
+//!
+//! Threads: the calling thread waits for events; one thread per vCPU; a stdin (or unix
+//! socket) reader for the serial console when there is one.
+
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{acpi, layout, regs};
+use crate::boot::{self, BootInputs};
+use crate::devices::bus::{Bus, BusError, lock};
+use crate::devices::legacy::debug_port::DebugPort;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::pm::PmBlock;
+use crate::devices::legacy::rtc::Rtc;
+use crate::devices::legacy::serial::SerialDevice;
+use crate::devices::legacy::{PowerEvent, PowerEvents};
+use crate::vstate::vcpu::{self, ExitBuses, RunControl, VcpuEvent};
+use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
+use crate::vstate::{memory, vm};
+
+pub mod console;
+
+/// Smallest guest RAM accepted.
+pub const MIN_MEMORY: u64 = 2 << 20;
+/// Most vCPUs (8-bit APIC ids in the MADT).
+pub const MAX_CPUS: u32 = 255;
+
+/// Errors building or running a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("cannot place a device on the bus")]
+    Bus(#[from] BusError),
+    #[error("{requested} bytes of guest memory is more than this host's {host} bytes of RAM")]
+    MemoryTooLarge { requested: u64, host: u64 },
+    #[error("guest memory must be at least {MIN_MEMORY} bytes")]
+    MemoryTooSmall,
+    #[error("the number of vCPUs must be between 1 and {MAX_CPUS}")]
+    BadCpuCount,
+    #[error("cannot write boot data to guest memory")]
+    GuestMemory(#[source] vm_memory::GuestMemoryError),
+    #[error("cannot read KVM's supported CPUID")]
+    Cpuid(#[source] kvm_ioctls::Error),
+    #[error("cannot register an irqfd")]
+    Irqfd(#[source] kvm_ioctls::Error),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot open serial output {path}")]
+    SerialOutput {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Guest(String),
+    #[error("device setup failed: {0}")]
+    Setup(String),
+}
+
+/// Where COM1 goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// The helper's stdin/stdout.
+    Stdio,
+    /// A listening unix socket; one client at a time.
+    Unix(PathBuf),
+    /// Append to a file (output only).
+    File(PathBuf),
+    /// Nowhere.
+    None,
+}
+
+/// Everything needed to build a machine.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    pub cpus: u32,
+    pub serial: SerialConfig,
+    /// A guest reset ends the process instead of rebooting.
+    pub no_reboot: bool,
+}
+
+/// Events that end a boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineEvent {
+    Reset,
+    PowerOff,
+    Quit,
+    Error(String),
+}
+
+/// How a run of [`Vmm::run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest reset with `no_reboot` set.
+    Reset,
+    /// [`VmHandle::quit`].
+    Quit,
+}
+
+/// Device power requests forwarded into the machine's event channel.
+struct EventSink(Sender<MachineEvent>);
+
+impl PowerEvents for EventSink {
+    fn request(&self, event: PowerEvent) {
+        let ev = match event {
+            PowerEvent::Reset => MachineEvent::Reset,
+            PowerEvent::PowerOff => MachineEvent::PowerOff,
+        };
+        // The receiver lives as long as the Vmm; a send after it is gone has no one to tell.
+        let _ = self.0.send(ev);
+    }
+}
+
+/// The VM state QMP `query-status` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Not started yet.
+    Prelaunch,
+    Running,
+    Paused,
+    /// Powered off or quitting.
+    Shutdown,
+}
+
+impl RunState {
+    /// The QMP spelling (`query-status` "status").
+    pub fn as_qmp_str(self) -> &'static str {
+        match self {
+            RunState::Prelaunch => "prelaunch",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Errors from [`VmHandle`] commands.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HandleError {
+    #[error("the VM is not running")]
+    NotRunning,
+    #[error("the vCPUs did not stop in time")]
+    PauseTimeout,
+}
+
+struct HandleInner {
+    control: Arc<RunControl>,
+    events: Sender<MachineEvent>,
+    pm: Mutex<Option<Arc<Mutex<PmBlock>>>>,
+    state: Mutex<RunState>,
+}
+
+/// A cloneable remote control for the VM, for the QMP server and signal handlers. Every
+/// method may be called from any thread, before, during or after a boot.
+///
+/// - [`pause`](Self::pause) / [`resume`](Self::resume): `stop` / `cont`; pause returns once
+///   every vCPU is out of the guest. A reset keeps the VM paused.
+/// - [`powerdown`](Self::powerdown): `system_powerdown`, the ACPI power button (the guest
+///   decides what to do; a guest without ACPI ignores it).
+/// - [`reset`](Self::reset): `system_reset`, a hard reset (or exit with `--no-reboot`).
+/// - [`quit`](Self::quit): `quit`, ends [`Vmm::run`] with [`Exit::Quit`].
+/// - [`status`](Self::status): `query-status`.
+#[derive(Clone)]
+pub struct VmHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl VmHandle {
+    fn new(events: Sender<MachineEvent>) -> Self {
+        Self {
+            inner: Arc::new(HandleInner {
+                control: Arc::new(RunControl::default()),
+                events,
+                pm: Mutex::new(None),
+                state: Mutex::new(RunState::Prelaunch),
+            }),
+        }
+    }
+
+    /// The current state.
+    pub fn status(&self) -> RunState {
+        let s = *lock(&self.inner.state);
+        if s == RunState::Running && self.inner.control.is_paused() {
+            RunState::Paused
+        } else {
+            s
+        }
+    }
+
+    /// Stops all vCPUs; returns when they are out of the guest.
+    pub fn pause(&self) -> Result<(), HandleError> {
+        if self.inner.control.pause(Duration::from_secs(2)) {
+            Ok(())
+        } else {
+            Err(HandleError::PauseTimeout)
+        }
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.inner.control.resume();
+    }
+
+    /// Presses the ACPI power button.
+    pub fn powerdown(&self) -> Result<(), HandleError> {
+        let pm = lock(&self.inner.pm).clone().ok_or(HandleError::NotRunning)?;
+        lock(&pm).press_power_button();
+        Ok(())
+    }
+
+    /// Resets the machine.
+    pub fn reset(&self) {
+        let _ = self.inner.events.send(MachineEvent::Reset);
+    }
+
+    /// Ends the VM.
+    pub fn quit(&self) {
+        let _ = self.inner.events.send(MachineEvent::Quit);
+    }
+
+    fn set_state(&self, s: RunState) {
+        *lock(&self.inner.state) = s;
+    }
+}
+
+/// One boot of the machine. Public fields are the registration surface for other device
+/// families; see the module docs.
+pub struct Machine {
+    /// Port I/O space. Insert devices before [`Machine::run`]; a device moving itself
+    /// (a BAR) at run time takes the write lock from outside its own bus access.
+    pub pio_bus: Arc<RwLock<Bus>>,
+    /// MMIO space (ECAM at `layout::PCI_ECAM_START`, BARs in the PCI MMIO windows).
+    pub mmio_bus: Arc<RwLock<Bus>>,
+    /// The KVM VM: `register_irqfd`, `register_ioevent`, `set_gsi_routing` (MSI routes;
+    /// GSIs 0..23 are the IOAPIC pins, use 24 and up for MSIs).
+    pub vm_fd: Arc<VmFd>,
+    /// Guest RAM.
+    pub guest_memory: GuestMemoryMmap,
+    /// The configuration this boot was built from.
+    pub config: MachineConfig,
+    kvm: Kvm,
+    boot: boot::BootEntry,
+    serial: Arc<Mutex<SerialDevice>>,
+}
+
+/// Devices that live across boots.
+struct Persistent {
+    serial: Arc<Mutex<SerialDevice>>,
+    serial_irq: Arc<EventFdIrq>,
+    rtc: Arc<Mutex<Rtc>>,
+}
+
+impl Machine {
+    fn new(config: &MachineConfig, persistent: &Persistent, events: &Sender<MachineEvent>, handle: &VmHandle) -> Result<Self, MachineError> {
+        let kvm = vm::open_kvm()?;
+        let vm_fd = vm::create_vm(&kvm)?;
+        let guest_memory = memory::create(config.memory)?;
+        memory::register(&vm_fd, &guest_memory)?;
+
+        let gdt: Vec<u8> = regs::gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
+        guest_memory
+            .write_slice(&gdt, GuestAddress(layout::BOOT_GDT))
+            .map_err(MachineError::GuestMemory)?;
+        let tables = acpi::build(config.cpus, config.memory)?;
+        guest_memory
+            .write_slice(&tables.blob, GuestAddress(tables.base))
+            .map_err(MachineError::GuestMemory)?;
+
+        let boot = boot::load(
+            &guest_memory,
+            &BootInputs {
+                kernel: &config.kernel,
+                initrd: config.initrd.as_deref(),
+                cmdline: &config.cmdline,
+                memory: config.memory,
+                rsdp_addr: tables.rsdp_addr,
+            },
+        )?;
+
+        let power: Arc<dyn PowerEvents> = Arc::new(EventSink(events.clone()));
+        let mut pio = Bus::new();
+        pio.insert(persistent.serial.clone(), u64::from(layout::COM1_PORT), 8)?;
+        vm_fd
+            .register_irqfd(&persistent.serial_irq.0, layout::COM1_IRQ)
+            .map_err(MachineError::Irqfd)?;
+        let kbd_irq = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::I8042_KBD_IRQ));
+        let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, power.clone())));
+        pio.insert(i8042.clone(), 0x60, 1)?;
+        pio.insert(i8042, 0x64, 1)?;
+        pio.insert(persistent.rtc.clone(), 0x70, 2)?;
+        pio.insert(Arc::new(Mutex::new(DebugPort::new())), 0x80, 1)?;
+        let sci = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::SCI_IRQ));
+        let pm = Arc::new(Mutex::new(PmBlock::new(sci, power)));
+        pio.insert(pm.clone(), u64::from(layout::PM_BASE), u64::from(layout::PM_LEN))?;
+        *lock(&handle.inner.pm) = Some(pm);
+
+        Ok(Self {
+            pio_bus: Arc::new(RwLock::new(pio)),
+            mmio_bus: Arc::new(RwLock::new(Bus::new())),
+            vm_fd,
+            guest_memory,
+            config: config.clone(),
+            kvm,
+            boot,
+            serial: persistent.serial.clone(),
+        })
+    }
+
+    /// Starts the vCPUs and runs until an event ends this boot.
+    fn run(self, events: &Sender<MachineEvent>, rx: &Receiver<MachineEvent>, control: &Arc<RunControl>) -> Result<MachineEvent, MachineError> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(MachineError::Cpuid)?;
+        let count = self.config.cpus;
+        let mut vcpus = Vec::new();
+        for index in 0..count {
+            let fd = vcpu::create(&self.vm_fd, index)?;
+            let boot = (index == 0).then_some(&self.boot);
+            vcpu::configure(&fd, &cpuid, index, count, boot)?;
+            vcpus.push(fd);
+        }
+        vcpu::install_kick_handler()?;
+        let buses = ExitBuses { pio: self.pio_bus.clone(), mmio: self.mmio_bus.clone() };
+        let mut threads = Vec::new();
+        for (index, fd) in vcpus.into_iter().enumerate() {
+            let (buses, ctl, events) = (buses.clone(), control.clone(), events.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    let ev = vcpu::run(fd, index as u32, &buses, &ctl);
+                    let _ = events.send(match ev {
+                        Some(VcpuEvent::Reset) => MachineEvent::Reset,
+                        Some(VcpuEvent::PowerOff) => MachineEvent::PowerOff,
+                        Some(VcpuEvent::Error(e)) => MachineEvent::Error(e),
+                        None => return,
+                    });
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    control.stop();
+                    return Err(MachineError::Thread(e));
+                }
+            }
+        }
+        control.attach(threads.iter().map(|t| t.as_pthread_t()).collect());
+        // A sender is held by this function, so recv only fails if every sender is gone.
+        let event = rx.recv().unwrap_or(MachineEvent::Quit);
+        control.stop();
+        for t in threads {
+            let _ = t.join();
+        }
+        lock(&self.serial).flush();
+        Ok(event)
+    }
+}
+
+/// Runs a VM across reboots.
+pub struct Vmm {
+    config: MachineConfig,
+    handle: VmHandle,
+    events: Sender<MachineEvent>,
+    rx: Receiver<MachineEvent>,
+    persistent: Persistent,
+}
+
+impl Vmm {
+    /// Checks `config` against the host and opens the serial backend.
+    pub fn new(config: MachineConfig) -> Result<Self, MachineError> {
+        if config.memory < MIN_MEMORY {
+            return Err(MachineError::MemoryTooSmall);
+        }
+        if let Some(host) = memory::host_ram()
+            && config.memory > host
+        {
+            return Err(MachineError::MemoryTooLarge { requested: config.memory, host });
+        }
+        if config.cpus == 0 || config.cpus > MAX_CPUS {
+            return Err(MachineError::BadCpuCount);
+        }
+        let (events, rx) = channel();
+        let serial_irq = Arc::new(EventFdIrq(EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?));
+        let (out, input) = crate::machine::console::open(&config.serial)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq.clone(), out)));
+        if let Some(input) = input {
+            console::spawn_input(input, serial.clone())?;
+        }
+        let persistent = Persistent { serial, serial_irq, rtc: Arc::new(Mutex::new(Rtc::new())) };
+        Ok(Self { config, handle: VmHandle::new(events.clone()), events, rx, persistent })
+    }
+
+    /// The remote control for this VM.
+    pub fn handle(&self) -> VmHandle {
+        self.handle.clone()
+    }
+
+    /// Boots the VM, calling `setup` on every boot after the built-in devices are placed
+    /// and before any vCPU runs (the device registration step), until the guest powers
+    /// off, resets with `no_reboot`, or [`VmHandle::quit`] is called.
+    pub fn run(&mut self, mut setup: impl FnMut(&mut Machine) -> Result<(), MachineError>) -> Result<Exit, MachineError> {
+        let control = self.handle.inner.control.clone();
+        let result = loop {
+            let mut machine = match Machine::new(&self.config, &self.persistent, &self.events, &self.handle) {
+                Ok(m) => m,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = setup(&mut machine) {
+                break Err(e);
+            }
+            self.handle.set_state(RunState::Running);
+            let event = match machine.run(&self.events, &self.rx, &control) {
+                Ok(ev) => ev,
+                Err(e) => break Err(e),
+            };
+            // Events from the boot that just ended (a second vCPU's triple fault, a
+            // repeated reset request) do not carry over.
+            while self.rx.try_recv().is_ok() {}
+            *lock(&self.handle.inner.pm) = None;
+            match event {
+                MachineEvent::PowerOff => break Ok(Exit::PowerOff),
+                MachineEvent::Quit => break Ok(Exit::Quit),
+                MachineEvent::Error(e) => break Err(MachineError::Guest(e)),
+                MachineEvent::Reset if self.config.no_reboot => break Ok(Exit::Reset),
+                MachineEvent::Reset => log::info!("guest reset: rebooting"),
+            }
+        };
+        self.handle.set_state(RunState::Shutdown);
+        let _ = std::io::stdout().flush();
+        result
+    }
+}
+
+

@@ -1,0 +1,298 @@
+//! vCPUs: setup before the first run, the run loop of each vCPU thread, and the kick.
+//!
+//! Each vCPU runs `KVM_RUN` on its own thread. Port and MMIO exits are dispatched to the
+//! machine's buses; exits that end the boot (triple fault, system events, errors) go to
+//! the machine as [`VcpuEvent`]s. Another thread stops or pauses a vCPU by setting the
+//! shared [`RunControl`] and sending [`KICK_SIGNAL`]: its handler sets this thread's
+//! `immediate_exit`, so `KVM_RUN` returns at once even when the signal lands just before
+//! the vCPU enters the guest.
+
+use std::cell::Cell;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use kvm_bindings::{KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, Msrs, kvm_mp_state, kvm_msr_entry};
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::arch::x86_64::{cpuid, layout, msr, regs};
+use crate::boot::BootEntry;
+use crate::devices::bus::{Bus, lock};
+
+/// Errors setting up a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {0}")]
+    Create(u32, #[source] kvm_ioctls::Error),
+    #[error("cannot set up vCPU {index} ({what})")]
+    Setup {
+        index: u32,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot build the MSR list")]
+    Msrs,
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+/// The real-time signal that kicks a vCPU out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Alias kept for docs: the signal number is [`kick_signal`]`()`.
+pub const KICK_SIGNAL: &str = "SIGRTMIN";
+
+thread_local! {
+    /// This vCPU thread's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_num: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let p = IMMEDIATE_EXIT.with(Cell::get);
+    if !p.is_null() {
+        // SAFETY: `p` points into this thread's kvm_run mapping, set by `run` before any
+        // kick can target the thread and cleared before the mapping goes away.
+        unsafe { std::ptr::write_volatile(p, 1) };
+    }
+}
+
+/// Installs the kick handler (once per process is enough; repeating is harmless).
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal)
+}
+
+/// Sends the kick signal to a vCPU thread.
+pub fn kick(thread: libc::pthread_t) {
+    // SAFETY: the caller only passes handles of vCPU threads that have not been joined yet
+    // (RunControl keeps the list and clears it before joining).
+    let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
+    if rc != 0 {
+        log::debug!("kick failed: {rc}");
+    }
+}
+
+/// What stops a vCPU's run loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// Triple fault or a reset system event.
+    Reset,
+    /// A shutdown system event.
+    PowerOff,
+    /// KVM reported an error or an exit the VMM cannot handle.
+    Error(String),
+}
+
+/// Pause/stop state shared by the machine, the handle and all vCPU threads.
+#[derive(Default)]
+pub struct RunControl {
+    state: Mutex<ControlState>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct ControlState {
+    paused: bool,
+    stopping: bool,
+    parked: usize,
+    threads: Vec<libc::pthread_t>,
+}
+
+impl RunControl {
+    /// Records the vCPU threads of the current boot (for kicks) and clears `stopping`.
+    pub fn attach(&self, threads: Vec<libc::pthread_t>) {
+        let mut s = lock(&self.state);
+        s.threads = threads;
+        s.stopping = false;
+    }
+
+    /// Stops all vCPUs of the current boot and forgets their threads; the caller joins them.
+    pub fn stop(&self) {
+        let mut s = lock(&self.state);
+        s.stopping = true;
+        for &t in &s.threads {
+            kick(t);
+        }
+        s.threads.clear();
+        self.cond.notify_all();
+    }
+
+    /// Pauses the vCPUs and waits (up to `timeout`) until they are all parked.
+    pub fn pause(&self, timeout: Duration) -> bool {
+        let mut s = lock(&self.state);
+        s.paused = true;
+        for &t in &s.threads {
+            kick(t);
+        }
+        let want = s.threads.len();
+        let (s, r) = self
+            .cond
+            .wait_timeout_while(s, timeout, |s| s.parked < want && !s.stopping)
+            .unwrap_or_else(|e| e.into_inner());
+        drop(s);
+        !r.timed_out()
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        lock(&self.state).paused = false;
+        self.cond.notify_all();
+    }
+
+    /// Whether a pause was asked for.
+    pub fn is_paused(&self) -> bool {
+        lock(&self.state).paused
+    }
+
+    /// Parks the calling vCPU while paused; returns false when it must stop.
+    fn checkpoint(&self) -> bool {
+        let mut s = lock(&self.state);
+        if s.paused && !s.stopping {
+            s.parked += 1;
+            self.cond.notify_all();
+            while s.paused && !s.stopping {
+                s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            s.parked -= 1;
+        }
+        !s.stopping
+    }
+}
+
+/// The buses a vCPU dispatches exits to.
+#[derive(Clone)]
+pub struct ExitBuses {
+    pub pio: Arc<RwLock<Bus>>,
+    pub mmio: Arc<RwLock<Bus>>,
+}
+
+/// Sets up vCPU `index` of `count`: CPUID, MSRs, LAPIC LINTs; the boot vCPU (index 0) gets
+/// the entry state, the others wait for INIT/SIPI.
+pub fn configure(
+    vcpu: &VcpuFd,
+    base_cpuid: &CpuId,
+    index: u32,
+    count: u32,
+    boot: Option<&BootEntry>,
+) -> Result<(), VcpuError> {
+    let fail = |what| move |source| VcpuError::Setup { index, what, source };
+    let mut cpuid = base_cpuid.clone();
+    cpuid::customize(cpuid.as_mut_slice(), index, count);
+    vcpu.set_cpuid2(&cpuid).map_err(fail("CPUID"))?;
+
+    let entries: Vec<kvm_msr_entry> = msr::boot_msrs()
+        .into_iter()
+        .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs)?;
+    vcpu.set_msrs(&msrs).map_err(fail("MSRs"))?;
+
+    let mut lapic = vcpu.get_lapic().map_err(fail("LAPIC"))?;
+    regs::setup_lint(&mut lapic.regs);
+    vcpu.set_lapic(&lapic).map_err(fail("LAPIC"))?;
+
+    match boot {
+        Some(b) => {
+            let sregs = vcpu.get_sregs().map_err(fail("sregs"))?;
+            vcpu.set_sregs(&regs::protected_mode_sregs(sregs, layout::BOOT_GDT))
+                .map_err(fail("sregs"))?;
+            vcpu.set_regs(&regs::boot_regs(b.entry, b.info)).map_err(fail("regs"))?;
+            vcpu.set_fpu(&regs::boot_fpu()).map_err(fail("FPU"))?;
+        }
+        None => {
+            let mp = kvm_mp_state { mp_state: KVM_MP_STATE_UNINITIALIZED };
+            vcpu.set_mp_state(mp).map_err(fail("MP state"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates vCPU `index`.
+pub fn create(vm: &VmFd, index: u32) -> Result<VcpuFd, VcpuError> {
+    vm.create_vcpu(u64::from(index)).map_err(|e| VcpuError::Create(index, e))
+}
+
+/// Runs a vCPU until it must stop; returns why, or None when stopped from outside.
+pub fn run(mut vcpu: VcpuFd, index: u32, buses: &ExitBuses, control: &RunControl) -> Option<VcpuEvent> {
+    let immediate_exit = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
+    IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
+    let result = run_loop(&mut vcpu, index, buses, control);
+    IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    result
+}
+
+fn run_loop(vcpu: &mut VcpuFd, index: u32, buses: &ExitBuses, control: &RunControl) -> Option<VcpuEvent> {
+    loop {
+        if !control.checkpoint() {
+            return None;
+        }
+        match vcpu.run() {
+            Ok(exit) => {
+                if let Some(ev) = handle_exit(exit, index, buses) {
+                    return Some(ev);
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+            }
+            Err(e) => return Some(VcpuEvent::Error(format!("vCPU {index}: KVM_RUN failed: {e}"))),
+        }
+    }
+}
+
+fn read_bus(bus: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
+    bus.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &ExitBuses) -> Option<VcpuEvent> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !read_bus(&buses.pio).read(u64::from(port), data) {
+                crate::guest_warn!("unhandled port read {port:#06x} ({} bytes)", data.len());
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !read_bus(&buses.pio).write(u64::from(port), data) {
+                crate::guest_warn!("unhandled port write {port:#06x} <- {data:02x?}");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !read_bus(&buses.mmio).read(addr, data) {
+                crate::guest_warn!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !read_bus(&buses.mmio).write(addr, data) {
+                crate::guest_warn!("unhandled MMIO write {addr:#x} <- {data:02x?}");
+            }
+        }
+        VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}
+        VcpuExit::Shutdown => {
+            log::info!("vCPU {index}: triple fault, resetting");
+            return Some(VcpuEvent::Reset);
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            return Some(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
+                KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
+                other => VcpuEvent::Error(format!("vCPU {index}: unexpected system event {other}")),
+            });
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Some(VcpuEvent::Error(format!(
+                "vCPU {index}: KVM could not enter the guest (reason {reason:#x}, cpu {cpu})"
+            )));
+        }
+        VcpuExit::InternalError => {
+            return Some(VcpuEvent::Error(format!(
+                "vCPU {index}: KVM internal error (an instruction it cannot emulate?)"
+            )));
+        }
+        other => {
+            return Some(VcpuEvent::Error(format!("vCPU {index}: unexpected exit {other:?}")));
+        }
+    }
+    None
+}

@@ -1,0 +1,98 @@
+//! The KVM VM: opening /dev/kvm (with an actionable message when that fails), creating the
+//! VM with the in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT, and the interrupt lines
+//! devices use.
+
+use std::sync::Arc;
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::arch::x86_64::layout;
+use crate::devices::legacy::IrqLine;
+
+/// Errors creating the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: enable virtualization in the firmware settings and load the kvm module")]
+    NoKvm,
+    #[error("no permission to open /dev/kvm: add your user to the kvm group (sudo usermod -aG kvm $USER), then log out and back in")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM API version {0} is not supported")]
+    ApiVersion(i32),
+    #[error("cannot create the VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("cannot set up the VM ({0})")]
+    Setup(&'static str, #[source] kvm_ioctls::Error),
+}
+
+/// Opens /dev/kvm.
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    let kvm = Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::OpenKvm(e),
+    })?;
+    let v = kvm.get_api_version();
+    if v != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(VmError::ApiVersion(v));
+    }
+    Ok(kvm)
+}
+
+/// Creates the VM with its in-kernel irqchip and PIT.
+pub fn create_vm(kvm: &Kvm) -> Result<Arc<VmFd>, VmError> {
+    let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+    vm.set_tss_address(layout::KVM_TSS as usize)
+        .map_err(|e| VmError::Setup("TSS address", e))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP)
+        .map_err(|e| VmError::Setup("identity map", e))?;
+    vm.create_irq_chip().map_err(|e| VmError::Setup("irqchip", e))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(|e| VmError::Setup("PIT", e))?;
+    Ok(Arc::new(vm))
+}
+
+/// An ISA/GSI line of the in-kernel irqchip, driven with `KVM_IRQ_LINE`.
+pub struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl KvmIrqLine {
+    pub fn new(vm: Arc<VmFd>, gsi: u32) -> Self {
+        Self { vm, gsi }
+    }
+}
+
+impl IrqLine for KvmIrqLine {
+    fn trigger(&self) {
+        self.set_level(true);
+        self.set_level(false);
+    }
+
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
+            crate::guest_warn!("cannot set IRQ {}: {e}", self.gsi);
+        }
+    }
+}
+
+/// An edge-triggered line through an eventfd registered as an irqfd: raising it is one
+/// write(2), no ioctl, so any thread may do it cheaply.
+pub struct EventFdIrq(pub vmm_sys_util::eventfd::EventFd);
+
+impl IrqLine for EventFdIrq {
+    fn trigger(&self) {
+        if let Err(e) = self.0.write(1) {
+            crate::guest_warn!("cannot signal irqfd: {e}");
+        }
+    }
+
+    fn set_level(&self, high: bool) {
+        if high {
+            self.trigger();
+        }
+    }
+}
