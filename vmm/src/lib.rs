@@ -10,3 +10,4 @@ pub mod launch;
 pub mod runtime;
 pub mod config;
 pub mod library;
+pub mod ctl;

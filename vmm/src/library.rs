@@ -23,6 +23,7 @@ use crate::config::{
     self, Boot, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
     MacAddress, Network, OsKind, Problem, RebootAction, Resolution, Size, VmConfig,
 };
+use crate::runtime::{self, Pid, RuntimeDir};
 
 /// File extensions of disk and CD images, kept on delete even when `vm.ron` is unreadable.
 const IMAGE_EXTENSIONS: [&str; 8] = ["raw", "img", "qcow2", "iso", "vmdk", "vdi", "vhd", "vhdx"];
@@ -100,7 +101,7 @@ pub enum LibraryError {
         /// The VM's id.
         id: String,
         /// The helper's process id.
-        pid: u32,
+        pid: Pid,
     },
     /// `qemu-img`, needed for qcow2 images, is not installed.
     #[error(
@@ -367,8 +368,8 @@ impl Library {
         Err(LibraryError::NotFound(name_or_id.to_owned()))
     }
 
-    /// Errors unless `name` is usable and no other VM (but `except_id`) has it.
-    fn check_new_name(&self, name: &str, except_id: Option<&str>) -> Result<(), LibraryError> {
+    /// Errors unless `name` is usable and no VM other than `except_id` has it.
+    pub fn check_name(&self, name: &str, except_id: Option<&str>) -> Result<(), LibraryError> {
         let bad = |reason| LibraryError::BadName {
             name: name.to_owned(),
             reason,
@@ -416,7 +417,7 @@ impl Library {
 
     /// Creates a VM: its folder, disk image and `vm.ron`.
     pub fn create(&self, req: &CreateRequest) -> Result<Machine, LibraryError> {
-        self.check_new_name(&req.name, None)?;
+        self.check_name(&req.name, None)?;
         let resources = self
             .resources
             .unwrap_or_else(|| HostResources::detect(&self.root));
@@ -438,7 +439,7 @@ impl Library {
     /// the id and folder stay.
     pub fn rename(&self, name_or_id: &str, new_name: &str) -> Result<Machine, LibraryError> {
         let machine = self.find(name_or_id)?;
-        self.check_new_name(new_name, Some(&machine.id))?;
+        self.check_name(new_name, Some(&machine.id))?;
         let path = machine.config_path();
         let text = config::read(&path)?;
         let quoted = ron::to_string(new_name).map_err(|e| ConfigError::Write {
@@ -523,7 +524,7 @@ impl Library {
             return Err(LibraryError::AlreadyInLibrary(source));
         }
         let cfg = config::load_with(&source_config, &self.limits)?;
-        self.check_new_name(&cfg.name, None)?;
+        self.check_name(&cfg.name, None)?;
         let (id, dir) = self.claim_folder(&cfg.name)?;
         let brought = match mode {
             ImportMode::Copy => copy_tree(&source, &dir),
@@ -829,15 +830,11 @@ fn free_space(dir: &Path) -> Option<Size> {
     (rc == 0).then(|| Size(stat.f_bavail.saturating_mul(stat.f_frsize)))
 }
 
-/// The helper's pid if the VM `id` is running (its runtime pid file names a live process).
-fn running_pid(id: &str) -> Option<u32> {
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")?;
-    let pid_file = Path::new(&runtime).join("hospes").join(id).join("pid");
-    let pid: u32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
-    Path::new("/proc")
-        .join(pid.to_string())
-        .exists()
-        .then_some(pid)
+/// The helper's pid if the VM `id` is running (its runtime pid file names a live helper).
+fn running_pid(id: &str) -> Option<Pid> {
+    let dir = RuntimeDir::open(id).ok()?;
+    let pid = dir.read_pid().ok()??;
+    runtime::is_helper_alive(pid).then_some(pid)
 }
 
 /// The disk and CD images of a VM: those its settings name (even if the settings fail

@@ -1,6 +1,5 @@
-//! `hospesctl`: the Hospes command line.
+//! `hospesctl`: the Hospes command line. Everything lives in `hospes_vmm::ctl`.
 
-fn main() {
-    eprintln!("hospesctl: not built yet");
-    std::process::exit(1);
+fn main() -> std::process::ExitCode {
+    hospes_vmm::ctl::main()
 }
