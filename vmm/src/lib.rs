@@ -4,7 +4,12 @@
 //! (the command line) and the GTK app, which uses only [`config`], [`library`] and the
 //! control client. See ARCHITECTURE.md for the code map.
 
+pub mod arch;
+pub mod boot;
 pub mod devices;
+pub mod logger;
+pub mod machine;
+pub mod vstate;
 pub mod control;
 pub mod launch;
 pub mod runtime;

@@ -2,3 +2,4 @@
 //! interrupts through a small trait, and is reached through a [`bus::Bus`].
 
 pub mod bus;
+pub mod legacy;
