@@ -133,7 +133,10 @@ pub fn spawn_helper(spec: &LaunchSpec, runtime: &RuntimeDir) -> Result<Pid, Laun
     }
     runtime.clear_runtime_files()?;
     let log_path = runtime.log_file();
-    let log_err = |source| LaunchError::Log { path: log_path.clone(), source };
+    let log_err = |source| LaunchError::Log {
+        path: log_path.clone(),
+        source,
+    };
     let log = OpenOptions::new()
         .create(true)
         .write(true)
@@ -168,9 +171,10 @@ pub fn spawn_helper(spec: &LaunchSpec, runtime: &RuntimeDir) -> Result<Pid, Laun
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(|source| LaunchError::Spawn { helper: spec.helper.clone(), source })?;
+    let mut child = command.spawn().map_err(|source| LaunchError::Spawn {
+        helper: spec.helper.clone(),
+        source,
+    })?;
     let pid = Pid(child.id() as i32);
     if let Err(e) = runtime.write_pid(pid) {
         kill_child(&mut child);
@@ -197,16 +201,26 @@ fn unix_endpoint(path: &Path) -> OsString {
 }
 
 /// Waits until the QMP socket answers with a greeting, the child exits, or `timeout`.
-fn wait_ready(child: &mut Child, runtime: &RuntimeDir, timeout: Duration) -> Result<(), LaunchError> {
+fn wait_ready(
+    child: &mut Child,
+    runtime: &RuntimeDir,
+    timeout: Duration,
+) -> Result<(), LaunchError> {
     let deadline = Instant::now() + timeout;
     let socket = runtime.qmp_socket();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(LaunchError::Exited { status, log: runtime.log_tail(LOG_TAIL_LINES) });
+            return Err(LaunchError::Exited {
+                status,
+                log: runtime.log_tail(LOG_TAIL_LINES),
+            });
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(LaunchError::NotReady { timeout, log: runtime.log_tail(LOG_TAIL_LINES) });
+            return Err(LaunchError::NotReady {
+                timeout,
+                log: runtime.log_tail(LOG_TAIL_LINES),
+            });
         }
         if socket.exists() && QmpClient::connect_with_timeout(&socket, left).is_ok() {
             return Ok(());
@@ -223,9 +237,11 @@ fn kill_child(child: &mut Child) {
 /// Waits for the detached child on a thread of its own so it never lingers as a zombie
 /// while this process (e.g. the app) keeps running.
 fn reap_in_background(mut child: Child) {
-    let spawned = thread::Builder::new().name("helper-reaper".into()).spawn(move || {
-        let _ = child.wait();
-    });
+    let spawned = thread::Builder::new()
+        .name("helper-reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
     if let Err(e) = spawned {
         log::warn!("cannot start a thread to reap the VM helper: {e}");
     }
@@ -327,9 +343,14 @@ mod tests {
             .unwrap();
         spec.helper = script;
         let err = spawn_helper(&spec, &runtime).unwrap_err();
-        let LaunchError::Exited { status, log } = err else { panic!("{err}") };
+        let LaunchError::Exited { status, log } = err else {
+            panic!("{err}")
+        };
         assert_eq!(status.code(), Some(3));
-        assert!(log.contains("boom: --config /nonexistent/vm.ron --qmp unix:"), "{log}");
+        assert!(
+            log.contains("boom: --config /nonexistent/vm.ron --qmp unix:"),
+            "{log}"
+        );
         assert_eq!(runtime.read_pid().unwrap(), None, "pid file removed");
     }
 }

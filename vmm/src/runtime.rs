@@ -50,7 +50,10 @@ pub enum RuntimeError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
-    move |source| RuntimeError::Io { path: path.to_path_buf(), source }
+    move |source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A process id.
@@ -88,8 +91,14 @@ fn validate_id(id: &str) -> Result<(), RuntimeError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok { Ok(()) } else { Err(RuntimeError::InvalidId(id.to_string())) }
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidId(id.to_string()))
+    }
 }
 
 /// Creates `dir` with mode 0700 if missing, and checks it is a directory owned by us
@@ -143,7 +152,10 @@ impl RuntimeDir {
     /// The runtime directory of VM `id` under `base`, without creating it.
     pub fn open_in(base: &Path, id: &str) -> Result<Self, RuntimeError> {
         validate_id(id)?;
-        Ok(Self { id: id.to_string(), path: base.join(id) })
+        Ok(Self {
+            id: id.to_string(),
+            path: base.join(id),
+        })
     }
 
     /// The VM id.
@@ -227,7 +239,12 @@ impl RuntimeDir {
 
     /// Removes the sockets and the pid file, keeping `helper.log` for post-mortems.
     pub fn clear_runtime_files(&self) -> Result<(), RuntimeError> {
-        for path in [self.qmp_socket(), self.serial_socket(), self.vnc_socket(), self.pid_file()] {
+        for path in [
+            self.qmp_socket(),
+            self.serial_socket(),
+            self.vnc_socket(),
+            self.pid_file(),
+        ] {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
                 _ => {}
@@ -271,13 +288,19 @@ pub struct RunningVm {
 /// `hospes-vmm: <vm name>`). This guards against a recycled pid.
 pub fn is_helper_alive(pid: Pid) -> bool {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else { return false };
+    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
     // The state follows the parenthesised command name, which may itself hold ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     if matches!(state, Some('Z' | 'X') | None) {
         return false;
     }
-    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else { return false };
+    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
     let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
     let argv0 = String::from_utf8_lossy(argv0);
     let file_name = argv0.rsplit('/').next().unwrap_or_default();
@@ -294,8 +317,12 @@ pub fn scan_in(base: &Path) -> Result<Vec<(RuntimeDir, Liveness)>, RuntimeError>
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io_err(base))?;
-        let Some(id) = entry.file_name().to_str().map(str::to_owned) else { continue };
-        let Ok(dir) = RuntimeDir::open_in(base, &id) else { continue };
+        let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Ok(dir) = RuntimeDir::open_in(base, &id) else {
+            continue;
+        };
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             let liveness = dir.probe();
             out.push((dir, liveness));
@@ -357,7 +384,10 @@ mod tests {
     #[test]
     fn rejects_ids_that_escape_the_base_directory() {
         for id in ["", "..", ".hidden", "a/b", "a b", &"x".repeat(65)] {
-            assert!(RuntimeDir::open_in(Path::new("/tmp"), id).is_err(), "{id:?}");
+            assert!(
+                RuntimeDir::open_in(Path::new("/tmp"), id).is_err(),
+                "{id:?}"
+            );
         }
     }
 

@@ -94,8 +94,10 @@ impl QmpClient {
 
     /// Like [`QmpClient::connect`] with a custom timeout for every read.
     pub fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path)
-            .map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
         stream.set_write_timeout(Some(timeout))?;
         let mut client = Self {
             stream,
@@ -109,7 +111,9 @@ impl QmpClient {
         let deadline = Instant::now() + timeout;
         let greeting = client.read_message(deadline)?;
         if !greeting.get("QMP").is_some_and(Value::is_object) {
-            return Err(ClientError::Protocol(format!("greeting expected, got {greeting}")));
+            return Err(ClientError::Protocol(format!(
+                "greeting expected, got {greeting}"
+            )));
         }
         client.greeting = greeting;
         client.execute("qmp_capabilities", None)?;
@@ -128,7 +132,11 @@ impl QmpClient {
 
     /// Runs `command` with optional `arguments` (a JSON object) and returns its
     /// `return` value; an error reply becomes [`ClientError::Command`].
-    pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, ClientError> {
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, ClientError> {
         self.next_id += 1;
         let id = json!(format!("hospes-{}", self.next_id));
         let mut request = json!({ "execute": command, "id": id });
@@ -200,14 +208,18 @@ impl QmpClient {
 
     /// Returns the first event named `name`, received earlier or within `timeout`.
     /// Other events stay queued.
-    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<ReceivedEvent, ClientError> {
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<ReceivedEvent, ClientError> {
         let deadline = Instant::now() + timeout;
         let mut seen = 0;
         loop {
-            if let Some(pos) = self.events.iter().skip(seen).position(|e| e.name == name) {
-                if let Some(event) = self.events.remove(seen + pos) {
-                    return Ok(event);
-                }
+            if let Some(pos) = self.events.iter().skip(seen).position(|e| e.name == name)
+                && let Some(event) = self.events.remove(seen + pos)
+            {
+                return Ok(event);
             }
             seen = self.events.len();
             let msg = self.read_message(deadline)?;
@@ -251,7 +263,12 @@ impl QmpClient {
             let n = match self.stream.read(&mut buf) {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(ClientError::Timeout);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

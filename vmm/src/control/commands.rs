@@ -57,7 +57,12 @@ const COMMANDS: &[CommandSpec] = &[
     command!("cont", NoArgs, cont),
     command!("system_powerdown", NoArgs, system_powerdown),
     command!("system_reset", NoArgs, system_reset),
-    command!("quit", NoArgs, empty_reply, Some(|vm: &dyn VmControl| vm.quit())),
+    command!(
+        "quit",
+        NoArgs,
+        empty_reply,
+        Some(|vm: &dyn VmControl| vm.quit())
+    ),
 ];
 
 /// Arguments of a command that takes none: any member is an error.
@@ -80,7 +85,9 @@ fn parse_args<T: DeserializeOwned>(command: &str, raw: Value) -> Result<T, QmpEr
 }
 
 fn vm_result(result: Result<(), ControlError>) -> Result<Value, QmpError> {
-    result.map(|()| json!({})).map_err(|e| QmpError::generic(e.to_string()))
+    result
+        .map(|()| json!({}))
+        .map_err(|e| QmpError::generic(e.to_string()))
 }
 
 fn to_reply_value<T: serde::Serialize>(value: T) -> Result<Value, QmpError> {
@@ -97,7 +104,9 @@ fn query_version(_: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
 
 fn query_commands(_: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
     let names = std::iter::once(QMP_CAPABILITIES).chain(COMMANDS.iter().map(|c| c.name));
-    Ok(Value::Array(names.map(|name| json!({ "name": name })).collect()))
+    Ok(Value::Array(
+        names.map(|name| json!({ "name": name })).collect(),
+    ))
 }
 
 fn stop(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
@@ -137,18 +146,26 @@ fn parse_request(text: &[u8], id: &mut Option<Value>) -> Result<Request, QmpErro
     *id = obj.remove("id");
     let name = match obj.remove("execute") {
         Some(Value::String(name)) => name,
-        Some(_) => return Err(QmpError::generic("QMP input member 'execute' must be a string")),
+        Some(_) => {
+            return Err(QmpError::generic(
+                "QMP input member 'execute' must be a string",
+            ));
+        }
         None => return Err(QmpError::generic("QMP input lacks member 'execute'")),
     };
     let args = match obj.remove("arguments") {
         Some(Value::Object(args)) => Value::Object(args),
         Some(_) => {
-            return Err(QmpError::generic("QMP input member 'arguments' must be an object"));
+            return Err(QmpError::generic(
+                "QMP input member 'arguments' must be an object",
+            ));
         }
         None => Value::Object(Map::new()),
     };
     if let Some(member) = obj.keys().next() {
-        return Err(QmpError::generic(format!("QMP input member '{member}' is unexpected")));
+        return Err(QmpError::generic(format!(
+            "QMP input member '{member}' is unexpected"
+        )));
     }
     Ok(Request { name, args })
 }
@@ -177,10 +194,14 @@ impl Session {
     pub fn handle(&mut self, text: &[u8], vm: &dyn VmControl) -> Handled {
         let mut id = None;
         match self.dispatch(text, &mut id, vm) {
-            Ok((value, after_reply)) => {
-                Handled { reply: return_reply(value, id.as_ref()), after_reply }
-            }
-            Err(err) => Handled { reply: error_reply(&err, id.as_ref()), after_reply: None },
+            Ok((value, after_reply)) => Handled {
+                reply: return_reply(value, id.as_ref()),
+                after_reply,
+            },
+            Err(err) => Handled {
+                reply: error_reply(&err, id.as_ref()),
+                after_reply: None,
+            },
         }
     }
 
@@ -200,7 +221,9 @@ impl Session {
             }
             let args: CapabilitiesArgs = parse_args(QMP_CAPABILITIES, req.args)?;
             if let Some(cap) = args.enable.first() {
-                return Err(QmpError::generic(format!("Capability '{cap}' not available")));
+                return Err(QmpError::generic(format!(
+                    "Capability '{cap}' not available"
+                )));
             }
             self.negotiated = true;
             return Ok((json!({}), None));
@@ -210,9 +233,12 @@ impl Session {
                 "Expecting capabilities negotiation with 'qmp_capabilities'",
             ));
         }
-        let spec = COMMANDS.iter().find(|c| c.name == req.name).ok_or_else(|| {
-            QmpError::command_not_found(format!("The command {} has not been found", req.name))
-        })?;
+        let spec = COMMANDS
+            .iter()
+            .find(|c| c.name == req.name)
+            .ok_or_else(|| {
+                QmpError::command_not_found(format!("The command {} has not been found", req.name))
+            })?;
         let value = (spec.run)(vm, req.args)?;
         Ok((value, spec.after_reply))
     }
@@ -240,7 +266,10 @@ mod tests {
         assert_eq!(reply["error"]["class"], "CommandNotFound");
         assert_eq!(reply["id"], 1);
         assert!(!s.negotiated());
-        assert_eq!(run(&mut s, &vm, r#"{"execute":"qmp_capabilities"}"#), json!({"return": {}}));
+        assert_eq!(
+            run(&mut s, &vm, r#"{"execute":"qmp_capabilities"}"#),
+            json!({"return": {}})
+        );
         assert!(s.negotiated());
         let again = run(&mut s, &vm, r#"{"execute":"qmp_capabilities"}"#);
         assert_eq!(again["error"]["class"], "CommandNotFound");
@@ -250,8 +279,11 @@ mod tests {
     fn refuses_to_enable_capabilities_not_offered() {
         let vm = FakeVm::new(EventSender::new());
         let mut s = Session::default();
-        let reply =
-            run(&mut s, &vm, r#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]}}"#);
+        let reply = run(
+            &mut s,
+            &vm,
+            r#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]}}"#,
+        );
         assert_eq!(reply["error"]["class"], "GenericError");
         assert!(!s.negotiated());
     }
@@ -268,14 +300,21 @@ mod tests {
             (r#"{"id":"b","execute":7}"#, Some("b")),
             (r#"{"id":"c","execute":"stop","arguments":[]}"#, Some("c")),
             (r#"{"id":"d","execute":"stop","bogus":1}"#, Some("d")),
-            (r#"{"id":"e","execute":"stop","arguments":{"x":1}}"#, Some("e")),
+            (
+                r#"{"id":"e","execute":"stop","arguments":{"x":1}}"#,
+                Some("e"),
+            ),
         ];
         for (text, id) in cases {
             let reply = run(&mut s, &vm, text);
             assert_eq!(reply["error"]["class"], "GenericError", "{text}");
             assert_eq!(reply.get("id").and_then(Value::as_str), id, "{text}");
         }
-        assert_eq!(vm.status(), RunState::Running, "no rejected request reached the VM");
+        assert_eq!(
+            vm.status(),
+            RunState::Running,
+            "no rejected request reached the VM"
+        );
     }
 
     #[test]
@@ -283,7 +322,10 @@ mod tests {
         let vm = FakeVm::new(EventSender::new());
         let reply = run(&mut negotiated(), &vm, r#"{"execute":"frobnicate"}"#);
         assert_eq!(reply["error"]["class"], "CommandNotFound");
-        assert_eq!(reply["error"]["desc"], "The command frobnicate has not been found");
+        assert_eq!(
+            reply["error"]["desc"],
+            "The command frobnicate has not been found"
+        );
     }
 
     #[test]
@@ -305,7 +347,14 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        for name in ["qmp_capabilities", "query-status", "stop", "cont", "quit", "system_reset"] {
+        for name in [
+            "qmp_capabilities",
+            "query-status",
+            "stop",
+            "cont",
+            "quit",
+            "system_reset",
+        ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
     }

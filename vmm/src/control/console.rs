@@ -49,8 +49,10 @@ pub enum ConsoleExit {
 /// Connects the calling process' stdin and stdout to the serial socket at `path`.
 /// If stdin is a terminal it is put in raw mode for the session and restored after.
 pub fn attach(path: &Path) -> Result<ConsoleExit, ConsoleError> {
-    let stream = UnixStream::connect(path)
-        .map_err(|source| ConsoleError::Connect { path: path.to_path_buf(), source })?;
+    let stream = UnixStream::connect(path).map_err(|source| ConsoleError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let stdin = io::stdin();
     let _raw = RawTerminal::enable(stdin.as_fd()).map_err(ConsoleError::Terminal)?;
     let mut stdout = io::stdout().lock();
@@ -107,8 +109,16 @@ fn read_retrying(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Waits until `a` or `b` is readable (or hung up); returns which.
 fn poll_two(a: i32, b: i32) -> io::Result<(bool, bool)> {
     let mut fds = [
-        libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: b, events: libc::POLLIN, revents: 0 },
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     loop {
         // SAFETY: `fds` is a valid array of two pollfd structs that lives across the

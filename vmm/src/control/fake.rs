@@ -78,7 +78,10 @@ impl FakeVm {
     /// Simulates the guest powering off: state shutdown, SHUTDOWN event.
     pub fn guest_shutdown(&self) {
         *self.state() = RunState::Shutdown;
-        self.events.emit(Event::Shutdown { guest: true, reason: ShutdownReason::GuestShutdown });
+        self.events.emit(Event::Shutdown {
+            guest: true,
+            reason: ShutdownReason::GuestShutdown,
+        });
     }
 
     /// Blocks until `quit` or the power button is requested, or `timeout` passes.
@@ -135,8 +138,10 @@ impl VmControl for FakeVm {
 
     fn reset(&self) -> Result<(), ControlError> {
         *self.state() = RunState::Running;
-        self.events
-            .emit(Event::Reset { guest: false, reason: ShutdownReason::HostQmpSystemReset });
+        self.events.emit(Event::Reset {
+            guest: false,
+            reason: ShutdownReason::HostQmpSystemReset,
+        });
         Ok(())
     }
 
@@ -156,11 +161,18 @@ struct FakeHelperArgs {
 }
 
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<FakeHelperArgs, FakeError> {
-    let mut out = FakeHelperArgs { name: "fake".into(), ..Default::default() };
+    let mut out = FakeHelperArgs {
+        name: "fake".into(),
+        ..Default::default()
+    };
     let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| FakeError::Usage(format!("{flag} needs a value")));
-        let endpoint = |v: String| parse_unix_endpoint(&v).map_err(|e| FakeError::Usage(e.to_string()));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| FakeError::Usage(format!("{flag} needs a value")))
+        };
+        let endpoint =
+            |v: String| parse_unix_endpoint(&v).map_err(|e| FakeError::Usage(e.to_string()));
         match flag.as_str() {
             "--qmp" => out.qmp = Some(endpoint(value()?)?),
             "--serial" => out.serial = Some(endpoint(value()?)?),
@@ -180,7 +192,9 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<FakeHelperArgs
 /// [--ignore-powerdown]`. The serial socket echoes every byte back.
 pub fn run_fake_helper(args: impl IntoIterator<Item = OsString>) -> Result<(), FakeError> {
     let args = parse_args(args)?;
-    let qmp = args.qmp.ok_or_else(|| FakeError::Usage("--qmp unix:PATH is required".into()))?;
+    let qmp = args
+        .qmp
+        .ok_or_else(|| FakeError::Usage("--qmp unix:PATH is required".into()))?;
     if let Some(serial) = &args.serial {
         start_echo_serial(serial.clone()).map_err(FakeError::Serial)?;
     }
@@ -191,7 +205,10 @@ pub fn run_fake_helper(args: impl IntoIterator<Item = OsString>) -> Result<(), F
     loop {
         let requests = vm.wait_request(Duration::from_secs(3600));
         if requests.quit {
-            server.emit(Event::Shutdown { guest: false, reason: ShutdownReason::HostQmpQuit });
+            server.emit(Event::Shutdown {
+                guest: false,
+                reason: ShutdownReason::HostQmpQuit,
+            });
             break;
         }
         if requests.powerdown && !args.ignore_powerdown {
@@ -215,11 +232,15 @@ fn start_echo_serial(path: PathBuf) -> io::Result<()> {
     let _ = fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-    thread::Builder::new().name("fake-serial".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = thread::Builder::new().name("fake-serial-conn".into()).spawn(move || echo(stream));
-        }
-    })?;
+    thread::Builder::new()
+        .name("fake-serial".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = thread::Builder::new()
+                    .name("fake-serial-conn".into())
+                    .spawn(move || echo(stream));
+            }
+        })?;
     Ok(())
 }
 

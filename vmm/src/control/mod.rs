@@ -200,7 +200,10 @@ mod tests {
 
     #[test]
     fn parses_unix_endpoints_with_qemu_options() {
-        assert_eq!(parse_unix_endpoint("unix:/r/q.sock").unwrap(), PathBuf::from("/r/q.sock"));
+        assert_eq!(
+            parse_unix_endpoint("unix:/r/q.sock").unwrap(),
+            PathBuf::from("/r/q.sock")
+        );
         assert_eq!(
             parse_unix_endpoint("unix:/r/q.sock,server=on,wait=off").unwrap(),
             PathBuf::from("/r/q.sock")
@@ -211,8 +214,15 @@ mod tests {
 
     #[test]
     fn run_state_display_matches_wire_name() {
-        for state in [RunState::Running, RunState::InternalError, RunState::GuestPanicked] {
-            assert_eq!(serde_json::to_value(state).unwrap(), json!(state.to_string()));
+        for state in [
+            RunState::Running,
+            RunState::InternalError,
+            RunState::GuestPanicked,
+        ] {
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                json!(state.to_string())
+            );
         }
     }
 }

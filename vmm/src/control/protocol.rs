@@ -54,12 +54,18 @@ pub struct QmpError {
 impl QmpError {
     /// A `GenericError` with the given description.
     pub fn generic(desc: impl Into<String>) -> Self {
-        Self { class: ErrorClass::GenericError, desc: desc.into() }
+        Self {
+            class: ErrorClass::GenericError,
+            desc: desc.into(),
+        }
     }
 
     /// A `CommandNotFound` error with the given description.
     pub fn command_not_found(desc: impl Into<String>) -> Self {
-        Self { class: ErrorClass::CommandNotFound, desc: desc.into() }
+        Self {
+            class: ErrorClass::CommandNotFound,
+            desc: desc.into(),
+        }
     }
 }
 
@@ -119,7 +125,11 @@ pub struct StatusInfo {
 impl StatusInfo {
     /// The status reply for a VM in `state`.
     pub fn new(state: RunState) -> Self {
-        Self { running: state == RunState::Running, singlestep: false, status: state }
+        Self {
+            running: state == RunState::Running,
+            singlestep: false,
+            status: state,
+        }
     }
 }
 
@@ -141,7 +151,10 @@ impl Timestamp {
                 microseconds: i64::from(d.subsec_micros()),
             },
             // A clock before 1970: QEMU reports -1 in both fields when it has no time.
-            Err(_) => Self { seconds: -1, microseconds: -1 },
+            Err(_) => Self {
+                seconds: -1,
+                microseconds: -1,
+            },
         }
     }
 }
@@ -164,7 +177,10 @@ pub fn return_reply(value: Value, id: Option<&Value>) -> Value {
 /// An error reply, with the request's `id` echoed if it had one.
 pub fn error_reply(err: &QmpError, id: Option<&Value>) -> Value {
     let mut map = Map::new();
-    map.insert("error".into(), json!({ "class": err.class, "desc": err.desc }));
+    map.insert(
+        "error".into(),
+        json!({ "class": err.class, "desc": err.desc }),
+    );
     if let Some(id) = id {
         map.insert("id".into(), id.clone());
     }
@@ -224,7 +240,12 @@ impl Default for Framer {
 impl Framer {
     /// An empty framer.
     pub fn new() -> Self {
-        Self { buf: Vec::new(), state: FrameState::Idle, in_string: false, escaped: false }
+        Self {
+            buf: Vec::new(),
+            state: FrameState::Idle,
+            in_string: false,
+            escaped: false,
+        }
     }
 
     /// True when no partial text is buffered.
@@ -280,7 +301,11 @@ impl Framer {
             }
             FrameState::TopString => {
                 self.buf.push(b);
-                if self.string_byte(b) { self.complete() } else { None }
+                if self.string_byte(b) {
+                    self.complete()
+                } else {
+                    None
+                }
             }
             FrameState::Nested { depth } => {
                 self.buf.push(b);
@@ -337,13 +362,21 @@ mod tests {
         let mut f = Framer::new();
         let mut out = Vec::new();
         f.push(input, &mut out).unwrap();
-        out.into_iter().map(|t| String::from_utf8(t).unwrap()).collect()
+        out.into_iter()
+            .map(|t| String::from_utf8(t).unwrap())
+            .collect()
     }
 
     #[test]
     fn splits_objects_sent_back_to_back_without_newlines() {
         let texts = frame(br#"{"execute":"a"}{"execute":"b","arguments":{"x":[1,{}]}}"#);
-        assert_eq!(texts, [r#"{"execute":"a"}"#, r#"{"execute":"b","arguments":{"x":[1,{}]}}"#]);
+        assert_eq!(
+            texts,
+            [
+                r#"{"execute":"a"}"#,
+                r#"{"execute":"b","arguments":{"x":[1,{}]}}"#
+            ]
+        );
     }
 
     #[test]
@@ -373,20 +406,35 @@ mod tests {
 
     #[test]
     fn event_messages_omit_data_for_events_without_it() {
-        let at = Timestamp { seconds: 5, microseconds: 7 };
+        let at = Timestamp {
+            seconds: 5,
+            microseconds: 7,
+        };
         let stop = event_message(&Event::Stop, at);
-        assert_eq!(stop, json!({"event": "STOP", "timestamp": {"seconds": 5, "microseconds": 7}}));
+        assert_eq!(
+            stop,
+            json!({"event": "STOP", "timestamp": {"seconds": 5, "microseconds": 7}})
+        );
         let shutdown = event_message(
-            &Event::Shutdown { guest: true, reason: super::super::ShutdownReason::GuestShutdown },
+            &Event::Shutdown {
+                guest: true,
+                reason: super::super::ShutdownReason::GuestShutdown,
+            },
             at,
         );
-        assert_eq!(shutdown["data"], json!({"guest": true, "reason": "guest-shutdown"}));
+        assert_eq!(
+            shutdown["data"],
+            json!({"guest": true, "reason": "guest-shutdown"})
+        );
     }
 
     #[test]
     fn replies_echo_the_id_only_when_given() {
         let id = json!({"n": 1});
-        assert_eq!(return_reply(json!({}), Some(&id)), json!({"return": {}, "id": {"n": 1}}));
+        assert_eq!(
+            return_reply(json!({}), Some(&id)),
+            json!({"return": {}, "id": {"n": 1}})
+        );
         let err = QmpError::generic("bad");
         assert_eq!(
             error_reply(&err, None),

@@ -83,7 +83,9 @@ struct Hub {
 impl Hub {
     fn clients(&self) -> MutexGuard<'_, Vec<ClientSlot>> {
         // A panic elsewhere while holding the lock leaves a usable Vec.
-        self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn remove(&self, id: u64) {
@@ -147,11 +149,18 @@ impl QmpServer {
         events: EventSender,
     ) -> Result<QmpServerHandle, ServerError> {
         let listener = bind(path)?;
-        let bind_err = |source| ServerError::Bind { path: path.to_path_buf(), source };
+        let bind_err = |source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
         let ino = fs::metadata(path).map_err(bind_err)?.ino();
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Setup)?;
         let stop_for_thread = stop.try_clone().map_err(ServerError::Setup)?;
-        let shared = Arc::new(Shared { vm, events: events.clone(), threads: Mutex::default() });
+        let shared = Arc::new(Shared {
+            vm,
+            events: events.clone(),
+            threads: Mutex::default(),
+        });
         let acceptor = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
             .name("qmp-accept".into())
@@ -170,7 +179,10 @@ impl QmpServer {
 
 /// Binds `path`, replacing a stale socket, and restricts it to the owner.
 fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let bind_err = |source| ServerError::Bind { path: path.to_path_buf(), source };
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -285,7 +297,10 @@ impl Shared {
             }
             for text in texts.drain(..) {
                 let handled = session.handle(&text, self.vm.as_ref());
-                if tx.send(Outgoing::Data(protocol::encode(&handled.reply))).is_err() {
+                if tx
+                    .send(Outgoing::Data(protocol::encode(&handled.reply)))
+                    .is_err()
+                {
                     break 'conn;
                 }
                 if session.negotiated() {
@@ -322,8 +337,16 @@ enum Readable {
 
 fn wait_readable(listener: i32, stop: i32) -> io::Result<Readable> {
     let mut fds = [
-        libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
+        libc::pollfd {
+            fd: listener,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     loop {
         // SAFETY: `fds` is a valid array of two pollfd structs that outlives the call, and
@@ -378,7 +401,9 @@ impl QmpServerHandle {
     }
 
     fn stop_all(&mut self) {
-        let Some(accept_thread) = self.accept_thread.take() else { return };
+        let Some(accept_thread) = self.accept_thread.take() else {
+            return;
+        };
         let _ = self.stop.write(1);
         let _ = accept_thread.join();
         for client in self.events.hub.clients().iter() {
@@ -386,7 +411,13 @@ impl QmpServerHandle {
                 let _ = client.stream.shutdown(std::net::Shutdown::Both);
             }
         }
-        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads = std::mem::take(
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let me = thread::current().id();
         for handle in threads {
             if handle.thread().id() != me {
