@@ -83,6 +83,8 @@ pub struct PciConfig {
     regs: Box<[u32; CONFIG_DWORDS]>,
     wmask: Box<[u32; CONFIG_DWORDS]>,
     bars: [Option<Bar>; 6],
+    /// BAR slots in use, high halves of 64-bit BARs included.
+    taken: [bool; 6],
     /// Byte offset of the next free capability byte, and of the last capability placed.
     cap_next_free: usize,
     cap_last: Option<usize>,
@@ -109,6 +111,7 @@ impl PciConfig {
             regs,
             wmask,
             bars: [None; 6],
+            taken: [false; 6],
             cap_next_free: CAP_START,
             cap_last: None,
         }
@@ -135,7 +138,7 @@ impl PciConfig {
         } else {
             1 << 31
         };
-        if index + slots > 6 || self.bars[index..index + slots].iter().any(Option::is_some) {
+        if index + slots > 6 || self.taken[index..index + slots].iter().any(|t| *t) {
             return Err(PciError::BarSlot { index });
         }
         if !size.is_power_of_two() || !(0x1000..=max_size).contains(&size) {
@@ -149,6 +152,7 @@ impl PciConfig {
         if kind == BarKind::Mem64 {
             self.wmask[REG_BAR0 + index + 1] = (mask >> 32) as u32;
         }
+        self.taken[index..index + slots].fill(true);
         self.bars[index] = Some(Bar {
             size,
             kind,

@@ -228,3 +228,110 @@ impl BarRelocator for Mutex<Bus> {
         relocate_on(&mut lock(self), device, change)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+
+    #[test]
+    fn parses_disk_specs() {
+        assert_eq!(
+            "a.img".parse::<DiskSpec>().unwrap(),
+            DiskSpec {
+                path: "a.img".into(),
+                read_only: false
+            }
+        );
+        assert!("/x/b.img,readonly".parse::<DiskSpec>().unwrap().read_only);
+        assert!("b.img,ro".parse::<DiskSpec>().unwrap().read_only);
+        assert!("b.img,cache=none".parse::<DiskSpec>().is_err());
+        assert!(",ro".parse::<DiskSpec>().is_err());
+    }
+
+    #[test]
+    fn attaches_disks_and_rng_enumerable_through_cf8_and_ecam() {
+        let mut img = tempfile::NamedTempFile::new().unwrap();
+        img.write_all(&[0u8; 4096]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let disks = [DiskSpec {
+            path: img.path().to_owned(),
+            read_only: true,
+        }];
+        let relocator = Arc::new(Mutex::new(Bus::new()));
+        let setup = attach_pci(
+            &mut pio,
+            &mut mmio,
+            PciParams {
+                mem,
+                vm: None,
+                relocator,
+                mmio_window: (0xc000_0000, 0xe000_0000),
+                ecam: Some((0xe000_0000, 0x1000_0000)),
+                disks: &disks,
+                rng: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            setup.devices.iter().map(|d| d.0).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let cfg = |dev: u32, reg: u32| {
+            pio.write(
+                0xcf8,
+                &(0x8000_0000u32 | dev << 11 | reg << 2).to_le_bytes(),
+            );
+            let mut b = [0u8; 4];
+            pio.read(0xcfc, &mut b);
+            u32::from_le_bytes(b)
+        };
+        assert_eq!(cfg(0, 0), 0x1237_8086);
+        assert_eq!(cfg(1, 0), 0x1042_1af4);
+        assert_eq!(cfg(2, 0), 0x1044_1af4);
+        assert_eq!(cfg(3, 0), 0xffff_ffff);
+        let bar1 = u64::from(cfg(1, 4) & !0xf);
+        let bar2 = u64::from(cfg(2, 4) & !0xf);
+        assert_eq!((bar1, bar2), (0xc000_0000, 0xc000_8000));
+        assert_eq!(cfg(1, 1) & 0x6, 0x6);
+        // BAR0 decodes on the MMIO bus: num_queues in common config reads 1.
+        let mut n = [0u8; 2];
+        assert!(mmio.read(bar1 + 0x12, &mut n));
+        assert_eq!(u16::from_le_bytes(n), 1);
+        let mut id = [0u8; 4];
+        assert!(mmio.read(0xe000_0000 + (2 << 15), &mut id));
+        assert_eq!(u32::from_le_bytes(id), 0x1044_1af4);
+    }
+
+    #[test]
+    fn missing_disk_is_an_error_naming_the_path() {
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let disks = [DiskSpec {
+            path: "/nonexistent/disk.img".into(),
+            read_only: false,
+        }];
+        let err = attach_pci(
+            &mut pio,
+            &mut mmio,
+            PciParams {
+                mem,
+                vm: None,
+                relocator: Arc::new(Mutex::new(Bus::new())),
+                mmio_window: (0xc000_0000, 0xe000_0000),
+                ecam: None,
+                disks: &disks,
+                rng: false,
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("/nonexistent/disk.img"));
+    }
+}

@@ -681,3 +681,225 @@ impl BusDevice for VirtioPciDevice {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::pci::config::{REG_CAP_POINTER, REG_ID};
+    use crate::devices::virtio::testing::{FakeDevice, FakeLog, MockDriver};
+
+    fn fake() -> (MockDriver, Arc<Mutex<FakeLog>>) {
+        let log = Arc::new(Mutex::new(FakeLog::default()));
+        let d = MockDriver::new(Box::new(FakeDevice { log: log.clone() }));
+        (d, log)
+    }
+
+    fn started_fake() -> (MockDriver, Arc<Mutex<FakeLog>>) {
+        let (mut d, log) = fake();
+        let st = d.negotiate(1 << VIRTIO_F_VERSION_1 | 1 << 3);
+        d.enable_msix();
+        d.setup_queue(0, 8, 1);
+        d.write(0x14, &[st | STATUS_DRIVER_OK]);
+        (d, log)
+    }
+
+    #[test]
+    fn presents_modern_ids_and_virtio_capabilities() {
+        let (d, _) = fake();
+        let mut dev = d.dev.lock().unwrap();
+        assert_eq!(dev.read_config(REG_ID), 0x107f_1af4);
+        let mut at = dev.read_config(REG_CAP_POINTER) as usize;
+        let mut found = Vec::new();
+        while at != 0 {
+            let h = dev.read_config(at / 4);
+            if h as u8 == CAP_ID_VENDOR {
+                let w = dev.read_config(at / 4 + 1);
+                let off = dev.read_config(at / 4 + 2);
+                // cfg_type, bar, region offset
+                found.push(((h >> 24) as u8, w as u8, off));
+            }
+            at = (h >> 8) as usize & 0xff;
+        }
+        assert_eq!(
+            found,
+            vec![
+                (CFG_COMMON, 0, COMMON_OFFSET as u32),
+                (CFG_ISR, 0, ISR_OFFSET as u32),
+                (CFG_DEVICE, 0, DEVICE_OFFSET as u32),
+                (CFG_NOTIFY, 0, NOTIFY_OFFSET as u32),
+            ]
+        );
+        drop(dev);
+        assert_eq!(d.msix_cap() % 4, 0);
+    }
+
+    #[test]
+    fn negotiates_offered_features_only() {
+        let (d, _) = fake();
+        let offered = d.device_features();
+        assert_eq!(offered, 1 << 3 | 1 << 40 | 1 << VIRTIO_F_VERSION_1);
+        // A bit the device does not offer: FEATURES_OK does not stick.
+        assert_eq!(
+            d.negotiate(1 << VIRTIO_F_VERSION_1 | 1 << 5) & STATUS_FEATURES_OK,
+            0
+        );
+        // A legacy driver (no VERSION_1) is refused.
+        assert_eq!(d.negotiate(1 << 3) & STATUS_FEATURES_OK, 0);
+        assert_ne!(
+            d.negotiate(1 << VIRTIO_F_VERSION_1 | 1 << 40) & STATUS_FEATURES_OK,
+            0
+        );
+        // Driver features read back, and are frozen after FEATURES_OK.
+        d.write(0x08, &1u32.to_le_bytes());
+        assert_eq!(d.read32(0x0c), 1 | 1 << 8);
+        d.write(0x0c, &0u32.to_le_bytes());
+        assert_eq!(d.read32(0x0c), 1 | 1 << 8);
+    }
+
+    #[test]
+    fn sets_up_queues_and_activates_on_driver_ok() {
+        let (d, log) = started_fake();
+        assert_eq!(d.read16(0x12), 2);
+        d.write(0x16, &0u16.to_le_bytes());
+        assert_eq!(d.read16(0x18), 8);
+        assert_eq!(d.read16(0x1a), 1);
+        assert_eq!(d.read16(0x1c), 1);
+        assert_eq!(
+            d.read32(0x28),
+            crate::devices::virtio::testing::AVAIL as u32
+        );
+        // Queue 1 keeps its maximum size and was not enabled.
+        d.write(0x16, &1u16.to_le_bytes());
+        assert_eq!(d.read16(0x18), 8);
+        assert_eq!(d.read16(0x1c), 0);
+        assert_eq!(d.read16(0x1e), 1);
+        let log = log.lock().unwrap();
+        assert_eq!(
+            log.activations,
+            vec![(1, 1 << VIRTIO_F_VERSION_1 | 1 << 3, vec![8])]
+        );
+        assert_ne!(d.status() & STATUS_DRIVER_OK, 0);
+    }
+
+    #[test]
+    fn queue_setup_is_ignored_before_features_ok_and_after_driver_ok() {
+        let (mut d, _) = started_fake();
+        d.write(0x16, &0u16.to_le_bytes());
+        d.write(0x18, &4u16.to_le_bytes());
+        assert_eq!(d.read16(0x18), 8);
+        d.write(0x14, &[0]);
+        d.write(0x14, &[STATUS_ACKNOWLEDGE]);
+        d.setup_queue(0, 4, 0);
+        d.write(0x16, &0u16.to_le_bytes());
+        assert_eq!(d.read16(0x18), 16);
+        assert_eq!(d.read16(0x1c), 0);
+    }
+
+    #[test]
+    fn rejects_a_queue_size_that_is_not_a_power_of_two() {
+        let (mut d, log) = fake();
+        let st = d.negotiate(1 << VIRTIO_F_VERSION_1);
+        d.setup_queue(0, 6, 0);
+        d.write(0x16, &0u16.to_le_bytes());
+        assert_eq!(d.read16(0x18), 16);
+        d.write(0x14, &[st | STATUS_DRIVER_OK]);
+        assert_eq!(log.lock().unwrap().activations[0].2, vec![16]);
+    }
+
+    #[test]
+    fn reset_returns_to_initial_state() {
+        let (d, log) = started_fake();
+        let resets = log.lock().unwrap().resets;
+        d.write(0x14, &[0]);
+        assert_eq!(d.status(), 0);
+        assert_eq!(log.lock().unwrap().resets, resets + 1);
+        d.write(0x16, &0u16.to_le_bytes());
+        assert_eq!(d.read16(0x1c), 0);
+        assert_eq!(d.read16(0x18), 16);
+        assert_eq!(d.read16(0x1a), NO_VECTOR);
+        assert_eq!(d.read32(0x20), 0);
+        // And the device can be brought up again.
+        let st = d.negotiate(1 << VIRTIO_F_VERSION_1);
+        assert_ne!(st & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn out_of_range_msix_vector_reads_back_no_vector() {
+        let (d, _) = fake();
+        d.write(0x10, &7u16.to_le_bytes());
+        assert_eq!(d.read16(0x10), NO_VECTOR);
+        d.write(0x10, &2u16.to_le_bytes());
+        assert_eq!(d.read16(0x10), 2);
+    }
+
+    #[test]
+    fn masked_vector_is_pending_until_unmasked() {
+        let (d, _) = fake();
+        let dev = d.dev.lock().unwrap();
+        let intr = TransportInterrupt {
+            msix: dev.msix.clone(),
+            isr: dev.isr.clone(),
+            queue_vectors: dev.queue_vectors.clone(),
+            config_vector: dev.config_vector.clone(),
+        };
+        drop(dev);
+        d.enable_msix();
+        d.write(0x16, &0u16.to_le_bytes());
+        d.write(0x1a, &1u16.to_le_bytes());
+        // Mask vector 1, raise queue 0: nothing fires, PBA bit 1 is set.
+        d.write(MSIX_TABLE_OFFSET + 16 + 12, &1u32.to_le_bytes());
+        intr.notify_queue(0);
+        assert!(d.irq.fired.lock().unwrap().is_empty());
+        assert_eq!(d.read32(MSIX_PBA_OFFSET), 0b10);
+        d.write(MSIX_TABLE_OFFSET + 16 + 12, &0u32.to_le_bytes());
+        assert_eq!(*d.irq.fired.lock().unwrap(), vec![1]);
+        assert_eq!(d.read32(MSIX_PBA_OFFSET), 0);
+        // ISR: the queue bit, cleared by reading.
+        let mut isr = [0u8];
+        d.read(ISR_OFFSET, &mut isr);
+        assert_eq!(isr[0], ISR_QUEUE);
+        d.read(ISR_OFFSET, &mut isr);
+        assert_eq!(isr[0], 0);
+        // Function mask holds every vector back.
+        let cap = d.msix_cap();
+        d.dev.lock().unwrap().write_config(cap / 4, 3, &[0xc0]);
+        intr.notify_queue(0);
+        assert_eq!(d.irq.fired.lock().unwrap().len(), 1);
+        d.dev.lock().unwrap().write_config(cap / 4, 3, &[0x80]);
+        assert_eq!(d.irq.fired.lock().unwrap().len(), 2);
+        // Config changes use the config vector.
+        d.write(0x10, &0u16.to_le_bytes());
+        intr.notify_config();
+        assert_eq!(d.irq.fired.lock().unwrap().last(), Some(&0));
+    }
+
+    #[test]
+    fn msix_table_writes_reach_the_routes() {
+        let (d, _) = fake();
+        d.enable_msix();
+        let updates = d.routes.updates.lock().unwrap();
+        assert!(updates.contains(&(2, 0xfee0_0000, 2, false)));
+        drop(updates);
+        let mut e = [0u8; 4];
+        d.read(MSIX_TABLE_OFFSET + 2 * 16 + 8, &mut e);
+        assert_eq!(u32::from_le_bytes(e), 2);
+        // Past the table: ignored, no panic.
+        d.write(MSIX_TABLE_OFFSET + 3 * 16, &1u32.to_le_bytes());
+        d.write(MSIX_TABLE_OFFSET + 3, &[1, 2]);
+    }
+
+    #[test]
+    fn device_config_and_odd_accesses_are_safe() {
+        let (d, _) = fake();
+        let mut b = [0u8; 4];
+        d.read(DEVICE_OFFSET + 2, &mut b);
+        assert_eq!(b, [3, 4, 5, 6]);
+        d.read(DEVICE_OFFSET + 6, &mut b);
+        assert_eq!(b, [7, 8, 0, 0]);
+        // Misaligned and odd-width common config accesses read zero and change nothing.
+        d.read(COMMON_OFFSET + 0x13, &mut b[..3]);
+        d.write(COMMON_OFFSET + 0x15, &[0xff, 0xff]);
+        d.write(NOTIFY_OFFSET + 0xffc, &[0; 4]);
+        assert_eq!(d.status(), 0);
+    }
+}

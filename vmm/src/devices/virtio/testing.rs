@@ -1,1 +1,342 @@
-//! Mock virtio driver for unit tests.
+//! A mock virtio-pci driver for unit tests: it enumerates the function through its
+//! configuration space, maps BAR0 on a private MMIO bus, negotiates features, builds split
+//! virtqueues in guest memory (descriptor table, avail ring), kicks the notify region and
+//! reads the used ring back, exactly as a guest driver would, but from the host side.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::pci::{
+    COMMON_OFFSET, MSIX_TABLE_OFFSET, NOTIFY_OFFSET, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
+    STATUS_DRIVER_OK, STATUS_FEATURES_OK, TransportParts, VirtioPciDevice,
+};
+use super::{Activation, GuestMemory, MsiRoutes, MsixInterrupt, VirtioDevice, VirtioError};
+use crate::devices::bus::Bus;
+use crate::devices::pci::PciDevice;
+use crate::devices::pci::config::{
+    CAP_ID_MSIX, COMMAND_BUS_MASTER, COMMAND_MEMORY, REG_BAR0, REG_CAP_POINTER, REG_COMMAND_STATUS,
+};
+
+pub const BAR: u64 = 0xc000_0000;
+pub const MEM_SIZE: usize = 4 << 20;
+pub const DESC: u64 = 0x1000;
+pub const AVAIL: u64 = 0x3000;
+pub const USED: u64 = 0x4000;
+/// Where tests put request buffers.
+pub const DATA: u64 = 0x10_0000;
+
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+
+/// Records every vector raised.
+#[derive(Default)]
+pub struct RecordingInterrupt {
+    pub fired: Mutex<Vec<u16>>,
+}
+
+impl MsixInterrupt for RecordingInterrupt {
+    fn trigger(&self, vector: u16) -> std::io::Result<()> {
+        self.fired.lock().unwrap().push(vector);
+        Ok(())
+    }
+}
+
+/// Records every MSI-X table update.
+#[derive(Default)]
+pub struct RecordingRoutes {
+    pub updates: Mutex<Vec<(u16, u64, u32, bool)>>,
+}
+
+impl MsiRoutes for RecordingRoutes {
+    fn update(&self, vector: u16, addr: u64, data: u32, masked: bool) {
+        self.updates
+            .lock()
+            .unwrap()
+            .push((vector, addr, data, masked));
+    }
+}
+
+/// What a [`FakeDevice`] saw.
+#[derive(Default)]
+pub struct FakeLog {
+    pub activations: Vec<(usize, u64, Vec<u16>)>,
+    pub resets: usize,
+}
+
+/// A device with two queues and fixed config bytes that records activations.
+pub struct FakeDevice {
+    pub log: Arc<Mutex<FakeLog>>,
+}
+
+impl VirtioDevice for FakeDevice {
+    fn device_type(&self) -> u16 {
+        0x3f
+    }
+    fn pci_class(&self) -> (u8, u8, u8) {
+        (0xff, 0, 0)
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16, 8]
+    }
+    fn features(&self) -> u64 {
+        1 << 3 | 1 << 40
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::read_config_bytes(&[1, 2, 3, 4, 5, 6, 7, 8], offset, data);
+    }
+    fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
+        let sizes = a.queues.iter().map(|q| q.queue.size()).collect();
+        self.log
+            .lock()
+            .unwrap()
+            .activations
+            .push((a.queues.len(), a.acked_features, sizes));
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.log.lock().unwrap().resets += 1;
+    }
+}
+
+pub struct MockDriver {
+    pub mem: GuestMemory,
+    pub dev: Arc<Mutex<VirtioPciDevice>>,
+    pub bus: Bus,
+    pub irq: Arc<RecordingInterrupt>,
+    pub routes: Arc<RecordingRoutes>,
+    pub qsize: u16,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl MockDriver {
+    /// Puts `device` behind the transport and maps BAR0 at [`BAR`] the way a guest would.
+    pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let irq = Arc::new(RecordingInterrupt::default());
+        let routes = Arc::new(RecordingRoutes::default());
+        let dev = VirtioPciDevice::new(
+            device,
+            TransportParts {
+                mem: mem.clone(),
+                msix: irq.clone(),
+                routes: routes.clone(),
+                ioevents: None,
+            },
+        )
+        .unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let mut bus = Bus::new();
+        {
+            let mut d = dev.lock().unwrap();
+            d.write_config(REG_BAR0, 0, &(BAR as u32).to_le_bytes());
+            d.write_config(REG_BAR0 + 1, 0, &0u32.to_le_bytes());
+            let cmd = (COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes();
+            let changes = d.write_config(REG_COMMAND_STATUS, 0, &cmd);
+            assert_eq!(changes.len(), 1);
+            assert_eq!(changes[0].new, Some(BAR));
+            bus.insert(dev.clone(), BAR, changes[0].len).unwrap();
+        }
+        Self {
+            mem,
+            dev,
+            bus,
+            irq,
+            routes,
+            qsize: 16,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    /// A driver that went through the whole handshake with queue 0 of size `qsize` live.
+    pub fn started(device: Box<dyn VirtioDevice>, qsize: u16) -> Self {
+        let mut d = Self::new(device);
+        let offered = d.device_features();
+        // Everything offered but EVENT_IDX, so every request interrupts.
+        let status = d.negotiate(offered & !(1 << super::VIRTIO_RING_F_EVENT_IDX));
+        assert_ne!(status & STATUS_FEATURES_OK, 0);
+        d.enable_msix();
+        d.setup_queue(0, qsize, 0);
+        d.write(0x14, &[status | STATUS_DRIVER_OK]);
+        d
+    }
+
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        assert!(self.bus.read(BAR + offset, data));
+    }
+
+    pub fn write(&self, offset: u64, data: &[u8]) {
+        assert!(self.bus.write(BAR + offset, data));
+    }
+
+    pub fn read16(&self, offset: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.read(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    pub fn read32(&self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    pub fn status(&self) -> u8 {
+        let mut b = [0u8; 1];
+        self.read(COMMON_OFFSET + 0x14, &mut b);
+        b[0]
+    }
+
+    pub fn device_features(&self) -> u64 {
+        self.write(0x00, &0u32.to_le_bytes());
+        let lo = self.read32(0x04);
+        self.write(0x00, &1u32.to_le_bytes());
+        let hi = self.read32(0x04);
+        u64::from(hi) << 32 | u64::from(lo)
+    }
+
+    /// Reset, ACKNOWLEDGE, DRIVER, write `features`, FEATURES_OK; returns the status read back.
+    pub fn negotiate(&self, features: u64) -> u8 {
+        self.write(0x14, &[0]);
+        self.write(0x14, &[STATUS_ACKNOWLEDGE]);
+        self.write(0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
+        self.write(0x08, &0u32.to_le_bytes());
+        self.write(0x0c, &(features as u32).to_le_bytes());
+        self.write(0x08, &1u32.to_le_bytes());
+        self.write(0x0c, &((features >> 32) as u32).to_le_bytes());
+        self.write(
+            0x14,
+            &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK],
+        );
+        self.status()
+    }
+
+    /// Offset of the MSI-X capability, found by walking the capability list.
+    pub fn msix_cap(&self) -> usize {
+        let mut d = self.dev.lock().unwrap();
+        let mut at = d.read_config(REG_CAP_POINTER) as usize & 0xff;
+        while at != 0 {
+            let header = d.read_config(at / 4);
+            if header as u8 == CAP_ID_MSIX {
+                return at;
+            }
+            at = (header >> 8) as usize & 0xff;
+        }
+        panic!("no MSI-X capability");
+    }
+
+    /// Enables MSI-X and unmasks every vector, with message data = vector number.
+    pub fn enable_msix(&self) {
+        let cap = self.msix_cap();
+        self.dev.lock().unwrap().write_config(cap / 4, 3, &[0x80]);
+        let n = self.dev.lock().unwrap().msix_vectors();
+        for v in 0..u64::from(n) {
+            let e = MSIX_TABLE_OFFSET + v * 16;
+            self.write(e, &0xfee0_0000u32.to_le_bytes());
+            self.write(e + 4, &0u32.to_le_bytes());
+            self.write(e + 8, &(v as u32).to_le_bytes());
+            self.write(e + 12, &0u32.to_le_bytes());
+        }
+    }
+
+    /// Programs queue `index` with the rings at [`DESC`], [`AVAIL`], [`USED`].
+    pub fn setup_queue(&mut self, index: u16, size: u16, vector: u16) {
+        self.qsize = size;
+        self.write(0x16, &index.to_le_bytes());
+        self.write(0x18, &size.to_le_bytes());
+        self.write(0x1a, &vector.to_le_bytes());
+        self.write(0x20, &(DESC as u32).to_le_bytes());
+        self.write(0x24, &0u32.to_le_bytes());
+        self.write(0x28, &AVAIL.to_le_bytes());
+        self.write(0x30, &USED.to_le_bytes());
+        self.write(0x1c, &1u16.to_le_bytes());
+    }
+
+    pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = DESC + u64::from(index) * 16;
+        self.mem.write_obj(addr, GuestAddress(at)).unwrap();
+        self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+        self.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+    }
+
+    /// Publishes descriptor `head` in the avail ring.
+    pub fn publish(&mut self, head: u16) {
+        let slot = u64::from(self.avail_idx % self.qsize);
+        self.mem
+            .write_obj(head, GuestAddress(AVAIL + 4 + slot * 2))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            .unwrap();
+    }
+
+    /// Sets the avail index to any value (hostile drivers).
+    pub fn set_avail_idx(&mut self, idx: u16) {
+        self.avail_idx = idx;
+        self.mem.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
+    }
+
+    /// Writes a chain of `(addr, len, device_writable)` buffers and publishes it.
+    pub fn add_chain(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_desc;
+        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+            let idx = (head + i as u16) % self.qsize;
+            let last = i + 1 == bufs.len();
+            let flags =
+                if w { VIRTQ_DESC_F_WRITE } else { 0 } | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+            self.write_desc(idx, addr, len, flags, (idx + 1) % self.qsize);
+        }
+        self.next_desc = (head + bufs.len() as u16) % self.qsize;
+        self.publish(head);
+        head
+    }
+
+    pub fn kick(&self, queue: u16) {
+        self.write(NOTIFY_OFFSET + u64::from(queue) * 4, &queue.to_le_bytes());
+    }
+
+    pub fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    }
+
+    /// Waits (up to 5 s) for the next used element: `(id, len)`.
+    pub fn wait_used(&mut self) -> (u32, u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.used_idx() == self.used_seen {
+            assert!(Instant::now() < deadline, "device returned no buffer");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let slot = u64::from(self.used_seen % self.qsize);
+        let at = USED + 4 + slot * 8;
+        self.used_seen = self.used_seen.wrapping_add(1);
+        (
+            self.mem.read_obj(GuestAddress(at)).unwrap(),
+            self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
+        )
+    }
+
+    /// Kicks queue 0 and waits for one used element.
+    pub fn submit(&mut self, bufs: &[(u64, u32, bool)]) -> (u32, u32) {
+        let head = self.add_chain(bufs);
+        self.kick(0);
+        let (id, len) = self.wait_used();
+        assert_eq!(id, u32::from(head));
+        (id, len)
+    }
+
+    /// Waits a little and says whether the device left the used ring alone.
+    pub fn stays_idle(&self) -> bool {
+        let before = self.used_idx();
+        std::thread::sleep(Duration::from_millis(50));
+        self.used_idx() == before
+    }
+}

@@ -140,3 +140,41 @@ impl QueueHandler for RngHandler {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::virtio::testing::{DATA, MockDriver};
+
+    #[test]
+    fn fills_a_guest_buffer_with_random_bytes() {
+        let mut d = MockDriver::started(Box::new(Rng::new()), 16);
+        let (_, used) = d.submit(&[(DATA, 256, true), (DATA + 0x1000, 256, true)]);
+        assert_eq!(used, 512);
+        let mut a = [0u8; 256];
+        let mut b = [0u8; 256];
+        d.mem.read_slice(&mut a, GuestAddress(DATA)).unwrap();
+        d.mem
+            .read_slice(&mut b, GuestAddress(DATA + 0x1000))
+            .unwrap();
+        // 256 zero bytes (or two equal halves) from getrandom: odds of 2^-2048.
+        assert_ne!(a, [0; 256]);
+        assert_ne!(a, b);
+        assert!(d.irq.fired.lock().unwrap().contains(&0));
+    }
+
+    #[test]
+    fn caps_a_huge_request_and_skips_readable_buffers() {
+        let mut d = MockDriver::started(Box::new(Rng::new()), 16);
+        let (_, used) = d.submit(&[(DATA, 64, false), (DATA + 0x1000, 0x20_0000, true)]);
+        assert_eq!(used as usize, MAX_FILL);
+        assert_eq!(d.mem.read_obj::<u64>(GuestAddress(DATA)).unwrap(), 0);
+        // A buffer past guest memory fills nothing and the device carries on.
+        let (_, used) = d.submit(&[(1 << 40, 4096, true)]);
+        assert_eq!(used, 0);
+        let (_, used) = d.submit(&[(DATA, 16, true)]);
+        assert_eq!(used, 16);
+    }
+}
