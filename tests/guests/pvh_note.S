@@ -1,0 +1,9 @@
+/* The Xen ELF note naming the 32-bit PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY = 18). */
+	.section .note.pvh, "a"
+	.align 4
+	.long 4
+	.long 4
+	.long 18
+	.asciz "Xen"
+	.align 4
+	.long _start
