@@ -113,6 +113,18 @@ impl Raw {
     }
 }
 
+/// Waits up to five seconds for `cond` to hold.
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 #[test]
 fn greets_with_version_and_no_capabilities() {
     let f = start();
@@ -208,7 +220,7 @@ fn quit_replies_before_the_vm_is_told_to_quit() {
         c.call(r#"{"execute":"quit","id":"q"}"#),
         json!({"return": {}, "id": "q"})
     );
-    assert!(f.vm.quit_requested());
+    assert!(eventually(|| f.vm.quit_requested()));
 }
 
 #[test]
@@ -437,7 +449,7 @@ fn typed_client_runs_commands_and_collects_events() {
         .unwrap();
     assert_eq!(shutdown.data["reason"], "guest-shutdown");
     client.quit().unwrap();
-    assert!(f.vm.quit_requested());
+    assert!(eventually(|| f.vm.quit_requested()));
 }
 
 #[test]

@@ -296,15 +296,21 @@ impl Shared {
                 break;
             }
             for text in texts.drain(..) {
+                let was_negotiated = session.negotiated();
                 let handled = session.handle(&text, self.vm.as_ref());
-                if tx
-                    .send(Outgoing::Data(protocol::encode(&handled.reply)))
-                    .is_err()
-                {
-                    break 'conn;
-                }
-                if session.negotiated() {
+                let reply = Outgoing::Data(protocol::encode(&handled.reply));
+                let queued = if !was_negotiated && session.negotiated() {
+                    // Under the hub lock, so no event is emitted between queuing the
+                    // reply and enabling events: the client misses none after the reply.
+                    let _clients = self.events.hub.clients();
+                    let queued = tx.try_send(reply).is_ok();
                     negotiated.store(true, Ordering::Release);
+                    queued
+                } else {
+                    tx.send(reply).is_ok()
+                };
+                if !queued {
+                    break 'conn;
                 }
                 if let Some(action) = handled.after_reply {
                     action(self.vm.as_ref());
