@@ -217,6 +217,16 @@ impl<'a> FieldMap<'a> {
             .map_or("", |t| t.path.as_str())
     }
 
+    /// The setting of the last token that starts before `offset`: for a syntax error at
+    /// `offset`, the setting the parser had just read.
+    pub fn path_before(&self, offset: usize) -> &str {
+        let index = self.tokens.partition_point(|t| t.start < offset);
+        index
+            .checked_sub(1)
+            .and_then(|i| self.tokens.get(i))
+            .map_or("", |t| t.path.as_str())
+    }
+
     /// Where the value of setting `path` starts, if the text sets it.
     pub fn value_position(&self, path: &str) -> Option<LineCol> {
         let key = self.tokens.iter().position(|t| t.is_key && t.path == path);

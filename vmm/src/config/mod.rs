@@ -380,7 +380,16 @@ fn from_ron_error(error: &ron::error::SpannedError, text: &str, origin: &Path) -
             (path, Problem::WrongType("expected settings in ( )".into()))
         }
         E::ExpectedOption => (path, Problem::WrongType("expected None or a value".into())),
-        other => (path, Problem::Syntax(other.to_string())),
+        other => {
+            let offset = locate::offset_of(text, at);
+            let message = other.to_string();
+            let mut chars = message.chars();
+            let message = chars
+                .next()
+                .map(|first| first.to_lowercase().chain(chars).collect())
+                .unwrap_or(message);
+            (map.path_before(offset).to_owned(), Problem::Syntax(message))
+        }
     };
     // ron points somewhere inside or just before a value it rejects; point at its start.
     let value_error = matches!(
