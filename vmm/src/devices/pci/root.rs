@@ -4,15 +4,19 @@
 //! A configuration access goes: vCPU exit -> PIO or MMIO bus -> [`PciConfigIo`] or
 //! [`PciConfigMmio`] -> [`PciRoot`] -> the addressed [`PciDevice`]. A write that moves a BAR
 //! comes back as [`BarChange`]s; the access device then, with no PCI lock held, hands each
-//! one to the machine's [`BarRelocator`], which moves the device on the MMIO bus. Holding no
-//! PCI lock while the machine takes its bus lock is what keeps a vCPU in a BAR access and a
-//! vCPU reprogramming that BAR from deadlocking.
+//! one to a [`BarRelocator`], which moves the device on the bus its BARs live on.
+//!
+//! BARs do not sit on the machine's MMIO bus directly but on a bus of their own behind a
+//! [`PciMmioWindow`], the host bridge's forwarding window. An ECAM write arrives while the
+//! vCPU holds the machine's MMIO bus for reading; moving a BAR on that same bus would need
+//! its write lock and deadlock. The window's own bus has no such reader, and holding no PCI
+//! lock while taking it keeps a vCPU in a BAR access and a vCPU moving that BAR apart.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::PciError;
 use super::config::{BarChange, PciConfig, PciIds};
-use crate::devices::bus::{BusDevice, SharedDevice, lock};
+use crate::devices::bus::{Bus, BusDevice, SharedDevice, lock};
 
 /// Slots on bus 0.
 pub const SLOTS: usize = 32;
@@ -142,7 +146,7 @@ fn apply_moves(relocator: Option<&Arc<dyn BarRelocator>>, moves: Vec<PendingMove
         match relocator {
             Some(r) => {
                 if let Err(e) = r.relocate(m.device, m.change) {
-                    log::warn!("pci: cannot move BAR{}: {e}", m.change.bar);
+                    crate::guest_warn!("pci: cannot move BAR{}: {e}", m.change.bar);
                 }
             }
             None => log::debug!("pci: BAR{} moved with no relocator", m.change.bar),
@@ -266,6 +270,52 @@ impl BusDevice for PciConfigMmio {
     }
 }
 
+/// The host bridge's MMIO forwarding window: insert it on the machine's MMIO bus over the
+/// PCI MMIO window; it forwards each access to the BAR bus, where BARs come and go as the
+/// guest programs them.
+pub struct PciMmioWindow {
+    bars: Arc<RwLock<Bus>>,
+}
+
+impl PciMmioWindow {
+    pub fn new(bars: Arc<RwLock<Bus>>) -> Self {
+        Self { bars }
+    }
+}
+
+fn read_lock(bus: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
+    // A panic while the lock was held leaves the map as it was: keep serving.
+    bus.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BusDevice for PciMmioWindow {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        if let Some(addr) = base.checked_add(offset) {
+            read_lock(&self.bars).read(addr, data);
+        }
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        if let Some(addr) = base.checked_add(offset) {
+            read_lock(&self.bars).write(addr, data);
+        }
+    }
+}
+
+/// Moves BARs on a BAR bus (the one behind a [`PciMmioWindow`]).
+impl BarRelocator for RwLock<Bus> {
+    fn relocate(&self, device: SharedDevice, change: BarChange) -> Result<(), PciError> {
+        let mut bus = self.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = change.old {
+            bus.remove(old)?;
+        }
+        if let Some(new) = change.new {
+            bus.insert(device, new, change.len)?;
+        }
+        Ok(())
+    }
+}
+
 /// The host bridge at 00:00.0: an Intel 440FX (8086:1237), which is what PC firmware and
 /// guests expect to find first.
 pub struct HostBridge {
@@ -312,7 +362,6 @@ impl BusDevice for HostBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::bus::Bus;
     use crate::devices::pci::config::{BarKind, COMMAND_MEMORY, REG_BAR0, REG_COMMAND_STATUS};
 
     struct Dummy {
@@ -338,7 +387,7 @@ mod tests {
         }
     }
 
-    fn setup() -> (Bus, Bus, Arc<Mutex<Bus>>, Arc<Mutex<Dummy>>) {
+    fn setup() -> (Bus, Bus, Arc<RwLock<Bus>>, Arc<Mutex<Dummy>>) {
         let mut root = PciRoot::new();
         root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))
             .unwrap();
@@ -360,7 +409,7 @@ mod tests {
         }));
         root.add_device(3, dummy.clone()).unwrap();
         let root = Arc::new(Mutex::new(root));
-        let reloc = Arc::new(Mutex::new(Bus::new()));
+        let reloc = Arc::new(RwLock::new(Bus::new()));
         let mut pio = Bus::new();
         let r: Arc<dyn BarRelocator> = reloc.clone();
         pio.insert(
@@ -454,20 +503,20 @@ mod tests {
         io_write32(&pio, 3, 6, 0x0010_0000);
         io_write32(&pio, 3, 7, 0x1);
         // Nothing decodes until memory space is enabled.
-        assert!(!lock(&reloc).write(0xe000_0004, &[1]));
+        assert!(!reloc.read().unwrap().write(0xe000_0004, &[1]));
         io_write32(
             &pio,
             3,
             REG_COMMAND_STATUS as u32,
             u32::from(COMMAND_MEMORY),
         );
-        assert!(lock(&reloc).write(0xe000_0004, &[1]));
+        assert!(reloc.read().unwrap().write(0xe000_0004, &[1]));
         assert_eq!(lock(&dummy).last_write, Some((0xe000_0000, 4)));
-        assert!(lock(&reloc).write(0x1_0010_0008, &[1]));
+        assert!(reloc.read().unwrap().write(0x1_0010_0008, &[1]));
         assert_eq!(lock(&dummy).last_write, Some((0x1_0010_0000, 8)));
         // Move BAR0; the old range is gone.
         io_write32(&pio, 3, REG_BAR0 as u32, 0xe000_4000);
-        assert!(!lock(&reloc).write(0xe000_0004, &[1]));
-        assert!(lock(&reloc).write(0xe000_4004, &[1]));
+        assert!(!reloc.read().unwrap().write(0xe000_0004, &[1]));
+        assert!(reloc.read().unwrap().write(0xe000_4004, &[1]));
     }
 }

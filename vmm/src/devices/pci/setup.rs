@@ -2,10 +2,11 @@
 //!
 //! It builds bus 0 (host bridge at 00:00.0, then one virtio-blk per disk, then virtio-rng),
 //! gives every device MSI-X vectors (KVM irqfds and GSI routes when a VM fd is given),
-//! assigns BARs from the machine's MMIO window as firmware would, places the BARs and the
-//! ECAM window on the MMIO bus and ports 0xCF8..0xCFF on the PIO bus. At run time a guest
-//! that moves a BAR goes through the machine's [`BarRelocator`]; `RwLock<Bus>` and
-//! `Mutex<Bus>` implement it, so `Arc<RwLock<Bus>>` can be passed as is.
+//! assigns BARs from the machine's MMIO window as firmware would, and places on the
+//! machine's buses: ports 0xCF8..0xCFF, the ECAM window, and the MMIO window(s) behind
+//! which the BARs live on a bus of their own ([`PciMmioWindow`]), so a guest moving a BAR
+//! never needs the machine's bus locks. [`attach_to_machine`] is the one-line form for
+//! [`Machine`]'s device registration step.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -13,12 +14,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_ioctls::VmFd;
 
-use super::config::{BarChange, COMMAND_BUS_MASTER, COMMAND_MEMORY, REG_COMMAND_STATUS};
+use super::config::{COMMAND_BUS_MASTER, COMMAND_MEMORY, REG_COMMAND_STATUS};
 use super::kvm::{KvmGsiRouter, KvmIoEvents, KvmMsixVectors};
+use super::root::PciMmioWindow;
 use super::{
     BarAllocator, BarRelocator, HostBridge, PciConfigIo, PciConfigMmio, PciDevice, PciError,
     PciRoot,
 };
+use crate::arch::x86_64::layout;
 use crate::devices::bus::{Bus, BusDevice, SharedDevice, lock};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::pci::{TransportParts, VirtioPciDevice};
@@ -26,6 +29,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{
     GuestMemory, IoEventRegistrar, MsiRoutes, MsixInterrupt, VirtioDevice,
 };
+use crate::machine::{Machine, MachineError};
 
 /// Ports of configuration mechanism #1.
 pub const CONFIG_IO_PORT: u64 = 0xcf8;
@@ -67,10 +71,11 @@ pub struct PciParams<'a> {
     /// The VM, for irqfds, MSI routes and ioeventfds. `None` builds the same topology with
     /// interrupts that go nowhere (unit tests, no /dev/kvm).
     pub vm: Option<Arc<VmFd>>,
-    /// Moves BARs when the guest reprograms them.
-    pub relocator: Arc<dyn BarRelocator>,
-    /// The 32-bit MMIO window BARs are assigned from (`layout::PCI_MMIO_START..END`).
+    /// The 32-bit MMIO window BARs are assigned from, `(start, end)` exclusive
+    /// (`layout::PCI_MMIO_START`, `PCI_MMIO_END`).
     pub mmio_window: (u64, u64),
+    /// A 64-bit window, `(start, end)`, where a guest may move 64-bit BARs; `None` for none.
+    pub high_mmio_window: Option<(u64, u64)>,
     /// ECAM base and size (`layout::PCI_ECAM_START`, `PCI_ECAM_SIZE`); `None` for none.
     pub ecam: Option<(u64, u64)>,
     pub disks: &'a [DiskSpec],
@@ -120,6 +125,8 @@ pub fn attach_pci(pio: &mut Bus, mmio: &mut Bus, p: PciParams<'_>) -> Result<Pci
         models.push(Box::new(Rng::new()));
     }
 
+    let bar_bus = Arc::new(RwLock::new(Bus::new()));
+    let relocator: Arc<dyn BarRelocator> = bar_bus.clone();
     let mut root = PciRoot::new();
     root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))?;
     let mut alloc = BarAllocator::new(
@@ -148,15 +155,23 @@ pub fn attach_pci(pio: &mut Bus, mmio: &mut Bus, p: PciParams<'_>) -> Result<Pci
         let dev = Arc::new(Mutex::new(dev));
         let slot = root.free_slot().ok_or(PciError::NoFreeSlot)?;
         root.add_device(slot, dev.clone())?;
-        assign_bars(&dev, &mut alloc, mmio)?;
+        assign_bars(
+            &dev,
+            &mut alloc,
+            &mut bar_bus.write().unwrap_or_else(|e| e.into_inner()),
+        )?;
         devices.push((slot, dev));
     }
 
     let root = Arc::new(Mutex::new(root));
+    for (start, end) in std::iter::once(p.mmio_window).chain(p.high_mmio_window) {
+        let window = Arc::new(Mutex::new(PciMmioWindow::new(bar_bus.clone())));
+        mmio.insert(window, start, end.saturating_sub(start))?;
+    }
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo::new(
             root.clone(),
-            Some(p.relocator.clone()),
+            Some(relocator.clone()),
         ))),
         CONFIG_IO_PORT,
         CONFIG_IO_LEN,
@@ -165,7 +180,7 @@ pub fn attach_pci(pio: &mut Bus, mmio: &mut Bus, p: PciParams<'_>) -> Result<Pci
         mmio.insert(
             Arc::new(Mutex::new(PciConfigMmio::new(
                 root.clone(),
-                Some(p.relocator),
+                Some(relocator),
             ))),
             base,
             len,
@@ -179,11 +194,11 @@ pub fn attach_pci(pio: &mut Bus, mmio: &mut Bus, p: PciParams<'_>) -> Result<Pci
 }
 
 /// Programs every BAR of `dev` from `alloc`, turns on memory decoding and bus mastering
-/// through the same configuration writes a guest would use, and places the BARs on `mmio`.
+/// through the same configuration write a guest would use, and places the BARs on `bars`.
 fn assign_bars<T>(
     dev: &Arc<Mutex<T>>,
     alloc: &mut BarAllocator,
-    mmio: &mut Bus,
+    bar_bus: &mut Bus,
 ) -> Result<(), PciError>
 where
     T: PciDevice + BusDevice + 'static,
@@ -200,33 +215,48 @@ where
     let shared: SharedDevice = dev.clone();
     for c in changes {
         if let Some(new) = c.new {
-            mmio.insert(shared.clone(), new, c.len)?;
+            bar_bus.insert(shared.clone(), new, c.len)?;
         }
     }
     Ok(())
 }
 
-fn relocate_on(bus: &mut Bus, device: SharedDevice, change: BarChange) -> Result<(), PciError> {
-    if let Some(old) = change.old {
-        bus.remove(old)?;
-    }
-    if let Some(new) = change.new {
-        bus.insert(device, new, change.len)?;
-    }
-    Ok(())
+/// The device registration step for [`Machine`]: PCI with one virtio-blk per disk and,
+/// if `rng`, a virtio-rng, at the addresses of `arch::x86_64::layout`.
+pub fn attach_to_machine(
+    machine: &mut Machine,
+    disks: &[DiskSpec],
+    rng: bool,
+) -> Result<(), MachineError> {
+    let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
+    let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
+    attach_pci(
+        &mut pio,
+        &mut mmio,
+        PciParams {
+            mem: machine.guest_memory.clone(),
+            vm: Some(machine.vm_fd.clone()),
+            mmio_window: (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
+            high_mmio_window: None,
+            ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
+            disks,
+            rng,
+        },
+    )
+    .map(drop)
+    .map_err(|e| MachineError::Setup(error_chain(&e)))
 }
 
-impl BarRelocator for RwLock<Bus> {
-    fn relocate(&self, device: SharedDevice, change: BarChange) -> Result<(), PciError> {
-        let mut bus = self.write().unwrap_or_else(|e| e.into_inner());
-        relocate_on(&mut bus, device, change)
+/// `e: cause: cause...`, for an error that must become a string.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
     }
-}
-
-impl BarRelocator for Mutex<Bus> {
-    fn relocate(&self, device: SharedDevice, change: BarChange) -> Result<(), PciError> {
-        relocate_on(&mut lock(self), device, change)
-    }
+    out
 }
 
 #[cfg(test)]
@@ -263,15 +293,14 @@ mod tests {
             path: img.path().to_owned(),
             read_only: true,
         }];
-        let relocator = Arc::new(Mutex::new(Bus::new()));
         let setup = attach_pci(
             &mut pio,
             &mut mmio,
             PciParams {
                 mem,
                 vm: None,
-                relocator,
                 mmio_window: (0xc000_0000, 0xe000_0000),
+                high_mmio_window: None,
                 ecam: Some((0xe000_0000, 0x1000_0000)),
                 disks: &disks,
                 rng: true,
@@ -309,6 +338,47 @@ mod tests {
     }
 
     #[test]
+    fn ecam_bar_move_works_while_the_machine_bus_is_read_locked() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        attach_pci(
+            &mut pio,
+            &mut mmio,
+            PciParams {
+                mem,
+                vm: None,
+                mmio_window: (0xc000_0000, 0xe000_0000),
+                high_mmio_window: None,
+                ecam: Some((0xe000_0000, 0x1000_0000)),
+                disks: &[],
+                rng: true,
+            },
+        )
+        .unwrap();
+        // The vCPU exit path holds the machine's MMIO bus for reading during an access.
+        let mmio = RwLock::new(mmio);
+        let bus = mmio.read().unwrap();
+        let ecam = |reg: u64| 0xe000_0000 + (1 << 15) + reg;
+        let mut n = [0u8; 2];
+        assert!(bus.read(0xc000_0012, &mut n));
+        // Linux's BAR sizing: decoding off, probe, restore, decoding back on, then a move.
+        bus.write(ecam(4), &[0, 0]);
+        assert!(bus.read(0xc000_0012, &mut n));
+        assert_eq!(n, [0xff, 0xff]);
+        bus.write(ecam(0x10), &[0xff; 4]);
+        bus.write(ecam(0x10), &0xc000_0000u32.to_le_bytes());
+        bus.write(ecam(4), &[6, 0]);
+        assert!(bus.read(0xc000_0012, &mut n));
+        assert_eq!(u16::from_le_bytes(n), 1);
+        bus.write(ecam(0x10), &0xd000_0000u32.to_le_bytes());
+        bus.read(0xd000_0012, &mut n);
+        assert_eq!(u16::from_le_bytes(n), 1);
+        bus.read(0xc000_0012, &mut n);
+        assert_eq!(n, [0xff, 0xff]);
+    }
+
+    #[test]
     fn missing_disk_is_an_error_naming_the_path() {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
@@ -323,8 +393,8 @@ mod tests {
             PciParams {
                 mem,
                 vm: None,
-                relocator: Arc::new(Mutex::new(Bus::new())),
                 mmio_window: (0xc000_0000, 0xe000_0000),
+                high_mmio_window: None,
                 ecam: None,
                 disks: &disks,
                 rng: false,
