@@ -12,6 +12,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use super::poll::wait_either;
+
 /// The default escape character: Ctrl-] (0x1d).
 pub const ESCAPE: u8 = 0x1d;
 
@@ -70,7 +72,7 @@ pub fn pump(
     let mut input_file = File::from(input.try_clone_to_owned()?);
     let mut buf = [0u8; 4096];
     loop {
-        let (input_ready, stream_ready) = poll_two(input.as_raw_fd(), stream.as_raw_fd())?;
+        let (input_ready, stream_ready) = wait_either(input, stream.as_fd())?;
         if stream_ready {
             let n = read_retrying(&mut stream, &mut buf)?;
             if n == 0 {
@@ -102,34 +104,6 @@ fn read_retrying(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         match source.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
-        }
-    }
-}
-
-/// Waits until `a` or `b` is readable (or hung up); returns which.
-fn poll_two(a: i32, b: i32) -> io::Result<(bool, bool)> {
-    let mut fds = [
-        libc::pollfd {
-            fd: a,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: b,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfd structs that lives across the
-        // call, and the length passed matches it.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc >= 0 {
-            return Ok((fds[0].revents != 0, fds[1].revents != 0));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod client;
 mod commands;
 pub mod console;
 pub mod fake;
+mod poll;
 pub mod protocol;
 pub mod server;
 

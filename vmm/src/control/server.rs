@@ -1,6 +1,6 @@
 //! The QMP server: a unix socket, one accept thread, two threads per client.
 //!
-//! Data flow: the accept thread polls the listening socket and a stop eventfd. Each
+//! Data flow: the accept thread polls the listening socket and a stop socket. Each
 //! client gets a reader thread (bytes -> [`Framer`] -> [`Session`] -> reply) and a
 //! writer thread that drains a bounded queue onto the socket with a write timeout, so a
 //! client that stops reading never blocks the VMM. Replies are queued by the reader;
@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,9 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use vmm_sys_util::eventfd::EventFd;
-
 use super::commands::Session;
+use super::poll::wait_either;
 use super::protocol::{self, Framer, QmpError, Timestamp};
 use super::{Event, VmControl};
 
@@ -52,7 +51,7 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    /// A thread or eventfd could not be created.
+    /// A thread or socket pair could not be created.
     #[error("cannot start the QMP server")]
     Setup(#[source] io::Error),
 }
@@ -154,8 +153,8 @@ impl QmpServer {
             source,
         };
         let ino = fs::metadata(path).map_err(bind_err)?.ino();
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Setup)?;
-        let stop_for_thread = stop.try_clone().map_err(ServerError::Setup)?;
+        // Closing `stop` makes `stop_for_thread` readable, which ends the accept loop.
+        let (stop, stop_for_thread) = UnixStream::pair().map_err(ServerError::Setup)?;
         let shared = Arc::new(Shared {
             vm,
             events: events.clone(),
@@ -209,11 +208,11 @@ struct Shared {
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Shared {
-    fn accept_loop(self: Arc<Self>, listener: &UnixListener, stop: &EventFd) {
+    fn accept_loop(self: Arc<Self>, listener: &UnixListener, stop: &UnixStream) {
         loop {
-            match wait_readable(listener.as_raw_fd(), stop.as_raw_fd()) {
-                Ok(Readable::Stop) => return,
-                Ok(Readable::Listener) => {}
+            match wait_either(listener.as_fd(), stop.as_fd()) {
+                Ok((_, true)) => return,
+                Ok(_) => {}
                 Err(e) => {
                     log::error!("QMP server poll failed: {e}");
                     return;
@@ -335,49 +334,11 @@ fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-/// Which descriptor became readable.
-enum Readable {
-    Listener,
-    Stop,
-}
-
-fn wait_readable(listener: i32, stop: i32) -> io::Result<Readable> {
-    let mut fds = [
-        libc::pollfd {
-            fd: listener,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfd structs that outlives the call, and
-        // the length passed matches it.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc >= 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-    if fds[1].revents != 0 {
-        Ok(Readable::Stop)
-    } else {
-        Ok(Readable::Listener)
-    }
-}
-
 /// A running QMP server. Dropping it stops the server like [`QmpServerHandle::shutdown`].
 pub struct QmpServerHandle {
     path: PathBuf,
     ino: u64,
-    stop: EventFd,
+    stop: UnixStream,
     accept_thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     events: EventSender,
@@ -410,7 +371,7 @@ impl QmpServerHandle {
         let Some(accept_thread) = self.accept_thread.take() else {
             return;
         };
-        let _ = self.stop.write(1);
+        let _ = self.stop.shutdown(std::net::Shutdown::Both);
         let _ = accept_thread.join();
         for client in self.events.hub.clients().iter() {
             if client.tx.try_send(Outgoing::Close).is_err() {
