@@ -4,7 +4,7 @@
 //! [`QmpClient::execute`] writes one request with a fresh `id` and reads messages until
 //! the reply with that `id` arrives; events read meanwhile are queued and returned by
 //! [`QmpClient::wait_event`] or [`QmpClient::take_events`]. Every read is bounded by the
-//! client's timeout, and every message by [`MAX_MESSAGE_LEN`](super::protocol::MAX_MESSAGE_LEN).
+//! client's timeout, and every message by [`MAX_REPLY_LEN`].
 //! It works against QEMU as well as `hospes-vmm`.
 
 use std::collections::VecDeque;
@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::protocol::{Framer, ProtocolError, QmpError, StatusInfo, Timestamp, VersionInfo};
+use super::protocol::{
+    Framer, MAX_REPLY_LEN, ProtocolError, QmpError, StatusInfo, Timestamp, VersionInfo,
+};
 
 /// How long a read waits by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,7 +103,7 @@ impl QmpClient {
         stream.set_write_timeout(Some(timeout))?;
         let mut client = Self {
             stream,
-            framer: Framer::new(),
+            framer: Framer::with_limit(MAX_REPLY_LEN),
             texts: VecDeque::new(),
             events: VecDeque::new(),
             greeting: Value::Null,

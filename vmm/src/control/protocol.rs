@@ -14,16 +14,20 @@ use serde_json::{Map, Value, json};
 
 use super::{Event, RunState};
 
-/// Largest JSON text, in bytes, that one peer may send; a peer that sends more is
-/// dropped (it cannot make us buffer without bound).
+/// Largest JSON text, in bytes, that a client may send to the server; a client that
+/// sends more is dropped (it cannot make the helper buffer without bound).
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+
+/// Largest JSON text the client accepts from a server (QEMU's `query-qmp-schema` reply
+/// alone is a few hundred KiB).
+pub const MAX_REPLY_LEN: usize = 16 * 1024 * 1024;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
-    /// A JSON text grew past [`MAX_MESSAGE_LEN`] without ending.
-    #[error("QMP input exceeds {MAX_MESSAGE_LEN} bytes")]
-    MessageTooLong,
+    /// A JSON text grew past the framer's limit without ending.
+    #[error("QMP input exceeds {0} bytes")]
+    MessageTooLong(usize),
 }
 
 /// The class of a QMP error reply, as QEMU names them.
@@ -225,6 +229,7 @@ enum FrameState {
 /// The texts are then parsed with serde_json, whose errors become QMP error replies.
 #[derive(Debug)]
 pub struct Framer {
+    limit: usize,
     buf: Vec<u8>,
     state: FrameState,
     in_string: bool,
@@ -238,9 +243,15 @@ impl Default for Framer {
 }
 
 impl Framer {
-    /// An empty framer.
+    /// An empty framer for texts of at most [`MAX_MESSAGE_LEN`] bytes.
     pub fn new() -> Self {
+        Self::with_limit(MAX_MESSAGE_LEN)
+    }
+
+    /// An empty framer for texts of at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
         Self {
+            limit,
             buf: Vec::new(),
             state: FrameState::Idle,
             in_string: false,
@@ -255,15 +266,15 @@ impl Framer {
 
     /// Feeds `data`, appending each completed text to `out`.
     ///
-    /// Fails once a text grows past [`MAX_MESSAGE_LEN`]; the framer is then unusable
+    /// Fails once a text grows past the limit; the framer is then unusable
     /// and the peer should be dropped.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), ProtocolError> {
         for &b in data {
             if let Some(text) = self.step(b) {
                 out.push(text);
             }
-            if self.buf.len() > MAX_MESSAGE_LEN {
-                return Err(ProtocolError::MessageTooLong);
+            if self.buf.len() > self.limit {
+                return Err(ProtocolError::MessageTooLong(self.limit));
             }
         }
         Ok(())
@@ -401,7 +412,10 @@ mod tests {
         let mut f = Framer::new();
         let mut out = Vec::new();
         let big = vec![b'a'; MAX_MESSAGE_LEN + 1];
-        assert_eq!(f.push(&big, &mut out), Err(ProtocolError::MessageTooLong));
+        assert_eq!(
+            f.push(&big, &mut out),
+            Err(ProtocolError::MessageTooLong(MAX_MESSAGE_LEN))
+        );
     }
 
     #[test]
