@@ -1,0 +1,511 @@
+//! `hospesctl` run as a real process against a library in a temporary `XDG_DATA_HOME`:
+//! every library command, text and JSON output, and exit codes.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// A temporary home for one test's library.
+struct Ctl {
+    tmp: tempfile::TempDir,
+}
+
+/// What a run printed and how it ended.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+
+    fn error_json(&self) -> Value {
+        serde_json::from_str(&self.stderr).unwrap_or_else(|e| panic!("{e}: {}", self.stderr))
+    }
+}
+
+impl Ctl {
+    fn new() -> Ctl {
+        Ctl {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn machines(&self) -> PathBuf {
+        self.path("data/hospes/machines")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hospesctl"));
+        command
+            .args(args)
+            .env("XDG_DATA_HOME", self.path("data"))
+            .env("XDG_RUNTIME_DIR", self.path("run"))
+            .env_remove("VISUAL")
+            .env_remove("EDITOR");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.run_with(self.command(args), "")
+    }
+
+    fn run_with(&self, mut command: Command, stdin: &str) -> Run {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child.wait_with_output().unwrap();
+        Run {
+            code: status.code().unwrap(),
+            stdout: String::from_utf8(stdout).unwrap(),
+            stderr: String::from_utf8(stderr).unwrap(),
+        }
+    }
+
+    /// Runs and insists on success.
+    fn ok(&self, args: &[&str]) -> Run {
+        let run = self.run(args);
+        assert_eq!(
+            run.code, 0,
+            "{args:?}\nstdout: {}\nstderr: {}",
+            run.stdout, run.stderr
+        );
+        run
+    }
+
+    /// Creates a small Linux VM.
+    fn create(&self, name: &str) -> Run {
+        self.ok(&[
+            "create",
+            name,
+            "--preset",
+            "linux",
+            "--memory",
+            "256M",
+            "--cpus",
+            "1",
+            "--disk-size",
+            "2G",
+        ])
+    }
+
+    /// Writes an editor script that runs `body` with the file to edit as `$1`.
+    fn editor(&self, body: &str) -> PathBuf {
+        let path = self.path("editor.sh");
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn edit(&self, name: &str, editor: &Path, stdin: &str) -> Run {
+        let mut command = self.command(&["edit", name]);
+        command.env("EDITOR", editor);
+        self.run_with(command, stdin)
+    }
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let ctl = Ctl::new();
+    let run = ctl.ok(&["--help"]);
+    for line in [
+        "0  success",
+        "1  invalid settings",
+        "2  bad command line",
+        "3  no such VM or file",
+    ] {
+        assert!(run.stdout.contains(line), "{line}: {}", run.stdout);
+    }
+    for command in [
+        "list", "create", "show", "check", "edit", "rm", "import", "rename",
+    ] {
+        assert!(run.stdout.contains(&format!("  {command} ")), "{command}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let ctl = Ctl::new();
+    assert_eq!(ctl.run(&["create"]).code, 2);
+    assert_eq!(ctl.run(&["frobnicate"]).code, 2);
+    let run = ctl.run(&["create", "x", "--memory", "4Q"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("bad size \"4Q\""), "{}", run.stderr);
+    assert_eq!(ctl.run(&["create", "x", "--preset", "macos"]).code, 2);
+}
+
+#[test]
+fn lists_an_empty_library() {
+    let ctl = Ctl::new();
+    let run = ctl.ok(&["list"]);
+    assert!(run.stdout.starts_with("No VMs yet."), "{}", run.stdout);
+    assert_eq!(ctl.ok(&["list", "--json"]).json(), Value::Array(vec![]));
+}
+
+#[test]
+fn creates_and_lists_vms() {
+    let ctl = Ctl::new();
+    let run = ctl.create("Debian 12");
+    assert!(
+        run.stdout.starts_with("Created Debian 12 (id debian-12)"),
+        "{}",
+        run.stdout
+    );
+    let disk = ctl.machines().join("debian-12/disk.raw");
+    let meta = fs::metadata(&disk).unwrap();
+    assert_eq!(meta.len(), 2 << 30);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(meta.blocks() * 512 < 1 << 20);
+
+    let created = ctl
+        .ok(&[
+            "--json",
+            "create",
+            "alpine",
+            "--memory",
+            "256M",
+            "--cpus",
+            "1",
+            "--disk-size",
+            "0",
+        ])
+        .json();
+    assert_eq!(created["id"], "alpine");
+    assert_eq!(created["config"]["memory"], "256M");
+    assert_eq!(created["config"]["disks"], Value::Array(vec![]));
+
+    let list = ctl.ok(&["list"]).stdout;
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 3, "{list}");
+    assert!(lines[0].starts_with("NAME"));
+    assert!(
+        lines[1].starts_with("alpine     alpine     Linux  1     256M    0"),
+        "{list}"
+    );
+    assert!(
+        lines[2].starts_with("Debian 12  debian-12  Linux  1     256M    1"),
+        "{list}"
+    );
+
+    let json = ctl.ok(&["list", "--json"]).json();
+    let ids: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alpine", "debian-12"]);
+    assert_eq!(json[1]["ok"], true);
+}
+
+#[test]
+fn create_errors_have_their_exit_codes() {
+    let ctl = Ctl::new();
+    ctl.create("one");
+    let run = ctl.run(&["create", "ONE", "--memory", "256M", "--cpus", "1"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stderr, "hospesctl: a VM named \"ONE\" already exists\n");
+    let run = ctl.run(&["create", "k", "--preset", "kernel"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stderr,
+        "hospesctl: the kernel preset needs a kernel (--kernel FILE)\n"
+    );
+    let missing = ctl.path("missing.iso");
+    let run = ctl.run(&["create", "iso", "--iso", missing.to_str().unwrap()]);
+    assert_eq!(run.code, 3);
+    let run = ctl.run(&["--json", "create", "huge", "--memory", "64T"]);
+    assert_eq!(run.code, 1);
+    let error = run.error_json();
+    assert_eq!(error["error"]["kind"], "invalid");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("memory: 64T is more memory than this computer has"),
+        "{error}"
+    );
+}
+
+#[test]
+fn creates_a_kernel_vm() {
+    let ctl = Ctl::new();
+    let kernel = ctl.path("bzImage");
+    fs::write(&kernel, b"kernel").unwrap();
+    let run = ctl.ok(&[
+        "--json",
+        "create",
+        "kt",
+        "--preset",
+        "kernel",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0 panic=-1",
+        "--memory",
+        "128M",
+        "--cpus",
+        "1",
+    ]);
+    let boot = &run.json()["config"]["boot"]["Kernel"];
+    assert_eq!(boot["kernel"], kernel.to_str().unwrap());
+    assert_eq!(boot["cmdline"], "console=ttyS0 panic=-1");
+}
+
+#[test]
+fn shows_the_settings_file() {
+    let ctl = Ctl::new();
+    ctl.create("Shown");
+    let run = ctl.ok(&["show", "Shown"]);
+    let text = fs::read_to_string(ctl.machines().join("shown/vm.ron")).unwrap();
+    assert_eq!(run.stdout, text);
+    let json = ctl.ok(&["show", "shown", "--json"]).json();
+    assert_eq!(json["config"]["name"], "Shown");
+    assert_eq!(json["dir"], ctl.machines().join("shown").to_str().unwrap());
+    let run = ctl.run(&["show", "nope"]);
+    assert_eq!(run.code, 3);
+    assert_eq!(run.stderr, "hospesctl: no VM named \"nope\"\n");
+    assert_eq!(
+        ctl.run(&["--json", "show", "nope"]).error_json()["error"]["kind"],
+        "not_found"
+    );
+}
+
+#[test]
+fn checks_a_file_and_locates_its_error() {
+    let ctl = Ctl::new();
+    let file = ctl.path("vm.ron");
+    let good = "(version: 1, name: \"c\", os: Other, cpus: 1, memory: \"64M\", boot: Uefi())\n";
+    fs::write(&file, good).unwrap();
+    let run = ctl.ok(&["check", file.to_str().unwrap()]);
+    assert_eq!(run.stdout, format!("{}: ok (c)\n", file.display()));
+
+    fs::write(&file, good.replace("\"64M\"", "\"64Q\"")).unwrap();
+    let run = ctl.run(&["check", file.to_str().unwrap()]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "hospesctl: {}:1:53: memory: bad size \"64Q\" (write it like 4G or 512M)\n",
+            file.display()
+        )
+    );
+    let error = ctl
+        .run(&["--json", "check", file.to_str().unwrap()])
+        .error_json();
+    assert_eq!(error["error"]["kind"], "invalid_settings");
+    assert_eq!(error["error"]["line"], 1);
+    assert_eq!(error["error"]["column"], 53);
+    assert_eq!(error["error"]["field"], "memory");
+
+    assert_eq!(
+        ctl.run(&["check", ctl.path("none.ron").to_str().unwrap()])
+            .code,
+        3
+    );
+}
+
+#[test]
+fn renames_a_vm() {
+    let ctl = Ctl::new();
+    ctl.create("Before");
+    let run = ctl.ok(&["rename", "before", "After"]);
+    assert_eq!(
+        run.stdout,
+        "Renamed \"Before\" to \"After\" (its id stays before)\n"
+    );
+    assert_eq!(ctl.ok(&["show", "After", "--json"]).json()["id"], "before");
+    ctl.create("Other");
+    assert_eq!(ctl.run(&["rename", "Other", "after"]).code, 1);
+    assert_eq!(ctl.run(&["rename", "ghost", "x"]).code, 3);
+}
+
+#[test]
+fn removes_a_vm_keeping_or_deleting_disks() {
+    let ctl = Ctl::new();
+    ctl.create("keep");
+    let run = ctl.ok(&["rm", "keep"]);
+    let disk = ctl.machines().join("keep/disk.raw");
+    assert_eq!(
+        run.stdout,
+        format!(
+            "Deleted \"keep\".\nKept its disk images:\n  {}\n",
+            disk.display()
+        )
+    );
+    assert!(disk.exists());
+    assert_eq!(ctl.run(&["show", "keep"]).code, 3);
+
+    ctl.create("gone");
+    let json = ctl.ok(&["--json", "rm", "gone", "--delete-disks"]).json();
+    assert_eq!(json["dir_removed"], true);
+    assert_eq!(
+        json["deleted_disks"][0],
+        ctl.machines().join("gone/disk.raw").to_str().unwrap()
+    );
+    assert!(!ctl.machines().join("gone").exists());
+    assert_eq!(ctl.run(&["rm", "gone"]).code, 3);
+}
+
+#[test]
+fn imports_a_folder() {
+    let ctl = Ctl::new();
+    let source = ctl.path("elsewhere");
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("disk.img"), b"disk").unwrap();
+    fs::write(
+        source.join("vm.ron"),
+        "(version: 1, name: \"From Afar\", os: Linux, cpus: 1, memory: \"64M\",\n boot: Uefi(), disks: [(path: \"disk.img\")])\n",
+    )
+    .unwrap();
+    let run = ctl.ok(&["import", source.to_str().unwrap()]);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "Imported \"From Afar\" as from-afar (copied from {})\n",
+            source.display()
+        )
+    );
+    assert_eq!(
+        fs::read(ctl.machines().join("from-afar/disk.img")).unwrap(),
+        b"disk"
+    );
+    assert!(source.exists());
+    assert_eq!(ctl.run(&["import", source.to_str().unwrap()]).code, 1);
+    ctl.ok(&["rm", "from-afar", "--delete-disks"]);
+    ctl.ok(&["import", "--move", source.to_str().unwrap()]);
+    assert!(!source.exists());
+    let not_vm = ctl.path("empty");
+    fs::create_dir(&not_vm).unwrap();
+    assert_eq!(ctl.run(&["import", not_vm.to_str().unwrap()]).code, 1);
+    assert_eq!(
+        ctl.run(&["import", ctl.path("nowhere").to_str().unwrap()])
+            .code,
+        3
+    );
+}
+
+#[test]
+fn edit_saves_a_valid_change() {
+    let ctl = Ctl::new();
+    ctl.create("ed");
+    let editor = ctl.editor("sed -i 's/cpus: 1,/cpus: 2, \\/\\/ more/' \"$1\"");
+    let run = ctl.edit("ed", &editor, "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = fs::read_to_string(ctl.machines().join("ed/vm.ron")).unwrap();
+    assert!(text.contains("cpus: 2, // more"), "{text}");
+    // No temporary copy is left behind.
+    let names: Vec<_> = fs::read_dir(ctl.machines().join("ed"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn edit_refuses_to_save_a_broken_file() {
+    let ctl = Ctl::new();
+    ctl.create("ed");
+    let path = ctl.machines().join("ed/vm.ron");
+    let before = fs::read_to_string(&path).unwrap();
+    let editor = ctl.editor("sed -i 's/memory: \"256M\"/memory: \"lots\"/' \"$1\"");
+    let run = ctl.edit("ed", &editor, "");
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains(&format!(
+            "{}:7:13: memory: bad size \"lots\"",
+            path.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("vm.ron is unchanged"), "{}", run.stderr);
+    assert_eq!(fs::read_to_string(&path).unwrap(), before);
+
+    let failing = ctl.editor("exit 3");
+    assert_eq!(ctl.edit("ed", &failing, "").code, 1);
+    assert_eq!(fs::read_to_string(&path).unwrap(), before);
+}
+
+#[test]
+fn edit_reopens_a_broken_file_until_it_is_fixed() {
+    let ctl = Ctl::new();
+    ctl.create("ed");
+    let count = ctl.path("count");
+    // First round breaks the file, second round fixes it.
+    let editor = ctl.editor(&format!(
+        "if [ -e {count} ]; then sed -i 's/cpus: \"two\"/cpus: 2/' \"$1\"; \
+         else touch {count}; sed -i 's/cpus: 1,/cpus: \"two\",/' \"$1\"; fi",
+        count = count.display()
+    ));
+    let run = ctl.edit("ed", &editor, "y\n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cpus: expected a whole number"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Edit again? [Y/n]"), "{}", run.stderr);
+    let text = fs::read_to_string(ctl.machines().join("ed/vm.ron")).unwrap();
+    assert!(text.contains("cpus: 2,"), "{text}");
+}
+
+#[test]
+fn edit_without_changes_writes_nothing() {
+    let ctl = Ctl::new();
+    ctl.create("ed");
+    let path = ctl.machines().join("ed/vm.ron");
+    let modified = fs::metadata(&path).unwrap().modified().unwrap();
+    let run = ctl.edit("ed", &ctl.editor("true"), "");
+    assert_eq!(run.stdout, "No changes.\n");
+    assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), modified);
+}
+
+#[test]
+fn lists_a_broken_vm_with_its_error() {
+    let ctl = Ctl::new();
+    ctl.create("fine");
+    let broken = ctl.machines().join("broken");
+    fs::create_dir_all(&broken).unwrap();
+    fs::write(broken.join("vm.ron"), "(version: 1,\n  colour: 3)").unwrap();
+    let list = ctl.ok(&["list"]).stdout;
+    assert!(list.contains("broken  broken  broken  -"), "{list}");
+    assert!(
+        list.contains(&format!(
+            "broken: {}:2:3: colour: unknown field `colour`",
+            broken.join("vm.ron").display()
+        )),
+        "{list}"
+    );
+    let json = ctl.ok(&["list", "--json"]).json();
+    assert_eq!(json[0]["id"], "broken");
+    assert_eq!(json[0]["ok"], false);
+    // show prints the text and fails with the error.
+    let run = ctl.run(&["show", "broken"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, "(version: 1,\n  colour: 3)\n");
+}
