@@ -1,2 +1,181 @@
 //! Shared plumbing for the end-to-end tests: finding the built binaries, building the tiny
 //! guests in `tests/guests/` with the system toolchain, and running the helper on them.
+//!
+//! Data flow: [`build_guest`] assembles `tests/guests/<name>.S` with gcc and links it with
+//! ld (PVH guests as ELF with `pvh.ld`, the bzImage guest as a flat file with
+//! `bzimage.ld`) into a temporary directory; [`run_vmm`] spawns `hospes-vmm` on it, with
+//! stdout (COM1) and stderr captured, and kills it at a deadline.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// How a guest image is linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestKind {
+    /// ELF with a Xen PVH note.
+    Pvh,
+    /// Flat bzImage.
+    BzImage,
+}
+
+/// A built guest and the directory holding it.
+pub struct Guest {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+/// The `tests/guests` directory.
+pub fn guests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("guests")
+}
+
+/// The profile directory the test binary runs from (`target/debug`, `target/release`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+static BUILD: Once = Once::new();
+
+/// The `hospes-vmm` binary next to the test binary, built first if cargo is at hand
+/// (integration tests do not build a dependency's binaries by themselves).
+pub fn vmm_binary() -> PathBuf {
+    let dir = target_dir();
+    BUILD.call_once(|| {
+        if let Ok(cargo) = std::env::var("CARGO") {
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-q", "-p", "hospes-vmm", "--bin", "hospes-vmm"]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+            // Another change may break the build for a moment; a binary built before still
+            // tests this crate's guests, so only a missing binary is fatal.
+            assert!(
+                ok || dir.join("hospes-vmm").exists(),
+                "cargo build -p hospes-vmm failed"
+            );
+        }
+    });
+    dir.join("hospes-vmm")
+}
+
+/// Builds guest `name` from `tests/guests/<name>.S`.
+pub fn build_guest(name: &str, kind: GuestKind) -> Guest {
+    let src = guests_dir();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let obj = dir.path().join(format!("{name}.o"));
+    let (script, out) = match kind {
+        GuestKind::Pvh => ("pvh.ld", dir.path().join(format!("{name}.elf"))),
+        GuestKind::BzImage => ("bzimage.ld", dir.path().join(format!("{name}.bzImage"))),
+    };
+    let run = |cmd: &mut Command| {
+        let o = cmd.output().expect("run the toolchain (gcc, ld)");
+        assert!(
+            o.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(Command::new("gcc")
+        .arg("-c")
+        .arg("-I")
+        .arg(&src)
+        .arg(src.join(format!("{name}.S")))
+        .arg("-o")
+        .arg(&obj));
+    run(Command::new("ld")
+        .args([
+            "-m",
+            "elf_x86_64",
+            "-nostdlib",
+            "--no-warn-rwx-segments",
+            "-T",
+        ])
+        .arg(src.join(script))
+        .arg(&obj)
+        .arg("-o")
+        .arg(&out));
+    Guest { dir, path: out }
+}
+
+/// What a helper run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// None when it was killed at the deadline.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    /// Exited by itself with status 0.
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Waits for `child` up to `timeout`, killing it after.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `hospes-vmm args...` with stdin closed, killing it after `timeout`.
+pub fn run_vmm(args: &[&str], timeout: Duration) -> RunOutput {
+    let mut child = Command::new(vmm_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hospes-vmm");
+    let out = drain(child.stdout.take().expect("stdout is piped"));
+    let err = drain(child.stderr.take().expect("stderr is piped"));
+    let status = wait_timeout(&mut child, timeout);
+    RunOutput {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Whether this machine can run KVM guests (tests needing it skip with a note otherwise).
+pub fn kvm_available() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// The RAM a guest of `mem` bytes sees in its memory map, in KiB (all of it minus the
+/// legacy hole 0x9fc00..0x100000).
+pub fn visible_ram_kib(mem: u64) -> u64 {
+    (mem - (0x10_0000 - 0x9_fc00)) / 1024
+}

@@ -242,7 +242,9 @@ impl VmHandle {
 
     /// Presses the ACPI power button.
     pub fn powerdown(&self) -> Result<(), HandleError> {
-        let pm = lock(&self.inner.pm).clone().ok_or(HandleError::NotRunning)?;
+        let pm = lock(&self.inner.pm)
+            .clone()
+            .ok_or(HandleError::NotRunning)?;
         lock(&pm).press_power_button();
         Ok(())
     }
@@ -290,7 +292,12 @@ struct Persistent {
 }
 
 impl Machine {
-    fn new(config: &MachineConfig, persistent: &Persistent, events: &Sender<MachineEvent>, handle: &VmHandle) -> Result<Self, MachineError> {
+    fn new(
+        config: &MachineConfig,
+        persistent: &Persistent,
+        events: &Sender<MachineEvent>,
+        handle: &VmHandle,
+    ) -> Result<Self, MachineError> {
         let kvm = vm::open_kvm()?;
         let vm_fd = vm::create_vm(&kvm)?;
         let guest_memory = memory::create(config.memory)?;
@@ -330,7 +337,11 @@ impl Machine {
         pio.insert(Arc::new(Mutex::new(DebugPort::new())), 0x80, 1)?;
         let sci = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::SCI_IRQ));
         let pm = Arc::new(Mutex::new(PmBlock::new(sci, power)));
-        pio.insert(pm.clone(), u64::from(layout::PM_BASE), u64::from(layout::PM_LEN))?;
+        pio.insert(
+            pm.clone(),
+            u64::from(layout::PM_BASE),
+            u64::from(layout::PM_LEN),
+        )?;
         *lock(&handle.inner.pm) = Some(pm);
 
         Ok(Self {
@@ -346,7 +357,12 @@ impl Machine {
     }
 
     /// Starts the vCPUs and runs until an event ends this boot.
-    fn run(self, events: &Sender<MachineEvent>, rx: &Receiver<MachineEvent>, control: &Arc<RunControl>) -> Result<MachineEvent, MachineError> {
+    fn run(
+        self,
+        events: &Sender<MachineEvent>,
+        rx: &Receiver<MachineEvent>,
+        control: &Arc<RunControl>,
+    ) -> Result<MachineEvent, MachineError> {
         let cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -360,7 +376,10 @@ impl Machine {
             vcpus.push(fd);
         }
         vcpu::install_kick_handler()?;
-        let buses = ExitBuses { pio: self.pio_bus.clone(), mmio: self.mmio_bus.clone() };
+        let buses = ExitBuses {
+            pio: self.pio_bus.clone(),
+            mmio: self.mmio_bus.clone(),
+        };
         let mut threads = Vec::new();
         for (index, fd) in vcpus.into_iter().enumerate() {
             let (buses, ctl, events) = (buses.clone(), control.clone(), events.clone());
@@ -413,20 +432,35 @@ impl Vmm {
         if let Some(host) = memory::host_ram()
             && config.memory > host
         {
-            return Err(MachineError::MemoryTooLarge { requested: config.memory, host });
+            return Err(MachineError::MemoryTooLarge {
+                requested: config.memory,
+                host,
+            });
         }
         if config.cpus == 0 || config.cpus > MAX_CPUS {
             return Err(MachineError::BadCpuCount);
         }
         let (events, rx) = channel();
-        let serial_irq = Arc::new(EventFdIrq(EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?));
+        let serial_irq = Arc::new(EventFdIrq(
+            EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?,
+        ));
         let (out, input) = crate::machine::console::open(&config.serial)?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq.clone(), out)));
         if let Some(input) = input {
             console::spawn_input(input, serial.clone())?;
         }
-        let persistent = Persistent { serial, serial_irq, rtc: Arc::new(Mutex::new(Rtc::new())) };
-        Ok(Self { config, handle: VmHandle::new(events.clone()), events, rx, persistent })
+        let persistent = Persistent {
+            serial,
+            serial_irq,
+            rtc: Arc::new(Mutex::new(Rtc::new())),
+        };
+        Ok(Self {
+            config,
+            handle: VmHandle::new(events.clone()),
+            events,
+            rx,
+            persistent,
+        })
     }
 
     /// The remote control for this VM.
@@ -437,13 +471,17 @@ impl Vmm {
     /// Boots the VM, calling `setup` on every boot after the built-in devices are placed
     /// and before any vCPU runs (the device registration step), until the guest powers
     /// off, resets with `no_reboot`, or [`VmHandle::quit`] is called.
-    pub fn run(&mut self, mut setup: impl FnMut(&mut Machine) -> Result<(), MachineError>) -> Result<Exit, MachineError> {
+    pub fn run(
+        &mut self,
+        mut setup: impl FnMut(&mut Machine) -> Result<(), MachineError>,
+    ) -> Result<Exit, MachineError> {
         let control = self.handle.inner.control.clone();
         let result = loop {
-            let mut machine = match Machine::new(&self.config, &self.persistent, &self.events, &self.handle) {
-                Ok(m) => m,
-                Err(e) => break Err(e),
-            };
+            let mut machine =
+                match Machine::new(&self.config, &self.persistent, &self.events, &self.handle) {
+                    Ok(m) => m,
+                    Err(e) => break Err(e),
+                };
             if let Err(e) = setup(&mut machine) {
                 break Err(e);
             }
@@ -469,5 +507,3 @@ impl Vmm {
         result
     }
 }
-
-

@@ -49,7 +49,10 @@ struct Args {
 /// Parses QEMU-style sizes: `512`, `512M`, `2G`, `1024K`, `1T`, optional `B`/`iB`.
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, shift) = match t.chars().last() {
         Some('k' | 'K') => (&t[..t.len() - 1], 10),
         Some('m' | 'M') => (&t[..t.len() - 1], 20),
@@ -57,8 +60,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Some('t' | 'T') => (&t[..t.len() - 1], 40),
         _ => (t, 20),
     };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size like 256M or 2G"))?;
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{s}' is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 256M or 2G"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -84,12 +90,21 @@ fn machine_config(args: Args) -> Result<MachineConfig, String> {
     if let Some(path) = &args.config {
         let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
         match vm.boot {
-            hospes_vmm::config::Boot::Kernel { kernel, initrd, cmdline } => {
+            hospes_vmm::config::Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
                 cfg.kernel = kernel;
                 cfg.initrd = initrd;
                 cfg.cmdline = cmdline;
             }
-            _ => return Err(format!("{}: only kernel boot is supported so far", path.display())),
+            _ => {
+                return Err(format!(
+                    "{}: only kernel boot is supported so far",
+                    path.display()
+                ));
+            }
         }
         cfg.memory = vm.memory.bytes();
         cfg.cpus = vm.cpus;
@@ -110,7 +125,10 @@ fn machine_config(args: Args) -> Result<MachineConfig, String> {
         cfg.cpus = c;
     }
     if !args.disk.is_empty() {
-        log::warn!("--disk is not wired yet; ignoring {} disk(s)", args.disk.len());
+        log::warn!(
+            "--disk is not wired yet; ignoring {} disk(s)",
+            args.disk.len()
+        );
     }
     if let Some(q) = args.qmp {
         log::warn!("--qmp {q} is not wired yet");
@@ -165,8 +183,14 @@ mod tests {
 
     #[test]
     fn parses_serial_backends() {
-        assert_eq!(parse_serial("unix:/tmp/s"), Ok(SerialConfig::Unix("/tmp/s".into())));
-        assert_eq!(parse_serial("file:/tmp/f"), Ok(SerialConfig::File("/tmp/f".into())));
+        assert_eq!(
+            parse_serial("unix:/tmp/s"),
+            Ok(SerialConfig::Unix("/tmp/s".into()))
+        );
+        assert_eq!(
+            parse_serial("file:/tmp/f"),
+            Ok(SerialConfig::File("/tmp/f".into()))
+        );
         assert_eq!(parse_serial("none"), Ok(SerialConfig::None));
         assert!(parse_serial("tcp:1").is_err());
     }

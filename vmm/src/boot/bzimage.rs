@@ -19,18 +19,36 @@ use crate::arch::x86_64::regs::BootInfoReg;
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
 /// Loads a bzImage and writes its zero page.
-pub fn load(mem: &GuestMemoryMmap, kernel: &mut File, inputs: &BootInputs) -> Result<BootEntry, BootError> {
+pub fn load(
+    mem: &GuestMemoryMmap,
+    kernel: &mut File,
+    inputs: &BootInputs,
+) -> Result<BootEntry, BootError> {
     let loaded = BzImage::load(mem, None, kernel, Some(GuestAddress(layout::HIMEM_START)))
-        .map_err(|source| BootError::Loader { path: inputs.kernel.into(), source })?;
+        .map_err(|source| BootError::Loader {
+            path: inputs.kernel.into(),
+            source,
+        })?;
     let Some(hdr) = loaded.setup_header else {
         return Err(BootError::UnknownFormat(inputs.kernel.into()));
     };
     let version = hdr.version;
-    let cmdline_max = if version >= 0x206 { hdr.cmdline_size as usize + 1 } else { 256 };
+    let cmdline_max = if version >= 0x206 {
+        hdr.cmdline_size as usize + 1
+    } else {
+        256
+    };
     if inputs.cmdline.len() + 1 > cmdline_max {
-        return Err(BootError::CmdlineTooLong { len: inputs.cmdline.len(), max: cmdline_max - 1 });
+        return Err(BootError::CmdlineTooLong {
+            len: inputs.cmdline.len(),
+            max: cmdline_max - 1,
+        });
     }
-    let addr_max = if version >= 0x203 { u64::from(hdr.initrd_addr_max) } else { DEFAULT_INITRD_ADDR_MAX };
+    let addr_max = if version >= 0x203 {
+        u64::from(hdr.initrd_addr_max)
+    } else {
+        DEFAULT_INITRD_ADDR_MAX
+    };
     let initrd_top = low_ram_end(inputs.memory).min(addr_max.saturating_add(1));
     let initrd = match inputs.initrd {
         Some(p) => Some(load_initrd(mem, p, loaded.kernel_end, initrd_top)?),
@@ -45,5 +63,8 @@ pub fn load(mem: &GuestMemoryMmap, kernel: &mut File, inputs: &BootInputs) -> Re
     let params = zero_page(hdr, &memory_map(inputs.memory), &info);
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE))
         .map_err(BootError::GuestMemory)?;
-    Ok(BootEntry { entry: loaded.kernel_load.0, info: BootInfoReg::Esi(layout::ZERO_PAGE) })
+    Ok(BootEntry {
+        entry: loaded.kernel_load.0,
+        info: BootInfoReg::Esi(layout::ZERO_PAGE),
+    })
 }

@@ -39,7 +39,11 @@ pub enum BootError {
     #[error("{0} is an ELF file without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")]
     NoPvhNote(PathBuf),
     #[error("{path} ({size} bytes) does not fit in the guest's memory below {limit:#x}")]
-    TooLarge { path: PathBuf, size: u64, limit: u64 },
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("cannot load {path}")]
     Loader {
         path: PathBuf,
@@ -93,15 +97,23 @@ pub fn sniff(head: &[u8]) -> Option<KernelFormat> {
 
 /// The end (exclusive) of RAM below 4 GiB.
 pub fn low_ram_end(memory: u64) -> u64 {
-    layout::ram_ranges(memory).first().map_or(0, |&(s, l)| s + l)
+    layout::ram_ranges(memory)
+        .first()
+        .map_or(0, |&(s, l)| s + l)
 }
 
 fn open(path: &Path) -> Result<(File, u64), BootError> {
-    let mut f = File::open(path).map_err(|source| BootError::Open { path: path.into(), source })?;
+    let mut f = File::open(path).map_err(|source| BootError::Open {
+        path: path.into(),
+        source,
+    })?;
     let size = f
         .seek(SeekFrom::End(0))
         .and_then(|s| f.rewind().map(|_| s))
-        .map_err(|source| BootError::Read { path: path.into(), source })?;
+        .map_err(|source| BootError::Read {
+            path: path.into(),
+            source,
+        })?;
     Ok((f, size))
 }
 
@@ -110,12 +122,19 @@ pub fn load(mem: &GuestMemoryMmap, inputs: &BootInputs) -> Result<BootEntry, Boo
     let (mut kernel, size) = open(inputs.kernel)?;
     let limit = low_ram_end(inputs.memory);
     if size > limit.saturating_sub(layout::HIMEM_START) {
-        return Err(BootError::TooLarge { path: inputs.kernel.into(), size, limit });
+        return Err(BootError::TooLarge {
+            path: inputs.kernel.into(),
+            size,
+            limit,
+        });
     }
     let mut head = vec![0u8; 0x206.min(size as usize)];
     kernel
         .read_exact(&mut head)
-        .map_err(|source| BootError::Read { path: inputs.kernel.into(), source })?;
+        .map_err(|source| BootError::Read {
+            path: inputs.kernel.into(),
+            source,
+        })?;
     write_cmdline(mem, inputs.cmdline, layout::CMDLINE_MAX)?;
     match sniff(&head) {
         Some(KernelFormat::Elf) => pvh::load(mem, &mut kernel, inputs),
@@ -130,7 +149,10 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str, max: usize) -> Result
         return Err(BootError::CmdlineNul);
     }
     if cmdline.len() + 1 > max {
-        return Err(BootError::CmdlineTooLong { len: cmdline.len(), max: max - 1 });
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: max - 1,
+        });
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
@@ -148,9 +170,16 @@ pub fn load_initrd(
 ) -> Result<(u64, u64), BootError> {
     let (mut f, size) = open(path)?;
     let top = max_end;
-    let addr = top.checked_sub(size).map(|a| a & !0xfff).filter(|&a| a >= kernel_end);
+    let addr = top
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a >= kernel_end);
     let Some(addr) = addr else {
-        return Err(BootError::TooLarge { path: path.into(), size, limit: top });
+        return Err(BootError::TooLarge {
+            path: path.into(),
+            size,
+            limit: top,
+        });
     };
     mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
         .map_err(BootError::GuestMemory)?;
@@ -177,15 +206,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inputs = |k: &'static str| (dir.path().join(k), 16u64 << 20);
         let (missing, m) = inputs("missing");
-        let err = load(&mem, &BootInputs { kernel: &missing, initrd: None, cmdline: "", memory: m, rsdp_addr: 0 }).unwrap_err();
+        let err = load(
+            &mem,
+            &BootInputs {
+                kernel: &missing,
+                initrd: None,
+                cmdline: "",
+                memory: m,
+                rsdp_addr: 0,
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, BootError::Open { .. }), "{err}");
         let (text, m) = inputs("text");
         std::fs::write(&text, "not a kernel at all").unwrap();
-        let err = load(&mem, &BootInputs { kernel: &text, initrd: None, cmdline: "", memory: m, rsdp_addr: 0 }).unwrap_err();
+        let err = load(
+            &mem,
+            &BootInputs {
+                kernel: &text,
+                initrd: None,
+                cmdline: "",
+                memory: m,
+                rsdp_addr: 0,
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, BootError::UnknownFormat(_)), "{err}");
         let (big, _) = inputs("big");
-        std::fs::File::create(&big).unwrap().set_len(32 << 20).unwrap();
-        let err = load(&mem, &BootInputs { kernel: &big, initrd: None, cmdline: "", memory: 16 << 20, rsdp_addr: 0 }).unwrap_err();
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let err = load(
+            &mem,
+            &BootInputs {
+                kernel: &big,
+                initrd: None,
+                cmdline: "",
+                memory: 16 << 20,
+                rsdp_addr: 0,
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, BootError::TooLarge { .. }), "{err}");
     }
 
@@ -200,14 +262,23 @@ mod tests {
         let mut b = [0u8; 8];
         mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
         assert_eq!(&b, b"INITRD!!");
-        assert!(matches!(load_initrd(&mem, &p, 16 << 20, 16 << 20), Err(BootError::TooLarge { .. })));
+        assert!(matches!(
+            load_initrd(&mem, &p, 16 << 20, 16 << 20),
+            Err(BootError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn rejects_overlong_command_lines() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        assert!(matches!(write_cmdline(&mem, "abcd", 4), Err(BootError::CmdlineTooLong { len: 4, max: 3 })));
+        assert!(matches!(
+            write_cmdline(&mem, "abcd", 4),
+            Err(BootError::CmdlineTooLong { len: 4, max: 3 })
+        ));
         write_cmdline(&mem, "abc", 4).unwrap();
-        assert!(matches!(write_cmdline(&mem, "a\0b", 40), Err(BootError::CmdlineNul)));
+        assert!(matches!(
+            write_cmdline(&mem, "a\0b", 40),
+            Err(BootError::CmdlineNul)
+        ));
     }
 }

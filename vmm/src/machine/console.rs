@@ -49,15 +49,23 @@ pub fn open(cfg: &SerialConfig) -> Result<(SerialOut, Option<Input>), MachineErr
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| MachineError::SerialOutput { path: path.clone(), source })?;
+                .map_err(|source| MachineError::SerialOutput {
+                    path: path.clone(),
+                    source,
+                })?;
             (Box::new(f), None)
         }
         SerialConfig::Unix(path) => {
             let _ = std::fs::remove_file(path);
-            let l = UnixListener::bind(path)
-                .map_err(|source| MachineError::SerialOutput { path: path.clone(), source })?;
+            let l = UnixListener::bind(path).map_err(|source| MachineError::SerialOutput {
+                path: path.clone(),
+                source,
+            })?;
             let client = Arc::new(Mutex::new(None));
-            (Box::new(SocketOut(client.clone())), Some(Input::Socket(l, client)))
+            (
+                Box::new(SocketOut(client.clone())),
+                Some(Input::Socket(l, client)),
+            )
         }
     })
 }
@@ -88,7 +96,9 @@ pub fn spawn_input(input: Input, serial: Arc<Mutex<SerialDevice>>) -> Result<(),
         Input::Stdin => pump(std::io::stdin(), &serial),
         Input::Socket(listener, client) => {
             for conn in listener.incoming().flatten() {
-                let Ok(reader) = conn.try_clone() else { continue };
+                let Ok(reader) = conn.try_clone() else {
+                    continue;
+                };
                 *lock(&client) = Some(conn);
                 pump(reader, &serial);
                 *lock(&client) = None;

@@ -11,8 +11,11 @@ use std::cell::Cell;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-use kvm_bindings::{KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, Msrs, kvm_mp_state, kvm_msr_entry};
 use kvm_bindings::CpuId;
+use kvm_bindings::{
+    KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, Msrs,
+    kvm_mp_state, kvm_msr_entry,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::x86_64::{cpuid, layout, msr, regs};
@@ -177,14 +180,24 @@ pub fn configure(
     count: u32,
     boot: Option<&BootEntry>,
 ) -> Result<(), VcpuError> {
-    let fail = |what| move |source| VcpuError::Setup { index, what, source };
+    let fail = |what| {
+        move |source| VcpuError::Setup {
+            index,
+            what,
+            source,
+        }
+    };
     let mut cpuid = base_cpuid.clone();
     cpuid::customize(cpuid.as_mut_slice(), index, count);
     vcpu.set_cpuid2(&cpuid).map_err(fail("CPUID"))?;
 
     let entries: Vec<kvm_msr_entry> = msr::boot_msrs()
         .into_iter()
-        .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .map(|(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
         .collect();
     let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs)?;
     vcpu.set_msrs(&msrs).map_err(fail("MSRs"))?;
@@ -198,11 +211,14 @@ pub fn configure(
             let sregs = vcpu.get_sregs().map_err(fail("sregs"))?;
             vcpu.set_sregs(&regs::protected_mode_sregs(sregs, layout::BOOT_GDT))
                 .map_err(fail("sregs"))?;
-            vcpu.set_regs(&regs::boot_regs(b.entry, b.info)).map_err(fail("regs"))?;
+            vcpu.set_regs(&regs::boot_regs(b.entry, b.info))
+                .map_err(fail("regs"))?;
             vcpu.set_fpu(&regs::boot_fpu()).map_err(fail("FPU"))?;
         }
         None => {
-            let mp = kvm_mp_state { mp_state: KVM_MP_STATE_UNINITIALIZED };
+            let mp = kvm_mp_state {
+                mp_state: KVM_MP_STATE_UNINITIALIZED,
+            };
             vcpu.set_mp_state(mp).map_err(fail("MP state"))?;
         }
     }
@@ -211,11 +227,17 @@ pub fn configure(
 
 /// Creates vCPU `index`.
 pub fn create(vm: &VmFd, index: u32) -> Result<VcpuFd, VcpuError> {
-    vm.create_vcpu(u64::from(index)).map_err(|e| VcpuError::Create(index, e))
+    vm.create_vcpu(u64::from(index))
+        .map_err(|e| VcpuError::Create(index, e))
 }
 
 /// Runs a vCPU until it must stop; returns why, or None when stopped from outside.
-pub fn run(mut vcpu: VcpuFd, index: u32, buses: &ExitBuses, control: &RunControl) -> Option<VcpuEvent> {
+pub fn run(
+    mut vcpu: VcpuFd,
+    index: u32,
+    buses: &ExitBuses,
+    control: &RunControl,
+) -> Option<VcpuEvent> {
     let immediate_exit = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
     IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
     let result = run_loop(&mut vcpu, index, buses, control);
@@ -223,7 +245,12 @@ pub fn run(mut vcpu: VcpuFd, index: u32, buses: &ExitBuses, control: &RunControl
     result
 }
 
-fn run_loop(vcpu: &mut VcpuFd, index: u32, buses: &ExitBuses, control: &RunControl) -> Option<VcpuEvent> {
+fn run_loop(
+    vcpu: &mut VcpuFd,
+    index: u32,
+    buses: &ExitBuses,
+    control: &RunControl,
+) -> Option<VcpuEvent> {
     loop {
         if !control.checkpoint() {
             return None;
@@ -237,7 +264,11 @@ fn run_loop(vcpu: &mut VcpuFd, index: u32, buses: &ExitBuses, control: &RunContr
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
             }
-            Err(e) => return Some(VcpuEvent::Error(format!("vCPU {index}: KVM_RUN failed: {e}"))),
+            Err(e) => {
+                return Some(VcpuEvent::Error(format!(
+                    "vCPU {index}: KVM_RUN failed: {e}"
+                )));
+            }
         }
     }
 }
@@ -291,7 +322,9 @@ fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &ExitBuses) -> Option<Vcpu
             )));
         }
         other => {
-            return Some(VcpuEvent::Error(format!("vCPU {index}: unexpected exit {other:?}")));
+            return Some(VcpuEvent::Error(format!(
+                "vCPU {index}: unexpected exit {other:?}"
+            )));
         }
     }
     None

@@ -13,9 +13,13 @@ use crate::devices::legacy::IrqLine;
 /// Errors creating the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("/dev/kvm does not exist: enable virtualization in the firmware settings and load the kvm module")]
+    #[error(
+        "/dev/kvm does not exist: enable virtualization in the firmware settings and load the kvm module"
+    )]
     NoKvm,
-    #[error("no permission to open /dev/kvm: add your user to the kvm group (sudo usermod -aG kvm $USER), then log out and back in")]
+    #[error(
+        "no permission to open /dev/kvm: add your user to the kvm group (sudo usermod -aG kvm $USER), then log out and back in"
+    )]
     KvmPermission,
     #[error("cannot open /dev/kvm")]
     OpenKvm(#[source] kvm_ioctls::Error),
@@ -48,8 +52,12 @@ pub fn create_vm(kvm: &Kvm) -> Result<Arc<VmFd>, VmError> {
         .map_err(|e| VmError::Setup("TSS address", e))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP)
         .map_err(|e| VmError::Setup("identity map", e))?;
-    vm.create_irq_chip().map_err(|e| VmError::Setup("irqchip", e))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_irq_chip()
+        .map_err(|e| VmError::Setup("irqchip", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm.create_pit2(pit).map_err(|e| VmError::Setup("PIT", e))?;
     Ok(Arc::new(vm))
 }

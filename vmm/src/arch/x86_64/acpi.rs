@@ -9,11 +9,10 @@
 //! range, I/O and MMIO windows), a power button device and COM1.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, EISAName, Interrupt, Name, Package,
-    ResourceTemplate, IO,
-};
 use acpi_tables::aml::Device as AmlDevice;
+use acpi_tables::aml::{
+    AddressSpace, AddressSpaceCacheable, EISAName, IO, Interrupt, Name, Package, ResourceTemplate,
+};
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -220,7 +219,11 @@ pub fn build(cpus: u32, mem: u64) -> Result<AcpiTables, AcpiError> {
     if blob.len() as u64 > layout::ACPI_END - base {
         return Err(AcpiError::TooLarge(blob.len()));
     }
-    Ok(AcpiTables { base, blob, rsdp_addr: base })
+    Ok(AcpiTables {
+        base,
+        blob,
+        rsdp_addr: base,
+    })
 }
 
 #[cfg(test)]
@@ -293,11 +296,7 @@ mod tests {
         let m = madt(3).unwrap();
         assert_eq!(sum(&m), 0);
         assert_eq!(u32_at(&m, 36), 0xfee0_0000);
-        let lapics: Vec<(u8, u8)> = m[44..]
-            .chunks(8)
-            .take(3)
-            .map(|e| (e[0], e[3]))
-            .collect();
+        let lapics: Vec<(u8, u8)> = m[44..].chunks(8).take(3).map(|e| (e[0], e[3])).collect();
         assert_eq!(lapics, [(0, 0), (0, 1), (0, 2)]);
         assert_eq!(m[44 + 24], 1);
         assert_eq!(u32_at(&m, 44 + 24 + 4), 0xfec0_0000);

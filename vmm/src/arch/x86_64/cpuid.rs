@@ -39,7 +39,11 @@ pub fn customize(entries: &mut [kvm_cpuid_entry2], index: u32, count: u32) {
                 // Cores per package - 1 in EAX[31:26]; threads sharing this cache - 1 in
                 // EAX[25:14]: L1/L2 per core, L3 per package.
                 let level = (e.eax >> 5) & 7;
-                let sharing = if level >= 3 { count.saturating_sub(1) } else { 0 };
+                let sharing = if level >= 3 {
+                    count.saturating_sub(1)
+                } else {
+                    0
+                };
                 e.eax = (e.eax & 0x3fff)
                     | ((sharing & 0xfff) << 14)
                     | ((count.saturating_sub(1) & 0x3f) << 26);
@@ -74,7 +78,12 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ebx: 0x0001_0800, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx: 0x0001_0800,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -87,13 +96,20 @@ mod tests {
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e[0].edx & EDX_HTT, 0);
         assert_eq!((e[1].edx, e[1].ebx, e[1].ecx >> 8), (3, 1, LEVEL_SMT));
-        assert_eq!((e[2].edx, e[2].ebx, e[2].eax, e[2].ecx >> 8), (3, 4, 2, LEVEL_CORE));
+        assert_eq!(
+            (e[2].edx, e[2].ebx, e[2].eax, e[2].ecx >> 8),
+            (3, 4, 2, LEVEL_CORE)
+        );
         assert_eq!((e[3].ecx >> 8, e[3].ebx), (0, 0));
     }
 
     #[test]
     fn single_vcpu_has_no_htt() {
-        let mut e = vec![kvm_cpuid_entry2 { function: 1, edx: EDX_HTT, ..Default::default() }];
+        let mut e = vec![kvm_cpuid_entry2 {
+            function: 1,
+            edx: EDX_HTT,
+            ..Default::default()
+        }];
         customize(&mut e, 0, 1);
         assert_eq!(e[0].edx & EDX_HTT, 0);
         assert_eq!(core_shift(1), 0);

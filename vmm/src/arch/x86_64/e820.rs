@@ -73,7 +73,10 @@ const CAN_USE_HEAP: u8 = 0x80;
 
 /// Builds the zero page from the kernel's own setup header and the memory map.
 pub fn zero_page(hdr: setup_header, map: &[MemoryEntry], info: &ZeroPageInfo) -> boot_params {
-    let mut params = boot_params { hdr, ..Default::default() };
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.loadflags |= CAN_USE_HEAP;
     params.hdr.heap_end_ptr = 0xfe00;
@@ -109,10 +112,26 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                MemoryEntry { addr: 0, size: 0x9fc00, kind: E820_RAM },
-                MemoryEntry { addr: 0x9fc00, size: 0x60400, kind: E820_RESERVED },
-                MemoryEntry { addr: 0x10_0000, size: (64 << 20) - 0x10_0000, kind: E820_RAM },
-                MemoryEntry { addr: 0xe000_0000, size: 0x1000_0000, kind: E820_RESERVED },
+                MemoryEntry {
+                    addr: 0,
+                    size: 0x9fc00,
+                    kind: E820_RAM
+                },
+                MemoryEntry {
+                    addr: 0x9fc00,
+                    size: 0x60400,
+                    kind: E820_RESERVED
+                },
+                MemoryEntry {
+                    addr: 0x10_0000,
+                    size: (64 << 20) - 0x10_0000,
+                    kind: E820_RAM
+                },
+                MemoryEntry {
+                    addr: 0xe000_0000,
+                    size: 0x1000_0000,
+                    kind: E820_RESERVED
+                },
             ]
         );
     }
@@ -120,9 +139,16 @@ mod tests {
     #[test]
     fn large_guest_map_puts_the_rest_above_4g() {
         let map = memory_map(5 << 30);
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, (5 << 30) - 0x60400);
-        assert_eq!(map.last().map(|e| (e.addr, e.size)), Some((1 << 32, 2 << 30)));
+        assert_eq!(
+            map.last().map(|e| (e.addr, e.size)),
+            Some((1 << 32, 2 << 30))
+        );
     }
 
     #[test]
@@ -139,7 +165,12 @@ mod tests {
             rsdp_addr: 0xe0000,
         };
         let p = zero_page(setup_header::default(), &memory_map(64 << 20), &info);
-        let (cmd, rd, rs, n) = (p.hdr.cmd_line_ptr, p.hdr.ramdisk_image, p.hdr.ramdisk_size, p.e820_entries);
+        let (cmd, rd, rs, n) = (
+            p.hdr.cmd_line_ptr,
+            p.hdr.ramdisk_image,
+            p.hdr.ramdisk_size,
+            p.e820_entries,
+        );
         assert_eq!((cmd, rd, rs, n), (0x20000, 0x300_0000, 0x1234, 4));
         let t = p.hdr.type_of_loader;
         assert_eq!(t, 0xff);

@@ -110,6 +110,12 @@ pub fn high_mmio_start(mem: u64) -> u64 {
     end.next_multiple_of(1 << 30)
 }
 
+// The PCI windows stay out of RAM and the APIC pages.
+const _: () = assert!(PCI_MMIO_START >= LOW_RAM_MAX);
+const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+const _: () = assert!(PCI_MMIO_END <= PCI_ECAM_START);
+const _: () = assert!(KVM_IDENTITY_MAP > LAPIC_START);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,13 +129,5 @@ mod tests {
         );
         assert_eq!(high_mmio_start(256 << 20), HIGH_RAM_START);
         assert_eq!(high_mmio_start(4 << 30), 5 << 30);
-    }
-
-    #[test]
-    fn ecam_and_mmio_hole_stay_out_of_ram_and_apics() {
-        assert!(PCI_MMIO_START >= LOW_RAM_MAX);
-        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
-        assert!(PCI_MMIO_END <= PCI_ECAM_START);
-        assert!(KVM_IDENTITY_MAP > LAPIC_START);
     }
 }

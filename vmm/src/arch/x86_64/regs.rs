@@ -43,10 +43,14 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Unpacks a GDT descriptor into KVM's segment form.
 pub fn segment(entry: u64, selector: u16) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
-    let limit = if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit };
+    let limit = if g == 1 {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    };
     kvm_segment {
         base,
         limit,
@@ -161,7 +165,10 @@ mod tests {
         assert_eq!(t[2], 0x00cf_9b00_0000_ffff);
         assert_eq!(t[3], 0x00cf_9300_0000_ffff);
         let cs = segment(t[2], BOOT_CS);
-        assert_eq!((cs.base, cs.limit, cs.db, cs.g, cs.type_, cs.present), (0, 0xffff_ffff, 1, 1, 0xb, 1));
+        assert_eq!(
+            (cs.base, cs.limit, cs.db, cs.g, cs.type_, cs.present),
+            (0, 0xffff_ffff, 1, 1, 0xb, 1)
+        );
         assert_eq!(cs.unusable, 0);
         let tss = segment(t[4], BOOT_TSS);
         assert_eq!((tss.limit, tss.type_, tss.s), (0x67, 0xb, 0));
@@ -169,11 +176,20 @@ mod tests {
 
     #[test]
     fn protected_mode_has_pe_and_no_paging() {
-        let s = protected_mode_sregs(kvm_sregs { cr0: 0x6000_0010 | (1 << 31), ..Default::default() }, 0x500);
+        let s = protected_mode_sregs(
+            kvm_sregs {
+                cr0: 0x6000_0010 | (1 << 31),
+                ..Default::default()
+            },
+            0x500,
+        );
         assert_eq!(s.cr0 & 1, 1);
         assert_eq!(s.cr0 >> 31, 0);
         assert_eq!((s.gdt.base, s.gdt.limit), (0x500, 39));
-        assert_eq!((s.cs.selector, s.ds.selector, s.ss.selector), (0x10, 0x18, 0x18));
+        assert_eq!(
+            (s.cs.selector, s.ds.selector, s.ss.selector),
+            (0x10, 0x18, 0x18)
+        );
     }
 
     #[test]

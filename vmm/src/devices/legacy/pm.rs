@@ -99,7 +99,11 @@ impl PmBlock {
 
     fn write_byte(&mut self, off: u64, b: u8) {
         let set = |reg: &mut u16, hi: bool| {
-            *reg = if hi { (*reg & 0x00ff) | u16::from(b) << 8 } else { (*reg & 0xff00) | u16::from(b) }
+            *reg = if hi {
+                (*reg & 0x00ff) | u16::from(b) << 8
+            } else {
+                (*reg & 0xff00) | u16::from(b)
+            }
         };
         let clear = |reg: &mut u16, hi: bool| *reg &= !(u16::from(b) << if hi { 8 } else { 0 });
         match off {

@@ -94,7 +94,9 @@ fn from_bcd(v: u8) -> u32 {
 pub type Clock = fn() -> (i64, u32);
 
 fn host_clock() -> (i64, u32) {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs() as i64, d.subsec_nanos())
 }
 
@@ -124,7 +126,12 @@ impl Rtc {
         cmos[usize::from(REG_A)] = 0x26;
         cmos[usize::from(REG_B)] = B_24H;
         cmos[usize::from(REG_D)] = D_VRT;
-        Self { index: 0, cmos, offset: 0, clock }
+        Self {
+            index: 0,
+            cmos,
+            offset: 0,
+            clock,
+        }
     }
 
     fn binary(&self) -> bool {
@@ -136,7 +143,11 @@ impl Rtc {
     }
 
     fn decode(&self, v: u8) -> u32 {
-        if self.binary() { u32::from(v) } else { from_bcd(v) }
+        if self.binary() {
+            u32::from(v)
+        } else {
+            from_bcd(v)
+        }
     }
 
     fn now(&self) -> (DateTime, u32) {
@@ -169,7 +180,11 @@ impl Rtc {
             REG_CENTURY => self.encode(t.year.div_euclid(100) as u32),
             REG_A => {
                 let a = self.cmos[usize::from(REG_A)] & !A_UIP;
-                if ns >= 1_000_000_000 - UIP_NS { a | A_UIP } else { a }
+                if ns >= 1_000_000_000 - UIP_NS {
+                    a | A_UIP
+                } else {
+                    a
+                }
             }
             REG_C => std::mem::take(&mut self.cmos[usize::from(REG_C)]),
             _ => self.cmos[usize::from(reg & 0x7f)],
@@ -201,7 +216,9 @@ impl Rtc {
     /// Writes CMOS register `reg`.
     pub fn write_reg(&mut self, reg: u8, value: u8) {
         match reg {
-            0x00 | 0x02 | 0x04 | 0x07 | 0x08 | 0x09 | REG_CENTURY => self.set_time_field(reg, value),
+            0x00 | 0x02 | 0x04 | 0x07 | 0x08 | 0x09 | REG_CENTURY => {
+                self.set_time_field(reg, value)
+            }
             // Alarms and weekday: stored, weekday is derived from the date.
             0x01 | 0x03 | 0x05 | 0x06 => self.cmos[usize::from(reg)] = value,
             REG_A => self.cmos[usize::from(REG_A)] = value & !A_UIP,
@@ -254,7 +271,10 @@ mod tests {
     #[test]
     fn converts_between_unix_time_and_dates() {
         let d = civil_from_unix(fixed().0);
-        assert_eq!((d.year, d.month, d.day, d.hour, d.minute, d.second), (2026, 11, 21, 23, 45, 6));
+        assert_eq!(
+            (d.year, d.month, d.day, d.hour, d.minute, d.second),
+            (2026, 11, 21, 23, 45, 6)
+        );
         assert_eq!(d.weekday, 7);
         assert_eq!(unix_from_civil(&d), fixed().0);
         assert_eq!(civil_from_unix(0).weekday, 5);
@@ -279,7 +299,10 @@ mod tests {
     #[test]
     fn update_in_progress_shows_at_the_end_of_a_second() {
         assert_eq!(reg(&mut Rtc::with_clock(fixed), REG_A) & A_UIP, 0);
-        assert_eq!(reg(&mut Rtc::with_clock(late_in_second), REG_A) & A_UIP, A_UIP);
+        assert_eq!(
+            reg(&mut Rtc::with_clock(late_in_second), REG_A) & A_UIP,
+            A_UIP
+        );
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     pub fn new(irq: Arc<dyn IrqLine>, out: SerialOut) -> Self {
-        Self { uart: Serial::new(IrqTrigger(irq), out) }
+        Self {
+            uart: Serial::new(IrqTrigger(irq), out),
+        }
     }
 
     /// Queues host input for the guest; returns how many bytes fitted in the FIFO.

@@ -1,0 +1,169 @@
+//! `cargo run --release -p hospes-tests --bin bench`: start-up time and memory overhead of
+//! hospes-vmm next to QEMU microvm on the tiny PVH guest. Prints a table; asserts nothing.
+//!
+//! Start-up: time from spawn to the guest's last serial line ("initrd: none"), median of
+//! RUNS runs. Memory: the guest is started with the command line "wait" so it stays alive;
+//! the helper's VmRSS minus the resident part of the guest-RAM mapping (from smaps) is the
+//! overhead beyond guest pages touched.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hospes_tests::{GuestKind, build_guest, target_dir, wait_timeout};
+
+const RUNS: usize = 15;
+const MEM_MIB: u64 = 64;
+
+fn spawn(cmd: &mut Command) -> Option<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// Reads stdout lines until one starts with `last`; returns the time since `start`.
+fn until_line(child: &mut Child, last: &str, start: Instant) -> Option<Duration> {
+    let out = child.stdout.take()?;
+    let mut lines = BufReader::new(out).lines();
+    let found = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with(last));
+    let t = start.elapsed();
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    found.then_some(t)
+}
+
+fn hospes_cmd(vmm: &Path, kernel: &Path, cmdline: &str) -> Command {
+    let mut c = Command::new(vmm);
+    c.arg("--kernel")
+        .arg(kernel)
+        .args(["--cmdline", cmdline, "--memory", &format!("{MEM_MIB}M")]);
+    c
+}
+
+fn qemu_cmd(kernel: &Path, cmdline: &str) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-accel",
+        "kvm",
+        "-M",
+        "microvm",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+    ])
+    .args([
+        "-serial",
+        "stdio",
+        "-m",
+        &format!("{MEM_MIB}M"),
+        "-append",
+        cmdline,
+        "-kernel",
+    ])
+    .arg(kernel);
+    c
+}
+
+fn median_startup(mut make: impl FnMut() -> Command) -> Option<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        let mut child = spawn(&mut make())?;
+        let t = until_line(&mut child, "initrd:", start);
+        if wait_timeout(&mut child, Duration::from_millis(500)).is_none() {
+            let _ = child.kill();
+        }
+        times.push(t?);
+    }
+    times.sort();
+    times.get(times.len() / 2).copied()
+}
+
+/// (VmRSS, resident guest RAM) in KiB for a live process.
+fn rss_split(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let vmrss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut size, mut guest) = (0u64, 0u64);
+    let want = MEM_MIB * 1024;
+    for l in smaps.lines() {
+        let mut f = l.split_whitespace();
+        match (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
+            (Some("Size:"), Some(v)) => size = v,
+            (Some("Rss:"), Some(v)) if size >= want && size <= want + 4096 => guest = guest.max(v),
+            _ => {}
+        }
+    }
+    Some((vmrss, guest))
+}
+
+fn overhead(mut cmd: Command) -> Option<(u64, u64)> {
+    let mut child = spawn(&mut cmd)?;
+    let ok = until_line(&mut child, "waiting", Instant::now()).is_some();
+    std::thread::sleep(Duration::from_millis(100));
+    let r = if ok { rss_split(child.id()) } else { None };
+    let _ = child.kill();
+    let _ = child.wait();
+    r
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("n/a".into(), |d| {
+        format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    })
+}
+
+fn kib(r: Option<(u64, u64)>) -> String {
+    r.map_or("n/a".into(), |(rss, g)| {
+        format!(
+            "{:.2} MiB (VmRSS {rss} KiB, guest {g} KiB)",
+            rss.saturating_sub(g) as f64 / 1024.0
+        )
+    })
+}
+
+fn main() {
+    let guest = build_guest("pvh", GuestKind::Pvh);
+    let vmm = target_dir().join("hospes-vmm");
+    if !vmm.exists() {
+        eprintln!("build hospes-vmm first: cargo build --release -p hospes-vmm");
+        std::process::exit(1);
+    }
+    let k = guest.path.clone();
+    let h = median_startup(|| hospes_cmd(&vmm, &k, "bench"));
+    let q = median_startup(|| qemu_cmd(&k, "bench"));
+    let hm = overhead(hospes_cmd(&vmm, &k, "wait"));
+    let qm = overhead(qemu_cmd(&k, "wait"));
+    println!(
+        "tiny PVH guest, {MEM_MIB} MiB, median of {RUNS} runs ({})",
+        vmm.display()
+    );
+    println!("{:<28} {:>12} {:>12}", "", "hospes-vmm", "qemu microvm");
+    println!(
+        "{:<28} {:>12} {:>12}",
+        "spawn -> last serial line",
+        ms(h),
+        ms(q)
+    );
+    if let (Some(h), Some(q)) = (h, q) {
+        println!(
+            "{:<28} {:>12.1}x",
+            "speed-up",
+            q.as_secs_f64() / h.as_secs_f64()
+        );
+    }
+    println!("RSS beyond guest RAM: hospes-vmm {}", kib(hm));
+    println!("RSS beyond guest RAM: qemu       {}", kib(qm));
+}

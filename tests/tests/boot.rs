@@ -1,0 +1,157 @@
+//! Direct boot of the tiny PVH and bzImage guests, and the helper's command-line errors.
+
+use std::time::Duration;
+
+use hospes_tests::{GuestKind, build_guest, kvm_available, run_vmm, visible_ram_kib};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn skip_without_kvm() -> bool {
+    let skip = !kvm_available();
+    if skip {
+        eprintln!("skipped: /dev/kvm is not usable here");
+    }
+    skip
+}
+
+#[test]
+fn pvh_guest_sees_cmdline_memory_and_initrd_then_powers_off() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("pvh", GuestKind::Pvh);
+    let initrd = g.dir.path().join("initrd");
+    std::fs::write(&initrd, b"HOSPESRD and more bytes").unwrap();
+    let out = run_vmm(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 hello=pvh",
+            "--memory",
+            "64M",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        out.stdout,
+        format!(
+            "cmdline: console=ttyS0 hello=pvh\nram: {} KiB\ninitrd: HOSPESRD (23 bytes)\n",
+            visible_ram_kib(64 << 20)
+        ),
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn pvh_guest_without_initrd_on_memory_above_4g_boundary() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("pvh", GuestKind::Pvh);
+    let out = run_vmm(
+        &["--kernel", g.path.to_str().unwrap(), "--memory", "3200M"],
+        TIMEOUT,
+    );
+    let ram = ((3200u64 << 20) - 0x60400) / 1024;
+    assert_eq!(
+        out.stdout,
+        format!("cmdline: \nram: {ram} KiB\ninitrd: none\n"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn bzimage_guest_reads_boot_params_then_powers_off() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("bzimage", GuestKind::BzImage);
+    let initrd = g.dir.path().join("initrd");
+    std::fs::write(&initrd, b"BZINITRD").unwrap();
+    let out = run_vmm(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "root=/dev/vda",
+            "-m",
+            "128",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        out.stdout,
+        format!(
+            "cmdline: root=/dev/vda\nram: {} KiB\ninitrd: BZINITRD (8 bytes)\n",
+            visible_ram_kib(128 << 20)
+        ),
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+}
+
+fn assert_fails_with(out: &hospes_tests::RunOutput, needle: &str) {
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(out.stderr.contains(needle), "stderr: {}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+}
+
+#[test]
+fn missing_kernel_is_a_one_line_error() {
+    let out = run_vmm(&["--kernel", "/nonexistent/vmlinux", "-m", "64M"], TIMEOUT);
+    if !kvm_available() {
+        return;
+    }
+    assert_fails_with(&out, "cannot open /nonexistent/vmlinux");
+}
+
+#[test]
+fn file_that_is_no_kernel_is_rejected() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("notes.txt");
+    std::fs::write(&f, "just some text, not a kernel\n".repeat(40)).unwrap();
+    let out = run_vmm(&["--kernel", f.to_str().unwrap(), "-m", "64M"], TIMEOUT);
+    assert_fails_with(&out, "is neither a bzImage nor an ELF kernel");
+}
+
+#[test]
+fn kernel_larger_than_memory_is_rejected() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("huge");
+    std::fs::File::create(&f).unwrap().set_len(8 << 20).unwrap();
+    let out = run_vmm(&["--kernel", f.to_str().unwrap(), "-m", "4M"], TIMEOUT);
+    assert_fails_with(&out, "does not fit in the guest's memory");
+}
+
+#[test]
+fn memory_above_host_ram_is_rejected() {
+    let out = run_vmm(&["--kernel", "/dev/null", "-m", "64T"], TIMEOUT);
+    assert_fails_with(&out, "more than this host's");
+}
+
+#[test]
+fn unknown_flags_get_clap_usage_error() {
+    let out = run_vmm(&["--kernel", "x", "--frobnicate"], TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("unexpected argument '--frobnicate'"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,89 @@
+//! The VmHandle the QMP server drives: status, pause, resume, power button, in-process.
+
+use std::time::{Duration, Instant};
+
+use hospes_tests::{GuestKind, build_guest, kvm_available};
+use hospes_vmm::machine::{Exit, MachineConfig, RunState, SerialConfig, Vmm};
+
+fn wait_for(path: &std::path::Path, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if s.contains(text) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn pause_resume_and_power_button_through_the_handle() {
+    if !kvm_available() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let g = build_guest("powerbutton", GuestKind::Pvh);
+    let console = g.dir.path().join("console.txt");
+    let cfg = MachineConfig {
+        kernel: g.path.clone(),
+        initrd: None,
+        cmdline: String::new(),
+        memory: 32 << 20,
+        cpus: 2,
+        serial: SerialConfig::File(console.clone()),
+        no_reboot: true,
+    };
+    let mut vmm = Vmm::new(cfg).unwrap();
+    let handle = vmm.handle();
+    assert_eq!(handle.status(), RunState::Prelaunch);
+    assert!(handle.powerdown().is_err(), "no machine yet");
+    let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
+
+    assert_eq!(
+        wait_for(&console, "waiting"),
+        "waiting for the power button\n"
+    );
+    assert_eq!(handle.status(), RunState::Running);
+    handle.pause().unwrap();
+    assert_eq!(handle.status(), RunState::Paused);
+    assert_eq!(handle.status().as_qmp_str(), "paused");
+    // Pressed while paused: seen once the vCPUs run again.
+    handle.powerdown().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "waiting for the power button\n"
+    );
+    handle.resume();
+    let exit = runner.join().unwrap().unwrap();
+    assert_eq!(exit, Exit::PowerOff);
+    assert_eq!(handle.status(), RunState::Shutdown);
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "waiting for the power button\npower button pressed\n"
+    );
+}
+
+#[test]
+fn quit_ends_a_running_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let g = build_guest("powerbutton", GuestKind::Pvh);
+    let console = g.dir.path().join("console.txt");
+    let cfg = MachineConfig {
+        kernel: g.path.clone(),
+        initrd: None,
+        cmdline: String::new(),
+        memory: 32 << 20,
+        cpus: 1,
+        serial: SerialConfig::File(console.clone()),
+        no_reboot: false,
+    };
+    let mut vmm = Vmm::new(cfg).unwrap();
+    let handle = vmm.handle();
+    let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
+    wait_for(&console, "waiting");
+    handle.quit();
+    assert_eq!(runner.join().unwrap().unwrap(), Exit::Quit);
+}

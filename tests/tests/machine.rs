@@ -1,0 +1,108 @@
+//! SMP start-up, resets, power-off, and a guest writing garbage everywhere.
+
+use std::time::Duration;
+
+use hospes_tests::{GuestKind, build_guest, kvm_available, run_vmm};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn skip_without_kvm() -> bool {
+    let skip = !kvm_available();
+    if skip {
+        eprintln!("skipped: /dev/kvm is not usable here");
+    }
+    skip
+}
+
+#[test]
+fn second_cpu_starts_through_init_sipi() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("smp", GuestKind::Pvh);
+    let out = run_vmm(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "-m",
+            "64M",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        out.stdout, "bsp: starting cpu 1\nap: hello from cpu 1\nbsp: cpu 1 is up\n",
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn i8042_reset_reboots_and_cmos_survives() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("reset", GuestKind::Pvh);
+    let out = run_vmm(
+        &["--kernel", g.path.to_str().unwrap(), "-m", "64M"],
+        TIMEOUT,
+    );
+    assert_eq!(
+        out.stdout, "reset: first boot\nreset: second boot\n",
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn no_reboot_turns_a_reset_into_exit_0() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("reset", GuestKind::Pvh);
+    let out = run_vmm(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--no-reboot",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(out.stdout, "reset: first boot\n", "stderr: {}", out.stderr);
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn garbage_io_is_logged_rate_limited_and_ignored() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("garbage", GuestKind::Pvh);
+    let out = run_vmm(
+        &["--kernel", g.path.to_str().unwrap(), "-m", "64M"],
+        TIMEOUT,
+    );
+    assert_eq!(out.stdout, "alive\n", "stderr: {}", out.stderr);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("unhandled port write 0x0000 <- [a5]"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unhandled MMIO write 0x8000000"),
+        "{}",
+        out.stderr
+    );
+    // Thousands of unclaimed accesses; a handful of call sites, each limited per second.
+    assert!(
+        out.stderr.lines().count() < 200,
+        "{} lines",
+        out.stderr.lines().count()
+    );
+}
