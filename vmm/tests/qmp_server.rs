@@ -453,6 +453,21 @@ fn typed_client_runs_commands_and_collects_events() {
 }
 
 #[test]
+fn typed_client_watches_events_from_another_client() {
+    let f = start();
+    let mut watcher = QmpClient::connect(&f.path).unwrap();
+    let mut actor = QmpClient::connect(&f.path).unwrap();
+    actor.stop().unwrap();
+    actor.cont().unwrap();
+    let names: Vec<String> = (0..2)
+        .map(|_| watcher.next_event(Duration::from_secs(5)).unwrap().name)
+        .collect();
+    assert_eq!(names, ["STOP", "RESUME"]);
+    let err = watcher.next_event(Duration::from_millis(50)).unwrap_err();
+    assert!(matches!(err, ClientError::Timeout), "{err}");
+}
+
+#[test]
 fn typed_client_times_out_waiting_for_an_event_that_never_comes() {
     let f = start();
     let mut client = QmpClient::connect(&f.path).unwrap();

@@ -229,6 +229,19 @@ impl QmpClient {
         }
     }
 
+    /// Returns the oldest queued event, or the next one to arrive within `timeout`: for
+    /// a thread that watches a VM (the app keeps one connection per VM for this).
+    pub fn next_event(&mut self, timeout: Duration) -> Result<ReceivedEvent, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(event);
+            }
+            let msg = self.read_message(deadline)?;
+            self.queue_if_event(&msg)?;
+        }
+    }
+
     /// Takes every event received so far.
     pub fn take_events(&mut self) -> Vec<ReceivedEvent> {
         self.events.drain(..).collect()
