@@ -1015,47 +1015,26 @@ mod tests {
             memory: Size::gib(4),
             free_disk: Size::gib(20),
         };
-        let d = |preset, host| preset_defaults(preset, host);
-        assert_eq!(
-            d(Preset::Linux, &big),
-            PresetDefaults {
-                cpus: 8,
-                memory: Size::gib(4),
-                disk_size: Size::gib(32)
-            }
-        );
-        assert_eq!(
-            d(Preset::Windows11, &big),
-            PresetDefaults {
-                cpus: 4,
-                memory: Size::gib(8),
-                disk_size: Size::gib(64)
-            }
-        );
-        assert_eq!(
-            d(Preset::Kernel, &big),
-            PresetDefaults {
-                cpus: 2,
-                memory: Size::mib(512),
-                disk_size: Size(0)
-            }
-        );
-        assert_eq!(
-            d(Preset::Linux, &small),
-            PresetDefaults {
-                cpus: 1,
-                memory: Size::gib(2),
-                disk_size: Size::gib(18)
-            }
-        );
-        assert_eq!(
-            d(Preset::Windows11, &small),
-            PresetDefaults {
-                cpus: 2,
-                memory: Size::gib(3),
-                disk_size: Size::gib(18)
-            }
-        );
+        let cases = [
+            (Preset::Linux, &big, 8, Size::gib(4), Size::gib(32)),
+            (Preset::Windows11, &big, 4, Size::gib(8), Size::gib(64)),
+            (Preset::Kernel, &big, 2, Size::mib(512), Size(0)),
+            (Preset::Linux, &small, 1, Size::gib(2), Size::gib(18)),
+            (Preset::Windows11, &small, 2, Size::gib(3), Size::gib(18)),
+            (Preset::Kernel, &small, 2, Size::mib(512), Size(0)),
+        ];
+        for (preset, host, cpus, memory, disk_size) in cases {
+            let expected = PresetDefaults {
+                cpus,
+                memory,
+                disk_size,
+            };
+            assert_eq!(
+                preset_defaults(preset, host),
+                expected,
+                "{preset:?} on {host:?}"
+            );
+        }
     }
 
     #[test]

@@ -300,6 +300,16 @@ fn the_documented_example_loads() {
 }
 
 #[test]
+fn never_panics_on_a_truncated_file() {
+    let text = fs::read_to_string(example_path()).unwrap();
+    let last_paren = text.rfind(')').unwrap();
+    for end in (0..=last_paren).filter(|&i| text.is_char_boundary(i)) {
+        let error = parse(&text[..end]).expect_err("a truncated file is not valid");
+        assert!(error.position().is_some(), "{error}");
+    }
+}
+
+#[test]
 fn the_example_mentions_every_field() {
     let text = fs::read_to_string(example_path()).unwrap();
     let docs = fs::read_to_string(example_path().with_file_name("../settings.md")).unwrap();

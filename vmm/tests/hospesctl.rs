@@ -509,3 +509,51 @@ fn lists_a_broken_vm_with_its_error() {
     assert_eq!(run.code, 1);
     assert_eq!(run.stdout, "(version: 1,\n  colour: 3)\n");
 }
+
+#[test]
+fn edit_does_not_overwrite_a_change_made_meanwhile() {
+    let ctl = Ctl::new();
+    ctl.create("ed");
+    let path = ctl.machines().join("ed/vm.ron");
+    // The editor changes the copy while something else (the app) saves vm.ron.
+    let editor = ctl.editor(&format!(
+        "sed -i 's/cpus: 1,/cpus: 2,/' \"$1\"; echo '// saved by the app' >> {}",
+        path.display()
+    ));
+    let run = ctl.edit("ed", &editor, "");
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("vm.ron changed while you were editing"),
+        "{}",
+        run.stderr
+    );
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(
+        text.ends_with("// saved by the app\n") && text.contains("cpus: 1,"),
+        "{text}"
+    );
+}
+
+#[test]
+fn refuses_to_delete_a_running_vm() {
+    use std::os::unix::process::CommandExt;
+    let ctl = Ctl::new();
+    ctl.create("busy");
+    // A process that looks like a running helper, named in the VM's runtime pid file.
+    let mut helper = Command::new("sleep")
+        .arg0("hospes-vmm: busy")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let runtime = ctl.path("run/hospes/busy");
+    fs::create_dir_all(&runtime).unwrap();
+    fs::write(runtime.join("pid"), helper.id().to_string()).unwrap();
+    let run = ctl.run(&["rm", "busy", "--delete-disks"]);
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("busy is running"), "{}", run.stderr);
+    assert!(ctl.machines().join("busy/vm.ron").exists());
+    // Once the helper is gone, the stale pid file no longer blocks deletion.
+    ctl.ok(&["rm", "busy", "--delete-disks"]);
+}

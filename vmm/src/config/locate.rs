@@ -147,7 +147,7 @@ impl<'a> FieldMap<'a> {
                         path: current_path(&stack),
                         is_key: false,
                     });
-                    scanner.skip_string(start);
+                    scanner.skip_quoted(start);
                 }
                 b'r' if scanner.raw_string_ahead(start) => {
                     tokens.push(Token {
@@ -165,7 +165,7 @@ impl<'a> FieldMap<'a> {
                         path: current_path(&stack),
                         is_key: false,
                     });
-                    scanner.skip_char_literal(start);
+                    scanner.skip_quoted(start);
                 }
                 _ if is_word_byte(byte) => {
                     let end = scanner.word_end(start);
@@ -360,12 +360,14 @@ impl Scanner<'_> {
         self.pos += 1;
     }
 
-    fn skip_string(&mut self, start: usize) {
+    /// Skips a `"string"` or `'c'` literal starting at `start`, escapes included.
+    fn skip_quoted(&mut self, start: usize) {
+        let quote = self.bytes[start];
         self.pos = start + 1;
         while self.pos < self.bytes.len() {
             match self.bytes[self.pos] {
                 b'\\' => self.pos += 2,
-                b'"' => {
+                b if b == quote => {
                     self.pos += 1;
                     return;
                 }
@@ -400,20 +402,6 @@ impl Scanner<'_> {
                 return;
             }
             self.pos += 1;
-        }
-    }
-
-    fn skip_char_literal(&mut self, start: usize) {
-        self.pos = start + 1;
-        while self.pos < self.bytes.len() {
-            match self.bytes[self.pos] {
-                b'\\' => self.pos += 2,
-                b'\'' => {
-                    self.pos += 1;
-                    return;
-                }
-                _ => self.pos += 1,
-            }
         }
     }
 
@@ -487,5 +475,30 @@ mod tests {
         assert_eq!(line_col(text, 8), LineCol { line: 3, column: 1 });
         assert_eq!(offset_of(text, LineCol { line: 3, column: 1 }), 8);
         assert_eq!(offset_of(text, LineCol { line: 2, column: 3 }), 5);
+    }
+
+    #[test]
+    fn skips_strings_comments_and_literals_that_look_like_structure() {
+        let text = "(\n    a: \"x: (y, [z\\\"\", /* (b: 1, /* nested */ c: 2) */\n    \
+                    d: r#\"raw \"(e: 1)\" text\"#, f: 'x', g: ')',\n    h: [1, 2],\n)";
+        let map = FieldMap::new(text);
+        let at = |line, column| Some(LineCol { line, column });
+        assert_eq!(map.value_position("a"), at(2, 8));
+        assert_eq!(map.value_position("b"), None);
+        assert_eq!(map.value_position("c"), None);
+        assert_eq!(map.value_position("e"), None);
+        assert_eq!(map.value_position("d"), at(3, 8));
+        assert_eq!(map.value_position("g"), at(3, 43));
+        assert_eq!(map.value_position("h"), at(4, 8));
+        assert_eq!(map.value_position("h[1]"), at(4, 12));
+    }
+
+    #[test]
+    fn survives_every_truncation_of_a_file() {
+        for end in (0..=TEXT.len()).filter(|&i| TEXT.is_char_boundary(i)) {
+            let map = FieldMap::new(&TEXT[..end]);
+            map.path_at(end);
+            map.value_position("network.forwards[0].guest");
+        }
     }
 }
