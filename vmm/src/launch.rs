@@ -21,7 +21,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::control::client::QmpClient;
+use crate::control::RunState;
+use crate::control::client::{ClientError, QmpClient};
 use crate::runtime::{Liveness, Pid, RuntimeDir, RuntimeError, is_helper_alive};
 
 /// How many lines of `helper.log` an error carries.
@@ -72,6 +73,9 @@ pub enum LaunchError {
         /// The end of `helper.log`.
         log: String,
     },
+    /// Talking to the helper over QMP failed.
+    #[error("QMP")]
+    Qmp(#[from] ClientError),
     /// Sending a signal failed.
     #[error("cannot signal process {pid}")]
     Signal {
@@ -120,6 +124,35 @@ pub enum StopOutcome {
     PoweredOff,
     /// The helper was killed.
     Killed,
+}
+
+/// What `hospesctl status` and the app show for a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelperStatus {
+    /// No helper runs.
+    NotRunning,
+    /// A helper process lives but does not answer on QMP (starting, or hung).
+    NotAnswering(Pid),
+    /// A helper answers; the VM is in `state`.
+    Running {
+        /// The helper's process id.
+        pid: Pid,
+        /// The VM's run state, from `query-status`.
+        state: RunState,
+    },
+}
+
+/// Asks the VM's helper for its state, waiting at most `timeout` for an answer.
+pub fn status(runtime: &RuntimeDir, timeout: Duration) -> Result<HelperStatus, LaunchError> {
+    match runtime.probe() {
+        Liveness::Stale => Ok(HelperStatus::NotRunning),
+        Liveness::NotAnswering(pid) => Ok(HelperStatus::NotAnswering(pid)),
+        Liveness::Running(pid) => {
+            let mut client = QmpClient::connect_with_timeout(&runtime.qmp_socket(), timeout)?;
+            let state = client.query_status()?.status;
+            Ok(HelperStatus::Running { pid, state })
+        }
+    }
 }
 
 /// Starts the helper for the VM whose runtime directory is `runtime`, and waits until
@@ -247,15 +280,16 @@ fn reap_in_background(mut child: Child) {
     }
 }
 
-/// Stops the VM: presses the ACPI power button over QMP, waits up to `timeout` for the
-/// helper to exit, then kills it. Clears the runtime files (not the log).
+/// Stops the VM: resumes it if paused (a paused guest cannot see the button), presses
+/// the ACPI power button over QMP, waits up to `timeout` for the helper to exit, then
+/// kills it. Clears the runtime files (not the log).
 pub fn stop(runtime: &RuntimeDir, timeout: Duration) -> Result<StopOutcome, LaunchError> {
     let Some(pid) = live_helper(runtime)? else {
         runtime.clear_runtime_files()?;
         return Ok(StopOutcome::NotRunning);
     };
     let pressed = QmpClient::connect_with_timeout(&runtime.qmp_socket(), timeout)
-        .and_then(|mut client| client.system_powerdown());
+        .and_then(|mut client| press_power_button(&mut client));
     if let Err(e) = pressed {
         log::warn!("power button not pressed, killing the VM: {e}");
     } else if wait_exit(pid, timeout) {
@@ -263,6 +297,13 @@ pub fn stop(runtime: &RuntimeDir, timeout: Duration) -> Result<StopOutcome, Laun
         return Ok(StopOutcome::PoweredOff);
     }
     kill(runtime)
+}
+
+fn press_power_button(client: &mut QmpClient) -> Result<(), ClientError> {
+    if client.query_status()?.status == RunState::Paused {
+        client.cont()?;
+    }
+    client.system_powerdown()
 }
 
 /// Kills the helper with SIGKILL at once and clears the runtime files (not the log).

@@ -18,7 +18,7 @@ use hospes_vmm::control::RunState;
 use hospes_vmm::control::client::QmpClient;
 use hospes_vmm::control::console::{ConsoleExit, ESCAPE, pump};
 use hospes_vmm::control::fake::run_fake_helper;
-use hospes_vmm::launch::{self, LaunchError, LaunchSpec, StopOutcome, spawn_helper};
+use hospes_vmm::launch::{self, HelperStatus, LaunchError, LaunchSpec, StopOutcome, spawn_helper};
 use hospes_vmm::runtime::{self, Liveness, RuntimeDir, is_helper_alive};
 
 fn spec(name: &str) -> LaunchSpec {
@@ -57,8 +57,16 @@ fn spawned_helper_is_named_detached_found_and_stopped_by_the_power_button() {
     assert_eq!(mode, 0o600);
 
     let mut client = QmpClient::connect(&rt.qmp_socket()).unwrap();
-    assert_eq!(client.query_status().unwrap().status, RunState::Running);
+    client.stop().unwrap();
     drop(client);
+    let status = launch::status(&rt, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        status,
+        HelperStatus::Running {
+            pid,
+            state: RunState::Paused
+        }
+    );
 
     assert_eq!(
         launch::stop(&rt, Duration::from_secs(5)).unwrap(),
@@ -69,6 +77,8 @@ fn spawned_helper_is_named_detached_found_and_stopped_by_the_power_button() {
     assert!(!rt.qmp_socket().exists());
     assert!(rt.log_file().exists(), "the log stays for post-mortems");
     assert!(runtime::list_running_in(base.path()).unwrap().is_empty());
+    let status = launch::status(&rt, Duration::from_secs(5)).unwrap();
+    assert_eq!(status, HelperStatus::NotRunning);
 }
 
 fn stop_kills_a_helper_whose_guest_ignores_the_power_button() {
