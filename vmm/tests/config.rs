@@ -389,6 +389,29 @@ fn reports_a_wrong_type_at_its_value() {
         error_text(&text),
         "vm.ron:8:12: disks: expected a list in [ ]"
     );
+    let text = MINIMAL.replace("Kernel(kernel: \"bzImage\")", "Kernel");
+    assert_eq!(
+        error_text(&text),
+        "vm.ron:7:11: boot: expected settings in ( )"
+    );
+    let text = MINIMAL.replace("disks: [", "display: true, disks: [");
+    assert_eq!(
+        error_text(&text),
+        "vm.ron:8:14: display: expected settings in ( ), found `true`"
+    );
+    let text = MINIMAL.replace("os: Linux", "os: \"Linux\"");
+    assert_eq!(
+        error_text(&text),
+        "vm.ron:4:9: os: expected a name without quotes (like Linux or Restart)"
+    );
+    let text = MINIMAL.replace(
+        "disks: [",
+        "network: User(mac: \"52:54:00:00:00:01\", forwards: [(host: 70000, guest: 1)]), disks: [",
+    );
+    assert_eq!(
+        error_text(&text),
+        "vm.ron:8:63: network.forwards[0].host: the number is out of range"
+    );
 }
 
 #[test]

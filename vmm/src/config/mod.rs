@@ -339,7 +339,17 @@ fn from_ron_error(error: &ron::error::SpannedError, text: &str, origin: &Path) -
         line: error.span.start.line,
         column: error.span.start.col,
     };
-    let path = map.path_at(locate::offset_of(text, at)).to_owned();
+    let offset = locate::offset_of(text, at);
+    // At a `,` or closing bracket, ron has just read the value it complains about. A
+    // missing field is reported at the closing bracket of its own section, though.
+    let after_value = matches!(text.as_bytes().get(offset), Some(b',' | b')' | b']' | b'}'))
+        && !matches!(error.code, E::MissingStructField { .. });
+    let path = if after_value {
+        map.path_before(offset)
+    } else {
+        map.path_at(offset)
+    }
+    .to_owned();
     let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
     let (field, problem) = match &error.code {
         E::NoSuchStructField {
@@ -363,25 +373,43 @@ fn from_ron_error(error: &ron::error::SpannedError, text: &str, origin: &Path) -
             },
         ),
         E::Message(message) => (path, Problem::BadValue(message.clone())),
-        E::InvalidValueForType { expected, found } => (
-            path,
-            Problem::WrongType(format!("expected {expected}, found {found}")),
-        ),
+        E::InvalidValueForType { expected, found } => {
+            let expected = if expected.starts_with("struct ") {
+                "settings in ( )"
+            } else {
+                expected
+            };
+            (
+                path,
+                Problem::WrongType(format!("expected {expected}, found {found}")),
+            )
+        }
         E::ExpectedBoolean => (path, Problem::WrongType("expected true or false".into())),
-        E::ExpectedInteger | E::IntegerOutOfBounds | E::ExpectedFloat => {
+        E::ExpectedInteger | E::ExpectedFloat => {
             (path, Problem::WrongType("expected a whole number".into()))
         }
+        E::IntegerOutOfBounds => (
+            path,
+            Problem::WrongType("the number is out of range".into()),
+        ),
+        E::ExpectedIdentifier => (
+            path,
+            Problem::WrongType("expected a name without quotes (like Linux or Restart)".into()),
+        ),
         E::ExpectedString | E::ExpectedStringEnd => (
             path,
             Problem::WrongType("expected a string in double quotes".into()),
         ),
         E::ExpectedArray => (path, Problem::WrongType("expected a list in [ ]".into())),
+        E::ExpectedDifferentStructName { found, .. } => (
+            path,
+            Problem::WrongType(format!("expected settings in ( ), found `{found}`")),
+        ),
         E::ExpectedStructLike | E::ExpectedNamedStructLike(_) => {
             (path, Problem::WrongType("expected settings in ( )".into()))
         }
         E::ExpectedOption => (path, Problem::WrongType("expected None or a value".into())),
         other => {
-            let offset = locate::offset_of(text, at);
             let message = other.to_string();
             let mut chars = message.chars();
             let message = chars
