@@ -2,10 +2,11 @@
 //! `hospesctl` and the app.
 //!
 //! Data flow in the helper: [`QmpServer::start`] binds a unix socket and serves every
-//! client on its own threads. Commands are looked up in the table of [`commands`] and act
-//! on the VM only through the [`VmControl`] trait, which the VMM implements. The VMM
-//! reports state changes by sending [`Event`]s through an [`EventSender`]; the server
-//! broadcasts them to every client that has finished capabilities negotiation.
+//! client on its own threads. Commands are looked up in the command table
+//! (`commands.rs`) and act on the VM only through the [`VmControl`] trait, which the VMM
+//! implements. The VMM reports state changes by sending [`Event`]s through an
+//! [`EventSender`]; the server broadcasts them to every client that has finished
+//! capabilities negotiation.
 //!
 //! On the other side, [`client::QmpClient`] connects to that socket (or to QEMU's),
 //! negotiates, runs commands and collects events. [`console`] attaches a terminal to the

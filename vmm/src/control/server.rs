@@ -1,7 +1,7 @@
 //! The QMP server: a unix socket, one accept thread, two threads per client.
 //!
 //! Data flow: the accept thread polls the listening socket and a stop socket. Each
-//! client gets a reader thread (bytes -> [`Framer`] -> [`Session`] -> reply) and a
+//! client gets a reader thread (bytes -> [`Framer`] -> `Session` -> reply) and a
 //! writer thread that drains a bounded queue onto the socket with a write timeout, so a
 //! client that stops reading never blocks the VMM. Replies are queued by the reader;
 //! events are queued by [`EventSender::emit`] to every negotiated client without
