@@ -14,8 +14,9 @@ pub mod pci;
 pub mod rng;
 pub mod worker;
 
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod testing;
 
 use std::io;
 use std::sync::Arc;

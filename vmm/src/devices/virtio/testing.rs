@@ -2,12 +2,14 @@
 //! configuration space, maps BAR0 on a private MMIO bus, negotiates features, builds split
 //! virtqueues in guest memory (descriptor table, avail ring), kicks the notify region and
 //! reads the used ring back, exactly as a guest driver would, but from the host side.
+//! Built for unit tests and, with the `test-support` feature, for `benches/blk.rs`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::pci::{
     COMMON_OFFSET, MSIX_TABLE_OFFSET, NOTIFY_OFFSET, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
@@ -32,16 +34,25 @@ pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;
 pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
-/// Records every vector raised.
-#[derive(Default)]
+/// Records every vector raised, and signals `event` like an interrupt line.
 pub struct RecordingInterrupt {
     pub fired: Mutex<Vec<u16>>,
+    pub event: EventFd,
+}
+
+impl Default for RecordingInterrupt {
+    fn default() -> Self {
+        Self {
+            fired: Mutex::default(),
+            event: EventFd::new(0).unwrap(),
+        }
+    }
 }
 
 impl MsixInterrupt for RecordingInterrupt {
     fn trigger(&self, vector: u16) -> std::io::Result<()> {
         self.fired.lock().unwrap().push(vector);
-        Ok(())
+        self.event.write(1)
     }
 }
 
@@ -117,7 +128,12 @@ pub struct MockDriver {
 impl MockDriver {
     /// Puts `device` behind the transport and maps BAR0 at [`BAR`] the way a guest would.
     pub fn new(device: Box<dyn VirtioDevice>) -> Self {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        Self::with_memory(device, MEM_SIZE)
+    }
+
+    /// As [`MockDriver::new`] with `mem_size` bytes of guest memory.
+    pub fn with_memory(device: Box<dyn VirtioDevice>, mem_size: usize) -> Self {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size)]).unwrap();
         let irq = Arc::new(RecordingInterrupt::default());
         let routes = Arc::new(RecordingRoutes::default());
         let dev = VirtioPciDevice::new(
@@ -157,7 +173,12 @@ impl MockDriver {
 
     /// A driver that went through the whole handshake with queue 0 of size `qsize` live.
     pub fn started(device: Box<dyn VirtioDevice>, qsize: u16) -> Self {
-        let mut d = Self::new(device);
+        Self::new(device).start(qsize)
+    }
+
+    /// Runs the handshake on a driver from [`MockDriver::with_memory`].
+    pub fn start(self, qsize: u16) -> Self {
+        let mut d = self;
         let offered = d.device_features();
         // Everything offered but EVENT_IDX, so every request interrupts.
         let status = d.negotiate(offered & !(1 << super::VIRTIO_RING_F_EVENT_IDX));
@@ -308,20 +329,35 @@ impl MockDriver {
         self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
     }
 
-    /// Waits (up to 5 s) for the next used element: `(id, len)`.
-    pub fn wait_used(&mut self) -> (u32, u32) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.used_idx() == self.used_seen {
-            assert!(Instant::now() < deadline, "device returned no buffer");
-            std::thread::sleep(Duration::from_millis(1));
+    /// The next used element, if the device returned one: `(id, len)`.
+    pub fn try_used(&mut self) -> Option<(u32, u32)> {
+        if self.used_idx() == self.used_seen {
+            return None;
         }
         let slot = u64::from(self.used_seen % self.qsize);
         let at = USED + 4 + slot * 8;
         self.used_seen = self.used_seen.wrapping_add(1);
-        (
+        Some((
             self.mem.read_obj(GuestAddress(at)).unwrap(),
             self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-        )
+        ))
+    }
+
+    /// Sleeps until the device raises an interrupt (as a guest would in `hlt`).
+    pub fn wait_interrupt(&self) {
+        self.irq.event.read().unwrap();
+    }
+
+    /// Waits (up to 5 s) for the next used element: `(id, len)`.
+    pub fn wait_used(&mut self) -> (u32, u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(used) = self.try_used() {
+                return used;
+            }
+            assert!(Instant::now() < deadline, "device returned no buffer");
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// Kicks queue 0 and waits for one used element.
