@@ -148,6 +148,20 @@ impl Machine {
     pub fn config_path(&self) -> PathBuf {
         self.dir.join(config::FILE_NAME)
     }
+
+    /// The settings as written, even when they fail the checks against files and host
+    /// (a deleted ISO, more memory than this computer has); `None` when the text itself
+    /// is broken.
+    pub fn written_config(&self) -> Option<VmConfig> {
+        match &self.config {
+            Ok(cfg) => Some(cfg.clone()),
+            Err(_) => {
+                let path = self.config_path();
+                let text = config::read(&path).ok()?;
+                config::parse(&text, &path).ok()
+            }
+        }
+    }
 }
 
 /// Starting points for a new VM.
@@ -337,12 +351,16 @@ impl Library {
     /// VM matches that way).
     pub fn find(&self, name_or_id: &str) -> Result<Machine, LibraryError> {
         let machines = self.list()?;
-        let has_name = |m: &&Machine, exact: bool| {
-            m.config.as_ref().is_ok_and(|c| {
+        let names: Vec<Option<String>> = machines
+            .iter()
+            .map(|m| m.written_config().map(|c| c.name))
+            .collect();
+        let has_name = |i: usize, exact: bool| {
+            names[i].as_ref().is_some_and(|name| {
                 if exact {
-                    c.name == name_or_id
+                    name == name_or_id
                 } else {
-                    c.name.to_lowercase() == name_or_id.to_lowercase()
+                    name.to_lowercase() == name_or_id.to_lowercase()
                 }
             })
         };
@@ -359,11 +377,16 @@ impl Library {
         if let Some(found) = pick(machines.iter().filter(|m| m.id == name_or_id).collect()) {
             return found;
         }
-        if let Some(found) = pick(machines.iter().filter(|m| has_name(m, true)).collect()) {
-            return found;
-        }
-        if let Some(found) = pick(machines.iter().filter(|m| has_name(m, false)).collect()) {
-            return found;
+        for exact in [true, false] {
+            let found = machines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| has_name(*i, exact))
+                .map(|(_, m)| m)
+                .collect();
+            if let Some(found) = pick(found) {
+                return found;
+            }
         }
         Err(LibraryError::NotFound(name_or_id.to_owned()))
     }
@@ -386,9 +409,8 @@ impl Library {
                 continue;
             }
             let taken = machine
-                .config
-                .as_ref()
-                .is_ok_and(|c| c.name.trim().to_lowercase() == wanted);
+                .written_config()
+                .is_some_and(|c| c.name.trim().to_lowercase() == wanted);
             if taken {
                 return Err(LibraryError::NameTaken(name.to_owned()));
             }
@@ -841,13 +863,7 @@ fn running_pid(id: &str) -> Option<Pid> {
 /// the host checks) and, in its folder, files with an image extension.
 fn disk_images(machine: &Machine) -> Vec<PathBuf> {
     let mut images = Vec::new();
-    let parsed = match &machine.config {
-        Ok(cfg) => Some(cfg.clone()),
-        Err(_) => config::read(&machine.config_path())
-            .ok()
-            .and_then(|text| config::parse(&text, &machine.config_path()).ok()),
-    };
-    if let Some(cfg) = parsed {
+    if let Some(cfg) = machine.written_config() {
         for disk in &cfg.disks {
             images.push(VmConfig::resolve(&machine.dir, &disk.path));
         }

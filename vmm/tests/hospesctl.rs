@@ -252,6 +252,25 @@ fn create_errors_have_their_exit_codes() {
 }
 
 #[test]
+fn qcow2_disks_need_qemu_img() {
+    let ctl = Ctl::new();
+    let empty = ctl.path("empty-path");
+    fs::create_dir(&empty).unwrap();
+    let mut command = ctl.command(&["create", "q", "--disk-format", "qcow2", "--memory", "256M"]);
+    command.env("PATH", &empty);
+    let run = ctl.run_with(command, "");
+    assert_eq!(run.code, 4);
+    assert!(
+        run.stderr
+            .contains("needs qemu-img, which is not installed"),
+        "{}",
+        run.stderr
+    );
+    // Nothing is left of the refused VM.
+    assert_eq!(fs::read_dir(ctl.machines()).unwrap().count(), 0);
+}
+
+#[test]
 fn creates_a_kernel_vm() {
     let ctl = Ctl::new();
     let kernel = ctl.path("bzImage");
@@ -504,6 +523,9 @@ fn lists_a_broken_vm_with_its_error() {
     let json = ctl.ok(&["list", "--json"]).json();
     assert_eq!(json[0]["id"], "broken");
     assert_eq!(json[0]["ok"], false);
+    assert_eq!(json[0]["error"]["line"], 2);
+    assert_eq!(json[0]["error"]["column"], 3);
+    assert_eq!(json[0]["error"]["field"], "colour");
     // show prints the text and fails with the error.
     let run = ctl.run(&["show", "broken"]);
     assert_eq!(run.code, 1);

@@ -375,3 +375,25 @@ fn refuses_to_import_a_broken_or_non_vm_folder() {
     assert!(lib.list().unwrap().is_empty());
     assert_eq!(fs::read_dir(lib.root()).unwrap().count(), 0);
 }
+
+#[test]
+fn finds_a_vm_by_name_when_only_a_file_check_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = library(tmp.path());
+    let iso = tmp.path().join("install.iso");
+    fs::write(&iso, b"iso").unwrap();
+    let mut request = CreateRequest::new("Debian 12", Preset::Linux);
+    request.iso = Some(iso.clone());
+    lib.create(&request).unwrap();
+    fs::remove_file(&iso).unwrap();
+    let machine = lib.find("Debian 12").unwrap();
+    assert_eq!(machine.id, "debian-12");
+    let error = machine.config.as_ref().unwrap_err();
+    assert_eq!(error.field(), Some("cdrom"));
+    assert_eq!(machine.written_config().unwrap().name, "Debian 12");
+    // Its name stays taken.
+    let error = lib
+        .create(&CreateRequest::new("debian 12", Preset::Linux))
+        .unwrap_err();
+    assert!(matches!(error, LibraryError::NameTaken(_)), "{error}");
+}

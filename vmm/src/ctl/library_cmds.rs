@@ -12,7 +12,7 @@ use std::process::Command;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use super::{CtlError, Output};
+use super::{CtlError, Output, config_error_json};
 use crate::config::{self, Boot, DiskFormat, HostLimits, Network, Size, VmConfig};
 use crate::library::{CreateRequest, Deleted, ImportMode, Library, Machine, Preset};
 
@@ -168,7 +168,7 @@ pub fn machine_json(machine: &Machine) -> Value {
             "name": machine.name(),
             "dir": machine.dir,
             "ok": false,
-            "error": error.to_string(),
+            "error": config_error_json(error),
         }),
     }
 }

@@ -226,6 +226,31 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A settings error as JSON: `message`, and for errors in the text `file`, `line`,
+/// `column`, `field` and `problem`.
+pub fn config_error_json(error: &ConfigError) -> serde_json::Value {
+    match error {
+        ConfigError::Invalid {
+            file,
+            line,
+            column,
+            field,
+            problem,
+        } => json!({
+            "message": error.to_string(),
+            "file": file,
+            "line": line,
+            "column": column,
+            "field": field,
+            "problem": problem.to_string(),
+        }),
+        ConfigError::Read { file, .. } | ConfigError::Write { file, .. } => json!({
+            "message": error.to_string(),
+            "file": file,
+        }),
+    }
+}
+
 /// Reports a failed command on stderr.
 fn report(error: &CtlError, json: bool) {
     let message = error_chain(error);
@@ -237,19 +262,15 @@ fn report(error: &CtlError, json: bool) {
                 "message": message,
             }
         });
-        if let Some(ConfigError::Invalid {
-            file,
-            line,
-            column,
-            field,
-            problem,
-        }) = error.config_error()
-        {
-            value["error"]["file"] = json!(file);
-            value["error"]["line"] = json!(line);
-            value["error"]["column"] = json!(column);
-            value["error"]["field"] = json!(field);
-            value["error"]["problem"] = json!(problem.to_string());
+        if let Some(config_error) = error.config_error() {
+            let location = config_error_json(config_error);
+            if let (Some(target), Some(fields)) =
+                (value["error"].as_object_mut(), location.as_object())
+            {
+                for (key, field) in fields {
+                    target.entry(key.clone()).or_insert_with(|| field.clone());
+                }
+            }
         }
         eprintln!("{value}");
     } else {
