@@ -118,4 +118,13 @@ fn killed_saves_leave_the_old_or_the_new_file() {
         seen[0] && seen[1],
         "kills never caught both versions: {seen:?}"
     );
+    // The next save clears the temporary files killed savers left (one is made here for
+    // certain: no process can have pid 999999999, above the kernel's limit).
+    std::fs::write(dir.path().join(".vm.ron.tmp-999999999-0"), b"(").unwrap();
+    config::save(&file, &versions[0]).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [std::ffi::OsString::from("vm.ron")]);
 }

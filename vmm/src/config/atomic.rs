@@ -43,7 +43,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
         // nothing about the error to report.
         let _ = fs::remove_file(&temp);
     }
-    result.map_err(write_error)
+    result.map_err(write_error)?;
+    remove_stale_temps(dir, &name.to_string_lossy());
+    Ok(())
+}
+
+/// Removes temporary files left by saves of `name` in processes that died mid-save.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive {
+            // Best effort: another save may have removed it already.
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn write_and_rename(temp: &PathBuf, path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
