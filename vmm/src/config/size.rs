@@ -1,7 +1,8 @@
 //! Byte sizes written the way people write them: `"4G"`, `"512M"`, `"1536K"`.
 //!
 //! A [`Size`] is stored as bytes. It reads from a RON string with an optional binary unit
-//! (K, M, G, T: powers of 1024, case-insensitive, an optional trailing `B` or `iB`) or from
+//! (K, M, G, T: powers of 1024, case-insensitive, an optional trailing `B` or `iB`; a
+//! decimal fraction like `"1.5G"` when it makes a whole number of bytes) or from
 //! a bare integer (bytes), and always writes back as the shortest exact string.
 
 use std::fmt;
@@ -62,14 +63,14 @@ impl FromStr for Size {
     fn from_str(text: &str) -> Result<Size, BadSize> {
         let bad = || BadSize(text.to_owned());
         let trimmed = text.trim();
-        let digits_end = trimmed
-            .find(|c: char| !c.is_ascii_digit())
+        let number_end = trimmed
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(trimmed.len());
-        let (digits, unit) = trimmed.split_at(digits_end);
-        if digits.is_empty() {
+        let (number, unit) = trimmed.split_at(number_end);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() || (number.contains('.') && fraction.is_empty()) {
             return Err(bad());
         }
-        let number: u64 = digits.parse().map_err(|_| bad())?;
         let unit = unit.trim_start();
         let unit = unit
             .strip_suffix("iB")
@@ -85,8 +86,30 @@ impl FromStr for Size {
             "T" => 1 << 40,
             _ => return Err(bad()),
         };
-        number.checked_mul(multiplier).map(Size).ok_or_else(bad)
+        let whole: u64 = whole.parse().map_err(|_| bad())?;
+        let whole_bytes = whole.checked_mul(multiplier).ok_or_else(bad)?;
+        fraction_bytes(fraction, multiplier)
+            .and_then(|extra| whole_bytes.checked_add(extra))
+            .map(Size)
+            .ok_or_else(bad)
     }
+}
+
+/// The bytes of the decimal fraction `.digits` of `multiplier`, if a whole number:
+/// `"5"` of a GiB is 512 MiB; `"1"` of a byte is no whole number of bytes.
+fn fraction_bytes(digits: &str, multiplier: u64) -> Option<u64> {
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if digits.len() > 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let numerator = u128::from(digits.parse::<u64>().ok()?) * u128::from(multiplier);
+    let denominator = 10u128.pow(u32::try_from(digits.len()).ok()?);
+    if numerator % denominator != 0 {
+        return None;
+    }
+    u64::try_from(numerator / denominator).ok()
 }
 
 impl fmt::Display for Size {
@@ -153,11 +176,26 @@ mod tests {
         assert_eq!("4GiB".parse(), Ok(Size(4 << 30)));
         assert_eq!("4GB".parse(), Ok(Size(4 << 30)));
         assert_eq!(" 8 M ".parse(), Ok(Size(8 << 20)));
+        assert_eq!("1.5G".parse(), Ok(Size(3 << 29)));
+        assert_eq!("0.25M".parse(), Ok(Size(256 << 10)));
     }
 
     #[test]
     fn rejects_unknown_units_and_garbage() {
-        for text in ["4Q", "", "G", "1.5G", "-1G", "4GG", "B", "99999999999999T"] {
+        for text in [
+            "4Q",
+            "",
+            "G",
+            "-1G",
+            "4GG",
+            "B",
+            "99999999999999T",
+            "1.",
+            ".5G",
+            "1.2.3G",
+            "1.1",
+            "0.3K",
+        ] {
             assert_eq!(
                 text.parse::<Size>(),
                 Err(BadSize(text.to_owned())),
