@@ -155,3 +155,23 @@ fn unknown_flags_get_clap_usage_error() {
         out.stderr
     );
 }
+
+#[test]
+fn missing_disk_image_is_a_one_line_error() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("pvh", GuestKind::Pvh);
+    let out = run_vmm(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--disk",
+            "/nonexistent/disk.img",
+        ],
+        TIMEOUT,
+    );
+    assert_fails_with(&out, "/nonexistent/disk.img");
+}

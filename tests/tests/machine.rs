@@ -106,3 +106,32 @@ fn garbage_io_is_logged_rate_limited_and_ignored() {
         out.stderr.lines().count()
     );
 }
+
+#[test]
+fn pci_scan_finds_the_host_bridge_and_one_virtio_blk_per_disk() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("pci", GuestKind::Pvh);
+    let disk = g.dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let kernel = g.path.to_str().unwrap();
+    let out = run_vmm(&["--kernel", kernel, "-m", "64M"], TIMEOUT);
+    assert_eq!(
+        out.stdout, "pci 00:00.0 8086:1237\npci scan done\n",
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+    let d = disk.to_str().unwrap();
+    let out = run_vmm(&["--kernel", kernel, "-m", "64M", "--disk", d], TIMEOUT);
+    assert_eq!(
+        out.stdout, "pci 00:00.0 8086:1237\npci 00:01.0 1af4:1042\npci scan done\n",
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+}

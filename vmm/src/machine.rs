@@ -302,6 +302,7 @@ impl Machine {
         let vm_fd = vm::create_vm(&kvm)?;
         let guest_memory = memory::create(config.memory)?;
         memory::register(&vm_fd, &guest_memory)?;
+        let vm_fd = vm::setup_vm(vm_fd)?;
 
         let gdt: Vec<u8> = regs::gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
         guest_memory

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hospes_vmm::devices::pci::setup::{DiskSpec, attach_to_machine};
 use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm};
 
 /// Runs one virtual machine on KVM.
@@ -38,9 +39,9 @@ struct Args {
     /// Read the VM's settings from a vm.ron file (flags given too take precedence).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// A disk image, FILE[,readonly] (repeatable; wired by the block device).
+    /// A disk image as virtio-blk on PCI, FILE[,readonly] (repeatable).
     #[arg(long, value_name = "FILE[,readonly]")]
-    disk: Vec<String>,
+    disk: Vec<DiskSpec>,
     /// QMP control socket, unix:PATH (wired by the control module).
     #[arg(long, value_name = "unix:PATH")]
     qmp: Option<String>,
@@ -77,7 +78,12 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     }
 }
 
-fn machine_config(args: Args) -> Result<MachineConfig, String> {
+/// What `main` needs besides the machine configuration.
+struct Extras {
+    disks: Vec<DiskSpec>,
+}
+
+fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     let mut cfg = MachineConfig {
         kernel: PathBuf::new(),
         initrd: None,
@@ -87,6 +93,7 @@ fn machine_config(args: Args) -> Result<MachineConfig, String> {
         serial: args.serial,
         no_reboot: args.no_reboot,
     };
+    let mut extras = Extras { disks: Vec::new() };
     if let Some(path) = &args.config {
         let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
         match vm.boot {
@@ -108,6 +115,14 @@ fn machine_config(args: Args) -> Result<MachineConfig, String> {
         }
         cfg.memory = vm.memory.bytes();
         cfg.cpus = vm.cpus;
+        extras.disks = vm
+            .disks
+            .iter()
+            .map(|d| DiskSpec {
+                path: d.path.clone(),
+                read_only: d.read_only,
+            })
+            .collect();
     }
     if let Some(k) = args.kernel {
         cfg.kernel = k;
@@ -125,15 +140,13 @@ fn machine_config(args: Args) -> Result<MachineConfig, String> {
         cfg.cpus = c;
     }
     if !args.disk.is_empty() {
-        log::warn!(
-            "--disk is not wired yet; ignoring {} disk(s)",
-            args.disk.len()
-        );
+        extras.disks = args.disk;
     }
     if let Some(q) = args.qmp {
+        // Hook for the control module: start the QMP server on `vmm.handle()` in `main`.
         log::warn!("--qmp {q} is not wired yet");
     }
-    Ok(cfg)
+    Ok((cfg, extras))
 }
 
 /// The error and its causes on one line.
@@ -151,14 +164,19 @@ fn one_line(e: &dyn std::error::Error) -> String {
 fn main() -> ExitCode {
     hospes_vmm::logger::init();
     let args = Args::parse();
-    let cfg = match machine_config(args) {
+    let (cfg, extras) = match machine_config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hospes-vmm: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = Vmm::new(cfg).and_then(|mut vmm| vmm.run(|_machine| Ok(())));
+    // The device registration step, run on every boot before the vCPUs start.
+    // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
+    let setup = |machine: &mut hospes_vmm::machine::Machine| {
+        attach_to_machine(machine, &extras.disks, false)
+    };
+    let result = Vmm::new(cfg).and_then(|mut vmm| vmm.run(setup));
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
