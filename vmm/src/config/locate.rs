@@ -140,32 +140,18 @@ impl<'a> FieldMap<'a> {
                     }
                     scanner.pos = start + 1;
                 }
-                b'"' => {
+                b'"' | b'\'' | b'r' if byte != b'r' || scanner.raw_string_ahead(start) => {
                     tokens.push(Token {
                         start,
                         end: start,
                         path: current_path(&stack),
                         is_key: false,
                     });
-                    scanner.skip_quoted(start);
-                }
-                b'r' if scanner.raw_string_ahead(start) => {
-                    tokens.push(Token {
-                        start,
-                        end: start,
-                        path: current_path(&stack),
-                        is_key: false,
-                    });
-                    scanner.skip_raw_string(start);
-                }
-                b'\'' => {
-                    tokens.push(Token {
-                        start,
-                        end: start,
-                        path: current_path(&stack),
-                        is_key: false,
-                    });
-                    scanner.skip_quoted(start);
+                    if byte == b'r' {
+                        scanner.skip_raw_string(start);
+                    } else {
+                        scanner.skip_quoted(start);
+                    }
                 }
                 _ if is_word_byte(byte) => {
                     let end = scanner.word_end(start);
