@@ -135,3 +135,33 @@ fn pci_scan_finds_the_host_bridge_and_one_virtio_blk_per_disk() {
     );
     assert!(out.success(), "{out:?}");
 }
+
+#[test]
+fn acpi_reset_register_and_triple_fault_reboot_too() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("reset", GuestKind::Pvh);
+    for how in ["acpi", "triple"] {
+        let args = [
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--cmdline",
+            how,
+        ];
+        let out = run_vmm(&args, TIMEOUT);
+        assert_eq!(
+            out.stdout, "reset: first boot\nreset: second boot\n",
+            "{how}: {}",
+            out.stderr
+        );
+        assert!(out.success(), "{how}: {out:?}");
+        let mut once = args.to_vec();
+        once.push("--no-reboot");
+        let out = run_vmm(&once, TIMEOUT);
+        assert_eq!(out.stdout, "reset: first boot\n", "{how}: {}", out.stderr);
+        assert!(out.success(), "{how}: {out:?}");
+    }
+}
