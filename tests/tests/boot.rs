@@ -175,3 +175,54 @@ fn missing_disk_image_is_a_one_line_error() {
     );
     assert_fails_with(&out, "/nonexistent/disk.img");
 }
+
+#[test]
+fn config_file_supplies_kernel_memory_and_cpus_and_flags_override_it() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("pvh", GuestKind::Pvh);
+    std::fs::write(g.dir.path().join("initrd"), b"FROMVMRON").unwrap();
+    let ron = g.dir.path().join("vm.ron");
+    let kernel = g.path.file_name().unwrap().to_str().unwrap();
+    std::fs::write(
+        &ron,
+        format!(
+            "(version: 1, name: \"tiny\", os: Linux, cpus: 2, memory: \"48M\",\n \
+             boot: Kernel(kernel: \"{kernel}\", initrd: Some(\"initrd\"), cmdline: \"from ron\"))\n"
+        ),
+    )
+    .unwrap();
+    let out = run_vmm(&["--config", ron.to_str().unwrap()], TIMEOUT);
+    let want = |cmd: &str, mem: u64| {
+        format!(
+            "cmdline: {cmd}\nram: {} KiB\ninitrd: FROMVMRO (9 bytes)\n",
+            visible_ram_kib(mem)
+        )
+    };
+    assert_eq!(out.stdout, want("from ron", 48 << 20), "{}", out.stderr);
+    assert!(out.success(), "{out:?}");
+    let out = run_vmm(
+        &[
+            "--config",
+            ron.to_str().unwrap(),
+            "--cmdline",
+            "flag",
+            "-m",
+            "64M",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(out.stdout, want("flag", 64 << 20), "{}", out.stderr);
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn broken_config_file_fails_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ron = dir.path().join("vm.ron");
+    std::fs::write(&ron, "(version: 1, frobnicate: true)\n").unwrap();
+    let out = run_vmm(&["--config", ron.to_str().unwrap()], TIMEOUT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(out.stderr.contains("vm.ron"), "{}", out.stderr);
+}

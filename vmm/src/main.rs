@@ -96,14 +96,16 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     let mut extras = Extras { disks: Vec::new() };
     if let Some(path) = &args.config {
         let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
+        // Paths in vm.ron are relative to the VM's folder.
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
         match vm.boot {
             hospes_vmm::config::Boot::Kernel {
                 kernel,
                 initrd,
                 cmdline,
             } => {
-                cfg.kernel = kernel;
-                cfg.initrd = initrd;
+                cfg.kernel = dir.join(kernel);
+                cfg.initrd = initrd.map(|i| dir.join(i));
                 cfg.cmdline = cmdline;
             }
             _ => {
@@ -119,7 +121,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             .disks
             .iter()
             .map(|d| DiskSpec {
-                path: d.path.clone(),
+                path: dir.join(&d.path),
                 read_only: d.read_only,
             })
             .collect();
