@@ -174,6 +174,15 @@ pub fn kvm_available() -> bool {
         .is_ok()
 }
 
+/// True (after saying so on stderr) when the test must be skipped for want of /dev/kvm.
+pub fn skip_without_kvm() -> bool {
+    let skip = !kvm_available();
+    if skip {
+        eprintln!("skipped: /dev/kvm is not usable here");
+    }
+    skip
+}
+
 /// The RAM a guest of `mem` bytes sees in its memory map, in KiB (all of it minus the
 /// legacy hole 0x9fc00..0x100000).
 pub fn visible_ram_kib(mem: u64) -> u64 {

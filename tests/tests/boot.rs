@@ -2,17 +2,11 @@
 
 use std::time::Duration;
 
-use hospes_tests::{GuestKind, build_guest, kvm_available, run_vmm, visible_ram_kib};
+use hospes_tests::{
+    GuestKind, build_guest, kvm_available, run_vmm, skip_without_kvm, visible_ram_kib,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn skip_without_kvm() -> bool {
-    let skip = !kvm_available();
-    if skip {
-        eprintln!("skipped: /dev/kvm is not usable here");
-    }
-    skip
-}
 
 #[test]
 fn pvh_guest_sees_cmdline_memory_and_initrd_then_powers_off() {

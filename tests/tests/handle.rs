@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use hospes_tests::{GuestKind, build_guest, kvm_available};
+use hospes_tests::{GuestKind, build_guest, skip_without_kvm};
 use hospes_vmm::machine::{Exit, MachineConfig, RunState, SerialConfig, Vmm};
 
 fn wait_for(path: &std::path::Path, text: &str) -> String {
@@ -16,12 +16,8 @@ fn wait_for(path: &std::path::Path, text: &str) -> String {
     }
 }
 
-#[test]
-fn pause_resume_and_power_button_through_the_handle() {
-    if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not usable here");
-        return;
-    }
+/// The power-button guest with its console in a file, and that file's path.
+fn powerbutton_vmm(cpus: u32, no_reboot: bool) -> (hospes_tests::Guest, std::path::PathBuf, Vmm) {
     let g = build_guest("powerbutton", GuestKind::Pvh);
     let console = g.dir.path().join("console.txt");
     let cfg = MachineConfig {
@@ -29,11 +25,20 @@ fn pause_resume_and_power_button_through_the_handle() {
         initrd: None,
         cmdline: String::new(),
         memory: 32 << 20,
-        cpus: 2,
+        cpus,
         serial: SerialConfig::File(console.clone()),
-        no_reboot: true,
+        no_reboot,
     };
-    let mut vmm = Vmm::new(cfg).unwrap();
+    let vmm = Vmm::new(cfg).unwrap();
+    (g, console, vmm)
+}
+
+#[test]
+fn pause_resume_and_power_button_through_the_handle() {
+    if skip_without_kvm() {
+        return;
+    }
+    let (_guest, console, mut vmm) = powerbutton_vmm(2, true);
     let handle = vmm.handle();
     assert_eq!(handle.status(), RunState::Prelaunch);
     assert!(handle.powerdown().is_err(), "no machine yet");
@@ -66,21 +71,10 @@ fn pause_resume_and_power_button_through_the_handle() {
 
 #[test]
 fn quit_ends_a_running_vm() {
-    if !kvm_available() {
+    if skip_without_kvm() {
         return;
     }
-    let g = build_guest("powerbutton", GuestKind::Pvh);
-    let console = g.dir.path().join("console.txt");
-    let cfg = MachineConfig {
-        kernel: g.path.clone(),
-        initrd: None,
-        cmdline: String::new(),
-        memory: 32 << 20,
-        cpus: 1,
-        serial: SerialConfig::File(console.clone()),
-        no_reboot: false,
-    };
-    let mut vmm = Vmm::new(cfg).unwrap();
+    let (_guest, console, mut vmm) = powerbutton_vmm(1, false);
     let handle = vmm.handle();
     let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
     wait_for(&console, "waiting");

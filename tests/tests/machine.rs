@@ -2,17 +2,9 @@
 
 use std::time::Duration;
 
-use hospes_tests::{GuestKind, build_guest, kvm_available, run_vmm};
+use hospes_tests::{GuestKind, build_guest, run_vmm, skip_without_kvm};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn skip_without_kvm() -> bool {
-    let skip = !kvm_available();
-    if skip {
-        eprintln!("skipped: /dev/kvm is not usable here");
-    }
-    skip
-}
 
 #[test]
 fn second_cpu_starts_through_init_sipi() {
