@@ -237,7 +237,8 @@ impl AppWindow {
     }
 }
 
-/// Registers `win.refresh` on the window, bound to F5 and Ctrl+R.
+/// Registers `win.refresh` on the window, bound to F5 and Ctrl+R, and binds Ctrl+W to
+/// GTK's built-in `window.close`.
 fn install_actions(window: &adw::ApplicationWindow, sender: &ComponentSender<AppWindow>) {
     let sender = sender.clone();
     let refresh: RelmAction<RefreshAction> =
@@ -245,5 +246,7 @@ fn install_actions(window: &adw::ApplicationWindow, sender: &ComponentSender<App
     let mut group = RelmActionGroup::<WindowActionGroup>::new();
     group.add_action(refresh);
     group.register_for_widget(window);
-    relm4::main_application().set_accelerators_for_action::<RefreshAction>(&["F5", "<primary>r"]);
+    let app = relm4::main_application();
+    app.set_accelerators_for_action::<RefreshAction>(&["F5", "<primary>r"]);
+    app.set_accels_for_action("window.close", &["<primary>w"]);
 }

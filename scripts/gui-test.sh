@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The app under Xvfb: starts `hospes` on temporary libraries and checks its window through
+# AT-SPI (tests/gui/library.py), saving a screenshot of each scenario.
+#
+# Usage: scripts/gui-test.sh [HOSPES_BINARY]     (default: target/debug/hospes)
+# The libraries are made with the `hospesctl` next to that binary (build both first:
+# `cargo build -p hospes -p hospes-vmm`). Screenshots go to $HOSPES_GUI_TEST_OUT
+# (default: target/gui-test/).
+# Needs: xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$(realpath "${1:-$root/target/debug/hospes}")
+ctl=$(dirname "$bin")/hospesctl
+out=${HOSPES_GUI_TEST_OUT:-$root/target/gui-test}
+
+# Re-run inside a fresh X server and session bus (the recipe in TOOLCHAIN.md).
+if [ -z "${HOSPES_GUI_TEST_INNER:-}" ]; then
+  exec xvfb-run -a -s "-screen 0 1280x800x24" dbus-run-session -- \
+    env HOSPES_GUI_TEST_INNER=1 "$0" "$bin"
+fi
+
+mkdir -p "$out"
+work=$(mktemp -d)
+app_pid=
+cleanup() {
+  if [ -n "$app_pid" ]; then kill "$app_pid" 2>/dev/null || true; fi
+  if [ -n "${bus_pid:-}" ]; then kill "$bus_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+/usr/libexec/at-spi-bus-launcher --launch-immediately &
+bus_pid=$!
+
+for tool in "$bin" "$ctl"; do
+  [ -x "$tool" ] || { echo "gui-test: $tool is missing; build it first" >&2; exit 1; }
+done
+
+# Creates a VM without a disk in the library under data dir $1: create_vm DATA NAME ARGS...
+create_vm() {
+  local data=$1
+  shift
+  XDG_DATA_HOME="$data" "$ctl" create --disk-size 0 "$@" >/dev/null
+}
+
+# Starts hospes on the library under data dir $1 with extra environment "${@:2}".
+start_app() {
+  local data=$1
+  shift
+  mkdir -p "$data" "$work/config" "$work/cache"
+  env GDK_BACKEND=x11 GSETTINGS_BACKEND=keyfile NO_AT_BRIDGE=0 \
+    XDG_CONFIG_HOME="$work/config" XDG_CACHE_HOME="$work/cache" XDG_DATA_HOME="$data" \
+    "$@" "$bin" &
+  app_pid=$!
+}
+
+stop_app() {
+  kill "$app_pid" 2>/dev/null || true
+  wait "$app_pid" 2>/dev/null || true
+  app_pid=
+}
+
+# Runs tests/gui/library.py, then makes sure the app it checked is still running (AT-SPI
+# can answer from its cache for an app that just died). Not for --close-keys.
+check() {
+  /usr/bin/python3 "$root/tests/gui/library.py" "$@"
+  if [ -n "$app_pid" ] && ! kill -0 "$app_pid" 2>/dev/null; then
+    echo "gui-test: hospes exited during the check" >&2
+    exit 1
+  fi
+}
+
+# 1. A library with two machines and one whose vm.ron is broken.
+lib="$work/library"
+create_vm "$lib" "Debian Desktop" --preset linux --cpus 2 --memory 4G
+create_vm "$lib" "Windows 11" --preset windows11 --cpus 1 --memory 4G
+create_vm "$lib" "Broken" --preset linux --cpus 1 --memory 1G
+sed -i 's/^\( *\)cpus:/\1cpuz:/' "$lib/hospes/machines/broken/vm.ron"
+start_app "$lib"
+echo "gui-test: library with two machines and a broken one"
+check --expect "Debian Desktop" --expect "Linux · 2 vCPUs · 4 GiB" \
+  --expect "Windows 11" --expect "Windows · 1 vCPU · 4 GiB" \
+  --expect broken --contains "vm.ron:" --contains "cpuz" \
+  --absent "No virtual machines yet" --screenshot "$out/library.png"
+
+# 2. Refresh with the keyboard picks up a machine added meanwhile.
+create_vm "$lib" "Fedora Workstation" --preset linux --cpus 2 --memory 1536M
+echo "gui-test: F5 refreshes the list"
+check --keys F5 --expect "Fedora Workstation" --expect "Linux · 2 vCPUs · 1536 MiB" \
+  --screenshot "$out/refreshed.png"
+echo "gui-test: Ctrl+R refreshes the list"
+XDG_DATA_HOME="$lib" "$ctl" rm "Fedora Workstation" >/dev/null
+check --keys ctrl+r --expect "Debian Desktop" --absent "Fedora Workstation"
+stop_app
+
+# 3. An empty library shows the empty state.
+start_app "$work/empty"
+echo "gui-test: empty library"
+check --expect "No virtual machines yet" --absent "Debian Desktop" \
+  --screenshot "$out/empty.png"
+stop_app
+
+# 4. The German translation from the build tree (scripts/build-locale.sh).
+if [ -f "$(dirname "$bin")/../locale/de/LC_MESSAGES/hospes.mo" ]; then
+  start_app "$lib" LANGUAGE=de LC_ALL=C.UTF-8
+  echo "gui-test: German"
+  check --expect "Debian Desktop" --expect "Linux · 2 vCPUs · 4 GiB" \
+    --expect "Windows · 1 vCPU · 4 GiB" --screenshot "$out/library-de.png"
+  stop_app
+  start_app "$work/empty" LANGUAGE=de LC_ALL=C.UTF-8
+  check --expect "Noch keine virtuellen Maschinen" --screenshot "$out/empty-de.png"
+  stop_app
+else
+  echo "gui-test: skipping German (run scripts/build-locale.sh first)"
+fi
+
+# 5. The window size is remembered (GSettings, keyfile backend, build-tree schema).
+start_app "$work/empty"
+echo "gui-test: window size is remembered"
+check --expect "No virtual machines yet" --resize 720 540
+/usr/bin/python3 "$root/tests/gui/library.py" --expect "No virtual machines yet" --close-keys ctrl+w
+wait "$app_pid" || true
+app_pid=
+keyfile="$work/config/glib-2.0/settings/keyfile"
+if ! grep -q "window-width=720" "$keyfile" || ! grep -q "window-height=540" "$keyfile"; then
+  echo "gui-test: window size not saved in $keyfile:" >&2
+  cat "$keyfile" >&2 || true
+  exit 1
+fi
+start_app "$work/empty"
+check --expect "No virtual machines yet" --window-size 720 540 --screenshot "$out/resized.png"
+stop_app
+
+echo "gui-test: all passed; screenshots in $out"

@@ -1,0 +1,189 @@
+#!/usr/bin/python3
+"""Checks the Hospes window through AT-SPI, the accessibility tree screen readers use.
+
+Run under a session with an AT-SPI bus and a running `hospes` (scripts/gui-test.sh sets
+that up). Waits for the window, checks that texts are (or are not) on screen, can press
+keys with xdotool and wait again, and saves a screenshot with ImageMagick's `import`.
+
+Uses Debian's /usr/bin/python3 with python3-pyatspi.
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+
+import pyatspi
+
+APP_NAMES = {"hospes", "Hospes"}
+
+
+def walk(node, depth=0):
+    """Every accessible below `node`, depth first (bounded against cycles)."""
+    if node is None or depth > 64:
+        return
+    yield node
+    for i in range(node.childCount):
+        try:
+            child = node.getChildAtIndex(i)
+        except Exception:  # a widget that went away while walking
+            continue
+        yield from walk(child, depth + 1)
+
+
+def find_app():
+    """The running hospes with a window, or None.
+
+    The registry can still list an instance that just quit; it has no children left.
+    """
+    desktop = pyatspi.Registry.getDesktop(0)
+    found = None
+    for i in range(desktop.childCount):
+        try:
+            app = desktop.getChildAtIndex(i)
+            if app is not None and app.name in APP_NAMES and app.childCount > 0:
+                found = app
+        except Exception:  # an application that left while we looked
+            continue
+    return found
+
+
+def is_shown(node):
+    """Whether `node` takes up room in its window.
+
+    GTK 4.8 reports neither SHOWING nor a false VISIBLE for the hidden pages of a GtkStack,
+    but a widget that was never allocated has an empty extent. A page shown once and then
+    hidden keeps its old extent, so checks for absence only work on widgets that were never
+    shown or were removed, which is how the scenarios in scripts/gui-test.sh use them.
+    """
+    try:
+        extents = node.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+    except Exception:  # not a component, or gone
+        return False
+    return extents.width > 0 and extents.height > 0
+
+
+def showing_texts(app):
+    """Names of the shown accessibles that have one, mapped to their roles."""
+    texts = {}
+    for node in walk(app):
+        try:
+            if node.name and node.getRole() != pyatspi.ROLE_APPLICATION and is_shown(node):
+                texts[node.name] = node.getRoleName()
+        except Exception:
+            continue
+    return texts
+
+
+def press(title, keys):
+    """Focuses the window titled `title` and types `keys` (xdotool names) through XTEST.
+
+    No window manager runs under Xvfb, so the window gets the input focus directly. The
+    keys go through XTEST, not to a window id, so their release still arrives when they
+    close the window: a key left down would auto-repeat into the next window.
+    """
+    subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name", f"^{title}$",
+                    "windowfocus", "--sync"], check=True)
+    subprocess.run(["xdotool", "key", "--clearmodifiers", *keys.split()], check=True)
+
+
+def window_size(title):
+    """The X window size of the visible window titled `title` (CSD shadow included)."""
+    result = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", f"^{title}$",
+                             "getwindowgeometry", "--shell"],
+                            capture_output=True, text=True, check=False)
+    fields = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
+    if "WIDTH" not in fields:
+        return None
+    return (int(fields["WIDTH"]), int(fields["HEIGHT"]))
+
+
+def wait_for(predicate, timeout, what, describe=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    detail = f" ({describe()})" if describe else ""
+    sys.exit(f"library.py: timed out after {timeout}s waiting for {what}{detail}")
+
+
+def check(app, expect, absent, contains, timeout):
+    """Waits until every `expect` name and `contains` substring shows and no `absent` one does."""
+
+    def satisfied():
+        texts = showing_texts(app)
+        ok = all(name in texts for name in expect)
+        ok = ok and all(any(part in text for text in texts) for part in contains)
+        ok = ok and not any(name in texts for name in absent)
+        return texts if ok else None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        texts = satisfied()
+        if texts:
+            return texts
+        time.sleep(0.2)
+    texts = showing_texts(app)
+    print("library.py: on screen:", file=sys.stderr)
+    for name, role in sorted(texts.items()):
+        print(f"  {role}: {name!r}", file=sys.stderr)
+    missing = [n for n in expect if n not in texts]
+    missing += [p for p in contains if not any(p in t for t in texts)]
+    unwanted = [n for n in absent if n in texts]
+    sys.exit(f"library.py: missing {missing}, unexpectedly showing {unwanted}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--expect", action="append", default=[], help="a name that must show")
+    parser.add_argument("--contains", action="append", default=[],
+                        help="a substring some showing name must contain")
+    parser.add_argument("--absent", action="append", default=[], help="a name that must not show")
+    parser.add_argument("--title", default="Hospes", help="the window title")
+    parser.add_argument("--keys", help="xdotool key names to press first, e.g. F5")
+    parser.add_argument("--resize", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
+                        help="resize the window (after the checks pass)")
+    parser.add_argument("--window-size", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
+                        help="the size the window must have")
+    parser.add_argument("--close-keys",
+                        help="keys that close the window (after everything else); waits for it")
+    parser.add_argument("--screenshot", help="PNG path for a screenshot once the checks pass")
+    parser.add_argument("--timeout", type=float, default=30)
+    args = parser.parse_args()
+
+    app = wait_for(find_app, args.timeout, "hospes on the AT-SPI bus")
+    wait_for(
+        lambda: any(
+            node.getRole() == pyatspi.ROLE_FRAME and node.name == args.title
+            for node in walk(app)
+        ),
+        args.timeout,
+        f"a window titled {args.title!r}",
+    )
+    if args.keys:
+        press(args.title, args.keys)
+    texts = check(app, args.expect, args.absent, args.contains, args.timeout)
+    print(f"library.py: ok, {len(texts)} named accessibles showing")
+    if args.window_size:
+        wait_for(lambda: window_size(args.title) == tuple(args.window_size),
+                 args.timeout, f"the window to be {args.window_size}",
+                 lambda: f"it is {window_size(args.title)}")
+        print(f"library.py: window is {args.window_size}")
+    if args.resize:
+        subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name",
+                        f"^{args.title}$", "windowsize", "--sync",
+                        *map(str, args.resize)], check=True)
+    if args.close_keys:
+        press(args.title, args.close_keys)
+        wait_for(lambda: find_app() is None, args.timeout, "the app to quit")
+        print("library.py: window closed, app quit")
+    if args.screenshot:
+        time.sleep(0.5)  # let the last frame reach the X server
+        subprocess.run(["import", "-window", "root", args.screenshot], check=True)
+        print(f"library.py: screenshot {args.screenshot}")
+
+
+if __name__ == "__main__":
+    main()
