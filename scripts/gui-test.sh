@@ -100,7 +100,16 @@ check --expect "No virtual machines yet" --absent "Debian Desktop" \
   --screenshot "$out/empty.png"
 stop_app
 
-# 4. The German translation from the build tree (scripts/build-locale.sh).
+# 4. A library that cannot be read shows why.
+mkdir -p "$work/unreadable"
+touch "$work/unreadable/hospes"
+start_app "$work/unreadable"
+echo "gui-test: unreadable library"
+check --expect "Cannot read the virtual machine library" --contains "Not a directory" \
+  --absent "No virtual machines yet" --screenshot "$out/unreadable.png"
+stop_app
+
+# 5. The German translation from the build tree (scripts/build-locale.sh).
 if [ -f "$(dirname "$bin")/../locale/de/LC_MESSAGES/hospes.mo" ]; then
   start_app "$lib" LANGUAGE=de LC_ALL=C.UTF-8
   echo "gui-test: German"
@@ -114,7 +123,7 @@ else
   echo "gui-test: skipping German (run scripts/build-locale.sh first)"
 fi
 
-# 5. The window size is remembered (GSettings, keyfile backend, build-tree schema).
+# 6. The window size is remembered (GSettings, keyfile backend, build-tree schema).
 start_app "$work/empty"
 echo "gui-test: window size is remembered"
 check --expect "No virtual machines yet" --resize 720 540

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates po/hospes.pot from the files in po/POTFILES and merges it into every
 # translation listed in po/LINGUAS. Run it after adding or changing translatable strings.
+# With --check, changes nothing and fails if po/hospes.pot lacks or has extra messages
+# (line numbers and dates do not count).
 #
 # Rust sources go through xgettext's C parser, which reads Rust string literals well
 # enough; the keywords are our i18n.rs helpers. The desktop file, metainfo and schema use
@@ -17,8 +19,13 @@ for f in "${files[@]}"; do
   esac
 done
 
+check=false
+[ "${1:-}" = --check ] && check=true
+
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+pot=po/hospes.pot
+$check && pot="$tmp/hospes.pot"
 
 # xgettext's C lexer reads a Rust lifetime (`&'static str`) as an unterminated character
 # constant. Give it copies with the apostrophe of lifetimes removed, at the same relative
@@ -34,11 +41,23 @@ common=(--from-code=UTF-8 --package-name=hospes --msgid-bugs-address=https://git
 xgettext "${common[@]}" --language=C --directory="$tmp/src" \
   --keyword=gettext --keyword=gettext_f --keyword=ngettext:1,2 --keyword=ngettext_f:1,2 \
   --flag=gettext_f:1:no-c-format --flag=ngettext_f:1:no-c-format \
-  -o po/hospes.pot "${rust[@]}"
-xgettext "${common[@]}" --join-existing -o po/hospes.pot "${other[@]}"
+  -o "$pot" "${rust[@]}"
+xgettext "${common[@]}" --join-existing -o "$pot" "${other[@]}"
+
+# Messages and comments only: no file references, no header dates.
+messages() { msgcat --no-location --no-wrap --sort-output "$1" | sed '1,/^$/d'; }
+if $check; then
+  if ! diff -u <(messages po/hospes.pot) <(messages "$pot") >"$tmp/diff"; then
+    echo "update-pot: po/hospes.pot is out of date; run scripts/update-pot.sh:" >&2
+    cat "$tmp/diff" >&2
+    exit 1
+  fi
+  echo "update-pot: po/hospes.pot is up to date"
+  exit 0
+fi
 
 # Keep the header's charset UTF-8 (xgettext leaves CHARSET for a template).
-sed -i 's/charset=CHARSET/charset=UTF-8/' po/hospes.pot
+sed -i 's/charset=CHARSET/charset=UTF-8/' "$pot"
 
 for lang in $(grep -v '^\s*\(#\|$\)' po/LINGUAS); do
   if [ -f "po/$lang.po" ]; then

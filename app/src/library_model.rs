@@ -102,8 +102,8 @@ fn relative_to<'m>(dir: &Path, message: &'m str) -> &'m str {
 /// "Linux · 2 vCPUs · 4 GiB".
 pub fn summary(os: OsKind, cpus: u32, memory_bytes: u64) -> String {
     let cpus_text = cpus.to_string();
-    // Translators: the number of virtual processors of a virtual machine.
     let cpus_label = ngettext_f(
+        // Translators: the number of virtual processors of a virtual machine.
         "{count} vCPU",
         "{count} vCPUs",
         cpus,
