@@ -98,7 +98,11 @@ start_app "$work/empty"
 echo "gui-test: empty library"
 check --expect "No virtual machines yet" --absent "Debian Desktop" \
   --screenshot "$out/empty.png"
+echo "gui-test: the empty state's Refresh button shows a new machine"
+create_vm "$work/empty" "Debian Desktop" --preset linux --cpus 2 --memory 4G
+check --click Refresh --expect "Debian Desktop" --expect "Linux · 2 vCPUs · 4 GiB"
 stop_app
+XDG_DATA_HOME="$work/empty" "$ctl" rm "Debian Desktop" >/dev/null
 
 # 4. A library that cannot be read shows why.
 mkdir -p "$work/unreadable"

@@ -115,6 +115,16 @@ impl Component for AppWindow {
                         set_description: Some(&gettext(
                             "Create one in a terminal with “hospesctl create”, then refresh.",
                         )),
+
+                        #[wrap(Some)]
+                        set_child = &gtk::Button {
+                            set_label: &gettext("_Refresh"),
+                            set_use_underline: true,
+                            set_halign: gtk::Align::Center,
+                            add_css_class: "pill",
+                            add_css_class: "suggested-action",
+                            ActionablePlus::set_stateless_action::<RefreshAction>: &(),
+                        },
                     },
 
                     add_named[Some("failed")] = &adw::StatusPage {
@@ -122,6 +132,15 @@ impl Component for AppWindow {
                         set_title: &gettext("Cannot read the virtual machine library"),
                         #[watch]
                         set_description: model.failure_markup().as_deref(),
+
+                        #[wrap(Some)]
+                        set_child = &gtk::Button {
+                            set_label: &gettext("_Try Again"),
+                            set_use_underline: true,
+                            set_halign: gtk::Align::Center,
+                            add_css_class: "pill",
+                            ActionablePlus::set_stateless_action::<RefreshAction>: &(),
+                        },
                     },
 
                     add_named[Some("list")] = &gtk::ScrolledWindow {

@@ -75,6 +75,20 @@ def showing_texts(app):
     return texts
 
 
+def click(app, name, timeout):
+    """Presses the shown push button called `name` through its AT-SPI action.
+
+    With several, the last in the tree: the page's own button rather than the header bar's.
+    """
+    def last_button():
+        buttons = [node for node in walk(app)
+                   if node.getRole() == pyatspi.ROLE_PUSH_BUTTON and node.name == name
+                   and is_shown(node)]
+        return buttons[-1] if buttons else None
+
+    wait_for(last_button, timeout, f"a button called {name!r}").queryAction().doAction(0)
+
+
 def press(title, keys):
     """Focuses the window titled `title` and types `keys` (xdotool names) through XTEST.
 
@@ -142,6 +156,7 @@ def main():
                         help="a substring some showing name must contain")
     parser.add_argument("--absent", action="append", default=[], help="a name that must not show")
     parser.add_argument("--title", default="Hospes", help="the window title")
+    parser.add_argument("--click", help="the name of a shown button to press first")
     parser.add_argument("--keys", help="xdotool key names to press first, e.g. F5")
     parser.add_argument("--resize", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
                         help="resize the window (after the checks pass)")
@@ -162,6 +177,8 @@ def main():
         args.timeout,
         f"a window titled {args.title!r}",
     )
+    if args.click:
+        click(app, args.click, args.timeout)
     if args.keys:
         press(args.title, args.keys)
     texts = check(app, args.expect, args.absent, args.contains, args.timeout)
