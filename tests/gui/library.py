@@ -133,20 +133,15 @@ def check(app, expect, absent, contains, timeout):
         ok = ok and not any(name in texts for name in absent)
         return texts if ok else None
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        texts = satisfied()
-        if texts:
-            return texts
-        time.sleep(0.2)
-    texts = showing_texts(app)
-    print("library.py: on screen:", file=sys.stderr)
-    for name, role in sorted(texts.items()):
-        print(f"  {role}: {name!r}", file=sys.stderr)
-    missing = [n for n in expect if n not in texts]
-    missing += [p for p in contains if not any(p in t for t in texts)]
-    unwanted = [n for n in absent if n in texts]
-    sys.exit(f"library.py: missing {missing}, unexpectedly showing {unwanted}")
+    def report():
+        texts = showing_texts(app)
+        missing = [n for n in expect if n not in texts]
+        missing += [p for p in contains if not any(p in t for t in texts)]
+        unwanted = [n for n in absent if n in texts]
+        shown = "".join(f"\n  {role}: {name!r}" for name, role in sorted(texts.items()))
+        return f"missing {missing}, unexpectedly showing {unwanted}; on screen:{shown}"
+
+    return wait_for(satisfied, timeout, "the expected texts", report)
 
 
 def main():
