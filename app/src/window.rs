@@ -118,8 +118,7 @@ impl Component for AppWindow {
 
                         #[wrap(Some)]
                         set_child = &gtk::Button {
-                            set_label: &gettext("_Refresh"),
-                            set_use_underline: true,
+                            set_label: &gettext("Refresh"),
                             set_halign: gtk::Align::Center,
                             add_css_class: "pill",
                             add_css_class: "suggested-action",
@@ -135,8 +134,7 @@ impl Component for AppWindow {
 
                         #[wrap(Some)]
                         set_child = &gtk::Button {
-                            set_label: &gettext("_Try Again"),
-                            set_use_underline: true,
+                            set_label: &gettext("Try Again"),
                             set_halign: gtk::Align::Center,
                             add_css_class: "pill",
                             ActionablePlus::set_stateless_action::<RefreshAction>: &(),
