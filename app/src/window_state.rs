@@ -16,38 +16,35 @@ const MAXIMIZED_KEY: &str = "is-maximized";
 /// Where the build script put the compiled schema (only used when none is installed).
 const BUILD_TREE_SCHEMA_DIR: &str = concat!(env!("OUT_DIR"), "/schemas");
 
-/// The app's settings, or `None` when no schema for them can be found.
+/// The app's settings, or `None` when no schema with the keys this code uses is found
+/// (GSettings aborts the process on a key its schema lacks, e.g. an older installed copy).
 pub fn settings() -> Option<gio::Settings> {
     let default_source = gio::SettingsSchemaSource::default();
-    if let Some(schema) = default_source
+    let installed = default_source
         .as_ref()
         .and_then(|source| source.lookup(APP_ID, true))
-    {
-        return Some(gio::Settings::new_full(
-            &schema,
-            None::<&gio::SettingsBackend>,
-            None,
-        ));
+        .filter(has_our_keys);
+    let schema = installed.or_else(|| {
+        let source = gio::SettingsSchemaSource::from_directory(
+            BUILD_TREE_SCHEMA_DIR,
+            default_source.as_ref(),
+            false,
+        )
+        .ok()?;
+        let schema = source.lookup(APP_ID, false).filter(has_our_keys)?;
+        log::debug!("using the build tree's settings schema in {BUILD_TREE_SCHEMA_DIR}");
+        Some(schema)
+    });
+    if schema.is_none() {
+        log::info!("settings schema {APP_ID} not installed: window size is not remembered");
     }
-    let build_tree = gio::SettingsSchemaSource::from_directory(
-        BUILD_TREE_SCHEMA_DIR,
-        default_source.as_ref(),
-        false,
-    );
-    match build_tree.map(|source| source.lookup(APP_ID, false)) {
-        Ok(Some(schema)) => {
-            log::debug!("using the build tree's settings schema in {BUILD_TREE_SCHEMA_DIR}");
-            Some(gio::Settings::new_full(
-                &schema,
-                None::<&gio::SettingsBackend>,
-                None,
-            ))
-        }
-        Ok(None) | Err(_) => {
-            log::info!("settings schema {APP_ID} not installed: window size is not remembered");
-            None
-        }
-    }
+    schema.map(|schema| gio::Settings::new_full(&schema, None::<&gio::SettingsBackend>, None))
+}
+
+fn has_our_keys(schema: &gio::SettingsSchema) -> bool {
+    [WIDTH_KEY, HEIGHT_KEY, MAXIMIZED_KEY]
+        .iter()
+        .all(|key| schema.has_key(key))
 }
 
 /// Sizes `window` as it was when it was last closed.
