@@ -45,7 +45,7 @@ fn pause_resume_and_power_button_through_the_handle() {
     let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
 
     assert_eq!(
-        wait_for(&console, "waiting"),
+        wait_for(&console, "button\n"),
         "waiting for the power button\n"
     );
     assert_eq!(handle.status(), RunState::Running);
@@ -77,7 +77,7 @@ fn quit_ends_a_running_vm() {
     let (_guest, console, mut vmm) = powerbutton_vmm(1, false);
     let handle = vmm.handle();
     let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
-    wait_for(&console, "waiting");
+    wait_for(&console, "button\n");
     handle.quit();
     assert_eq!(runner.join().unwrap().unwrap(), Exit::Quit);
 }

@@ -157,3 +157,42 @@ fn acpi_reset_register_and_triple_fault_reboot_too() {
         assert!(out.success(), "{how}: {out:?}");
     }
 }
+
+#[test]
+fn sigterm_ends_the_vm_cleanly_with_status_0() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("powerbutton", GuestKind::Pvh);
+    let console = g.dir.path().join("console.txt");
+    let serial = format!("file:{}", console.display());
+    let mut child = std::process::Command::new(hospes_tests::vmm_binary())
+        .args([
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "32M",
+            "--serial",
+            &serial,
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains('\n')
+    {
+        assert!(std::time::Instant::now() < deadline, "guest never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = hospes_tests::wait_timeout(&mut child, TIMEOUT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "waiting for the power button\n"
+    );
+}

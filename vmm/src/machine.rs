@@ -150,6 +150,21 @@ impl PowerEvents for EventSink {
     }
 }
 
+/// Tells the machine when a vCPU thread dies by panicking, so the boot ends with an error
+/// instead of waiting for an event that never comes.
+struct PanicNotice(Sender<MachineEvent>, usize);
+
+impl Drop for PanicNotice {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.send(MachineEvent::Error(format!(
+                "vCPU {} thread panicked",
+                self.1
+            )));
+        }
+    }
+}
+
 /// The VM state QMP `query-status` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -382,11 +397,13 @@ impl Machine {
             mmio: self.mmio_bus.clone(),
         };
         let mut threads = Vec::new();
+        control.begin();
         for (index, fd) in vcpus.into_iter().enumerate() {
             let (buses, ctl, events) = (buses.clone(), control.clone(), events.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    let _notice = PanicNotice(events.clone(), index);
                     let ev = vcpu::run(fd, index as u32, &buses, &ctl);
                     let _ = events.send(match ev {
                         Some(VcpuEvent::Reset) => MachineEvent::Reset,
@@ -422,6 +439,8 @@ pub struct Vmm {
     events: Sender<MachineEvent>,
     rx: Receiver<MachineEvent>,
     persistent: Persistent,
+    /// Restores the terminal when the VM ends.
+    _terminal: Option<console::RawTerminal>,
 }
 
 impl Vmm {
@@ -445,7 +464,11 @@ impl Vmm {
         let serial_irq = Arc::new(EventFdIrq(
             EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?,
         ));
-        let (out, input) = crate::machine::console::open(&config.serial)?;
+        let (out, input) = console::open(&config.serial)?;
+        let terminal = match input {
+            Some(console::Input::Stdin) => console::RawTerminal::enable(),
+            _ => None,
+        };
         let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq.clone(), out)));
         if let Some(input) = input {
             console::spawn_input(input, serial.clone())?;
@@ -461,6 +484,7 @@ impl Vmm {
             events,
             rx,
             persistent,
+            _terminal: terminal,
         })
     }
 

@@ -151,6 +151,47 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     Ok((cfg, extras))
 }
 
+/// The signals that end the VM cleanly (terminal restored, output flushed).
+const QUIT_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn quit_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in QUIT_SIGNALS {
+        // SAFETY: `set` is initialised and `sig` a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    set
+}
+
+/// Blocks the quit signals in this thread, and so in every thread started after it; call
+/// before any thread starts.
+fn block_quit_signals() {
+    let set = quit_sigset();
+    // SAFETY: `set` is a valid signal set; the old mask is not needed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Starts a thread that waits for the quit signals and quits the VM through `handle`.
+fn quit_on_signals(handle: hospes_vmm::machine::VmHandle) {
+    let set = quit_sigset();
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `set` and `sig` are valid for the call.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                log::info!("terminating on signal {sig}");
+                handle.quit();
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("signals end the VM abruptly: {e}");
+    }
+}
+
 /// The error and its causes on one line.
 fn one_line(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -173,12 +214,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    block_quit_signals();
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
     let setup = |machine: &mut hospes_vmm::machine::Machine| {
         attach_to_machine(machine, &extras.disks, false)
     };
-    let result = Vmm::new(cfg).and_then(|mut vmm| vmm.run(setup));
+    let result = Vmm::new(cfg).and_then(|mut vmm| {
+        quit_on_signals(vmm.handle());
+        vmm.run(setup)
+    });
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,7 +2,8 @@
 //!
 //! `stdio` writes to stdout and reads stdin on a thread; `file:` appends output; `unix:`
 //! listens on a socket and serves one client at a time (output to it, input from it);
-//! `none` drops output.
+//! `none` drops output. When stdin is a terminal, [`RawTerminal`] turns off line editing
+//! and echo for the run (the guest echoes), leaving Ctrl-C to end the helper.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -110,4 +111,42 @@ pub fn spawn_input(input: Input, serial: Arc<Mutex<SerialDevice>>) -> Result<(),
         .spawn(body)
         .map(drop)
         .map_err(MachineError::Thread)
+}
+
+/// Puts a terminal on stdin into non-canonical, no-echo mode until dropped.
+pub struct RawTerminal {
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    /// Switches stdin's terminal to character mode; None when stdin is not a terminal.
+    pub fn enable() -> Option<Self> {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+            return None;
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it for a valid descriptor.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `saved` is a valid, writable termios.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::IEXTEN);
+        raw.c_iflag &= !(libc::ICRNL | libc::IXON);
+        raw.c_cc[libc::VMIN] = 1;
+        raw.c_cc[libc::VTIME] = 0;
+        // SAFETY: `raw` is a valid termios derived from the current settings.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(Self { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores settings read from the same descriptor.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+    }
 }

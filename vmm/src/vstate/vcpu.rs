@@ -104,11 +104,22 @@ struct ControlState {
 }
 
 impl RunControl {
-    /// Records the vCPU threads of the current boot (for kicks) and clears `stopping`.
+    /// Starts a boot: clears the previous boot's `stopping`. Call before spawning the
+    /// vCPU threads, or a new thread could see the old stop and end at once.
+    pub fn begin(&self) {
+        lock(&self.state).stopping = false;
+    }
+
+    /// Records the vCPU threads of the current boot, for kicks. A pause asked for while
+    /// they were starting reaches them now.
     pub fn attach(&self, threads: Vec<libc::pthread_t>) {
         let mut s = lock(&self.state);
         s.threads = threads;
-        s.stopping = false;
+        if s.paused || s.stopping {
+            for &t in &s.threads {
+                kick(t);
+            }
+        }
     }
 
     /// Stops all vCPUs of the current boot and forgets their threads; the caller joins them.
