@@ -148,13 +148,28 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 
 /// Runs `hospes-vmm args...` with stdin closed, killing it after `timeout`.
 pub fn run_vmm(args: &[&str], timeout: Duration) -> RunOutput {
+    run_vmm_with_input(args, None, timeout)
+}
+
+/// Runs `hospes-vmm args...` with `input` on its stdin (then end of file), or stdin closed,
+/// killing it after `timeout`.
+pub fn run_vmm_with_input(args: &[&str], input: Option<&[u8]>, timeout: Duration) -> RunOutput {
     let mut child = Command::new(vmm_binary())
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hospes-vmm");
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        // The helper may exit before reading everything; that shows in its output.
+        let _ = stdin.write_all(data);
+    }
     let out = drain(child.stdout.take().expect("stdout is piped"));
     let err = drain(child.stderr.take().expect("stderr is piped"));
     let status = wait_timeout(&mut child, timeout);

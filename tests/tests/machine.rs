@@ -196,3 +196,58 @@ fn sigterm_ends_the_vm_cleanly_with_status_0() {
         "waiting for the power button\n"
     );
 }
+
+#[test]
+fn stdin_reaches_the_guest_through_com1() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("echo", GuestKind::Pvh);
+    let out = hospes_tests::run_vmm_with_input(
+        &["--kernel", g.path.to_str().unwrap(), "-m", "32M"],
+        Some(b"hello from the host\n"),
+        TIMEOUT,
+    );
+    assert_eq!(
+        out.stdout, "type a line\ngot: hello from the host\n",
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn unix_socket_console_carries_input_and_output() {
+    use std::io::{BufRead, BufReader, Write};
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("echo", GuestKind::Pvh);
+    let sock = g.dir.path().join("serial.sock");
+    let serial = format!("unix:{}", sock.display());
+    let mut child = std::process::Command::new(hospes_tests::vmm_binary())
+        .args([
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "32M",
+            "--serial",
+            &serial,
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut conn = loop {
+        if let Ok(c) = std::os::unix::net::UnixStream::connect(&sock) {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no console socket");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    conn.write_all(b"over the socket\n").unwrap();
+    let mut lines = BufReader::new(conn).lines().map_while(Result::ok);
+    assert!(lines.any(|l| l == "got: over the socket"));
+    let status = hospes_tests::wait_timeout(&mut child, TIMEOUT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
