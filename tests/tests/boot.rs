@@ -220,3 +220,34 @@ fn broken_config_file_fails_naming_the_file() {
     assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
     assert!(out.stderr.contains("vm.ron"), "{}", out.stderr);
 }
+
+#[test]
+fn no_permission_on_dev_kvm_says_to_join_the_kvm_group() {
+    // Needs root to drop to an unprivileged user, and a /dev/kvm that user cannot open.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let kvm_mode = std::fs::metadata("/dev/kvm").map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode()
+    });
+    if !root || kvm_mode.map_or(true, |m| m & 0o006 != 0) {
+        eprintln!("skipped: needs root and a /dev/kvm closed to other users");
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(hospes_tests::vmm_binary())
+        .args(["--kernel", "/nonexistent", "-m", "16M"])
+        .output();
+    let Ok(out) = out else {
+        eprintln!("skipped: no setpriv");
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "hospes-vmm: no permission to open /dev/kvm: add your user to the kvm group \
+         (sudo usermod -aG kvm $USER), then log out and back in\n"
+    );
+}
