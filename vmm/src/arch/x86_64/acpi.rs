@@ -304,3 +304,59 @@ mod tests {
         assert_eq!(madt(256), Err(AcpiError::TooManyCpus(256)));
     }
 }
+
+#[cfg(test)]
+mod iasl {
+    //! Cross-checks the tables with ACPICA's disassembler when it is installed
+    //! (Debian: acpica-tools); skipped otherwise.
+    use super::*;
+    use std::process::Command;
+
+    fn iasl_present() -> bool {
+        Command::new("iasl").arg("-v").output().is_ok()
+    }
+
+    #[test]
+    fn acpica_disassembles_every_table_without_errors() {
+        if !iasl_present() {
+            eprintln!("skipped: iasl not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let t = build(2, 512 << 20).unwrap();
+        let facs_free = |sig: &[u8]| sig != b"FACS";
+        let mut off = 36usize.next_multiple_of(64);
+        let mut seen = Vec::new();
+        while off + 8 <= t.blob.len() {
+            let sig = &t.blob[off..off + 4];
+            let len = u32::from_le_bytes(t.blob[off + 4..off + 8].try_into().unwrap()) as usize;
+            if len == 0 {
+                off += 8;
+                continue;
+            }
+            if facs_free(sig) {
+                let name = String::from_utf8_lossy(sig).to_string();
+                let path = dir.path().join(format!("{name}.dat"));
+                std::fs::write(&path, &t.blob[off..off + len]).unwrap();
+                let out = Command::new("iasl")
+                    .arg("-d")
+                    .arg(&path)
+                    .current_dir(dir.path())
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "{name}: {text}");
+                assert!(!text.contains("Error"), "{name}: {text}");
+                if std::env::var_os("HOSPES_ACPI_DUMP").is_some() {
+                    let dsl = std::fs::read_to_string(dir.path().join(format!("{name}.dsl")))
+                        .unwrap_or_default();
+                    eprintln!("{dsl}");
+                }
+                seen.push(name);
+            }
+            off = (off + len).next_multiple_of(8);
+        }
+        assert_eq!(seen, ["DSDT", "FACP", "APIC", "MCFG", "XSDT"]);
+    }
+}
