@@ -69,6 +69,11 @@ pub fn vmm_binary() -> PathBuf {
 
 /// Builds guest `name` from `tests/guests/<name>.S`.
 pub fn build_guest(name: &str, kind: GuestKind) -> Guest {
+    build_guest_with(name, kind, &[])
+}
+
+/// Builds guest `name` with extra preprocessor definitions (`-D` arguments).
+pub fn build_guest_with(name: &str, kind: GuestKind, defines: &[&str]) -> Guest {
     let src = guests_dir();
     let dir = tempfile::tempdir().expect("temp dir");
     let obj = dir.path().join(format!("{name}.o"));
@@ -85,6 +90,7 @@ pub fn build_guest(name: &str, kind: GuestKind) -> Guest {
         );
     };
     run(Command::new("gcc")
+        .args(defines.iter().map(|d| format!("-D{d}")))
         .arg("-c")
         .arg("-I")
         .arg(&src)

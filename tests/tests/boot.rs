@@ -251,3 +251,16 @@ fn no_permission_on_dev_kvm_says_to_join_the_kvm_group() {
          (sudo usermod -aG kvm $USER), then log out and back in\n"
     );
 }
+
+#[test]
+fn elf_without_pvh_note_is_rejected() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = hospes_tests::build_guest_with("pvh", GuestKind::Pvh, &["NO_PVH_NOTE"]);
+    let out = run_vmm(
+        &["--kernel", g.path.to_str().unwrap(), "-m", "64M"],
+        TIMEOUT,
+    );
+    assert_fails_with(&out, "ELF file without a PVH entry note");
+}
