@@ -266,7 +266,7 @@ mod tests {
         use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
         use crate::devices::bus::Bus;
-        use crate::devices::pci::setup::{DiskSpec, PciParams, attach_pci};
+        use crate::devices::pci::setup::{DiskSpec, PciParams, attach_pci, test_params};
         use crate::devices::virtio::pci::NOTIFY_OFFSET;
 
         let Ok(kvm) = kvm_ioctls::Kvm::new() else {
@@ -303,11 +303,7 @@ mod tests {
             PciParams {
                 mem: mem.clone(),
                 vm: Some(vm.clone()),
-                mmio_window: (0xc000_0000, 0xe000_0000),
-                high_mmio_window: None,
-                ecam: Some((0xe000_0000, 0x1000_0000)),
-                disks: &disks,
-                rng: false,
+                ..test_params(&disks, false)
             },
         )
         .unwrap();

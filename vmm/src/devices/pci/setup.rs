@@ -259,11 +259,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Parameters for tests: 1 MiB of guest memory, no KVM, the x86 layout's windows.
+#[cfg(test)]
+pub(crate) fn test_params(disks: &[DiskSpec], rng: bool) -> PciParams<'_> {
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    PciParams {
+        mem: GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        vm: None,
+        mmio_window: (0xc000_0000, 0xe000_0000),
+        high_mmio_window: None,
+        ecam: Some((0xe000_0000, 0x1000_0000)),
+        disks,
+        rng,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
 
@@ -286,27 +299,13 @@ mod tests {
     fn attaches_disks_and_rng_enumerable_through_cf8_and_ecam() {
         let mut img = tempfile::NamedTempFile::new().unwrap();
         img.write_all(&[0u8; 4096]).unwrap();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         let disks = [DiskSpec {
             path: img.path().to_owned(),
             read_only: true,
         }];
-        let setup = attach_pci(
-            &mut pio,
-            &mut mmio,
-            PciParams {
-                mem,
-                vm: None,
-                mmio_window: (0xc000_0000, 0xe000_0000),
-                high_mmio_window: None,
-                ecam: Some((0xe000_0000, 0x1000_0000)),
-                disks: &disks,
-                rng: true,
-            },
-        )
-        .unwrap();
+        let setup = attach_pci(&mut pio, &mut mmio, test_params(&disks, true)).unwrap();
         assert_eq!(
             setup.devices.iter().map(|d| d.0).collect::<Vec<_>>(),
             vec![1, 2]
@@ -339,23 +338,9 @@ mod tests {
 
     #[test]
     fn ecam_bar_move_works_while_the_machine_bus_is_read_locked() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        attach_pci(
-            &mut pio,
-            &mut mmio,
-            PciParams {
-                mem,
-                vm: None,
-                mmio_window: (0xc000_0000, 0xe000_0000),
-                high_mmio_window: None,
-                ecam: Some((0xe000_0000, 0x1000_0000)),
-                disks: &[],
-                rng: true,
-            },
-        )
-        .unwrap();
+        attach_pci(&mut pio, &mut mmio, test_params(&[], true)).unwrap();
         // The vCPU exit path holds the machine's MMIO bus for reading during an access.
         let mmio = RwLock::new(mmio);
         let bus = mmio.read().unwrap();
@@ -382,7 +367,6 @@ mod tests {
     fn missing_disk_is_an_error_naming_the_path() {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let disks = [DiskSpec {
             path: "/nonexistent/disk.img".into(),
             read_only: false,
@@ -391,13 +375,8 @@ mod tests {
             &mut pio,
             &mut mmio,
             PciParams {
-                mem,
-                vm: None,
-                mmio_window: (0xc000_0000, 0xe000_0000),
-                high_mmio_window: None,
                 ecam: None,
-                disks: &disks,
-                rng: false,
+                ..test_params(&disks, false)
             },
         )
         .err()

@@ -91,6 +91,19 @@ pub struct Activation {
     pub acked_features: u64,
 }
 
+impl Activation {
+    /// The parts of an activation for a device with exactly one queue.
+    pub fn single_queue(
+        mut self,
+    ) -> Result<(GuestMemory, Arc<dyn VirtioInterrupt>, ActiveQueue), VirtioError> {
+        let got = self.queues.len();
+        match (self.queues.pop(), got) {
+            (Some(q), 1) => Ok((self.mem, self.interrupt, q)),
+            _ => Err(VirtioError::QueueCount { got, want: 1 }),
+        }
+    }
+}
+
 /// A virtio device model, independent of transport.
 pub trait VirtioDevice: Send {
     /// Virtio device id (2 = block, 4 = entropy).

@@ -145,16 +145,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError> {
-        let Activation {
-            mem,
-            interrupt,
-            mut queues,
-            ..
-        } = activation;
-        let got = queues.len();
-        let (Some(q), 1) = (queues.pop(), got) else {
-            return Err(VirtioError::QueueCount { got, want: 1 });
-        };
+        let (mem, interrupt, q) = activation.single_queue()?;
         let disk = self.disk.try_clone().map_err(VirtioError::SpawnWorker)?;
         let handler = BlockHandler::new(mem, q.queue, q.index, interrupt, disk);
         self.worker = Some(Worker::spawn("hospes-blk", vec![q.event], handler)?);

@@ -55,16 +55,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError> {
-        let Activation {
-            mem,
-            interrupt,
-            mut queues,
-            ..
-        } = activation;
-        let got = queues.len();
-        let (Some(q), 1) = (queues.pop(), got) else {
-            return Err(VirtioError::QueueCount { got, want: 1 });
-        };
+        let (mem, interrupt, q) = activation.single_queue()?;
         let handler = RngHandler {
             mem,
             queue: q.queue,
