@@ -3,7 +3,7 @@
 //! Each vCPU runs `KVM_RUN` on its own thread. Port and MMIO exits are dispatched to the
 //! machine's buses; exits that end the boot (triple fault, system events, errors) go to
 //! the machine as [`VcpuEvent`]s. Another thread stops or pauses a vCPU by setting the
-//! shared [`RunControl`] and sending [`KICK_SIGNAL`]: its handler sets this thread's
+//! shared [`RunControl`] and sending [`kick_signal`] (SIGRTMIN): its handler sets this thread's
 //! `immediate_exit`, so `KVM_RUN` returns at once even when the signal lands just before
 //! the vCPU enters the guest.
 
@@ -44,9 +44,6 @@ pub enum VcpuError {
 pub fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
-
-/// Alias kept for docs: the signal number is [`kick_signal`]`()`.
-pub const KICK_SIGNAL: &str = "SIGRTMIN";
 
 thread_local! {
     /// This vCPU thread's `kvm_run.immediate_exit`, for the kick signal handler.

@@ -86,13 +86,14 @@ impl PmBlock {
 
     fn read_byte(&self, off: u64) -> u8 {
         let word = |v: u16, hi: bool| if hi { (v >> 8) as u8 } else { v as u8 };
-        match off {
-            0 | 1 => word(self.pm1_sts, off == 1),
-            2 | 3 => word(self.pm1_en, off == 3),
-            4 | 5 => word(self.pm1_cnt, off == 5),
-            8..=11 => (self.timer() >> ((off - PM_TMR) * 8)) as u8,
-            0xc | 0xd => word(self.gpe0_sts, off == 0xd),
-            0xe | 0xf => word(self.gpe0_en, off == 0xf),
+        let hi = off & 1 == 1;
+        match off & !1 {
+            PM1_STS => word(self.pm1_sts, hi),
+            PM1_EN => word(self.pm1_en, hi),
+            PM1_CNT => word(self.pm1_cnt, hi),
+            PM_TMR | 0xa => (self.timer() >> ((off - PM_TMR) * 8)) as u8,
+            GPE0_STS => word(self.gpe0_sts, hi),
+            GPE0_EN => word(self.gpe0_en, hi),
             _ => 0,
         }
     }
@@ -106,17 +107,18 @@ impl PmBlock {
             }
         };
         let clear = |reg: &mut u16, hi: bool| *reg &= !(u16::from(b) << if hi { 8 } else { 0 });
-        match off {
-            0 | 1 => clear(&mut self.pm1_sts, off == 1),
-            2 | 3 => set(&mut self.pm1_en, off == 3),
-            4 | 5 => {
-                set(&mut self.pm1_cnt, off == 5);
+        let hi = off & 1 == 1;
+        match off & !1 {
+            PM1_STS => clear(&mut self.pm1_sts, hi),
+            PM1_EN => set(&mut self.pm1_en, hi),
+            PM1_CNT => {
+                set(&mut self.pm1_cnt, hi);
                 self.pm1_cnt |= SCI_EN;
                 self.check_sleep();
             }
-            0xc | 0xd => clear(&mut self.gpe0_sts, off == 0xd),
-            0xe | 0xf => set(&mut self.gpe0_en, off == 0xf),
-            RESET => {
+            GPE0_STS => clear(&mut self.gpe0_sts, hi),
+            GPE0_EN => set(&mut self.gpe0_en, hi),
+            RESET if off == RESET => {
                 if b == RESET_VALUE {
                     self.power.request(PowerEvent::Reset);
                 }
@@ -159,7 +161,6 @@ impl BusDevice for PmBlock {
             }
             self.write_byte(off, b);
         }
-        let _ = (PM1_STS, PM1_EN, GPE0_STS, GPE0_EN);
         self.update_sci();
     }
 }
