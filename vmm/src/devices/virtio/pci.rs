@@ -11,7 +11,8 @@
 //! | `0x4000` | MSI-X table (16 bytes per vector)                |
 //! | `0x5000` | MSI-X pending bit array                          |
 //!
-//! Vendor capabilities in configuration space point at these regions. A notify write reaches
+//! Vendor capabilities in configuration space point at these regions, and a PCI_CFG
+//! capability gives the same regions through configuration space. A notify write reaches
 //! the queue's eventfd either from the kernel (KVM ioeventfd, registered through
 //! [`IoEventRegistrar`] whenever BAR0 is placed) or, without one, from [`BusDevice::write`].
 //! Interrupts go through the MSI-X table kept here ([`MsixState`]): masked vectors set their
@@ -52,6 +53,7 @@ const CFG_COMMON: u8 = 1;
 const CFG_NOTIFY: u8 = 2;
 const CFG_ISR: u8 = 3;
 const CFG_DEVICE: u8 = 4;
+const CFG_PCI: u8 = 5;
 
 pub const STATUS_ACKNOWLEDGE: u8 = 1;
 pub const STATUS_DRIVER: u8 = 2;
@@ -227,6 +229,9 @@ pub struct TransportParts {
 pub struct VirtioPciDevice {
     config: PciConfig,
     msix_cap: usize,
+    /// Offset of the VIRTIO_PCI_CAP_PCI_CFG capability: a window onto BAR0 through
+    /// configuration space, for drivers that cannot map the BAR yet.
+    pci_cfg_cap: usize,
     device: Box<dyn VirtioDevice>,
     mem: GuestMemory,
     ioevents: Option<Arc<dyn IoEventRegistrar>>,
@@ -315,6 +320,18 @@ impl VirtioPciDevice {
                 &[0, 0, 0, MSIX_ENABLE | MSIX_FUNCTION_MASK],
             )
             .map_err(pci)?;
+        // bar, offset and length (bytes 4, 8..16) and the data window (16..20) are the
+        // driver's to write.
+        let mut cfg_writable = [0u8; 20];
+        cfg_writable[4] = 0xff;
+        cfg_writable[8..20].fill(0xff);
+        let pci_cfg_cap = config
+            .add_capability(
+                CAP_ID_VENDOR,
+                &vendor_cap(CFG_PCI, 0, 0, &[0; 4]),
+                &cfg_writable,
+            )
+            .map_err(pci)?;
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -326,6 +343,7 @@ impl VirtioPciDevice {
         Ok(Self {
             config,
             msix_cap,
+            pci_cfg_cap,
             device,
             mem: parts.mem,
             ioevents: parts.ioevents,
@@ -631,10 +649,27 @@ impl PciDevice for VirtioPciDevice {
         &mut self.config
     }
 
+    fn read_config(&mut self, reg: usize) -> u32 {
+        if reg == self.pci_cfg_cap / 4 + 4
+            && let Some((offset, len)) = self.pci_cfg_window()
+        {
+            let mut b = [0u8; 4];
+            self.bar_read(offset, &mut b[..len]);
+            return u32::from_le_bytes(b);
+        }
+        self.config.read_reg(reg)
+    }
+
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarChange> {
         let changes = self.config.write_reg(reg, offset, data);
         if reg == self.msix_cap / 4 {
             self.sync_msix_control();
+        }
+        if reg == self.pci_cfg_cap / 4 + 4
+            && let Some((bar_offset, len)) = self.pci_cfg_window()
+        {
+            let b = self.config.read_reg(reg).to_le_bytes();
+            self.bar_write(bar_offset, &b[..len]);
         }
         for c in &changes {
             if c.bar == 0 {
@@ -645,11 +680,19 @@ impl PciDevice for VirtioPciDevice {
     }
 }
 
-impl BusDevice for VirtioPciDevice {
-    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
-        if self.config.bar_mapped(0) != Some(base) {
-            return;
-        }
+impl VirtioPciDevice {
+    /// The BAR0 offset and width the PCI_CFG capability selects, if the driver chose a
+    /// valid one (BAR0, an access of 1, 2 or 4 bytes, naturally aligned).
+    fn pci_cfg_window(&self) -> Option<(u64, usize)> {
+        let at = self.pci_cfg_cap;
+        let bar = self.config.byte(at + 4);
+        let offset = u64::from(self.config.read_reg(at / 4 + 2));
+        let len = self.config.read_reg(at / 4 + 3) as usize;
+        (bar == 0 && matches!(len, 1 | 2 | 4) && offset % len as u64 == 0 && offset < BAR_SIZE)
+            .then_some((offset, len))
+    }
+
+    fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
         let (region, off) = (offset & !(REGION_LEN - 1), offset & (REGION_LEN - 1));
         match region {
             COMMON_OFFSET if matches!(data.len(), 1 | 2 | 4 | 8) => self.read_common(off, data),
@@ -667,10 +710,7 @@ impl BusDevice for VirtioPciDevice {
         }
     }
 
-    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
-        if self.config.bar_mapped(0) != Some(base) {
-            return;
-        }
+    fn bar_write(&mut self, offset: u64, data: &[u8]) {
         let (region, off) = (offset & !(REGION_LEN - 1), offset & (REGION_LEN - 1));
         match region {
             COMMON_OFFSET if matches!(data.len(), 1 | 2 | 4 | 8) => self.write_common(off, data),
@@ -678,6 +718,20 @@ impl BusDevice for VirtioPciDevice {
             NOTIFY_OFFSET => self.notify(off),
             MSIX_TABLE_OFFSET => lock(&self.msix).write_table(off, data),
             _ => {}
+        }
+    }
+}
+
+impl BusDevice for VirtioPciDevice {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        if self.config.bar_mapped(0) == Some(base) {
+            self.bar_read(offset, data);
+        }
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        if self.config.bar_mapped(0) == Some(base) {
+            self.bar_write(offset, data);
         }
     }
 }
@@ -727,6 +781,7 @@ mod tests {
                 (CFG_ISR, 0, ISR_OFFSET as u32),
                 (CFG_DEVICE, 0, DEVICE_OFFSET as u32),
                 (CFG_NOTIFY, 0, NOTIFY_OFFSET as u32),
+                (CFG_PCI, 0, 0),
             ]
         );
         drop(dev);
@@ -886,6 +941,33 @@ mod tests {
         // Past the table: ignored, no panic.
         d.write(MSIX_TABLE_OFFSET + 3 * 16, &1u32.to_le_bytes());
         d.write(MSIX_TABLE_OFFSET + 3, &[1, 2]);
+    }
+
+    #[test]
+    fn pci_cfg_capability_reaches_bar0_through_config_space() {
+        let (d, _) = fake();
+        let mut dev = d.dev.lock().unwrap();
+        let at = dev.pci_cfg_cap;
+        assert_eq!(dev.read_config(at / 4) >> 24, u32::from(CFG_PCI));
+        // Select num_queues (common config 0x12, 2 bytes) and read it.
+        dev.write_config(at / 4 + 2, 0, &0x12u32.to_le_bytes());
+        dev.write_config(at / 4 + 3, 0, &2u32.to_le_bytes());
+        assert_eq!(dev.read_config(at / 4 + 4) & 0xffff, 2);
+        // Write the device status through the window.
+        dev.write_config(at / 4 + 2, 0, &0x14u32.to_le_bytes());
+        dev.write_config(at / 4 + 3, 0, &1u32.to_le_bytes());
+        dev.write_config(at / 4 + 4, 0, &[STATUS_ACKNOWLEDGE]);
+        drop(dev);
+        assert_eq!(d.status(), STATUS_ACKNOWLEDGE);
+        // A misaligned or odd-sized selection does nothing.
+        let mut dev = d.dev.lock().unwrap();
+        dev.write_config(at / 4 + 2, 0, &0x13u32.to_le_bytes());
+        dev.write_config(at / 4 + 3, 0, &2u32.to_le_bytes());
+        dev.write_config(at / 4 + 4, 0, &[0, 0]);
+        dev.write_config(at / 4 + 3, 0, &3u32.to_le_bytes());
+        dev.write_config(at / 4 + 4, 0, &[0, 0, 0]);
+        drop(dev);
+        assert_eq!(d.status(), STATUS_ACKNOWLEDGE);
     }
 
     #[test]
