@@ -251,3 +251,22 @@ fn unix_socket_console_carries_input_and_output() {
     let status = hospes_tests::wait_timeout(&mut child, TIMEOUT);
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
+
+#[test]
+fn com1_interrupt_reaches_the_guest_through_the_ioapic() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("irq", GuestKind::Pvh);
+    let out = run_vmm(
+        &["--kernel", g.path.to_str().unwrap(), "-m", "32M"],
+        TIMEOUT,
+    );
+    assert_eq!(
+        out.stdout,
+        "irq: waiting for COM1's interrupt\nirq: COM1 interrupt arrived on vector 0x24\n",
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.success(), "{out:?}");
+}

@@ -265,8 +265,14 @@ fn run_loop(
         }
         match vcpu.run() {
             Ok(exit) => {
+                let internal = matches!(exit, VcpuExit::InternalError);
                 if let Some(ev) = handle_exit(exit, index, buses) {
-                    return Some(ev);
+                    return Some(match ev {
+                        VcpuEvent::Error(msg) if internal => {
+                            VcpuEvent::Error(format!("{msg}: {}", internal_error_details(vcpu)))
+                        }
+                        ev => ev,
+                    });
                 }
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -279,6 +285,22 @@ fn run_loop(
             }
         }
     }
+}
+
+/// KVM's sub-error code and data words, and the guest's instruction pointer, for an
+/// internal-error exit.
+fn internal_error_details(vcpu: &mut VcpuFd) -> String {
+    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or_default();
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, so `internal` is the union
+    // member KVM filled in.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    format!(
+        "suberror {}, data {:x?}, rip {rip:#x}",
+        internal.suberror,
+        &internal.data[..n]
+    )
 }
 
 fn read_bus(bus: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
