@@ -81,3 +81,37 @@ fn quit_ends_a_running_vm() {
     handle.quit();
     assert_eq!(runner.join().unwrap().unwrap(), Exit::Quit);
 }
+
+#[test]
+fn reset_reboots_and_the_handle_keeps_working() {
+    if skip_without_kvm() {
+        return;
+    }
+    let (_guest, console, mut vmm) = powerbutton_vmm(1, false);
+    let handle = vmm.handle();
+    let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
+    wait_for(&console, "button\n");
+    handle.reset();
+    let twice = "waiting for the power button\nwaiting for the power button\n";
+    assert_eq!(wait_for(&console, twice), twice);
+    handle.powerdown().unwrap();
+    assert_eq!(runner.join().unwrap().unwrap(), Exit::PowerOff);
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        format!("{twice}power button pressed\n")
+    );
+}
+
+#[test]
+fn reset_with_no_reboot_ends_the_run() {
+    if skip_without_kvm() {
+        return;
+    }
+    let (_guest, console, mut vmm) = powerbutton_vmm(1, true);
+    let handle = vmm.handle();
+    let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
+    wait_for(&console, "button\n");
+    handle.reset();
+    assert_eq!(runner.join().unwrap().unwrap(), Exit::Reset);
+    assert_eq!(handle.status(), RunState::Shutdown);
+}
