@@ -40,10 +40,25 @@ impl Write for SocketOut {
     }
 }
 
+/// Whether stdin is /dev/null (a scripted or spawned helper): no reader thread then.
+fn stdin_is_null() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (Ok(stdin), Ok(null)) = (
+        std::fs::metadata("/proc/self/fd/0"),
+        std::fs::metadata("/dev/null"),
+    ) else {
+        return false;
+    };
+    stdin.file_type().is_char_device() && stdin.rdev() == null.rdev()
+}
+
 /// Opens the output side of `cfg` and says where input comes from.
 pub fn open(cfg: &SerialConfig) -> Result<(SerialOut, Option<Input>), MachineError> {
     Ok(match cfg {
-        SerialConfig::Stdio => (Box::new(std::io::stdout()), Some(Input::Stdin)),
+        SerialConfig::Stdio => {
+            let input = (!stdin_is_null()).then_some(Input::Stdin);
+            (Box::new(std::io::stdout()), input)
+        }
         SerialConfig::None => (Box::new(std::io::sink()), None),
         SerialConfig::File(path) => {
             let f = OpenOptions::new()
