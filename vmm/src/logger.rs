@@ -86,23 +86,44 @@ pub enum Verdict {
 /// A per-call-site limit of [`BURST`] messages per [`WINDOW_MS`].
 #[derive(Debug)]
 pub struct RateLimit {
+    site: &'static str,
     window: Mutex<Window>,
 }
 
-impl Default for RateLimit {
-    fn default() -> Self {
-        Self::new()
+/// Every limiter that has throttled something, for [`flush_suppressed`].
+static THROTTLED: Mutex<Vec<&'static RateLimit>> = Mutex::new(Vec::new());
+
+/// Logs, for every call site still holding swallowed messages, how many there were. The
+/// helper calls it when the VM ends, so a flood's size is on record even if nothing was
+/// logged after it.
+pub fn flush_suppressed() {
+    let sites = std::mem::take(&mut *crate::devices::bus::lock(&THROTTLED));
+    for rl in sites {
+        let n = std::mem::take(&mut crate::devices::bus::lock(&rl.window).suppressed);
+        if n > 0 {
+            log::warn!("{}: suppressed {n} more messages", rl.site);
+        }
     }
 }
 
 impl RateLimit {
-    pub const fn new() -> Self {
+    /// A limiter for the call site named `site` (`file:line`).
+    pub const fn new(site: &'static str) -> Self {
         Self {
+            site,
             window: Mutex::new(Window {
                 start: None,
                 passed: 0,
                 suppressed: 0,
             }),
+        }
+    }
+
+    /// Records that this limiter holds swallowed messages.
+    fn note_throttled(&'static self) {
+        let mut t = crate::devices::bus::lock(&THROTTLED);
+        if !t.iter().any(|r| std::ptr::eq(*r, self)) {
+            t.push(self);
         }
     }
 
@@ -127,8 +148,12 @@ impl RateLimit {
     }
 
     /// Decides about a message arriving now.
-    pub fn check(&self) -> Verdict {
-        self.check_at(Instant::now())
+    pub fn check(&'static self) -> Verdict {
+        let v = self.check_at(Instant::now());
+        if v == Verdict::Drop {
+            self.note_throttled();
+        }
+        v
     }
 }
 
@@ -138,7 +163,8 @@ impl RateLimit {
 #[macro_export]
 macro_rules! guest_warn {
     ($($arg:tt)*) => {{
-        static LIMIT: $crate::logger::RateLimit = $crate::logger::RateLimit::new();
+        static LIMIT: $crate::logger::RateLimit =
+            $crate::logger::RateLimit::new(concat!(file!(), ":", line!()));
         if let $crate::logger::Verdict::Log { suppressed } = LIMIT.check() {
             if suppressed > 0 {
                 log::warn!("suppressed {} messages like the next one", suppressed);
@@ -155,7 +181,7 @@ mod tests {
 
     #[test]
     fn lets_a_burst_through_then_counts_what_it_drops() {
-        let rl = RateLimit::new();
+        let rl = RateLimit::new("here");
         let t0 = Instant::now();
         for _ in 0..BURST {
             assert_eq!(rl.check_at(t0), Verdict::Log { suppressed: 0 });

@@ -528,6 +528,7 @@ impl Vmm {
             }
         };
         self.handle.set_state(RunState::Shutdown);
+        crate::logger::flush_suppressed();
         let _ = std::io::stdout().flush();
         result
     }
