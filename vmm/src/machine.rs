@@ -473,10 +473,15 @@ impl Vmm {
         if let Some(input) = input {
             console::spawn_input(input, serial.clone())?;
         }
+        let mut rtc = Rtc::new();
+        let ram = layout::ram_ranges(config.memory);
+        let below_4g = ram.first().map_or(0, |r| r.1);
+        let above_4g = ram.get(1).map_or(0, |r| r.1);
+        rtc.set_machine_info(below_4g, above_4g, config.cpus);
         let persistent = Persistent {
             serial,
             serial_irq,
-            rtc: Arc::new(Mutex::new(Rtc::new())),
+            rtc: Arc::new(Mutex::new(rtc)),
         };
         Ok(Self {
             config,

@@ -134,6 +134,30 @@ impl Rtc {
         }
     }
 
+    /// Fills the CMOS bytes PC firmware (SeaBIOS, OVMF) reads for the memory size and CPU
+    /// count, as QEMU lays them out: base memory (0x15/0x16), memory above 1 MiB in KiB
+    /// (0x17/0x18, 0x30/0x31), above 16 MiB in 64 KiB units (0x34/0x35), above 4 GiB in
+    /// 64 KiB units (0x5b..0x5d), and CPUs - 1 (0x5f). `below_4g` and `above_4g` are RAM
+    /// bytes on either side of 4 GiB.
+    pub fn set_machine_info(&mut self, below_4g: u64, above_4g: u64, cpus: u32) {
+        let mut put = |reg: usize, bytes: &[u8]| {
+            for (i, b) in bytes.iter().enumerate() {
+                if let Some(slot) = self.cmos.get_mut(reg + i) {
+                    *slot = *b;
+                }
+            }
+        };
+        put(0x15, &640u16.to_le_bytes());
+        let ext_kib = (below_4g.saturating_sub(1 << 20) >> 10).min(0xffff) as u16;
+        put(0x17, &ext_kib.to_le_bytes());
+        put(0x30, &ext_kib.to_le_bytes());
+        let above_16m = (below_4g.saturating_sub(16 << 20) >> 16).min(0xffff) as u16;
+        put(0x34, &above_16m.to_le_bytes());
+        let high = (above_4g >> 16).to_le_bytes();
+        put(0x5b, &high[..3]);
+        put(0x5f, &[cpus.saturating_sub(1) as u8]);
+    }
+
     fn binary(&self) -> bool {
         self.cmos[usize::from(REG_B)] & B_BINARY != 0
     }
@@ -302,6 +326,25 @@ mod tests {
         assert_eq!(
             reg(&mut Rtc::with_clock(late_in_second), REG_A) & A_UIP,
             A_UIP
+        );
+    }
+
+    #[test]
+    fn cmos_carries_memory_size_and_cpu_count_for_firmware() {
+        let mut r = Rtc::with_clock(fixed);
+        r.set_machine_info(3 << 30, 5 << 30, 4);
+        assert_eq!((reg(&mut r, 0x15), reg(&mut r, 0x16)), (0x80, 0x02));
+        assert_eq!((reg(&mut r, 0x17), reg(&mut r, 0x18)), (0xff, 0xff));
+        let above_16m = u16::from_le_bytes([reg(&mut r, 0x34), reg(&mut r, 0x35)]);
+        assert_eq!(u64::from(above_16m), ((3u64 << 30) - (16 << 20)) >> 16);
+        let high = u32::from_le_bytes([reg(&mut r, 0x5b), reg(&mut r, 0x5c), reg(&mut r, 0x5d), 0]);
+        assert_eq!(u64::from(high), (5u64 << 30) >> 16);
+        assert_eq!(reg(&mut r, 0x5f), 3);
+        let mut small = Rtc::with_clock(fixed);
+        small.set_machine_info(64 << 20, 0, 1);
+        assert_eq!(
+            u16::from_le_bytes([reg(&mut small, 0x30), reg(&mut small, 0x31)]),
+            63 * 1024
         );
     }
 
