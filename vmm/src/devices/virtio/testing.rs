@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pci::{
@@ -189,6 +189,25 @@ impl MockDriver {
         d
     }
 
+    /// Writes `v` at guest address `addr` (the single-region fast path: this runs in the
+    /// benchmark's hot loop).
+    pub fn put<T: ByteValued>(&self, addr: u64, v: T) {
+        let slice = self
+            .mem
+            .get_slice(GuestAddress(addr), size_of::<T>())
+            .unwrap();
+        slice.write_obj(v, 0).unwrap();
+    }
+
+    /// Reads a `T` at guest address `addr`.
+    pub fn get<T: ByteValued>(&self, addr: u64) -> T {
+        let slice = self
+            .mem
+            .get_slice(GuestAddress(addr), size_of::<T>())
+            .unwrap();
+        slice.read_obj(0).unwrap()
+    }
+
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         assert!(self.bus.read(BAR + offset, data));
     }
@@ -282,28 +301,25 @@ impl MockDriver {
 
     pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let at = DESC + u64::from(index) * 16;
-        self.mem.write_obj(addr, GuestAddress(at)).unwrap();
-        self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-        self.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        self.put(at, addr);
+        self.put(at + 8, len);
+        self.put(at + 12, flags);
+        self.put(at + 14, next);
     }
 
     /// Publishes descriptor `head` in the avail ring.
     pub fn publish(&mut self, head: u16) {
         let slot = u64::from(self.avail_idx % self.qsize);
-        self.mem
-            .write_obj(head, GuestAddress(AVAIL + 4 + slot * 2))
-            .unwrap();
+        self.put(AVAIL + 4 + slot * 2, head);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
+        // x86 keeps stores in order: the entry is visible before the index.
+        self.put(AVAIL + 2, self.avail_idx);
     }
 
     /// Sets the avail index to any value (hostile drivers).
     pub fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;
-        self.mem.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
+        self.put(AVAIL + 2, idx);
     }
 
     /// Writes a chain of `(addr, len, device_writable)` buffers and publishes it.
@@ -321,12 +337,20 @@ impl MockDriver {
         head
     }
 
+    /// Kicks unless the device said it does not need it (`VRING_USED_F_NO_NOTIFY`).
+    pub fn kick_if_needed(&self, queue: u16) {
+        let flags: u16 = self.get(USED);
+        if flags & 1 == 0 {
+            self.kick(queue);
+        }
+    }
+
     pub fn kick(&self, queue: u16) {
         self.write(NOTIFY_OFFSET + u64::from(queue) * 4, &queue.to_le_bytes());
     }
 
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        self.get(USED + 2)
     }
 
     /// The next used element, if the device returned one: `(id, len)`.
@@ -337,10 +361,7 @@ impl MockDriver {
         let slot = u64::from(self.used_seen % self.qsize);
         let at = USED + 4 + slot * 8;
         self.used_seen = self.used_seen.wrapping_add(1);
-        Some((
-            self.mem.read_obj(GuestAddress(at)).unwrap(),
-            self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-        ))
+        Some((self.get(at), self.get(at + 4)))
     }
 
     /// Sleeps until the device raises an interrupt (as a guest would in `hlt`).
