@@ -490,6 +490,33 @@ mod tests {
     }
 
     #[test]
+    fn drops_a_chain_with_too_many_descriptors() {
+        let f = image();
+        let mut d = start(&f, false);
+        let table = DATA + 0x10_0000;
+        let n = 2048u64;
+        header(&d, T_IN, 0);
+        for i in 0..n {
+            let (addr, len, flags) = match i {
+                0 => (HDR, 16u32, VIRTQ_DESC_F_NEXT),
+                _ if i == n - 1 => (STATUS, 1, VIRTQ_DESC_F_WRITE),
+                _ => (BUF, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE),
+            };
+            let at = table + i * 16;
+            d.put(at, addr);
+            d.put(at + 8, len);
+            d.put(at + 12, flags);
+            d.put(at + 14, i as u16 + 1);
+        }
+        d.write_desc(0, table, (n * 16) as u32, VIRTQ_DESC_F_INDIRECT, 0);
+        d.publish(0);
+        d.kick(0);
+        assert_eq!(d.wait_used(), (0, 0));
+        assert_eq!(status(&d), 0xaa, "no status written for a dropped chain");
+        still_serves(&mut d);
+    }
+
+    #[test]
     fn survives_avail_index_far_ahead() {
         let f = image();
         let mut d = start(&f, false);

@@ -31,7 +31,8 @@ pub const S_UNSUPP: u8 = 2;
 
 const HEADER_LEN: u64 = 16;
 const SEGMENT_LEN: u64 = 16;
-/// More descriptors than this in one chain is malformed (a queue holds 256).
+/// More descriptors than this in one chain is malformed (a queue holds 256; an indirect
+/// table could hold 65535).
 const MAX_DESCRIPTORS: usize = 1024;
 
 /// Why a request failed; each maps to the status byte the guest sees.
@@ -241,9 +242,13 @@ fn serve(
             addr: d.addr().0,
             len: u64::from(d.len()),
         };
+        if count > MAX_DESCRIPTORS {
+            // An indirect table may hold 65535 descriptors; no real request needs that many.
+            return 0;
+        }
         if d.is_write_only() {
             s.writable.push(seg);
-        } else if !s.writable.is_empty() || count > MAX_DESCRIPTORS {
+        } else if !s.writable.is_empty() {
             // Device-readable after device-writable: no sane place for the status byte.
             return 0;
         } else {
