@@ -364,8 +364,18 @@ impl MockDriver {
         Some((self.get(at), self.get(at + 4)))
     }
 
-    /// Sleeps until the device raises an interrupt (as a guest would in `hlt`).
+    /// Sleeps until the device raises an interrupt (as a guest would in `hlt`); panics after
+    /// 5 s without one.
     pub fn wait_interrupt(&self) {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.irq.event.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, alive for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert_eq!(n, 1, "no interrupt within 5 s");
         self.irq.event.read().unwrap();
     }
 

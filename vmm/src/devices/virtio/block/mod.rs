@@ -250,6 +250,7 @@ mod tests {
         assert_eq!(&got[..512], &[3u8; 512][..]);
         assert_eq!(&got[512..], &[4u8; 512][..]);
         // The queue's vector (0) was raised.
+        d.wait_interrupt();
         assert!(d.irq.fired.lock().unwrap().contains(&0));
     }
 
@@ -327,6 +328,34 @@ mod tests {
         assert_eq!(segment_request(&mut d, T_DISCARD, 16, 8), S_OK);
         assert_eq!(f.as_file().metadata().unwrap().len(), SECTORS * 512);
         assert_eq!(segment_request(&mut d, T_DISCARD, SECTORS - 1, 2), S_IOERR);
+    }
+
+    #[test]
+    fn event_idx_interrupts_only_when_the_driver_asks() {
+        use crate::devices::virtio::pci::STATUS_DRIVER_OK;
+        use crate::devices::virtio::testing::AVAIL;
+
+        let f = image();
+        let mut d = MockDriver::new(Box::new(Block::open(f.path(), false, "x").unwrap()));
+        let all = d.device_features();
+        assert_ne!(
+            all & 1 << crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX,
+            0
+        );
+        let st = d.negotiate(all);
+        d.enable_msix();
+        d.setup_queue(0, 16, 0);
+        d.write(0x14, &[st | STATUS_DRIVER_OK]);
+        let used_event = AVAIL + 4 + 2 * 16;
+        // used_event 0: interrupt once used idx passes 0.
+        d.put(used_event, 0u16);
+        assert_eq!(rw(&mut d, T_IN, 1, 512).1, S_OK);
+        d.wait_interrupt();
+        // used_event 10: the driver wants no interrupt for the next few.
+        d.put(used_event, 10u16);
+        assert_eq!(rw(&mut d, T_IN, 2, 512).1, S_OK);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(d.irq.fired.lock().unwrap().len(), 1);
     }
 
     #[test]

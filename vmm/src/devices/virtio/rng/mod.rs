@@ -153,6 +153,7 @@ mod tests {
         // 256 zero bytes (or two equal halves) from getrandom: odds of 2^-2048.
         assert_ne!(a, [0; 256]);
         assert_ne!(a, b);
+        d.wait_interrupt();
         assert!(d.irq.fired.lock().unwrap().contains(&0));
     }
 
