@@ -287,8 +287,12 @@ impl MockDriver {
     }
 
     /// Programs queue `index` with the rings at [`DESC`], [`AVAIL`], [`USED`].
+    /// Fresh, empty rings: a driver after a device reset starts over.
     pub fn setup_queue(&mut self, index: u16, size: u16, vector: u16) {
         self.qsize = size;
+        (self.next_desc, self.avail_idx, self.used_seen) = (0, 0, 0);
+        self.put(AVAIL, 0u32);
+        self.put(USED, 0u32);
         self.write(0x16, &index.to_le_bytes());
         self.write(0x18, &size.to_le_bytes());
         self.write(0x1a, &vector.to_le_bytes());

@@ -51,6 +51,14 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is in use by another program (a running VM?)")]
+    Locked { path: std::path::PathBuf },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the size of {path}")]
     Metadata {
         path: std::path::PathBuf,
@@ -78,6 +86,18 @@ impl Block {
                 path: path.to_owned(),
                 source,
             })?;
+        lock_image(&file, read_only).map_err(|source| {
+            if matches!(source.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) {
+                BlockError::Locked {
+                    path: path.to_owned(),
+                }
+            } else {
+                BlockError::Lock {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
         let len = file
             .metadata()
             .map_err(|source| BlockError::Metadata {
@@ -109,6 +129,29 @@ impl Block {
             config,
             worker: None,
         }
+    }
+}
+
+/// Takes an open-file-description lock on the whole image: shared for a read-only disk,
+/// exclusive otherwise, so two VMs (or a VM and a tool that locks the same way, like QEMU)
+/// never write one image at once. The lock lives as long as the file and its clones.
+fn lock_image(file: &File, read_only: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let kind = if read_only {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    };
+    // SAFETY: `flock` is plain data; all-zero is a valid value that the fields below complete.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads the `flock` we pass, which lives for the call.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -215,6 +258,24 @@ mod tests {
         let w = kind == T_IN || kind == T_GET_ID;
         let (_, used) = d.submit(&[(HDR, 16, false), (BUF, len, w), (STATUS, 1, true)]);
         (used, status(d))
+    }
+
+    #[test]
+    fn an_image_is_locked_against_a_second_writer() {
+        let f = image();
+        let first = Block::open(f.path(), false, "a").unwrap();
+        assert!(matches!(
+            Block::open(f.path(), false, "b"),
+            Err(BlockError::Locked { .. })
+        ));
+        assert!(matches!(
+            Block::open(f.path(), true, "b"),
+            Err(BlockError::Locked { .. })
+        ));
+        drop(first);
+        let _ro1 = Block::open(f.path(), true, "a").unwrap();
+        let _ro2 = Block::open(f.path(), true, "b").unwrap();
+        assert!(Block::open(f.path(), false, "c").is_err());
     }
 
     #[test]
@@ -564,7 +625,9 @@ mod tests {
         still_serves(&mut d);
         d.write(0x14, &[0]);
         assert_eq!(d.status(), 0);
-        let mut d = MockDriver::started(Box::new(Block::open(f.path(), false, "x").unwrap()), 16);
+        // The same device comes up again, worker and all.
+        let mut d = d.start(16);
+        still_serves(&mut d);
         still_serves(&mut d);
     }
 }
