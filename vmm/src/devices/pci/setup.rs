@@ -228,6 +228,7 @@ pub fn attach_to_machine(
     disks: &[DiskSpec],
     rng: bool,
 ) -> Result<(), MachineError> {
+    let high = layout::high_mmio_start(machine.config.memory);
     let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
     let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
     attach_pci(
@@ -237,7 +238,8 @@ pub fn attach_to_machine(
             mem: machine.guest_memory.clone(),
             vm: Some(machine.vm_fd.clone()),
             mmio_window: (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
-            high_mmio_window: None,
+            // The windows the DSDT's root bridge _CRS announces, where a guest may move BARs.
+            high_mmio_window: Some((high, high + layout::HIGH_MMIO_SIZE)),
             ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
             disks,
             rng,
