@@ -40,6 +40,7 @@ use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
 use crate::vstate::{memory, vm};
 
 pub mod console;
+pub mod qmp;
 
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY: u64 = 2 << 20;

@@ -6,10 +6,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use hospes_vmm::devices::pci::setup::{DiskSpec, attach_to_machine};
-use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm};
+use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
 
 /// Runs one virtual machine on KVM.
 #[derive(Parser, Debug)]
@@ -42,9 +43,9 @@ struct Args {
     /// A disk image as virtio-blk on PCI, FILE[,readonly] (repeatable).
     #[arg(long, value_name = "FILE[,readonly]")]
     disk: Vec<DiskSpec>,
-    /// QMP control socket, unix:PATH (wired by the control module).
-    #[arg(long, value_name = "unix:PATH")]
-    qmp: Option<String>,
+    /// QMP control socket, unix:PATH (QEMU's ",server,nowait" suffixes are accepted).
+    #[arg(long, value_name = "unix:PATH", value_parser = parse_qmp)]
+    qmp: Option<PathBuf>,
 }
 
 /// Parses QEMU-style sizes: `512`, `512M`, `2G`, `1024K`, `1T`, optional `B`/`iB`.
@@ -68,6 +69,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+fn parse_qmp(s: &str) -> Result<PathBuf, String> {
+    hospes_vmm::control::parse_unix_endpoint(s).map_err(|e| e.to_string())
+}
+
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     match s.split_once(':') {
         _ if s == "stdio" => Ok(SerialConfig::Stdio),
@@ -81,6 +86,7 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
 /// What `main` needs besides the machine configuration.
 struct Extras {
     disks: Vec<DiskSpec>,
+    qmp: Option<PathBuf>,
 }
 
 fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
@@ -93,7 +99,10 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         serial: args.serial,
         no_reboot: args.no_reboot,
     };
-    let mut extras = Extras { disks: Vec::new() };
+    let mut extras = Extras {
+        disks: Vec::new(),
+        qmp: args.qmp,
+    };
     if let Some(path) = &args.config {
         let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
         // Paths in vm.ron are relative to the VM's folder.
@@ -144,10 +153,6 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     if !args.disk.is_empty() {
         extras.disks = args.disk;
     }
-    if let Some(q) = args.qmp {
-        // Hook for the control module: start the QMP server on `vmm.handle()` in `main`.
-        log::warn!("--qmp {q} is not wired yet");
-    }
     Ok((cfg, extras))
 }
 
@@ -174,8 +179,9 @@ fn block_quit_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
-/// Starts a thread that waits for the quit signals and quits the VM through `handle`.
-fn quit_on_signals(handle: hospes_vmm::machine::VmHandle) {
+/// Starts a thread that waits for the quit signals and quits the VM through `handle` (or
+/// through QMP's bridge, so its SHUTDOWN event names the signal).
+fn quit_on_signals(handle: hospes_vmm::machine::VmHandle, bridge: Option<Arc<qmp::QmpBridge>>) {
     let set = quit_sigset();
     let spawned = std::thread::Builder::new()
         .name("signals".into())
@@ -184,7 +190,10 @@ fn quit_on_signals(handle: hospes_vmm::machine::VmHandle) {
             // SAFETY: `set` and `sig` are valid for the call.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
                 log::info!("terminating on signal {sig}");
-                handle.quit();
+                match &bridge {
+                    Some(b) => b.quit_on_signal(),
+                    None => handle.quit(),
+                }
             }
         });
     if let Err(e) = spawned {
@@ -217,12 +226,26 @@ fn main() -> ExitCode {
     block_quit_signals();
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
-    let setup = |machine: &mut hospes_vmm::machine::Machine| {
-        attach_to_machine(machine, &extras.disks, false)
-    };
     let result = Vmm::new(cfg).and_then(|mut vmm| {
-        quit_on_signals(vmm.handle());
-        vmm.run(setup)
+        let qmp = match &extras.qmp {
+            Some(path) => Some(qmp::start(path, vmm.handle())?),
+            None => None,
+        };
+        let bridge = qmp.as_ref().map(|q| q.bridge.clone());
+        quit_on_signals(vmm.handle(), bridge.clone());
+        let mut boots = 0;
+        let setup = |machine: &mut hospes_vmm::machine::Machine| {
+            boots += 1;
+            if let Some(b) = &bridge {
+                b.on_boot(boots);
+            }
+            attach_to_machine(machine, &extras.disks, false)
+        };
+        let result = vmm.run(setup);
+        if let Some(q) = qmp {
+            q.finish(&result);
+        }
+        result
     });
     match result {
         Ok(_) => ExitCode::SUCCESS,

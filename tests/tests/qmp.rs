@@ -1,0 +1,91 @@
+//! `hospes-vmm --qmp`: the QMP commands reach the VM and its state changes come back as
+//! events, through the project's typed client.
+
+use std::time::{Duration, Instant};
+
+use hospes_tests::{GuestKind, build_guest, skip_without_kvm, vmm_binary, wait_timeout};
+use hospes_vmm::control::RunState;
+use hospes_vmm::control::client::QmpClient;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn wait_for(path: &std::path::Path, text: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if s.contains(text) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn qmp_stop_cont_reset_and_powerdown_drive_the_guest() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("powerbutton", GuestKind::Pvh);
+    let console = g.dir.path().join("console.txt");
+    let sock = g.dir.path().join("qmp.sock");
+    let mut child = std::process::Command::new(vmm_binary())
+        .args(["--kernel", g.path.to_str().unwrap(), "-m", "32M"])
+        .arg("--serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("--qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let once = "waiting for the power button\n";
+    assert_eq!(wait_for(&console, once), once);
+    let mut qmp = QmpClient::connect(&sock).unwrap();
+    assert_eq!(qmp.query_status().unwrap().status, RunState::Running);
+    qmp.stop().unwrap();
+    assert_eq!(qmp.query_status().unwrap().status, RunState::Paused);
+    qmp.wait_event("STOP", TIMEOUT).unwrap();
+    qmp.cont().unwrap();
+    qmp.wait_event("RESUME", TIMEOUT).unwrap();
+
+    qmp.system_reset().unwrap();
+    let reset = qmp.wait_event("RESET", TIMEOUT).unwrap();
+    assert_eq!(reset.data["guest"], false);
+    let twice = once.repeat(2);
+    assert_eq!(wait_for(&console, &twice), twice);
+
+    qmp.system_powerdown().unwrap();
+    qmp.wait_event("POWERDOWN", TIMEOUT).unwrap();
+    let shutdown = qmp.wait_event("SHUTDOWN", TIMEOUT).unwrap();
+    assert_eq!(shutdown.data["reason"], "guest-shutdown");
+    let status = wait_timeout(&mut child, TIMEOUT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        format!("{twice}power button pressed\n")
+    );
+}
+
+#[test]
+fn qmp_quit_ends_the_helper_with_status_0() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("powerbutton", GuestKind::Pvh);
+    let console = g.dir.path().join("console.txt");
+    let sock = g.dir.path().join("qmp.sock");
+    let mut child = std::process::Command::new(vmm_binary())
+        .args(["--kernel", g.path.to_str().unwrap(), "-m", "32M"])
+        .arg("--serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("--qmp")
+        .arg(format!("unix:{}", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&console, "button\n");
+    let mut qmp = QmpClient::connect(&sock).unwrap();
+    qmp.quit().unwrap();
+    let status = wait_timeout(&mut child, TIMEOUT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(!sock.exists(), "the socket is removed");
+}

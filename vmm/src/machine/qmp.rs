@@ -1,0 +1,138 @@
+//! The bridge between the QMP server (`control`) and the VM: QMP commands arrive on the
+//! server's client threads and become [`VmHandle`] calls; the VM's state changes go back
+//! to every client as QMP events (STOP, RESUME, POWERDOWN, RESET, SHUTDOWN).
+//!
+//! `main` starts it with [`start`] when `--qmp unix:PATH` is given, calls
+//! [`QmpBridge::on_boot`] from the device registration step of every boot (a boot after
+//! the first one is a reset: RESET with `guest: true` unless QMP asked for it) and
+//! [`Qmp::finish`] when the VM ends (SHUTDOWN, then the server closes).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::control::{
+    ControlError, Event, EventSender, QmpServer, QmpServerHandle, RunState as QmpState,
+    ShutdownReason, VmControl,
+};
+use crate::devices::bus::lock;
+
+use super::{Exit, HandleError, MachineError, RunState, VmHandle};
+
+/// Implements the QMP commands on a [`VmHandle`].
+pub struct QmpBridge {
+    handle: VmHandle,
+    events: EventSender,
+    host_reset: AtomicBool,
+    quit_reason: std::sync::Mutex<ShutdownReason>,
+}
+
+fn qmp_state(s: RunState) -> QmpState {
+    match s {
+        RunState::Prelaunch => QmpState::Prelaunch,
+        RunState::Running => QmpState::Running,
+        RunState::Paused => QmpState::Paused,
+        RunState::Shutdown => QmpState::Shutdown,
+    }
+}
+
+impl QmpBridge {
+    /// Called on boot number `boot` (1 for the first): later boots follow a reset.
+    pub fn on_boot(&self, boot: u32) {
+        if boot > 1 && !self.host_reset.swap(false, Ordering::SeqCst) {
+            self.events.emit(Event::Reset {
+                guest: true,
+                reason: ShutdownReason::GuestReset,
+            });
+        }
+    }
+
+    /// Quits because a signal arrived (SHUTDOWN then says host-signal).
+    pub fn quit_on_signal(&self) {
+        *lock(&self.quit_reason) = ShutdownReason::HostSignal;
+        self.handle.quit();
+    }
+
+    fn shutdown_event(&self, exit: &Result<Exit, MachineError>) -> Event {
+        let (guest, reason) = match exit {
+            Ok(Exit::PowerOff) => (true, ShutdownReason::GuestShutdown),
+            Ok(Exit::Reset) => (true, ShutdownReason::GuestReset),
+            Ok(Exit::Quit) => (false, *lock(&self.quit_reason)),
+            Err(_) => (false, ShutdownReason::HostError),
+        };
+        Event::Shutdown { guest, reason }
+    }
+}
+
+impl VmControl for QmpBridge {
+    fn status(&self) -> QmpState {
+        qmp_state(self.handle.status())
+    }
+
+    fn pause(&self) -> Result<(), ControlError> {
+        self.handle.pause().map_err(|e| match e {
+            HandleError::NotRunning => ControlError::InvalidState(self.status()),
+            HandleError::PauseTimeout => ControlError::Failed(e.to_string()),
+        })?;
+        self.events.emit(Event::Stop);
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), ControlError> {
+        self.handle.resume();
+        self.events.emit(Event::Resume);
+        Ok(())
+    }
+
+    fn powerdown(&self) -> Result<(), ControlError> {
+        self.handle
+            .powerdown()
+            .map_err(|_| ControlError::InvalidState(self.status()))?;
+        self.events.emit(Event::Powerdown);
+        Ok(())
+    }
+
+    fn reset(&self) -> Result<(), ControlError> {
+        self.host_reset.store(true, Ordering::SeqCst);
+        self.handle.reset();
+        self.events.emit(Event::Reset {
+            guest: false,
+            reason: ShutdownReason::HostQmpSystemReset,
+        });
+        Ok(())
+    }
+
+    fn quit(&self) {
+        *lock(&self.quit_reason) = ShutdownReason::HostQmpQuit;
+        self.handle.quit();
+    }
+}
+
+/// A running QMP server and its bridge.
+pub struct Qmp {
+    pub bridge: Arc<QmpBridge>,
+    server: QmpServerHandle,
+}
+
+impl Qmp {
+    /// Reports how the VM ended and closes the server.
+    pub fn finish(self, exit: &Result<Exit, MachineError>) {
+        self.server.emit(self.bridge.shutdown_event(exit));
+        self.server.shutdown();
+    }
+}
+
+/// Starts the QMP server on `path` for the VM behind `handle`.
+pub fn start(path: &Path, handle: VmHandle) -> Result<Qmp, MachineError> {
+    let events = EventSender::new();
+    let bridge = Arc::new(QmpBridge {
+        handle,
+        events: events.clone(),
+        host_reset: AtomicBool::new(false),
+        quit_reason: std::sync::Mutex::new(ShutdownReason::HostQmpQuit),
+    });
+    let vm: Arc<dyn VmControl> = bridge.clone();
+    let server = QmpServer::start_with_events(path, vm, events)
+        .map_err(|e| MachineError::Setup(format!("QMP: {e}")))?;
+    Ok(Qmp { bridge, server })
+}
