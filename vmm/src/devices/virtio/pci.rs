@@ -862,6 +862,33 @@ mod tests {
     }
 
     #[test]
+    fn queue_outside_guest_memory_fails_activation_with_needs_reset() {
+        let (d, log) = fake();
+        let st = d.negotiate(1 << VIRTIO_F_VERSION_1);
+        d.write(0x16, &0u16.to_le_bytes());
+        d.write(0x18, &8u16.to_le_bytes());
+        d.write(0x20, &(1u64 << 40).to_le_bytes());
+        d.write(0x1c, &1u16.to_le_bytes());
+        d.write(0x14, &[st | STATUS_DRIVER_OK]);
+        assert_ne!(d.status() & STATUS_NEEDS_RESET, 0);
+        assert!(log.lock().unwrap().activations.is_empty());
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_does_not_activate() {
+        let (d, log) = fake();
+        d.write(
+            0x14,
+            &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK],
+        );
+        assert!(log.lock().unwrap().activations.is_empty());
+        // Nor does a refused FEATURES_OK.
+        let st = d.negotiate(1 << 3);
+        d.write(0x14, &[st | STATUS_DRIVER_OK]);
+        assert!(log.lock().unwrap().activations.is_empty());
+    }
+
+    #[test]
     fn reset_returns_to_initial_state() {
         let (d, log) = started_fake();
         let resets = log.lock().unwrap().resets;

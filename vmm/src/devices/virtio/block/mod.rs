@@ -619,6 +619,25 @@ mod tests {
     }
 
     #[test]
+    fn reset_in_the_middle_of_requests_neither_hangs_nor_panics() {
+        let f = image();
+        let mut d = start(&f, false);
+        for i in 0..5u64 {
+            header(&d, T_IN, i);
+            d.add_chain(&[
+                (HDR, 16, false),
+                (BUF + i * 0x1000, 4096, true),
+                (STATUS, 1, true),
+            ]);
+        }
+        d.kick(0);
+        d.write(0x14, &[0]);
+        assert_eq!(d.status(), 0);
+        let mut d = d.start(16);
+        still_serves(&mut d);
+    }
+
+    #[test]
     fn reset_stops_the_worker_and_restarts_cleanly() {
         let f = image();
         let mut d = start(&f, false);
