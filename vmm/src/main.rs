@@ -14,7 +14,11 @@ use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
 
 /// Runs one virtual machine on KVM.
 #[derive(Parser, Debug)]
-#[command(name = "hospes-vmm", version, about)]
+#[command(
+    name = "hospes-vmm",
+    version,
+    about = "Runs one virtual machine on KVM: the Hospes helper, one process per VM"
+)]
 struct Args {
     /// Kernel to boot: a bzImage or an ELF kernel with a PVH note.
     #[arg(long, value_name = "FILE", required_unless_present = "config")]
