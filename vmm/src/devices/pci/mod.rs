@@ -48,10 +48,6 @@ pub enum PciError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open disk image {path}")]
-    Disk {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot attach a disk")]
+    Disk(#[from] crate::devices::virtio::block::BlockError),
 }

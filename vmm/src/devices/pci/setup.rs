@@ -113,12 +113,7 @@ pub fn attach_pci(pio: &mut Bus, mmio: &mut Bus, p: PciParams<'_>) -> Result<Pci
             .map(|vm| Arc::new(KvmIoEvents::new(vm.clone())) as Arc<dyn IoEventRegistrar>);
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, d) in p.disks.iter().enumerate() {
-        let blk = Block::open(&d.path, d.read_only, &format!("hospes-disk{i}")).map_err(|e| {
-            PciError::Disk {
-                path: d.path.clone(),
-                source: std::io::Error::other(e),
-            }
-        })?;
+        let blk = Block::open(&d.path, d.read_only, &format!("hospes-disk{i}"))?;
         models.push(Box::new(blk));
     }
     if p.rng {
@@ -383,6 +378,6 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(err.to_string().contains("/nonexistent/disk.img"));
+        assert!(error_chain(&err).contains("/nonexistent/disk.img"));
     }
 }
