@@ -272,3 +272,27 @@ fn com1_interrupt_reaches_the_guest_through_the_ioapic() {
     );
     assert!(out.success(), "{out:?}");
 }
+
+#[test]
+fn every_cpu_starts_with_its_own_apic_id() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("smp_all", GuestKind::Pvh);
+    let args = [
+        "--kernel",
+        g.path.to_str().unwrap(),
+        "-m",
+        "32M",
+        "--cpus",
+        "4",
+        "--cmdline",
+        "3",
+    ];
+    let out = run_vmm(&args, TIMEOUT);
+    assert!(out.success(), "{out:?}");
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.pop(), Some("bsp: 3 APs up"), "{}", out.stdout);
+    lines.sort_unstable();
+    assert_eq!(lines, ["ap: apic id 1", "ap: apic id 2", "ap: apic id 3"]);
+}
