@@ -6,13 +6,13 @@
 
 pub mod arch;
 pub mod boot;
+pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod devices;
+pub mod launch;
+pub mod library;
 pub mod logger;
 pub mod machine;
-pub mod vstate;
-pub mod control;
-pub mod launch;
 pub mod runtime;
-pub mod config;
-pub mod library;
-pub mod ctl;
+pub mod vstate;

@@ -165,13 +165,22 @@ mod tests {
         bus.insert(d(), 0x100, 0x10).unwrap();
         assert_eq!(
             bus.insert(d(), 0x108, 4),
-            Err(BusError::Overlap { base: 0x108, len: 4 })
+            Err(BusError::Overlap {
+                base: 0x108,
+                len: 4
+            })
         );
         assert_eq!(
             bus.insert(d(), 0xf8, 0x10),
-            Err(BusError::Overlap { base: 0xf8, len: 0x10 })
+            Err(BusError::Overlap {
+                base: 0xf8,
+                len: 0x10
+            })
         );
-        assert_eq!(bus.insert(d(), 0x200, 0), Err(BusError::BadRange { base: 0x200 }));
+        assert_eq!(
+            bus.insert(d(), 0x200, 0),
+            Err(BusError::BadRange { base: 0x200 })
+        );
         assert_eq!(
             bus.insert(d(), u64::MAX, 2),
             Err(BusError::BadRange { base: u64::MAX })
