@@ -50,6 +50,12 @@ struct Args {
     /// QMP control socket, unix:PATH (QEMU's ",server,nowait" suffixes are accepted).
     #[arg(long, value_name = "unix:PATH", value_parser = parse_qmp)]
     qmp: Option<PathBuf>,
+    /// The VM's name, shown as the process name in `ps` and `top` (default: from vm.ron).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Leave out the virtio-rng entropy device.
+    #[arg(long)]
+    no_rng: bool,
 }
 
 /// Parses QEMU-style sizes: `512`, `512M`, `2G`, `1024K`, `1T`, optional `B`/`iB`.
@@ -91,6 +97,8 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
 struct Extras {
     disks: Vec<DiskSpec>,
     qmp: Option<PathBuf>,
+    name: Option<String>,
+    rng: bool,
 }
 
 fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
@@ -106,6 +114,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     let mut extras = Extras {
         disks: Vec::new(),
         qmp: args.qmp,
+        name: args.name,
+        rng: !args.no_rng,
     };
     if let Some(path) = &args.config {
         let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
@@ -130,6 +140,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         }
         cfg.memory = vm.memory.bytes();
         cfg.cpus = vm.cpus;
+        cfg.no_reboot |= vm.on_reboot == hospes_vmm::config::RebootAction::PowerOff;
+        extras.name.get_or_insert(vm.name);
         extras.disks = vm
             .disks
             .iter()
@@ -227,6 +239,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(name) = &extras.name
+        && let Err(e) = hospes_vmm::launch::set_process_title(name)
+    {
+        log::warn!("cannot set the process name: {e}");
+    }
     block_quit_signals();
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
@@ -243,7 +260,7 @@ fn main() -> ExitCode {
             if let Some(b) = &bridge {
                 b.on_boot(boots);
             }
-            attach_to_machine(machine, &extras.disks, false)
+            attach_to_machine(machine, &extras.disks, extras.rng)
         };
         let result = vmm.run(setup);
         if let Some(q) = qmp {
