@@ -102,7 +102,7 @@ fn garbage_io_is_logged_rate_limited_and_ignored() {
 }
 
 #[test]
-fn pci_scan_finds_the_host_bridge_and_one_virtio_blk_per_disk() {
+fn pci_scan_finds_the_host_bridge_one_virtio_blk_per_disk_and_virtio_rng() {
     if skip_without_kvm() {
         return;
     }
@@ -113,7 +113,7 @@ fn pci_scan_finds_the_host_bridge_and_one_virtio_blk_per_disk() {
         .set_len(1 << 20)
         .unwrap();
     let kernel = g.path.to_str().unwrap();
-    let out = run_vmm(&["--kernel", kernel, "-m", "64M"], TIMEOUT);
+    let out = run_vmm(&["--kernel", kernel, "-m", "64M", "--no-rng"], TIMEOUT);
     assert_eq!(
         out.stdout, "pci 00:00.0 8086:1237\npci scan done\n",
         "stderr: {}",
@@ -123,7 +123,8 @@ fn pci_scan_finds_the_host_bridge_and_one_virtio_blk_per_disk() {
     let d = disk.to_str().unwrap();
     let out = run_vmm(&["--kernel", kernel, "-m", "64M", "--disk", d], TIMEOUT);
     assert_eq!(
-        out.stdout, "pci 00:00.0 8086:1237\npci 00:01.0 1af4:1042\npci scan done\n",
+        out.stdout,
+        "pci 00:00.0 8086:1237\npci 00:01.0 1af4:1042\npci 00:02.0 1af4:1044\npci scan done\n",
         "stderr: {}",
         out.stderr
     );
