@@ -7,6 +7,7 @@
 //! with a [`CtlError`], whose [`CtlError::exit_code`] is the process's exit status.
 
 pub mod library_cmds;
+pub mod vm_cmds;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -16,7 +17,10 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::ConfigError;
+use crate::control::console::ConsoleError;
+use crate::launch::LaunchError;
 use crate::library::LibraryError;
+use crate::runtime::RuntimeError;
 
 /// Exit statuses of `hospesctl`.
 pub mod exit {
@@ -41,7 +45,7 @@ Exit status:
   2  bad command line
   3  no such VM or file
   4  a file could not be read or written, or a needed tool is missing
-  5  the VM is in the wrong state (running when it must be stopped)
+  5  the VM is in the wrong state (running when it must be stopped, or the reverse)
 
 VMs live in $XDG_DATA_HOME/hospes/machines/<id>/ (~/.local/share/... by default).
 With --json, results go to stdout and errors to stderr, each as one JSON document.";
@@ -69,6 +73,9 @@ pub enum Command {
     /// Library commands: list, create, show, check, edit, rm, import, rename.
     #[command(flatten)]
     Library(library_cmds::LibraryCommand),
+    /// Running VMs: start, stop, kill, console, status.
+    #[command(flatten)]
+    Vm(vm_cmds::VmCommand),
 }
 
 /// Why a command failed.
@@ -111,6 +118,18 @@ pub enum CtlError {
     /// Output could not be written.
     #[error("cannot write output")]
     Output(#[source] io::Error),
+    /// Starting, stopping or asking a VM's helper failed.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// The runtime folder of running VMs is unusable.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The serial console could not be attached.
+    #[error("serial console")]
+    Console(#[source] ConsoleError),
+    /// The command needs a running VM.
+    #[error("{0} is not running")]
+    NotRunning(String),
 }
 
 impl CtlError {
@@ -138,6 +157,10 @@ impl CtlError {
             CtlError::FileNotFound(_) => exit::NOT_FOUND,
             CtlError::Editor { .. } | CtlError::EditNotSaved { .. } => exit::INVALID,
             CtlError::TempFile { .. } | CtlError::Output(_) => exit::FAILED,
+            CtlError::Launch(LaunchError::AlreadyRunning(_)) | CtlError::NotRunning(_) => {
+                exit::WRONG_STATE
+            }
+            CtlError::Launch(_) | CtlError::Runtime(_) | CtlError::Console(_) => exit::FAILED,
         }
     }
 
@@ -283,6 +306,7 @@ pub fn run(cli: Cli) -> Result<(), CtlError> {
     let out = Output::new(cli.json);
     match cli.command {
         Command::Library(command) => library_cmds::run(command, &out),
+        Command::Vm(command) => vm_cmds::run(command, &out),
     }
 }
 

@@ -1,0 +1,180 @@
+//! `hospesctl start/status/stop/kill` on a real VM: a helper started detached, found
+//! again through its runtime folder, shut down through the ACPI power button.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use hospes_tests::{GuestKind, build_guest, skip_without_kvm, target_dir, vmm_binary};
+
+fn hospesctl(data: &Path, runtime: &Path, args: &[&str]) -> Output {
+    Command::new(target_dir().join("hospesctl"))
+        .args(args)
+        .env("XDG_DATA_HOME", data)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .output()
+        .expect("run hospesctl")
+}
+
+/// Whether `pid` is a live helper (a zombie waiting for its reaper is not).
+fn helper_alive(pid: i64) -> bool {
+    hospes_vmm::runtime::is_helper_alive(hospes_vmm::runtime::Pid(pid as i32))
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn start_status_stop_and_kill_a_vm_from_the_library() {
+    if skip_without_kvm() {
+        return;
+    }
+    // `hospesctl start` runs the hospes-vmm beside it.
+    assert!(vmm_binary().exists());
+    let g = build_guest("powerbutton", GuestKind::Pvh);
+    let data = g.dir.path().join("data");
+    let runtime = g.dir.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let kernel = g.path.to_str().unwrap();
+    let created = hospesctl(
+        &data,
+        &runtime,
+        &[
+            "create",
+            "Button Box",
+            "--preset",
+            "kernel",
+            "--kernel",
+            kernel,
+            "--memory",
+            "32M",
+            "--cpus",
+            "1",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+
+    let started = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "start", "Button Box"],
+    ));
+    assert_eq!(started["state"], "running");
+    let pid = started["pid"].as_i64().unwrap();
+    // The helper is its own process, named after the VM, in its own session.
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        cmdline.starts_with("hospes-vmm: Button Box\0"),
+        "{cmdline:?}"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        fields[3],
+        pid.to_string(),
+        "session id is the helper's own pid"
+    );
+
+    let again = hospesctl(&data, &runtime, &["start", "button-box"]);
+    assert_eq!(again.status.code(), Some(5), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    let status = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "status", "Button Box"],
+    ));
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["pid"], pid);
+    let all = json(&hospesctl(&data, &runtime, &["--json", "status"]));
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+    assert_eq!(all[0]["id"], "button-box");
+
+    // The guest waits for the power button, then powers off: a clean stop.
+    let stopped = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "stop", "Button Box", "--timeout", "30"],
+    ));
+    assert_eq!(stopped["outcome"], "powered_off");
+    assert!(!helper_alive(pid), "helper {pid} still there after stop");
+    let status = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "status", "Button Box"],
+    ));
+    assert_eq!(status["state"], "stopped");
+    let log = runtime.join("hospes/button-box/helper.log");
+    assert!(log.exists(), "the helper's log stays for a post-mortem");
+
+    // Kill: no question asked of the guest.
+    let started = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "start", "Button Box"],
+    ));
+    let killed = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "kill", "Button Box"],
+    ));
+    assert_eq!(killed["outcome"], "killed");
+    let pid = started["pid"].as_i64().unwrap();
+    assert!(!helper_alive(pid), "helper {pid} still there after kill");
+    let text = hospesctl(&data, &runtime, &["stop", "Button Box"]);
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout),
+        "Button Box was not running\n"
+    );
+}
+
+#[test]
+fn start_reports_the_helpers_own_error_and_unknown_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let runtime = dir.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let missing = hospesctl(&data, &runtime, &["start", "nothing"]);
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+    let console = hospesctl(&data, &runtime, &["console", "nothing"]);
+    assert_eq!(console.status.code(), Some(3), "{console:?}");
+
+    // A Linux preset boots UEFI firmware, which this helper does not load yet: start
+    // fails with the helper's own words from its log, and leaves nothing running.
+    let iso = dir.path().join("install.iso");
+    std::fs::write(&iso, b"not really an ISO").unwrap();
+    let created = hospesctl(
+        &data,
+        &runtime,
+        &[
+            "create",
+            "Desk",
+            "--preset",
+            "linux",
+            "--iso",
+            iso.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--cpus",
+            "1",
+            "--disk-size",
+            "16M",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let failed = hospesctl(&data, &runtime, &["start", "Desk"]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(4), "{failed:?}");
+    assert!(
+        stderr.contains("exited") && stderr.contains("hospes-vmm:"),
+        "{stderr}"
+    );
+    let status = hospesctl(&data, &runtime, &["status", "Desk"]);
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "Desk: stopped\n");
+}
