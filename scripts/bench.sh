@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make bench`: Hospes' figures against QEMU on the same machine, in the same run.
+# Release builds; prints tables, asserts nothing. See docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release -q -p hospes-vmm --bin hospes-vmm -p hospes-tests --bins
+echo "== start-up and memory: tiny PVH guest, hospes-vmm vs qemu-system-x86_64 -M microvm"
+target/release/bench
+echo
+echo "== virtio-blk device path vs preadv/pwritev on the same file"
+cargo bench -q -p hospes-vmm --bench blk --features test-support
