@@ -177,7 +177,7 @@ impl QmpServer {
 }
 
 /// Binds `path`, replacing a stale socket, and restricts it to the owner.
-fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     let bind_err = |source| ServerError::Bind {
         path: path.to_path_buf(),
         source,

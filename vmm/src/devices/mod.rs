@@ -2,6 +2,7 @@
 //! interrupts through a small trait, and is reached through a [`bus::Bus`].
 
 pub mod bus;
+pub mod display;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;

@@ -1,0 +1,218 @@
+//! Keyboard and pointer input from display clients to the guest.
+//!
+//! Data flow: a VNC client's KeyEvent (an X keysym) or QEMU Extended Key Event (an XT
+//! scancode) and PointerEvent (absolute position, button mask) reach [`InputRouter`], the
+//! one [`InputSink`] of the helper. It keeps across reboots and forwards to whatever input
+//! device the current boot registered ([`InputRouter::set_ps2`]): the i8042's PS/2
+//! keyboard and mouse. Keys travel as XT (set 1) scancodes, 0xE0-prefixed keys with bit 7
+//! set (QEMU's numbering); the i8042 turns them into the bytes its translation mode
+//! calls for. The absolute pointer becomes relative PS/2 motion.
+
+use std::sync::{Arc, Mutex};
+
+use crate::devices::bus::lock;
+
+/// Where client input goes. Implementations must not block for long: they run on display
+/// client threads.
+pub trait InputSink: Send + Sync {
+    /// A key; `xt` is the scancode when the client sent one, else it is looked up from
+    /// `keysym`.
+    fn key(&self, keysym: u32, xt: Option<u16>, down: bool);
+    /// The pointer at (`x`, `y`) on a `width` x `height` screen, buttons as RFB's mask
+    /// (bit 0 left, 1 middle, 2 right, 3/4 wheel up/down).
+    fn pointer(&self, x: u32, y: u32, buttons: u8, width: u32, height: u32);
+}
+
+/// A guest input device the router can forward to.
+pub trait Ps2Input: Send {
+    /// An XT scancode (bit 7: 0xE0 prefix) pressed or released.
+    fn key(&mut self, xt: u16, down: bool);
+    /// Relative motion (`dy` positive = down the screen), buttons (bit 0 left, 1 right,
+    /// 2 middle), wheel steps (positive = up).
+    fn mouse(&mut self, dx: i32, dy: i32, buttons: u8, wheel: i32);
+}
+
+struct RouterState {
+    ps2: Option<Arc<Mutex<dyn Ps2Input>>>,
+    last: Option<(u32, u32)>,
+}
+
+/// The helper's input sink; see the module docs.
+pub struct InputRouter {
+    state: Mutex<RouterState>,
+}
+
+impl Default for InputRouter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InputRouter {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(RouterState {
+                ps2: None,
+                last: None,
+            }),
+        }
+    }
+
+    /// Sets the PS/2 device of the current boot (None when the boot ends).
+    pub fn set_ps2(&self, dev: Option<Arc<Mutex<dyn Ps2Input>>>) {
+        let mut s = lock(&self.state);
+        s.ps2 = dev;
+        s.last = None;
+    }
+}
+
+impl InputSink for InputRouter {
+    fn key(&self, keysym: u32, xt: Option<u16>, down: bool) {
+        let Some(code) = xt.filter(|&c| c != 0).or_else(|| keysym_to_xt(keysym)) else {
+            return;
+        };
+        let dev = lock(&self.state).ps2.clone();
+        if let Some(d) = dev {
+            lock(&d).key(code, down);
+        }
+    }
+
+    fn pointer(&self, x: u32, y: u32, buttons: u8, _width: u32, _height: u32) {
+        let mut s = lock(&self.state);
+        let (dx, dy) = match s.last {
+            Some((lx, ly)) => (x as i32 - lx as i32, y as i32 - ly as i32),
+            None => (0, 0),
+        };
+        s.last = Some((x, y));
+        let dev = s.ps2.clone();
+        drop(s);
+        // RFB: bit 1 middle, bit 2 right; PS/2: bit 1 right, bit 2 middle.
+        let ps2_buttons = (buttons & 1) | ((buttons >> 1) & 2) | ((buttons << 1) & 4);
+        let wheel = i32::from(buttons & 8 != 0) - i32::from(buttons & 16 != 0);
+        if let Some(d) = dev {
+            lock(&d).mouse(dx, dy, ps2_buttons, wheel);
+        }
+    }
+}
+
+/// The XT scancode of the key that types `keysym` on a US keyboard.
+pub fn keysym_to_xt(keysym: u32) -> Option<u16> {
+    let code = match keysym {
+        0x20..=0x7e => {
+            let c = (keysym as u8).to_ascii_lowercase();
+            let unshifted = match c {
+                b'!' => b'1',
+                b'@' => b'2',
+                b'#' => b'3',
+                b'$' => b'4',
+                b'%' => b'5',
+                b'^' => b'6',
+                b'&' => b'7',
+                b'*' => b'8',
+                b'(' => b'9',
+                b')' => b'0',
+                b'_' => b'-',
+                b'+' => b'=',
+                b'{' => b'[',
+                b'}' => b']',
+                b':' => b';',
+                b'"' => b'\'',
+                b'~' => b'`',
+                b'|' => b'\\',
+                b'<' => b',',
+                b'>' => b'.',
+                b'?' => b'/',
+                other => other,
+            };
+            let row = |s: &[u8], base: u16| {
+                s.iter()
+                    .position(|&k| k == unshifted)
+                    .map(|i| base + i as u16)
+            };
+            row(b"1234567890-=", 0x02)
+                .or_else(|| row(b"qwertyuiop[]", 0x10))
+                .or_else(|| row(b"asdfghjkl;'`", 0x1e))
+                .or_else(|| row(b"\\zxcvbnm,./", 0x2b))
+                .or_else(|| (unshifted == b' ').then_some(0x39))?
+        }
+        0xff08 => 0x0e,
+        0xff09 => 0x0f,
+        0xff0d => 0x1c,
+        0xff1b => 0x01,
+        0xffe1 => 0x2a,
+        0xffe2 => 0x36,
+        0xffe3 => 0x1d,
+        0xffe4 => 0x9d,
+        0xffe9 | 0xffe7 => 0x38,
+        0xffea | 0xfe03 => 0xb8,
+        0xffe5 => 0x3a,
+        0xffbe..=0xffc7 => 0x3b + (keysym - 0xffbe) as u16,
+        0xffc8 => 0x57,
+        0xffc9 => 0x58,
+        0xff50 => 0xc7,
+        0xff51 => 0xcb,
+        0xff52 => 0xc8,
+        0xff53 => 0xcd,
+        0xff54 => 0xd0,
+        0xff55 => 0xc9,
+        0xff56 => 0xd1,
+        0xff57 => 0xcf,
+        0xff63 => 0xd2,
+        0xffff => 0xd3,
+        0xffeb => 0xdb,
+        0xffec => 0xdc,
+        0xff67 => 0xdd,
+        0xff8d => 0x9c,
+        _ => return None,
+    };
+    Some(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Rec(Vec<String>);
+
+    impl Ps2Input for Rec {
+        fn key(&mut self, xt: u16, down: bool) {
+            self.0
+                .push(format!("k{xt:02x}{}", if down { "d" } else { "u" }));
+        }
+        fn mouse(&mut self, dx: i32, dy: i32, buttons: u8, wheel: i32) {
+            self.0.push(format!("m{dx},{dy},{buttons},{wheel}"));
+        }
+    }
+
+    #[test]
+    fn keysyms_map_to_us_scancodes() {
+        assert_eq!(keysym_to_xt(u32::from(b'a')), Some(0x1e));
+        assert_eq!(keysym_to_xt(u32::from(b'A')), Some(0x1e));
+        assert_eq!(keysym_to_xt(u32::from(b'1')), Some(0x02));
+        assert_eq!(keysym_to_xt(u32::from(b'?')), Some(0x35));
+        assert_eq!(keysym_to_xt(u32::from(b'\\')), Some(0x2b));
+        assert_eq!(keysym_to_xt(u32::from(b' ')), Some(0x39));
+        assert_eq!(keysym_to_xt(0xff0d), Some(0x1c));
+        assert_eq!(keysym_to_xt(0xff52), Some(0xc8));
+        assert_eq!(keysym_to_xt(0xffc9), Some(0x58));
+        assert_eq!(keysym_to_xt(0x12345), None);
+    }
+
+    #[test]
+    fn router_forwards_to_the_current_device_and_makes_motion_relative() {
+        let r = InputRouter::new();
+        r.key(u32::from(b'a'), None, true);
+        let rec = Arc::new(Mutex::new(Rec::default()));
+        r.set_ps2(Some(rec.clone()));
+        r.key(u32::from(b'a'), None, true);
+        r.key(0, Some(0x9d), false);
+        r.pointer(100, 100, 0, 640, 480);
+        r.pointer(110, 95, 0b100, 640, 480);
+        r.pointer(110, 95, 0b1000, 640, 480);
+        assert_eq!(
+            rec.lock().unwrap().0,
+            vec!["k1ed", "k9du", "m0,0,0,0", "m10,-5,2,0", "m0,0,0,1"]
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! The server end to end over a unix socket, with a hand-written client.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use super::*;
+use crate::display::{FbMemory, Rect, Surface};
+
+#[derive(Default)]
+struct Keys(Mutex<Vec<(u32, Option<u16>, bool)>>);
+
+impl InputSink for Keys {
+    fn key(&self, keysym: u32, xt: Option<u16>, down: bool) {
+        lock(&self.0).push((keysym, xt, down));
+    }
+    fn pointer(&self, _x: u32, _y: u32, _b: u8, _w: u32, _h: u32) {}
+}
+
+fn server(
+    password: Option<&[u8]>,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    Arc<Display>,
+    Arc<Keys>,
+    VncServer,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vnc.sock");
+    let display = Arc::new(Display::new());
+    let mem = Arc::new(FbMemory::new(1 << 20).unwrap());
+    let s = Surface::new(mem, 0, 64, 32, 256).unwrap();
+    s.mem.fill32(0, 256 * 32, 0x0000_ff00);
+    display.set_surface(Some(s));
+    let keys = Arc::new(Keys::default());
+    let srv = VncServer::start(
+        VncConfig {
+            listen: VncListen::Unix(path.clone()),
+            password: password.map(<[u8]>::to_vec),
+            name: "test".into(),
+        },
+        display.clone(),
+        keys.clone(),
+    )
+    .unwrap();
+    (dir, path, display, keys, srv)
+}
+
+fn connect(path: &Path) -> (UnixStream, u16, u16) {
+    let mut c = UnixStream::connect(path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut v = [0u8; 12];
+    c.read_exact(&mut v).unwrap();
+    assert_eq!(&v, b"RFB 003.008\n");
+    c.write_all(b"RFB 003.008\n").unwrap();
+    let mut types = [0u8; 2];
+    c.read_exact(&mut types).unwrap();
+    assert_eq!(types, [1, 1]);
+    c.write_all(&[1]).unwrap();
+    let mut result = [0u8; 4];
+    c.read_exact(&mut result).unwrap();
+    assert_eq!(result, [0; 4]);
+    c.write_all(&[1]).unwrap();
+    let mut init = [0u8; 24];
+    c.read_exact(&mut init).unwrap();
+    let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap());
+    let mut name = vec![0u8; name_len as usize];
+    c.read_exact(&mut name).unwrap();
+    assert_eq!(name, b"test");
+    (
+        c,
+        u16::from_be_bytes([init[0], init[1]]),
+        u16::from_be_bytes([init[2], init[3]]),
+    )
+}
+
+fn request(c: &mut UnixStream, incremental: bool, w: u16, h: u16) {
+    let mut m = vec![3, u8::from(incremental), 0, 0, 0, 0];
+    m.extend_from_slice(&w.to_be_bytes());
+    m.extend_from_slice(&h.to_be_bytes());
+    c.write_all(&m).unwrap();
+}
+
+/// Reads an update: (x, y, w, h, encoding, raw pixels if Raw).
+fn read_update(c: &mut UnixStream) -> Vec<(u16, u16, u16, u16, i32, Vec<u8>)> {
+    let mut h = [0u8; 4];
+    c.read_exact(&mut h).unwrap();
+    assert_eq!(h[0], 0);
+    let n = u16::from_be_bytes([h[2], h[3]]);
+    (0..n)
+        .map(|_| {
+            let mut r = [0u8; 12];
+            c.read_exact(&mut r).unwrap();
+            let f = |i: usize| u16::from_be_bytes([r[i], r[i + 1]]);
+            let enc = i32::from_be_bytes(r[8..12].try_into().unwrap());
+            let mut px = Vec::new();
+            if enc == 0 {
+                px = vec![0u8; f(4) as usize * f(6) as usize * 4];
+                c.read_exact(&mut px).unwrap();
+            }
+            (f(0), f(2), f(4), f(6), enc, px)
+        })
+        .collect()
+}
+
+#[test]
+fn full_then_incremental_updates_carry_the_pixels() {
+    let (_d, path, display, _k, srv) = server(None);
+    let (mut c, w, h) = connect(&path);
+    assert_eq!((w, h), (64, 32));
+    request(&mut c, false, 64, 32);
+    let u = read_update(&mut c);
+    assert_eq!(u.len(), 1);
+    assert_eq!(&u[0].5[..4], &[0, 0xff, 0, 0]);
+    assert_eq!(srv.info().clients.len(), 1);
+    request(&mut c, true, 64, 32);
+    let s = display.surface().unwrap();
+    s.mem
+        .write(s.pixel_offset(5, 6), &0x00ff_0000u32.to_le_bytes());
+    display.add_damage(&[Rect::new(5, 6, 1, 1)]);
+    let u = read_update(&mut c);
+    assert_eq!(u, vec![(5, 6, 1, 1, 0, vec![0, 0, 0xff, 0])]);
+}
+
+#[test]
+fn desktop_size_follows_a_new_mode_and_keys_reach_the_sink() {
+    let (_d, path, display, keys, _srv) = server(None);
+    let (mut c, _, _) = connect(&path);
+    c.write_all(&[2, 0, 0, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x21])
+        .unwrap();
+    c.write_all(&[4, 1, 0, 0, 0, 0, 0, 0x61]).unwrap();
+    request(&mut c, true, 64, 32);
+    let mem = Arc::new(FbMemory::new(1 << 20).unwrap());
+    display.set_surface(Some(Surface::new(mem, 0, 128, 16, 512).unwrap()));
+    let u = read_update(&mut c);
+    assert_eq!(u[0].4, proto::ENC_DESKTOP_SIZE);
+    assert_eq!((u[0].2, u[0].3), (128, 16));
+    assert_eq!((u[1].2, u[1].3), (128, 16));
+    assert_eq!(*lock(&keys.0), vec![(0x61, None, true)]);
+}
+
+#[test]
+fn a_malformed_client_is_dropped_alone() {
+    let (_d, path, _display, _k, srv) = server(None);
+    let (mut good, _, _) = connect(&path);
+    let (mut bad, _, _) = connect(&path);
+    bad.write_all(&[99, 1, 2, 3]).unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(bad.read(&mut b).unwrap_or(0), 0);
+    request(&mut good, false, 8, 8);
+    assert_eq!(read_update(&mut good).len(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while srv.info().clients.len() != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(srv.info().clients.len(), 1);
+}
+
+#[test]
+fn vnc_auth_accepts_the_password_and_refuses_others() {
+    let (_d, path, _display, _k, _srv) = server(Some(b"secret"));
+    for (pw, ok) in [(&b"secret"[..], true), (b"wrong", false)] {
+        let mut c = UnixStream::connect(&path).unwrap();
+        let mut v = [0u8; 12];
+        c.read_exact(&mut v).unwrap();
+        c.write_all(b"RFB 003.008\n").unwrap();
+        let mut types = [0u8; 2];
+        c.read_exact(&mut types).unwrap();
+        assert_eq!(types, [1, 2]);
+        c.write_all(&[2]).unwrap();
+        let mut ch = [0u8; 16];
+        c.read_exact(&mut ch).unwrap();
+        c.write_all(&auth::response(pw, &ch)).unwrap();
+        let mut result = [0u8; 4];
+        c.read_exact(&mut result).unwrap();
+        assert_eq!(result == [0; 4], ok);
+    }
+}
+
+#[test]
+fn parses_listen_addresses() {
+    assert_eq!(
+        VncListen::parse("unix:/tmp/v.sock").unwrap(),
+        VncListen::Unix("/tmp/v.sock".into())
+    );
+    assert_eq!(
+        VncListen::parse(":5901").unwrap(),
+        VncListen::Tcp("127.0.0.1:5901".parse().unwrap())
+    );
+    assert_eq!(
+        VncListen::parse("0.0.0.0:5900").unwrap(),
+        VncListen::Tcp("0.0.0.0:5900".parse().unwrap())
+    );
+    assert!(VncListen::parse("unix:").is_err());
+    assert!(VncListen::parse("nonsense").is_err());
+}
