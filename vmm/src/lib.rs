@@ -5,6 +5,7 @@
 //! control client. See ARCHITECTURE.md for the code map.
 
 pub mod arch;
+pub mod backends;
 pub mod boot;
 pub mod config;
 pub mod control;

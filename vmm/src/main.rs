@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hospes_vmm::devices::pci::setup::{DiskSpec, attach_to_machine};
+use hospes_vmm::backends::passt::{UserNetwork, parse_net_option};
+use hospes_vmm::config::Network;
+use hospes_vmm::devices::pci::setup::{DiskSpec, attach_to_machine_with};
 use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
 
 /// Runs one virtual machine on KVM.
@@ -56,6 +58,10 @@ struct Args {
     /// Leave out the virtio-rng entropy device.
     #[arg(long)]
     no_rng: bool,
+    /// Network card: `user[,hostfwd=tcp:HOSTPORT-:GUESTPORT,...][,mac=MAC]` (NAT through
+    /// passt, forwards listen on 127.0.0.1) or `none` (the default without --config).
+    #[arg(long, value_name = "user[,hostfwd=...]|none", value_parser = parse_net_option)]
+    net: Option<Network>,
 }
 
 /// Parses QEMU-style sizes: `512`, `512M`, `2G`, `1024K`, `1T`, optional `B`/`iB`.
@@ -99,6 +105,7 @@ struct Extras {
     qmp: Option<PathBuf>,
     name: Option<String>,
     rng: bool,
+    network: Network,
 }
 
 fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
@@ -116,6 +123,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         qmp: args.qmp,
         name: args.name,
         rng: !args.no_rng,
+        network: Network::None,
     };
     if let Some(path) = &args.config {
         let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
@@ -142,6 +150,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         cfg.cpus = vm.cpus;
         cfg.no_reboot |= vm.on_reboot == hospes_vmm::config::RebootAction::PowerOff;
         extras.name.get_or_insert(vm.name);
+        extras.network = vm.network;
         extras.disks = vm
             .disks
             .iter()
@@ -168,6 +177,9 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     }
     if !args.disk.is_empty() {
         extras.disks = args.disk;
+    }
+    if let Some(n) = args.net {
+        extras.network = n;
     }
     Ok((cfg, extras))
 }
@@ -245,6 +257,13 @@ fn main() -> ExitCode {
         log::warn!("cannot set the process name: {e}");
     }
     block_quit_signals();
+    let network = match UserNetwork::start(&extras.network) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("hospes-vmm: network: {}", one_line(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
     let result = Vmm::new(cfg).and_then(|mut vmm| {
@@ -260,7 +279,8 @@ fn main() -> ExitCode {
             if let Some(b) = &bridge {
                 b.on_boot(boots);
             }
-            attach_to_machine(machine, &extras.disks, extras.rng)
+            let extra = network.iter().map(|n| n.device()).collect();
+            attach_to_machine_with(machine, &extras.disks, extras.rng, extra)
         };
         let result = vmm.run(setup);
         if let Some(q) = qmp {

@@ -80,6 +80,8 @@ pub struct PciParams<'a> {
     pub ecam: Option<(u64, u64)>,
     pub disks: &'a [DiskSpec],
     pub rng: bool,
+    /// More virtio devices (network, sound), placed after virtio-rng in this order.
+    pub extra: Vec<Box<dyn VirtioDevice>>,
 }
 
 /// What the machine may keep: the root (for ACPI or hot paths later) and the devices.
@@ -119,6 +121,7 @@ pub fn attach_pci(pio: &mut Bus, mmio: &mut Bus, p: PciParams<'_>) -> Result<Pci
     if p.rng {
         models.push(Box::new(Rng::new()));
     }
+    models.extend(p.extra);
 
     let bar_bus = Arc::new(RwLock::new(Bus::new()));
     let relocator: Arc<dyn BarRelocator> = bar_bus.clone();
@@ -223,6 +226,16 @@ pub fn attach_to_machine(
     disks: &[DiskSpec],
     rng: bool,
 ) -> Result<(), MachineError> {
+    attach_to_machine_with(machine, disks, rng, Vec::new())
+}
+
+/// [`attach_to_machine`] with more virtio devices after virtio-rng (`extra`).
+pub fn attach_to_machine_with(
+    machine: &mut Machine,
+    disks: &[DiskSpec],
+    rng: bool,
+    extra: Vec<Box<dyn VirtioDevice>>,
+) -> Result<(), MachineError> {
     let high = layout::high_mmio_start(machine.config.memory);
     let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
     let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
@@ -238,6 +251,7 @@ pub fn attach_to_machine(
             ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
             disks,
             rng,
+            extra,
         },
     )
     .map(drop)
@@ -268,6 +282,7 @@ pub(crate) fn test_params(disks: &[DiskSpec], rng: bool) -> PciParams<'_> {
         ecam: Some((0xe000_0000, 0x1000_0000)),
         disks,
         rng,
+        extra: Vec::new(),
     }
 }
 
