@@ -6,6 +6,8 @@
 //! `bzimage.ld`) into a temporary directory; [`run_vmm`] spawns `hospes-vmm` on it, with
 //! stdout (COM1) and stderr captured, and kills it at a deadline.
 
+pub mod peers;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

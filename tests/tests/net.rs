@@ -1,0 +1,185 @@
+//! virtio-net through a real passt: DHCP from passt, a UDP port forward from the host into
+//! the guest and back, passt restarted after it dies, and a clear error without passt.
+//! The guest is `tests/guests/net.S`, a polling virtio-net driver.
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::Duration;
+
+use hospes_tests::peers::{LiveVm, free_udp_port, process_name, require_program};
+use hospes_tests::{GuestKind, build_guest, skip_without_kvm};
+
+const BOOT: Duration = Duration::from_secs(30);
+
+/// The host's IPv4 addresses and default gateway, as `ip` reports them; passt hands the
+/// guest the same ones.
+fn host_ipv4() -> (Vec<String>, Option<String>) {
+    let run = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().expect("run ip(8)");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let addrs = run(&["-4", "-o", "addr", "show"])
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
+            w.nth(1)
+                .and_then(|a| a.split('/').next())
+                .map(str::to_owned)
+        })
+        .collect();
+    let gw = run(&["-4", "route", "show", "default"])
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .map(str::to_owned);
+    (addrs, gw)
+}
+
+/// Sends `payload` to 127.0.0.1:`port` until the same bytes come back (up to 10 tries).
+fn echo(sock: &UdpSocket, port: u16, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        sock.send_to(payload, ("127.0.0.1", port)).ok()?;
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+fn udp_client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+#[test]
+fn guest_gets_a_dhcp_offer_from_passt_and_echoes_a_forwarded_udp_port() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("passt", "passt");
+    let g = build_guest("net", GuestKind::Pvh);
+    let port = free_udp_port();
+    let net = format!("user,hostfwd=udp:{port}-:7,mac=52:54:00:ab:cd:ef");
+    let mut vm = LiveVm::spawn(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--no-rng",
+            "--net",
+            &net,
+        ],
+        &[],
+    );
+    let offer = vm.wait_line("dhcp offer ", BOOT);
+    let Some(offer) = offer else {
+        let (_, out, err) = vm.finish(Duration::ZERO);
+        panic!("no DHCP offer; stdout {out:?}, stderr {err}");
+    };
+    // "dhcp offer A.B.C.D router E.F.G.H": passt offers the host's own address and gateway.
+    let words: Vec<&str> = offer.split_whitespace().collect();
+    let (addrs, gw) = host_ipv4();
+    assert!(addrs.iter().any(|a| a == words[2]), "{offer} vs {addrs:?}");
+    if let Some(gw) = gw {
+        assert_eq!(words[4], gw, "{offer}");
+    }
+    assert!(vm.wait_line("ready", BOOT).is_some());
+
+    let sock = udp_client();
+    let reply = echo(&sock, port, b"hello through passt");
+    assert_eq!(reply.as_deref(), Some(&b"hello through passt"[..]));
+    assert!(vm.wait_line("echo 19", BOOT).is_some());
+    let reply = echo(&sock, port, b"bye");
+    assert_eq!(reply.as_deref(), Some(&b"bye"[..]));
+    let (status, out, err) = vm.finish(BOOT);
+    assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
+    assert_eq!(out.last().map(String::as_str), Some("bye"));
+}
+
+#[test]
+fn passt_killed_under_a_running_guest_is_restarted_and_the_forward_works_again() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("passt", "passt");
+    let g = build_guest("net", GuestKind::Pvh);
+    let port = free_udp_port();
+    let net = format!("user,hostfwd=udp:{port}-:7");
+    let mut vm = LiveVm::spawn(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--no-rng",
+            "--net",
+            &net,
+        ],
+        &[("HOSPES_LOG", "info")],
+    );
+    assert!(vm.wait_line("ready", BOOT).is_some(), "{:?}", vm.seen);
+    let sock = udp_client();
+    assert_eq!(echo(&sock, port, b"one").as_deref(), Some(&b"one"[..]));
+
+    let passt: Vec<u32> = vm
+        .children()
+        .into_iter()
+        .filter(|p| process_name(*p).starts_with("passt"))
+        .collect();
+    assert_eq!(passt.len(), 1, "one passt per VM");
+    // SAFETY: kill(2) on the pid of a child of the helper we started.
+    assert_eq!(unsafe { libc::kill(passt[0] as i32, libc::SIGKILL) }, 0);
+
+    // The new passt binds the forward again; the guest never noticed.
+    assert_eq!(echo(&sock, port, b"two").as_deref(), Some(&b"two"[..]));
+    let after: Vec<u32> = vm
+        .children()
+        .into_iter()
+        .filter(|p| process_name(*p).starts_with("passt"))
+        .collect();
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, passt);
+    assert_eq!(echo(&sock, port, b"bye").as_deref(), Some(&b"bye"[..]));
+    let (status, out, err) = vm.finish(BOOT);
+    assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
+    assert!(err.contains("passt exited"), "the death is reported: {err}");
+}
+
+#[test]
+fn without_passt_the_helper_says_which_package_is_missing() {
+    let g = build_guest("net", GuestKind::Pvh);
+    let mut vm = LiveVm::spawn(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--net",
+            "user",
+        ],
+        &[("PATH", "/nonexistent")],
+    );
+    assert!(vm.wait_line("", Duration::from_secs(5)).is_none());
+    let (status, _, err) = vm.finish(BOOT);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(err.contains("passt package"), "{err}");
+}
+
+#[test]
+fn net_none_and_no_flag_give_the_guest_no_card() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("net", GuestKind::Pvh);
+    for extra in [&["--net", "none"][..], &[][..]] {
+        let mut args = vec!["--kernel", g.path.to_str().unwrap(), "-m", "64M"];
+        args.extend_from_slice(extra);
+        let mut vm = LiveVm::spawn(&args, &[]);
+        assert!(vm.wait_line("no virtio-net card", BOOT).is_some());
+        let (status, _, err) = vm.finish(BOOT);
+        assert!(status.is_some_and(|s| s.success()), "{err}");
+    }
+}
