@@ -24,6 +24,10 @@ work=$(mktemp -d)
 app_pid=
 cleanup() {
   if [ -n "$app_pid" ]; then kill "$app_pid" 2>/dev/null || true; fi
+  # Helpers the scenarios started outlive the app by design; end them by their pid files.
+  for pidfile in "$work"/run/hospes/*/pid; do
+    [ -f "$pidfile" ] && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+  done
   if [ -n "${bus_pid:-}" ]; then kill "$bus_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -47,9 +51,11 @@ create_vm() {
 start_app() {
   local data=$1
   shift
-  mkdir -p "$data" "$work/config" "$work/cache"
+  mkdir -p "$data" "$work/config" "$work/cache" "$work/run"
+  chmod 700 "$work/run"
   env GDK_BACKEND=x11 GSETTINGS_BACKEND=keyfile NO_AT_BRIDGE=0 \
     XDG_CONFIG_HOME="$work/config" XDG_CACHE_HOME="$work/cache" XDG_DATA_HOME="$data" \
+    XDG_RUNTIME_DIR="$work/run" \
     "$@" "$bin" &
   app_pid=$!
 }
@@ -143,5 +149,66 @@ fi
 start_app "$work/empty"
 check --expect "No virtual machines yet" --window-size 720 540 --screenshot "$out/resized.png"
 stop_app
+
+# 7. The new-VM assistant, from the keyboard alone: Ctrl+N, type the path of an install
+#    image, Enter through the pages; the name and OS come from the file name.
+iso="$work/debian-12.5.0-amd64-netinst.iso"
+: >"$iso"
+start_app "$work/assistant"
+echo "gui-test: the assistant creates a VM from an install image, keyboard only"
+check --expect "No virtual machines yet" --expect "Create a Virtual Machine" --keys ctrl+n
+check --title "New Virtual Machine" --expect "Install Image" --expect "Linux Kernel" \
+  --expect "Existing Disk Image" --type "$iso" --keys-after Return \
+  --expect "Operating System" --screenshot "$out/assistant-settings.png"
+check --title "New Virtual Machine" --keys Return --expect "Summary" --expect "Debian 12.5.0" \
+  --expect "$iso" --screenshot "$out/assistant-summary.png"
+check --title "New Virtual Machine" --keys Return
+check --expect "Debian 12.5.0" --contains "Linux · " --screenshot "$out/assistant-created.png"
+grep -q "cdrom: Some(\"$iso\")" "$work"/assistant/hospes/machines/*/vm.ron || {
+  echo "gui-test: the assistant's VM has no CD-ROM $iso:" >&2
+  cat "$work"/assistant/hospes/machines/*/vm.ron >&2
+  exit 1
+}
+stop_app
+
+# 8. Lifecycle from the rows on a tiny guest (tests/guests/powerbutton.S): start, pause,
+#    resume; the app quits and a new one reattaches; the power button ends the guest; a
+#    helper killed from outside is reported with its log, and the app stays up.
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+  guests="$root/tests/guests"
+  gcc -c -I "$guests" "$guests/powerbutton.S" -o "$work/powerbutton.o"
+  ld -m elf_x86_64 -nostdlib --no-warn-rwx-segments -T "$guests/pvh.ld" \
+    "$work/powerbutton.o" -o "$work/powerbutton.elf"
+  create_vm "$work/life" "Test Guest" --preset kernel --kernel "$work/powerbutton.elf" \
+    --memory 64M --cpus 1
+  pidfile="$work/run/hospes/test-guest/pid"
+  helper_alive() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+  start_app "$work/life"
+  echo "gui-test: Start runs the helper"
+  check --expect "Stopped" --expect "Start Test Guest"
+  check --click "Start Test Guest" --expect "Pause Test Guest" \
+    --expect "Running" --absent "Start Test Guest" --screenshot "$out/running.png"
+  helper_alive || { echo "gui-test: no helper runs after Start" >&2; exit 1; }
+  echo "gui-test: Pause and Resume"
+  check --click "Pause Test Guest" --expect "Resume Test Guest" --expect "Paused"
+  check --click "Resume Test Guest" --expect "Pause Test Guest" --expect "Running"
+  echo "gui-test: closing the app leaves the VM running; reopening reattaches"
+  stop_app
+  helper_alive || { echo "gui-test: the helper ended with the app" >&2; exit 1; }
+  start_app "$work/life"
+  check --expect "Pause Test Guest" --expect "Running" --screenshot "$out/reattached.png"
+  echo "gui-test: the power button ends the guest"
+  check --click "Shut Down Test Guest" --expect "Start Test Guest" --expect "Stopped"
+  if helper_alive; then echo "gui-test: the helper still runs after Shut Down" >&2; exit 1; fi
+  echo "gui-test: a helper that dies is reported and the app stays up"
+  check --click "Start Test Guest" --expect "Pause Test Guest"
+  echo "gui-test: marker line from the test" >>"$work/run/hospes/test-guest/helper.log"
+  kill -9 "$(cat "$pidfile")"
+  check --expect "“Test Guest” stopped unexpectedly" --contains "marker line from the test" \
+    --expect "Start Test Guest" --screenshot "$out/crashed.png"
+  stop_app
+else
+  echo "gui-test: skipping the lifecycle scenario (no usable /dev/kvm)"
+fi
 
 echo "gui-test: all passed; screenshots in $out"

@@ -6,7 +6,7 @@
 //! `vm.ron` from disk: call [`load_default`] off the GTK main loop.
 
 use std::error::Error;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gettextrs::gettext;
 use hospes_vmm::config::OsKind;
@@ -37,6 +37,8 @@ pub struct LibraryEntry {
     pub error: Option<String>,
     /// The same error with the full path, for the tooltip.
     pub error_detail: Option<String>,
+    /// The VM's `vm.ron`, which the helper is started with.
+    pub config_path: PathBuf,
 }
 
 impl LibraryEntry {
@@ -77,6 +79,7 @@ pub fn entry_from_machine(machine: &Machine) -> LibraryEntry {
             icon_name: os_icon_name(config.os),
             error: None,
             error_detail: None,
+            config_path: machine.config_path(),
         },
         Err(err) => {
             let detail = error_chain(err);
@@ -87,6 +90,7 @@ pub fn entry_from_machine(machine: &Machine) -> LibraryEntry {
                 icon_name: BROKEN_ICON,
                 error: Some(relative_to(&machine.dir, &detail).to_owned()),
                 error_detail: Some(detail),
+                config_path: machine.config_path(),
             }
         }
     }

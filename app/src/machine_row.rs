@@ -1,23 +1,99 @@
-//! One row of the library list: a VM's name, a summary line and an OS icon.
+//! One row of the library list: a VM's name, a summary line, an OS icon, its state and the
+//! buttons that start, pause, resume and stop it.
 //!
 //! A VM whose `vm.ron` does not load shows its folder name, the located error and a
-//! warning icon instead, so the person can go and fix the file.
+//! warning icon instead, so the person can go and fix the file; it has no buttons.
+//! The row does no work itself: it sends a [`MachineRowOutput`] to the window, which runs
+//! the action off the main loop and sends the new state back with
+//! [`MachineRowInput::SetState`].
 
 use adw::prelude::*;
+use gettextrs::gettext;
 use relm4::factory::{DynamicIndex, FactoryComponent, FactorySender};
 
+use crate::a11y;
+use crate::i18n::gettext_f;
 use crate::library_model::LibraryEntry;
+use crate::vm_control::{VmAction, VmState};
 
-/// A library row. Shows data only; it sends nothing yet.
+/// A library row.
 pub struct MachineRow {
     entry: LibraryEntry,
+    state: VmState,
+    /// An action is under way; the buttons wait for it.
+    busy: bool,
+}
+
+/// What a row is told.
+#[derive(Debug)]
+pub enum MachineRowInput {
+    /// The VM is now in this state (and any action on it has ended).
+    SetState(VmState),
+    /// An action was sent to the window.
+    Act(VmAction),
+}
+
+/// What a row asks of the window.
+#[derive(Debug)]
+pub enum MachineRowOutput {
+    /// Carry out an action on the VM with this library id.
+    Act(String, VmAction),
+}
+
+/// What a new row starts with.
+#[derive(Debug)]
+pub struct MachineRowInit {
+    /// The library entry.
+    pub entry: LibraryEntry,
+    /// The state found when the library was read.
+    pub state: VmState,
+}
+
+impl MachineRow {
+    /// The VM's library id.
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
+    /// The library entry shown.
+    pub fn entry(&self) -> &LibraryEntry {
+        &self.entry
+    }
+
+    fn usable(&self) -> bool {
+        self.entry.error.is_none() && !self.busy
+    }
+
+    fn can_start(&self) -> bool {
+        self.usable() && self.state == VmState::Stopped
+    }
+
+    fn can_pause(&self) -> bool {
+        self.usable() && self.state == VmState::Running
+    }
+
+    fn can_resume(&self) -> bool {
+        self.usable() && self.state == VmState::Paused
+    }
+
+    fn can_stop(&self) -> bool {
+        self.usable() && matches!(self.state, VmState::Running | VmState::Paused)
+    }
+
+    fn state_css(&self) -> &'static str {
+        match self.state {
+            VmState::Running => "success",
+            VmState::Paused | VmState::Starting | VmState::Stopping => "warning",
+            VmState::Stopped => "dim-label",
+        }
+    }
 }
 
 #[relm4::factory(pub)]
 impl FactoryComponent for MachineRow {
-    type Init = LibraryEntry;
-    type Input = ();
-    type Output = ();
+    type Init = MachineRowInit;
+    type Input = MachineRowInput;
+    type Output = MachineRowOutput;
     type CommandOutput = ();
     type ParentWidget = gtk::ListBox;
 
@@ -33,10 +109,151 @@ impl FactoryComponent for MachineRow {
                 set_icon_size: gtk::IconSize::Large,
                 add_css_class?: self.entry.error.as_ref().map(|_| "warning"),
             },
+
+            add_suffix = &gtk::Box {
+                set_spacing: 6,
+                set_valign: gtk::Align::Center,
+                set_visible: self.entry.error.is_none(),
+
+                #[name = "state_label"]
+                gtk::Label {
+                    add_css_class: "caption-heading",
+                    set_margin_end: 6,
+                    #[watch]
+                    set_label: &self.state.label(),
+                    #[watch]
+                    set_css_classes: &["caption-heading", self.state_css()],
+                },
+
+                #[name = "start_button"]
+                gtk::Button {
+                    set_icon_name: "media-playback-start-symbolic",
+                    set_tooltip_text: Some(&gettext("Start")),
+                    add_css_class: "flat",
+                    #[watch]
+                    set_visible: self.state == VmState::Stopped,
+                    #[watch]
+                    set_sensitive: self.can_start(),
+                    connect_clicked => MachineRowInput::Act(VmAction::Start),
+                },
+
+                #[name = "pause_button"]
+                gtk::Button {
+                    set_icon_name: "media-playback-pause-symbolic",
+                    set_tooltip_text: Some(&gettext("Pause")),
+                    add_css_class: "flat",
+                    #[watch]
+                    set_visible: self.state == VmState::Running,
+                    #[watch]
+                    set_sensitive: self.can_pause(),
+                    connect_clicked => MachineRowInput::Act(VmAction::Pause),
+                },
+
+                #[name = "resume_button"]
+                gtk::Button {
+                    set_icon_name: "media-playback-start-symbolic",
+                    set_tooltip_text: Some(&gettext("Resume")),
+                    add_css_class: "flat",
+                    #[watch]
+                    set_visible: self.state == VmState::Paused,
+                    #[watch]
+                    set_sensitive: self.can_resume(),
+                    connect_clicked => MachineRowInput::Act(VmAction::Resume),
+                },
+
+                #[name = "power_button"]
+                gtk::Button {
+                    set_icon_name: "system-shutdown-symbolic",
+                    set_tooltip_text: Some(&gettext("Shut Down")),
+                    add_css_class: "flat",
+                    #[watch]
+                    set_sensitive: self.can_stop(),
+                    connect_clicked => MachineRowInput::Act(VmAction::PowerButton),
+                },
+
+                #[name = "more_button"]
+                gtk::MenuButton {
+                    set_icon_name: "view-more-symbolic",
+                    set_tooltip_text: Some(&gettext("More Actions")),
+                    add_css_class: "flat",
+                    #[watch]
+                    set_sensitive: self.usable() && self.state.is_live(),
+
+                    #[wrap(Some)]
+                    set_popover = &gtk::Popover {
+                        gtk::Box {
+                            set_orientation: gtk::Orientation::Vertical,
+
+                            gtk::Button {
+                                set_label: &gettext("Reset"),
+                                add_css_class: "flat",
+                                connect_clicked => MachineRowInput::Act(VmAction::Reset),
+                            },
+                            gtk::Button {
+                                set_label: &gettext("Force Off"),
+                                add_css_class: "flat",
+                                add_css_class: "destructive-action",
+                                connect_clicked => MachineRowInput::Act(VmAction::ForceOff),
+                            },
+                        },
+                    },
+                },
+            },
         }
     }
 
-    fn init_model(entry: Self::Init, _index: &DynamicIndex, _sender: FactorySender<Self>) -> Self {
-        Self { entry }
+    fn init_model(init: Self::Init, _index: &DynamicIndex, _sender: FactorySender<Self>) -> Self {
+        Self {
+            entry: init.entry,
+            state: init.state,
+            busy: false,
+        }
+    }
+
+    fn init_widgets(
+        &mut self,
+        _index: &DynamicIndex,
+        root: Self::Root,
+        _returned_widget: &gtk::ListBoxRow,
+        sender: FactorySender<Self>,
+    ) -> Self::Widgets {
+        let widgets = view_output!();
+        let name = &self.entry.name;
+        let label = |text: &str| {
+            gettext_f(
+                // Translators: the accessible name of a button in a library row, e.g.
+                // "Start Debian Desktop"; {action} is the button's label, {name} the
+                // virtual machine.
+                "{action} {name}",
+                &[("action", text), ("name", name)],
+            )
+        };
+        a11y::set_label(&widgets.start_button, &label(&gettext("Start")));
+        a11y::set_label(&widgets.pause_button, &label(&gettext("Pause")));
+        a11y::set_label(&widgets.resume_button, &label(&gettext("Resume")));
+        a11y::set_label(&widgets.power_button, &label(&gettext("Shut Down")));
+        a11y::set_label(&widgets.more_button, &label(&gettext("More Actions")));
+        widgets
+    }
+
+    fn update(&mut self, message: Self::Input, sender: FactorySender<Self>) {
+        match message {
+            MachineRowInput::SetState(state) => {
+                self.state = state;
+                self.busy = false;
+            }
+            MachineRowInput::Act(action) => {
+                self.busy = true;
+                if action == VmAction::Start {
+                    self.state = VmState::Starting;
+                }
+                if sender
+                    .output(MachineRowOutput::Act(self.entry.id.clone(), action))
+                    .is_err()
+                {
+                    log::debug!("the library window is gone");
+                }
+            }
+        }
     }
 }

@@ -4,9 +4,12 @@
 //! ([`window::AppWindow`]).
 
 mod a11y;
+mod assistant;
+mod assistant_model;
 mod i18n;
 mod library_model;
 mod machine_row;
+mod vm_control;
 mod window;
 mod window_state;
 

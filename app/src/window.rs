@@ -5,21 +5,36 @@
 //! shows a spinner; then one of three pages: the list, the empty state, or why the library
 //! could not be read. Refreshing (button, F5, Ctrl+R) reloads it the same way while the
 //! current page stays up.
+//!
+//! Lifecycle: a row asks for an action ([`MachineRowOutput`]); the window runs it with
+//! [`vm_control::perform`] on the background pool and tells the row the state that
+//! follows. Every live VM has a watcher thread ([`vm_control::watch`]) that follows its
+//! helper's QMP events and reports through the command channel; when a helper dies without
+//! the guest powering off, the window shows the end of its log and stays up. Loading the
+//! library also probes each VM's runtime directory, so VMs left running by an earlier
+//! window (or started by `hospesctl`) are found again and watched.
 
 use adw::prelude::*;
 use gettextrs::gettext;
 use gtk::{gio, glib};
 use relm4::actions::{AccelsPlus, ActionablePlus, RelmAction, RelmActionGroup};
 use relm4::factory::FactoryVecDeque;
-use relm4::{Component, ComponentParts, ComponentSender};
+use relm4::{Component, ComponentController, ComponentParts, ComponentSender, Controller};
+
+use std::collections::HashSet;
 
 use crate::a11y;
+use crate::assistant::{Assistant, AssistantOutput};
+use crate::i18n::gettext_f;
 use crate::library_model::{self, LibraryLoad};
-use crate::machine_row::MachineRow;
+use crate::machine_row::{MachineRow, MachineRowInit, MachineRowInput, MachineRowOutput};
+use crate::vm_control::{self, VmAction, VmRef, VmState, WatchEvent};
 use crate::window_state;
 
 relm4::new_action_group!(WindowActionGroup, "win");
 relm4::new_stateless_action!(RefreshAction, WindowActionGroup, "refresh");
+relm4::new_stateless_action!(NewVmAction, WindowActionGroup, "new-vm");
+relm4::new_stateless_action!(SearchAction, WindowActionGroup, "search");
 
 /// What the window shows below its header bar.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +67,13 @@ pub struct AppWindow {
     loading: bool,
     machines: FactoryVecDeque<MachineRow>,
     settings: Option<gio::Settings>,
+    /// Library ids of the VMs with a watcher thread.
+    watched: HashSet<String>,
+    /// Library ids of the VMs this window forced off: their end is no surprise.
+    forced: HashSet<String>,
+    /// The new-VM assistant while it is open.
+    assistant: Option<Controller<Assistant>>,
+    window: adw::ApplicationWindow,
 }
 
 /// Requests to the window.
@@ -59,13 +81,34 @@ pub struct AppWindow {
 pub enum AppWindowInput {
     /// Read the library again.
     Refresh,
+    /// Carry out an action on the VM with this library id.
+    Act(String, VmAction),
+    /// Open the new-VM assistant.
+    NewVm,
+    /// The assistant closed; it created the VM with this id, if any.
+    AssistantDone(Option<String>),
+    /// Focus the search entry.
+    Search,
 }
 
 /// Results of background work.
 #[derive(Debug)]
 pub enum AppWindowCommand {
-    /// The library finished loading.
-    Loaded(LibraryLoad),
+    /// The library finished loading, with each entry's state in the same order.
+    Loaded(LibraryLoad, Vec<VmState>),
+    /// An action ended; the VM is now in `state`.
+    Acted {
+        /// The VM's library id.
+        id: String,
+        /// The action.
+        action: VmAction,
+        /// Why it failed, translated.
+        result: Result<(), String>,
+        /// The state found afterwards.
+        state: VmState,
+    },
+    /// A watcher saw something.
+    Watch(String, WatchEvent),
 }
 
 #[relm4::component(pub)]
@@ -86,6 +129,20 @@ impl Component for AppWindow {
                 set_orientation: gtk::Orientation::Vertical,
 
                 adw::HeaderBar {
+                    #[name = "new_button"]
+                    pack_start = &gtk::Button {
+                        set_icon_name: "list-add-symbolic",
+                        ActionablePlus::set_stateless_action::<NewVmAction>: &(),
+                        set_tooltip_text: Some(&gettext("New Virtual Machine (Ctrl+N)")),
+                    },
+
+                    #[wrap(Some)]
+                    #[name = "search_entry"]
+                    set_title_widget = &gtk::SearchEntry {
+                        set_placeholder_text: Some(&gettext("Search virtual machines")),
+                        set_width_chars: 24,
+                    },
+
                     #[name = "refresh_button"]
                     pack_start = &gtk::Button {
                         set_icon_name: "view-refresh-symbolic",
@@ -113,16 +170,26 @@ impl Component for AppWindow {
                         set_icon_name: Some("io.github.hospes.Hospes-symbolic"),
                         set_title: &gettext("No virtual machines yet"),
                         set_description: Some(&gettext(
-                            "Create one in a terminal with “hospesctl create”, then refresh.",
+                            "Create one from an install image, a kernel or a disk image.",
                         )),
 
                         #[wrap(Some)]
-                        set_child = &gtk::Button {
-                            set_label: &gettext("Refresh"),
+                        set_child = &gtk::Box {
+                            set_orientation: gtk::Orientation::Vertical,
+                            set_spacing: 12,
                             set_halign: gtk::Align::Center,
-                            add_css_class: "pill",
-                            add_css_class: "suggested-action",
-                            ActionablePlus::set_stateless_action::<RefreshAction>: &(),
+
+                            gtk::Button {
+                                set_label: &gettext("Create a Virtual Machine"),
+                                add_css_class: "pill",
+                                add_css_class: "suggested-action",
+                                ActionablePlus::set_stateless_action::<NewVmAction>: &(),
+                            },
+                            gtk::Button {
+                                set_label: &gettext("Refresh"),
+                                add_css_class: "pill",
+                                ActionablePlus::set_stateless_action::<RefreshAction>: &(),
+                            },
                         },
                     },
 
@@ -176,16 +243,25 @@ impl Component for AppWindow {
     fn init(_: (), root: Self::Root, sender: ComponentSender<Self>) -> ComponentParts<Self> {
         let machines = FactoryVecDeque::builder()
             .launch(gtk::ListBox::default())
-            .detach();
+            .forward(sender.input_sender(), |output| match output {
+                MachineRowOutput::Act(id, action) => AppWindowInput::Act(id, action),
+            });
         let model = AppWindow {
             page: Page::Loading,
             loading: false,
             machines,
             settings: window_state::settings(),
+            watched: HashSet::new(),
+            forced: HashSet::new(),
+            assistant: None,
+            window: root.clone(),
         };
         let machine_list = model.machines.widget();
         let widgets = view_output!();
 
+        install_search(machine_list, &widgets.search_entry);
+        a11y::set_label(&widgets.new_button, &gettext("New Virtual Machine"));
+        a11y::set_label(&widgets.search_entry, &gettext("Search virtual machines"));
         a11y::set_label(&widgets.refresh_button, &gettext("Refresh"));
         a11y::set_label(&widgets.spinner, &gettext("Loading virtual machines…"));
         a11y::set_label(machine_list, &gettext("Virtual machines"));
@@ -198,43 +274,110 @@ impl Component for AppWindow {
         ComponentParts { model, widgets }
     }
 
+    fn update_with_view(
+        &mut self,
+        widgets: &mut Self::Widgets,
+        message: Self::Input,
+        sender: ComponentSender<Self>,
+        root: &Self::Root,
+    ) {
+        if let AppWindowInput::Search = message {
+            widgets.search_entry.grab_focus();
+        } else {
+            self.update(message, sender.clone(), root);
+        }
+        self.update_view(widgets, sender);
+    }
+
     fn update(&mut self, message: Self::Input, sender: ComponentSender<Self>, _root: &Self::Root) {
         match message {
             AppWindowInput::Refresh if self.loading => {}
             AppWindowInput::Refresh => {
                 self.loading = true;
                 sender.spawn_oneshot_command(|| {
-                    AppWindowCommand::Loaded(library_model::load_default())
+                    let load = library_model::load_default();
+                    let states = match &load {
+                        Ok(entries) => entries
+                            .iter()
+                            .map(|entry| match entry.error {
+                                None => vm_control::probe(&entry.id),
+                                Some(_) => VmState::Stopped,
+                            })
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    AppWindowCommand::Loaded(load, states)
                 });
             }
+            AppWindowInput::Act(id, action) => self.act(id, action, &sender),
+            AppWindowInput::NewVm => self.open_assistant(&sender),
+            AppWindowInput::AssistantDone(created) => {
+                self.assistant = None;
+                if created.is_some() {
+                    sender.input(AppWindowInput::Refresh);
+                }
+            }
+            AppWindowInput::Search => {}
         }
     }
 
     fn update_cmd(
         &mut self,
         message: Self::CommandOutput,
-        _sender: ComponentSender<Self>,
+        sender: ComponentSender<Self>,
         _root: &Self::Root,
     ) {
         match message {
-            AppWindowCommand::Loaded(result) => {
+            AppWindowCommand::Loaded(result, states) => {
                 self.loading = false;
-                self.show(result);
+                self.show(result, states, &sender);
+            }
+            AppWindowCommand::Acted {
+                id,
+                action,
+                result,
+                state,
+            } => {
+                self.set_state(&id, state);
+                match result {
+                    Ok(()) if state.is_live() => self.watch(&id, &sender),
+                    Ok(()) => {}
+                    Err(message) => {
+                        log::warn!("{action:?} failed: {message}");
+                        self.show_error(&gettext("The action failed"), &message);
+                    }
+                }
+            }
+            AppWindowCommand::Watch(id, WatchEvent::State(state)) => self.set_state(&id, state),
+            AppWindowCommand::Watch(id, WatchEvent::Exited { clean, log }) => {
+                self.watched.remove(&id);
+                self.set_state(&id, VmState::Stopped);
+                let forced = self.forced.remove(&id);
+                if !clean && !forced {
+                    self.report_crash(&id, &log);
+                }
             }
         }
     }
 }
 
 impl AppWindow {
-    /// Replaces the rows with a fresh load and picks the page to show.
-    fn show(&mut self, result: LibraryLoad) {
+    /// Replaces the rows with a fresh load, watches the live VMs and picks the page to show.
+    fn show(&mut self, result: LibraryLoad, states: Vec<VmState>, sender: &ComponentSender<Self>) {
+        let mut live = Vec::new();
         let mut rows = self.machines.guard();
         rows.clear();
         self.page = match result {
             Ok(entries) if entries.is_empty() => Page::Empty,
             Ok(entries) => {
-                for entry in entries {
-                    rows.push_back(entry);
+                let states = states
+                    .into_iter()
+                    .chain(std::iter::repeat(VmState::Stopped));
+                for (entry, state) in entries.into_iter().zip(states) {
+                    if state.is_live() {
+                        live.push(entry.id.clone());
+                    }
+                    rows.push_back(MachineRowInit { entry, state });
                 }
                 Page::List
             }
@@ -243,6 +386,113 @@ impl AppWindow {
                 Page::Failed(err)
             }
         };
+        drop(rows);
+        for id in live {
+            self.watch(&id, sender);
+        }
+    }
+
+    /// Runs `action` on the VM `id` on the background pool.
+    fn act(&mut self, id: String, action: VmAction, sender: &ComponentSender<Self>) {
+        let Some(row) = self.machines.iter().find(|row| row.id() == id) else {
+            return;
+        };
+        let vm = VmRef {
+            id: id.clone(),
+            name: row.entry().name.clone(),
+            config: row.entry().config_path.clone(),
+        };
+        if action == VmAction::ForceOff {
+            self.forced.insert(id.clone());
+        }
+        sender.spawn_oneshot_command(move || {
+            let result = vm_control::perform(&vm, action);
+            let state = vm_control::probe(&vm.id);
+            AppWindowCommand::Acted {
+                id,
+                action,
+                result,
+                state,
+            }
+        });
+    }
+
+    /// Starts a watcher thread for VM `id` unless one runs.
+    fn watch(&mut self, id: &str, sender: &ComponentSender<Self>) {
+        if !self.watched.insert(id.to_owned()) {
+            return;
+        }
+        let out = sender.command_sender().clone();
+        let watched_id = id.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name(format!("watch-{id}"))
+            .spawn(move || {
+                vm_control::watch(&watched_id, |event| {
+                    out.send(AppWindowCommand::Watch(watched_id.clone(), event))
+                        .is_ok()
+                });
+            });
+        if let Err(err) = spawned {
+            log::warn!("cannot start a thread to watch VM {id}: {err}");
+            self.watched.remove(id);
+        }
+    }
+
+    /// Tells the row of VM `id` its new state.
+    fn set_state(&mut self, id: &str, state: VmState) {
+        if let Some(index) = self.machines.iter().position(|row| row.id() == id) {
+            self.machines.send(index, MachineRowInput::SetState(state));
+        }
+    }
+
+    /// Says that VM `id` stopped unexpectedly, with the end of its helper's log.
+    fn report_crash(&self, id: &str, log: &str) {
+        let name = self
+            .machines
+            .iter()
+            .find(|row| row.id() == id)
+            .map_or_else(|| id.to_owned(), |row| row.entry().name.clone());
+        let heading = gettext_f(
+            // Translators: the heading of a message shown when a virtual machine's process
+            // ended on its own; {name} is the machine.
+            "“{name}” stopped unexpectedly",
+            &[("name", &name)],
+        );
+        let body = if log.trim().is_empty() {
+            gettext("Its process ended without writing a reason to its log.")
+        } else {
+            gettext_f(
+                // Translators: {log} is the end of the virtual machine process's log.
+                "The last lines of its log:\n{log}",
+                &[("log", log.trim_end())],
+            )
+        };
+        self.show_error(&heading, &body);
+    }
+
+    /// A message dialog over the window; the app stays usable behind it.
+    fn show_error(&self, heading: &str, body: &str) {
+        let dialog = adw::MessageDialog::new(Some(&self.window), Some(heading), Some(body));
+        dialog.add_response("close", &gettext("Close"));
+        dialog.set_default_response(Some("close"));
+        dialog.set_close_response("close");
+        dialog.present();
+    }
+
+    /// Opens the new-VM assistant over the window, or raises it.
+    fn open_assistant(&mut self, sender: &ComponentSender<Self>) {
+        if let Some(assistant) = &self.assistant {
+            assistant.widget().present();
+            return;
+        }
+        let assistant = Assistant::builder()
+            .transient_for(&self.window)
+            .launch(())
+            .forward(sender.input_sender(), |output| match output {
+                AssistantOutput::Closed(created) => AppWindowInput::AssistantDone(created),
+            });
+        assistant.widget().present();
+        self.assistant = Some(assistant);
     }
 
     /// The failure page's description; the status page reads it as markup.
@@ -257,13 +507,48 @@ impl AppWindow {
 /// Registers `win.refresh` on the window, bound to F5 and Ctrl+R, and binds Ctrl+W to
 /// GTK's built-in `window.close`.
 fn install_actions(window: &adw::ApplicationWindow, sender: &ComponentSender<AppWindow>) {
-    let sender = sender.clone();
+    let input = sender.clone();
     let refresh: RelmAction<RefreshAction> =
-        RelmAction::new_stateless(move |_| sender.input(AppWindowInput::Refresh));
+        RelmAction::new_stateless(move |_| input.input(AppWindowInput::Refresh));
+    let input = sender.clone();
+    let new_vm: RelmAction<NewVmAction> =
+        RelmAction::new_stateless(move |_| input.input(AppWindowInput::NewVm));
+    let input = sender.clone();
+    let search: RelmAction<SearchAction> =
+        RelmAction::new_stateless(move |_| input.input(AppWindowInput::Search));
     let mut group = RelmActionGroup::<WindowActionGroup>::new();
     group.add_action(refresh);
+    group.add_action(new_vm);
+    group.add_action(search);
     group.register_for_widget(window);
     let app = relm4::main_application();
     app.set_accelerators_for_action::<RefreshAction>(&["F5", "<primary>r"]);
+    app.set_accelerators_for_action::<NewVmAction>(&["<primary>n"]);
+    app.set_accelerators_for_action::<SearchAction>(&["<primary>f"]);
     app.set_accels_for_action("window.close", &["<primary>w"]);
+}
+
+/// Shows only the rows whose name or summary contains the search text (case-insensitive),
+/// and says so when none does.
+fn install_search(list: &gtk::ListBox, entry: &gtk::SearchEntry) {
+    let query = entry.clone();
+    list.set_filter_func(move |row| {
+        let text = query.text().to_lowercase();
+        if text.is_empty() {
+            return true;
+        }
+        row.downcast_ref::<adw::ActionRow>().is_none_or(|row| {
+            row.title().to_lowercase().contains(&text)
+                || row
+                    .subtitle()
+                    .is_some_and(|s| s.to_lowercase().contains(&text))
+        })
+    });
+    let placeholder = gtk::Label::new(Some(&gettext("No virtual machine matches the search")));
+    placeholder.add_css_class("dim-label");
+    placeholder.set_margin_top(18);
+    placeholder.set_margin_bottom(18);
+    list.set_placeholder(Some(&placeholder));
+    let filtered = list.clone();
+    entry.connect_search_changed(move |_| filtered.invalidate_filter());
 }

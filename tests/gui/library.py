@@ -16,6 +16,8 @@ import time
 import pyatspi
 
 APP_NAMES = {"hospes", "Hospes"}
+# GTK 4.8 reports the main window as a frame and an AdwWindow (the assistant) as a filler.
+WINDOW_ROLES = {pyatspi.ROLE_FRAME, pyatspi.ROLE_DIALOG, pyatspi.ROLE_FILLER}
 
 
 def walk(node, depth=0):
@@ -101,6 +103,13 @@ def press(title, keys):
     subprocess.run(["xdotool", "key", "--clearmodifiers", *keys.split()], check=True)
 
 
+def type_text(title, text):
+    """Focuses the window titled `title` and types `text` through XTEST."""
+    subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name", f"^{title}$",
+                    "windowfocus", "--sync"], check=True)
+    subprocess.run(["xdotool", "type", "--delay", "20", text], check=True)
+
+
 def window_size(title):
     """The X window size of the visible window titled `title` (CSD shadow included)."""
     result = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", f"^{title}$",
@@ -153,6 +162,8 @@ def main():
     parser.add_argument("--title", default="Hospes", help="the window title")
     parser.add_argument("--click", help="the name of a shown button to press first")
     parser.add_argument("--keys", help="xdotool key names to press first, e.g. F5")
+    parser.add_argument("--type", dest="text", help="text to type after --keys")
+    parser.add_argument("--keys-after", help="xdotool key names to press after --type")
     parser.add_argument("--resize", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
                         help="resize the window (after the checks pass)")
     parser.add_argument("--window-size", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
@@ -166,8 +177,8 @@ def main():
     app = wait_for(find_app, args.timeout, "hospes on the AT-SPI bus")
     wait_for(
         lambda: any(
-            node.getRole() == pyatspi.ROLE_FRAME and node.name == args.title
-            for node in walk(app)
+            node is not None and node.getRole() in WINDOW_ROLES and node.name == args.title
+            for node in (app.getChildAtIndex(i) for i in range(app.childCount))
         ),
         args.timeout,
         f"a window titled {args.title!r}",
@@ -176,6 +187,10 @@ def main():
         click(app, args.click, args.timeout)
     if args.keys:
         press(args.title, args.keys)
+    if args.text:
+        type_text(args.title, args.text)
+    if args.keys_after:
+        press(args.title, args.keys_after)
     texts = check(app, args.expect, args.absent, args.contains, args.timeout)
     print(f"library.py: ok, {len(texts)} named accessibles showing")
     if args.window_size:

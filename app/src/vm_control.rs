@@ -1,0 +1,347 @@
+//! Running VMs from the app: start, pause, resume, power button, reset, force off, and a
+//! watcher that follows one helper's QMP events. Plain blocking code, no GTK.
+//!
+//! Every function here blocks (it waits on sockets or on a starting helper), so the window
+//! calls them from relm4's background pool or from a watcher thread, never from the main
+//! loop. A VM's runtime directory (`$XDG_RUNTIME_DIR/hospes/<id>/`) is named after its
+//! library id, so a helper started by `hospesctl` and one started here are the same VM.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gettextrs::gettext;
+use hospes_vmm::control::RunState;
+use hospes_vmm::control::client::{ClientError, QmpClient};
+use hospes_vmm::launch::{self, HelperStatus, LaunchSpec};
+use hospes_vmm::runtime::{Liveness, RuntimeDir};
+
+use crate::i18n::gettext_f;
+
+/// How many lines of `helper.log` the app shows when a helper dies.
+pub const LOG_LINES: usize = 12;
+/// How long one QMP answer may take before the app gives up on it.
+const QMP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the watcher looks at a helper whose events are quiet.
+const WATCH_TICK: Duration = Duration::from_millis(500);
+
+/// What a VM is doing, as the library shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// No helper runs.
+    Stopped,
+    /// A helper is being started, or runs but does not answer yet.
+    Starting,
+    /// The guest runs.
+    Running,
+    /// The guest is paused by the host.
+    Paused,
+    /// The power button was pressed or the helper is being stopped.
+    Stopping,
+}
+
+impl VmState {
+    /// The state as a person reads it.
+    pub fn label(self) -> String {
+        match self {
+            // Translators: the state of a virtual machine.
+            VmState::Stopped => gettext("Stopped"),
+            // Translators: the state of a virtual machine.
+            VmState::Starting => gettext("Starting"),
+            // Translators: the state of a virtual machine.
+            VmState::Running => gettext("Running"),
+            // Translators: the state of a virtual machine.
+            VmState::Paused => gettext("Paused"),
+            // Translators: the state of a virtual machine.
+            VmState::Stopping => gettext("Stopping"),
+        }
+    }
+
+    /// Whether a helper process belongs to this state.
+    pub fn is_live(self) -> bool {
+        !matches!(self, VmState::Stopped)
+    }
+
+    /// The state a QMP run state maps to.
+    pub fn from_run_state(state: RunState) -> VmState {
+        match state {
+            RunState::Paused | RunState::Suspended => VmState::Paused,
+            RunState::Prelaunch => VmState::Starting,
+            RunState::Shutdown => VmState::Stopping,
+            RunState::Running
+            | RunState::InternalError
+            | RunState::GuestPanicked
+            | RunState::Unknown => VmState::Running,
+        }
+    }
+}
+
+/// Something a person asked a VM to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmAction {
+    /// Start the helper.
+    Start,
+    /// Pause the guest.
+    Pause,
+    /// Resume a paused guest.
+    Resume,
+    /// Press the ACPI power button.
+    PowerButton,
+    /// Reset the guest.
+    Reset,
+    /// Kill the helper at once.
+    ForceOff,
+}
+
+/// A VM to act on: its library id, name and settings file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRef {
+    /// The library id (folder name), also the runtime directory's name.
+    pub id: String,
+    /// The name people see.
+    pub name: String,
+    /// Its `vm.ron`.
+    pub config: PathBuf,
+}
+
+/// The current state of the VM with library id `id`. Blocking, bounded by [`QMP_TIMEOUT`].
+pub fn probe(id: &str) -> VmState {
+    let Ok(runtime) = RuntimeDir::open(id) else {
+        return VmState::Stopped;
+    };
+    match launch::status(&runtime, QMP_TIMEOUT) {
+        Ok(HelperStatus::NotRunning) => VmState::Stopped,
+        Ok(HelperStatus::NotAnswering(_)) => VmState::Starting,
+        Ok(HelperStatus::Running { state, .. }) => VmState::from_run_state(state),
+        Err(err) => {
+            log::warn!("cannot ask VM {id} for its state: {err}");
+            VmState::Starting
+        }
+    }
+}
+
+/// Carries out `action` on `vm`. Blocking: starting waits until the helper answers.
+/// The error is a translated sentence with the cause chain.
+pub fn perform(vm: &VmRef, action: VmAction) -> Result<(), String> {
+    let result = match action {
+        VmAction::Start => start(vm),
+        VmAction::ForceOff => force_off(&vm.id),
+        VmAction::Pause => qmp(&vm.id, QmpClient::stop),
+        VmAction::Resume => qmp(&vm.id, QmpClient::cont),
+        VmAction::PowerButton => qmp(&vm.id, QmpClient::system_powerdown),
+        VmAction::Reset => qmp(&vm.id, QmpClient::system_reset),
+    };
+    result.map_err(|detail| {
+        gettext_f(
+            // Translators: shown when an action on a virtual machine failed; {name} is the
+            // machine, {error} the technical reason.
+            "“{name}”: {error}",
+            &[("name", &vm.name), ("error", &detail)],
+        )
+    })
+}
+
+fn start(vm: &VmRef) -> Result<(), String> {
+    let runtime = RuntimeDir::create(&vm.id).map_err(|err| error_chain(&err))?;
+    let mut spec = LaunchSpec::new(helper_binary(), &vm.name, &vm.config);
+    spec.extra_args = extra_helper_args(&runtime);
+    launch::spawn_helper(&spec, &runtime)
+        .map(|_| ())
+        .map_err(|err| error_chain(&err))
+}
+
+fn force_off(id: &str) -> Result<(), String> {
+    let runtime = RuntimeDir::open(id).map_err(|err| error_chain(&err))?;
+    launch::kill(&runtime)
+        .map(|_| ())
+        .map_err(|err| error_chain(&err))
+}
+
+fn qmp(id: &str, command: fn(&mut QmpClient) -> Result<(), ClientError>) -> Result<(), String> {
+    let runtime = RuntimeDir::open(id).map_err(|err| error_chain(&err))?;
+    let mut client = QmpClient::connect_with_timeout(&runtime.qmp_socket(), QMP_TIMEOUT)
+        .map_err(|err| error_chain(&err))?;
+    command(&mut client).map_err(|err| error_chain(&err))
+}
+
+/// Helper arguments beyond the ones `launch` always passes: none yet. The display bridge
+/// (`--vnc unix:RT/vnc.sock`) joins here once the helper has it.
+fn extra_helper_args(_runtime: &RuntimeDir) -> Vec<OsString> {
+    Vec::new()
+}
+
+/// The `hospes-vmm` to run: `$HOSPES_VMM`, else the one next to this binary, else the one
+/// on `PATH`.
+pub fn helper_binary() -> PathBuf {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    pick_helper(std::env::var_os("HOSPES_VMM"), exe_dir.as_deref())
+}
+
+fn pick_helper(env: Option<OsString>, exe_dir: Option<&Path>) -> PathBuf {
+    if let Some(path) = env.filter(|path| !path.is_empty()) {
+        return PathBuf::from(path);
+    }
+    if let Some(beside) = exe_dir.map(|dir| dir.join("hospes-vmm"))
+        && beside.is_file()
+    {
+        return beside;
+    }
+    PathBuf::from("hospes-vmm")
+}
+
+/// What a watcher reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The VM changed state.
+    State(VmState),
+    /// The helper is gone. `clean` is false when it ended without the guest powering off
+    /// (a crash, a kill from outside); `log` holds the last lines of `helper.log`.
+    Exited {
+        /// The guest powered off (or the helper was asked to quit).
+        clean: bool,
+        /// The end of the helper's log.
+        log: String,
+    },
+}
+
+/// Follows the helper of VM `id` until it exits, calling `report` for every change.
+/// Blocking: run it on a thread of its own. Returns when the helper is gone or `report`
+/// returns false (nobody listens any more).
+pub fn watch(id: &str, mut report: impl FnMut(WatchEvent) -> bool) {
+    let Ok(runtime) = RuntimeDir::open(id) else {
+        report(WatchEvent::Exited {
+            clean: true,
+            log: String::new(),
+        });
+        return;
+    };
+    let mut powered_off = false;
+    let mut connected_once = false;
+    let mut client = None;
+    loop {
+        if client.is_none() {
+            client = QmpClient::connect_with_timeout(&runtime.qmp_socket(), QMP_TIMEOUT).ok();
+            connected_once |= client.is_some();
+            if let Some(connected) = client.as_mut() {
+                match connected.query_status() {
+                    Ok(info) => {
+                        if !report(WatchEvent::State(VmState::from_run_state(info.status))) {
+                            return;
+                        }
+                    }
+                    Err(_) => client = None,
+                }
+            }
+        }
+        let event = match client.as_mut() {
+            Some(connected) => connected.next_event(WATCH_TICK),
+            None => {
+                std::thread::sleep(WATCH_TICK);
+                Err(ClientError::Closed)
+            }
+        };
+        match event {
+            Ok(event) => {
+                let state = match event.name.as_str() {
+                    "STOP" => Some(VmState::Paused),
+                    "RESUME" => Some(VmState::Running),
+                    "POWERDOWN" => None,
+                    "SHUTDOWN" => {
+                        powered_off = true;
+                        Some(VmState::Stopping)
+                    }
+                    _ => None,
+                };
+                if let Some(state) = state
+                    && !report(WatchEvent::State(state))
+                {
+                    return;
+                }
+            }
+            Err(ClientError::Timeout) => {}
+            Err(_) => {
+                client = None;
+                if !matches!(
+                    runtime.probe(),
+                    Liveness::Running(_) | Liveness::NotAnswering(_)
+                ) {
+                    let log = runtime.log_tail(LOG_LINES);
+                    // Without a SHUTDOWN event the helper ended on its own: a crash or a
+                    // kill. Only a helper never reached may have powered off unseen.
+                    let clean = powered_off || (!connected_once && exited_cleanly(&log));
+                    if let Err(err) = runtime.clear_runtime_files() {
+                        log::warn!("cannot clear the runtime files of VM {id}: {err}");
+                    }
+                    report(WatchEvent::Exited { clean, log });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether the helper's log ends the way a guest power-off or a QMP `quit` ends it. The
+/// helper prints nothing on a clean exit, so an empty log counts as clean.
+fn exited_cleanly(log: &str) -> bool {
+    !log.lines().any(|line| {
+        let line = line.to_ascii_lowercase();
+        line.contains("error") || line.contains("panicked")
+    })
+}
+
+/// `err` and its causes, joined with ": ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_is_taken_from_the_environment_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hospes-vmm"), "").unwrap();
+        assert_eq!(
+            pick_helper(Some("/opt/vmm".into()), Some(dir.path())),
+            PathBuf::from("/opt/vmm")
+        );
+        assert_eq!(
+            pick_helper(None, Some(dir.path())),
+            dir.path().join("hospes-vmm")
+        );
+        assert_eq!(
+            pick_helper(Some("".into()), Some(Path::new("/nonexistent"))),
+            PathBuf::from("hospes-vmm")
+        );
+    }
+
+    #[test]
+    fn run_states_map_to_library_states() {
+        assert_eq!(VmState::from_run_state(RunState::Running), VmState::Running);
+        assert_eq!(VmState::from_run_state(RunState::Paused), VmState::Paused);
+        assert_eq!(
+            VmState::from_run_state(RunState::Shutdown),
+            VmState::Stopping
+        );
+        assert!(!VmState::Stopped.is_live());
+        assert!(VmState::Paused.is_live());
+    }
+
+    #[test]
+    fn a_log_with_an_error_is_not_a_clean_exit() {
+        assert!(exited_cleanly(""));
+        assert!(exited_cleanly("guest powered off\n"));
+        assert!(!exited_cleanly("Error: KVM_RUN failed\n"));
+        assert!(!exited_cleanly("thread 'vcpu0' panicked at src/x.rs\n"));
+    }
+}
