@@ -9,7 +9,7 @@ packages=(
   # build
   build-essential pkg-config libgtk-4-dev libadwaita-1-dev gettext
   # tiny test guests and peers
-  gcc binutils qemu-system-x86 passt acpica-tools
+  gcc binutils qemu-system-x86 passt acpica-tools gvncviewer
   # headless GUI tests and desktop-integration checks
   xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool
   desktop-file-utils appstream libglib2.0-bin python3-yaml python3-venv
@@ -28,8 +28,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python peers for the interop tests (real QMP client), in a project-local venv.
-py_packages=(qemu.qmp==0.0.6)
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import qemu.qmp' 2>/dev/null; then
+py_packages=(qemu.qmp==0.0.6 vncdotool==1.4.2)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import qemu.qmp, vncdotool' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install -q "${py_packages[@]}"
 fi

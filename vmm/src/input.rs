@@ -168,6 +168,65 @@ pub fn keysym_to_xt(keysym: u32) -> Option<u16> {
     Some(code)
 }
 
+/// The XT scancode of a QEMU key name (QMP `input-send-event`'s qcode).
+pub fn qcode_to_xt(name: &str) -> Option<u16> {
+    if let [c] = name.as_bytes() {
+        return keysym_to_xt(u32::from(*c));
+    }
+    let code = match name {
+        "esc" => 0x01,
+        "minus" => 0x0c,
+        "equal" => 0x0d,
+        "backspace" => 0x0e,
+        "tab" => 0x0f,
+        "bracket_left" => 0x1a,
+        "bracket_right" => 0x1b,
+        "ret" => 0x1c,
+        "ctrl" => 0x1d,
+        "semicolon" => 0x27,
+        "apostrophe" => 0x28,
+        "grave_accent" => 0x29,
+        "shift" => 0x2a,
+        "backslash" => 0x2b,
+        "comma" => 0x33,
+        "dot" => 0x34,
+        "slash" => 0x35,
+        "shift_r" => 0x36,
+        "kp_multiply" => 0x37,
+        "alt" => 0x38,
+        "spc" => 0x39,
+        "caps_lock" => 0x3a,
+        "f11" => 0x57,
+        "f12" => 0x58,
+        "kp_enter" => 0x9c,
+        "ctrl_r" => 0x9d,
+        "alt_r" => 0xb8,
+        "home" => 0xc7,
+        "up" => 0xc8,
+        "pgup" => 0xc9,
+        "left" => 0xcb,
+        "right" => 0xcd,
+        "end" => 0xcf,
+        "down" => 0xd0,
+        "pgdn" => 0xd1,
+        "insert" => 0xd2,
+        "delete" => 0xd3,
+        "meta_l" => 0xdb,
+        "meta_r" => 0xdc,
+        "menu" => 0xdd,
+        f if f.starts_with('f') => {
+            let n: u16 = f[1..].parse().ok()?;
+            if (1..=10).contains(&n) {
+                0x3a + n
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    };
+    Some(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +256,17 @@ mod tests {
         assert_eq!(keysym_to_xt(0xff52), Some(0xc8));
         assert_eq!(keysym_to_xt(0xffc9), Some(0x58));
         assert_eq!(keysym_to_xt(0x12345), None);
+    }
+
+    #[test]
+    fn qcodes_map_to_scancodes() {
+        assert_eq!(qcode_to_xt("a"), Some(0x1e));
+        assert_eq!(qcode_to_xt("ret"), Some(0x1c));
+        assert_eq!(qcode_to_xt("f1"), Some(0x3b));
+        assert_eq!(qcode_to_xt("f10"), Some(0x44));
+        assert_eq!(qcode_to_xt("f13"), None);
+        assert_eq!(qcode_to_xt("ctrl_r"), Some(0x9d));
+        assert_eq!(qcode_to_xt("nonsense"), None);
     }
 
     #[test]

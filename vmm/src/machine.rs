@@ -40,6 +40,7 @@ use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
 use crate::vstate::{memory, vm};
 
 pub mod console;
+pub mod display;
 pub mod qmp;
 
 /// Smallest guest RAM accepted.
@@ -295,6 +296,8 @@ pub struct Machine {
     pub guest_memory: GuestMemoryMmap,
     /// The configuration this boot was built from.
     pub config: MachineConfig,
+    /// The keyboard controller: PS/2 keyboard and mouse input goes here.
+    pub i8042: Arc<Mutex<I8042>>,
     kvm: Kvm,
     boot: boot::BootEntry,
     serial: Arc<Mutex<SerialDevice>>,
@@ -347,9 +350,14 @@ impl Machine {
             .register_irqfd(&persistent.serial_irq.0, layout::COM1_IRQ)
             .map_err(MachineError::Irqfd)?;
         let kbd_irq = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::I8042_KBD_IRQ));
-        let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, power.clone())));
+        let mut kbc = I8042::new(kbd_irq, power.clone());
+        kbc.set_aux_irq(Arc::new(KvmIrqLine::new(
+            vm_fd.clone(),
+            layout::I8042_AUX_IRQ,
+        )));
+        let i8042 = Arc::new(Mutex::new(kbc));
         pio.insert(i8042.clone(), 0x60, 1)?;
-        pio.insert(i8042, 0x64, 1)?;
+        pio.insert(i8042.clone(), 0x64, 1)?;
         pio.insert(persistent.rtc.clone(), 0x70, 2)?;
         pio.insert(Arc::new(Mutex::new(DebugPort::new())), 0x80, 1)?;
         let sci = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::SCI_IRQ));
@@ -367,6 +375,7 @@ impl Machine {
             vm_fd,
             guest_memory,
             config: config.clone(),
+            i8042,
             kvm,
             boot,
             serial: persistent.serial.clone(),

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use clap::Parser;
 use hospes_vmm::backends::passt::{UserNetwork, parse_net_option};
 use hospes_vmm::config::Network;
-use hospes_vmm::devices::pci::setup::{DiskSpec, attach_to_machine_with};
+use hospes_vmm::devices::pci::setup::{DiskSpec, attach_pci_to_machine};
+use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
 use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
+use hospes_vmm::vnc::VncListen;
 
 /// Runs one virtual machine on KVM.
 #[derive(Parser, Debug)]
@@ -62,6 +64,20 @@ struct Args {
     /// passt, forwards listen on 127.0.0.1) or `none` (the default without --config).
     #[arg(long, value_name = "user[,hostfwd=...]|none", value_parser = parse_net_option)]
     net: Option<Network>,
+    /// Display adapter: std-vga, virtio-gpu or none (std-vga when --vnc is given).
+    #[arg(long, value_name = "std-vga|virtio-gpu|none")]
+    display: Option<DisplayKind>,
+    /// Serve the screen over RFB: unix:PATH (security None, mode 0600) or HOST:PORT
+    /// (VNC authentication; `:PORT` listens on 127.0.0.1).
+    #[arg(long, value_name = "unix:PATH|HOST:PORT", value_parser = parse_vnc)]
+    vnc: Option<VncListen>,
+    /// The VNC password, first line of this file (required with --vnc HOST:PORT).
+    #[arg(long, value_name = "FILE")]
+    vnc_password_file: Option<PathBuf>,
+}
+
+fn parse_vnc(s: &str) -> Result<VncListen, String> {
+    VncListen::parse(s).map_err(|e| e.to_string())
 }
 
 /// Parses QEMU-style sizes: `512`, `512M`, `2G`, `1024K`, `1T`, optional `B`/`iB`.
@@ -106,6 +122,7 @@ struct Extras {
     name: Option<String>,
     rng: bool,
     network: Network,
+    display: DisplayOptions,
 }
 
 fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
@@ -124,6 +141,17 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         name: args.name,
         rng: !args.no_rng,
         network: Network::None,
+        display: DisplayOptions {
+            kind: if args.vnc.is_some() {
+                DisplayKind::StdVga
+            } else {
+                DisplayKind::None
+            },
+            vnc: args.vnc,
+            vnc_password_file: args.vnc_password_file,
+            name: String::new(),
+            resolution: (1280, 800),
+        },
     };
     if let Some(path) = &args.config {
         let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
@@ -151,6 +179,18 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         cfg.no_reboot |= vm.on_reboot == hospes_vmm::config::RebootAction::PowerOff;
         extras.name.get_or_insert(vm.name);
         extras.network = vm.network;
+        extras.display.resolution = (vm.display.resolution.width, vm.display.resolution.height);
+        extras.display.kind = match (vm.display.enabled, vm.display.device) {
+            (false, _) => DisplayKind::None,
+            (true, hospes_vmm::config::DisplayDevice::StdVga) => DisplayKind::StdVga,
+            (true, hospes_vmm::config::DisplayDevice::VirtioGpu) => {
+                log::warn!(
+                    "{}: virtio-gpu is not available yet: std-vga instead",
+                    path.display()
+                );
+                DisplayKind::StdVga
+            }
+        };
         extras.disks = vm
             .disks
             .iter()
@@ -181,6 +221,10 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     if let Some(n) = args.net {
         extras.network = n;
     }
+    if let Some(d) = args.display {
+        extras.display.kind = d;
+    }
+    extras.display.name = extras.name.clone().unwrap_or_else(|| "hospes".into());
     Ok((cfg, extras))
 }
 
@@ -267,11 +311,18 @@ fn main() -> ExitCode {
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
     let result = Vmm::new(cfg).and_then(|mut vmm| {
+        let display = match extras.display.kind {
+            DisplayKind::None if extras.display.vnc.is_none() => None,
+            _ => Some(Arc::new(DisplayStack::start(&extras.display)?)),
+        };
         let qmp = match &extras.qmp {
             Some(path) => Some(qmp::start(path, vmm.handle())?),
             None => None,
         };
         let bridge = qmp.as_ref().map(|q| q.bridge.clone());
+        if let (Some(b), Some(d)) = (&bridge, &display) {
+            b.set_display(d.clone());
+        }
         quit_on_signals(vmm.handle(), bridge.clone());
         let mut boots = 0;
         let setup = |machine: &mut hospes_vmm::machine::Machine| {
@@ -280,7 +331,11 @@ fn main() -> ExitCode {
                 b.on_boot(boots);
             }
             let extra = network.iter().map(|n| n.device()).collect();
-            attach_to_machine_with(machine, &extras.disks, extras.rng, extra)
+            let mut pci = attach_pci_to_machine(machine, &extras.disks, extras.rng, extra)?;
+            match &display {
+                Some(d) => d.attach(machine, &mut pci),
+                None => Ok(()),
+            }
         };
         let result = vmm.run(setup);
         if let Some(q) = qmp {

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::protocol::{QmpError, StatusInfo, VersionInfo, error_reply, return_reply};
-use super::{ControlError, VmControl};
+use super::{ControlError, VmControl, display};
 
 /// Name of the negotiation command, valid only before any other.
 const QMP_CAPABILITIES: &str = "qmp_capabilities";
@@ -63,12 +63,19 @@ const COMMANDS: &[CommandSpec] = &[
         empty_reply,
         Some(|vm: &dyn VmControl| vm.quit())
     ),
+    command!("screendump", display::ScreendumpArgs, display::screendump),
+    command!("query-vnc", NoArgs, display::query_vnc),
+    command!(
+        "input-send-event",
+        display::InputSendEventArgs,
+        display::input_send_event
+    ),
 ];
 
 /// Arguments of a command that takes none: any member is an error.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoArgs {}
+pub(super) struct NoArgs {}
 
 /// Arguments of `qmp_capabilities`.
 #[derive(Debug, Deserialize)]

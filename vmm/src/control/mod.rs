@@ -15,6 +15,7 @@
 pub mod client;
 mod commands;
 pub mod console;
+pub mod display;
 pub mod fake;
 mod poll;
 pub mod protocol;
@@ -178,6 +179,18 @@ pub trait VmControl: Send + Sync + 'static {
     /// Ends the helper (`quit`). Called after the reply is queued; the VMM then emits
     /// SHUTDOWN (guest false, reason host-qmp-quit), closes the server and exits.
     fn quit(&self);
+    /// Writes the screen as a PNG file (`screendump`).
+    fn screendump(&self, _filename: &std::path::Path) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported)
+    }
+    /// The VNC server's address and clients (`query-vnc`).
+    fn query_vnc(&self) -> display::VncInfo {
+        display::VncInfo::disabled()
+    }
+    /// Feeds keyboard and pointer events to the guest (`input-send-event`).
+    fn input_send_event(&self, _events: &[display::InputEvent]) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported)
+    }
 }
 
 /// Parses a QEMU-style unix socket address as given to `--qmp`, `--serial` or `--vnc`:

@@ -11,12 +11,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::control::display::{InputEvent, VncInfo};
 use crate::control::{
     ControlError, Event, EventSender, QmpServer, QmpServerHandle, RunState as QmpState,
     ShutdownReason, VmControl,
 };
 use crate::devices::bus::lock;
 
+use super::display::DisplayStack;
 use super::{Exit, HandleError, MachineError, RunState, VmHandle};
 
 /// Implements the QMP commands on a [`VmHandle`].
@@ -25,6 +27,7 @@ pub struct QmpBridge {
     events: EventSender,
     host_reset: AtomicBool,
     quit_reason: std::sync::Mutex<ShutdownReason>,
+    display: std::sync::Mutex<Option<Arc<DisplayStack>>>,
 }
 
 fn qmp_state(s: RunState) -> QmpState {
@@ -45,6 +48,15 @@ impl QmpBridge {
                 reason: ShutdownReason::GuestReset,
             });
         }
+    }
+
+    /// Serves `screendump`, `query-vnc` and `input-send-event` from `display`.
+    pub fn set_display(&self, display: Arc<DisplayStack>) {
+        *lock(&self.display) = Some(display);
+    }
+
+    fn display(&self) -> Result<Arc<DisplayStack>, ControlError> {
+        lock(&self.display).clone().ok_or(ControlError::Unsupported)
     }
 
     /// Quits because a signal arrived (SHUTDOWN then says host-signal).
@@ -106,6 +118,19 @@ impl VmControl for QmpBridge {
         *lock(&self.quit_reason) = ShutdownReason::HostQmpQuit;
         self.handle.quit();
     }
+
+    fn screendump(&self, filename: &Path) -> Result<(), ControlError> {
+        self.display()?.screendump(filename)
+    }
+
+    fn query_vnc(&self) -> VncInfo {
+        self.display()
+            .map_or_else(|_| VncInfo::disabled(), |d| d.query_vnc())
+    }
+
+    fn input_send_event(&self, events: &[InputEvent]) -> Result<(), ControlError> {
+        self.display()?.input_send_event(events)
+    }
 }
 
 /// A running QMP server and its bridge.
@@ -130,6 +155,7 @@ pub fn start(path: &Path, handle: VmHandle) -> Result<Qmp, MachineError> {
         events: events.clone(),
         host_reset: AtomicBool::new(false),
         quit_reason: std::sync::Mutex::new(ShutdownReason::HostQmpQuit),
+        display: std::sync::Mutex::new(None),
     });
     let vm: Arc<dyn VmControl> = bridge.clone();
     let server = QmpServer::start_with_events(path, vm, events)

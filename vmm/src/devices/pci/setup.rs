@@ -90,6 +90,29 @@ pub struct PciSetup {
     pub devices: Vec<(usize, Arc<Mutex<VirtioPciDevice>>)>,
     /// The GSI routing table; other MSI users (future devices) must share it.
     pub router: Option<Arc<KvmGsiRouter>>,
+    /// Where BARs live and where the next one goes, for [`PciSetup::add_device`].
+    bar_bus: Arc<RwLock<Bus>>,
+    alloc: BarAllocator,
+}
+
+impl PciSetup {
+    /// Adds a device that is not virtio (a display adapter) in the next free slot, with
+    /// its BARs assigned as for the others; returns the slot.
+    pub fn add_device<T>(&mut self, dev: Arc<Mutex<T>>) -> Result<usize, PciError>
+    where
+        T: PciDevice + BusDevice + 'static,
+    {
+        let mut root = lock(&self.root);
+        let slot = root.free_slot().ok_or(PciError::NoFreeSlot)?;
+        root.add_device(slot, dev.clone())?;
+        drop(root);
+        assign_bars(
+            &dev,
+            &mut self.alloc,
+            &mut self.bar_bus.write().unwrap_or_else(|e| e.into_inner()),
+        )?;
+        Ok(slot)
+    }
 }
 
 /// Interrupts for a run without KVM: nothing is raised.
@@ -188,6 +211,8 @@ pub fn attach_pci(pio: &mut Bus, mmio: &mut Bus, p: PciParams<'_>) -> Result<Pci
         root,
         devices,
         router,
+        bar_bus,
+        alloc,
     })
 }
 
@@ -236,6 +261,17 @@ pub fn attach_to_machine_with(
     rng: bool,
     extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<(), MachineError> {
+    attach_pci_to_machine(machine, disks, rng, extra).map(drop)
+}
+
+/// [`attach_to_machine_with`], returning the [`PciSetup`] so that more devices can be
+/// added ([`PciSetup::add_device`]).
+pub fn attach_pci_to_machine(
+    machine: &mut Machine,
+    disks: &[DiskSpec],
+    rng: bool,
+    extra: Vec<Box<dyn VirtioDevice>>,
+) -> Result<PciSetup, MachineError> {
     let high = layout::high_mmio_start(machine.config.memory);
     let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
     let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
@@ -254,12 +290,11 @@ pub fn attach_to_machine_with(
             extra,
         },
     )
-    .map(drop)
     .map_err(|e| MachineError::Setup(error_chain(&e)))
 }
 
 /// `e: cause: cause...`, for an error that must become a string.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

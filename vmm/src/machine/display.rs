@@ -1,0 +1,249 @@
+//! The helper's screen and input, across boots: the shared [`Display`], the
+//! [`InputRouter`] and the VNC server live as long as the process; each boot adds the
+//! display adapter to PCI and points the input router at that boot's PS/2 controller
+//! ([`DisplayStack::attach`]). QMP's `screendump`, `query-vnc` and `input-send-event` are
+//! served from here.
+//!
+//! `main` builds a [`DisplayStack`] from `--display`/`--vnc` (or vm.ron) before the VM
+//! starts, calls [`DisplayStack::attach`] in its device registration step right after
+//! PCI is set up, and hands the stack to the QMP bridge.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{Machine, MachineError};
+use crate::control::ControlError;
+use crate::control::display::{Button, InputEvent, KeyValue, VncClientInfo, VncInfo};
+use crate::devices::bus::lock;
+use crate::devices::display::kvm::{FB_SLOT, KvmFbSlot};
+use crate::devices::display::stdvga::{DISPI_PORT, DISPI_PORT_LEN, StdVga, VRAM_SIZE};
+use crate::devices::display::{FbSlot, refresh};
+use crate::devices::pci::setup::{PciSetup, error_chain};
+use crate::display::{Display, FbMemory};
+use crate::input::{InputRouter, InputSink, Ps2Input, qcode_to_xt};
+use crate::vnc::{VncConfig, VncListen, VncServer, read_password_file};
+
+/// The emulated display adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisplayKind {
+    /// std-VGA / bochs (PCI 1234:1111).
+    StdVga,
+    /// virtio-gpu (not built yet: refused at start).
+    VirtioGpu,
+    /// No screen.
+    None,
+}
+
+impl std::str::FromStr for DisplayKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "std-vga" | "std" | "stdvga" => Ok(Self::StdVga),
+            "virtio-gpu" | "virtio" => Ok(Self::VirtioGpu),
+            "none" => Ok(Self::None),
+            _ => Err(format!("'{s}' is not std-vga, virtio-gpu or none")),
+        }
+    }
+}
+
+/// What the display stack is built from.
+#[derive(Clone, Debug)]
+pub struct DisplayOptions {
+    pub kind: DisplayKind,
+    pub vnc: Option<VncListen>,
+    pub vnc_password_file: Option<PathBuf>,
+    /// The desktop name VNC clients show.
+    pub name: String,
+    /// The preferred mode the EDID announces.
+    pub resolution: (u32, u32),
+}
+
+/// See the module docs.
+pub struct DisplayStack {
+    kind: DisplayKind,
+    resolution: (u32, u32),
+    display: Arc<Display>,
+    input: Arc<InputRouter>,
+    vnc: Option<VncServer>,
+    /// Pointer position and buttons for QMP `abs`/`btn` events.
+    qmp_pointer: Mutex<(u32, u32, u8)>,
+}
+
+impl DisplayStack {
+    /// Starts the VNC server if asked; nothing touches the VM yet.
+    pub fn start(opts: &DisplayOptions) -> Result<Self, MachineError> {
+        if opts.kind == DisplayKind::VirtioGpu {
+            return Err(MachineError::Setup(
+                "--display virtio-gpu is not available yet; use std-vga".into(),
+            ));
+        }
+        let display = Arc::new(Display::new());
+        let input = Arc::new(InputRouter::new());
+        let vnc = match &opts.vnc {
+            Some(listen) => {
+                let password = match &opts.vnc_password_file {
+                    Some(f) => Some(read_password_file(f).map_err(setup_error)?),
+                    None => None,
+                };
+                let cfg = VncConfig {
+                    listen: listen.clone(),
+                    password,
+                    name: opts.name.clone(),
+                };
+                Some(VncServer::start(cfg, display.clone(), input.clone()).map_err(setup_error)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            kind: opts.kind,
+            resolution: opts.resolution,
+            display,
+            input,
+            vnc,
+            qmp_pointer: Mutex::new((0, 0, 0)),
+        })
+    }
+
+    /// The shared screen.
+    pub fn display(&self) -> &Arc<Display> {
+        &self.display
+    }
+
+    /// The device registration step for this boot: the adapter on PCI (and its DISPI
+    /// ports), its refresh thread, and PS/2 input.
+    pub fn attach(&self, machine: &mut Machine, pci: &mut PciSetup) -> Result<(), MachineError> {
+        let ps2: Arc<Mutex<dyn Ps2Input>> = machine.i8042.clone();
+        self.input.set_ps2(Some(ps2));
+        if self.kind != DisplayKind::StdVga {
+            return Ok(());
+        }
+        let vram = Arc::new(FbMemory::new(VRAM_SIZE).map_err(setup_error)?);
+        let slot: Box<dyn FbSlot> =
+            Box::new(KvmFbSlot::new(machine.vm_fd.clone(), FB_SLOT, vram.clone()));
+        let slot = Arc::new(Mutex::new(slot));
+        let vga = StdVga::new(vram, slot.clone(), self.display.clone(), self.resolution)
+            .map_err(setup_error)?;
+        let vga = Arc::new(Mutex::new(vga));
+        pci.add_device(vga.clone()).map_err(setup_error)?;
+        machine
+            .pio_bus
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vga, DISPI_PORT, DISPI_PORT_LEN)?;
+        refresh::spawn(self.display.clone(), Arc::downgrade(&slot)).map_err(setup_error)?;
+        Ok(())
+    }
+
+    /// QMP `screendump`.
+    pub fn screendump(&self, path: &Path) -> Result<(), ControlError> {
+        let s = self
+            .display
+            .surface()
+            .ok_or_else(|| ControlError::Failed("the guest shows nothing".into()))?;
+        crate::display::png::save(&s, path).map_err(|e| ControlError::Failed(error_chain(&e)))
+    }
+
+    /// QMP `query-vnc`.
+    pub fn query_vnc(&self) -> VncInfo {
+        let Some(vnc) = &self.vnc else {
+            return VncInfo::disabled();
+        };
+        let info = vnc.info();
+        let (host, service) = match vnc.listen() {
+            VncListen::Unix(p) => (p.display().to_string(), String::new()),
+            VncListen::Tcp(a) => (a.ip().to_string(), a.port().to_string()),
+        };
+        VncInfo {
+            enabled: true,
+            host: Some(host),
+            service: Some(service),
+            family: Some(info.family.into()),
+            auth: Some(info.auth.into()),
+            clients: Some(
+                info.clients
+                    .into_iter()
+                    .map(|c| {
+                        let (host, service) = c
+                            .peer
+                            .rsplit_once(':')
+                            .map_or((c.peer.clone(), String::new()), |(h, p)| {
+                                (h.to_string(), p.to_string())
+                            });
+                        VncClientInfo {
+                            host,
+                            service,
+                            family: info.family.into(),
+                            websocket: false,
+                        }
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// QMP `input-send-event`.
+    pub fn input_send_event(&self, events: &[InputEvent]) -> Result<(), ControlError> {
+        let (w, h) = self
+            .display
+            .surface()
+            .map_or((640, 480), |s| (s.width, s.height));
+        for ev in events {
+            match ev {
+                InputEvent::Key(k) => {
+                    let xt = match &k.key {
+                        KeyValue::Qcode(name) => qcode_to_xt(name)
+                            .ok_or_else(|| ControlError::Failed(format!("unknown key '{name}'")))?,
+                        KeyValue::Number(n) => u16::try_from(*n)
+                            .map_err(|_| ControlError::Failed(format!("bad key number {n}")))?,
+                    };
+                    self.input.key(0, Some(xt), k.down);
+                }
+                InputEvent::Btn(b) => {
+                    let bit = match b.button {
+                        Button::Left => 1,
+                        Button::Middle => 2,
+                        Button::Right => 4,
+                        Button::WheelUp => 8,
+                        Button::WheelDown => 16,
+                        _ => 0,
+                    };
+                    let mut p = lock(&self.qmp_pointer);
+                    p.2 = if b.down { p.2 | bit } else { p.2 & !bit };
+                    self.input.pointer(p.0, p.1, p.2, w, h);
+                }
+                InputEvent::Abs(m) => {
+                    let mut p = lock(&self.qmp_pointer);
+                    let v = m.value.clamp(0, 0x7fff) as u64;
+                    match m.axis {
+                        crate::control::display::Axis::X => {
+                            p.0 = (v * u64::from(w) / 0x8000) as u32
+                        }
+                        crate::control::display::Axis::Y => {
+                            p.1 = (v * u64::from(h) / 0x8000) as u32
+                        }
+                    }
+                    self.input.pointer(p.0, p.1, p.2, w, h);
+                }
+                InputEvent::Rel(m) => {
+                    let mut p = lock(&self.qmp_pointer);
+                    let d = m.value.clamp(-0x7fff, 0x7fff);
+                    match m.axis {
+                        crate::control::display::Axis::X => {
+                            p.0 = (i64::from(p.0) + d).clamp(0, i64::from(w) - 1) as u32
+                        }
+                        crate::control::display::Axis::Y => {
+                            p.1 = (i64::from(p.1) + d).clamp(0, i64::from(h) - 1) as u32
+                        }
+                    }
+                    self.input.pointer(p.0, p.1, p.2, w, h);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn setup_error(e: impl std::error::Error) -> MachineError {
+    MachineError::Setup(error_chain(&e))
+}
