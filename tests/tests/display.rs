@@ -1,0 +1,383 @@
+//! The guest's screen and input through real VNC clients and QMP, on tiny guests:
+//!
+//! - `vga`: programs std-VGA to 1920x1080x32 through the DISPI ports and paints a known
+//!   picture; vncdotool (unix socket, security None), gvnccapture (TCP, VNC password) and
+//!   QMP `screendump` must each see it pixel for pixel. The same guest under QEMU
+//!   `-vga std` prints the same serial output (differential).
+//! - `input`: echoes PS/2 bytes; keys and pointer moves from vncdotool and from QMP
+//!   `input-send-event` must arrive as set-1 scancodes and mouse packets.
+//!
+//! Peers: `.venv/bin/vncdo` (vncdotool) and `gvnccapture` (gvncviewer), both installed by
+//! scripts/install-deps.sh; a missing peer or QEMU skips its test with a note.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use hospes_tests::{GuestKind, build_guest, skip_without_kvm, vmm_binary, wait_timeout};
+use hospes_vmm::control::client::QmpClient;
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const W: u32 = 1920;
+const H: u32 = 1080;
+
+/// The picture `vga.S` paints, as 0xRRGGBB.
+fn expected(x: u32, y: u32) -> u32 {
+    if (100..200).contains(&x) && (100..200).contains(&y) {
+        return 0x12_3456;
+    }
+    [0xff_0000, 0x00_ff00, 0x00_00ff, 0xff_ffff][(y / 270) as usize]
+}
+
+/// A helper process whose stdout (COM1) lines arrive on a channel; killed on drop.
+struct Vm {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Vm {
+    fn spawn(args: &[&str]) -> Vm {
+        let mut child = Command::new(vmm_binary())
+            .args(args)
+            .args(["-m", "64M", "--serial", "stdio"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn hospes-vmm");
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Vm {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line equal to `want`, returning every line up to it.
+    fn wait_line(&mut self, want: &str) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let start = self.seen.len();
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    let done = l == want;
+                    self.seen.push(l);
+                    if done {
+                        return self.seen[start..].to_vec();
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no line '{want}' from the guest; got {:?}",
+            &self.seen[start..]
+        );
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_timeout(&mut self.child, TIMEOUT);
+    }
+}
+
+fn vncdo() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/vncdo");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipped: .venv/bin/vncdo missing (run scripts/install-deps.sh)");
+        None
+    }
+}
+
+/// Decodes a PNG into (width, height, 0xRRGGBB pixels).
+fn read_png(path: &Path) -> (u32, u32, Vec<u32>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut r = dec.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size().unwrap()];
+    let info = r.next_frame(&mut buf).unwrap();
+    let step = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    let px = buf[..info.buffer_size()]
+        .chunks_exact(step)
+        .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
+        .collect();
+    (info.width, info.height, px)
+}
+
+/// Every pixel of the capture against the picture; reports the first few differences.
+fn assert_picture(path: &Path) {
+    let (w, h, px) = read_png(path);
+    assert_eq!((w, h), (W, H), "{}", path.display());
+    let bad: Vec<String> = (0..H)
+        .flat_map(|y| (0..W).map(move |x| (x, y)))
+        .filter(|&(x, y)| px[(y * W + x) as usize] != expected(x, y))
+        .take(5)
+        .map(|(x, y)| {
+            format!(
+                "({x},{y}) {:06x} != {:06x}",
+                px[(y * W + x) as usize],
+                expected(x, y)
+            )
+        })
+        .collect();
+    assert!(bad.is_empty(), "{}: {bad:?}", path.display());
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn std_vga_picture_reaches_vncdotool_and_screendump_pixel_for_pixel() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("vga", GuestKind::Pvh);
+    let vnc = g.dir.path().join("vnc.sock");
+    let qmp_sock = g.dir.path().join("qmp.sock");
+    let mut vm = Vm::spawn(&[
+        "--kernel",
+        g.path.to_str().unwrap(),
+        "--vnc",
+        &format!("unix:{}", vnc.display()),
+        "--qmp",
+        &format!("unix:{}", qmp_sock.display()),
+    ]);
+    vm.wait_line("vga done");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&vnc).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let mut qmp = QmpClient::connect(&qmp_sock).unwrap();
+    let dump = g.dir.path().join("screendump.png");
+    qmp.execute("screendump", Some(json!({ "filename": dump })))
+        .unwrap();
+    assert_picture(&dump);
+    let info = qmp.execute("query-vnc", None).unwrap();
+    assert_eq!(info["enabled"], true);
+    assert_eq!(info["auth"], "none");
+    assert_eq!(info["host"], vnc.display().to_string());
+
+    let Some(vncdo) = vncdo() else { return };
+    let cap = g.dir.path().join("vncdo.png");
+    run_ok(
+        Command::new(&vncdo)
+            .arg("-s")
+            .arg(&vnc)
+            .arg("capture")
+            .arg(&cap),
+    );
+    assert_picture(&cap);
+    // Two clients at once: a second capture while the first still holds a connection.
+    let held = std::os::unix::net::UnixStream::connect(&vnc).unwrap();
+    let cap2 = g.dir.path().join("vncdo2.png");
+    run_ok(
+        Command::new(&vncdo)
+            .arg("-s")
+            .arg(&vnc)
+            .arg("capture")
+            .arg(&cap2),
+    );
+    assert_picture(&cap2);
+    drop(held);
+}
+
+/// A free TCP port at or above 5900 (gvnccapture names ports as displays 5900 + N).
+fn free_vnc_port() -> u16 {
+    let base = 5900 + (std::process::id() % 2000) as u16;
+    (base..base + 200)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port")
+}
+
+#[test]
+fn gvnccapture_and_vncdotool_over_tcp_with_a_password_see_the_picture() {
+    if skip_without_kvm() {
+        return;
+    }
+    if Command::new("gvnccapture").arg("--help").output().is_err()
+        || Command::new("script").arg("--version").output().is_err()
+    {
+        eprintln!("skipped: gvnccapture (gvncviewer) or script (util-linux) missing");
+        return;
+    }
+    let g = build_guest("vga", GuestKind::Pvh);
+    let pw = g.dir.path().join("vnc-password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let port = free_vnc_port();
+    let mut vm = Vm::spawn(&[
+        "--kernel",
+        g.path.to_str().unwrap(),
+        "--vnc",
+        &format!("127.0.0.1:{port}"),
+        "--vnc-password-file",
+        pw.to_str().unwrap(),
+    ]);
+    vm.wait_line("vga done");
+    // gvnccapture reads the password from a terminal: give it one with script(1).
+    let cap = g.dir.path().join("gvnc.png");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "gvnccapture 127.0.0.1:{} {}",
+            port - 5900,
+            cap.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let status = wait_timeout(&mut child, TIMEOUT);
+    assert!(status.is_some_and(|s| s.success()), "gvnccapture failed");
+    assert_picture(&cap);
+
+    let Some(vncdo) = vncdo() else { return };
+    let server = format!("127.0.0.1::{port}");
+    let cap2 = g.dir.path().join("vncdo-tcp.png");
+    run_ok(
+        Command::new(&vncdo)
+            .args(["-s", &server, "-p", "s3cret", "capture"])
+            .arg(&cap2),
+    );
+    assert_picture(&cap2);
+    let wrong = Command::new(&vncdo)
+        .args(["-s", &server, "-p", "wrong", "capture"])
+        .arg(g.dir.path().join("no.png"))
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success(), "a wrong password was accepted");
+}
+
+#[test]
+fn std_vga_guest_output_matches_qemu_vga_std() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("vga", GuestKind::Pvh);
+    let mut ours = Vm::spawn(&["--kernel", g.path.to_str().unwrap(), "--display", "std-vga"]);
+    let ours = ours.wait_line("vga done");
+    let qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel", "kvm", "-M", "pc", "-vga", "std", "-display", "none",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-serial",
+            "stdio",
+            "-m",
+            "64M",
+        ])
+        .arg("-kernel")
+        .arg(&g.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut qemu) = qemu else {
+        eprintln!("skipped: qemu-system-x86_64 not available");
+        return;
+    };
+    let out = qemu.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let done = l == "vga done";
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+        let _ = tx.send(lines);
+    });
+    let theirs = rx.recv_timeout(TIMEOUT).unwrap_or_default();
+    let _ = qemu.kill();
+    let _ = wait_timeout(&mut qemu, TIMEOUT);
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.len(), 20, "{ours:?}");
+}
+
+#[test]
+fn keys_and_pointer_from_vncdotool_and_qmp_reach_the_ps2_guest() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("input", GuestKind::Pvh);
+    let vnc = g.dir.path().join("vnc.sock");
+    let qmp_sock = g.dir.path().join("qmp.sock");
+    let mut vm = Vm::spawn(&[
+        "--kernel",
+        g.path.to_str().unwrap(),
+        "--vnc",
+        &format!("unix:{}", vnc.display()),
+        "--qmp",
+        &format!("unix:{}", qmp_sock.display()),
+    ]);
+    vm.wait_line("input ready");
+    vm.wait_line("aux fa");
+
+    let mut qmp = QmpClient::connect(&qmp_sock).unwrap();
+    let key = |down: bool, key: serde_json::Value| json!({"type": "key", "data": {"down": down, "key": key}});
+    qmp.execute(
+        "input-send-event",
+        Some(json!({"events": [
+            key(true, json!({"type": "qcode", "data": "ret"})),
+            key(false, json!({"type": "qcode", "data": "ret"})),
+            key(true, json!({"type": "number", "data": 0xc8})),
+        ]})),
+    )
+    .unwrap();
+    assert_eq!(
+        vm.wait_line("kbd 48"),
+        ["kbd 1c", "kbd 9c", "kbd e0", "kbd 48"]
+    );
+
+    let Some(vncdo) = vncdo() else { return };
+    run_ok(
+        Command::new(&vncdo)
+            .arg("-s")
+            .arg(&vnc)
+            .args(["key", "a", "move", "100", "100", "move", "110", "95"]),
+    );
+    assert_eq!(vm.wait_line("kbd 9e"), ["kbd 1e", "kbd 9e"]);
+    // First move: no motion yet; second: 10 right, 5 up (PS/2 y grows upwards).
+    let packets = vm.wait_line("aux 05");
+    assert_eq!(
+        &packets[packets.len() - 6..],
+        ["aux 08", "aux 00", "aux 00", "aux 08", "aux 0a", "aux 05"]
+    );
+}
