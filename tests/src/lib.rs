@@ -7,6 +7,7 @@
 //! stdout (COM1) and stderr captured, and kills it at a deadline.
 
 pub mod peers;
+pub mod rfb;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
