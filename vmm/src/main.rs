@@ -10,8 +10,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 use hospes_vmm::backends::passt::{UserNetwork, parse_net_option};
+use hospes_vmm::backends::pipewire::PipeWire;
 use hospes_vmm::config::Network;
 use hospes_vmm::devices::pci::setup::{DiskSpec, attach_pci_to_machine};
+use hospes_vmm::devices::virtio::VirtioDevice;
+use hospes_vmm::devices::virtio::snd::Snd;
 use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
 use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
 use hospes_vmm::vnc::VncListen;
@@ -64,6 +67,10 @@ struct Args {
     /// passt, forwards listen on 127.0.0.1) or `none` (the default without --config).
     #[arg(long, value_name = "user[,hostfwd=...]|none", value_parser = parse_net_option)]
     net: Option<Network>,
+    /// Sound card played and recorded through PipeWire: on or off (the default without
+    /// --config). Without a reachable PipeWire the VM runs without one.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    sound: Option<bool>,
     /// Display adapter: std-vga, virtio-gpu or none (std-vga when --vnc is given).
     #[arg(long, value_name = "std-vga|virtio-gpu|none")]
     display: Option<DisplayKind>,
@@ -74,6 +81,14 @@ struct Args {
     /// The VNC password, first line of this file (required with --vnc HOST:PORT).
     #[arg(long, value_name = "FILE")]
     vnc_password_file: Option<PathBuf>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
 }
 
 fn parse_vnc(s: &str) -> Result<VncListen, String> {
@@ -122,6 +137,7 @@ struct Extras {
     name: Option<String>,
     rng: bool,
     network: Network,
+    sound: bool,
     display: DisplayOptions,
 }
 
@@ -141,6 +157,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         name: args.name,
         rng: !args.no_rng,
         network: Network::None,
+        sound: false,
         display: DisplayOptions {
             kind: if args.vnc.is_some() {
                 DisplayKind::StdVga
@@ -179,6 +196,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         cfg.no_reboot |= vm.on_reboot == hospes_vmm::config::RebootAction::PowerOff;
         extras.name.get_or_insert(vm.name);
         extras.network = vm.network;
+        extras.sound = vm.sound;
         extras.display.resolution = (vm.display.resolution.width, vm.display.resolution.height);
         extras.display.kind = match (vm.display.enabled, vm.display.device) {
             (false, _) => DisplayKind::None,
@@ -220,6 +238,9 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     }
     if let Some(n) = args.net {
         extras.network = n;
+    }
+    if let Some(on) = args.sound {
+        extras.sound = on;
     }
     if let Some(d) = args.display {
         extras.display.kind = d;
@@ -285,6 +306,20 @@ fn one_line(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Connects to PipeWire for the sound card; without it the VM runs with no sound card.
+fn start_sound(vm_name: &str) -> Option<Arc<PipeWire>> {
+    match PipeWire::start(vm_name) {
+        Ok(pw) => Some(Arc::new(pw)),
+        Err(e) => {
+            log::warn!(
+                "sound unavailable, the VM has no sound card: {}",
+                one_line(&e)
+            );
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     hospes_vmm::logger::init();
     let args = Args::parse();
@@ -308,6 +343,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let sound = extras
+        .sound
+        .then(|| start_sound(extras.name.as_deref().unwrap_or("vm")))
+        .flatten();
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
     let result = Vmm::new(cfg).and_then(|mut vmm| {
@@ -330,7 +369,11 @@ fn main() -> ExitCode {
             if let Some(b) = &bridge {
                 b.on_boot(boots);
             }
-            let extra = network.iter().map(|n| n.device()).collect();
+            let mut extra: Vec<Box<dyn VirtioDevice>> =
+                network.iter().map(|n| n.device()).collect();
+            if let Some(pw) = &sound {
+                extra.push(Box::new(Snd::new(pw.clone())));
+            }
             let mut pci = attach_pci_to_machine(machine, &extras.disks, extras.rng, extra)?;
             match &display {
                 Some(d) => d.attach(machine, &mut pci),

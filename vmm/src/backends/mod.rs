@@ -1,4 +1,5 @@
 //! Host services a device talks to, each run and watched by the helper: `passt` for the
-//! network card.
+//! network card, PipeWire for the sound card.
 
 pub mod passt;
+pub mod pipewire;

@@ -13,6 +13,7 @@ pub mod block;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod snd;
 pub mod worker;
 
 #[cfg(any(test, feature = "test-support"))]
