@@ -8,8 +8,12 @@ cd "$(dirname "$0")/.."
 packages=(
   # build
   build-essential pkg-config libgtk-4-dev libadwaita-1-dev gettext
+  # the pipewire crate's bindings (bindgen needs libclang)
+  libpipewire-0.3-dev libclang-dev clang
   # tiny test guests and peers
   gcc binutils qemu-system-x86 passt acpica-tools gvncviewer
+  # a headless PipeWire daemon for the sound tests (dbus-run-session starts its bus)
+  pipewire-bin wireplumber dbus-bin
   # headless GUI tests and desktop-integration checks
   xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool
   desktop-file-utils appstream libglib2.0-bin python3-yaml python3-venv
