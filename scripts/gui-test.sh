@@ -207,6 +207,26 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
   check --expect "“Test Guest” stopped unexpectedly" --contains "marker line from the test" \
     --expect "Start Test Guest" --screenshot "$out/crashed.png"
   stop_app
+
+  # 9. The VM view: a std-VGA guest (tests/guests/vga.S) paints red, green, blue and
+  #    white bands and a 0x123456 square at 1920x1080; the window shows that picture,
+  #    scaled to fit. Its serial console is in the second tab.
+  gcc -c -I "$guests" "$guests/vga.S" -o "$work/vga.o"
+  ld -m elf_x86_64 -nostdlib --no-warn-rwx-segments -T "$guests/pvh.ld" \
+    "$work/vga.o" -o "$work/vga.elf"
+  create_vm "$work/life" "VGA Guest" --preset kernel --kernel "$work/vga.elf" \
+    --memory 64M --cpus 1
+  sed -i 's/enabled: false/enabled: true/; s/device: VirtioGpu/device: StdVga/' \
+    "$work/life/hospes/machines/vga-guest/vm.ron"
+  start_app "$work/life"
+  echo "gui-test: the VM view shows the guest's screen"
+  check --click "Start VGA Guest" --expect "Open VGA Guest"
+  check --click "Open VGA Guest"
+  check --title "VGA Guest" --expect "Screen of VGA Guest" --expect "Serial Console" \
+    --screenshot "$out/vm-view.png" --screen "Screen of VGA Guest" --guest-size 1920 1080 \
+    --pixel 960 135 ff0000 --pixel 960 405 00ff00 --pixel 960 675 0000ff \
+    --pixel 960 945 ffffff --pixel 150 150 123456 --pixel 40 40 ff0000
+  stop_app
 else
   echo "gui-test: skipping the lifecycle scenario (no usable /dev/kvm)"
 fi

@@ -9,7 +9,7 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use gettextrs::gettext;
-use hospes_vmm::config::OsKind;
+use hospes_vmm::config::{Boot, OsKind};
 use hospes_vmm::library::{Library, Machine};
 
 use crate::i18n::{gettext_f, ngettext_f};
@@ -39,6 +39,12 @@ pub struct LibraryEntry {
     pub error_detail: Option<String>,
     /// The VM's `vm.ron`, which the helper is started with.
     pub config_path: PathBuf,
+    /// The VM has a display (the helper serves it over RFB).
+    pub display: bool,
+    /// The guest's resolution follows the VM window.
+    pub follow_window: bool,
+    /// The VM boots a kernel directly (kernel testing: a serial console tab).
+    pub kernel_boot: bool,
 }
 
 impl LibraryEntry {
@@ -80,6 +86,9 @@ pub fn entry_from_machine(machine: &Machine) -> LibraryEntry {
             error: None,
             error_detail: None,
             config_path: machine.config_path(),
+            display: config.display.enabled,
+            follow_window: config.display.follow_window,
+            kernel_boot: matches!(config.boot, Boot::Kernel { .. }),
         },
         Err(err) => {
             let detail = error_chain(err);
@@ -91,6 +100,9 @@ pub fn entry_from_machine(machine: &Machine) -> LibraryEntry {
                 error: Some(relative_to(&machine.dir, &detail).to_owned()),
                 error_detail: Some(detail),
                 config_path: machine.config_path(),
+                display: false,
+                follow_window: false,
+                kernel_boot: false,
             }
         }
     }

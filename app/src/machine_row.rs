@@ -31,6 +31,8 @@ pub enum MachineRowInput {
     SetState(VmState),
     /// An action was sent to the window.
     Act(VmAction),
+    /// Open the VM's window.
+    Open,
 }
 
 /// What a row asks of the window.
@@ -38,6 +40,8 @@ pub enum MachineRowInput {
 pub enum MachineRowOutput {
     /// Carry out an action on the VM with this library id.
     Act(String, VmAction),
+    /// Open the VM's window.
+    Open(String),
 }
 
 /// What a new row starts with.
@@ -58,6 +62,11 @@ impl MachineRow {
     /// The library entry shown.
     pub fn entry(&self) -> &LibraryEntry {
         &self.entry
+    }
+
+    /// The state shown.
+    pub fn state(&self) -> VmState {
+        self.state
     }
 
     fn usable(&self) -> bool {
@@ -100,6 +109,8 @@ impl FactoryComponent for MachineRow {
     view! {
         adw::ActionRow {
             set_use_markup: false,
+            set_activatable: self.entry.error.is_none(),
+            connect_activated => MachineRowInput::Open,
             set_title: &self.entry.name,
             set_subtitle: self.entry.subtitle(),
             set_tooltip_text: Some(self.entry.tooltip()),
@@ -123,6 +134,16 @@ impl FactoryComponent for MachineRow {
                     set_label: &self.state.label(),
                     #[watch]
                     set_css_classes: &["caption-heading", self.state_css()],
+                },
+
+                #[name = "open_button"]
+                gtk::Button {
+                    set_icon_name: "video-display-symbolic",
+                    set_tooltip_text: Some(&gettext("Open")),
+                    add_css_class: "flat",
+                    #[watch]
+                    set_visible: self.state.is_live(),
+                    connect_clicked => MachineRowInput::Open,
                 },
 
                 #[name = "start_button"]
@@ -228,6 +249,7 @@ impl FactoryComponent for MachineRow {
                 &[("action", text), ("name", name)],
             )
         };
+        a11y::set_label(&widgets.open_button, &label(&gettext("Open")));
         a11y::set_label(&widgets.start_button, &label(&gettext("Start")));
         a11y::set_label(&widgets.pause_button, &label(&gettext("Pause")));
         a11y::set_label(&widgets.resume_button, &label(&gettext("Resume")));
@@ -241,6 +263,14 @@ impl FactoryComponent for MachineRow {
             MachineRowInput::SetState(state) => {
                 self.state = state;
                 self.busy = false;
+            }
+            MachineRowInput::Open => {
+                if sender
+                    .output(MachineRowOutput::Open(self.entry.id.clone()))
+                    .is_err()
+                {
+                    log::debug!("the library window is gone");
+                }
             }
             MachineRowInput::Act(action) => {
                 self.busy = true;

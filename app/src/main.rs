@@ -6,10 +6,14 @@
 mod a11y;
 mod assistant;
 mod assistant_model;
+mod framebuffer;
 mod i18n;
 mod library_model;
 mod machine_row;
+mod screen_view;
 mod vm_control;
+mod vm_window;
+mod vnc_session;
 mod window;
 mod window_state;
 

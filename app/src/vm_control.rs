@@ -102,6 +102,8 @@ pub struct VmRef {
     pub name: String,
     /// Its `vm.ron`.
     pub config: PathBuf,
+    /// It has a display, served over RFB on the runtime directory's `vnc.sock`.
+    pub display: bool,
 }
 
 /// The current state of the VM with library id `id`. Blocking, bounded by [`QMP_TIMEOUT`].
@@ -144,7 +146,7 @@ pub fn perform(vm: &VmRef, action: VmAction) -> Result<(), String> {
 fn start(vm: &VmRef) -> Result<(), String> {
     let runtime = RuntimeDir::create(&vm.id).map_err(|err| error_chain(&err))?;
     let mut spec = LaunchSpec::new(helper_binary(), &vm.name, &vm.config);
-    spec.extra_args = extra_helper_args(&runtime);
+    spec.extra_args = extra_helper_args(&runtime, vm.display);
     launch::spawn_helper(&spec, &runtime)
         .map(|_| ())
         .map_err(|err| error_chain(&err))
@@ -164,10 +166,15 @@ fn qmp(id: &str, command: fn(&mut QmpClient) -> Result<(), ClientError>) -> Resu
     command(&mut client).map_err(|err| error_chain(&err))
 }
 
-/// Helper arguments beyond the ones `launch` always passes: none yet. The display bridge
-/// (`--vnc unix:RT/vnc.sock`) joins here once the helper has it.
-fn extra_helper_args(_runtime: &RuntimeDir) -> Vec<OsString> {
-    Vec::new()
+/// Helper arguments beyond the ones `launch` always passes: the RFB socket in the
+/// runtime directory for a VM with a display.
+fn extra_helper_args(runtime: &RuntimeDir, display: bool) -> Vec<OsString> {
+    if !display {
+        return Vec::new();
+    }
+    let mut endpoint = OsString::from("unix:");
+    endpoint.push(runtime.vnc_socket());
+    vec![OsString::from("--vnc"), endpoint]
 }
 
 /// The `hospes-vmm` to run: `$HOSPES_VMM`, else the one next to this binary, else the one

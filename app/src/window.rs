@@ -21,7 +21,7 @@ use relm4::actions::{AccelsPlus, ActionablePlus, RelmAction, RelmActionGroup};
 use relm4::factory::FactoryVecDeque;
 use relm4::{Component, ComponentController, ComponentParts, ComponentSender, Controller};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::a11y;
 use crate::assistant::{Assistant, AssistantOutput};
@@ -29,6 +29,7 @@ use crate::i18n::gettext_f;
 use crate::library_model::{self, LibraryLoad};
 use crate::machine_row::{MachineRow, MachineRowInit, MachineRowInput, MachineRowOutput};
 use crate::vm_control::{self, VmAction, VmRef, VmState, WatchEvent};
+use crate::vm_window::{VmWindow, VmWindowInit, VmWindowOutput};
 use crate::window_state;
 
 relm4::new_action_group!(WindowActionGroup, "win");
@@ -71,6 +72,10 @@ pub struct AppWindow {
     watched: HashSet<String>,
     /// Library ids of the VMs this window forced off: their end is no surprise.
     forced: HashSet<String>,
+    /// Open VM windows by library id.
+    vm_windows: HashMap<String, Controller<VmWindow>>,
+    /// VMs being started from their row's activation: their window opens once they run.
+    open_when_started: HashSet<String>,
     /// The new-VM assistant while it is open.
     assistant: Option<Controller<Assistant>>,
     window: adw::ApplicationWindow,
@@ -83,6 +88,10 @@ pub enum AppWindowInput {
     Refresh,
     /// Carry out an action on the VM with this library id.
     Act(String, VmAction),
+    /// Open the window of the VM with this library id (starting it when stopped).
+    Open(String),
+    /// A VM window closed.
+    VmWindowClosed(String),
     /// Open the new-VM assistant.
     NewVm,
     /// The assistant closed; it created the VM with this id, if any.
@@ -245,6 +254,7 @@ impl Component for AppWindow {
             .launch(gtk::ListBox::default())
             .forward(sender.input_sender(), |output| match output {
                 MachineRowOutput::Act(id, action) => AppWindowInput::Act(id, action),
+                MachineRowOutput::Open(id) => AppWindowInput::Open(id),
             });
         let model = AppWindow {
             page: Page::Loading,
@@ -253,6 +263,8 @@ impl Component for AppWindow {
             settings: window_state::settings(),
             watched: HashSet::new(),
             forced: HashSet::new(),
+            vm_windows: HashMap::new(),
+            open_when_started: HashSet::new(),
             assistant: None,
             window: root.clone(),
         };
@@ -310,6 +322,10 @@ impl Component for AppWindow {
                 });
             }
             AppWindowInput::Act(id, action) => self.act(id, action, &sender),
+            AppWindowInput::Open(id) => self.open_vm(id, &sender),
+            AppWindowInput::VmWindowClosed(id) => {
+                self.vm_windows.remove(&id);
+            }
             AppWindowInput::NewVm => self.open_assistant(&sender),
             AppWindowInput::AssistantDone(created) => {
                 self.assistant = None;
@@ -339,8 +355,14 @@ impl Component for AppWindow {
                 state,
             } => {
                 self.set_state(&id, state);
+                let open = self.open_when_started.remove(&id);
                 match result {
-                    Ok(()) if state.is_live() => self.watch(&id, &sender),
+                    Ok(()) if state.is_live() => {
+                        self.watch(&id, &sender);
+                        if open {
+                            self.open_vm(id, &sender);
+                        }
+                    }
                     Ok(()) => {}
                     Err(message) => {
                         log::warn!("{action:?} failed: {message}");
@@ -352,6 +374,9 @@ impl Component for AppWindow {
             AppWindowCommand::Watch(id, WatchEvent::Exited { clean, log }) => {
                 self.watched.remove(&id);
                 self.set_state(&id, VmState::Stopped);
+                if let Some(window) = self.vm_windows.remove(&id) {
+                    window.widget().destroy();
+                }
                 let forced = self.forced.remove(&id);
                 if !clean && !forced {
                     self.report_crash(&id, &log);
@@ -397,11 +422,7 @@ impl AppWindow {
         let Some(row) = self.machines.iter().find(|row| row.id() == id) else {
             return;
         };
-        let vm = VmRef {
-            id: id.clone(),
-            name: row.entry().name.clone(),
-            config: row.entry().config_path.clone(),
-        };
+        let vm = vm_ref(row.entry());
         if action == VmAction::ForceOff {
             self.forced.insert(id.clone());
         }
@@ -415,6 +436,58 @@ impl AppWindow {
                 state,
             }
         });
+    }
+
+    /// Opens (or raises) the window of VM `id`; a stopped VM is started first.
+    fn open_vm(&mut self, id: String, sender: &ComponentSender<Self>) {
+        if let Some(window) = self.vm_windows.get(&id) {
+            window.widget().present();
+            return;
+        }
+        let Some(row) = self.machines.iter().find(|row| row.id() == id) else {
+            return;
+        };
+        match row.state() {
+            VmState::Stopped => {
+                self.open_when_started.insert(id.clone());
+                if let Some(index) = self.machines.iter().position(|row| row.id() == id) {
+                    self.machines
+                        .send(index, MachineRowInput::Act(VmAction::Start));
+                }
+                return;
+            }
+            VmState::Starting => {
+                self.open_when_started.insert(id);
+                return;
+            }
+            _ => {}
+        }
+        let entry = row.entry();
+        let runtime = hospes_vmm::runtime::base_dir().map(|base| base.join(&id));
+        let runtime = match runtime {
+            Ok(dir) => dir,
+            Err(err) => {
+                self.show_error(
+                    &gettext("The action failed"),
+                    &vm_control::error_chain(&err),
+                );
+                return;
+            }
+        };
+        let init = VmWindowInit {
+            vm: vm_ref(entry),
+            vnc_socket: entry.display.then(|| runtime.join("vnc.sock")),
+            serial_socket: entry.kernel_boot.then(|| runtime.join("serial.sock")),
+            follow_window: entry.follow_window,
+        };
+        let window = VmWindow::builder()
+            .launch(init)
+            .forward(sender.input_sender(), |output| match output {
+                VmWindowOutput::Act(id, action) => AppWindowInput::Act(id, action),
+                VmWindowOutput::Closed(id) => AppWindowInput::VmWindowClosed(id),
+            });
+        window.widget().present();
+        self.vm_windows.insert(id, window);
     }
 
     /// Starts a watcher thread for VM `id` unless one runs.
@@ -551,4 +624,14 @@ fn install_search(list: &gtk::ListBox, entry: &gtk::SearchEntry) {
     list.set_placeholder(Some(&placeholder));
     let filtered = list.clone();
     entry.connect_search_changed(move |_| filtered.invalidate_filter());
+}
+
+/// What `vm_control` needs to know of a library entry.
+fn vm_ref(entry: &library_model::LibraryEntry) -> VmRef {
+    VmRef {
+        id: entry.id.clone(),
+        name: entry.name.clone(),
+        config: entry.config_path.clone(),
+        display: entry.display,
+    }
 }

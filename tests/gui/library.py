@@ -121,6 +121,52 @@ def window_size(title):
     return (int(fields["WIDTH"]), int(fields["HEIGHT"]))
 
 
+def window_origin(title):
+    """The root-window position of the visible X window titled `title`."""
+    result = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", f"^{title}$",
+                             "getwindowgeometry", "--shell"],
+                            capture_output=True, text=True, check=True)
+    fields = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
+    return (int(fields["X"]), int(fields["Y"]))
+
+
+def screenshot_pixel(path, x, y):
+    """The colour at (x, y) of a PNG as (r, g, b), read with ImageMagick."""
+    result = subprocess.run(["convert", path, "-crop", f"1x1+{x}+{y}", "-depth", "8",
+                             "txt:-"], capture_output=True, text=True, check=True)
+    hex_colour = result.stdout.splitlines()[-1].split("#")[1][:6]
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (0, 2, 4))
+
+
+def check_screen_pixels(app, args):
+    """Finds where the guest screen `args.screen` is drawn (scaled to fit, centred) and
+    compares guest pixels with the screenshot, ±8 per channel for scaling."""
+    screens = [node for node in walk(app) if node.name == args.screen and is_shown(node)]
+    if not screens:
+        sys.exit(f"library.py: no shown {args.screen!r}")
+    # GTK 4 reports no screen coordinates: add the X window's origin to window ones.
+    box = screens[-1].queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+    origin = window_origin(args.title)
+    box_x, box_y = origin[0] + box.x, origin[1] + box.y
+    print(f"library.py: {args.screen!r} at ({box_x},{box_y}) size {box.width}x{box.height}")
+    gw, gh = args.guest_size
+    scale = min(box.width / gw, box.height / gh)
+    left = box_x + (box.width - gw * scale) / 2
+    top = box_y + (box.height - gh * scale) / 2
+    failures = []
+    for gx, gy, want in args.pixel:
+        sx = int(left + (int(gx) + 0.5) * scale)
+        sy = int(top + (int(gy) + 0.5) * scale)
+        got = screenshot_pixel(args.screenshot, sx, sy)
+        expected = tuple(int(want[i:i + 2], 16) for i in (0, 2, 4))
+        if any(abs(a - b) > 8 for a, b in zip(got, expected)):
+            failures.append(f"guest ({gx},{gy}) at screen ({sx},{sy}) is "
+                            f"{bytes(got).hex()}, not {want}")
+    if failures:
+        sys.exit("library.py: " + "; ".join(failures))
+    print(f"library.py: {len(args.pixel)} guest pixels match in {args.screen!r}")
+
+
 def wait_for(predicate, timeout, what, describe=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -171,6 +217,13 @@ def main():
     parser.add_argument("--close-keys",
                         help="keys that close the window (after everything else); waits for it")
     parser.add_argument("--screenshot", help="PNG path for a screenshot once the checks pass")
+    parser.add_argument("--screen", help="the accessible name of a guest screen to sample "
+                        "in the screenshot (with --guest-size and --pixel)")
+    parser.add_argument("--guest-size", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
+                        help="the guest's resolution, drawn scaled to fit into --screen")
+    parser.add_argument("--pixel", nargs=3, action="append", default=[],
+                        metavar=("X", "Y", "RRGGBB"),
+                        help="a guest pixel and the colour it must have in the screenshot")
     parser.add_argument("--timeout", type=float, default=30)
     args = parser.parse_args()
 
@@ -210,6 +263,8 @@ def main():
         time.sleep(0.5)  # let the last frame reach the X server
         subprocess.run(["import", "-window", "root", args.screenshot], check=True)
         print(f"library.py: screenshot {args.screenshot}")
+    if args.screen:
+        check_screen_pixels(app, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,206 @@
+//! One RFB connection to a helper's display socket, run by the `vnc-rs` client on a
+//! tokio runtime in a thread of its own. No GTK.
+//!
+//! Frames go out through a callback as [`FrameEvent`]s (the VM view forwards them to the
+//! main loop); keyboard, pointer and resize requests come in through [`Session::send`].
+//! The session asks for an incremental update every 16 ms; the server answers when it has
+//! something to send, so an idle guest costs nothing but the requests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use vnc::{PixelFormat, VncConnector, VncEncoding, VncError, VncEvent, X11Event};
+
+use crate::framebuffer::Rect;
+use crate::vm_control::error_chain;
+
+/// How often the session asks for an incremental update.
+const REFRESH: Duration = Duration::from_millis(16);
+
+/// What the session reports.
+#[derive(Debug)]
+pub enum FrameEvent {
+    /// The screen has this size now (all pixels follow).
+    Resolution(u32, u32),
+    /// New BGRA pixels for a rectangle.
+    Pixels(Rect, Vec<u8>),
+    /// Copy the rectangle's size from (x, y) to the rectangle.
+    Copy(Rect, u32, u32),
+    /// The connection ended; the text says why when it failed.
+    Closed(Option<String>),
+}
+
+/// What the view sends.
+#[derive(Debug, Clone, Copy)]
+pub enum InputEvent {
+    /// A key by X11 keysym.
+    Key {
+        /// The keysym (GDK key values are X11 keysyms).
+        keysym: u32,
+        /// Pressed or released.
+        down: bool,
+    },
+    /// The pointer at a framebuffer position with a button mask (bit 0 left, 1 middle,
+    /// 2 right, 3/4 wheel up/down).
+    Pointer {
+        /// Column.
+        x: u16,
+        /// Row.
+        y: u16,
+        /// RFB button mask.
+        buttons: u8,
+    },
+    /// Ask the guest for this resolution (ExtendedDesktopSize).
+    Resize {
+        /// Width.
+        width: u16,
+        /// Height.
+        height: u16,
+    },
+}
+
+/// A running session; dropping it ends the connection.
+pub struct Session {
+    input: mpsc::UnboundedSender<InputEvent>,
+}
+
+impl Session {
+    /// Queues input for the guest; false when the session has ended.
+    pub fn send(&self, event: InputEvent) -> bool {
+        self.input.send(event).is_ok()
+    }
+}
+
+/// Connects to the RFB server at `socket` on a new thread. `report` gets every frame
+/// event and returns false when nobody listens any more, which ends the session.
+pub fn start(
+    socket: PathBuf,
+    report: impl FnMut(FrameEvent) -> bool + Send + 'static,
+) -> std::io::Result<Session> {
+    let (input, inputs) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("vnc".into())
+        .spawn(move || run_thread(socket, inputs, report))?;
+    Ok(Session { input })
+}
+
+fn run_thread(
+    socket: PathBuf,
+    inputs: mpsc::UnboundedReceiver<InputEvent>,
+    mut report: impl FnMut(FrameEvent) -> bool,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            report(FrameEvent::Closed(Some(err.to_string())));
+            return;
+        }
+    };
+    let result = runtime.block_on(run(socket, inputs, &mut report));
+    report(FrameEvent::Closed(result.err()));
+}
+
+async fn run(
+    socket: PathBuf,
+    mut inputs: mpsc::UnboundedReceiver<InputEvent>,
+    report: &mut impl FnMut(FrameEvent) -> bool,
+) -> Result<(), String> {
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .map_err(|err| format!("{}: {err}", socket.display()))?;
+    let client = VncConnector::new(stream)
+        .set_auth_method(async { Ok::<_, VncError>(String::new()) })
+        .add_encoding(VncEncoding::Zrle)
+        .add_encoding(VncEncoding::CopyRect)
+        .add_encoding(VncEncoding::Raw)
+        .add_encoding(VncEncoding::DesktopSizePseudo)
+        .add_encoding(VncEncoding::ExtendedDesktopSizePseudo)
+        .allow_shared(true)
+        .set_pixel_format(PixelFormat::bgra())
+        .build()
+        .map_err(|err| error_chain(&err))?
+        .try_start()
+        .await
+        .map_err(|err| error_chain(&err))?
+        .finish()
+        .map_err(|err| error_chain(&err))?;
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut resize: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            event = client.recv_event() => {
+                let event = event.map_err(|err| error_chain(&err))?;
+                let Some(frame) = translate(event)? else { continue };
+                if !report(frame) {
+                    break;
+                }
+            }
+            input = inputs.recv() => {
+                let Some(input) = input else { break };
+                match input {
+                    InputEvent::Key { keysym, down } => {
+                        client.input(X11Event::KeyEvent((keysym, down).into())).await
+                            .map_err(|err| error_chain(&err))?;
+                    }
+                    InputEvent::Pointer { x, y, buttons } => {
+                        client.input(X11Event::PointerEvent((x, y, buttons).into())).await
+                            .map_err(|err| error_chain(&err))?;
+                    }
+                    InputEvent::Resize { width, height } => {
+                        // The answer comes through the event stream, which keeps running
+                        // here; only one request is in flight.
+                        if let Some(previous) = resize.take() {
+                            previous.abort();
+                        }
+                        let client = client.clone();
+                        resize = Some(tokio::spawn(async move {
+                            if let Err(err) = client.resize_desktop(width, height).await {
+                                log::info!("the guest did not take {width}×{height}: {err}");
+                            }
+                        }));
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                client.input(X11Event::Refresh).await.map_err(|err| error_chain(&err))?;
+            }
+        }
+    }
+    let _ = client.close().await;
+    Ok(())
+}
+
+/// The frame event for a client event; None for events the view ignores.
+fn translate(event: VncEvent) -> Result<Option<FrameEvent>, String> {
+    Ok(match event {
+        VncEvent::SetResolution(screen) => Some(FrameEvent::Resolution(
+            u32::from(screen.width),
+            u32::from(screen.height),
+        )),
+        VncEvent::DesktopUpdate(update) => update.layout.map(|layout| {
+            FrameEvent::Resolution(u32::from(layout.width), u32::from(layout.height))
+        }),
+        VncEvent::RawImage(rect, data) => Some(FrameEvent::Pixels(rect_of(rect), data)),
+        VncEvent::Copy(dst, src) => Some(FrameEvent::Copy(
+            rect_of(dst),
+            u32::from(src.x),
+            u32::from(src.y),
+        )),
+        VncEvent::Error(err) => return Err(err),
+        _ => None,
+    })
+}
+
+fn rect_of(rect: vnc::Rect) -> Rect {
+    Rect {
+        x: u32::from(rect.x),
+        y: u32::from(rect.y),
+        width: u32::from(rect.width),
+        height: u32::from(rect.height),
+    }
+}
