@@ -19,6 +19,8 @@ pub mod worker;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
+#[cfg(test)]
+mod test_rings;
 
 use std::io;
 use std::sync::Arc;
