@@ -201,13 +201,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         extras.display.kind = match (vm.display.enabled, vm.display.device) {
             (false, _) => DisplayKind::None,
             (true, hospes_vmm::config::DisplayDevice::StdVga) => DisplayKind::StdVga,
-            (true, hospes_vmm::config::DisplayDevice::VirtioGpu) => {
-                log::warn!(
-                    "{}: virtio-gpu is not available yet: std-vga instead",
-                    path.display()
-                );
-                DisplayKind::StdVga
-            }
+            (true, hospes_vmm::config::DisplayDevice::VirtioGpu) => DisplayKind::VirtioGpu,
         };
         extras.disks = vm
             .disks
@@ -373,6 +367,9 @@ fn main() -> ExitCode {
                 network.iter().map(|n| n.device()).collect();
             if let Some(pw) = &sound {
                 extra.push(Box::new(Snd::new(pw.clone())));
+            }
+            if let Some(d) = &display {
+                extra.extend(d.virtio_devices());
             }
             let mut pci = attach_pci_to_machine(machine, &extras.disks, extras.rng, extra)?;
             match &display {

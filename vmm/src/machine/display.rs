@@ -19,6 +19,8 @@ use crate::devices::display::kvm::{FB_SLOT, KvmFbSlot};
 use crate::devices::display::stdvga::{DISPI_PORT, DISPI_PORT_LEN, StdVga, VRAM_SIZE};
 use crate::devices::display::{FbSlot, refresh};
 use crate::devices::pci::setup::{PciSetup, error_chain};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::gpu::Gpu;
 use crate::display::{Display, FbMemory};
 use crate::input::{InputRouter, InputSink, Ps2Input, qcode_to_xt};
 use crate::vnc::{VncConfig, VncListen, VncServer, read_password_file};
@@ -28,7 +30,7 @@ use crate::vnc::{VncConfig, VncListen, VncServer, read_password_file};
 pub enum DisplayKind {
     /// std-VGA / bochs (PCI 1234:1111).
     StdVga,
-    /// virtio-gpu (not built yet: refused at start).
+    /// virtio-gpu, 2D.
     VirtioGpu,
     /// No screen.
     None,
@@ -73,11 +75,6 @@ pub struct DisplayStack {
 impl DisplayStack {
     /// Starts the VNC server if asked; nothing touches the VM yet.
     pub fn start(opts: &DisplayOptions) -> Result<Self, MachineError> {
-        if opts.kind == DisplayKind::VirtioGpu {
-            return Err(MachineError::Setup(
-                "--display virtio-gpu is not available yet; use std-vga".into(),
-            ));
-        }
         let display = Arc::new(Display::new());
         let input = Arc::new(InputRouter::new());
         let vnc = match &opts.vnc {
@@ -108,6 +105,16 @@ impl DisplayStack {
     /// The shared screen.
     pub fn display(&self) -> &Arc<Display> {
         &self.display
+    }
+
+    /// The virtio devices of this boot's display (virtio-gpu), for the PCI setup.
+    pub fn virtio_devices(&self) -> Vec<Box<dyn VirtioDevice>> {
+        match self.kind {
+            DisplayKind::VirtioGpu => {
+                vec![Box::new(Gpu::new(self.display.clone(), self.resolution))]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The device registration step for this boot: the adapter on PCI (and its DISPI

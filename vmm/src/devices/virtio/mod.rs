@@ -10,6 +10,7 @@
 //! [`IoEventRegistrar`], which `pci::kvm` implements on the VM fd.
 
 pub mod block;
+pub mod gpu;
 pub mod net;
 pub mod pci;
 pub mod rng;
