@@ -14,6 +14,10 @@ pub struct RfbClient {
     pub height: u16,
     /// The last frame, 0x00RRGGBB little-endian bytes, `width * height * 4`.
     pub frame: Vec<u8>,
+    /// The last Cursor pseudo-rectangle: (hot x, hot y, w, h, 0x00RRGGBB pixels, mask).
+    pub cursor: Option<(u16, u16, u16, u16, Vec<u32>, Vec<u8>)>,
+    /// The last ExtendedDesktopSize: (reason, status, w, h).
+    pub desktop_size: Option<(u16, u16, u16, u16)>,
 }
 
 /// One rectangle of an update (pseudo-encodings carry no pixels here).
@@ -33,6 +37,11 @@ fn be16(b: &[u8]) -> u16 {
 impl RfbClient {
     /// Connects, negotiates security None, and asks for Raw in 32 bpp 0x00RRGGBB.
     pub fn connect(path: &Path) -> io::Result<Self> {
+        Self::connect_with(path, &[])
+    }
+
+    /// [`connect`](Self::connect), announcing `pseudo` encodings after Raw.
+    pub fn connect_with(path: &Path, pseudo: &[i32]) -> io::Result<Self> {
         let mut s = UnixStream::connect(path)?;
         let mut v = [0u8; 12];
         s.read_exact(&mut v)?;
@@ -58,15 +67,36 @@ impl RfbClient {
         let mut pf = vec![
             0u8, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0,
         ];
-        // SetEncodings: Raw only.
-        pf.extend_from_slice(&[2, 0, 0, 1, 0, 0, 0, 0]);
+        // SetEncodings: Raw, then the pseudo-encodings asked for.
+        pf.extend_from_slice(&[2, 0]);
+        pf.extend_from_slice(&(1 + pseudo.len() as u16).to_be_bytes());
+        pf.extend_from_slice(&0i32.to_be_bytes());
+        for e in pseudo {
+            pf.extend_from_slice(&e.to_be_bytes());
+        }
         s.write_all(&pf)?;
         Ok(Self {
             s,
             width,
             height,
             frame: vec![0; width as usize * height as usize * 4],
+            cursor: None,
+            desktop_size: None,
         })
+    }
+
+    /// Sends SetDesktopSize for one screen of `w` x `h`.
+    pub fn set_desktop_size(&mut self, w: u16, h: u16) -> io::Result<()> {
+        let mut m = vec![251, 0];
+        m.extend_from_slice(&w.to_be_bytes());
+        m.extend_from_slice(&h.to_be_bytes());
+        m.extend_from_slice(&[1, 0]);
+        m.extend_from_slice(&[0; 4]);
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        m.extend_from_slice(&w.to_be_bytes());
+        m.extend_from_slice(&h.to_be_bytes());
+        m.extend_from_slice(&[0; 4]);
+        self.s.write_all(&m)
     }
 
     /// Sends a FramebufferUpdateRequest for the whole screen.
@@ -126,16 +156,41 @@ impl RfbClient {
                         }
                     }
                 }
-                -223 => {
-                    self.width = info.w;
-                    self.height = info.h;
-                    self.frame = vec![0; info.w as usize * info.h as usize * 4];
+                -223 => self.resize(info.w, info.h),
+                -308 => {
+                    let mut n = [0u8; 4];
+                    self.s.read_exact(&mut n)?;
+                    let mut screens = vec![0u8; n[0] as usize * 16];
+                    self.s.read_exact(&mut screens)?;
+                    self.desktop_size = Some((info.x, info.y, info.w, info.h));
+                    if info.y == 0 {
+                        self.resize(info.w, info.h);
+                    }
                 }
+                -239 => {
+                    let mut px = vec![0u8; info.w as usize * info.h as usize * 4];
+                    self.s.read_exact(&mut px)?;
+                    let mut mask = vec![0u8; info.w.div_ceil(8) as usize * info.h as usize];
+                    self.s.read_exact(&mut mask)?;
+                    let px = px
+                        .chunks_exact(4)
+                        .map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) & 0x00ff_ffff)
+                        .collect();
+                    self.cursor = Some((info.x, info.y, info.w, info.h, px, mask));
+                }
+                // QEMU pseudo-encodings carry no data.
+                -257 | -258 => {}
                 other => return Err(io::Error::other(format!("unexpected encoding {other}"))),
             }
             rects.push(info);
         }
         Ok(rects)
+    }
+
+    fn resize(&mut self, w: u16, h: u16) {
+        self.width = w;
+        self.height = h;
+        self.frame = vec![0; w as usize * h as usize * 4];
     }
 
     /// The pixel at (x, y) as 0x00RRGGBB.

@@ -4,6 +4,8 @@
 //!   picture; vncdotool (unix socket, security None), gvnccapture (TCP, VNC password) and
 //!   QMP `screendump` must each see it pixel for pixel. The same guest under QEMU
 //!   `-vga std` prints the same serial output (differential).
+//! - `gpu`: drives virtio-gpu to show bands of the preferred mode's size and a 64x64
+//!   cursor, and shows them again at the size a client asks for with SetDesktopSize.
 //! - `input`: echoes PS/2 bytes; keys and pointer moves from vncdotool and from QMP
 //!   `input-send-event` must arrive as set-1 scancodes and mouse packets.
 //!
@@ -16,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+use hospes_tests::rfb::RfbClient;
 use hospes_tests::{GuestKind, build_guest, skip_without_kvm, vmm_binary, wait_timeout};
 use hospes_vmm::control::client::QmpClient;
 use serde_json::json;
@@ -380,4 +383,90 @@ fn keys_and_pointer_from_vncdotool_and_qmp_reach_the_ps2_guest() {
         &packets[packets.len() - 6..],
         ["aux 08", "aux 00", "aux 00", "aux 08", "aux 0a", "aux 05"]
     );
+}
+
+/// The picture `gpu.S` shows at `w` x `h`: four bands, a quarter of the height each.
+fn gpu_expected(y: u32, h: u32) -> u32 {
+    [0xff_0000, 0x00_ff00, 0x00_00ff, 0xff_ffff][(y / (h / 4)).min(3) as usize]
+}
+
+fn assert_gpu_frame(c: &RfbClient, w: u16, h: u16) {
+    assert_eq!((c.width, c.height), (w, h));
+    for y in 0..u32::from(h) / 4 * 4 {
+        for x in (0..u32::from(w)).step_by(7) {
+            let got = c.pixel(x as u16, y as u16);
+            assert_eq!(
+                got,
+                gpu_expected(y, u32::from(h)),
+                "pixel ({x},{y}) of {w}x{h}"
+            );
+        }
+    }
+}
+
+#[test]
+fn virtio_gpu_shows_the_picture_and_cursor_and_follows_a_client_resize() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("gpu", GuestKind::Pvh);
+    let vnc = g.dir.path().join("vnc.sock");
+    let mut vm = Vm::spawn(&[
+        "--kernel",
+        g.path.to_str().unwrap(),
+        "--display",
+        "virtio-gpu",
+        "--vnc",
+        &format!("unix:{}", vnc.display()),
+    ]);
+    vm.wait_line("gpu shown 1280x800");
+
+    if let Some(vncdo) = vncdo() {
+        let cap = g.dir.path().join("gpu.png");
+        run_ok(
+            Command::new(&vncdo)
+                .arg("-s")
+                .arg(&vnc)
+                .arg("capture")
+                .arg(&cap),
+        );
+        let (w, h, px) = read_png(&cap);
+        assert_eq!((w, h), (1280, 800));
+        for (i, p) in px.iter().enumerate() {
+            let y = i as u32 / w;
+            assert_eq!(*p, gpu_expected(y, h), "pixel {},{y}", i as u32 % w);
+        }
+    }
+
+    // Raw plus Cursor, ExtendedDesktopSize and DesktopSize.
+    let mut c = RfbClient::connect_with(&vnc, &[-239, -308, -223]).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.request(false).unwrap();
+    c.read_update().unwrap();
+    assert_gpu_frame(&c, 1280, 800);
+    let (hx, hy, cw, ch, pixels, mask) = c.cursor.clone().expect("a cursor with the first update");
+    assert_eq!((hx, hy, cw, ch), (1, 1, 64, 64));
+    assert!(pixels.iter().all(|&p| p == 0x00_ff00));
+    assert!(mask.iter().all(|&m| m == 0xff));
+
+    c.set_desktop_size(1024, 768).unwrap();
+    vm.wait_line("gpu shown 1024x768");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        c.request(true).unwrap();
+        c.read_update().unwrap();
+        if (c.width, c.height) == (1024, 768) && c.pixel(1023, 767) == 0xff_ffff {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 1024x768 frame");
+    }
+    // The request's answer: status 0 (accepted), then the server-side change.
+    assert!(
+        matches!(c.desktop_size, Some((_, 0, 1024, 768))),
+        "{:?}",
+        c.desktop_size
+    );
+    c.request(false).unwrap();
+    c.read_update().unwrap();
+    assert_gpu_frame(&c, 1024, 768);
 }
