@@ -2,15 +2,22 @@
 //!
 //! Data flow: a VNC client's KeyEvent (an X keysym) or QEMU Extended Key Event (an XT
 //! scancode) and PointerEvent (absolute position, button mask) reach [`InputRouter`], the
-//! one [`InputSink`] of the helper. It keeps across reboots and forwards to whatever input
-//! device the current boot registered ([`InputRouter::set_ps2`]): the i8042's PS/2
-//! keyboard and mouse. Keys travel as XT (set 1) scancodes, 0xE0-prefixed keys with bit 7
-//! set (QEMU's numbering); the i8042 turns them into the bytes its translation mode
-//! calls for. The absolute pointer becomes relative PS/2 motion.
+//! one [`InputSink`] of the helper. It keeps across reboots and forwards to the input
+//! devices the current boot registered: virtio-input keyboard and tablet once the guest's
+//! driver has started them ([`InputRouter::set_virtio`]), else the i8042's PS/2 keyboard
+//! and mouse ([`InputRouter::set_ps2`]), which firmware and installers use. Keys travel as
+//! XT (set 1) scancodes, 0xE0-prefixed keys with bit 7 set (QEMU's numbering); the i8042
+//! turns them into the bytes its translation mode calls for, virtio-input into Linux key
+//! codes. The absolute pointer stays absolute on the tablet and becomes relative PS/2
+//! motion on the mouse.
 
 use std::sync::{Arc, Mutex};
 
 use crate::devices::bus::lock;
+use crate::devices::virtio::input::{
+    ABS_MAX, BTN_LEFT, BTN_MIDDLE, BTN_RIGHT, EV_ABS, EV_KEY, EV_REL, InputEvent, REL_WHEEL,
+    VirtioInputHandle, xt_to_evdev,
+};
 
 /// Where client input goes. Implementations must not block for long: they run on display
 /// client threads.
@@ -34,7 +41,11 @@ pub trait Ps2Input: Send {
 
 struct RouterState {
     ps2: Option<Arc<Mutex<dyn Ps2Input>>>,
+    keyboard: Option<Arc<VirtioInputHandle>>,
+    tablet: Option<Arc<VirtioInputHandle>>,
     last: Option<(u32, u32)>,
+    /// Tablet buttons last sent (RFB mask).
+    buttons: u8,
 }
 
 /// The helper's input sink; see the module docs.
@@ -53,7 +64,10 @@ impl InputRouter {
         Self {
             state: Mutex::new(RouterState {
                 ps2: None,
+                keyboard: None,
+                tablet: None,
                 last: None,
+                buttons: 0,
             }),
         }
     }
@@ -64,6 +78,59 @@ impl InputRouter {
         s.ps2 = dev;
         s.last = None;
     }
+
+    /// Sets the virtio-input keyboard and tablet of the current boot; they take input
+    /// once their driver is up.
+    pub fn set_virtio(
+        &self,
+        keyboard: Option<Arc<VirtioInputHandle>>,
+        tablet: Option<Arc<VirtioInputHandle>>,
+    ) {
+        let mut s = lock(&self.state);
+        s.keyboard = keyboard;
+        s.tablet = tablet;
+        s.buttons = 0;
+    }
+}
+
+/// The tablet events for a pointer at (`x`, `y`) with `buttons`, after `old` buttons.
+fn tablet_events(x: u32, y: u32, w: u32, h: u32, buttons: u8, old: u8) -> Vec<InputEvent> {
+    let scale = |v: u32, size: u32| {
+        (u64::from(v) * u64::from(ABS_MAX) / u64::from(size.saturating_sub(1).max(1)))
+            .min(u64::from(ABS_MAX)) as u32
+    };
+    let mut ev = vec![
+        InputEvent {
+            kind: EV_ABS,
+            code: 0,
+            value: scale(x, w),
+        },
+        InputEvent {
+            kind: EV_ABS,
+            code: 1,
+            value: scale(y, h),
+        },
+    ];
+    for (bit, code) in [(1u8, BTN_LEFT), (2, BTN_MIDDLE), (4, BTN_RIGHT)] {
+        if (buttons ^ old) & bit != 0 {
+            ev.push(InputEvent {
+                kind: EV_KEY,
+                code,
+                value: u32::from(buttons & bit != 0),
+            });
+        }
+    }
+    // Wheel buttons count when pressed.
+    for (bit, step) in [(8u8, 1i32), (16, -1)] {
+        if buttons & bit != 0 && old & bit == 0 {
+            ev.push(InputEvent {
+                kind: EV_REL,
+                code: REL_WHEEL,
+                value: step as u32,
+            });
+        }
+    }
+    ev
 }
 
 impl InputSink for InputRouter {
@@ -71,14 +138,31 @@ impl InputSink for InputRouter {
         let Some(code) = xt.filter(|&c| c != 0).or_else(|| keysym_to_xt(keysym)) else {
             return;
         };
-        let dev = lock(&self.state).ps2.clone();
+        let s = lock(&self.state);
+        if let Some(k) = s.keyboard.as_ref().filter(|k| k.ready()) {
+            if let Some(ev) = xt_to_evdev(code) {
+                k.send(&[InputEvent {
+                    kind: EV_KEY,
+                    code: ev,
+                    value: u32::from(down),
+                }]);
+            }
+            return;
+        }
+        let dev = s.ps2.clone();
+        drop(s);
         if let Some(d) = dev {
             lock(&d).key(code, down);
         }
     }
 
-    fn pointer(&self, x: u32, y: u32, buttons: u8, _width: u32, _height: u32) {
+    fn pointer(&self, x: u32, y: u32, buttons: u8, width: u32, height: u32) {
         let mut s = lock(&self.state);
+        if let Some(t) = s.tablet.clone().filter(|t| t.ready()) {
+            t.send(&tablet_events(x, y, width, height, buttons, s.buttons));
+            s.buttons = buttons;
+            return;
+        }
         let (dx, dy) = match s.last {
             Some((lx, ly)) => (x as i32 - lx as i32, y as i32 - ly as i32),
             None => (0, 0),
@@ -267,6 +351,45 @@ mod tests {
         assert_eq!(qcode_to_xt("f13"), None);
         assert_eq!(qcode_to_xt("ctrl_r"), Some(0x9d));
         assert_eq!(qcode_to_xt("nonsense"), None);
+    }
+
+    #[test]
+    fn a_ready_tablet_gets_absolute_events_and_button_changes() {
+        let ev = tablet_events(1919, 0, 1920, 1080, 0b1001, 0b0001);
+        assert_eq!(
+            ev[0],
+            InputEvent {
+                kind: EV_ABS,
+                code: 0,
+                value: ABS_MAX
+            }
+        );
+        assert_eq!(
+            ev[1],
+            InputEvent {
+                kind: EV_ABS,
+                code: 1,
+                value: 0
+            }
+        );
+        assert_eq!(
+            ev[2],
+            InputEvent {
+                kind: EV_REL,
+                code: REL_WHEEL,
+                value: 1
+            }
+        );
+        assert_eq!(ev.len(), 3);
+        let ev = tablet_events(0, 0, 1, 1, 0b100, 0);
+        assert_eq!(
+            ev[2],
+            InputEvent {
+                kind: EV_KEY,
+                code: BTN_RIGHT,
+                value: 1
+            }
+        );
     }
 
     #[test]

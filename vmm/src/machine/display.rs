@@ -21,6 +21,7 @@ use crate::devices::display::{FbSlot, refresh};
 use crate::devices::pci::setup::{PciSetup, error_chain};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::gpu::Gpu;
+use crate::devices::virtio::input::{InputKind, VirtioInput};
 use crate::display::{Display, FbMemory};
 use crate::input::{InputRouter, InputSink, Ps2Input, qcode_to_xt};
 use crate::vnc::{VncConfig, VncListen, VncServer, read_password_file};
@@ -108,13 +109,27 @@ impl DisplayStack {
     }
 
     /// The virtio devices of this boot's display (virtio-gpu), for the PCI setup.
+    /// With a display, a virtio-input keyboard and tablet come too; the input router
+    /// uses them once the guest's driver starts them.
     pub fn virtio_devices(&self) -> Vec<Box<dyn VirtioDevice>> {
-        match self.kind {
-            DisplayKind::VirtioGpu => {
-                vec![Box::new(Gpu::new(self.display.clone(), self.resolution))]
-            }
-            _ => Vec::new(),
+        let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        if self.kind == DisplayKind::VirtioGpu {
+            out.push(Box::new(Gpu::new(self.display.clone(), self.resolution)));
         }
+        if self.kind != DisplayKind::None {
+            match (
+                VirtioInput::new(InputKind::Keyboard),
+                VirtioInput::new(InputKind::Tablet),
+            ) {
+                (Ok(k), Ok(t)) => {
+                    self.input.set_virtio(Some(k.handle()), Some(t.handle()));
+                    out.push(Box::new(k));
+                    out.push(Box::new(t));
+                }
+                (Err(e), _) | (_, Err(e)) => log::warn!("no virtio-input: {e}"),
+            }
+        }
+        out
     }
 
     /// The device registration step for this boot: the adapter on PCI (and its DISPI
