@@ -9,8 +9,9 @@
  * releases the stream, prints "played N periods" and powers off.
  * With -DCAPTURE it records from stream 1 as mono S16 at 8 kHz (10 ms periods, few
  * samples to look at for this slow guest), skips silent periods, and
- * over the next PERIODS periods counts sign changes and the peak; it prints
- * "captured N periods crossings C peak P" and powers off.
+ * over the next PERIODS periods counts zero crossings (with hysteresis), the periods
+ * with 19..21 of them (a clean 1 kHz tone crosses 20 times in 10 ms) and the peak; it
+ * prints "captured N periods crossings C clean K peak P" and powers off.
  *
  * As in net.S, BAR0's layout is fixed (common config 0x0, device config 0x2000, notify
  * 0x3000 + 4 * queue); no interrupts, the used rings are polled. */
@@ -248,7 +249,12 @@ capture:
 	jb 3f				/* silence: not counted */
 	add %eax, crossings
 	inc %ebp
-	cmp peak, %edx
+	cmp $19, %eax			/* a clean 1 kHz period: 19..21 crossings */
+	jb 5f
+	cmp $21, %eax
+	ja 5f
+	incl clean
+5:	cmp peak, %edx
 	jbe 3f
 	mov %edx, peak
 3:	/* Give the buffer back. */
@@ -277,6 +283,10 @@ capture:
 	call puts
 	mov crossings, %eax
 	call putdec
+	mov $s_clean, %esi
+	call puts
+	mov clean, %eax
+	call putdec
 	mov $s_peak, %esi
 	call puts
 	mov peak, %eax
@@ -285,8 +295,9 @@ capture:
 	call putc
 	jmp acpi_poweroff
 
-/* analyse: sign changes between consecutive samples of the period at %esi into %eax,
- * the largest magnitude into %edx. */
+/* analyse: zero crossings in the period at %esi into %eax, with hysteresis (a crossing
+ * is a swing from above +1000 to below -1000 or back, so noise around zero does not
+ * count; the state carries across periods), and the largest magnitude into %edx. */
 analyse:
 	push %ecx
 	push %ebx
@@ -294,7 +305,7 @@ analyse:
 	push %ebp
 	xor %eax, %eax
 	xor %edx, %edx
-	movswl (%esi), %ebx		/* previous sample */
+	mov hstate, %ebx		/* 0 unknown, 1 above, 2 below */
 	xor %ecx, %ecx
 1:	movswl (%esi,%ecx,2), %edi
 	mov %edi, %ebp
@@ -304,14 +315,23 @@ analyse:
 2:	cmp %edx, %ebp
 	jbe 3f
 	mov %ebp, %edx
-3:	mov %ebx, %ebp
-	xor %edi, %ebp
-	jns 4f
+3:	cmp $1000, %edi
+	jle 4f
+	cmp $2, %ebx			/* above now */
+	jne 5f
 	inc %eax
-4:	mov %edi, %ebx
-	inc %ecx
+5:	mov $1, %ebx
+	jmp 6f
+4:	cmp $-1000, %edi
+	jge 6f
+	cmp $1, %ebx			/* below now */
+	jne 7f
+	inc %eax
+7:	mov $2, %ebx
+6:	inc %ecx
 	cmp $(PERIOD / 2), %ecx
 	jb 1b
+	mov %ebx, hstate
 	pop %ebp
 	pop %edi
 	pop %ebx
@@ -419,6 +439,8 @@ rx_avail:	.long 0
 rx_seen:	.long 0
 crossings:	.long 0
 peak:		.long 0
+hstate:		.long 0
+clean:		.long 0
 
 	.section .rodata
 s_nosnd:	.asciz "no virtio-snd card\n"
@@ -433,6 +455,7 @@ s_played:	.asciz "played "
 s_periods:	.asciz " periods\n"
 s_captured:	.asciz "captured "
 s_crossings:	.asciz " periods crossings "
+s_clean:	.asciz " clean "
 s_peak:		.asciz " peak "
 
 	.bss

@@ -1,12 +1,13 @@
 //! Running the helper next to real peer daemons (passt, PipeWire): a VM whose serial
-//! output is read line by line while the test talks to it, and checks that a peer is
-//! installed.
+//! output is read line by line while the test talks to it, checks that a peer is
+//! installed, a private headless PipeWire daemon, and WAV files to play and analyse.
 //!
 //! Data flow: [`LiveVm::spawn`] starts `hospes-vmm` with stdout and stderr piped; a thread
 //! per stream forwards lines into channels, so [`LiveVm::wait_line`] can wait for a guest's
 //! "ready" while the VM keeps running, and [`LiveVm::finish`] collects the rest.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
@@ -136,4 +137,185 @@ pub fn process_name(pid: u32) -> String {
         .unwrap_or_default()
         .trim()
         .to_owned()
+}
+
+/// A headless PipeWire daemon with WirePlumber, on a D-Bus session bus of its own, in a
+/// temporary `XDG_RUNTIME_DIR`, with one null sink (`hospes-test-sink`) as the default
+/// output. Everything it started ends when it is dropped.
+pub struct PipeWireDaemon {
+    pub runtime_dir: tempfile::TempDir,
+    child: Child,
+}
+
+/// The null sink every PipeWire test plays into and records from.
+pub const TEST_SINK: &str = "hospes-test-sink";
+
+impl PipeWireDaemon {
+    /// Starts the daemon and waits until the sink is there and WirePlumber is connected.
+    pub fn start() -> Self {
+        for (program, package) in [
+            ("pipewire", "pipewire-bin"),
+            ("pw-cli", "pipewire-bin"),
+            ("wireplumber", "wireplumber"),
+            ("dbus-run-session", "dbus-bin"),
+        ] {
+            require_program(program, package);
+        }
+        let runtime_dir = tempfile::tempdir().expect("temp dir");
+        let log = std::fs::File::create(runtime_dir.path().join("daemon.log")).expect("log file");
+        let child = Command::new("dbus-run-session")
+            .args(["--", "sh", "-c", "pipewire & sleep 0.3; wireplumber & wait"])
+            .env("XDG_RUNTIME_DIR", runtime_dir.path())
+            .env_remove("PIPEWIRE_REMOTE")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dbus-run-session");
+        let d = Self { runtime_dir, child };
+        d.wait_for(&["ls", "Client"], "WirePlumber");
+        let sink = format!(
+            "{{ factory.name=support.null-audio-sink node.name={TEST_SINK} \
+             media.class=Audio/Sink audio.position=[FL FR] object.linger=true }}"
+        );
+        let ok = d
+            .command("pw-cli")
+            .args(["create-node", "adapter", &sink])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pw-cli create-node failed: {}", d.log());
+        d.wait_for(&["ls", "Node"], TEST_SINK);
+        d
+    }
+
+    /// `program` with this daemon's environment.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("XDG_RUNTIME_DIR", self.runtime_dir.path())
+            .env_remove("PIPEWIRE_REMOTE");
+        c
+    }
+
+    /// The environment a client of this daemon needs.
+    pub fn env(&self) -> (&'static str, String) {
+        (
+            "XDG_RUNTIME_DIR",
+            self.runtime_dir.path().display().to_string(),
+        )
+    }
+
+    /// What `pw-cli args...` prints now.
+    pub fn pw_cli(&self, args: &[&str]) -> String {
+        self.command("pw-cli")
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits up to 10 s until `pw-cli args...` mentions `what`.
+    fn wait_for(&self, args: &[&str], what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.pw_cli(args).contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "PipeWire: no {what} after 10 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemons' messages so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.runtime_dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PipeWireDaemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this daemon's child leads.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        let _ = wait_timeout(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// Writes a mono 16-bit WAV file of `seconds` of a `freq` Hz sine at `rate` Hz.
+pub fn write_sine_wav(path: &Path, freq: f64, rate: u32, seconds: f64) {
+    let n = (f64::from(rate) * seconds) as usize;
+    let mut data = Vec::with_capacity(44 + 2 * n);
+    let bytes = (2 * n) as u32;
+    data.extend_from_slice(b"RIFF");
+    data.extend_from_slice(&(36 + bytes).to_le_bytes());
+    data.extend_from_slice(b"WAVEfmt ");
+    data.extend_from_slice(&16u32.to_le_bytes());
+    data.extend_from_slice(&1u16.to_le_bytes());
+    data.extend_from_slice(&1u16.to_le_bytes());
+    data.extend_from_slice(&rate.to_le_bytes());
+    data.extend_from_slice(&(2 * rate).to_le_bytes());
+    data.extend_from_slice(&2u16.to_le_bytes());
+    data.extend_from_slice(&16u16.to_le_bytes());
+    data.extend_from_slice(b"data");
+    data.extend_from_slice(&bytes.to_le_bytes());
+    for i in 0..n {
+        let t = i as f64 / f64::from(rate);
+        let v = (12000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16;
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, data).expect("write WAV");
+}
+
+/// The 16-bit mono samples of a WAV file (everything after the `data` chunk header; a
+/// recorder killed before it fixed up the header still gives its samples).
+pub fn read_wav_samples(path: &Path) -> Vec<i16> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = bytes
+        .windows(4)
+        .position(|w| w == b"data")
+        .map_or(bytes.len(), |p| p + 8);
+    bytes
+        .get(start..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// The frequency of the tone in `samples` (at `rate` Hz) and how long it sounds: zero
+/// crossings with hysteresis (a swing past `+floor` and `-floor`) counted over the 1 ms
+/// blocks louder than `floor`, so gaps (underruns) neither add time nor crossings.
+pub fn tone_frequency(samples: &[i16], rate: u32, floor: i16) -> Option<(f64, Duration)> {
+    let block = (rate / 1000).max(1) as usize;
+    let (mut crossings, mut loud_blocks) = (0u32, 0u32);
+    let mut above: Option<bool> = None;
+    for b in samples.chunks(block) {
+        if !b.iter().any(|s| s.unsigned_abs() > floor.unsigned_abs()) {
+            above = None;
+            continue;
+        }
+        loud_blocks += 1;
+        for &s in b {
+            let now = if s > floor {
+                Some(true)
+            } else if s < -floor {
+                Some(false)
+            } else {
+                continue;
+            };
+            if above.is_some() && above != now {
+                crossings += 1;
+            }
+            above = now;
+        }
+    }
+    let secs = f64::from(loud_blocks) * block as f64 / f64::from(rate);
+    (secs > 0.0).then(|| {
+        (
+            f64::from(crossings) / 2.0 / secs,
+            Duration::from_secs_f64(secs),
+        )
+    })
 }

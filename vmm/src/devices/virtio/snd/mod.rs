@@ -88,13 +88,20 @@ impl StreamSlot {
         }
     }
 
-    /// Opens the stream on the backend with a fresh buffer the size of the guest's ring.
+    /// Opens the stream on the backend with a fresh buffer: the size of the guest's ring
+    /// for playback (so completions pace the guest), and at least 200 ms for capture (so a
+    /// slow guest loses less).
     fn open(&mut self, backend: &dyn AudioBackend) -> Result<(), AudioError> {
         let params = self
             .params
             .ok_or_else(|| AudioError::Unavailable("no parameters".into()))?;
+        let ring = params.buffer_bytes as usize;
+        let capacity = match self.direction {
+            Direction::Output => ring,
+            Direction::Input => ring.max(params.rate as usize * params.frame_bytes() / 5),
+        };
         let buffer =
-            Arc::new(PcmBuffer::new(params.buffer_bytes as usize).map_err(AudioError::Buffer)?);
+            Arc::new(PcmBuffer::new(capacity, params.frame_bytes()).map_err(AudioError::Buffer)?);
         backend.open(self.id, self.direction, params, buffer.clone())?;
         self.buffer = Some(buffer);
         Ok(())

@@ -86,6 +86,8 @@ impl PcmParams {
 pub struct PcmBuffer {
     ring: Mutex<VecDeque<u8>>,
     capacity: usize,
+    /// Bytes per frame: capture keeps whole frames only.
+    frame: usize,
     /// Bytes the backend took (playback) or gave (capture), in total.
     moved: AtomicU64,
     /// Bytes the worker pushed (playback), in total.
@@ -96,10 +98,12 @@ pub struct PcmBuffer {
 }
 
 impl PcmBuffer {
-    pub fn new(capacity: usize) -> std::io::Result<Self> {
+    /// A ring of `capacity` bytes for frames of `frame` bytes.
+    pub fn new(capacity: usize, frame: usize) -> std::io::Result<Self> {
         Ok(Self {
             ring: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
+            frame: frame.max(1),
             moved: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
             underruns: AtomicU64::new(0),
@@ -193,12 +197,14 @@ impl PcmBuffer {
         n
     }
 
-    /// Backend side, capture: appends what fits of `data`. Never blocks. Returns the bytes
-    /// kept; dropping any counts as an overrun.
+    /// Backend side, capture: appends the whole frames of `data` that fit. Never blocks.
+    /// Returns the bytes kept; dropping any counts as an overrun.
     pub fn record_from(&self, data: &[u8]) -> usize {
         let n = match self.ring.try_lock() {
             Ok(mut ring) => {
-                let n = (self.capacity - ring.len().min(self.capacity)).min(data.len());
+                let room = self.capacity - ring.len().min(self.capacity);
+                let n = room.min(data.len());
+                let n = n - n % self.frame;
                 ring.extend(&data[..n]);
                 n
             }
@@ -226,7 +232,7 @@ mod tests {
 
     #[test]
     fn playback_pads_with_silence_and_counts_underruns_only_while_running() {
-        let b = PcmBuffer::new(8).unwrap();
+        let b = PcmBuffer::new(8, 1).unwrap();
         assert_eq!(b.push(&[1, 2, 3]), Some(3));
         assert_eq!(
             b.push(&[0; 6]),
@@ -244,14 +250,15 @@ mod tests {
     }
 
     #[test]
-    fn capture_keeps_what_fits_and_counts_overruns() {
-        let b = PcmBuffer::new(4).unwrap();
-        assert_eq!(b.record_from(&[1, 2, 3]), 3);
-        assert_eq!(b.record_from(&[4, 5, 6]), 1);
+    fn capture_keeps_whole_frames_that_fit_and_counts_overruns() {
+        let b = PcmBuffer::new(7, 2).unwrap();
+        assert_eq!(b.record_from(&[1, 2, 3, 4]), 4);
+        // Three bytes of room: one whole frame is kept, half a frame never is.
+        assert_eq!(b.record_from(&[5, 6, 7, 8]), 2);
         assert_eq!(b.overruns(), 1);
-        let mut out = [0u8; 4];
+        let mut out = [0u8; 6];
         assert!(b.take_exact(&mut out));
-        assert_eq!(out, [1, 2, 3, 4]);
+        assert_eq!(out, [1, 2, 3, 4, 5, 6]);
         assert!(!b.take_exact(&mut out));
     }
 

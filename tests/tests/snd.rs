@@ -1,0 +1,216 @@
+//! virtio-snd through a real, private PipeWire daemon: the tiny guest
+//! (`tests/guests/snd.S`) plays a 1 kHz square wave that `pw-record` picks up from the
+//! sink, and records a 1 kHz sine that `pw-play` plays into the sink; without a daemon the
+//! VM runs without a sound card.
+
+use std::process::{Child, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hospes_tests::peers::{
+    LiveVm, PipeWireDaemon, TEST_SINK, read_wav_samples, require_program, tone_frequency,
+    write_sine_wav,
+};
+use hospes_tests::{GuestKind, build_guest, build_guest_with, skip_without_kvm, wait_timeout};
+
+const RUN: Duration = Duration::from_secs(60);
+
+/// One sound test at a time: each runs its own daemon and a real-time guest, and on a
+/// small machine two at once make each other underrun.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Ends a PipeWire client the way Ctrl-C would, so it finishes its file.
+fn interrupt(mut child: Child) {
+    // SAFETY: kill(2) on a child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
+        let _ = child.kill();
+    }
+}
+
+#[test]
+fn guest_tone_reaches_pipewire_at_its_frequency_through_a_node_named_after_the_vm() {
+    if skip_without_kvm() {
+        return;
+    }
+    let _one = serial();
+    let pw = PipeWireDaemon::start();
+    require_program("pw-record", "pipewire-bin");
+    let g = build_guest("snd", GuestKind::Pvh);
+    let wav = pw.runtime_dir.path().join("recorded.wav");
+    let recorder = pw
+        .command("pw-record")
+        .args(["--target", TEST_SINK, "-P", "{ stream.capture.sink=true }"])
+        .args(["--format", "s16", "--rate", "48000", "--channels", "1"])
+        .arg(&wav)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pw-record");
+    let (k, v) = pw.env();
+    let mut vm = LiveVm::spawn(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--no-rng",
+            "--sound",
+            "on",
+            "--name",
+            "tone",
+        ],
+        &[(k, &v), ("HOSPES_LOG", "info")],
+    );
+    assert_eq!(
+        vm.wait_line("snd", RUN).as_deref(),
+        Some("snd jacks 2 streams 2 chmaps 2")
+    );
+    assert_eq!(
+        vm.wait_line("snd pcm0", RUN).as_deref(),
+        Some("snd pcm0 dir 0 ch 1-2")
+    );
+    // While it plays, the stream is a node named after the VM.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pw.pw_cli(&["ls", "Node"]).contains("hospes.tone.playback") {
+        assert!(Instant::now() < deadline, "no hospes.tone.playback node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    assert!(vm.wait_line("played 150 periods", RUN).is_some());
+    let (status, out, err) = vm.finish(RUN);
+    assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
+    assert!(!out.iter().any(|l| l.contains("failed")), "{out:?}");
+    // 150 periods of 10 ms, paced by PipeWire's clock (not as fast as the guest can go).
+    assert!(started.elapsed() >= Duration::from_millis(1000), "{err}");
+    std::thread::sleep(Duration::from_millis(300));
+    interrupt(recorder);
+
+    let samples = read_wav_samples(&wav);
+    let (freq, loud) = tone_frequency(&samples, 48000, 1000)
+        .unwrap_or_else(|| panic!("silence recorded ({} samples); {err}", samples.len()));
+    assert!((950.0..1050.0).contains(&freq), "{freq} Hz over {loud:?}");
+    assert!(
+        loud >= Duration::from_millis(1000),
+        "only {loud:?} of 1.5 s of tone"
+    );
+    assert!(samples.iter().any(|s| s.unsigned_abs() > 4000), "too quiet");
+}
+
+#[test]
+fn a_tone_played_on_the_host_reaches_the_guest_capture_stream() {
+    if skip_without_kvm() {
+        return;
+    }
+    let _one = serial();
+    let pw = PipeWireDaemon::start();
+    require_program("pw-play", "pipewire-bin");
+    require_program("pw-link", "pipewire-bin");
+    let g = build_guest_with("snd", GuestKind::Pvh, &["CAPTURE", "PERIODS=50"]);
+    let tone = pw.runtime_dir.path().join("tone.wav");
+    write_sine_wav(&tone, 1000.0, 48000, 20.0);
+    let (k, v) = pw.env();
+    let mut vm = LiveVm::spawn(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--no-rng",
+            "--sound",
+            "on",
+            "--name",
+            "mic",
+        ],
+        &[(k, &v)],
+    );
+    assert!(vm.wait_line("snd pcm0", RUN).is_some(), "{:?}", vm.seen);
+    let player = pw
+        .command("pw-play")
+        .args(["--target", TEST_SINK])
+        .arg(&tone)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pw-play");
+    // WirePlumber links a capture stream with no source to the default sink's monitor;
+    // should a policy not, the test links it by hand.
+    let linked = || {
+        let out = pw.command("pw-link").arg("-l").output().expect("pw-link");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines().peekable();
+        while let Some(l) = lines.next() {
+            if l.starts_with("hospes.mic.capture:input")
+                && lines
+                    .peek()
+                    .is_some_and(|n| n.trim_start().starts_with("|<-"))
+            {
+                return true;
+            }
+        }
+        false
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !linked() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !linked() {
+        let out = pw.command("pw-link").arg("-i").output().expect("pw-link");
+        for port in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("hospes.mic.capture:input"))
+        {
+            let _ = pw
+                .command("pw-link")
+                .args([&format!("{TEST_SINK}:monitor_FL"), port])
+                .status();
+        }
+    }
+    let line = vm.wait_line("captured ", RUN);
+    interrupt(player);
+    let (status, out, err) = vm.finish(RUN);
+    let Some(line) = line else {
+        panic!("nothing captured: {out:?} {err} {}", pw.log());
+    };
+    assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
+    // "captured 50 periods crossings C clean K peak P": 10 ms periods of a 1 kHz tone
+    // cross zero 20 times each. On a loaded host the player may stutter, so most
+    // periods, not all, must be clean.
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let crossings: u32 = words[4].parse().unwrap();
+    let clean: u32 = words[6].parse().unwrap();
+    let peak: u32 = words[8].parse().unwrap();
+    assert_eq!(words[1], "50");
+    assert!(clean >= 40, "{line}");
+    assert!((800..=1050).contains(&crossings), "{line}");
+    assert!(peak > 4000, "{line}");
+}
+
+#[test]
+fn without_a_pipewire_daemon_the_vm_runs_without_a_sound_card() {
+    if skip_without_kvm() {
+        return;
+    }
+    let _one = serial();
+    let empty = tempfile::tempdir().unwrap();
+    let g = build_guest("snd", GuestKind::Pvh);
+    let mut vm = LiveVm::spawn(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--sound",
+            "on",
+        ],
+        &[("XDG_RUNTIME_DIR", empty.path().to_str().unwrap())],
+    );
+    assert!(vm.wait_line("no virtio-snd card", RUN).is_some());
+    let (status, _, err) = vm.finish(RUN);
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+    assert!(err.contains("sound unavailable"), "{err}");
+}
