@@ -13,19 +13,6 @@
 
 #define QSIZE		8
 #define FB		0x1000000
-/* struct virtio_pci_common_cfg */
-#define DEV_FEAT_SEL	0x00
-#define DEV_FEAT	0x04
-#define DRV_FEAT_SEL	0x08
-#define DRV_FEAT	0x0c
-#define STATUS		0x14
-#define Q_SELECT	0x16
-#define Q_SIZE		0x18
-#define Q_ENABLE	0x1c
-#define Q_NOTIFY_OFF	0x1e
-#define Q_DESC		0x20
-#define Q_DRIVER	0x28
-#define Q_DEVICE	0x30
 
 	.code32
 	.text
@@ -99,115 +86,6 @@ put_size:
 	mov $'\n', %al
 	jmp putc
 
-/* pci_read: config dword at offset %ecx of device %ebx -> %eax; %dx left at 0xcfc. */
-pci_read:
-	mov %ebx, %eax
-	shl $11, %eax
-	or %ecx, %eax
-	and $0xfffffffc, %eax
-	or $0x80000000, %eax
-	mov $0xcf8, %dx
-	out %eax, %dx
-	mov $0xcfc, %dx
-	in %dx, %eax
-	ret
-
-/* find_caps: common, notify (+ multiplier) and device regions of device %ebx. */
-find_caps:
-	mov $0x34, %ecx
-	call pci_read
-	movzbl %al, %ecx
-1:	test %ecx, %ecx
-	jz 3f
-	call pci_read
-	mov %eax, %esi			/* vndr, next, len, cfg_type */
-	cmp $0x09, %al
-	jne 2f
-	push %ecx
-	add $4, %ecx
-	call pci_read
-	movzbl %al, %eax		/* BAR number */
-	lea 0x10(,%eax,4), %ecx
-	call pci_read
-	and $0xfffffff0, %eax
-	mov %eax, %ebp
-	mov (%esp), %ecx
-	add $8, %ecx
-	call pci_read
-	add %eax, %ebp			/* + offset */
-	mov %esi, %eax
-	shr $24, %eax
-	cmp $1, %al
-	jne 5f
-	mov %ebp, common
-5:	cmp $4, %al
-	jne 6f
-	mov %ebp, devcfg
-6:	cmp $2, %al
-	jne 7f
-	mov %ebp, notify
-	mov (%esp), %ecx
-	add $16, %ecx
-	call pci_read
-	mov %eax, mult
-7:	pop %ecx
-2:	mov %esi, %ecx
-	movzbl %ch, %ecx
-	jmp 1b
-3:	mov $s_nocap, %esi
-	cmpl $0, common
-	je fail
-	cmpl $0, notify
-	je fail
-	cmpl $0, devcfg
-	je fail
-	ret
-
-/* init_device: reset, VERSION_1 only, queues 0 and 1, DRIVER_OK. */
-init_device:
-	mov common, %ebp
-	movb $0, STATUS(%ebp)
-	movb $3, STATUS(%ebp)		/* ACKNOWLEDGE | DRIVER */
-	movl $0, DRV_FEAT_SEL(%ebp)
-	movl $0, DRV_FEAT(%ebp)
-	movl $1, DRV_FEAT_SEL(%ebp)
-	movl $1, DRV_FEAT(%ebp)		/* VIRTIO_F_VERSION_1 */
-	movb $0xb, STATUS(%ebp)
-	mov STATUS(%ebp), %al
-	mov $s_features, %esi
-	cmp $0xb, %al
-	jne fail
-	xor %eax, %eax
-	mov $ctl_ring, %edi
-	call setup_queue
-	mov %eax, ctl_notify
-	mov $1, %eax
-	mov $cur_ring, %edi
-	call setup_queue
-	mov %eax, cur_notify
-	movb $0xf, STATUS(%ebp)
-	ret
-
-/* setup_queue: queue %eax on ring %edi (desc +0, avail +0x100, used +0x200); returns its
- * notify address in %eax. */
-setup_queue:
-	mov %ax, Q_SELECT(%ebp)
-	movw $QSIZE, Q_SIZE(%ebp)
-	movw $1, 0x100(%edi)		/* avail flags: no interrupts */
-	mov %edi, Q_DESC(%ebp)
-	movl $0, Q_DESC+4(%ebp)
-	lea 0x100(%edi), %ecx
-	mov %ecx, Q_DRIVER(%ebp)
-	movl $0, Q_DRIVER+4(%ebp)
-	lea 0x200(%edi), %ecx
-	mov %ecx, Q_DEVICE(%ebp)
-	movl $0, Q_DEVICE+4(%ebp)
-	movw $1, Q_ENABLE(%ebp)
-	movzwl Q_NOTIFY_OFF(%ebp), %eax
-	imull mult, %eax
-	add notify, %eax
-	ret
-
 /* submit: request req (%ecx bytes) and response resp on ring %edi, kicking notify address
  * %ebx with queue number %eax; waits for it and checks the response type is %edx. */
 submit:
@@ -241,8 +119,8 @@ submit:
 
 /* ctl: control request of %ecx bytes expecting response type %edx. */
 ctl:
-	mov $ctl_ring, %edi
-	mov ctl_notify, %ebx
+	mov $ring0, %edi
+	mov q0_notify, %ebx
 	xor %eax, %eax
 	jmp submit
 
@@ -401,19 +279,18 @@ set_cursor:
 	movl $1, req+48
 	mov $56, %ecx
 	mov $0x1100, %edx
-	mov $cur_ring, %edi
-	mov cur_notify, %ebx
+	mov $ring1, %edi
+	mov q1_notify, %ebx
 	mov $1, %eax
 	jmp submit
 
+#include "virtio_drv.S"
 #include "lib.S"
 
 	.section .rodata
 	.align 4
 colours:	.long 0x00ff0000, 0x0000ff00, 0x000000ff, 0x00ffffff
 s_nogpu:	.asciz "no virtio-gpu"
-s_nocap:	.asciz "missing virtio capability"
-s_features:	.asciz "FEATURES_OK did not stick"
 s_badresp:	.asciz "unexpected response"
 s_failed:	.asciz "gpu failed: "
 s_found:	.asciz "virtio-gpu 1af4:1050\n"
@@ -422,20 +299,14 @@ s_resize:	.asciz "resize "
 
 	.data
 	.align 4
-common:		.long 0
-notify:		.long 0
-devcfg:		.long 0
-mult:		.long 0
-ctl_notify:	.long 0
-cur_notify:	.long 0
 width:		.long 0
 height:		.long 0
 shown:		.long 0
 
 	.bss
 	.align 4096
-ctl_ring:	.space 4096
-cur_ring:	.space 4096
+ring0:	.space 4096
+ring1:	.space 4096
 cursor:		.space 64 * 64 * 4
 req:		.space 64
 resp:		.space 512

@@ -6,6 +6,8 @@
 //!   `-vga std` prints the same serial output (differential).
 //! - `gpu`: drives virtio-gpu to show bands of the preferred mode's size and a 64x64
 //!   cursor, and shows them again at the size a client asks for with SetDesktopSize.
+//! - `vinput`: drives the virtio-input keyboard and the PS/2 mouse: keys must arrive as
+//!   Linux key events on virtio, the pointer still on PS/2 (its tablet is not driven).
 //! - `input`: echoes PS/2 bytes; keys and pointer moves from vncdotool and from QMP
 //!   `input-send-event` must arrive as set-1 scancodes and mouse packets.
 //!
@@ -89,6 +91,25 @@ impl Vm {
             "no line '{want}' from the guest; got {:?}",
             &self.seen[start..]
         );
+    }
+}
+
+impl Vm {
+    /// Collects lines until `done` holds for all lines seen since the call.
+    fn lines_until(&mut self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let start = self.seen.len();
+        while !done(&self.seen[start..]) {
+            assert!(
+                Instant::now() < deadline,
+                "guest said only {:?}",
+                &self.seen[start..]
+            );
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(l);
+            }
+        }
+        self.seen[start..].to_vec()
     }
 }
 
@@ -469,4 +490,57 @@ fn virtio_gpu_shows_the_picture_and_cursor_and_follows_a_client_resize() {
     c.request(false).unwrap();
     c.read_update().unwrap();
     assert_gpu_frame(&c, 1024, 768);
+}
+
+#[test]
+fn keys_go_to_a_driven_virtio_keyboard_and_the_pointer_to_ps2_without_a_tablet_driver() {
+    if skip_without_kvm() {
+        return;
+    }
+    let Some(vncdo) = vncdo() else { return };
+    let g = build_guest("vinput", GuestKind::Pvh);
+    let vnc = g.dir.path().join("vnc.sock");
+    let mut vm = Vm::spawn(&[
+        "--kernel",
+        g.path.to_str().unwrap(),
+        "--vnc",
+        &format!("unix:{}", vnc.display()),
+    ]);
+    vm.wait_line("vinput ready");
+    vm.wait_line("aux fa");
+    run_ok(
+        Command::new(&vncdo)
+            .arg("-s")
+            .arg(&vnc)
+            .args(["key", "a", "move", "100", "100", "move", "110", "95"]),
+    );
+    let lines = vm.lines_until(|l| {
+        l.iter().filter(|x| x.starts_with("vin ")).count() >= 4
+            && l.iter().filter(|x| x.starts_with("aux ")).count() >= 6
+    });
+    let vin: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("vin "))
+        .map(String::as_str)
+        .collect();
+    // KEY_A (30) down, SYN_REPORT, up, SYN_REPORT.
+    assert_eq!(
+        vin,
+        [
+            "vin 0001 001e 00000001",
+            "vin 0000 0000 00000000",
+            "vin 0001 001e 00000000",
+            "vin 0000 0000 00000000"
+        ]
+    );
+    let aux: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("aux "))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        aux,
+        ["aux 08", "aux 00", "aux 00", "aux 08", "aux 0a", "aux 05"]
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("kbd")), "{lines:?}");
 }
