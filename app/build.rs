@@ -6,7 +6,11 @@
 //!   `$OUT_DIR/schemas/gschemas.compiled`, which the app uses only when the schema is not
 //!   installed (running from the build tree).
 //!
-//! Both call the GLib tools from `libglib2.0-bin` directly.
+//! - `demo/demo.S` (the Demo VM's guest) is assembled and linked with the system C
+//!   compiler (`$CC`, default `cc`) and `demo/demo.ld` into `$OUT_DIR/demo.elf`, which the
+//!   app embeds with `include_bytes!` (a prebuilt binary is never committed).
+//!
+//! The GLib tools come from `libglib2.0-bin`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,34 @@ fn main() {
     println!("cargo::rerun-if-changed={}", resources.display());
     compile_resources(&resources, &out_dir);
     compile_schemas(&resources, &out_dir);
+    let demo = manifest_dir.join("demo");
+    println!("cargo::rerun-if-changed={}", demo.display());
+    println!("cargo::rerun-if-env-changed=CC");
+    build_demo_guest(&demo, &out_dir);
+}
+
+fn build_demo_guest(demo: &Path, out_dir: &Path) {
+    let cc = env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let object = out_dir.join("demo.o");
+    run(Command::new(&cc)
+        .arg("-c")
+        .arg(demo.join("demo.S"))
+        .arg("-o")
+        .arg(&object));
+    let mut script = std::ffi::OsString::from("-Wl,-T,");
+    script.push(demo.join("demo.ld"));
+    run(Command::new(&cc)
+        .args([
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+        ])
+        .arg(script)
+        .arg(&object)
+        .arg("-o")
+        .arg(out_dir.join("demo.elf")));
 }
 
 fn compile_resources(resources: &Path, out_dir: &Path) {
@@ -50,6 +82,6 @@ fn run(command: &mut Command) {
     match command.status() {
         Ok(status) if status.success() => {}
         Ok(status) => panic!("{command:?} failed: {status}"),
-        Err(err) => panic!("cannot run {command:?} (install libglib2.0-bin): {err}"),
+        Err(err) => panic!("cannot run {command:?} (install libglib2.0-bin and gcc): {err}"),
     }
 }

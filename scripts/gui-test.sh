@@ -47,7 +47,9 @@ create_vm() {
   XDG_DATA_HOME="$data" "$ctl" create --disk-size 0 "$@" >/dev/null
 }
 
-# Starts hospes on the library under data dir $1 with extra environment "${@:2}".
+# Starts hospes on the library under data dir $1 with extra environment "${@:2}" and the
+# arguments in app_args.
+app_args=()
 start_app() {
   local data=$1
   shift
@@ -56,7 +58,7 @@ start_app() {
   env GDK_BACKEND=x11 GSETTINGS_BACKEND=keyfile NO_AT_BRIDGE=0 \
     XDG_CONFIG_HOME="$work/config" XDG_CACHE_HOME="$work/cache" XDG_DATA_HOME="$data" \
     XDG_RUNTIME_DIR="$work/run" \
-    "$@" "$bin" &
+    "$@" "$bin" "${app_args[@]}" &
   app_pid=$!
 }
 
@@ -227,8 +229,39 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     --pixel 960 135 ff0000 --pixel 960 405 00ff00 --pixel 960 675 0000ff \
     --pixel 960 945 ffffff --pixel 150 150 123456 --pixel 40 40 ff0000
   stop_app
+
+  # 10. The Demo VM: `hospes --demo` (what `make run` does) adds it to an empty library,
+  #     starts it and opens its window; the test card shows, and a typed key becomes a
+  #     bar coloured from its scancode (app/demo/demo.S).
+  app_args=(--demo)
+  start_app "$work/demo"
+  app_args=()
+  echo "gui-test: --demo opens the running Demo VM with its test card"
+  check --title "Demo" --expect "Screen of Demo" --screenshot "$out/demo.png" \
+    --screen "Screen of Demo" --guest-size 1280 800 \
+    --pixel 80 280 c0c0c0 --pixel 240 280 c0c000 --pixel 400 280 00c0c0 \
+    --pixel 560 280 00c000 --pixel 720 280 c000c0 --pixel 880 280 c00000 \
+    --pixel 1040 280 0000c0 --pixel 1200 280 000000 --pixel 640 590 1c71d8 \
+    --pixel 32 710 000000
+  echo "gui-test: a key typed into the Demo window shows as a bar"
+  key_colour=$(printf '%06x' $(( ((0x1e * 0x9e3779b1) % 4294967296 >> 8 | 0x404040) & 0xffffff )))
+  check --title "Demo" --keys a --expect "Screen of Demo" --screenshot "$out/demo-key.png" \
+    --screen "Screen of Demo" --guest-size 1280 800 --pixel 32 710 "$key_colour" \
+    --pixel 72 710 000000
+  stop_app
+  kill -9 "$(cat "$work/run/hospes/demo/pid")"
 else
   echo "gui-test: skipping the lifecycle scenario (no usable /dev/kvm)"
 fi
+
+# 11. The first run on an empty library adds the Demo VM (not started).
+rm -rf "$work/config"
+start_app "$work/first-run"
+echo "gui-test: the first run offers the Demo VM"
+check --expect "Demo" --expect "Start Demo" --screenshot "$out/first-run.png"
+stop_app
+start_app "$work/first-run-later"
+check --expect "No virtual machines yet" --expect "Try the Demo"
+stop_app
 
 echo "gui-test: all passed; screenshots in $out"

@@ -6,6 +6,7 @@
 mod a11y;
 mod assistant;
 mod assistant_model;
+mod demo;
 mod framebuffer;
 mod i18n;
 mod library_model;
@@ -43,8 +44,12 @@ fn main() {
         log::warn!("cannot register the bundled resources: {err}");
     }
 
-    let app = RelmApp::new(APP_ID);
+    // Our own flags; GTK gets none (it would refuse the unknown ones).
+    let launch = window::Launch {
+        demo: std::env::args().skip(1).any(|arg| arg == "--demo"),
+    };
+    let app = RelmApp::new(APP_ID).with_args(Vec::new());
     relm4::main_application().set_resource_base_path(Some(RESOURCE_BASE_PATH));
     gtk::Window::set_default_icon_name(APP_ID);
-    app.run::<window::AppWindow>(());
+    app.run::<window::AppWindow>(launch);
 }

@@ -37,6 +37,11 @@ const KEYSYM_CONTROL_L: u32 = 0xffe3;
 const KEYSYM_ALT_L: u32 = 0xffe9;
 const KEYSYM_DELETE: u32 = 0xffff;
 
+/// How often a failed display connection is tried again before the window says so.
+const MAX_RETRIES: u32 = 5;
+/// The pause before trying again.
+const RETRY_DELAY: Duration = Duration::from_millis(400);
+
 /// What a VM window opens with.
 #[derive(Debug, Clone)]
 pub struct VmWindowInit {
@@ -60,6 +65,8 @@ pub struct VmWindow {
     last_pointer: (u16, u16),
     grabbed: bool,
     fullscreen: bool,
+    /// Reconnections tried since the last frame arrived.
+    retries: u32,
     serial: Option<Arc<Mutex<UnixStream>>>,
 }
 
@@ -268,6 +275,7 @@ impl Component for VmWindow {
             last_pointer: (0, 0),
             grabbed: false,
             fullscreen: false,
+            retries: 0,
             serial: None,
         };
         let screen = ScreenView::default();
@@ -296,6 +304,7 @@ impl Component for VmWindow {
         }
         if model.init.vnc_socket.is_some() {
             widgets.pages.set_visible_child_name("display");
+            screen.grab_focus();
             sender.input(VmWindowInput::Connect);
         } else {
             widgets.pages.set_visible_child_name("serial");
@@ -327,8 +336,12 @@ impl Component for VmWindow {
         root: &Self::Root,
     ) {
         match message {
-            VmWindowInput::Frame(frame) => self.frame(frame, &widgets.screen),
-            VmWindowInput::Connect => self.connect(&sender),
+            VmWindowInput::Frame(frame) => self.frame(frame, &widgets.screen, &sender),
+            VmWindowInput::Connect => {
+                if self.session.is_none() {
+                    self.connect(&sender);
+                }
+            }
             VmWindowInput::Key(keysym, down) => {
                 self.send(InputEvent::Key { keysym, down });
             }
@@ -425,14 +438,28 @@ impl Component for VmWindow {
 }
 
 impl VmWindow {
-    fn frame(&mut self, frame: FrameEvent, screen: &ScreenView) {
+    fn frame(&mut self, frame: FrameEvent, screen: &ScreenView, sender: &ComponentSender<Self>) {
         match frame {
             FrameEvent::Resolution(width, height) => {
                 self.status = None;
                 screen.set_resolution(width, height);
             }
-            FrameEvent::Pixels(rect, data) => screen.put(rect, &data),
+            FrameEvent::Pixels(rect, data) => {
+                self.retries = 0;
+                screen.put(rect, &data);
+            }
             FrameEvent::Copy(rect, x, y) => screen.copy(rect, x, y),
+            FrameEvent::Closed(Some(reason)) if self.retries < MAX_RETRIES => {
+                // A helper still starting, or a hiccup while the guest switches modes:
+                // connect again after a moment before saying anything.
+                log::info!("display connection ended ({reason}); connecting again");
+                self.session = None;
+                self.retries += 1;
+                let input = sender.input_sender().clone();
+                glib::timeout_add_local_once(RETRY_DELAY, move || {
+                    input.emit(VmWindowInput::Connect);
+                });
+            }
             FrameEvent::Closed(reason) => {
                 self.session = None;
                 self.status = Some(match reason {

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::a11y;
 use crate::assistant::{Assistant, AssistantOutput};
+use crate::demo;
 use crate::i18n::gettext_f;
 use crate::library_model::{self, LibraryLoad};
 use crate::machine_row::{MachineRow, MachineRowInit, MachineRowInput, MachineRowOutput};
@@ -76,6 +77,8 @@ pub struct AppWindow {
     vm_windows: HashMap<String, Controller<VmWindow>>,
     /// VMs being started from their row's activation: their window opens once they run.
     open_when_started: HashSet<String>,
+    /// A VM to open once the next load has listed it (the Demo VM just added).
+    open_after_load: Option<String>,
     /// The new-VM assistant while it is open.
     assistant: Option<Controller<Assistant>>,
     window: adw::ApplicationWindow,
@@ -92,6 +95,8 @@ pub enum AppWindowInput {
     Open(String),
     /// A VM window closed.
     VmWindowClosed(String),
+    /// Put the Demo VM in the library; open (and start) it when `true`.
+    AddDemo(bool),
     /// Open the new-VM assistant.
     NewVm,
     /// The assistant closed; it created the VM with this id, if any.
@@ -118,11 +123,20 @@ pub enum AppWindowCommand {
     },
     /// A watcher saw something.
     Watch(String, WatchEvent),
+    /// The Demo VM is in the library (its id), or why not; open it when `true`.
+    DemoReady(Result<String, String>, bool),
+}
+
+/// How the app was started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Launch {
+    /// `--demo`: add the Demo VM if missing, start it and open its window.
+    pub demo: bool,
 }
 
 #[relm4::component(pub)]
 impl Component for AppWindow {
-    type Init = ();
+    type Init = Launch;
     type Input = AppWindowInput;
     type Output = ();
     type CommandOutput = AppWindowCommand;
@@ -195,6 +209,14 @@ impl Component for AppWindow {
                                 ActionablePlus::set_stateless_action::<NewVmAction>: &(),
                             },
                             gtk::Button {
+                                set_label: &gettext("Try the Demo"),
+                                set_tooltip_text: Some(&gettext(
+                                    "A tiny machine that draws a test card and shows the keys you type",
+                                )),
+                                add_css_class: "pill",
+                                connect_clicked => AppWindowInput::AddDemo(true),
+                            },
+                            gtk::Button {
                                 set_label: &gettext("Refresh"),
                                 add_css_class: "pill",
                                 ActionablePlus::set_stateless_action::<RefreshAction>: &(),
@@ -249,7 +271,11 @@ impl Component for AppWindow {
         }
     }
 
-    fn init(_: (), root: Self::Root, sender: ComponentSender<Self>) -> ComponentParts<Self> {
+    fn init(
+        launch: Launch,
+        root: Self::Root,
+        sender: ComponentSender<Self>,
+    ) -> ComponentParts<Self> {
         let machines = FactoryVecDeque::builder()
             .launch(gtk::ListBox::default())
             .forward(sender.input_sender(), |output| match output {
@@ -265,6 +291,7 @@ impl Component for AppWindow {
             forced: HashSet::new(),
             vm_windows: HashMap::new(),
             open_when_started: HashSet::new(),
+            open_after_load: None,
             assistant: None,
             window: root.clone(),
         };
@@ -281,7 +308,11 @@ impl Component for AppWindow {
             window_state::restore(&root, settings);
         }
         install_actions(&root, &sender);
-        sender.input(AppWindowInput::Refresh);
+        if launch.demo {
+            sender.input(AppWindowInput::AddDemo(true));
+        } else {
+            sender.input(AppWindowInput::Refresh);
+        }
 
         ComponentParts { model, widgets }
     }
@@ -326,6 +357,14 @@ impl Component for AppWindow {
             AppWindowInput::VmWindowClosed(id) => {
                 self.vm_windows.remove(&id);
             }
+            AppWindowInput::AddDemo(open) => {
+                sender.spawn_oneshot_command(move || {
+                    let result = hospes_vmm::library::Library::open_default()
+                        .map_err(|err| vm_control::error_chain(&err))
+                        .and_then(|library| demo::ensure(&library));
+                    AppWindowCommand::DemoReady(result, open)
+                });
+            }
             AppWindowInput::NewVm => self.open_assistant(&sender),
             AppWindowInput::AssistantDone(created) => {
                 self.assistant = None;
@@ -346,7 +385,30 @@ impl Component for AppWindow {
         match message {
             AppWindowCommand::Loaded(result, states) => {
                 self.loading = false;
+                // The flag goes on at the first load either way: a library that is not
+                // empty on the first run needs no demo.
+                let first_run = result.is_ok() && self.first_run();
+                let first_run_empty =
+                    first_run && matches!(&result, Ok(entries) if entries.is_empty());
                 self.show(result, states, &sender);
+                if first_run_empty {
+                    sender.input(AppWindowInput::AddDemo(false));
+                }
+                if let Some(id) = self.open_after_load.take() {
+                    self.open_vm(id, &sender);
+                }
+            }
+            AppWindowCommand::DemoReady(Ok(id), open) => {
+                if open {
+                    self.open_after_load = Some(id);
+                }
+                self.loading = false;
+                sender.input(AppWindowInput::Refresh);
+            }
+            AppWindowCommand::DemoReady(Err(message), _) => {
+                log::warn!("cannot add the Demo VM: {message}");
+                self.show_error(&gettext("Cannot add the Demo machine"), &message);
+                sender.input(AppWindowInput::Refresh);
             }
             AppWindowCommand::Acted {
                 id,
@@ -360,7 +422,7 @@ impl Component for AppWindow {
                     Ok(()) if state.is_live() => {
                         self.watch(&id, &sender);
                         if open {
-                            self.open_vm(id, &sender);
+                            self.open_window(id, &sender);
                         }
                     }
                     Ok(()) => {}
@@ -438,8 +500,23 @@ impl AppWindow {
         });
     }
 
-    /// Opens (or raises) the window of VM `id`; a stopped VM is started first.
+    /// Opens (or raises) the window of VM `id`; a stopped VM is started first and its
+    /// window opens once it runs.
     fn open_vm(&mut self, id: String, sender: &ComponentSender<Self>) {
+        let Some(index) = self.machines.iter().position(|row| row.id() == id) else {
+            return;
+        };
+        if self.machines[index].state() == VmState::Stopped && !self.vm_windows.contains_key(&id) {
+            self.open_when_started.insert(id);
+            self.machines
+                .send(index, MachineRowInput::Act(VmAction::Start));
+            return;
+        }
+        self.open_window(id, sender);
+    }
+
+    /// Opens (or raises) the window of the running VM `id`.
+    fn open_window(&mut self, id: String, sender: &ComponentSender<Self>) {
         if let Some(window) = self.vm_windows.get(&id) {
             window.widget().present();
             return;
@@ -447,21 +524,6 @@ impl AppWindow {
         let Some(row) = self.machines.iter().find(|row| row.id() == id) else {
             return;
         };
-        match row.state() {
-            VmState::Stopped => {
-                self.open_when_started.insert(id.clone());
-                if let Some(index) = self.machines.iter().position(|row| row.id() == id) {
-                    self.machines
-                        .send(index, MachineRowInput::Act(VmAction::Start));
-                }
-                return;
-            }
-            VmState::Starting => {
-                self.open_when_started.insert(id);
-                return;
-            }
-            _ => {}
-        }
         let entry = row.entry();
         let runtime = hospes_vmm::runtime::base_dir().map(|base| base.join(&id));
         let runtime = match runtime {
@@ -516,6 +578,21 @@ impl AppWindow {
         if let Some(index) = self.machines.iter().position(|row| row.id() == id) {
             self.machines.send(index, MachineRowInput::SetState(state));
         }
+    }
+
+    /// Whether this is the first time the app lists a library (the Demo VM is then added
+    /// to an empty one); remembers that it no longer is.
+    fn first_run(&self) -> bool {
+        let Some(settings) = &self.settings else {
+            return false;
+        };
+        if settings.boolean("demo-offered") {
+            return false;
+        }
+        if let Err(err) = settings.set_boolean("demo-offered", true) {
+            log::warn!("cannot remember that the Demo VM was offered: {err}");
+        }
+        true
     }
 
     /// Says that VM `id` stopped unexpectedly, with the end of its helper's log.

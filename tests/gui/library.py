@@ -139,16 +139,31 @@ def screenshot_pixel(path, x, y):
 
 
 def check_screen_pixels(app, args):
+    """Takes screenshots until the guest pixels match (see `screen_pixel_failures`)."""
+    failures = []
+
+    def matched():
+        nonlocal failures
+        subprocess.run(["import", "-window", "root", args.screenshot], check=True)
+        failures = screen_pixel_failures(app, args)
+        return not failures
+
+    wait_for(matched, args.timeout, f"the guest's picture in {args.screen!r}",
+             lambda: "; ".join(failures))
+    print(f"library.py: {len(args.pixel)} guest pixels match in {args.screen!r}, "
+          f"screenshot {args.screenshot}")
+
+
+def screen_pixel_failures(app, args):
     """Finds where the guest screen `args.screen` is drawn (scaled to fit, centred) and
     compares guest pixels with the screenshot, ±8 per channel for scaling."""
     screens = [node for node in walk(app) if node.name == args.screen and is_shown(node)]
     if not screens:
-        sys.exit(f"library.py: no shown {args.screen!r}")
+        return [f"no shown {args.screen!r}"]
     # GTK 4 reports no screen coordinates: add the X window's origin to window ones.
     box = screens[-1].queryComponent().getExtents(pyatspi.WINDOW_COORDS)
     origin = window_origin(args.title)
     box_x, box_y = origin[0] + box.x, origin[1] + box.y
-    print(f"library.py: {args.screen!r} at ({box_x},{box_y}) size {box.width}x{box.height}")
     gw, gh = args.guest_size
     scale = min(box.width / gw, box.height / gh)
     left = box_x + (box.width - gw * scale) / 2
@@ -163,8 +178,9 @@ def check_screen_pixels(app, args):
             failures.append(f"guest ({gx},{gy}) at screen ({sx},{sy}) is "
                             f"{bytes(got).hex()}, not {want}")
     if failures:
-        sys.exit("library.py: " + "; ".join(failures))
-    print(f"library.py: {len(args.pixel)} guest pixels match in {args.screen!r}")
+        failures.insert(0, f"{args.screen!r} at ({box_x},{box_y}) size "
+                           f"{box.width}x{box.height}")
+    return failures
 
 
 def wait_for(predicate, timeout, what, describe=None):
