@@ -205,6 +205,18 @@ pub struct Update {
     pub rects: Vec<Rect>,
     /// Changes each time the cursor image changes.
     pub cursor_gen: u64,
+    /// The picture moved up by this many rows before `rects` changed (CopyRect material);
+    /// `rects` then also holds the rows that came into view.
+    pub scroll: Option<i32>,
+}
+
+/// One change in the damage log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    Damage(Rect),
+    /// The picture moved up by this many rows (down when negative): a device panned
+    /// its view over the same memory.
+    Scroll(i32),
 }
 
 /// Asks a display device for a new guest resolution; returns whether it will try.
@@ -214,7 +226,7 @@ struct State {
     surface: Option<Surface>,
     surface_gen: u64,
     seq: u64,
-    log: VecDeque<(u64, Rect)>,
+    log: VecDeque<(u64, Entry)>,
     waiters: usize,
     cursor: Option<Cursor>,
     cursor_gen: u64,
@@ -256,9 +268,35 @@ impl Display {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Shows `surface` (None: nothing); everything is damaged.
+    /// Shows `surface` (None: nothing); everything is damaged, unless the new surface is
+    /// the old one panned vertically over the same memory: then it is a scroll plus the
+    /// rows that came into view.
     pub fn set_surface(&self, surface: Option<Surface>) {
         let mut s = self.state();
+        let pan = match (&s.surface, &surface) {
+            (Some(a), Some(b)) => scrolled(a, b).map(|dy| (dy, b.width, b.height)),
+            _ => None,
+        };
+        if let Some((dy, w, h)) = pan {
+            s.surface = surface;
+            s.seq += 1;
+            let seq = s.seq;
+            s.log.push_back((seq, Entry::Scroll(dy)));
+            let band = if dy > 0 {
+                Rect::new(0, h - dy as u32, w, dy as u32)
+            } else {
+                Rect::new(0, 0, w, dy.unsigned_abs())
+            };
+            s.seq += 1;
+            let seq = s.seq;
+            s.log.push_back((seq, Entry::Damage(band)));
+            while s.log.len() > DAMAGE_LOG {
+                s.log.pop_front();
+            }
+            drop(s);
+            self.changed.notify_all();
+            return;
+        }
         let same = match (&s.surface, &surface) {
             (Some(a), Some(b)) => {
                 Arc::ptr_eq(&a.mem, &b.mem)
@@ -277,7 +315,7 @@ impl Display {
         let seq = s.seq;
         let full = s.surface.as_ref().map(Surface::full).unwrap_or_default();
         s.log.clear();
-        s.log.push_back((seq, full));
+        s.log.push_back((seq, Entry::Damage(full)));
         drop(s);
         self.changed.notify_all();
     }
@@ -301,7 +339,7 @@ impl Display {
             }
             s.seq += 1;
             let seq = s.seq;
-            s.log.push_back((seq, r));
+            s.log.push_back((seq, Entry::Damage(r)));
             any = true;
         }
         while s.log.len() > DAMAGE_LOG {
@@ -330,11 +368,29 @@ impl Display {
     fn update_locked(s: &State, since: u64) -> Update {
         let surface = s.surface.clone();
         let oldest = s.log.front().map_or(s.seq + 1, |e| e.0);
+        let full = || surface.iter().map(Surface::full).collect();
+        let mut scroll = None;
         let rects = if since + 1 < oldest && since < s.seq {
             // Fell behind the log: everything.
-            surface.iter().map(Surface::full).collect()
+            full()
         } else {
-            merge(s.log.iter().filter(|e| e.0 > since).map(|e| e.1))
+            let new: Vec<Entry> = s.log.iter().filter(|e| e.0 > since).map(|e| e.1).collect();
+            let scrolls = new.iter().filter(|e| matches!(e, Entry::Scroll(_))).count();
+            match new.first() {
+                // One scroll before any damage: a copy, then the damage.
+                Some(Entry::Scroll(dy)) if scrolls == 1 => {
+                    scroll = Some(*dy);
+                    merge(new.iter().filter_map(|e| match e {
+                        Entry::Damage(r) => Some(*r),
+                        Entry::Scroll(_) => None,
+                    }))
+                }
+                _ if scrolls > 0 => full(),
+                _ => merge(new.iter().filter_map(|e| match e {
+                    Entry::Damage(r) => Some(*r),
+                    Entry::Scroll(_) => None,
+                })),
+            }
         };
         Update {
             surface,
@@ -342,6 +398,7 @@ impl Display {
             seq: s.seq,
             rects,
             cursor_gen: s.cursor_gen,
+            scroll,
         }
     }
 
@@ -407,6 +464,23 @@ impl Display {
             None => false,
         }
     }
+}
+
+/// The rows `b` is `a` moved up by, when `b` is `a` panned vertically (same memory and
+/// geometry, offset moved by whole rows, less than a screen).
+fn scrolled(a: &Surface, b: &Surface) -> Option<i32> {
+    if !Arc::ptr_eq(&a.mem, &b.mem)
+        || (a.width, a.height, a.stride) != (b.width, b.height, b.stride)
+    {
+        return None;
+    }
+    let delta = b.offset as i64 - a.offset as i64;
+    let stride = i64::from(a.stride);
+    if delta == 0 || delta % stride != 0 {
+        return None;
+    }
+    let dy = delta / stride;
+    (dy.unsigned_abs() < u64::from(a.height)).then_some(dy as i32)
 }
 
 /// Merges overlapping or touching rectangles; many small ones become their bounding box.
@@ -487,6 +561,32 @@ mod tests {
         let u = t.join().unwrap();
         assert_eq!(u.rects, vec![Rect::new(1, 2, 3, 4)]);
         assert!(!d.wait_for_waiters(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn panning_over_the_same_memory_is_a_scroll_plus_the_exposed_rows() {
+        let d = Display::new();
+        let s = surface(100, 100);
+        let seq = {
+            d.set_surface(Some(s.clone()));
+            d.damage_since(0).seq
+        };
+        let gen0 = d.damage_since(0).surface_gen;
+        let moved = Surface::new(s.mem.clone(), s.offset + 3 * 400, 100, 100, 400).unwrap();
+        d.set_surface(Some(moved));
+        let u = d.damage_since(seq);
+        assert_eq!(u.scroll, Some(3));
+        assert_eq!(u.rects, vec![Rect::new(0, 97, 100, 3)]);
+        assert_eq!(u.surface_gen, gen0);
+        // Two scrolls in a row are no longer one copy: everything.
+        let back = Surface::new(s.mem.clone(), s.offset, 100, 100, 400).unwrap();
+        d.set_surface(Some(back));
+        let v = d.damage_since(seq);
+        assert_eq!((v.scroll, v.rects), (None, vec![Rect::new(0, 0, 100, 100)]));
+        // A half-row move is no scroll.
+        let odd = Surface::new(s.mem.clone(), s.offset + 200, 100, 100, 400).unwrap();
+        d.set_surface(Some(odd));
+        assert_eq!(d.damage_since(v.seq).scroll, None);
     }
 
     #[test]

@@ -86,6 +86,7 @@ impl AsRawFd for Stream {
 /// Encodings the client announced.
 #[derive(Clone, Copy, Debug, Default)]
 struct Encodings {
+    copyrect: bool,
     zrle: bool,
     desktop_size: bool,
     ext_desktop_size: bool,
@@ -260,6 +261,7 @@ fn handle(shared: &Shared, client: &Client, msg: ClientMessage) {
             for enc in list {
                 match enc {
                     proto::ENC_ZRLE => e.zrle = true,
+                    proto::ENC_COPYRECT => e.copyrect = true,
                     proto::ENC_DESKTOP_SIZE => e.desktop_size = true,
                     proto::ENC_EXT_DESKTOP_SIZE => e.ext_desktop_size = true,
                     proto::ENC_CURSOR => e.cursor = true,
@@ -379,6 +381,9 @@ fn send_loop(
             size = (surface_w, surface_h);
         }
         let (vw, vh) = (size.0.min(surface_w), size.1.min(surface_h));
+        let full_request =
+            req.rect.x == 0 && req.rect.y == 0 && req.rect.w >= vw && req.rect.h >= vh;
+        let mut copy = None;
         let rects: Vec<Rect> = if update.surface.is_none() {
             Vec::new()
         } else if !req.incremental || resized {
@@ -388,6 +393,18 @@ fn send_loop(
                 req.rect.clip(vw, vh)
             };
             vec![r]
+        } else if let Some(dy) = update.scroll {
+            if enc.copyrect && full_request && dy.unsigned_abs() < vh {
+                copy = Some(dy);
+                update
+                    .rects
+                    .iter()
+                    .map(|r| r.clip(vw, vh))
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            } else {
+                vec![req.rect.clip(vw, vh)]
+            }
         } else {
             update
                 .rects
@@ -397,6 +414,7 @@ fn send_loop(
                 .collect()
         };
         let nothing = rects.is_empty()
+            && copy.is_none()
             && !resized
             && !extras.ack_ext_key
             && !extras.ack_pointer_motion
@@ -420,6 +438,7 @@ fn send_loop(
         buf.clear();
         let cursor = extras.send_cursor.and_then(|_| shared.display.cursor());
         let count = rects.len()
+            + usize::from(copy.is_some())
             + usize::from(resized && enc.ext_desktop_size || extras.resize_status.is_some())
             + usize::from(resized && !enc.ext_desktop_size)
             + usize::from(extras.ack_ext_key)
@@ -450,6 +469,18 @@ fn send_loop(
         }
         if let Some(c) = &cursor {
             cursor_rect(c, &pf, &mut buf);
+        }
+        if let Some(dy) = copy {
+            // The picture moved up by dy rows: copy what is still in view.
+            let h = vh - dy.unsigned_abs();
+            let (dst_y, src_y) = if dy > 0 {
+                (0, dy as u16)
+            } else {
+                (dy.unsigned_abs() as u16, 0)
+            };
+            proto::rect_header(0, dst_y, vw as u16, h as u16, proto::ENC_COPYRECT, &mut buf);
+            buf.extend_from_slice(&0u16.to_be_bytes());
+            buf.extend_from_slice(&src_y.to_be_bytes());
         }
         let Some(surface) = update.surface else {
             out.write_all(&buf)?;

@@ -95,6 +95,10 @@ fn read_update(c: &mut UnixStream) -> Vec<(u16, u16, u16, u16, i32, Vec<u8>)> {
             let f = |i: usize| u16::from_be_bytes([r[i], r[i + 1]]);
             let enc = i32::from_be_bytes(r[8..12].try_into().unwrap());
             let mut px = Vec::new();
+            if enc == 1 {
+                px = vec![0u8; 4];
+                c.read_exact(&mut px).unwrap();
+            }
             if enc == 0 {
                 px = vec![0u8; f(4) as usize * f(6) as usize * 4];
                 c.read_exact(&mut px).unwrap();
@@ -194,4 +198,24 @@ fn parses_listen_addresses() {
     );
     assert!(VncListen::parse("unix:").is_err());
     assert!(VncListen::parse("nonsense").is_err());
+}
+
+#[test]
+fn a_panned_surface_arrives_as_copyrect_plus_the_new_rows() {
+    let (_d, path, display, _k, _srv) = server(None);
+    let (mut c, _, _) = connect(&path);
+    // Raw and CopyRect.
+    c.write_all(&[2, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1]).unwrap();
+    request(&mut c, false, 64, 32);
+    read_update(&mut c);
+    request(&mut c, true, 64, 32);
+    let s = display.surface().unwrap();
+    let moved = Surface::new(s.mem.clone(), s.offset + 2 * 256, 64, 32, 256).unwrap();
+    display.set_surface(Some(moved));
+    let u = read_update(&mut c);
+    assert_eq!(u.len(), 2, "{u:?}");
+    // Destination (0,0) 64x30 from source (0,2), then rows 30..32 raw.
+    assert_eq!((u[0].0, u[0].1, u[0].2, u[0].3, u[0].4), (0, 0, 64, 30, 1));
+    assert_eq!(u[0].5, [0, 0, 0, 2]);
+    assert_eq!((u[1].0, u[1].1, u[1].2, u[1].3, u[1].4), (0, 30, 64, 2, 0));
 }
