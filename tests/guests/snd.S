@@ -6,7 +6,9 @@
  * By default it plays: stream 0 as mono S16 at 48 kHz, PERIODS periods of 10 ms of a
  * 1 kHz square wave (24 samples high, 24 low), four periods in flight; the device returns
  * each period once the host played it, so this takes real time. Then it stops and
- * releases the stream, prints "played N periods" and powers off.
+ * releases the stream, prints "played N periods" and powers off. With -DMARK=M the first
+ * M periods are silence and "tone" is printed as the first tone period is queued (the
+ * benchmark's latency mark).
  * With -DCAPTURE it records from stream 1 as mono S16 at 8 kHz (10 ms periods, few
  * samples to look at for this slow guest), skips silent periods, and
  * over the next PERIODS periods counts zero crossings (with hysteresis), the periods
@@ -135,21 +137,12 @@ _start:
 	jmp capture
 #endif
 
-	/* One period of the square wave behind stream id 0, used by every request. */
+	/* One period behind stream id 0, used by every request: the square wave (with
+	 * MARK, silence until period MARK). */
 	movl $0, PCM
-	xor %ecx, %ecx
-2:	mov %ecx, %eax
-	xor %edx, %edx
-	mov $48, %esi
-	div %esi			/* %edx = position in the 48-sample cycle */
-	mov $8000, %ax
-	cmp $24, %edx
-	jb 3f
-	mov $-8000, %ax
-3:	movw %ax, PCM+4(,%ecx,2)
-	inc %ecx
-	cmp $(PERIOD / 2), %ecx
-	jb 2b
+#ifndef MARK
+	call fill_square
+#endif
 	/* Descriptors 2k (PCM, readable) -> 2k+1 (status k, writable), k = 0..3. */
 	xor %ecx, %ecx
 4:	mov %ecx, %eax
@@ -178,6 +171,14 @@ _start:
 	jae 6f
 	cmp $PERIODS, %edi
 	jae 6f
+#ifdef MARK
+	cmp $MARK, %edi
+	jne 8f
+	call fill_square
+	mov $s_tone, %esi
+	call puts
+8:
+#endif
 	mov %edi, %eax
 	and $3, %eax
 	shl $1, %eax			/* head descriptor 2k */
@@ -339,6 +340,26 @@ analyse:
 	ret
 #endif
 
+/* fill_square: one period of a 1 kHz square wave at 48 kHz (24 samples at +8000, 24 at
+ * -8000) into PCM+4. */
+fill_square:
+	push %esi
+	xor %ecx, %ecx
+1:	mov %ecx, %eax
+	xor %edx, %edx
+	mov $48, %esi
+	div %esi			/* %edx = position in the 48-sample cycle */
+	mov $8000, %ax
+	cmp $24, %edx
+	jb 2f
+	mov $-8000, %ax
+2:	movw %ax, PCM+4(,%ecx,2)
+	inc %ecx
+	cmp $(PERIOD / 2), %ecx
+	jb 1b
+	pop %esi
+	ret
+
 /* find_snd: %ebx = BAR0 of the first 1af4:1059 on bus 0, or 0. */
 find_snd:
 	xor %ecx, %ecx
@@ -451,6 +472,7 @@ s_pcm0:		.asciz "snd pcm0 dir "
 s_ch:		.asciz " ch "
 s_cmd:		.asciz "snd command "
 s_failed:	.asciz " failed "
+s_tone:		.asciz "tone\n"
 s_played:	.asciz "played "
 s_periods:	.asciz " periods\n"
 s_captured:	.asciz "captured "

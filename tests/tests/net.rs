@@ -183,3 +183,42 @@ fn net_none_and_no_flag_give_the_guest_no_card() {
         assert!(status.is_some_and(|s| s.success()), "{err}");
     }
 }
+
+#[test]
+fn vm_ron_network_settings_reach_passt_and_the_flag_overrides_them() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("passt", "passt");
+    let g = build_guest("net", GuestKind::Pvh);
+    let port = free_udp_port();
+    let kernel = g.path.file_name().unwrap().to_str().unwrap();
+    let ron = g.dir.path().join("vm.ron");
+    std::fs::write(
+        &ron,
+        format!(
+            "(version: 1, name: \"netvm\", os: Linux, cpus: 1, memory: \"64M\",\n \
+             boot: Kernel(kernel: \"{kernel}\"),\n \
+             display: (enabled: false),\n \
+             network: User(mac: \"52:54:00:00:00:42\",\n \
+             forwards: [(protocol: Udp, host: {port}, guest: 7)]),\n \
+             sound: false)\n"
+        ),
+    )
+    .unwrap();
+    let mut vm = LiveVm::spawn(&["--config", ron.to_str().unwrap(), "--no-rng"], &[]);
+    assert!(vm.wait_line("ready", BOOT).is_some(), "{:?}", vm.seen);
+    let sock = udp_client();
+    assert_eq!(
+        echo(&sock, port, b"from ron").as_deref(),
+        Some(&b"from ron"[..])
+    );
+    assert_eq!(echo(&sock, port, b"bye").as_deref(), Some(&b"bye"[..]));
+    let (status, out, err) = vm.finish(BOOT);
+    assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
+
+    let mut vm = LiveVm::spawn(&["--config", ron.to_str().unwrap(), "--net", "none"], &[]);
+    assert!(vm.wait_line("no virtio-net card", BOOT).is_some());
+    let (status, _, err) = vm.finish(BOOT);
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+}

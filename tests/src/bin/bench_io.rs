@@ -5,12 +5,24 @@
 //! address from passt, then sends COUNT UDP datagrams of SIZE bytes to the router address,
 //! which passt maps to the host's loopback, where this program receives them. Throughput
 //! is payload bytes over the time from the first datagram to the last one received.
+//!
+//! Audio: on a private PipeWire daemon (as the tests start it), the virtio-snd guest
+//! (`tests/guests/snd.S` with `MARK`) plays silence, then prints "tone" on its serial line
+//! as it queues the first period of a square wave. `pw-record` streams the sink to this
+//! program; the latency is the time from reading "tone" to the first loud sample arriving,
+//! so it covers the guest's 4 x 10 ms ring, the PipeWire graph and pw-record's own buffer.
 
+use std::io::Read;
 use std::net::UdpSocket;
+use std::process::Stdio;
+use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use hospes_tests::peers::{LiveVm, free_udp_port};
+use hospes_tests::peers::{LiveVm, PipeWireDaemon, TEST_SINK, free_udp_port};
 use hospes_tests::{GuestKind, build_guest_with, target_dir};
+
+/// Audio latency runs (the median is printed).
+const AUDIO_RUNS: usize = 5;
 
 /// One guest -> host run: `(datagrams received, payload bytes, seconds)`.
 fn udp_run(size: usize, count: usize) -> Option<(usize, usize, f64)> {
@@ -77,6 +89,85 @@ fn grow_receive_buffer(sock: &UdpSocket) {
     };
 }
 
+/// One audio run: "tone" on the guest's serial line -> first loud sample from pw-record.
+fn audio_run(pw: &PipeWireDaemon, kernel: &str) -> Option<Duration> {
+    let mut recorder = pw
+        .command("pw-record")
+        .args(["--target", TEST_SINK, "-P", "{ stream.capture.sink=true }"])
+        .args(["--format", "s16", "--rate", "48000", "--channels", "1", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut out = recorder.stdout.take()?;
+    let (tx, heard) = channel();
+    // pw-record writes raw samples to a pipe (no WAV header).
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut odd: Option<u8> = None;
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            let mut bytes: Vec<u8> = odd.take().into_iter().collect();
+            bytes.extend_from_slice(&buf[..n]);
+            if bytes.len() % 2 == 1 {
+                odd = bytes.pop();
+            }
+            let loud = bytes
+                .chunks_exact(2)
+                .any(|c| i16::from_le_bytes([c[0], c[1]]).unsigned_abs() > 2000);
+            if loud {
+                let _ = tx.send(now);
+                break;
+            }
+        }
+    });
+    // Give the recorder time to be linked to the sink.
+    std::thread::sleep(Duration::from_millis(500));
+    let (k, v) = pw.env();
+    let mut vm = LiveVm::spawn(
+        &[
+            "--kernel", kernel, "-m", "64M", "--no-rng", "--sound", "on", "--name", "bench",
+        ],
+        &[(k, &v)],
+    );
+    let marked = vm
+        .wait_line("tone", Duration::from_secs(30))
+        .map(|_| Instant::now());
+    let heard = heard.recv_timeout(Duration::from_secs(5)).ok();
+    let _ = vm.finish(Duration::from_secs(10));
+    let _ = recorder.kill();
+    let _ = recorder.wait();
+    Some(heard?.saturating_duration_since(marked?))
+}
+
+fn audio_latency() {
+    let pw = PipeWireDaemon::start();
+    let g = build_guest_with("snd", GuestKind::Pvh, &["MARK=50", "PERIODS=100"]);
+    let Some(kernel) = g.path.to_str() else {
+        return;
+    };
+    let mut runs: Vec<Duration> = (0..AUDIO_RUNS)
+        .filter_map(|_| audio_run(&pw, kernel))
+        .collect();
+    runs.sort();
+    println!();
+    println!("audio: guest queues a tone period -> first loud sample out of pw-record");
+    println!("(mono S16 48 kHz, guest ring 4 x 10 ms; PipeWire's default quantum)");
+    match runs.get(runs.len() / 2) {
+        Some(median) => println!(
+            "median {:.1} ms over {} runs (min {:.1}, max {:.1})",
+            median.as_secs_f64() * 1e3,
+            runs.len(),
+            runs[0].as_secs_f64() * 1e3,
+            runs[runs.len() - 1].as_secs_f64() * 1e3
+        ),
+        None => println!("no run heard the tone"),
+    }
+}
+
 fn main() {
     let vmm = target_dir().join("hospes-vmm");
     if !vmm.exists() {
@@ -101,4 +192,5 @@ fn main() {
             _ => println!("{size:>10} {count:>8}   (run failed: is passt installed?)"),
         }
     }
+    audio_latency();
 }
