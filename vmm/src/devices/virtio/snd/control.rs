@@ -173,8 +173,11 @@ fn pcm(code: u32, request: &[u8], s: &mut StreamSlot, backend: &dyn AudioBackend
             }
             None => S_BAD_MSG,
         },
-        (R_PCM_PREPARE, Params | Prepared | Released) => {
-            if s.state == Prepared {
+        // The specification prepares only fresh, prepared or released streams; a stopped
+        // one is accepted too (as if released first), as drivers recovering from an xrun
+        // may ask for it.
+        (R_PCM_PREPARE, Params | Prepared | Stopped | Released) => {
+            if matches!(s.state, Prepared | Stopped) {
                 s.close(backend);
             }
             match s.open(backend) {

@@ -228,7 +228,10 @@ fn streams_follow_the_state_machine_and_reach_the_backend() {
     assert_eq!(s.pcm(R_PCM_STOP, 0), S_OK);
     assert_eq!(s.pcm(R_PCM_START, 0), S_OK);
     assert_eq!(s.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(s.pcm(R_PCM_PREPARE, 0), S_OK, "xrun recovery: prepare after stop");
+    assert_eq!(s.pcm(R_PCM_STOP, 0), S_BAD_MSG, "stop while prepared");
     assert_eq!(s.pcm(R_PCM_RELEASE, 0), S_OK);
+    assert_eq!(s.pcm(R_PCM_RELEASE, 0), S_BAD_MSG, "release twice");
     assert_eq!(
         s.backend.calls(),
         [
@@ -237,6 +240,8 @@ fn streams_follow_the_state_machine_and_reach_the_backend() {
             "stop 0",
             "start 0",
             "stop 0",
+            "close 0",
+            "open 0 Output 1xS16@48000",
             "close 0"
         ]
     );
