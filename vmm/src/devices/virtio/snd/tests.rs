@@ -228,7 +228,11 @@ fn streams_follow_the_state_machine_and_reach_the_backend() {
     assert_eq!(s.pcm(R_PCM_STOP, 0), S_OK);
     assert_eq!(s.pcm(R_PCM_START, 0), S_OK);
     assert_eq!(s.pcm(R_PCM_STOP, 0), S_OK);
-    assert_eq!(s.pcm(R_PCM_PREPARE, 0), S_OK, "xrun recovery: prepare after stop");
+    assert_eq!(
+        s.pcm(R_PCM_PREPARE, 0),
+        S_OK,
+        "xrun recovery: prepare after stop"
+    );
     assert_eq!(s.pcm(R_PCM_STOP, 0), S_BAD_MSG, "stop while prepared");
     assert_eq!(s.pcm(R_PCM_RELEASE, 0), S_OK);
     assert_eq!(s.pcm(R_PCM_RELEASE, 0), S_BAD_MSG, "release twice");
