@@ -223,6 +223,10 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
   start_app "$work/life"
   echo "gui-test: the VM view shows the guest's screen"
   check --click "Start VGA Guest" --expect "Open VGA Guest"
+  echo "gui-test: the library row shows a live picture of the running guest"
+  check --expect "Live picture of VGA Guest" --screenshot "$out/thumbnail.png" \
+    --screen "Live picture of VGA Guest" --guest-size 1920 1080 \
+    --pixel 960 135 ff0000 --pixel 960 405 00ff00 --pixel 960 675 0000ff
   check --click "Open VGA Guest"
   check --title "VGA Guest" --expect "Screen of VGA Guest" --expect "Serial Console" \
     --screenshot "$out/vm-view.png" --screen "Screen of VGA Guest" --guest-size 1920 1080 \

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use hospes_vmm::config::{self, Disk, DiskBus, DiskFormat, Size};
 use hospes_vmm::library::{self, CreateRequest, HostResources, Library, Preset};
 
+use crate::library_model;
 use crate::vm_control::error_chain;
 
 /// What the new VM starts from.
@@ -116,7 +117,9 @@ fn file_name_lower(file: &Path) -> String {
 /// limits (vCPUs, memory MiB) for the spin buttons. Reads /proc and the library's file
 /// system.
 pub fn host_defaults(preset: Preset) -> (u64, u32, u64, u32, u64) {
-    let root = library::default_root().unwrap_or_else(|_| PathBuf::from("."));
+    let root = library_model::open_library()
+        .map(|library| library.root().to_path_buf())
+        .unwrap_or_else(|_| PathBuf::from("."));
     let probe_dir = root
         .ancestors()
         .find(|dir| dir.is_dir())
@@ -144,7 +147,8 @@ pub enum CreateError {
 /// Creates the VM `plan` describes in the default library; returns its id. Blocking (the
 /// disk image is made here).
 pub fn create(plan: &Plan) -> Result<String, CreateError> {
-    let library = Library::open_default().map_err(|err| CreateError::Other(error_chain(&err)))?;
+    let library =
+        library_model::open_library().map_err(|err| CreateError::Other(error_chain(&err)))?;
     create_in(&library, plan)
 }
 

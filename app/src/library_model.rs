@@ -65,8 +65,26 @@ pub type LibraryLoad = Result<Vec<LibraryEntry>, String>;
 
 /// Opens the default library (`$XDG_DATA_HOME/hospes/machines`) and lists it. Blocking.
 pub fn load_default() -> LibraryLoad {
-    let library = Library::open_default().map_err(|err| error_chain(&err))?;
+    let library = open_library().map_err(|err| error_chain(&err))?;
     load(&library)
+}
+
+/// The library the app shows: the vmm's default (`$XDG_DATA_HOME/hospes/machines`), or,
+/// inside Flatpak, the host's `~/.local/share/hospes/machines`, which the manifest shares
+/// (`--filesystem=xdg-data/hospes:create`) so the app and a host `hospesctl` see the same
+/// VMs. (Flatpak points `$XDG_DATA_HOME` at the app's private `~/.var/app/...` instead.)
+pub fn open_library() -> Result<Library, hospes_vmm::library::LibraryError> {
+    let in_flatpak = std::env::var_os("FLATPAK_ID").is_some();
+    match library_root(in_flatpak, std::env::var_os("HOME").map(PathBuf::from)) {
+        Some(root) => Library::open(root),
+        None => Library::open_default(),
+    }
+}
+
+/// The host library's root inside Flatpak; None elsewhere (use the vmm's default).
+fn library_root(in_flatpak: bool, home: Option<PathBuf>) -> Option<PathBuf> {
+    let home = home.filter(|home| home.is_absolute())?;
+    in_flatpak.then(|| home.join(".local/share/hospes/machines"))
 }
 
 /// Lists `library` as rows. Blocking.
@@ -291,6 +309,16 @@ mod tests {
         );
         let detail = entry.error_detail.as_deref().unwrap_or_default();
         assert!(detail.starts_with(&path.display().to_string()), "{detail}");
+    }
+
+    #[test]
+    fn flatpak_uses_the_host_library_under_home() {
+        assert_eq!(
+            library_root(true, Some(PathBuf::from("/home/ada"))),
+            Some(PathBuf::from("/home/ada/.local/share/hospes/machines"))
+        );
+        assert_eq!(library_root(false, Some(PathBuf::from("/home/ada"))), None);
+        assert_eq!(library_root(true, Some(PathBuf::from("relative"))), None);
     }
 
     #[test]

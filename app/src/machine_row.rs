@@ -22,6 +22,8 @@ pub struct MachineRow {
     state: VmState,
     /// An action is under way; the buttons wait for it.
     busy: bool,
+    /// The latest picture of the guest's screen while it runs.
+    thumbnail: Option<gtk::gdk::Texture>,
 }
 
 /// What a row is told.
@@ -33,6 +35,8 @@ pub enum MachineRowInput {
     Act(VmAction),
     /// Open the VM's window.
     Open,
+    /// A new picture of the guest's screen.
+    SetThumbnail(gtk::gdk::Texture),
 }
 
 /// What a row asks of the window.
@@ -67,6 +71,10 @@ impl MachineRow {
     /// The state shown.
     pub fn state(&self) -> VmState {
         self.state
+    }
+
+    fn shows_thumbnail(&self) -> bool {
+        self.thumbnail.is_some() && self.state.is_live()
     }
 
     fn usable(&self) -> bool {
@@ -119,6 +127,20 @@ impl FactoryComponent for MachineRow {
                 set_icon_name: Some(self.entry.icon_name),
                 set_icon_size: gtk::IconSize::Large,
                 add_css_class?: self.entry.error.as_ref().map(|_| "warning"),
+                #[watch]
+                set_visible: !self.shows_thumbnail(),
+            },
+
+            #[name = "thumbnail"]
+            add_prefix = &gtk::Picture {
+                set_size_request: (96, 60),
+                set_can_shrink: true,
+                set_content_fit: gtk::ContentFit::Contain,
+                add_css_class: "vm-thumbnail",
+                #[watch]
+                set_visible: self.shows_thumbnail(),
+                #[watch]
+                set_paintable: self.thumbnail.as_ref(),
             },
 
             add_suffix = &gtk::Box {
@@ -228,6 +250,7 @@ impl FactoryComponent for MachineRow {
             entry: init.entry,
             state: init.state,
             busy: false,
+            thumbnail: None,
         }
     }
 
@@ -249,6 +272,15 @@ impl FactoryComponent for MachineRow {
                 &[("action", text), ("name", name)],
             )
         };
+        a11y::set_label(
+            &widgets.thumbnail,
+            &gettext_f(
+                // Translators: the accessible name of a small live picture of a virtual
+                // machine's screen in the library; {name} is the machine.
+                "Live picture of {name}",
+                &[("name", name)],
+            ),
+        );
         a11y::set_label(&widgets.open_button, &label(&gettext("Open")));
         a11y::set_label(&widgets.start_button, &label(&gettext("Start")));
         a11y::set_label(&widgets.pause_button, &label(&gettext("Pause")));
@@ -263,7 +295,11 @@ impl FactoryComponent for MachineRow {
             MachineRowInput::SetState(state) => {
                 self.state = state;
                 self.busy = false;
+                if !state.is_live() {
+                    self.thumbnail = None;
+                }
             }
+            MachineRowInput::SetThumbnail(texture) => self.thumbnail = Some(texture),
             MachineRowInput::Open => {
                 if sender
                     .output(MachineRowOutput::Open(self.entry.id.clone()))

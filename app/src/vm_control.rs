@@ -24,6 +24,10 @@ pub const LOG_LINES: usize = 12;
 const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the watcher looks at a helper whose events are quiet.
 const WATCH_TICK: Duration = Duration::from_millis(500);
+/// How often a running VM with a display gets a new library thumbnail.
+const THUMBNAIL_INTERVAL: Duration = Duration::from_secs(3);
+/// The thumbnail's file in the runtime directory (QMP `screendump` writes PNG).
+const THUMBNAIL_FILE: &str = "thumbnail.png";
 
 /// What a VM is doing, as the library shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +207,8 @@ fn pick_helper(env: Option<OsString>, exe_dir: Option<&Path>) -> PathBuf {
 pub enum WatchEvent {
     /// The VM changed state.
     State(VmState),
+    /// A new screenshot of the guest's screen is at this path (PNG).
+    Thumbnail(PathBuf),
     /// The helper is gone. `clean` is false when it ended without the guest powering off
     /// (a crash, a kill from outside); `log` holds the last lines of `helper.log`.
     Exited {
@@ -213,10 +219,11 @@ pub enum WatchEvent {
     },
 }
 
-/// Follows the helper of VM `id` until it exits, calling `report` for every change.
+/// Follows the helper of VM `id` until it exits, calling `report` for every change and,
+/// with `thumbnails`, every few seconds while the guest runs, with a new screenshot.
 /// Blocking: run it on a thread of its own. Returns when the helper is gone or `report`
 /// returns false (nobody listens any more).
-pub fn watch(id: &str, mut report: impl FnMut(WatchEvent) -> bool) {
+pub fn watch(id: &str, thumbnails: bool, mut report: impl FnMut(WatchEvent) -> bool) {
     let Ok(runtime) = RuntimeDir::open(id) else {
         report(WatchEvent::Exited {
             clean: true,
@@ -226,15 +233,36 @@ pub fn watch(id: &str, mut report: impl FnMut(WatchEvent) -> bool) {
     };
     let mut powered_off = false;
     let mut connected_once = false;
-    let mut client = None;
+    let mut client: Option<QmpClient> = None;
+    let mut running = false;
+    let mut next_thumbnail = std::time::Instant::now();
     loop {
+        if thumbnails
+            && running
+            && std::time::Instant::now() >= next_thumbnail
+            && let Some(connected) = client.as_mut()
+        {
+            next_thumbnail = std::time::Instant::now() + THUMBNAIL_INTERVAL;
+            let path = runtime.path().join(THUMBNAIL_FILE);
+            let args = serde_json::json!({ "filename": path });
+            match connected.execute("screendump", Some(args)) {
+                Ok(_) => {
+                    if !report(WatchEvent::Thumbnail(path)) {
+                        return;
+                    }
+                }
+                Err(err) => log::debug!("no thumbnail of VM {id}: {err}"),
+            }
+        }
         if client.is_none() {
             client = QmpClient::connect_with_timeout(&runtime.qmp_socket(), QMP_TIMEOUT).ok();
             connected_once |= client.is_some();
             if let Some(connected) = client.as_mut() {
                 match connected.query_status() {
                     Ok(info) => {
-                        if !report(WatchEvent::State(VmState::from_run_state(info.status))) {
+                        let state = VmState::from_run_state(info.status);
+                        running = state == VmState::Running;
+                        if !report(WatchEvent::State(state)) {
                             return;
                         }
                     }
@@ -261,10 +289,11 @@ pub fn watch(id: &str, mut report: impl FnMut(WatchEvent) -> bool) {
                     }
                     _ => None,
                 };
-                if let Some(state) = state
-                    && !report(WatchEvent::State(state))
-                {
-                    return;
+                if let Some(state) = state {
+                    running = state == VmState::Running;
+                    if !report(WatchEvent::State(state)) {
+                        return;
+                    }
                 }
             }
             Err(ClientError::Timeout) => {}

@@ -123,6 +123,8 @@ pub enum AppWindowCommand {
     },
     /// A watcher saw something.
     Watch(String, WatchEvent),
+    /// A new thumbnail of a running VM's screen.
+    Thumbnail(String, gtk::gdk::Texture),
     /// The Demo VM is in the library (its id), or why not; open it when `true`.
     DemoReady(Result<String, String>, bool),
 }
@@ -359,7 +361,7 @@ impl Component for AppWindow {
             }
             AppWindowInput::AddDemo(open) => {
                 sender.spawn_oneshot_command(move || {
-                    let result = hospes_vmm::library::Library::open_default()
+                    let result = library_model::open_library()
                         .map_err(|err| vm_control::error_chain(&err))
                         .and_then(|library| demo::ensure(&library));
                     AppWindowCommand::DemoReady(result, open)
@@ -433,6 +435,13 @@ impl Component for AppWindow {
                 }
             }
             AppWindowCommand::Watch(id, WatchEvent::State(state)) => self.set_state(&id, state),
+            AppWindowCommand::Watch(_, WatchEvent::Thumbnail(_)) => {}
+            AppWindowCommand::Thumbnail(id, texture) => {
+                if let Some(index) = self.machines.iter().position(|row| row.id() == id) {
+                    self.machines
+                        .send(index, MachineRowInput::SetThumbnail(texture));
+                }
+            }
             AppWindowCommand::Watch(id, WatchEvent::Exited { clean, log }) => {
                 self.watched.remove(&id);
                 self.set_state(&id, VmState::Stopped);
@@ -559,12 +568,31 @@ impl AppWindow {
         }
         let out = sender.command_sender().clone();
         let watched_id = id.to_owned();
+        let thumbnails = self
+            .machines
+            .iter()
+            .find(|row| row.id() == id)
+            .is_some_and(|row| row.entry().display);
         let spawned = std::thread::Builder::new()
             .name(format!("watch-{id}"))
             .spawn(move || {
-                vm_control::watch(&watched_id, |event| {
-                    out.send(AppWindowCommand::Watch(watched_id.clone(), event))
-                        .is_ok()
+                vm_control::watch(&watched_id, thumbnails, |event| {
+                    let message = match event {
+                        // Decoded here, off the main loop.
+                        WatchEvent::Thumbnail(path) => {
+                            match gtk::gdk::Texture::from_filename(&path) {
+                                Ok(texture) => {
+                                    AppWindowCommand::Thumbnail(watched_id.clone(), texture)
+                                }
+                                Err(err) => {
+                                    log::debug!("cannot read {}: {err}", path.display());
+                                    return true;
+                                }
+                            }
+                        }
+                        event => AppWindowCommand::Watch(watched_id.clone(), event),
+                    };
+                    out.send(message).is_ok()
                 });
             });
         if let Err(err) = spawned {
