@@ -45,7 +45,8 @@
 	.globl _start
 _start:
 	mov $stack_top, %esp
-	call find_snd
+	mov $0x10591af4, %edi
+	call find_virtio
 	test %ebx, %ebx
 	jnz 1f
 	mov $s_nosnd, %esi
@@ -360,49 +361,6 @@ fill_square:
 	pop %esi
 	ret
 
-/* find_snd: %ebx = BAR0 of the first 1af4:1059 on bus 0, or 0. */
-find_snd:
-	xor %ecx, %ecx
-1:	mov %ecx, %eax
-	shl $11, %eax
-	or $0x80000000, %eax
-	mov $0xcf8, %dx
-	out %eax, %dx
-	mov $0xcfc, %dx
-	in %dx, %eax
-	cmp $0x10591af4, %eax
-	je 2f
-	inc %ecx
-	cmp $32, %ecx
-	jb 1b
-	xor %ebx, %ebx
-	ret
-2:	mov %ecx, %eax
-	shl $11, %eax
-	or $0x80000010, %eax
-	mov $0xcf8, %dx
-	out %eax, %dx
-	mov $0xcfc, %dx
-	in %dx, %eax
-	and $0xfffffff0, %eax
-	mov %eax, %ebx
-	ret
-
-/* setup_queue: queue %eax with rings from %ecx (descriptors, +0x100 avail, +0x200 used). */
-setup_queue:
-	movw %ax, 0x16(%ebx)
-	movw $QSIZE, 0x18(%ebx)
-	movl %ecx, 0x20(%ebx)
-	movl $0, 0x24(%ebx)
-	lea 0x100(%ecx), %eax
-	movl %eax, 0x28(%ebx)
-	movl $0, 0x2c(%ebx)
-	lea 0x200(%ecx), %eax
-	movl %eax, 0x30(%ebx)
-	movl $0, 0x34(%ebx)
-	movw $1, 0x1c(%ebx)
-	ret
-
 /* control: sends the %ecx-byte request at REQ, waits for the %edx-byte response at RESP;
  * %eax = its status. */
 control:
@@ -451,6 +409,7 @@ pcm_command:
 	call putc
 1:	ret
 
+#include "virtio.S"
 #include "lib.S"
 
 	.data

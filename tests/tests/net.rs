@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hospes_tests::peers::{LiveVm, free_udp_port, process_name, require_program};
-use hospes_tests::{GuestKind, build_guest, skip_without_kvm};
+use hospes_tests::{Guest, GuestKind, build_guest, skip_without_kvm};
 
 const BOOT: Duration = Duration::from_secs(30);
 
@@ -47,6 +47,15 @@ fn echo(sock: &UdpSocket, port: u16, payload: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The net guest on a card configured by `--net net`.
+fn net_vm(g: &Guest, net: &str, env: &[(&str, &str)]) -> LiveVm {
+    let kernel = g.path.to_str().unwrap();
+    LiveVm::spawn(
+        &["--kernel", kernel, "-m", "64M", "--no-rng", "--net", net],
+        env,
+    )
+}
+
 fn udp_client() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -62,18 +71,7 @@ fn guest_gets_a_dhcp_offer_from_passt_and_echoes_a_forwarded_udp_port() {
     let g = build_guest("net", GuestKind::Pvh);
     let port = free_udp_port();
     let net = format!("user,hostfwd=udp:{port}-:7,mac=52:54:00:ab:cd:ef");
-    let mut vm = LiveVm::spawn(
-        &[
-            "--kernel",
-            g.path.to_str().unwrap(),
-            "-m",
-            "64M",
-            "--no-rng",
-            "--net",
-            &net,
-        ],
-        &[],
-    );
+    let mut vm = net_vm(&g, &net, &[]);
     let offer = vm.wait_line("dhcp offer ", BOOT);
     let Some(offer) = offer else {
         let (_, out, err) = vm.finish(Duration::ZERO);
@@ -108,18 +106,7 @@ fn passt_killed_under_a_running_guest_is_restarted_and_the_forward_works_again()
     let g = build_guest("net", GuestKind::Pvh);
     let port = free_udp_port();
     let net = format!("user,hostfwd=udp:{port}-:7");
-    let mut vm = LiveVm::spawn(
-        &[
-            "--kernel",
-            g.path.to_str().unwrap(),
-            "-m",
-            "64M",
-            "--no-rng",
-            "--net",
-            &net,
-        ],
-        &[("HOSPES_LOG", "info")],
-    );
+    let mut vm = net_vm(&g, &net, &[("HOSPES_LOG", "info")]);
     assert!(vm.wait_line("ready", BOOT).is_some(), "{:?}", vm.seen);
     let sock = udp_client();
     assert_eq!(echo(&sock, port, b"one").as_deref(), Some(&b"one"[..]));

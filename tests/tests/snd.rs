@@ -11,7 +11,9 @@ use hospes_tests::peers::{
     LiveVm, PipeWireDaemon, TEST_SINK, read_wav_samples, require_program, tone_frequency,
     write_sine_wav,
 };
-use hospes_tests::{GuestKind, build_guest, build_guest_with, skip_without_kvm, wait_timeout};
+use hospes_tests::{
+    Guest, GuestKind, build_guest, build_guest_with, skip_without_kvm, wait_timeout,
+};
 
 const RUN: Duration = Duration::from_secs(60);
 
@@ -30,6 +32,17 @@ fn interrupt(mut child: Child) {
     if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
         let _ = child.kill();
     }
+}
+
+/// The snd guest with a sound card, as VM `name`.
+fn snd_vm(g: &Guest, name: &str, env: &[(&str, &str)]) -> LiveVm {
+    let kernel = g.path.to_str().unwrap();
+    LiveVm::spawn(
+        &[
+            "--kernel", kernel, "-m", "64M", "--no-rng", "--sound", "on", "--name", name,
+        ],
+        env,
+    )
 }
 
 #[test]
@@ -52,20 +65,7 @@ fn guest_tone_reaches_pipewire_at_its_frequency_through_a_node_named_after_the_v
         .spawn()
         .expect("start pw-record");
     let (k, v) = pw.env();
-    let mut vm = LiveVm::spawn(
-        &[
-            "--kernel",
-            g.path.to_str().unwrap(),
-            "-m",
-            "64M",
-            "--no-rng",
-            "--sound",
-            "on",
-            "--name",
-            "tone",
-        ],
-        &[(k, &v), ("HOSPES_LOG", "info")],
-    );
+    let mut vm = snd_vm(&g, "tone", &[(k, &v), ("HOSPES_LOG", "info")]);
     assert_eq!(
         vm.wait_line("snd", RUN).as_deref(),
         Some("snd jacks 2 streams 2 chmaps 2")
@@ -114,20 +114,7 @@ fn a_tone_played_on_the_host_reaches_the_guest_capture_stream() {
     let tone = pw.runtime_dir.path().join("tone.wav");
     write_sine_wav(&tone, 1000.0, 48000, 20.0);
     let (k, v) = pw.env();
-    let mut vm = LiveVm::spawn(
-        &[
-            "--kernel",
-            g.path.to_str().unwrap(),
-            "-m",
-            "64M",
-            "--no-rng",
-            "--sound",
-            "on",
-            "--name",
-            "mic",
-        ],
-        &[(k, &v)],
-    );
+    let mut vm = snd_vm(&g, "mic", &[(k, &v)]);
     assert!(vm.wait_line("snd pcm0", RUN).is_some(), "{:?}", vm.seen);
     let player = pw
         .command("pw-play")

@@ -35,28 +35,8 @@ fn started(features: u64) -> Setup {
     let (ours, peer) = UnixStream::pair().unwrap();
     slot.put(Connection::new(ours, 1).unwrap());
     peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut dev = Net::new(MAC, slot.clone());
-    let (rx, rxq) = Ring::new(&mem, RX_RINGS);
-    let (tx, txq) = Ring::new(&mem, TX_RINGS);
     let irq = Arc::new(Irq::default());
-    dev.activate(Activation {
-        mem: mem.clone(),
-        interrupt: irq.clone(),
-        queues: vec![
-            ActiveQueue {
-                index: 0,
-                queue: rxq,
-                event: rx.kick.try_clone().unwrap(),
-            },
-            ActiveQueue {
-                index: 1,
-                queue: txq,
-                event: tx.kick.try_clone().unwrap(),
-            },
-        ],
-        acked_features: features,
-    })
-    .unwrap();
+    let (dev, rx, tx) = activate(&slot, &mem, 0, irq.clone(), features);
     Setup {
         mem,
         dev,
@@ -310,23 +290,28 @@ fn a_reset_hands_the_connection_back_for_the_next_activation() {
     let conn = s.slot.take().expect("connection handed back");
     assert_eq!(conn.generation, 1);
     s.slot.put(conn);
-    // The same peer still reaches a card activated again.
-    let again = started_on(&s.slot, &s.mem);
-    let (mut rx, mut dev) = again;
+    // A card activated again (fresh rings) reaches the same peer.
+    let (mut dev, mut rx, _tx) = activate(&s.slot, &s.mem, 0x8000, Arc::default(), ALL);
     let head = rx.add(&s.mem, &[(RX_BUFS, 2048, true)]);
     write_framed(&mut s.peer, b"after reset");
     assert_eq!(rx.used(&s.mem), (u32::from(head), 12 + 11));
     dev.reset();
 }
 
-/// A second activation on the same slot and memory (fresh rings).
-fn started_on(slot: &Arc<ConnectionSlot>, mem: &GuestMemoryMmap) -> (Ring, Net) {
+/// A card on `slot` activated with fresh rings `offset` bytes past the usual ones.
+fn activate(
+    slot: &Arc<ConnectionSlot>,
+    mem: &GuestMemoryMmap,
+    offset: u64,
+    irq: Arc<Irq>,
+    features: u64,
+) -> (Net, Ring, Ring) {
     let mut dev = Net::new(MAC, slot.clone());
-    let (rx, rxq) = Ring::new(mem, RX_RINGS + 0x8000);
-    let (tx, txq) = Ring::new(mem, TX_RINGS + 0x8000);
+    let (rx, rxq) = Ring::new(mem, RX_RINGS + offset);
+    let (tx, txq) = Ring::new(mem, TX_RINGS + offset);
     dev.activate(Activation {
         mem: mem.clone(),
-        interrupt: Arc::new(Irq::default()),
+        interrupt: irq,
         queues: vec![
             ActiveQueue {
                 index: 0,
@@ -339,10 +324,10 @@ fn started_on(slot: &Arc<ConnectionSlot>, mem: &GuestMemoryMmap) -> (Ring, Net) 
                 event: tx.kick.try_clone().unwrap(),
             },
         ],
-        acked_features: ALL,
+        acked_features: features,
     })
     .unwrap();
-    (rx, dev)
+    (dev, rx, tx)
 }
 
 #[test]
