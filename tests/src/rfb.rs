@@ -14,10 +14,21 @@ pub struct RfbClient {
     pub height: u16,
     /// The last frame, 0x00RRGGBB little-endian bytes, `width * height * 4`.
     pub frame: Vec<u8>,
-    /// The last Cursor pseudo-rectangle: (hot x, hot y, w, h, 0x00RRGGBB pixels, mask).
-    pub cursor: Option<(u16, u16, u16, u16, Vec<u32>, Vec<u8>)>,
+    /// The last Cursor pseudo-rectangle.
+    pub cursor: Option<CursorImage>,
     /// The last ExtendedDesktopSize: (reason, status, w, h).
     pub desktop_size: Option<(u16, u16, u16, u16)>,
+}
+
+/// A Cursor pseudo-rectangle: hot spot, size, 0x00RRGGBB pixels and the 1-bit mask.
+#[derive(Clone, Debug)]
+pub struct CursorImage {
+    pub hot_x: u16,
+    pub hot_y: u16,
+    pub width: u16,
+    pub height: u16,
+    pub pixels: Vec<u32>,
+    pub mask: Vec<u8>,
 }
 
 /// One rectangle of an update (pseudo-encodings carry no pixels here).
@@ -176,7 +187,14 @@ impl RfbClient {
                         .chunks_exact(4)
                         .map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) & 0x00ff_ffff)
                         .collect();
-                    self.cursor = Some((info.x, info.y, info.w, info.h, px, mask));
+                    self.cursor = Some(CursorImage {
+                        hot_x: info.x,
+                        hot_y: info.y,
+                        width: info.w,
+                        height: info.h,
+                        pixels: px,
+                        mask,
+                    });
                 }
                 // QEMU pseudo-encodings carry no data.
                 -257 | -258 => {}

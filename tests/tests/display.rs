@@ -1,7 +1,8 @@
 //! The guest's screen and input through real VNC clients and QMP, on tiny guests:
 //!
 //! - `vga`: programs std-VGA to 1920x1080x32 through the DISPI ports and paints a known
-//!   picture; vncdotool (unix socket, security None), gvnccapture (TCP, VNC password) and
+//!   picture; vncdotool (unix socket, security None, Raw), gvnccapture (TCP, VNC password,
+//!   ZRLE: it asks for it first) and
 //!   QMP `screendump` must each see it pixel for pixel. The same guest under QEMU
 //!   `-vga std` prints the same serial output (differential).
 //! - `gpu`: drives virtio-gpu to show bands of the preferred mode's size and a 64x64
@@ -465,10 +466,13 @@ fn virtio_gpu_shows_the_picture_and_cursor_and_follows_a_client_resize() {
     c.request(false).unwrap();
     c.read_update().unwrap();
     assert_gpu_frame(&c, 1280, 800);
-    let (hx, hy, cw, ch, pixels, mask) = c.cursor.clone().expect("a cursor with the first update");
-    assert_eq!((hx, hy, cw, ch), (1, 1, 64, 64));
-    assert!(pixels.iter().all(|&p| p == 0x00_ff00));
-    assert!(mask.iter().all(|&m| m == 0xff));
+    let cur = c.cursor.clone().expect("a cursor with the first update");
+    assert_eq!(
+        (cur.hot_x, cur.hot_y, cur.width, cur.height),
+        (1, 1, 64, 64)
+    );
+    assert!(cur.pixels.iter().all(|&p| p == 0x00_ff00));
+    assert!(cur.mask.iter().all(|&m| m == 0xff));
 
     c.set_desktop_size(1024, 768).unwrap();
     vm.wait_line("gpu shown 1024x768");

@@ -88,6 +88,7 @@ impl DisplayStack {
                     listen: listen.clone(),
                     password,
                     name: opts.name.clone(),
+                    write_timeout: crate::vnc::WRITE_TIMEOUT,
                 };
                 Some(VncServer::start(cfg, display.clone(), input.clone()).map_err(setup_error)?)
             }

@@ -8,7 +8,7 @@
 //! that waits for an update request and for damage on the shared [`Display`], then encodes
 //! ([`encode`]) and writes. A client's state is one pending request and its settings, never
 //! a queue of frames, so a slow client costs memory for nothing but its own socket buffer;
-//! a write that stalls past [`WRITE_TIMEOUT`] or a malformed message drops that client
+//! a write that stalls past its write timeout ([`WRITE_TIMEOUT`]) or a malformed message drops that client
 //! alone. Nothing here touches KVM or blocks a vCPU.
 
 pub mod auth;
@@ -98,6 +98,8 @@ pub struct VncConfig {
     pub password: Option<Vec<u8>>,
     /// The desktop name clients show.
     pub name: String,
+    /// A client whose socket takes no bytes for this long is dropped ([`WRITE_TIMEOUT`]).
+    pub write_timeout: Duration,
 }
 
 /// Reads a VNC password: the file's first line.
@@ -137,6 +139,7 @@ pub(crate) struct Shared {
     input: Arc<dyn InputSink>,
     password: Option<Vec<u8>>,
     name: String,
+    write_timeout: Duration,
     clients: Mutex<Vec<ClientInfo>>,
     next_id: AtomicU64,
 }
@@ -160,6 +163,7 @@ impl VncServer {
             input,
             password: cfg.password.clone(),
             name: cfg.name.clone(),
+            write_timeout: cfg.write_timeout,
             clients: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
         });

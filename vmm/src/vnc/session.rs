@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::encode::{self, Zrle};
 use super::proto::{self, ClientMessage, PixelFormat};
-use super::{ClientInfo, Shared, VncError, WRITE_TIMEOUT, auth};
+use super::{ClientInfo, Shared, VncError, auth};
 use crate::devices::bus::lock;
 use crate::display::{BYTES_PER_PIXEL, Rect, Surface};
 
@@ -188,7 +188,7 @@ fn handshake(shared: &Shared, s: &mut Stream) -> Result<(u32, u32), VncError> {
 
 fn serve(shared: &Arc<Shared>, stream: &mut Stream) -> Result<(), VncError> {
     let size = handshake(shared, stream)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_write_timeout(Some(shared.write_timeout))?;
     let client = Arc::new(Client {
         state: Mutex::new(ClientState {
             pf: PixelFormat::NATIVE,

@@ -17,21 +17,26 @@ impl InputSink for Keys {
     fn pointer(&self, _x: u32, _y: u32, _b: u8, _w: u32, _h: u32) {}
 }
 
-fn server(
-    password: Option<&[u8]>,
-) -> (
+/// A test server and what the test needs of it.
+type TestServer = (
     tempfile::TempDir,
     PathBuf,
     Arc<Display>,
     Arc<Keys>,
     VncServer,
-) {
+);
+
+fn server(password: Option<&[u8]>) -> TestServer {
+    server_sized(password, 64, 32)
+}
+
+fn server_sized(password: Option<&[u8]>, w: u32, h: u32) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vnc.sock");
     let display = Arc::new(Display::new());
-    let mem = Arc::new(FbMemory::new(1 << 20).unwrap());
-    let s = Surface::new(mem, 0, 64, 32, 256).unwrap();
-    s.mem.fill32(0, 256 * 32, 0x0000_ff00);
+    let mem = Arc::new(FbMemory::new((w * h * 4) as usize + (1 << 20)).unwrap());
+    let s = Surface::new(mem, 0, w, h, w * 4).unwrap();
+    s.mem.fill32(0, (w * 4 * h) as usize, 0x0000_ff00);
     display.set_surface(Some(s));
     let keys = Arc::new(Keys::default());
     let srv = VncServer::start(
@@ -39,6 +44,7 @@ fn server(
             listen: VncListen::Unix(path.clone()),
             password: password.map(<[u8]>::to_vec),
             name: "test".into(),
+            write_timeout: Duration::from_millis(300),
         },
         display.clone(),
         keys.clone(),
@@ -218,4 +224,45 @@ fn a_panned_surface_arrives_as_copyrect_plus_the_new_rows() {
     assert_eq!((u[0].0, u[0].1, u[0].2, u[0].3, u[0].4), (0, 0, 64, 30, 1));
     assert_eq!(u[0].5, [0, 0, 0, 2]);
     assert_eq!((u[1].0, u[1].1, u[1].2, u[1].3, u[1].4), (0, 30, 64, 2, 0));
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_the_others_go_on() {
+    let (_d, path, _display, _k, srv) = server_sized(None, 1024, 768);
+    let (mut slow, w, h) = connect(&path);
+    let (mut good, _, _) = connect(&path);
+    // Ask for many full frames (3 MiB each) and never read them.
+    for _ in 0..8 {
+        request(&mut slow, false, w, h);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while srv.info().clients.len() != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        srv.info().clients.len(),
+        1,
+        "the stalled client is still there"
+    );
+    request(&mut good, false, 16, 16);
+    let u = read_update(&mut good);
+    assert_eq!((u[0].2, u[0].3), (16, 16));
+    assert_eq!(&u[0].5[..4], &[0, 0xff, 0, 0]);
+}
+
+#[test]
+fn qemu_extended_key_events_are_acknowledged_and_carry_scancodes() {
+    let (_d, path, _display, keys, _srv) = server(None);
+    let (mut c, _, _) = connect(&path);
+    // Raw and QEMU Extended Key Event.
+    c.write_all(&[2, 0, 0, 2, 0, 0, 0, 0, 0xff, 0xff, 0xfe, 0xfe])
+        .unwrap();
+    request(&mut c, true, 64, 32);
+    let u = read_update(&mut c);
+    assert_eq!(u[0].4, proto::ENC_QEMU_EXT_KEY);
+    c.write_all(&[255, 0, 0, 1, 0, 0, 0xff, 0x52, 0, 0, 0, 0xc8])
+        .unwrap();
+    request(&mut c, false, 1, 1);
+    read_update(&mut c);
+    assert_eq!(*lock(&keys.0), vec![(0xff52, Some(0xc8), true)]);
 }
