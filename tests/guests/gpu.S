@@ -20,20 +20,9 @@
 _start:
 	mov $stack_top, %esp
 	cld
-	xor %ebx, %ebx
-1:	xor %ecx, %ecx
-	call pci_read
-	cmp $0x10501af4, %eax
-	je 2f
-	inc %ebx
-	cmp $32, %ebx
-	jb 1b
+	mov $0x10501af4, %eax
 	mov $s_nogpu, %esi
-	jmp fail
-2:	mov $4, %ecx			/* memory decoding and bus mastering */
-	call pci_read
-	or $6, %ax
-	out %ax, %dx
+	call find_device
 	call find_caps
 	call init_device
 	mov $s_found, %esi

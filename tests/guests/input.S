@@ -8,18 +8,7 @@
 	.globl _start
 _start:
 	mov $stack_top, %esp
-	/* Configuration byte: system flag + translation, no IRQs, both ports on. */
-	mov $0x60, %al
-	out %al, $0x64
-	mov $0x44, %al
-	out %al, $0x60
-	mov $0xa8, %al
-	out %al, $0x64
-	/* Mouse: enable data reporting (answers ACK, echoed below). */
-	mov $0xd4, %al
-	out %al, $0x64
-	mov $0xf4, %al
-	out %al, $0x60
+	call ps2_setup			/* the mouse's ACK is echoed below */
 	mov $s_ready, %esi
 	call puts
 1:	in $0x64, %al
@@ -51,6 +40,7 @@ hexdigit:
 	add $('a' - '0' - 10), %al
 1:	jmp putc
 
+#include "ps2.S"
 #include "lib.S"
 
 	.section .rodata

@@ -13,20 +13,9 @@
 _start:
 	mov $stack_top, %esp
 	cld
-	xor %ebx, %ebx
-1:	xor %ecx, %ecx
-	call pci_read
-	cmp $0x10521af4, %eax
-	je 2f
-	inc %ebx
-	cmp $32, %ebx
-	jb 1b
+	mov $0x10521af4, %eax
 	mov $s_novin, %esi
-	jmp fail
-2:	mov $4, %ecx
-	call pci_read
-	or $6, %ax
-	out %ax, %dx
+	call find_device
 	call find_caps
 	call init_device
 	/* Post QSIZE 8-byte device-writable buffers on the event queue. */
@@ -48,17 +37,7 @@ _start:
 	movw $QSIZE, 0x102(%edi)
 	mov q0_notify, %edx
 	movw $0, (%edx)
-	/* PS/2: translation, no IRQs, mouse port on, mouse reporting on. */
-	mov $0x60, %al
-	out %al, $0x64
-	mov $0x44, %al
-	out %al, $0x60
-	mov $0xa8, %al
-	out %al, $0x64
-	mov $0xd4, %al
-	out %al, $0x64
-	mov $0xf4, %al
-	out %al, $0x60
+	call ps2_setup
 	mov $s_ready, %esi
 	call puts
 
@@ -127,36 +106,8 @@ fail:
 	hlt
 	jmp 1b
 
-/* puthex4/8/16/32: the low nibble/byte/word/dword of %eax in hex. */
-puthex4:
-	push %eax
-	and $0xf, %al
-	add $'0', %al
-	cmp $'9', %al
-	jbe 1f
-	add $('a' - '0' - 10), %al
-1:	call putc
-	pop %eax
-	ret
-puthex8:
-	push %eax
-	shr $4, %al
-	call puthex4
-	pop %eax
-	jmp puthex4
-puthex16:
-	push %eax
-	shr $8, %eax
-	call puthex8
-	pop %eax
-	jmp puthex8
-puthex32:
-	push %eax
-	shr $16, %eax
-	call puthex16
-	pop %eax
-	jmp puthex16
-
+#include "hex.S"
+#include "ps2.S"
 #include "virtio_drv.S"
 #include "lib.S"
 

@@ -1,7 +1,6 @@
 /* A polling driver for one modern virtio-pci device with two queues, shared by the
  * virtio test guests (32-bit flat mode, no interrupts). The including guest finds the
- * device (its number in %ebx), turns on memory decoding and bus mastering, then calls
- * find_caps and init_device. It defines fail (message in %esi), the 4 KiB-aligned ring0
+ * device with find_device, then calls find_caps and init_device. It defines fail (message in %esi), the 4 KiB-aligned ring0
  * and ring1 (desc +0, avail +0x100, used +0x200) and the QSIZE macro; this file keeps
  * common, notify, devcfg, mult, q0_notify and q1_notify. */
 
@@ -31,6 +30,25 @@ pci_read:
 	out %eax, %dx
 	mov $0xcfc, %dx
 	in %dx, %eax
+	ret
+
+/* find_device: the first device on bus 0 whose vendor/device dword is %eax, into %ebx,
+ * with memory decoding and bus mastering turned on; fails with message %esi if none. */
+find_device:
+	mov %eax, %edi
+	xor %ebx, %ebx
+1:	xor %ecx, %ecx
+	call pci_read
+	cmp %edi, %eax
+	je 2f
+	inc %ebx
+	cmp $32, %ebx
+	jb 1b
+	jmp fail
+2:	mov $4, %ecx
+	call pci_read
+	or $6, %ax
+	out %ax, %dx
 	ret
 
 /* find_caps: common, notify (+ multiplier) and device regions of device %ebx. */

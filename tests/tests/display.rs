@@ -121,6 +121,26 @@ impl Drop for Vm {
     }
 }
 
+/// Builds guest `name` and starts it with `--vnc unix:` and `--qmp unix:` sockets in the
+/// guest's directory, plus `extra` arguments; returns the guest, the VM and both sockets.
+fn start(name: &str, extra: &[&str]) -> (hospes_tests::Guest, Vm, PathBuf, PathBuf) {
+    let g = build_guest(name, GuestKind::Pvh);
+    let vnc = g.dir.path().join("vnc.sock");
+    let qmp = g.dir.path().join("qmp.sock");
+    let mut args = vec![
+        "--kernel".to_string(),
+        g.path.display().to_string(),
+        "--vnc".to_string(),
+        format!("unix:{}", vnc.display()),
+        "--qmp".to_string(),
+        format!("unix:{}", qmp.display()),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let vm = Vm::spawn(&args);
+    (g, vm, vnc, qmp)
+}
+
 fn vncdo() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/vncdo");
     if p.exists() {
@@ -185,17 +205,7 @@ fn std_vga_picture_reaches_vncdotool_and_screendump_pixel_for_pixel() {
     if skip_without_kvm() {
         return;
     }
-    let g = build_guest("vga", GuestKind::Pvh);
-    let vnc = g.dir.path().join("vnc.sock");
-    let qmp_sock = g.dir.path().join("qmp.sock");
-    let mut vm = Vm::spawn(&[
-        "--kernel",
-        g.path.to_str().unwrap(),
-        "--vnc",
-        &format!("unix:{}", vnc.display()),
-        "--qmp",
-        &format!("unix:{}", qmp_sock.display()),
-    ]);
+    let (g, mut vm, vnc, qmp_sock) = start("vga", &[]);
     vm.wait_line("vga done");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&vnc).unwrap().permissions().mode() & 0o777;
@@ -361,17 +371,7 @@ fn keys_and_pointer_from_vncdotool_and_qmp_reach_the_ps2_guest() {
     if skip_without_kvm() {
         return;
     }
-    let g = build_guest("input", GuestKind::Pvh);
-    let vnc = g.dir.path().join("vnc.sock");
-    let qmp_sock = g.dir.path().join("qmp.sock");
-    let mut vm = Vm::spawn(&[
-        "--kernel",
-        g.path.to_str().unwrap(),
-        "--vnc",
-        &format!("unix:{}", vnc.display()),
-        "--qmp",
-        &format!("unix:{}", qmp_sock.display()),
-    ]);
+    let (_g, mut vm, vnc, qmp_sock) = start("input", &[]);
     vm.wait_line("input ready");
     vm.wait_line("aux fa");
 
@@ -431,16 +431,7 @@ fn virtio_gpu_shows_the_picture_and_cursor_and_follows_a_client_resize() {
     if skip_without_kvm() {
         return;
     }
-    let g = build_guest("gpu", GuestKind::Pvh);
-    let vnc = g.dir.path().join("vnc.sock");
-    let mut vm = Vm::spawn(&[
-        "--kernel",
-        g.path.to_str().unwrap(),
-        "--display",
-        "virtio-gpu",
-        "--vnc",
-        &format!("unix:{}", vnc.display()),
-    ]);
+    let (g, mut vm, vnc, _) = start("gpu", &["--display", "virtio-gpu"]);
     vm.wait_line("gpu shown 1280x800");
 
     if let Some(vncdo) = vncdo() {
@@ -502,14 +493,7 @@ fn keys_go_to_a_driven_virtio_keyboard_and_the_pointer_to_ps2_without_a_tablet_d
         return;
     }
     let Some(vncdo) = vncdo() else { return };
-    let g = build_guest("vinput", GuestKind::Pvh);
-    let vnc = g.dir.path().join("vnc.sock");
-    let mut vm = Vm::spawn(&[
-        "--kernel",
-        g.path.to_str().unwrap(),
-        "--vnc",
-        &format!("unix:{}", vnc.display()),
-    ]);
+    let (_g, mut vm, vnc, _) = start("vinput", &[]);
     vm.wait_line("vinput ready");
     vm.wait_line("aux fa");
     run_ok(
