@@ -15,15 +15,20 @@ use super::VirtioInterrupt;
 /// Entries per test queue.
 pub const QSIZE: u16 = 16;
 
-/// Records the queues a device signalled.
+/// Records the queues a device signalled; a configuration interrupt is [`CONFIG`].
 #[derive(Default)]
 pub struct Irq(pub Mutex<Vec<u16>>);
+
+/// What [`Irq`] records for a configuration change.
+pub const CONFIG: u16 = u16::MAX;
 
 impl VirtioInterrupt for Irq {
     fn notify_queue(&self, queue: u16) {
         self.0.lock().unwrap().push(queue);
     }
-    fn notify_config(&self) {}
+    fn notify_config(&self) {
+        self.0.lock().unwrap().push(CONFIG);
+    }
 }
 
 /// One split ring in guest memory: descriptors at `base`, avail at +0x800, used at +0x1000.

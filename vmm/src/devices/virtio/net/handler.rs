@@ -4,6 +4,7 @@
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -124,6 +125,7 @@ impl Handler {
     /// `events`: stop, receive kick, transmit kick.
     fn run(&mut self, events: &[EventFd; 3]) {
         self.conn = self.slot.take();
+        self.update_link();
         loop {
             self.service();
             let mut fds = vec![
@@ -172,6 +174,7 @@ impl Handler {
                 self.conn = Some(c);
                 self.rx_blocked = false;
             }
+            self.update_link();
         }
         if let Some(c) = self.conn.take() {
             self.slot.give_back(c);
@@ -181,6 +184,16 @@ impl Handler {
     fn service(&mut self) {
         self.transmit();
         self.receive();
+        self.update_link();
+    }
+
+    /// Publishes whether there is a peer as the link state, with a configuration
+    /// interrupt when it changes.
+    fn update_link(&self) {
+        let up = self.conn.is_some();
+        if self.counters.link_up.swap(up, Ordering::AcqRel) != up {
+            self.interrupt.notify_config();
+        }
     }
 
     /// Drops the connection after an error on it.

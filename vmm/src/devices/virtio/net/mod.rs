@@ -9,8 +9,9 @@
 //! as it needs (`VIRTIO_NET_F_MRG_RXBUF`) behind a header that marks it checksummed. When
 //! the guest has no receive buffers the worker stops reading the socket, and when the
 //! socket is full it stops taking transmit chains: back-pressure, never a blocked vCPU.
-//! Without a peer (passt restarting) transmitted frames are dropped, as on an unplugged
-//! cable. Nothing here knows passt or KVM.
+//! Without a peer (passt restarting) transmitted frames are dropped and the configuration
+//! says the link is down (with a configuration interrupt), as on an unplugged cable.
+//! Nothing here knows passt or KVM.
 //!
 //! Offloads: checksum both ways (`CSUM`, `GUEST_CSUM`). Segmentation is not offered: passt
 //! gives the guest a 65520-byte MTU, so a guest already hands over 64 KiB frames.
@@ -21,7 +22,7 @@ mod handler;
 pub mod stream;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use backend::{Connection, ConnectionSlot};
 
@@ -50,9 +51,11 @@ pub const HDR_GSO_NONE: u8 = 0;
 /// `status` in the configuration: the link is up.
 pub const STATUS_LINK_UP: u16 = 1;
 
-/// Frame counters, readable while the device runs.
+/// Frame counters and the link state, readable while the device runs. The link is up
+/// while the card has a peer: the guest sees the cable unplugged while passt restarts.
 #[derive(Default, Debug)]
 pub struct NetCounters {
+    pub link_up: AtomicBool,
     pub tx_frames: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub tx_dropped: AtomicU64,
@@ -94,7 +97,9 @@ impl Net {
     fn config_bytes(&self) -> [u8; 10] {
         let mut c = [0u8; 10];
         c[..6].copy_from_slice(&self.mac.0);
-        c[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        if self.counters.link_up.load(Ordering::Acquire) {
+            c[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        }
         // max_virtqueue_pairs: one pair (only meaningful with VIRTIO_NET_F_MQ).
         c[8..10].copy_from_slice(&1u16.to_le_bytes());
         c

@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::devices::virtio::ActiveQueue;
-use crate::devices::virtio::test_rings::{Irq, Ring};
+use crate::devices::virtio::test_rings::{CONFIG, Irq, Ring};
 
 const RX_RINGS: u64 = 0x1000;
 const TX_RINGS: u64 = 0x4000;
@@ -69,16 +69,30 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[test]
 fn offers_mac_status_and_checksum_offloads() {
-    let slot = Arc::new(ConnectionSlot::new().unwrap());
-    let dev = Net::new(MAC, slot);
-    let f = dev.features();
+    let s = started(ALL);
+    let f = s.dev.features();
     for bit in [F_CSUM, F_GUEST_CSUM, F_MAC, F_MRG_RXBUF, F_STATUS] {
         assert_ne!(f & 1 << bit, 0, "feature {bit}");
     }
+    wait_link(&s.dev, STATUS_LINK_UP);
     let mut cfg = [0u8; 8];
-    dev.read_config(0, &mut cfg);
-    assert_eq!(cfg, [0x52, 0x54, 0, 1, 2, 3, 1, 0]);
-    assert_eq!(dev.queue_max_sizes().len(), 2);
+    s.dev.read_config(0, &mut cfg);
+    assert_eq!(cfg, [0x52, 0x54, 0, 1, 2, 3, 1, 0], "MAC, link up");
+    assert_eq!(s.dev.queue_max_sizes().len(), 2);
+}
+
+/// Reads the configuration's link status until it is `want` (5 s at most).
+fn wait_link(dev: &Net, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut st = [0u8; 2];
+        dev.read_config(6, &mut st);
+        if u16::from_le_bytes(st) == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "link status never became {want}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -273,12 +287,16 @@ fn frames_without_a_peer_are_dropped_and_a_new_peer_is_picked_up() {
     let head = s.tx.add(&s.mem, &[(TX_BUFS, HDR_LEN as u32 + 10, false)]);
     assert_eq!(s.tx.used(&s.mem), (u32::from(head), 0));
     assert_eq!(s.dev.counters().tx_dropped.load(Ordering::Relaxed), 1);
+    // The guest saw the cable unplugged, with a configuration interrupt.
+    wait_link(&s.dev, 0);
+    assert!(s.irq.0.lock().unwrap().contains(&CONFIG));
     // A restarted passt: a new connection through the slot.
     let (ours, mut peer) = UnixStream::pair().unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.slot.put(Connection::new(ours, 2).unwrap());
     write_framed(&mut peer, b"again");
     assert_eq!(s.rx.used(&s.mem), (u32::from(rx_head), 12 + 5));
+    wait_link(&s.dev, STATUS_LINK_UP);
     s.tx.add(&s.mem, &[(TX_BUFS, HDR_LEN as u32 + 3, false)]);
     assert_eq!(read_framed(&mut peer).len(), 3);
 }
