@@ -87,8 +87,17 @@ impl FbMemory {
     /// Fills `len` bytes at `offset` with the 32-bit `pixel`.
     pub fn fill32(&self, offset: usize, len: usize, pixel: u32) {
         let n = self.span(offset, len) / 4;
-        for i in 0..n {
-            self.write(offset + i * 4, &pixel.to_le_bytes());
+        if pixel == 0 {
+            // SAFETY: `offset + 4 * n <= len`, inside the live mapping.
+            unsafe { std::ptr::write_bytes(self.ptr.add(offset), 0, n * 4) };
+            return;
+        }
+        let row = pixel.to_le_bytes().repeat(n.min(4096));
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(4096);
+            self.write(offset + done * 4, &row[..k * 4]);
+            done += k;
         }
     }
 
@@ -132,5 +141,8 @@ mod tests {
         let mut p = [0u8; 8];
         m.read(16, &mut p);
         assert_eq!(p, [0, 0, 0xff, 0, 0, 0, 0xff, 0]);
+        m.fill32(20, 1 << 20, 0);
+        m.read(16, &mut p);
+        assert_eq!(p, [0, 0, 0xff, 0, 0, 0, 0, 0]);
     }
 }
