@@ -209,3 +209,19 @@ fn vm_ron_network_settings_reach_passt_and_the_flag_overrides_them() {
     let (status, _, err) = vm.finish(BOOT);
     assert!(status.is_some_and(|s| s.success()), "{err}");
 }
+
+#[test]
+fn a_forward_from_a_busy_host_port_fails_the_start_with_passts_reason() {
+    require_program("passt", "passt");
+    let g = build_guest("net", GuestKind::Pvh);
+    let busy = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let vm = net_vm(&g, &format!("user,hostfwd=udp:{port}-:7"), &[]);
+    let (status, out, err) = vm.finish(BOOT);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out:?} {err}");
+    assert!(err.contains("passt exited at start"), "{err}");
+    assert!(
+        err.contains(&format!("{port}")),
+        "passt's own reason: {err}"
+    );
+}

@@ -421,7 +421,7 @@ fn forward_messages(stderr: std::process::ChildStderr) {
                 if line.starts_with("Failed to send") && line.ends_with("to syslog") {
                     continue;
                 }
-                log::info!("passt: {line}");
+                log::warn!("passt: {line}");
             }
         });
     if let Err(e) = spawned {
