@@ -418,8 +418,10 @@ fn status_address(chain: &DescriptorChain<&GuestMemory>) -> Option<GuestAddress>
     (writable.next().is_none() && d.len() as usize == STATUS_LEN).then(|| d.addr())
 }
 
-/// Writes a capture reply: `data` (or silence for the whole data area when `None`) and
-/// the status with `code`. Returns the bytes written.
+/// Writes a capture reply: `data` (exactly the data area) and the status with `code`
+/// after it. With no data (an error, or a stream stopped before the buffer filled) only
+/// the status is written, at the end of the buffer, however large the guest made it.
+/// Returns the used length: data and status, or the status alone.
 fn write_capture(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
@@ -433,15 +435,22 @@ fn write_capture(
     let Some(data_len) = w.available_bytes().checked_sub(STATUS_LEN) else {
         return 0;
     };
-    let ok = match data {
-        Some(d) => w.write_all(d).is_ok(),
-        None => std::io::copy(&mut std::io::repeat(0).take(data_len as u64), &mut w).is_ok(),
+    let (mut tail, used) = match data {
+        Some(d) if d.len() == data_len => {
+            if w.write_all(d).is_err() {
+                return 0;
+            }
+            (w, data_len + STATUS_LEN)
+        }
+        _ => match w.split_at(data_len) {
+            Ok(tail) => (tail, STATUS_LEN),
+            Err(_) => return 0,
+        },
     };
     let mut st = [0u8; STATUS_LEN];
     st[..4].copy_from_slice(&code.to_le_bytes());
-    if ok && w.write_all(&st).is_ok() {
-        (data_len + STATUS_LEN) as u32
-    } else {
-        0
+    match tail.write_all(&st) {
+        Ok(()) => used as u32,
+        Err(_) => 0,
     }
 }

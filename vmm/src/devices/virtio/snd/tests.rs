@@ -370,3 +370,32 @@ fn hostile_pcm_requests_fail_alone() {
         Some("close 0")
     );
 }
+
+#[test]
+fn a_refused_capture_buffer_gets_only_its_status_at_the_end() {
+    let mut s = started();
+    s.running(0);
+    s.mem.write_obj(0u32, GuestAddress(PCM)).unwrap();
+    let area = PCM + 0x1000;
+    s.mem
+        .write_slice(&[0xaa; 0x2000], GuestAddress(area))
+        .unwrap();
+    // Capture from the playback stream, into two pages.
+    let h = s.rings[RX_QUEUE].add(
+        &s.mem,
+        &[
+            (PCM, 4, false),
+            (area, 0x1000, true),
+            (area + 0x1000, 0x1000, true),
+        ],
+    );
+    assert_eq!(s.rings[RX_QUEUE].used(&s.mem), (u32::from(h), 8));
+    let st: u32 = s.mem.read_obj(GuestAddress(area + 0x2000 - 8)).unwrap();
+    assert_eq!(st, S_BAD_MSG);
+    let mut data = vec![0u8; 0x2000 - 8];
+    s.mem.read_slice(&mut data, GuestAddress(area)).unwrap();
+    assert!(
+        data.iter().all(|b| *b == 0xaa),
+        "the data area is left alone"
+    );
+}
