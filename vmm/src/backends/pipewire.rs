@@ -279,7 +279,7 @@ fn open_stream(
                     Some(slice) => {
                         let mut n = slice.len() - slice.len() % frame;
                         if requested > 0 {
-                            n = n.min(requested * frame);
+                            n = n.min(requested.saturating_mul(frame));
                         }
                         buffer.play_into(&mut slice[..n], flag.load(Ordering::Acquire));
                         n
