@@ -46,12 +46,17 @@ enum Command {
         direction: Direction,
         params: PcmParams,
         buffer: Arc<PcmBuffer>,
+        /// Told whether PipeWire took the stream.
+        reply: std::sync::mpsc::Sender<Result<(), String>>,
     },
     Start(u32),
     Stop(u32),
     Close(u32),
     Quit,
 }
+
+/// How long opening a stream may take before the guest is told it failed.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The PipeWire connection of one VM.
 pub struct PipeWire {
@@ -111,14 +116,23 @@ impl AudioBackend for PipeWire {
         params: PcmParams,
         buffer: Arc<PcmBuffer>,
     ) -> Result<(), AudioError> {
+        let (reply, answer) = std::sync::mpsc::channel();
         self.commands
             .send(Command::Open {
                 id,
                 direction,
                 params,
                 buffer,
+                reply,
             })
-            .map_err(|_| AudioError::Unavailable("the PipeWire thread is gone".into()))
+            .map_err(|_| AudioError::Unavailable("the PipeWire thread is gone".into()))?;
+        // The device worker waits (never a vCPU); PipeWire answers in microseconds.
+        match answer.recv_timeout(OPEN_TIMEOUT) {
+            Ok(r) => r.map_err(AudioError::Unavailable),
+            Err(_) => Err(AudioError::Unavailable(
+                "PipeWire did not answer in time".into(),
+            )),
+        }
     }
 
     fn start(&self, id: u32) {
@@ -169,14 +183,18 @@ fn run_loop(
             direction,
             params,
             buffer,
+            reply,
         } => {
             streams.borrow_mut().remove(&id);
-            match open_stream(&core, &name, direction, params, buffer) {
+            let result = match open_stream(&core, &name, direction, params, buffer) {
                 Ok(live) => {
                     streams.borrow_mut().insert(id, live);
+                    Ok(())
                 }
-                Err(e) => log::warn!("snd: stream {id}: PipeWire refused it: {e}"),
-            }
+                Err(e) => Err(format!("PipeWire refused stream {id}: {e}")),
+            };
+            // The worker may have given up waiting; then nobody needs the answer.
+            let _ = reply.send(result);
         }
         Command::Start(id) | Command::Stop(id) => {
             let on = matches!(cmd, Command::Start(_));

@@ -186,7 +186,7 @@ fn pcm(code: u32, request: &[u8], s: &mut StreamSlot, backend: &dyn AudioBackend
                     S_OK
                 }
                 Err(e) => {
-                    log::warn!("snd: stream {}: cannot open: {e}", s.id);
+                    crate::guest_warn!("snd: stream {}: cannot open: {e}", s.id);
                     S_IO_ERR
                 }
             }
