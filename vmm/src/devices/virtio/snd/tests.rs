@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::control::{
     R_CHMAP_INFO, R_JACK_INFO, R_JACK_REMAP, R_PCM_INFO, R_PCM_PREPARE, R_PCM_RELEASE,
-    R_PCM_SET_PARAMS, R_PCM_START, R_PCM_STOP, S_BAD_MSG, S_NOT_SUPP, S_OK,
+    R_PCM_SET_PARAMS, R_PCM_START, R_PCM_STOP, S_BAD_MSG, S_IO_ERR, S_NOT_SUPP, S_OK,
 };
 use super::*;
 use crate::devices::virtio::ActiveQueue;
@@ -27,6 +27,8 @@ const PERIOD: u32 = 960;
 struct FakeBackend {
     calls: Mutex<Vec<String>>,
     buffers: Mutex<HashMap<u32, Arc<PcmBuffer>>>,
+    /// Refuse every stream, as a PipeWire without a sink for it would.
+    refuse: std::sync::atomic::AtomicBool,
 }
 
 impl FakeBackend {
@@ -46,6 +48,9 @@ impl AudioBackend for FakeBackend {
         params: PcmParams,
         buffer: Arc<PcmBuffer>,
     ) -> Result<(), AudioError> {
+        if self.refuse.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(AudioError::Unavailable("refused".into()));
+        }
         self.calls.lock().unwrap().push(format!(
             "open {id} {direction:?} {}x{:?}@{}",
             params.channels, params.format, params.rate
@@ -398,4 +403,19 @@ fn a_refused_capture_buffer_gets_only_its_status_at_the_end() {
         data.iter().all(|b| *b == 0xaa),
         "the data area is left alone"
     );
+}
+
+#[test]
+fn a_stream_the_backend_refuses_fails_prepare_with_an_io_error() {
+    let mut s = started();
+    s.backend
+        .refuse
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(s.set_params(0), S_OK);
+    assert_eq!(s.pcm(R_PCM_PREPARE, 0), S_IO_ERR);
+    assert_eq!(s.pcm(R_PCM_START, 0), S_BAD_MSG, "not prepared");
+    s.backend
+        .refuse
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(s.pcm(R_PCM_PREPARE, 0), S_OK, "a later try may succeed");
 }
