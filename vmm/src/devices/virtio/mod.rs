@@ -18,11 +18,11 @@ pub mod rng;
 pub mod snd;
 pub mod worker;
 
+#[cfg(test)]
+mod test_rings;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
-#[cfg(test)]
-mod test_rings;
 
 use std::io;
 use std::sync::Arc;
