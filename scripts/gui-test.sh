@@ -171,6 +171,27 @@ grep -q "cdrom: Some(\"$iso\")" "$work"/assistant/hospes/machines/*/vm.ron || {
   cat "$work"/assistant/hospes/machines/*/vm.ron >&2
   exit 1
 }
+echo "gui-test: the settings pane refuses a missing CD-ROM and a bad resolution at the field"
+check --click "More Actions Debian 12.5.0" --expect "Settings"
+check --click "Settings"
+pane="Debian 12.5.0 Settings"
+check --title "$pane" --expect "Memory (MiB)" --expect "CD-ROM Image (empty for none)" \
+  --expect "Resolution Follows the Window" --expect "Network" --expect "USB Devices"
+check --title "$pane" --set-text "CD-ROM Image (empty for none)" "$work/missing.iso" \
+  --click Save --contains "missing.iso" --screenshot "$out/settings-error.png"
+check --title "$pane" --set-text "CD-ROM Image (empty for none)" "$iso" \
+  --set-text "Resolution" "huge" --click Save --contains "Write the resolution as"
+check --title "$pane" --set-text "Resolution" "1024x768" --click Save
+check --expect "Debian 12.5.0"
+for _ in $(seq 50); do
+  grep -q 'resolution: "1024x768"' "$work"/assistant/hospes/machines/*/vm.ron && break
+  sleep 0.2
+done
+grep -q 'resolution: "1024x768"' "$work"/assistant/hospes/machines/*/vm.ron || {
+  echo "gui-test: the settings pane did not save the resolution:" >&2
+  cat "$work"/assistant/hospes/machines/*/vm.ron >&2
+  exit 1
+}
 stop_app
 
 # 8. Lifecycle from the rows on a tiny guest (tests/guests/powerbutton.S): start, pause,
@@ -224,7 +245,7 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
   echo "gui-test: the VM view shows the guest's screen"
   check --click "Start VGA Guest" --expect "Open VGA Guest"
   echo "gui-test: the library row shows a live picture of the running guest"
-  check --expect "Live picture of VGA Guest" --screenshot "$out/thumbnail.png" \
+  check --timeout 90 --expect "Live picture of VGA Guest" --screenshot "$out/thumbnail.png" \
     --screen "Live picture of VGA Guest" --guest-size 1920 1080 \
     --pixel 960 135 ff0000 --pixel 960 405 00ff00 --pixel 960 675 0000ff
   check --click "Open VGA Guest"

@@ -440,9 +440,7 @@ impl Component for Assistant {
         a11y::set_label(&widgets.disk_check, &gettext("Existing Disk Image"));
         a11y::set_label(&widgets.file_entry, &gettext("Path to the file"));
         a11y::set_label(&widgets.choose_button, &gettext("Choose a File"));
-        a11y::set_label(&widgets.memory_spin, &gettext("Memory (MiB)"));
-        a11y::set_label(&widgets.cpus_spin, &gettext("Virtual Processors"));
-        a11y::set_label(&widgets.disk_spin, &gettext("Disk Size (GiB)"));
+        // The spin buttons are named by their rows (activatable widgets).
         a11y::set_label(&widgets.progress, &gettext("Progress"));
         root.set_default_widget(Some(&widgets.next_button));
         install_escape(&root);

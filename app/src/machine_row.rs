@@ -37,6 +37,8 @@ pub enum MachineRowInput {
     Open,
     /// A new picture of the guest's screen.
     SetThumbnail(gtk::gdk::Texture),
+    /// Open the VM's settings.
+    Settings,
 }
 
 /// What a row asks of the window.
@@ -46,6 +48,8 @@ pub enum MachineRowOutput {
     Act(String, VmAction),
     /// Open the VM's window.
     Open(String),
+    /// Open the VM's settings.
+    Settings(String),
 }
 
 /// What a new row starts with.
@@ -220,7 +224,7 @@ impl FactoryComponent for MachineRow {
                     set_tooltip_text: Some(&gettext("More Actions")),
                     add_css_class: "flat",
                     #[watch]
-                    set_sensitive: self.usable() && self.state.is_live(),
+                    set_sensitive: self.usable(),
 
                     #[wrap(Some)]
                     set_popover = &gtk::Popover {
@@ -228,14 +232,23 @@ impl FactoryComponent for MachineRow {
                             set_orientation: gtk::Orientation::Vertical,
 
                             gtk::Button {
+                                set_label: &gettext("Settings"),
+                                add_css_class: "flat",
+                                connect_clicked => MachineRowInput::Settings,
+                            },
+                            gtk::Button {
                                 set_label: &gettext("Reset"),
                                 add_css_class: "flat",
+                                #[watch]
+                                set_sensitive: self.state.is_live(),
                                 connect_clicked => MachineRowInput::Act(VmAction::Reset),
                             },
                             gtk::Button {
                                 set_label: &gettext("Force Off"),
                                 add_css_class: "flat",
                                 add_css_class: "destructive-action",
+                                #[watch]
+                                set_sensitive: self.state.is_live(),
                                 connect_clicked => MachineRowInput::Act(VmAction::ForceOff),
                             },
                         },
@@ -300,6 +313,14 @@ impl FactoryComponent for MachineRow {
                 }
             }
             MachineRowInput::SetThumbnail(texture) => self.thumbnail = Some(texture),
+            MachineRowInput::Settings => {
+                if sender
+                    .output(MachineRowOutput::Settings(self.entry.id.clone()))
+                    .is_err()
+                {
+                    log::debug!("the library window is gone");
+                }
+            }
             MachineRowInput::Open => {
                 if sender
                     .output(MachineRowOutput::Open(self.entry.id.clone()))

@@ -12,6 +12,8 @@ mod i18n;
 mod library_model;
 mod machine_row;
 mod screen_view;
+mod settings_model;
+mod settings_window;
 mod vm_control;
 mod vm_window;
 mod vnc_session;

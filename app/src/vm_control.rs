@@ -26,6 +26,8 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 const WATCH_TICK: Duration = Duration::from_millis(500);
 /// How often a running VM with a display gets a new library thumbnail.
 const THUMBNAIL_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a screendump may take.
+const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The thumbnail's file in the runtime directory (QMP `screendump` writes PNG).
 const THUMBNAIL_FILE: &str = "thumbnail.png";
 
@@ -245,7 +247,11 @@ pub fn watch(id: &str, thumbnails: bool, mut report: impl FnMut(WatchEvent) -> b
             next_thumbnail = std::time::Instant::now() + THUMBNAIL_INTERVAL;
             let path = runtime.path().join(THUMBNAIL_FILE);
             let args = serde_json::json!({ "filename": path });
-            match connected.execute("screendump", Some(args)) {
+            // Encoding a big screen as PNG can take a while on a busy host.
+            connected.set_timeout(SCREENDUMP_TIMEOUT);
+            let dumped = connected.execute("screendump", Some(args));
+            connected.set_timeout(QMP_TIMEOUT);
+            match dumped {
                 Ok(_) => {
                     if !report(WatchEvent::Thumbnail(path)) {
                         return;

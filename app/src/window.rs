@@ -29,6 +29,7 @@ use crate::demo;
 use crate::i18n::gettext_f;
 use crate::library_model::{self, LibraryLoad};
 use crate::machine_row::{MachineRow, MachineRowInit, MachineRowInput, MachineRowOutput};
+use crate::settings_window::{SettingsInit, SettingsOutput, SettingsWindow};
 use crate::vm_control::{self, VmAction, VmRef, VmState, WatchEvent};
 use crate::vm_window::{VmWindow, VmWindowInit, VmWindowOutput};
 use crate::window_state;
@@ -77,6 +78,8 @@ pub struct AppWindow {
     vm_windows: HashMap<String, Controller<VmWindow>>,
     /// VMs being started from their row's activation: their window opens once they run.
     open_when_started: HashSet<String>,
+    /// Open settings panes by library id.
+    settings_panes: HashMap<String, Controller<SettingsWindow>>,
     /// A VM to open once the next load has listed it (the Demo VM just added).
     open_after_load: Option<String>,
     /// The new-VM assistant while it is open.
@@ -95,6 +98,10 @@ pub enum AppWindowInput {
     Open(String),
     /// A VM window closed.
     VmWindowClosed(String),
+    /// Open the settings of the VM with this library id.
+    Settings(String),
+    /// A settings pane closed; the settings changed when `true`.
+    SettingsClosed(String, bool),
     /// Put the Demo VM in the library; open (and start) it when `true`.
     AddDemo(bool),
     /// Open the new-VM assistant.
@@ -283,6 +290,7 @@ impl Component for AppWindow {
             .forward(sender.input_sender(), |output| match output {
                 MachineRowOutput::Act(id, action) => AppWindowInput::Act(id, action),
                 MachineRowOutput::Open(id) => AppWindowInput::Open(id),
+                MachineRowOutput::Settings(id) => AppWindowInput::Settings(id),
             });
         let model = AppWindow {
             page: Page::Loading,
@@ -294,6 +302,7 @@ impl Component for AppWindow {
             vm_windows: HashMap::new(),
             open_when_started: HashSet::new(),
             open_after_load: None,
+            settings_panes: HashMap::new(),
             assistant: None,
             window: root.clone(),
         };
@@ -366,6 +375,13 @@ impl Component for AppWindow {
                         .and_then(|library| demo::ensure(&library));
                     AppWindowCommand::DemoReady(result, open)
                 });
+            }
+            AppWindowInput::Settings(id) => self.open_settings(id, &sender),
+            AppWindowInput::SettingsClosed(id, changed) => {
+                self.settings_panes.remove(&id);
+                if changed {
+                    sender.input(AppWindowInput::Refresh);
+                }
             }
             AppWindowInput::NewVm => self.open_assistant(&sender),
             AppWindowInput::AssistantDone(created) => {
@@ -655,6 +671,29 @@ impl AppWindow {
         dialog.set_default_response(Some("close"));
         dialog.set_close_response("close");
         dialog.present();
+    }
+
+    /// Opens (or raises) the settings pane of VM `id`.
+    fn open_settings(&mut self, id: String, sender: &ComponentSender<Self>) {
+        if let Some(pane) = self.settings_panes.get(&id) {
+            pane.widget().present();
+            return;
+        }
+        let Some(row) = self.machines.iter().find(|row| row.id() == id) else {
+            return;
+        };
+        let init = SettingsInit {
+            vm: vm_ref(row.entry()),
+            running: row.state().is_live(),
+        };
+        let pane = SettingsWindow::builder()
+            .transient_for(&self.window)
+            .launch(init)
+            .forward(sender.input_sender(), |output| match output {
+                SettingsOutput::Closed(id, changed) => AppWindowInput::SettingsClosed(id, changed),
+            });
+        pane.widget().present();
+        self.settings_panes.insert(id, pane);
     }
 
     /// Opens the new-VM assistant over the window, or raises it.

@@ -91,6 +91,22 @@ def click(app, name, timeout):
     wait_for(last_button, timeout, f"a button called {name!r}").queryAction().doAction(0)
 
 
+def set_text(app, name, text, timeout):
+    """Replaces the text of the shown editable field called `name` through AT-SPI."""
+    def field():
+        for node in walk(app):
+            try:
+                if node.name == name and is_shown(node):
+                    return node.queryEditableText()
+            except NotImplementedError:
+                continue
+            except Exception:
+                continue
+        return None
+
+    wait_for(field, timeout, f"a text field called {name!r}").setTextContents(text)
+
+
 def press(title, keys):
     """Focuses the window titled `title` and types `keys` (xdotool names) through XTEST.
 
@@ -225,6 +241,10 @@ def main():
     parser.add_argument("--click", help="the name of a shown button to press first")
     parser.add_argument("--keys", help="xdotool key names to press first, e.g. F5")
     parser.add_argument("--type", dest="text", help="text to type after --keys")
+    parser.add_argument("--set-text", nargs=2, action="append", default=[],
+                        metavar=("NAME", "TEXT"),
+                        help="set the text of the shown text field called NAME first "
+                        "(repeatable)")
     parser.add_argument("--keys-after", help="xdotool key names to press after --type")
     parser.add_argument("--resize", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
                         help="resize the window (after the checks pass)")
@@ -252,6 +272,8 @@ def main():
         args.timeout,
         f"a window titled {args.title!r}",
     )
+    for name, text in args.set_text:
+        set_text(app, name, text, args.timeout)
     if args.click:
         click(app, args.click, args.timeout)
     if args.keys:
