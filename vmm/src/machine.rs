@@ -202,8 +202,17 @@ pub enum HandleError {
 struct HandleInner {
     control: Arc<RunControl>,
     events: Sender<MachineEvent>,
-    pm: Mutex<Option<Arc<Mutex<PmBlock>>>>,
+    pm: Mutex<PmSlot>,
     state: Mutex<RunState>,
+}
+
+/// The power-management block of the boot in progress, if any, and a power-button press
+/// that arrived between two boots (during a reset): it is latched and delivered to the
+/// next boot's block, as the button's status bit survives a reset on a PC.
+#[derive(Default)]
+struct PmSlot {
+    block: Option<Arc<Mutex<PmBlock>>>,
+    button_latched: bool,
 }
 
 /// A cloneable remote control for the VM, for the QMP server and signal handlers. Every
@@ -227,7 +236,7 @@ impl VmHandle {
             inner: Arc::new(HandleInner {
                 control: Arc::new(RunControl::default()),
                 events,
-                pm: Mutex::new(None),
+                pm: Mutex::new(PmSlot::default()),
                 state: Mutex::new(RunState::Prelaunch),
             }),
         }
@@ -257,12 +266,21 @@ impl VmHandle {
         self.inner.control.resume();
     }
 
-    /// Presses the ACPI power button.
+    /// Presses the ACPI power button. Between two boots (a reset in progress) the press
+    /// is latched for the next boot; before the first boot or after the last it fails.
     pub fn powerdown(&self) -> Result<(), HandleError> {
-        let pm = lock(&self.inner.pm)
-            .clone()
-            .ok_or(HandleError::NotRunning)?;
-        lock(&pm).press_power_button();
+        let mut slot = lock(&self.inner.pm);
+        match &slot.block {
+            Some(pm) => lock(pm).press_power_button(),
+            None if matches!(
+                *lock(&self.inner.state),
+                RunState::Running | RunState::Paused
+            ) =>
+            {
+                slot.button_latched = true
+            }
+            None => return Err(HandleError::NotRunning),
+        }
         Ok(())
     }
 
@@ -367,7 +385,12 @@ impl Machine {
             u64::from(layout::PM_BASE),
             u64::from(layout::PM_LEN),
         )?;
-        *lock(&handle.inner.pm) = Some(pm);
+        let mut slot = lock(&handle.inner.pm);
+        if std::mem::take(&mut slot.button_latched) {
+            lock(&pm).press_power_button();
+        }
+        slot.block = Some(pm);
+        drop(slot);
 
         Ok(Self {
             pio_bus: Arc::new(RwLock::new(pio)),
@@ -533,7 +556,7 @@ impl Vmm {
             // Events from the boot that just ended (a second vCPU's triple fault, a
             // repeated reset request) do not carry over.
             while self.rx.try_recv().is_ok() {}
-            *lock(&self.handle.inner.pm) = None;
+            lock(&self.handle.inner.pm).block = None;
             match event {
                 MachineEvent::PowerOff => break Ok(Exit::PowerOff),
                 MachineEvent::Quit => break Ok(Exit::Quit),
