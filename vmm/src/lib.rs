@@ -20,3 +20,19 @@ pub mod machine;
 pub mod runtime;
 pub mod vnc;
 pub mod vstate;
+
+/// An error and its causes, outermost first, joined with ": " (a cause whose words the
+/// text already holds is not repeated): the one-line form every Hospes program prints.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

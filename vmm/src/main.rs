@@ -288,18 +288,6 @@ fn quit_on_signals(handle: hospes_vmm::machine::VmHandle, bridge: Option<Arc<qmp
     }
 }
 
-/// The error and its causes on one line.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Connects to PipeWire for the sound card; without it the VM runs with no sound card.
 fn start_sound(vm_name: &str) -> Option<Arc<PipeWire>> {
     match PipeWire::start(vm_name) {
@@ -307,7 +295,7 @@ fn start_sound(vm_name: &str) -> Option<Arc<PipeWire>> {
         Err(e) => {
             log::warn!(
                 "sound unavailable, the VM has no sound card: {}",
-                one_line(&e)
+                hospes_vmm::error_chain(&e)
             );
             None
         }
@@ -333,7 +321,7 @@ fn main() -> ExitCode {
     let network = match UserNetwork::start(&extras.network) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("hospes-vmm: network: {}", one_line(&e));
+            eprintln!("hospes-vmm: network: {}", hospes_vmm::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -386,7 +374,7 @@ fn main() -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hospes-vmm: {}", one_line(&e));
+            eprintln!("hospes-vmm: {}", hospes_vmm::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::config::ConfigError;
 use crate::control::console::ConsoleError;
+use crate::error_chain;
 use crate::launch::LaunchError;
 use crate::library::LibraryError;
 use crate::runtime::RuntimeError;
@@ -235,18 +236,6 @@ impl Output {
             eprintln!("{text}");
         }
     }
-}
-
-/// The error and its causes, joined with ": ".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A settings error as JSON: `message`, and for errors in the text `file`, `line`,

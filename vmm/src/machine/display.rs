@@ -18,11 +18,12 @@ use crate::devices::bus::lock;
 use crate::devices::display::kvm::{FB_SLOT, KvmFbSlot};
 use crate::devices::display::stdvga::{DISPI_PORT, DISPI_PORT_LEN, StdVga, VRAM_SIZE};
 use crate::devices::display::{FbSlot, refresh};
-use crate::devices::pci::setup::{PciSetup, error_chain};
+use crate::devices::pci::setup::PciSetup;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::gpu::Gpu;
 use crate::devices::virtio::input::{InputKind, VirtioInput};
 use crate::display::{Display, FbMemory};
+use crate::error_chain;
 use crate::input::{InputRouter, InputSink, Ps2Input, qcode_to_xt};
 use crate::vnc::{VncConfig, VncListen, VncServer, read_password_file};
 

@@ -29,6 +29,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{
     GuestMemory, IoEventRegistrar, MsiRoutes, MsixInterrupt, VirtioDevice,
 };
+use crate::error_chain;
 use crate::machine::{Machine, MachineError};
 
 /// Ports of configuration mechanism #1.
@@ -291,18 +292,6 @@ pub fn attach_pci_to_machine(
         },
     )
     .map_err(|e| MachineError::Setup(error_chain(&e)))
-}
-
-/// `e: cause: cause...`, for an error that must become a string.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Parameters for tests: 1 MiB of guest memory, no KVM, the x86 layout's windows.
