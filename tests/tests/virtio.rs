@@ -1,5 +1,5 @@
 //! A guest driving virtio-blk and virtio-rng through the modern virtio-pci transport
-//! (`tests/guests/virtio.S`): capacity, a read, a write read back, a flush, and entropy.
+//! (`tests/guests/virtio_blk.S`): capacity, a read, a write read back, a flush, and entropy.
 
 use std::path::Path;
 use std::time::Duration;
@@ -41,7 +41,7 @@ fn guest_reads_writes_and_flushes_virtio_blk_and_reads_virtio_rng() {
     if skip_without_kvm() {
         return;
     }
-    let g = build_guest("virtio", GuestKind::Pvh);
+    let g = build_guest("virtio_blk", GuestKind::Pvh);
     let disk = g.dir.path().join("disk.img");
     let before = make_image(&disk);
     let out = run_guest(&g.path, disk.to_str().unwrap());
@@ -74,7 +74,7 @@ fn guest_write_to_a_readonly_disk_fails_with_ioerr_and_leaves_the_file() {
     if skip_without_kvm() {
         return;
     }
-    let g = build_guest("virtio", GuestKind::Pvh);
+    let g = build_guest("virtio_blk", GuestKind::Pvh);
     let disk = g.dir.path().join("disk.img");
     let before = make_image(&disk);
     let spec = format!("{},readonly", disk.to_str().unwrap());
