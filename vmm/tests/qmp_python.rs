@@ -3,7 +3,8 @@
 //!
 //! Needs a virtual environment at the workspace root:
 //! `python3 -m venv .venv && .venv/bin/pip install qemu.qmp`.
-//! Later the fake helper is replaced by the real `hospes-vmm`.
+//! The same script drives the real `hospes-vmm` in `tests/tests/qmp_python.rs`; this one
+//! pins the protocol layer on its own, with a fake VM whose state the test controls.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
