@@ -100,6 +100,48 @@ fn run<H: QueueHandler>(stop: &EventFd, events: &[EventFd], handler: &mut H) {
     }
 }
 
+/// A device thread with its own event loop (for devices whose loop watches more than
+/// queue eventfds, like a peer socket): it gets a stop eventfd to poll, and dropping the
+/// handle signals it and joins the thread.
+pub struct DeviceThread {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DeviceThread {
+    /// Starts `run` on a thread named `name`; `run` must return once its eventfd is
+    /// readable.
+    pub fn spawn(
+        name: &str,
+        run: impl FnOnce(EventFd) + Send + 'static,
+    ) -> Result<Self, VirtioError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+        let stop_thread = stop.try_clone().map_err(VirtioError::EventFd)?;
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || run(stop_thread))
+            .map_err(VirtioError::SpawnWorker)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DeviceThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Err(e) = self.stop.write(1) {
+                log::error!("device thread: cannot signal stop: {e}");
+                return;
+            }
+            if thread.join().is_err() {
+                log::error!("device thread panicked");
+            }
+        }
+    }
+}
+
 /// Serves every available chain of `queue` with `serve` (which returns the bytes it wrote
 /// into guest memory), then interrupts the driver if it asked for it. A ring that claims
 /// buffers but yields none is broken: the loop stops instead of spinning the thread.

@@ -5,10 +5,9 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::csum::finish_checksum;
 use super::stream::MAX_FRAME;
@@ -16,6 +15,7 @@ use super::{
     Connection, ConnectionSlot, F_CSUM, F_GUEST_CSUM, F_MRG_RXBUF, HDR_F_DATA_VALID,
     HDR_F_NEEDS_CSUM, HDR_GSO_NONE, HDR_LEN, NetCounters, RX_QUEUE, TX_QUEUE,
 };
+use crate::devices::virtio::worker::DeviceThread;
 use crate::devices::virtio::{Activation, GuestMemory, VirtioError, VirtioInterrupt};
 
 /// Receive chains one frame may span at most (a 64 KiB frame in 4 KiB pages needs 17).
@@ -45,65 +45,38 @@ enum Rx {
     Dropped,
 }
 
-/// The running worker; dropping it stops the thread, which hands the connection back.
-pub struct NetWorker {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl NetWorker {
-    pub fn spawn(
-        a: Activation,
-        slot: Arc<ConnectionSlot>,
-        counters: Arc<NetCounters>,
-    ) -> Result<Self, VirtioError> {
-        let got = a.queues.len();
-        let mut queues = a.queues.into_iter();
-        let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
-            return Err(VirtioError::QueueCount { got, want: 2 });
-        };
-        if usize::from(rx.index) != RX_QUEUE || usize::from(tx.index) != TX_QUEUE {
-            return Err(VirtioError::QueueCount { got, want: 2 });
-        }
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        let stop_thread = stop.try_clone().map_err(VirtioError::EventFd)?;
-        let mut h = Handler {
-            mem: a.mem,
-            interrupt: a.interrupt,
-            rx: rx.queue,
-            tx: tx.queue,
-            mrg: a.acked_features & (1 << F_MRG_RXBUF) != 0,
-            guest_csum: a.acked_features & (1 << F_GUEST_CSUM) != 0,
-            host_csum: a.acked_features & (1 << F_CSUM) != 0,
-            slot,
-            conn: None,
-            counters,
-            rx_blocked: false,
-        };
-        let events = [stop_thread, rx.event, tx.event];
-        let thread = std::thread::Builder::new()
-            .name("hospes-net".into())
-            .spawn(move || h.run(&events))
-            .map_err(VirtioError::SpawnWorker)?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+/// Starts the worker; dropping the handle stops the thread, which hands the connection back.
+pub fn spawn(
+    a: Activation,
+    slot: Arc<ConnectionSlot>,
+    counters: Arc<NetCounters>,
+) -> Result<DeviceThread, VirtioError> {
+    let got = a.queues.len();
+    let mut queues = a.queues.into_iter();
+    let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
+        return Err(VirtioError::QueueCount { got, want: 2 });
+    };
+    if usize::from(rx.index) != RX_QUEUE || usize::from(tx.index) != TX_QUEUE {
+        return Err(VirtioError::QueueCount { got, want: 2 });
     }
-}
-
-impl Drop for NetWorker {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            if let Err(e) = self.stop.write(1) {
-                log::error!("net: cannot stop the worker: {e}");
-                return;
-            }
-            if t.join().is_err() {
-                log::error!("net worker panicked");
-            }
-        }
-    }
+    let mut h = Handler {
+        mem: a.mem,
+        interrupt: a.interrupt,
+        rx: rx.queue,
+        tx: tx.queue,
+        mrg: a.acked_features & (1 << F_MRG_RXBUF) != 0,
+        guest_csum: a.acked_features & (1 << F_GUEST_CSUM) != 0,
+        host_csum: a.acked_features & (1 << F_CSUM) != 0,
+        slot,
+        conn: None,
+        counters,
+        rx_blocked: false,
+    };
+    let (rx_event, tx_event) = (rx.event, tx.event);
+    let thread = DeviceThread::spawn("hospes-net", move |stop| {
+        h.run(&[stop, rx_event, tx_event]);
+    })?;
+    Ok(thread)
 }
 
 struct Handler {

@@ -75,7 +75,7 @@ pub struct Net {
     mac: MacAddress,
     slot: Arc<ConnectionSlot>,
     counters: Arc<NetCounters>,
-    worker: Option<handler::NetWorker>,
+    worker: Option<super::worker::DeviceThread>,
 }
 
 impl Net {
@@ -141,7 +141,7 @@ impl VirtioDevice for Net {
 
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError> {
         self.worker = None;
-        self.worker = Some(handler::NetWorker::spawn(
+        self.worker = Some(handler::spawn(
             activation,
             self.slot.clone(),
             self.counters.clone(),

@@ -5,16 +5,16 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::control::{self, S_BAD_MSG, S_IO_ERR, S_OK, StreamState};
 use super::{
     AudioBackend, CONTROL_QUEUE, Direction, PcmBuffer, RX_QUEUE, STREAMS, StreamSlot, TX_QUEUE,
 };
+use crate::devices::virtio::worker::DeviceThread;
 use crate::devices::virtio::{Activation, GuestMemory, VirtioError, VirtioInterrupt};
 
 /// `virtio_snd_pcm_status`: status, latency_bytes.
@@ -31,64 +31,35 @@ struct PendingTx {
     end: u64,
 }
 
-/// The running worker; dropping it stops the thread.
-pub struct SndWorker {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl SndWorker {
-    pub fn spawn(a: Activation, backend: Arc<dyn AudioBackend>) -> Result<Self, VirtioError> {
-        let got = a.queues.len();
-        if got != 4
-            || a.queues
-                .iter()
-                .enumerate()
-                .any(|(i, q)| usize::from(q.index) != i)
-        {
-            return Err(VirtioError::QueueCount { got, want: 4 });
-        }
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        let stop_thread = stop.try_clone().map_err(VirtioError::EventFd)?;
-        let (queues, events): (Vec<Queue>, Vec<EventFd>) =
-            a.queues.into_iter().map(|q| (q.queue, q.event)).unzip();
-        let mut h = Handler {
-            mem: a.mem,
-            interrupt: a.interrupt,
-            queues,
-            backend,
-            streams: [
-                StreamSlot::new(0, Direction::Output),
-                StreamSlot::new(1, Direction::Input),
-            ],
-            pending: VecDeque::new(),
-            scratch: Vec::new(),
-            underruns: 0,
-            overruns: 0,
-        };
-        let thread = std::thread::Builder::new()
-            .name("hospes-snd".into())
-            .spawn(move || h.run(&stop_thread, &events))
-            .map_err(VirtioError::SpawnWorker)?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+/// Starts the worker; dropping the handle stops the thread.
+pub fn spawn(a: Activation, backend: Arc<dyn AudioBackend>) -> Result<DeviceThread, VirtioError> {
+    let got = a.queues.len();
+    if got != 4
+        || a.queues
+            .iter()
+            .enumerate()
+            .any(|(i, q)| usize::from(q.index) != i)
+    {
+        return Err(VirtioError::QueueCount { got, want: 4 });
     }
-}
-
-impl Drop for SndWorker {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            if let Err(e) = self.stop.write(1) {
-                log::error!("snd: cannot stop the worker: {e}");
-                return;
-            }
-            if t.join().is_err() {
-                log::error!("snd worker panicked");
-            }
-        }
-    }
+    let (queues, events): (Vec<Queue>, Vec<EventFd>) =
+        a.queues.into_iter().map(|q| (q.queue, q.event)).unzip();
+    let mut h = Handler {
+        mem: a.mem,
+        interrupt: a.interrupt,
+        queues,
+        backend,
+        streams: [
+            StreamSlot::new(0, Direction::Output),
+            StreamSlot::new(1, Direction::Input),
+        ],
+        pending: VecDeque::new(),
+        scratch: Vec::new(),
+        underruns: 0,
+        overruns: 0,
+    };
+    let thread = DeviceThread::spawn("hospes-snd", move |stop| h.run(&stop, &events))?;
+    Ok(thread)
 }
 
 struct Handler {

@@ -117,7 +117,7 @@ impl StreamSlot {
 /// The sound card.
 pub struct Snd {
     backend: Arc<dyn AudioBackend>,
-    worker: Option<handler::SndWorker>,
+    worker: Option<super::worker::DeviceThread>,
 }
 
 impl Snd {
@@ -158,7 +158,7 @@ impl VirtioDevice for Snd {
 
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError> {
         self.worker = None;
-        self.worker = Some(handler::SndWorker::spawn(activation, self.backend.clone())?);
+        self.worker = Some(handler::spawn(activation, self.backend.clone())?);
         Ok(())
     }
 
