@@ -10,3 +10,9 @@ target/release/bench
 echo
 echo "== virtio-blk device path vs preadv/pwritev on the same file"
 cargo bench -q -p hospes-vmm --bench blk --features test-support
+echo
+echo "== display: full 1080p frames/s and small-update latency to an RFB client, vs qemu -vga std"
+target/release/display_bench
+echo
+echo "== network through passt (guest -> host) and the audio path's latency through PipeWire"
+target/release/bench_io
