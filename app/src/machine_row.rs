@@ -227,7 +227,9 @@ impl FactoryComponent for MachineRow {
                     set_sensitive: self.usable(),
 
                     #[wrap(Some)]
+                    #[name = "menu"]
                     set_popover = &gtk::Popover {
+                        #[name = "menu_items"]
                         gtk::Box {
                             set_orientation: gtk::Orientation::Vertical,
 
@@ -275,6 +277,15 @@ impl FactoryComponent for MachineRow {
         sender: FactorySender<Self>,
     ) -> Self::Widgets {
         let widgets = view_output!();
+        // Every menu item closes the menu.
+        let mut item = widgets.menu_items.first_child();
+        while let Some(widget) = item {
+            if let Some(button) = widget.downcast_ref::<gtk::Button>() {
+                let menu = widgets.menu.clone();
+                button.connect_clicked(move |_| menu.popdown());
+            }
+            item = widget.next_sibling();
+        }
         let name = &self.entry.name;
         let label = |text: &str| {
             gettext_f(

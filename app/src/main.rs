@@ -6,6 +6,7 @@
 mod a11y;
 mod assistant;
 mod assistant_model;
+mod bench;
 mod demo;
 mod framebuffer;
 mod i18n;
@@ -47,8 +48,13 @@ fn main() {
     }
 
     // Our own flags; GTK gets none (it would refuse the unknown ones).
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let launch = window::Launch {
-        demo: std::env::args().skip(1).any(|arg| arg == "--demo"),
+        demo: args.iter().any(|arg| arg == "--demo"),
+        open: args
+            .iter()
+            .position(|arg| arg == "--open")
+            .and_then(|at| args.get(at + 1).cloned()),
     };
     let app = RelmApp::new(APP_ID).with_args(Vec::new());
     relm4::main_application().set_resource_base_path(Some(RESOURCE_BASE_PATH));

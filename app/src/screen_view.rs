@@ -23,6 +23,8 @@ mod imp {
         pub(super) tiles: RefCell<Vec<Option<gtk::gdk::Texture>>>,
         pub(super) on_resized: RefCell<Vec<ResizeHandler>>,
         pub(super) size: std::cell::Cell<(i32, i32)>,
+        /// Frames painted with new pixels in them (for the frame-rate probe).
+        pub(super) fresh_frames: std::cell::Cell<u64>,
     }
 
     pub(super) type ResizeHandler = Box<dyn Fn(&super::ScreenView, i32, i32)>;
@@ -65,6 +67,7 @@ mod imp {
             let mut tiles = self.tiles.borrow_mut();
             let (tiles_x, tiles_y) = (screen.tiles_x(), screen.tiles_y());
             tiles.resize((tiles_x * tiles_y) as usize, None);
+            let mut fresh = false;
             let (scale, left, top) =
                 framebuffer::fit(screen.width(), screen.height(), area.0, area.1);
             for ty in 0..tiles_y {
@@ -72,6 +75,7 @@ mod imp {
                     let index = (ty * tiles_x + tx) as usize;
                     if let Some((width, height, pixels)) = screen.take_dirty_tile(tx, ty) {
                         tiles[index] = Some(texture(width, height, pixels).upcast());
+                        fresh = true;
                     }
                     let Some(texture) = &tiles[index] else {
                         continue;
@@ -91,6 +95,9 @@ mod imp {
                     );
                     snapshot.append_texture(texture, &bounds);
                 }
+            }
+            if fresh {
+                self.fresh_frames.set(self.fresh_frames.get() + 1);
             }
         }
     }
@@ -141,6 +148,11 @@ impl ScreenView {
     /// different size.
     pub fn connect_resized(&self, handler: impl Fn(&ScreenView, i32, i32) + 'static) {
         self.imp().on_resized.borrow_mut().push(Box::new(handler));
+    }
+
+    /// How many frames were painted with new guest pixels in them.
+    pub fn fresh_frames(&self) -> u64 {
+        self.imp().fresh_frames.get()
     }
 
     /// The screen size.

@@ -27,6 +27,7 @@ use gtk::glib::translate::IntoGlib;
 use relm4::{Component, ComponentParts, ComponentSender};
 
 use crate::a11y;
+use crate::bench;
 use crate::i18n::gettext_f;
 use crate::screen_view::ScreenView;
 use crate::vm_control::{VmAction, VmRef};
@@ -67,6 +68,8 @@ pub struct VmWindow {
     fullscreen: bool,
     /// Reconnections tried since the last frame arrived.
     retries: u32,
+    /// Frames received, for the frame-rate probe (`HOSPES_BENCH_FPS`).
+    frames: bench::FrameCounter,
     serial: Option<Arc<Mutex<UnixStream>>>,
 }
 
@@ -99,6 +102,10 @@ pub enum VmWindowInput {
     SerialKey(String),
     /// A lifecycle action from the menu.
     Act(VmAction),
+    /// The frame-rate probe starts measuring.
+    FpsStart,
+    /// The frame-rate probe ended: frames painted in its window.
+    FpsReport(u64),
     /// The window closed.
     Closed,
 }
@@ -276,6 +283,7 @@ impl Component for VmWindow {
             grabbed: false,
             fullscreen: false,
             retries: 0,
+            frames: bench::FrameCounter::default(),
             serial: None,
         };
         let screen = ScreenView::default();
@@ -311,6 +319,9 @@ impl Component for VmWindow {
         }
         if let Some(socket) = model.init.serial_socket.clone() {
             model.serial = connect_serial(socket, &sender);
+        }
+        if let Some(window) = bench::fps_window() {
+            start_fps_probe(window, &screen, &sender);
         }
         let controller = gtk::ShortcutController::new();
         controller.add_shortcut(gtk::Shortcut::new(
@@ -423,6 +434,16 @@ impl Component for VmWindow {
             VmWindowInput::Act(action) => {
                 let _ = sender.output(VmWindowOutput::Act(self.init.vm.id.clone(), action));
             }
+            VmWindowInput::FpsStart => self.frames.start = self.frames.received,
+            VmWindowInput::FpsReport(painted) => {
+                let seconds = bench::fps_window().map_or(1.0, |d| d.as_secs_f64());
+                println!(
+                    "fps painted {:.1} received {:.1}",
+                    painted as f64 / seconds,
+                    (self.frames.received - self.frames.start) as f64 / seconds
+                );
+                relm4::main_application().quit();
+            }
             VmWindowInput::Closed => {
                 self.session = None;
                 if let Some(serial) = self.serial.take()
@@ -446,6 +467,11 @@ impl VmWindow {
             }
             FrameEvent::Pixels(rect, data) => {
                 self.retries = 0;
+                let (width, height) = screen.resolution();
+                self.frames.received(
+                    u64::from(rect.width) * u64::from(rect.height),
+                    u64::from(width) * u64::from(height),
+                );
                 screen.put(rect, &data);
             }
             FrameEvent::Copy(rect, x, y) => screen.copy(rect, x, y),
@@ -552,6 +578,21 @@ fn install_screen_input(screen: &ScreenView, sender: &ComponentSender<VmWindow>)
         glib::Propagation::Stop
     });
     screen.add_controller(scroll);
+}
+
+/// Starts the frame-rate probe once the first full screen has arrived: counts the frames
+/// painted during `window` and reports them.
+fn start_fps_probe(window: Duration, screen: &ScreenView, sender: &ComponentSender<VmWindow>) {
+    let screen = screen.clone();
+    let input = sender.clone();
+    // Give the connection and the first full frame two seconds, then measure.
+    glib::timeout_add_local_once(Duration::from_secs(2), move || {
+        let start = screen.fresh_frames();
+        input.input(VmWindowInput::FpsStart);
+        glib::timeout_add_local_once(window, move || {
+            input.input(VmWindowInput::FpsReport(screen.fresh_frames() - start));
+        });
+    });
 }
 
 /// GDK button 1/2/3 (left, middle, right) as RFB mask bits 0/1/2.

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::a11y;
 use crate::assistant::{Assistant, AssistantOutput};
+use crate::bench;
 use crate::demo;
 use crate::i18n::gettext_f;
 use crate::library_model::{self, LibraryLoad};
@@ -137,10 +138,12 @@ pub enum AppWindowCommand {
 }
 
 /// How the app was started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Launch {
     /// `--demo`: add the Demo VM if missing, start it and open its window.
     pub demo: bool,
+    /// `--open NAME`: start the VM with this name or id and open its window.
+    pub open: Option<String>,
 }
 
 #[relm4::component(pub)]
@@ -301,7 +304,7 @@ impl Component for AppWindow {
             forced: HashSet::new(),
             vm_windows: HashMap::new(),
             open_when_started: HashSet::new(),
-            open_after_load: None,
+            open_after_load: launch.open.clone(),
             settings_panes: HashMap::new(),
             assistant: None,
             window: root.clone(),
@@ -409,11 +412,22 @@ impl Component for AppWindow {
                 let first_run_empty =
                     first_run && matches!(&result, Ok(entries) if entries.is_empty());
                 self.show(result, states, &sender);
+                if bench::startup_probe() {
+                    bench::report_startup_after_paint(&self.window);
+                }
                 if first_run_empty {
                     sender.input(AppWindowInput::AddDemo(false));
                 }
-                if let Some(id) = self.open_after_load.take() {
-                    self.open_vm(id, &sender);
+                if let Some(wanted) = self.open_after_load.take() {
+                    let id = self
+                        .machines
+                        .iter()
+                        .find(|row| row.id() == wanted || row.entry().name == wanted)
+                        .map(|row| row.id().to_owned());
+                    match id {
+                        Some(id) => self.open_vm(id, &sender),
+                        None => log::warn!("no VM called {wanted:?} to open"),
+                    }
                 }
             }
             AppWindowCommand::DemoReady(Ok(id), open) => {
