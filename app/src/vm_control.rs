@@ -302,7 +302,22 @@ pub fn watch(id: &str, thumbnails: bool, mut report: impl FnMut(WatchEvent) -> b
                     }
                 }
             }
-            Err(ClientError::Timeout) => {}
+            Err(ClientError::Timeout) => {
+                // A helper still in prelaunch sends no RESUME when it starts running:
+                // ask again while the guest is not known to run.
+                if !running && let Some(connected) = client.as_mut() {
+                    match connected.query_status() {
+                        Ok(info) => {
+                            let state = VmState::from_run_state(info.status);
+                            running = state == VmState::Running;
+                            if running && !report(WatchEvent::State(state)) {
+                                return;
+                            }
+                        }
+                        Err(_) => client = None,
+                    }
+                }
+            }
             Err(_) => {
                 client = None;
                 if !matches!(
