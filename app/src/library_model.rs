@@ -5,7 +5,6 @@
 //! already translated, so the view code only copies them into widgets. Loading reads every
 //! `vm.ron` from disk: call [`load_default`] off the GTK main loop.
 
-use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use gettextrs::gettext;
@@ -199,25 +198,16 @@ pub fn memory_label(bytes: u64) -> String {
     }
 }
 
-/// An error and its causes, outermost first: "cannot read X: permission denied".
-pub fn error_chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes, outermost first: "cannot read X: permission denied" (the
+/// one-line form every Hospes program uses).
+pub use hospes_vmm::error_chain;
 
 #[cfg(test)]
 mod tests {
     use hospes_vmm::config::{HostLimits, Size};
     use hospes_vmm::library::{CreateRequest, HostResources, Preset};
+
+    use std::error::Error;
 
     use super::*;
 

@@ -56,6 +56,9 @@ fn main() {
             .position(|arg| arg == "--open")
             .and_then(|at| args.get(at + 1).cloned()),
     };
+    if !launch.demo {
+        window::prefetch_library();
+    }
     let app = RelmApp::new(APP_ID).with_args(Vec::new());
     relm4::main_application().set_resource_base_path(Some(RESOURCE_BASE_PATH));
     gtk::Window::set_default_icon_name(APP_ID);

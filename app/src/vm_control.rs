@@ -349,16 +349,7 @@ fn exited_cleanly(log: &str) -> bool {
 }
 
 /// `err` and its causes, joined with ": ".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use hospes_vmm::error_chain;
 
 #[cfg(test)]
 mod tests {

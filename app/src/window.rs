@@ -351,18 +351,15 @@ impl Component for AppWindow {
             AppWindowInput::Refresh if self.loading => {}
             AppWindowInput::Refresh => {
                 self.loading = true;
-                sender.spawn_oneshot_command(|| {
-                    let load = library_model::load_default();
-                    let states = match &load {
-                        Ok(entries) => entries
-                            .iter()
-                            .map(|entry| match entry.error {
-                                None => vm_control::probe(&entry.id),
-                                Some(_) => VmState::Stopped,
-                            })
-                            .collect(),
-                        Err(_) => Vec::new(),
-                    };
+                // The first load was started in `main`, beside GTK's own start-up.
+                let prefetched = PREFETCH
+                    .lock()
+                    .ok()
+                    .and_then(|mut prefetch| prefetch.take());
+                sender.spawn_oneshot_command(move || {
+                    let (load, states) = prefetched
+                        .and_then(|thread| thread.join().ok())
+                        .unwrap_or_else(load_snapshot);
                     AppWindowCommand::Loaded(load, states)
                 });
             }
@@ -782,6 +779,45 @@ fn install_search(list: &gtk::ListBox, entry: &gtk::SearchEntry) {
     list.set_placeholder(Some(&placeholder));
     let filtered = list.clone();
     entry.connect_search_changed(move |_| filtered.invalidate_filter());
+}
+
+/// The library load `main` starts before GTK, taken by the first refresh.
+static PREFETCH: std::sync::Mutex<Option<std::thread::JoinHandle<Snapshot>>> =
+    std::sync::Mutex::new(None);
+
+/// The library and each entry's state.
+type Snapshot = (LibraryLoad, Vec<VmState>);
+
+/// Starts reading the library on a thread of its own, so the first refresh finds it done
+/// (or nearly) instead of starting once the window is up. Call after `i18n::init`.
+pub fn prefetch_library() {
+    match std::thread::Builder::new()
+        .name("library".into())
+        .spawn(load_snapshot)
+    {
+        Ok(thread) => {
+            if let Ok(mut prefetch) = PREFETCH.lock() {
+                *prefetch = Some(thread);
+            }
+        }
+        Err(err) => log::warn!("cannot start reading the library early: {err}"),
+    }
+}
+
+/// Reads the library and probes each VM's state. Blocking.
+fn load_snapshot() -> Snapshot {
+    let load = library_model::load_default();
+    let states = match &load {
+        Ok(entries) => entries
+            .iter()
+            .map(|entry| match entry.error {
+                None => vm_control::probe(&entry.id),
+                Some(_) => VmState::Stopped,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    (load, states)
 }
 
 /// What `vm_control` needs to know of a library entry.

@@ -25,7 +25,11 @@ def walk(node, depth=0):
     if node is None or depth > 64:
         return
     yield node
-    for i in range(node.childCount):
+    try:
+        count = node.childCount
+    except Exception:  # a widget that went away (a window closing)
+        return
+    for i in range(count):
         try:
             child = node.getChildAtIndex(i)
         except Exception:  # a widget that went away while walking
@@ -48,6 +52,19 @@ def find_app():
         except Exception:  # an application that left while we looked
             continue
     return found
+
+
+def has_window(app, title):
+    """Whether `app` has a top-level window titled `title`. A window closing while we
+    look (the settings pane after Save) raises from AT-SPI: that one is not there."""
+    for i in range(app.childCount):
+        try:
+            node = app.getChildAtIndex(i)
+            if node is not None and node.getRole() in WINDOW_ROLES and node.name == title:
+                return True
+        except Exception:
+            continue
+    return False
 
 
 def is_shown(node):
@@ -264,14 +281,8 @@ def main():
     args = parser.parse_args()
 
     app = wait_for(find_app, args.timeout, "hospes on the AT-SPI bus")
-    wait_for(
-        lambda: any(
-            node is not None and node.getRole() in WINDOW_ROLES and node.name == args.title
-            for node in (app.getChildAtIndex(i) for i in range(app.childCount))
-        ),
-        args.timeout,
-        f"a window titled {args.title!r}",
-    )
+    wait_for(lambda: has_window(app, args.title), args.timeout,
+             f"a window titled {args.title!r}")
     for name, text in args.set_text:
         set_text(app, name, text, args.timeout)
     if args.click:
