@@ -3,7 +3,8 @@
 //! gtk4-rs gates the whole `GtkAccessible` interface behind GTK 4.10, but the C function
 //! `gtk_accessible_update_property_value` exists since GTK 4.0 and every widget implements
 //! the interface. Icon-only buttons and unlabelled containers get their accessible name
-//! (what a screen reader announces) through [`set_label`].
+//! (what a screen reader announces) through [`set_label`]. [`close_on_escape`] gives
+//! dialog-like windows the Escape key.
 
 use gtk::glib::translate::ToGlibPtr;
 use gtk::glib::value::ToValue;
@@ -37,4 +38,14 @@ pub fn set_label(widget: &impl IsA<gtk::Widget>, label: &str) {
             value.to_glib_none().0,
         );
     }
+}
+
+/// Escape closes `window` (dialog-like windows: the assistant, a settings pane).
+pub fn close_on_escape(window: &impl IsA<gtk::Window>) {
+    let controller = gtk::ShortcutController::new();
+    controller.add_shortcut(gtk::Shortcut::new(
+        gtk::ShortcutTrigger::parse_string("Escape"),
+        Some(gtk::NamedAction::new("window.close")),
+    ));
+    window.as_ref().add_controller(controller);
 }

@@ -443,7 +443,7 @@ impl Component for Assistant {
         // The spin buttons are named by their rows (activatable widgets).
         a11y::set_label(&widgets.progress, &gettext("Progress"));
         root.set_default_widget(Some(&widgets.next_button));
-        install_escape(&root);
+        a11y::close_on_escape(&root);
         widgets.file_entry.grab_focus();
 
         ComponentParts { model, widgets }
@@ -675,16 +675,6 @@ fn pulse_while_visible(progress: &gtk::ProgressBar) {
             glib::ControlFlow::Break
         }
     });
-}
-
-/// Escape closes the assistant.
-fn install_escape(window: &adw::Window) {
-    let controller = gtk::ShortcutController::new();
-    controller.add_shortcut(gtk::Shortcut::new(
-        gtk::ShortcutTrigger::parse_string("Escape"),
-        Some(gtk::NamedAction::new("window.close")),
-    ));
-    window.add_controller(controller);
 }
 
 fn preset_label(preset: Preset) -> String {

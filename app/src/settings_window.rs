@@ -15,6 +15,7 @@ use gtk::glib;
 use hospes_vmm::config::VmConfig;
 use relm4::{Component, ComponentParts, ComponentSender};
 
+use crate::a11y;
 use crate::i18n::gettext_f;
 use crate::settings_model::{self, Field, FieldError, Form};
 use crate::vm_control::VmRef;
@@ -286,12 +287,7 @@ impl Component for SettingsWindow {
         let widgets = view_output!();
         // The spin buttons and switches are named by their rows (activatable widgets).
         root.set_default_widget(Some(&widgets.save_button));
-        let controller = gtk::ShortcutController::new();
-        controller.add_shortcut(gtk::Shortcut::new(
-            gtk::ShortcutTrigger::parse_string("Escape"),
-            Some(gtk::NamedAction::new("window.close")),
-        ));
-        root.add_controller(controller);
+        a11y::close_on_escape(&root);
         sender.spawn_oneshot_command(move || {
             SettingsCommand::Loaded(Box::new(settings_model::load(&config)))
         });

@@ -295,7 +295,7 @@ impl Component for AppWindow {
                 MachineRowOutput::Open(id) => AppWindowInput::Open(id),
                 MachineRowOutput::Settings(id) => AppWindowInput::Settings(id),
             });
-        let model = AppWindow {
+        let mut model = AppWindow {
             page: Page::Loading,
             loading: false,
             machines,
@@ -324,6 +324,12 @@ impl Component for AppWindow {
         install_actions(&root, &sender);
         if launch.demo {
             sender.input(AppWindowInput::AddDemo(true));
+        } else if let Some((load, states)) = take_finished_prefetch() {
+            // Read already: straight to the list, without a trip through the pool.
+            model.loading = true;
+            sender
+                .command_sender()
+                .emit(AppWindowCommand::Loaded(load, states));
         } else {
             sender.input(AppWindowInput::Refresh);
         }
@@ -802,6 +808,15 @@ pub fn prefetch_library() {
         }
         Err(err) => log::warn!("cannot start reading the library early: {err}"),
     }
+}
+
+/// The prefetched library if its thread has finished (joining it does not wait then).
+fn take_finished_prefetch() -> Option<Snapshot> {
+    let mut prefetch = PREFETCH.lock().ok()?;
+    if !prefetch.as_ref()?.is_finished() {
+        return None;
+    }
+    prefetch.take()?.join().ok()
 }
 
 /// Reads the library and probes each VM's state. Blocking.
