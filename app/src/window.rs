@@ -795,8 +795,20 @@ static PREFETCH: std::sync::Mutex<Option<std::thread::JoinHandle<Snapshot>>> =
 type Snapshot = (LibraryLoad, Vec<VmState>);
 
 /// Starts reading the library on a thread of its own, so the first refresh finds it done
-/// (or nearly) instead of starting once the window is up. Call after `i18n::init`.
+/// (or nearly) instead of starting once the window is up; and decodes one of our SVG icons
+/// on another, which loads the SVG image loader (librsvg) while GTK starts: on a cold
+/// start that load is a good part of the time to the first frame with rows. Call after
+/// `i18n::init` and after the resources are registered.
 pub fn prefetch_library() {
+    let warmed = std::thread::Builder::new().name("icons".into()).spawn(|| {
+        let icon = "/io/github/hospes/Hospes/icons/scalable/actions/hospes-os-linux-symbolic.svg";
+        if let Err(err) = gtk::gdk_pixbuf::Pixbuf::from_resource(icon) {
+            log::debug!("cannot decode {icon}: {err}");
+        }
+    });
+    if let Err(err) = warmed {
+        log::debug!("cannot start the icon loader early: {err}");
+    }
     match std::thread::Builder::new()
         .name("library".into())
         .spawn(load_snapshot)
