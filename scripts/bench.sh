@@ -16,3 +16,6 @@ target/release/display_bench
 echo
 echo "== network through passt (guest -> host) and the audio path's latency through PipeWire"
 target/release/bench_io
+echo
+echo "== the app: start to the filled library window, VM view frame rate (GNOME Boxes beside it if installed)"
+./scripts/bench-app.sh --runs 5
