@@ -5,7 +5,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: deps build run test check-style check-resources test-rust test-gui bench
+.PHONY: deps build run test check-style check-resources test-rust test-gui test-slow bench
 
 deps:
 	./scripts/install-deps.sh
@@ -37,6 +37,11 @@ test-gui:
 	./scripts/gui-test.sh target/debug/hospes
 
 test: deps check-style check-resources test-rust test-gui
+
+# Opt-in slow tier: real kernels and firmware (e.g. HOSPES_LINUX_KERNEL=/boot/vmlinuz-...),
+# meant for a laptop with VT-x/AMD-V; not part of `make test`.
+test-slow: build
+	$(CARGO) test -p hospes-tests --test slow_linux -- --ignored
 
 bench: deps
 	./scripts/bench.sh
