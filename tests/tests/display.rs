@@ -532,3 +532,89 @@ fn keys_go_to_a_driven_virtio_keyboard_and_the_pointer_to_ps2_without_a_tablet_d
     );
     assert!(!lines.iter().any(|l| l.starts_with("kbd")), "{lines:?}");
 }
+
+/// Connects the app's client (vnc-rs, with the app's encodings and pixel format) and
+/// refreshes as the app does until a pixel rectangle arrives at `want`: the size
+/// ServerInit announced, or the error vnc-rs reports.
+async fn vnc_rs_until_pixels_at(sock: &Path, want: (u16, u16)) -> Result<(u16, u16), String> {
+    use vnc::{PixelFormat, VncConnector, VncEncoding, VncError, VncEvent, X11Event};
+    let stream = tokio::net::UnixStream::connect(sock)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = VncConnector::new(stream)
+        .set_auth_method(async { Ok::<_, VncError>(String::new()) })
+        .add_encoding(VncEncoding::Zrle)
+        .add_encoding(VncEncoding::CopyRect)
+        .add_encoding(VncEncoding::Raw)
+        .add_encoding(VncEncoding::DesktopSizePseudo)
+        .add_encoding(VncEncoding::ExtendedDesktopSizePseudo)
+        .allow_shared(true)
+        .set_pixel_format(PixelFormat::bgra())
+        .build()
+        .map_err(|e| e.to_string())?
+        .try_start()
+        .await
+        .map_err(|e| e.to_string())?
+        .finish()
+        .map_err(|e| e.to_string())?;
+    let mut size = None;
+    let mut first = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(16));
+    let result = loop {
+        tokio::select! {
+            event = client.recv_event() => match event.map_err(|e| e.to_string())? {
+                VncEvent::SetResolution(s) => {
+                    size = Some((s.width, s.height));
+                    first = first.or(size);
+                }
+                VncEvent::DesktopUpdate(u) => {
+                    if let Some(l) = u.layout {
+                        size = Some((l.width, l.height));
+                    }
+                }
+                VncEvent::RawImage(..) if size == Some(want) => break Ok(first.unwrap_or(want)),
+                VncEvent::Error(e) => break Err(e),
+                _ => {}
+            },
+            _ = tick.tick() => {
+                client.input(X11Event::Refresh).await.map_err(|e| e.to_string())?;
+            }
+        }
+    };
+    let _ = client.close().await;
+    result
+}
+
+#[test]
+fn the_apps_vnc_client_decodes_every_update_across_the_std_vga_mode_switch() {
+    if skip_without_kvm() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let want = (W as u16, H as u16);
+    let mut crossed = 0;
+    for round in 0..20 {
+        // Connect as soon as the socket is there: the guest sets 1920x1080 about then,
+        // before the first update request, or while the client waits for damage.
+        let (_g, mut vm, vnc, _qmp) = start("vga", &[]);
+        let deadline = Instant::now() + TIMEOUT;
+        while !vnc.exists() {
+            assert!(Instant::now() < deadline, "no VNC socket");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let result = rt.block_on(async {
+            let client = vnc_rs_until_pixels_at(&vnc, want);
+            tokio::time::timeout(TIMEOUT, client).await
+        });
+        let seen = result.unwrap_or_else(|_| panic!("round {round}: no picture in time"));
+        match seen {
+            Ok(first) => crossed += usize::from(first != want),
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        vm.wait_line("vga done");
+    }
+    eprintln!("{crossed} of 20 connections began before the mode switch");
+}

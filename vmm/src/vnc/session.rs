@@ -5,7 +5,9 @@
 //! acknowledgements, a resize answer). It wakes the sender through the client's condition
 //! variable and [`Display::kick`]. The sender answers a non-incremental request at once with
 //! the requested area, and an incremental one as soon as the display has damage after the
-//! last sequence number it sent.
+//! last sequence number it sent. A new size (DesktopSize or ExtendedDesktopSize) goes in an
+//! update without pixels, after any other pseudo-rectangle; the next update then carries
+//! the whole screen.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -340,6 +342,8 @@ fn send_loop(
     let mut seq = shared.display.damage_since(0).seq;
     let mut zrle = Zrle::new();
     let mut buf = Vec::new();
+    // The size changed in an update without pixels: the next one sends the whole screen.
+    let mut full_pending = false;
     loop {
         // Wait for a request or a one-shot reply.
         let (req, pf, enc) = {
@@ -380,28 +384,21 @@ fn send_loop(
         if resized {
             size = (surface_w, surface_h);
         }
+        let size_rect = size_rect(resized, extras.resize_status, &enc);
         let (vw, vh) = (size.0.min(surface_w), size.1.min(surface_h));
         let full_request =
             req.rect.x == 0 && req.rect.y == 0 && req.rect.w >= vw && req.rect.h >= vh;
         let mut copy = None;
-        let rects: Vec<Rect> = if update.surface.is_none() {
+        let mut rects: Vec<Rect> = if update.surface.is_none() {
             Vec::new()
-        } else if !req.incremental || resized {
-            let r = if resized {
-                Rect::new(0, 0, vw, vh)
-            } else {
-                req.rect.clip(vw, vh)
-            };
-            vec![r]
+        } else if full_pending {
+            vec![Rect::new(0, 0, vw, vh)]
+        } else if !req.incremental {
+            vec![req.rect.clip(vw, vh)]
         } else if let Some(dy) = update.scroll {
             if enc.copyrect && full_request && dy.unsigned_abs() < vh {
                 copy = Some(dy);
-                update
-                    .rects
-                    .iter()
-                    .map(|r| r.clip(vw, vh))
-                    .filter(|r| !r.is_empty())
-                    .collect()
+                update.rects.iter().map(|r| r.clip(vw, vh)).collect()
             } else {
                 vec![req.rect.clip(vw, vh)]
             }
@@ -410,15 +407,25 @@ fn send_loop(
                 .rects
                 .iter()
                 .map(|r| intersect(r, &req.rect).clip(vw, vh))
-                .filter(|r| !r.is_empty())
                 .collect()
         };
+        // A rectangle with no pixels is malformed to some clients (vnc-rs).
+        rects.retain(|r| !r.is_empty());
+        if size_rect.is_some() {
+            // An update that changes the size carries no pixels (rfbproto, DesktopSize
+            // server semantics; vnc-rs fails on pixels beside an ExtendedDesktopSize
+            // rectangle): the whole new screen goes with the next update.
+            full_pending |= resized || !rects.is_empty() || copy.is_some();
+            rects.clear();
+            copy = None;
+        } else if !rects.is_empty() {
+            full_pending = false;
+        }
         let nothing = rects.is_empty()
             && copy.is_none()
-            && !resized
+            && size_rect.is_none()
             && !extras.ack_ext_key
             && !extras.ack_pointer_motion
-            && extras.resize_status.is_none()
             && extras.send_cursor.is_none();
         seq = update.seq;
         if nothing && req.incremental {
@@ -439,27 +446,11 @@ fn send_loop(
         let cursor = extras.send_cursor.and_then(|_| shared.display.cursor());
         let count = rects.len()
             + usize::from(copy.is_some())
-            + usize::from(resized && enc.ext_desktop_size || extras.resize_status.is_some())
-            + usize::from(resized && !enc.ext_desktop_size)
+            + usize::from(size_rect.is_some())
             + usize::from(extras.ack_ext_key)
             + usize::from(extras.ack_pointer_motion)
             + usize::from(cursor.is_some());
         proto::update_header(count as u16, &mut buf);
-        if let Some(status) = extras.resize_status {
-            proto::ext_desktop_size(1, status, size.0 as u16, size.1 as u16, &mut buf);
-        } else if resized && enc.ext_desktop_size {
-            proto::ext_desktop_size(0, 0, size.0 as u16, size.1 as u16, &mut buf);
-        }
-        if resized && !enc.ext_desktop_size {
-            proto::rect_header(
-                0,
-                0,
-                size.0 as u16,
-                size.1 as u16,
-                proto::ENC_DESKTOP_SIZE,
-                &mut buf,
-            );
-        }
         if extras.ack_ext_key {
             proto::rect_header(0, 0, 0, 0, proto::ENC_QEMU_EXT_KEY, &mut buf);
         }
@@ -469,6 +460,21 @@ fn send_loop(
         }
         if let Some(c) = &cursor {
             cursor_rect(c, &pf, &mut buf);
+        }
+        // Last, for early clients that expect the size change to end the update.
+        match size_rect {
+            Some(SizeRect::Desktop) => proto::rect_header(
+                0,
+                0,
+                size.0 as u16,
+                size.1 as u16,
+                proto::ENC_DESKTOP_SIZE,
+                &mut buf,
+            ),
+            Some(SizeRect::Extended { reason, status }) => {
+                proto::ext_desktop_size(reason, status, size.0 as u16, size.1 as u16, &mut buf);
+            }
+            None => {}
         }
         if let Some(dy) = copy {
             // The picture moved up by dy rows: copy what is still in view.
@@ -516,6 +522,29 @@ fn send_loop(
             }
         }
         out.write_all(&buf)?;
+    }
+}
+
+/// The pseudo-rectangle that tells a client its screen size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SizeRect {
+    /// DesktopSize: the size changed.
+    Desktop,
+    /// ExtendedDesktopSize: the size changed (reason 0) or the answer to this client's
+    /// SetDesktopSize (reason 1).
+    Extended { reason: u16, status: u16 },
+}
+
+/// Which size rectangle an update carries, if any: only kinds the client announced.
+fn size_rect(resized: bool, resize_status: Option<u16>, enc: &Encodings) -> Option<SizeRect> {
+    match resize_status {
+        Some(status) if enc.ext_desktop_size => Some(SizeRect::Extended { reason: 1, status }),
+        _ if resized && enc.ext_desktop_size => Some(SizeRect::Extended {
+            reason: 0,
+            status: 0,
+        }),
+        _ if resized => Some(SizeRect::Desktop),
+        _ => None,
     }
 }
 

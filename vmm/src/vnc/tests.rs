@@ -109,6 +109,13 @@ fn read_update(c: &mut UnixStream) -> Vec<(u16, u16, u16, u16, i32, Vec<u8>)> {
                 px = vec![0u8; f(4) as usize * f(6) as usize * 4];
                 c.read_exact(&mut px).unwrap();
             }
+            if enc == proto::ENC_EXT_DESKTOP_SIZE {
+                // Number of screens, padding, then 16 bytes a screen.
+                let mut head = [0u8; 4];
+                c.read_exact(&mut head).unwrap();
+                px = vec![0u8; usize::from(head[0]) * 16];
+                c.read_exact(&mut px).unwrap();
+            }
             (f(0), f(2), f(4), f(6), enc, px)
         })
         .collect()
@@ -144,10 +151,109 @@ fn desktop_size_follows_a_new_mode_and_keys_reach_the_sink() {
     let mem = Arc::new(FbMemory::new(1 << 20).unwrap());
     display.set_surface(Some(Surface::new(mem, 0, 128, 16, 512).unwrap()));
     let u = read_update(&mut c);
-    assert_eq!(u[0].4, proto::ENC_DESKTOP_SIZE);
-    assert_eq!((u[0].2, u[0].3), (128, 16));
-    assert_eq!((u[1].2, u[1].3), (128, 16));
+    assert_eq!(
+        u.iter()
+            .map(|r| (r.0, r.1, r.2, r.3, r.4))
+            .collect::<Vec<_>>(),
+        vec![(0, 0, 128, 16, proto::ENC_DESKTOP_SIZE)]
+    );
+    request(&mut c, true, 128, 16);
+    let u = read_update(&mut c);
+    assert_eq!((u[0].0, u[0].1, u[0].2, u[0].3), (0, 0, 128, 16));
     assert_eq!(*lock(&keys.0), vec![(0x61, None, true)]);
+}
+
+/// SetEncodings as the Hospes app sends them (vnc-rs): Raw, DesktopSize and
+/// ExtendedDesktopSize.
+fn announce_app_encodings(c: &mut UnixStream) {
+    let mut m = vec![2, 0, 0, 3];
+    for e in [
+        proto::ENC_RAW,
+        proto::ENC_DESKTOP_SIZE,
+        proto::ENC_EXT_DESKTOP_SIZE,
+    ] {
+        m.extend_from_slice(&e.to_be_bytes());
+    }
+    c.write_all(&m).unwrap();
+}
+
+fn show(display: &Display, w: u32, h: u32) {
+    let mem = Arc::new(FbMemory::new((w * h * 4) as usize).unwrap());
+    display.set_surface(Some(Surface::new(mem, 0, w, h, w * 4).unwrap()));
+}
+
+#[test]
+fn a_mode_switch_before_the_first_request_sends_the_new_size_alone() {
+    let (_d, path, display, _k, _srv) = server(None);
+    let (mut c, w, h) = connect(&path);
+    assert_eq!((w, h), (64, 32));
+    // The guest switches mode after ServerInit told the client 64x32.
+    show(&display, 128, 48);
+    announce_app_encodings(&mut c);
+    request(&mut c, false, w, h);
+    let u = read_update(&mut c);
+    assert_eq!(u.len(), 1, "pixels beside the size change: {u:?}");
+    assert_eq!(
+        (u[0].0, u[0].1, u[0].2, u[0].3, u[0].4),
+        (0, 0, 128, 48, proto::ENC_EXT_DESKTOP_SIZE)
+    );
+    request(&mut c, true, 128, 48);
+    let u = read_update(&mut c);
+    assert_eq!(
+        u.iter()
+            .map(|r| (r.0, r.1, r.2, r.3, r.4))
+            .collect::<Vec<_>>(),
+        vec![(0, 0, 128, 48, proto::ENC_RAW)]
+    );
+}
+
+#[test]
+fn no_update_mixes_a_size_change_with_pixels_or_exceeds_the_announced_size() {
+    let (_d, path, display, _k, _srv) = server(None);
+    let (mut c, w, h) = connect(&path);
+    announce_app_encodings(&mut c);
+    request(&mut c, false, w, h);
+    read_update(&mut c);
+    let mut screen = (w, h);
+    for (nw, nh) in [(128u16, 48u16), (32, 16), (96, 96)] {
+        // Damage in the old mode, then the new mode, with the client's request sized
+        // for the old one.
+        display.add_damage(&[Rect::new(0, 0, 8, 8)]);
+        request(&mut c, true, screen.0, screen.1);
+        show(&display, nw.into(), nh.into());
+        loop {
+            let u = read_update(&mut c);
+            let sizes: Vec<usize> = (0..u.len())
+                .filter(|&i| u[i].4 == proto::ENC_EXT_DESKTOP_SIZE)
+                .collect();
+            if let Some(&i) = sizes.first() {
+                assert_eq!(u.len(), 1, "pixels beside the size change: {u:?}");
+                assert_eq!(i, u.len() - 1);
+                screen = (u[i].2, u[i].3);
+            }
+            for r in u.iter().filter(|r| r.4 == proto::ENC_RAW) {
+                assert!(r.2 > 0 && r.3 > 0, "empty rectangle {r:?}");
+                assert!(
+                    r.0 + r.2 <= screen.0 && r.1 + r.3 <= screen.1,
+                    "{r:?} outside {screen:?}"
+                );
+            }
+            if !sizes.is_empty() {
+                break;
+            }
+            request(&mut c, true, screen.0, screen.1);
+        }
+        assert_eq!(screen, (nw, nh));
+        // The next update brings the whole new screen.
+        request(&mut c, true, nw, nh);
+        let u = read_update(&mut c);
+        assert_eq!(
+            u.iter()
+                .map(|r| (r.0, r.1, r.2, r.3, r.4))
+                .collect::<Vec<_>>(),
+            vec![(0, 0, nw, nh, proto::ENC_RAW)]
+        );
+    }
 }
 
 #[test]
