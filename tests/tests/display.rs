@@ -141,14 +141,14 @@ fn start(name: &str, extra: &[&str]) -> (hospes_tests::Guest, Vm, PathBuf, PathB
     (g, vm, vnc, qmp)
 }
 
+/// vncdotool's `vncdo`, a real RFB client: missing is a failure, not a skip.
 fn vncdo() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/vncdo");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipped: .venv/bin/vncdo missing (run scripts/install-deps.sh)");
-        None
-    }
+    assert!(
+        p.exists(),
+        ".venv/bin/vncdo is missing: run scripts/install-deps.sh (make test does)"
+    );
+    Some(p)
 }
 
 /// Decodes a PNG into (width, height, 0xRRGGBB pixels).
@@ -198,6 +198,29 @@ fn run_ok(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_vm_with_a_display_survives_resets_and_paints_again() {
+    if skip_without_kvm() {
+        return;
+    }
+    let (g, mut vm, _vnc, qmp_sock) = start("vga", &[]);
+    vm.wait_line("vga done");
+    let mut qmp = QmpClient::connect(&qmp_sock).unwrap();
+    for round in 0..3 {
+        qmp.system_reset().unwrap();
+        qmp.wait_event("RESET", TIMEOUT).unwrap();
+        vm.wait_line("vga done");
+        assert!(
+            vm.child.try_wait().unwrap().is_none(),
+            "the helper ended after reset {round}"
+        );
+    }
+    let dump = g.dir.path().join("after-reset.png");
+    qmp.execute("screendump", Some(json!({ "filename": dump })))
+        .unwrap();
+    assert_picture(&dump);
 }
 
 #[test]
@@ -261,8 +284,9 @@ fn gvnccapture_and_vncdotool_over_tcp_with_a_password_see_the_picture() {
     if Command::new("gvnccapture").arg("--help").output().is_err()
         || Command::new("script").arg("--version").output().is_err()
     {
-        eprintln!("skipped: gvnccapture (gvncviewer) or script (util-linux) missing");
-        return;
+        panic!(
+            "gvnccapture (gvncviewer) or script (util-linux) is missing: run scripts/install-deps.sh"
+        );
     }
     let g = build_guest("vga", GuestKind::Pvh);
     let pw = g.dir.path().join("vnc-password");

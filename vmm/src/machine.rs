@@ -24,7 +24,6 @@ use std::time::Duration;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{acpi, layout, regs};
 use crate::boot::{self, BootInputs};
@@ -364,8 +363,9 @@ impl Machine {
         let power: Arc<dyn PowerEvents> = Arc::new(EventSink(events.clone()));
         let mut pio = Bus::new();
         pio.insert(persistent.serial.clone(), u64::from(layout::COM1_PORT), 8)?;
-        vm_fd
-            .register_irqfd(&persistent.serial_irq.0, layout::COM1_IRQ)
+        persistent
+            .serial_irq
+            .rebind(|fd| vm_fd.register_irqfd(fd, layout::COM1_IRQ))
             .map_err(MachineError::Irqfd)?;
         let kbd_irq = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::I8042_KBD_IRQ));
         let mut kbc = I8042::new(kbd_irq, power.clone());
@@ -494,9 +494,7 @@ impl Vmm {
             return Err(MachineError::BadCpuCount);
         }
         let (events, rx) = channel();
-        let serial_irq = Arc::new(EventFdIrq(
-            EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?,
-        ));
+        let serial_irq = Arc::new(EventFdIrq::new().map_err(MachineError::EventFd)?);
         let (out, input) = console::open(&config.serial)?;
         let terminal = match input {
             Some(console::Input::Stdin) => console::RawTerminal::enable(),

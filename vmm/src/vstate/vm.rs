@@ -95,11 +95,34 @@ impl IrqLine for KvmIrqLine {
 
 /// An edge-triggered line through an eventfd registered as an irqfd: raising it is one
 /// write(2), no ioctl, so any thread may do it cheaply.
-pub struct EventFdIrq(pub vmm_sys_util::eventfd::EventFd);
+pub struct EventFdIrq(std::sync::Mutex<vmm_sys_util::eventfd::EventFd>);
+
+impl EventFdIrq {
+    /// A line on a new non-blocking eventfd, not yet bound to a VM.
+    pub fn new() -> std::io::Result<Self> {
+        let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?;
+        Ok(Self(std::sync::Mutex::new(fd)))
+    }
+
+    /// Binds the line to a new VM on a fresh eventfd, which `register` hands to KVM (as an
+    /// irqfd). A fresh one each boot, because KVM lets an eventfd serve one VM's irqfd at a
+    /// time and releases the previous VM's asynchronously after it is closed: the old
+    /// eventfd could still be taken (EBUSY) when the next boot starts.
+    pub fn rebind(
+        &self,
+        register: impl FnOnce(&vmm_sys_util::eventfd::EventFd) -> Result<(), kvm_ioctls::Error>,
+    ) -> Result<(), kvm_ioctls::Error> {
+        let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        register(&fd)?;
+        *crate::devices::bus::lock(&self.0) = fd;
+        Ok(())
+    }
+}
 
 impl IrqLine for EventFdIrq {
     fn trigger(&self) {
-        if let Err(e) = self.0.write(1) {
+        if let Err(e) = crate::devices::bus::lock(&self.0).write(1) {
             crate::guest_warn!("cannot signal irqfd: {e}");
         }
     }
