@@ -39,34 +39,7 @@ _start:
 	call puts
 	jmp acpi_poweroff
 
-/* puthex4: print the low nibble of %al. */
-puthex4:
-	push %eax
-	and $0xf, %al
-	add $'0', %al
-	cmp $'9', %al
-	jbe 1f
-	add $('a' - '0' - 10), %al
-1:	call putc
-	pop %eax
-	ret
-
-/* puthex8: print %al as two hex digits. */
-puthex8:
-	push %eax
-	shr $4, %al
-	call puthex4
-	pop %eax
-	jmp puthex4
-
-/* puthex16: print %ax as four hex digits. */
-puthex16:
-	push %eax
-	shr $8, %eax
-	call puthex8
-	pop %eax
-	jmp puthex8
-
+#include "hex.S"
 #include "lib.S"
 
 	.section .rodata
