@@ -479,6 +479,10 @@ fn virtio_gpu_shows_the_picture_and_cursor_and_follows_a_client_resize() {
     let mut c = RfbClient::connect_with(&vnc, &[-239, -308, -223]).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     c.request(false).unwrap();
+    // The layout first, alone (the client announced ExtendedDesktopSize), then pixels.
+    assert!(c.read_update().unwrap().iter().all(|r| r.encoding < 0));
+    assert_eq!(c.desktop_size, Some((0, 0, 1280, 800)));
+    c.request(true).unwrap();
     c.read_update().unwrap();
     assert_gpu_frame(&c, 1280, 800);
     let cur = c.cursor.clone().expect("a cursor with the first update");
@@ -557,15 +561,13 @@ fn keys_go_to_a_driven_virtio_keyboard_and_the_pointer_to_ps2_without_a_tablet_d
     assert!(!lines.iter().any(|l| l.starts_with("kbd")), "{lines:?}");
 }
 
-/// Connects the app's client (vnc-rs, with the app's encodings and pixel format) and
-/// refreshes as the app does until a pixel rectangle arrives at `want`: the size
-/// ServerInit announced, or the error vnc-rs reports.
-async fn vnc_rs_until_pixels_at(sock: &Path, want: (u16, u16)) -> Result<(u16, u16), String> {
-    use vnc::{PixelFormat, VncConnector, VncEncoding, VncError, VncEvent, X11Event};
+/// Connects the app's client: vnc-rs, with the app's encodings and pixel format.
+async fn app_vnc_client(sock: &Path) -> Result<vnc::VncClient, String> {
+    use vnc::{PixelFormat, VncConnector, VncEncoding, VncError};
     let stream = tokio::net::UnixStream::connect(sock)
         .await
         .map_err(|e| e.to_string())?;
-    let client = VncConnector::new(stream)
+    VncConnector::new(stream)
         .set_auth_method(async { Ok::<_, VncError>(String::new()) })
         .add_encoding(VncEncoding::Zrle)
         .add_encoding(VncEncoding::CopyRect)
@@ -580,7 +582,14 @@ async fn vnc_rs_until_pixels_at(sock: &Path, want: (u16, u16)) -> Result<(u16, u
         .await
         .map_err(|e| e.to_string())?
         .finish()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// Connects the app's client and refreshes as the app does until a pixel rectangle
+/// arrives at `want`: the size ServerInit announced, or the error vnc-rs reports.
+async fn vnc_rs_until_pixels_at(sock: &Path, want: (u16, u16)) -> Result<(u16, u16), String> {
+    use vnc::{VncEvent, X11Event};
+    let client = app_vnc_client(sock).await?;
     let mut size = None;
     let mut first = None;
     let mut tick = tokio::time::interval(Duration::from_millis(16));
@@ -641,4 +650,108 @@ fn the_apps_vnc_client_decodes_every_update_across_the_std_vga_mode_switch() {
         vm.wait_line("vga done");
     }
     eprintln!("{crossed} of 20 connections began before the mode switch");
+}
+
+/// What the app's client saw of a resize to the window's size.
+#[derive(Debug)]
+struct ResizeSeen {
+    /// The layout before the request.
+    before: (u16, u16),
+    /// `resize_desktop`'s result.
+    result: Result<(u16, u16), String>,
+    /// The whole screen after the new size, as 0xRRGGBB.
+    frame: Vec<u32>,
+}
+
+/// As the app does when the window follows the VM: waits for the layout, asks for
+/// `want` with `resize_desktop` while it goes on refreshing, and gathers the pixels of the
+/// new size until every one arrived.
+async fn vnc_rs_resize(sock: &Path, want: (u16, u16)) -> Result<ResizeSeen, String> {
+    use vnc::{VncEvent, X11Event};
+    let client = app_vnc_client(sock).await?;
+    let mut before = None;
+    let mut resize = None;
+    let mut size = None;
+    let area = usize::from(want.0) * usize::from(want.1);
+    let mut frame = vec![0u32; area];
+    let mut painted = vec![false; area];
+    let mut left = area;
+    let mut tick = tokio::time::interval(Duration::from_millis(16));
+    while left > 0 {
+        tokio::select! {
+            event = client.recv_event() => match event.map_err(|e| e.to_string())? {
+                VncEvent::SetResolution(s) => size = Some((s.width, s.height)),
+                VncEvent::DesktopUpdate(u) => {
+                    if let Some(l) = u.layout {
+                        size = Some((l.width, l.height));
+                    }
+                }
+                VncEvent::RawImage(r, data) if size == Some(want) && resize.is_some() => {
+                    let px = data.chunks_exact(4);
+                    for (i, p) in px.enumerate() {
+                        let x = usize::from(r.x) + i % usize::from(r.width);
+                        let y = usize::from(r.y) + i / usize::from(r.width);
+                        let at = y * usize::from(want.0) + x;
+                        if x < usize::from(want.0) && at < area {
+                            frame[at] = u32::from_le_bytes([p[0], p[1], p[2], 0]);
+                            left -= usize::from(!std::mem::replace(&mut painted[at], true));
+                        }
+                    }
+                }
+                VncEvent::Error(e) => return Err(e),
+                _ => {}
+            },
+            _ = tick.tick() => {
+                client.input(X11Event::Refresh).await.map_err(|e| e.to_string())?;
+            }
+        }
+        if resize.is_none()
+            && let Some(l) = client.desktop_layout()
+        {
+            before = Some((l.width, l.height));
+            let c = client.clone();
+            resize = Some(tokio::spawn(async move {
+                c.resize_desktop(want.0, want.1).await
+            }));
+        }
+    }
+    let result = match resize {
+        Some(r) => r
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|l| (l.width, l.height))
+            .map_err(|e| e.to_string()),
+        None => Err("no resize".into()),
+    };
+    let _ = client.close().await;
+    Ok(ResizeSeen {
+        before: before.unwrap_or_default(),
+        result,
+        frame,
+    })
+}
+
+#[test]
+fn the_apps_vnc_client_resizes_a_virtio_gpu_guest_to_its_window() {
+    if skip_without_kvm() {
+        return;
+    }
+    let (_g, mut vm, vnc, _) = start("gpu", &["--display", "virtio-gpu"]);
+    vm.wait_line("gpu shown 1280x800");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = rt
+        .block_on(async { tokio::time::timeout(TIMEOUT, vnc_rs_resize(&vnc, (1024, 768))).await })
+        .expect("no 1024x768 picture in time")
+        .unwrap();
+    // The server told the layout unasked, so the client could ask for a size at all.
+    assert_eq!(seen.before, (1280, 800));
+    assert_eq!(seen.result, Ok((1024, 768)));
+    vm.wait_line("gpu shown 1024x768");
+    for (i, p) in seen.frame.iter().enumerate() {
+        let y = i as u32 / 1024;
+        assert_eq!(*p, gpu_expected(y, 768), "pixel {},{y}", i as u32 % 1024);
+    }
 }

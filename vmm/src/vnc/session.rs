@@ -8,13 +8,20 @@
 //! last sequence number it sent. A new size (DesktopSize or ExtendedDesktopSize) goes in an
 //! update without pixels, after any other pseudo-rectangle; the next update then carries
 //! the whole screen.
+//!
+//! ExtendedDesktopSize (rfbproto): a client that announces it gets the current layout in
+//! answer to its next non-incremental request, alone as above, so that it knows it may
+//! ask for a size. A SetDesktopSize the display passed on is answered (reason 1) once the
+//! guest shows the asked size, or after [`RESIZE_ANSWER_WAIT`] with the size it shows
+//! then: vnc-rs takes an answer whose layout is not the one it asked for as "uncertain"
+//! and refuses further requests on that connection.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::encode::{self, Zrle};
 use super::proto::{self, ClientMessage, PixelFormat};
@@ -24,6 +31,10 @@ use crate::display::{BYTES_PER_PIXEL, Rect, Surface};
 
 /// The size shown while the guest shows nothing.
 const BLANK: (u32, u32) = (640, 480);
+
+/// How long an accepted SetDesktopSize waits for the guest to show the asked size before
+/// it is answered with the size shown then; below vnc-rs's 5 s wait for an answer.
+const RESIZE_ANSWER_WAIT: Duration = Duration::from_secs(4);
 
 /// A client socket.
 pub(crate) enum Stream {
@@ -97,6 +108,24 @@ struct Encodings {
     pointer_motion: bool,
 }
 
+/// This client's SetDesktopSize, to be answered with an ExtendedDesktopSize of reason 1.
+#[derive(Clone, Copy, Debug)]
+struct ResizeAnswer {
+    /// 0: accepted, 1: prohibited.
+    status: u16,
+    /// The asked size.
+    want: (u32, u32),
+    /// Answer by then even if the guest does not show `want`.
+    until: Instant,
+}
+
+impl ResizeAnswer {
+    /// Whether to send the answer now, with the screen at `shown`.
+    fn due(&self, shown: (u32, u32), now: Instant) -> bool {
+        self.status != 0 || shown == self.want || now >= self.until
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Request {
     incremental: bool,
@@ -114,7 +143,9 @@ struct ClientState {
     /// One-shot pseudo rectangles to send with the next update.
     ack_ext_key: bool,
     ack_pointer_motion: bool,
-    resize_status: Option<u16>,
+    /// The client announced ExtendedDesktopSize and has not had a layout since.
+    ext_size_owed: bool,
+    resize_answer: Option<ResizeAnswer>,
     cursor_sent_gen: Option<u64>,
 }
 
@@ -200,7 +231,8 @@ fn serve(shared: &Arc<Shared>, stream: &mut Stream) -> Result<(), VncError> {
             closed: false,
             ack_ext_key: false,
             ack_pointer_motion: false,
-            resize_status: None,
+            ext_size_owed: false,
+            resize_answer: None,
             cursor_sent_gen: None,
         }),
         wake: Condvar::new(),
@@ -275,6 +307,7 @@ fn handle(shared: &Shared, client: &Client, msg: ClientMessage) {
             let mut st = lock(&client.state);
             st.ack_ext_key = e.ext_key && !st.enc.ext_key;
             st.ack_pointer_motion = e.pointer_motion && !st.enc.pointer_motion;
+            st.ext_size_owed = e.ext_desktop_size && (st.ext_size_owed || !st.enc.ext_desktop_size);
             st.enc = e;
             st.cursor_sent_gen = None;
         }
@@ -317,7 +350,11 @@ fn handle(shared: &Shared, client: &Client, msg: ClientMessage) {
         }
         ClientMessage::SetDesktopSize { width, height } => {
             let ok = shared.display.request_resize(width.into(), height.into());
-            lock(&client.state).resize_status = Some(if ok { 0 } else { 1 });
+            lock(&client.state).resize_answer = Some(ResizeAnswer {
+                status: if ok { 0 } else { 1 },
+                want: (width.into(), height.into()),
+                until: Instant::now() + RESIZE_ANSWER_WAIT,
+            });
             client.wake.notify_all();
             shared.display.kick();
         }
@@ -333,6 +370,13 @@ struct Extras {
     send_cursor: Option<u64>,
 }
 
+/// Takes the answer to this client's SetDesktopSize if it is due with the screen at
+/// `shown`.
+fn take_due_answer(answer: &mut Option<ResizeAnswer>, shown: (u32, u32)) -> Option<u16> {
+    let due = answer.is_some_and(|a| a.due(shown, Instant::now()));
+    due.then(|| answer.take().map(|a| a.status)).flatten()
+}
+
 fn send_loop(
     shared: &Shared,
     client: &Client,
@@ -346,7 +390,7 @@ fn send_loop(
     let mut full_pending = false;
     loop {
         // Wait for a request or a one-shot reply.
-        let (req, pf, enc) = {
+        let (req, pf, enc, announce) = {
             let mut st = lock(&client.state);
             loop {
                 if st.closed {
@@ -361,7 +405,9 @@ fn send_loop(
                 };
             }
             let Some(req) = st.request else { continue };
-            (req, st.pf, st.enc)
+            // A non-incremental request is always answered, so the layout goes with it.
+            let announce = !req.incremental && std::mem::take(&mut st.ext_size_owed);
+            (req, st.pf, st.enc, announce)
         };
         let update = shared.display.damage_since(seq);
         let (surface_w, surface_h) = update
@@ -376,7 +422,7 @@ fn send_loop(
             Extras {
                 ack_ext_key: std::mem::take(&mut st.ack_ext_key),
                 ack_pointer_motion: std::mem::take(&mut st.ack_pointer_motion),
-                resize_status: st.resize_status.take(),
+                resize_status: take_due_answer(&mut st.resize_answer, (surface_w, surface_h)),
                 send_cursor,
             }
         };
@@ -384,7 +430,10 @@ fn send_loop(
         if resized {
             size = (surface_w, surface_h);
         }
-        let size_rect = size_rect(resized, extras.resize_status, &enc);
+        let size_rect = size_rect(resized, announce, extras.resize_status, &enc);
+        if matches!(size_rect, Some(SizeRect::Extended { .. })) {
+            lock(&client.state).ext_size_owed = false;
+        }
         let (vw, vh) = (size.0.min(surface_w), size.1.min(surface_h));
         let full_request =
             req.rect.x == 0 && req.rect.y == 0 && req.rect.w >= vw && req.rect.h >= vh;
@@ -530,16 +579,23 @@ fn send_loop(
 enum SizeRect {
     /// DesktopSize: the size changed.
     Desktop,
-    /// ExtendedDesktopSize: the size changed (reason 0) or the answer to this client's
-    /// SetDesktopSize (reason 1).
+    /// ExtendedDesktopSize: the size changed or the client is owed the layout (reason 0),
+    /// or the answer to this client's SetDesktopSize (reason 1).
     Extended { reason: u16, status: u16 },
 }
 
 /// Which size rectangle an update carries, if any: only kinds the client announced.
-fn size_rect(resized: bool, resize_status: Option<u16>, enc: &Encodings) -> Option<SizeRect> {
+/// `announce`: the client is owed the layout (first non-incremental request after it
+/// announced ExtendedDesktopSize).
+fn size_rect(
+    resized: bool,
+    announce: bool,
+    resize_status: Option<u16>,
+    enc: &Encodings,
+) -> Option<SizeRect> {
     match resize_status {
         Some(status) if enc.ext_desktop_size => Some(SizeRect::Extended { reason: 1, status }),
-        _ if resized && enc.ext_desktop_size => Some(SizeRect::Extended {
+        _ if (resized || announce) && enc.ext_desktop_size => Some(SizeRect::Extended {
             reason: 0,
             status: 0,
         }),

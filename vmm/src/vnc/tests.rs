@@ -372,3 +372,141 @@ fn qemu_extended_key_events_are_acknowledged_and_carry_scancodes() {
     read_update(&mut c);
     assert_eq!(*lock(&keys.0), vec![(0xff52, Some(0xc8), true)]);
 }
+
+/// A rectangle as [`read_update`] returns it: (x, y, w, h, encoding, data).
+type UpdateRect = (u16, u16, u16, u16, i32, Vec<u8>);
+
+/// Update rectangles without their data: (x, y, w, h, encoding).
+fn headers(u: &[UpdateRect]) -> Vec<(u16, u16, u16, u16, i32)> {
+    u.iter().map(|r| (r.0, r.1, r.2, r.3, r.4)).collect()
+}
+
+/// SetDesktopSize for one screen of `w` x `h`.
+fn set_desktop_size(c: &mut UnixStream, w: u16, h: u16) {
+    let mut m = vec![251, 0];
+    for v in [w, h] {
+        m.extend_from_slice(&v.to_be_bytes());
+    }
+    m.extend_from_slice(&[1, 0]);
+    m.extend_from_slice(&0u32.to_be_bytes());
+    for v in [0, 0, w, h] {
+        m.extend_from_slice(&v.to_be_bytes());
+    }
+    m.extend_from_slice(&0u32.to_be_bytes());
+    c.write_all(&m).unwrap();
+}
+
+#[test]
+fn the_first_full_request_after_extended_desktop_size_gets_the_layout_alone() {
+    let (_d, path, _display, _k, _srv) = server(None);
+    let (mut c, w, h) = connect(&path);
+    announce_app_encodings(&mut c);
+    request(&mut c, false, w, h);
+    let u = read_update(&mut c);
+    // Reason 0, status 0, the screen as it is: one screen (id 0) covering it.
+    assert_eq!(
+        headers(&u),
+        vec![(0, 0, 64, 32, proto::ENC_EXT_DESKTOP_SIZE)]
+    );
+    assert_eq!(u[0].5, [0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 32, 0, 0, 0, 0]);
+    // The screen follows with the next request, even an incremental one.
+    request(&mut c, true, w, h);
+    let u = read_update(&mut c);
+    assert_eq!(headers(&u), vec![(0, 0, 64, 32, proto::ENC_RAW)]);
+    assert_eq!(&u[0].5[..4], &[0, 0xff, 0, 0]);
+    // Once told, a full request brings pixels only.
+    request(&mut c, false, w, h);
+    assert_eq!(
+        headers(&read_update(&mut c)),
+        vec![(0, 0, 64, 32, proto::ENC_RAW)]
+    );
+    // Announcing the encodings again owes nothing new.
+    announce_app_encodings(&mut c);
+    request(&mut c, false, w, h);
+    assert_eq!(
+        headers(&read_update(&mut c)),
+        vec![(0, 0, 64, 32, proto::ENC_RAW)]
+    );
+}
+
+#[test]
+fn a_client_without_extended_desktop_size_gets_pixels_first() {
+    let (_d, path, _display, _k, _srv) = server(None);
+    let (mut c, w, h) = connect(&path);
+    // Raw and DesktopSize only.
+    let mut m = vec![2, 0, 0, 2];
+    for e in [proto::ENC_RAW, proto::ENC_DESKTOP_SIZE] {
+        m.extend_from_slice(&e.to_be_bytes());
+    }
+    c.write_all(&m).unwrap();
+    request(&mut c, false, w, h);
+    assert_eq!(
+        headers(&read_update(&mut c)),
+        vec![(0, 0, 64, 32, proto::ENC_RAW)]
+    );
+}
+
+#[test]
+fn an_accepted_resize_is_answered_with_the_new_layout_once_the_guest_shows_it() {
+    let (_d, path, display, _k, _srv) = server(None);
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    display.set_resize_handler(Some(Box::new(move |w, h| {
+        lock(&log).push((w, h));
+        true
+    })));
+    let (mut c, w, h) = connect(&path);
+    announce_app_encodings(&mut c);
+    request(&mut c, false, w, h);
+    read_update(&mut c);
+    request(&mut c, true, w, h);
+    read_update(&mut c);
+    set_desktop_size(&mut c, 100, 40);
+    request(&mut c, true, 1, 1);
+    // The guest takes its time: no answer while it still shows the old size.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lock(&asked).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no resize request");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*lock(&asked), vec![(100, 40)]);
+    c.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = [0u8; 1];
+    assert!(
+        c.read(&mut b).is_err(),
+        "an answer before the guest followed"
+    );
+    c.set_nonblocking(false).unwrap();
+    show(&display, 100, 40);
+    let u = read_update(&mut c);
+    // Reason 1 (this client), status 0, the new layout, alone.
+    assert_eq!(
+        headers(&u),
+        vec![(1, 0, 100, 40, proto::ENC_EXT_DESKTOP_SIZE)]
+    );
+    request(&mut c, true, 1, 1);
+    assert_eq!(
+        headers(&read_update(&mut c)),
+        vec![(0, 0, 100, 40, proto::ENC_RAW)]
+    );
+}
+
+#[test]
+fn a_refused_resize_is_answered_at_once_with_the_old_layout() {
+    let (_d, path, _display, _k, _srv) = server(None);
+    let (mut c, w, h) = connect(&path);
+    announce_app_encodings(&mut c);
+    request(&mut c, false, w, h);
+    read_update(&mut c);
+    request(&mut c, true, w, h);
+    read_update(&mut c);
+    // No resize handler: prohibited (status 1).
+    set_desktop_size(&mut c, 100, 40);
+    request(&mut c, true, w, h);
+    let u = read_update(&mut c);
+    assert_eq!(
+        headers(&u),
+        vec![(1, 1, 64, 32, proto::ENC_EXT_DESKTOP_SIZE)]
+    );
+}
