@@ -264,6 +264,34 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     --pixel 960 945 ffffff --pixel 150 150 123456 --pixel 40 40 ff0000
   stop_app
 
+  # 9b. Resolution follows the window: a virtio-gpu guest (tests/guests/gpu.S) shows red,
+  #     green, blue and white bands at whatever size it is given. Opening its window and
+  #     then resizing it must each make the guest's resolution (a QMP screendump) the size
+  #     of the screen widget, with the picture filling it.
+  gcc -c -I "$guests" "$guests/gpu.S" -o "$work/gpu.o"
+  ld -m elf_x86_64 -nostdlib --no-warn-rwx-segments -T "$guests/pvh.ld" \
+    "$work/gpu.o" -o "$work/gpu.elf"
+  create_vm "$work/life" "GPU Guest" --preset kernel --kernel "$work/gpu.elf" \
+    --memory 64M --cpus 1
+  sed -i 's/enabled: false/enabled: true/' "$work/life/hospes/machines/gpu-guest/vm.ron"
+  grep -q "follow_window: true" "$work/life/hospes/machines/gpu-guest/vm.ron"
+  gpu_qmp="$work/run/hospes/gpu-guest/qmp.sock"
+  start_app "$work/life"
+  echo "gui-test: a virtio-gpu guest takes the size of its window's screen"
+  check --click "Start GPU Guest" --expect "Open GPU Guest"
+  check --click "Open GPU Guest"
+  check --title "GPU Guest" --expect "Screen of GPU Guest" --screenshot "$out/follow.png" \
+    --screen "Screen of GPU Guest" --qmp "$gpu_qmp" --timeout 60 \
+    --pixel 10 10 ff0000 --pixel -10 10 ff0000 --pixel 10 -10 ffffff --pixel -10 -10 ffffff
+  echo "gui-test: and follows the window when it is resized"
+  check --title "GPU Guest" --expect "Screen of GPU Guest" --resize 900 640
+  check --title "GPU Guest" --expect "Screen of GPU Guest" --window-size 900 640 \
+    --screenshot "$out/follow-resized.png" --screen "Screen of GPU Guest" --qmp "$gpu_qmp" \
+    --timeout 60 \
+    --pixel 10 10 ff0000 --pixel -10 10 ff0000 --pixel 10 -10 ffffff --pixel -10 -10 ffffff
+  stop_app
+  kill -9 "$(cat "$work/run/hospes/gpu-guest/pid")"
+
   # 10. The Demo VM: `hospes --demo` (what `make run` does) adds it to an empty library,
   #     starts it and opens its window; the test card shows, and a typed key becomes a
   #     bar coloured from its scancode (app/demo/demo.S).

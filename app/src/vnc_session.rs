@@ -5,6 +5,11 @@
 //! main loop); keyboard, pointer and resize requests come in through [`Session::send`].
 //! The session asks for an incremental update every 16 ms; the server answers when it has
 //! something to send, so an idle guest costs nothing but the requests.
+//!
+//! A resize request waits until the server has told its layout (vnc-rs refuses one
+//! before) and until the previous one was answered: vnc-rs gives up resizing for the
+//! rest of a connection whose request was cancelled, so the last size asked for waits
+//! its turn instead of replacing the one in flight.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -130,7 +135,7 @@ async fn run(
         .map_err(|err| error_chain(&err))?;
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut resize: Option<tokio::task::JoinHandle<()>> = None;
+    let mut resize = PendingResize::default();
     loop {
         tokio::select! {
             event = client.recv_event() => {
@@ -151,28 +156,45 @@ async fn run(
                         client.input(X11Event::PointerEvent((x, y, buttons).into())).await
                             .map_err(|err| error_chain(&err))?;
                     }
-                    InputEvent::Resize { width, height } => {
-                        // The answer comes through the event stream, which keeps running
-                        // here; only one request is in flight.
-                        if let Some(previous) = resize.take() {
-                            previous.abort();
-                        }
-                        let client = client.clone();
-                        resize = Some(tokio::spawn(async move {
-                            if let Err(err) = client.resize_desktop(width, height).await {
-                                log::info!("the guest did not take {width}×{height}: {err}");
-                            }
-                        }));
-                    }
+                    InputEvent::Resize { width, height } => resize.wanted = Some((width, height)),
                 }
             }
             _ = tick.tick() => {
+                resize.dispatch(&client);
                 client.input(X11Event::Refresh).await.map_err(|err| error_chain(&err))?;
             }
         }
     }
     let _ = client.close().await;
     Ok(())
+}
+
+/// The size the view last asked for and the request in flight.
+#[derive(Default)]
+struct PendingResize {
+    wanted: Option<(u16, u16)>,
+    in_flight: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PendingResize {
+    /// Sends the wanted size once the server told its layout and no request is in flight.
+    /// The answer comes through the event stream, which keeps running meanwhile.
+    fn dispatch(&mut self, client: &vnc::VncClient) {
+        if self.in_flight.as_ref().is_some_and(|r| !r.is_finished())
+            || client.desktop_layout().is_none()
+        {
+            return;
+        }
+        let Some((width, height)) = self.wanted.take() else {
+            return;
+        };
+        let client = client.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            if let Err(err) = client.resize_desktop(width, height).await {
+                log::info!("the guest did not take {width}×{height}: {err}");
+            }
+        }));
+    }
 }
 
 /// The frame event for a client event; None for events the view ignores.

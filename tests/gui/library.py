@@ -9,6 +9,10 @@ Uses Debian's /usr/bin/python3 with python3-pyatspi.
 """
 
 import argparse
+import json
+import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -187,14 +191,62 @@ def check_screen_pixels(app, args):
           f"screenshot {args.screenshot}")
 
 
+def screen_extents(app, name):
+    """The window-relative extents of the shown guest screen called `name`, or None."""
+    screens = [node for node in walk(app) if node.name == name and is_shown(node)]
+    if not screens:
+        return None
+    return screens[-1].queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+
+
+def qmp_screendump_size(qmp_socket, png):
+    """Asks the VM for a QMP screendump into `png` and returns its (width, height)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(qmp_socket)
+        replies = s.makefile("r")
+        replies.readline()  # the greeting
+        for command in ({"execute": "qmp_capabilities"},
+                        {"execute": "screendump", "arguments": {"filename": png}}):
+            s.sendall(json.dumps(command).encode() + b"\n")
+            while True:
+                reply = json.loads(replies.readline())
+                if "error" in reply:
+                    raise RuntimeError(f"QMP {command['execute']}: {reply['error']}")
+                if "return" in reply:
+                    break
+    with open(png, "rb") as f:
+        header = f.read(24)
+    # PNG signature, IHDR length and type, then width and height.
+    return struct.unpack(">II", header[16:24])
+
+
+def wait_for_guest_to_fill_screen(app, args):
+    """Waits until the guest's resolution (a QMP screendump) is the size of the shown
+    `args.screen`, then takes that as `args.guest_size`."""
+    png = os.path.join(os.path.dirname(os.path.abspath(args.screenshot)), "qmp-screendump.png")
+    sizes = {}
+
+    def filled():
+        box = screen_extents(app, args.screen)
+        sizes["screen"] = box and (box.width, box.height)
+        sizes["guest"] = qmp_screendump_size(args.qmp, png)
+        return sizes["guest"] == sizes["screen"]
+
+    wait_for(filled, args.timeout, f"the guest's resolution to be the size of {args.screen!r}",
+             lambda: f"guest {sizes.get('guest')}, screen {sizes.get('screen')}")
+    args.guest_size = list(sizes["guest"])
+    print(f"library.py: the guest shows {sizes['guest']}, the size of {args.screen!r}")
+
+
 def screen_pixel_failures(app, args):
     """Finds where the guest screen `args.screen` is drawn (scaled to fit, centred) and
-    compares guest pixels with the screenshot, ±8 per channel for scaling."""
-    screens = [node for node in walk(app) if node.name == args.screen and is_shown(node)]
-    if not screens:
+    compares guest pixels with the screenshot, ±8 per channel for scaling. Negative guest
+    coordinates count from the right or bottom edge."""
+    box = screen_extents(app, args.screen)
+    if box is None:
         return [f"no shown {args.screen!r}"]
     # GTK 4 reports no screen coordinates: add the X window's origin to window ones.
-    box = screens[-1].queryComponent().getExtents(pyatspi.WINDOW_COORDS)
     origin = window_origin(args.title)
     box_x, box_y = origin[0] + box.x, origin[1] + box.y
     gw, gh = args.guest_size
@@ -203,8 +255,9 @@ def screen_pixel_failures(app, args):
     top = box_y + (box.height - gh * scale) / 2
     failures = []
     for gx, gy, want in args.pixel:
-        sx = int(left + (int(gx) + 0.5) * scale)
-        sy = int(top + (int(gy) + 0.5) * scale)
+        gx, gy = int(gx) % gw, int(gy) % gh
+        sx = int(left + (gx + 0.5) * scale)
+        sy = int(top + (gy + 0.5) * scale)
         got = screenshot_pixel(args.screenshot, sx, sy)
         expected = tuple(int(want[i:i + 2], 16) for i in (0, 2, 4))
         if any(abs(a - b) > 8 for a, b in zip(got, expected)):
@@ -277,6 +330,8 @@ def main():
     parser.add_argument("--pixel", nargs=3, action="append", default=[],
                         metavar=("X", "Y", "RRGGBB"),
                         help="a guest pixel and the colour it must have in the screenshot")
+    parser.add_argument("--qmp", help="the VM's QMP socket: wait until its screendump is as "
+                        "large as --screen and take that as --guest-size")
     parser.add_argument("--timeout", type=float, default=30)
     args = parser.parse_args()
 
@@ -312,6 +367,8 @@ def main():
         time.sleep(0.5)  # let the last frame reach the X server
         subprocess.run(["import", "-window", "root", args.screenshot], check=True)
         print(f"library.py: screenshot {args.screenshot}")
+    if args.qmp:
+        wait_for_guest_to_fill_screen(app, args)
     if args.screen:
         check_screen_pixels(app, args)
 
