@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virtio_queue::QueueT;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pci::{
@@ -123,6 +126,10 @@ pub struct MockDriver {
     next_desc: u16,
     avail_idx: u16,
     used_seen: u16,
+    /// Whether `VIRTIO_RING_F_EVENT_IDX` was negotiated by [`MockDriver::start_event_idx`].
+    event_idx: bool,
+    /// The avail index at the last kick (what `avail_event` is compared with).
+    kicked_at: u16,
 }
 
 impl MockDriver {
@@ -168,6 +175,8 @@ impl MockDriver {
             next_desc: 0,
             avail_idx: 0,
             used_seen: 0,
+            event_idx: false,
+            kicked_at: 0,
         }
     }
 
@@ -178,10 +187,25 @@ impl MockDriver {
 
     /// Runs the handshake on a driver from [`MockDriver::with_memory`].
     pub fn start(self, qsize: u16) -> Self {
-        let mut d = self;
-        let offered = d.device_features();
         // Everything offered but EVENT_IDX, so every request interrupts.
-        let status = d.negotiate(offered & !(1 << super::VIRTIO_RING_F_EVENT_IDX));
+        self.start_with(qsize, false)
+    }
+
+    /// As [`MockDriver::start`], keeping `VIRTIO_RING_F_EVENT_IDX` as Linux's virtio-blk
+    /// driver does: the driver asks for interrupts with `used_event` ([`MockDriver::rearm`])
+    /// and kicks only past the device's `avail_event` ([`MockDriver::kick_if_needed`]).
+    pub fn start_event_idx(self, qsize: u16) -> Self {
+        self.start_with(qsize, true)
+    }
+
+    fn start_with(self, qsize: u16, event_idx: bool) -> Self {
+        let mut d = self;
+        let mut features = d.device_features();
+        if !event_idx {
+            features &= !(1 << super::VIRTIO_RING_F_EVENT_IDX);
+        }
+        d.event_idx = features & 1 << super::VIRTIO_RING_F_EVENT_IDX != 0;
+        let status = d.negotiate(features);
         assert_ne!(status & STATUS_FEATURES_OK, 0);
         d.enable_msix();
         d.setup_queue(0, qsize, 0);
@@ -189,23 +213,34 @@ impl MockDriver {
         d
     }
 
-    /// Writes `v` at guest address `addr` (the single-region fast path: this runs in the
+    /// The host address of guest bytes `[addr, addr + len)`, like a guest driver's own
+    /// mapping of its rings: the mock's memory is one region at guest address 0. Panics
+    /// outside it.
+    fn host(&self, addr: u64, len: usize) -> *mut u8 {
+        let end = addr.checked_add(len as u64).expect("guest range overflows");
+        let region = self.mem.iter().next().expect("one memory region");
+        assert!(end <= region.len(), "guest range outside memory");
+        let base = region
+            .get_host_address(MemoryRegionAddress(0))
+            .expect("mapped region");
+        // SAFETY: `end <= region.len()`, so the offset stays inside the region's mapping.
+        unsafe { base.add(addr as usize) }
+    }
+
+    /// Writes `v` at guest address `addr` (straight through the mapping: this runs in the
     /// benchmark's hot loop).
     pub fn put<T: ByteValued>(&self, addr: u64, v: T) {
-        let slice = self
-            .mem
-            .get_slice(GuestAddress(addr), size_of::<T>())
-            .unwrap();
-        slice.write_obj(v, 0).unwrap();
+        let p = self.host(addr, size_of::<T>());
+        // SAFETY: `host` checked that the bytes are mapped guest memory, which no Rust
+        // reference aliases; `T: ByteValued` is plain bytes, written unaligned.
+        unsafe { std::ptr::write_unaligned(p.cast::<T>(), v) };
     }
 
     /// Reads a `T` at guest address `addr`.
     pub fn get<T: ByteValued>(&self, addr: u64) -> T {
-        let slice = self
-            .mem
-            .get_slice(GuestAddress(addr), size_of::<T>())
-            .unwrap();
-        slice.read_obj(0).unwrap()
+        let p = self.host(addr, size_of::<T>());
+        // SAFETY: as in `put`; every bit pattern is a valid `T: ByteValued`.
+        unsafe { std::ptr::read_unaligned(p.cast::<T>()) }
     }
 
     pub fn read(&self, offset: u64, data: &mut [u8]) {
@@ -291,6 +326,7 @@ impl MockDriver {
     pub fn setup_queue(&mut self, index: u16, size: u16, vector: u16) {
         self.qsize = size;
         (self.next_desc, self.avail_idx, self.used_seen) = (0, 0, 0);
+        self.kicked_at = 0;
         self.put(AVAIL, 0u32);
         self.put(USED, 0u32);
         self.write(0x16, &index.to_le_bytes());
@@ -341,12 +377,32 @@ impl MockDriver {
         head
     }
 
-    /// Kicks unless the device said it does not need it (`VRING_USED_F_NO_NOTIFY`).
-    pub fn kick_if_needed(&self, queue: u16) {
-        let flags: u16 = self.get(USED);
-        if flags & 1 == 0 {
+    /// Kicks unless the device said it does not need it: with EVENT_IDX, unless its
+    /// `avail_event` lies outside the entries published since the last kick; otherwise unless
+    /// it set `VRING_USED_F_NO_NOTIFY`.
+    pub fn kick_if_needed(&mut self, queue: u16) {
+        // The avail index store must be visible before the device's field is read.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let needed = if self.event_idx {
+            let event: u16 = self.get(USED + 4 + 8 * u64::from(self.qsize));
+            let (new, old) = (self.avail_idx, self.kicked_at);
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.get::<u16>(USED) & 1 == 0
+        };
+        self.kicked_at = self.avail_idx;
+        if needed {
             self.kick(queue);
         }
+    }
+
+    /// With EVENT_IDX, asks for an interrupt at the next used entry (`used_event`); says
+    /// whether one arrived meanwhile, which the driver must then handle without waiting.
+    pub fn rearm(&mut self) -> bool {
+        self.put(AVAIL + 4 + 2 * u64::from(self.qsize), self.used_seen);
+        // The store must be visible before the used index is read again.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.used_idx() != self.used_seen
     }
 
     pub fn kick(&self, queue: u16) {
