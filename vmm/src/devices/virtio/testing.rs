@@ -4,6 +4,7 @@
 //! reads the used ring back, exactly as a guest driver would, but from the host side.
 //! Built for unit tests and, with the `test-support` feature, for `benches/blk.rs`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 /// Records every vector raised, and signals `event` like an interrupt line.
 pub struct RecordingInterrupt {
     pub fired: Mutex<Vec<u16>>,
+    /// How many interrupts were raised: what KVM's halt polling watches for a vCPU.
+    pub raised: AtomicU64,
     pub event: EventFd,
 }
 
@@ -47,6 +50,7 @@ impl Default for RecordingInterrupt {
     fn default() -> Self {
         Self {
             fired: Mutex::default(),
+            raised: AtomicU64::new(0),
             event: EventFd::new(0).unwrap(),
         }
     }
@@ -55,6 +59,7 @@ impl Default for RecordingInterrupt {
 impl MsixInterrupt for RecordingInterrupt {
     fn trigger(&self, vector: u16) -> std::io::Result<()> {
         self.fired.lock().unwrap().push(vector);
+        self.raised.fetch_add(1, Ordering::Release);
         self.event.write(1)
     }
 }
@@ -130,6 +135,8 @@ pub struct MockDriver {
     event_idx: bool,
     /// The avail index at the last kick (what `avail_event` is compared with).
     kicked_at: u16,
+    /// `irq.raised` when the driver last took an interrupt.
+    irq_seen: u64,
 }
 
 impl MockDriver {
@@ -177,6 +184,7 @@ impl MockDriver {
             used_seen: 0,
             event_idx: false,
             kicked_at: 0,
+            irq_seen: 0,
         }
     }
 
@@ -437,6 +445,20 @@ impl MockDriver {
         let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
         assert_eq!(n, 1, "no interrupt within 5 s");
         self.irq.event.read().unwrap();
+    }
+
+    /// Halts until the device raises an interrupt, as a KVM vCPU does: KVM first polls for
+    /// a pending interrupt for a while (`halt_poll_ns`, 200 µs by default on x86) and only
+    /// then schedules the vCPU thread out. This polls for up to `poll`, then sleeps on the
+    /// interrupt eventfd like [`MockDriver::wait_interrupt`], whose event it consumes in
+    /// either case.
+    pub fn halt(&mut self, poll: Duration) {
+        let start = Instant::now();
+        while self.irq.raised.load(Ordering::Acquire) == self.irq_seen && start.elapsed() < poll {
+            std::hint::spin_loop();
+        }
+        self.wait_interrupt();
+        self.irq_seen = self.irq.raised.load(Ordering::Acquire);
     }
 
     /// Waits (up to 5 s) for the next used element: `(id, len)`.
