@@ -449,12 +449,20 @@ impl MockDriver {
 
     /// Halts until the device raises an interrupt, as a KVM vCPU does: KVM first polls for
     /// a pending interrupt for a while (`halt_poll_ns`, 200 µs by default on x86) and only
-    /// then schedules the vCPU thread out. This polls for up to `poll`, then sleeps on the
-    /// interrupt eventfd like [`MockDriver::wait_interrupt`], whose event it consumes in
-    /// either case.
+    /// then schedules the vCPU thread out. This polls the interrupt count for up to `poll`;
+    /// an interrupt seen there leaves its eventfd signal to be consumed by the next sleep
+    /// (which then returns at once), otherwise it sleeps like [`MockDriver::wait_interrupt`].
     pub fn halt(&mut self, poll: Duration) {
         let start = Instant::now();
-        while self.irq.raised.load(Ordering::Acquire) == self.irq_seen && start.elapsed() < poll {
+        loop {
+            let raised = self.irq.raised.load(Ordering::Acquire);
+            if raised != self.irq_seen {
+                self.irq_seen = raised;
+                return;
+            }
+            if start.elapsed() >= poll {
+                break;
+            }
             std::hint::spin_loop();
         }
         self.wait_interrupt();
