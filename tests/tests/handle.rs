@@ -115,3 +115,28 @@ fn reset_with_no_reboot_ends_the_run() {
     assert_eq!(runner.join().unwrap().unwrap(), Exit::Reset);
     assert_eq!(handle.status(), RunState::Shutdown);
 }
+
+#[test]
+fn a_quit_during_a_reset_ends_the_vm_instead_of_being_lost() {
+    if skip_without_kvm() {
+        return;
+    }
+    let (_guest, console, mut vmm) = powerbutton_vmm(1, false);
+    let handle = vmm.handle();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(vmm.run(|_| Ok(())));
+    });
+    assert_eq!(
+        wait_for(&console, "button\n"),
+        "waiting for the power button\n"
+    );
+    // Both requests are queued before the machine thread takes the first: the quit
+    // arrives while the reset's boot is being torn down.
+    handle.reset();
+    handle.quit();
+    let exit = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the VM must end after quit, not reboot and run on");
+    assert!(matches!(exit, Ok(Exit::Quit)), "{exit:?}");
+}

@@ -552,10 +552,14 @@ impl Vmm {
                 Err(e) => break Err(e),
             };
             // Events from the boot that just ended (a second vCPU's triple fault, a
-            // repeated reset request) do not carry over.
-            while self.rx.try_recv().is_ok() {}
+            // repeated reset request) do not carry over; a quit asked for meanwhile does.
+            let mut quit = false;
+            while let Ok(stale) = self.rx.try_recv() {
+                quit |= matches!(stale, MachineEvent::Quit);
+            }
             lock(&self.handle.inner.pm).block = None;
             match event {
+                MachineEvent::Reset if quit => break Ok(Exit::Quit),
                 MachineEvent::PowerOff => break Ok(Exit::PowerOff),
                 MachineEvent::Quit => break Ok(Exit::Quit),
                 MachineEvent::Error(e) => break Err(MachineError::Guest(e)),
