@@ -237,9 +237,15 @@ impl PipeWireDaemon {
 
 impl Drop for PipeWireDaemon {
     fn drop(&mut self) {
+        let group = -(self.child.id() as i32);
         // SAFETY: kill(2) on the process group this daemon's child leads.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        unsafe { libc::kill(group, libc::SIGTERM) };
         let _ = wait_timeout(&mut self.child, Duration::from_secs(5));
+        // dbus-run-session ends at once, but the shell, PipeWire or WirePlumber may linger
+        // (seen: WirePlumber outliving its bus): nothing of the group may outlive the test.
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: as above.
+        unsafe { libc::kill(group, libc::SIGKILL) };
     }
 }
 
