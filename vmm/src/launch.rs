@@ -14,8 +14,9 @@
 use std::ffi::{CString, OsString};
 use std::fs::OpenOptions;
 use std::io;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -215,7 +216,7 @@ pub fn spawn_helper(spec: &LaunchSpec, runtime: &RuntimeDir) -> Result<Pid, Laun
     }
     match wait_ready(&mut child, runtime, spec.ready_timeout) {
         Ok(()) => {
-            reap_in_background(child);
+            reap_in_background(child, runtime.log_file());
             Ok(pid)
         }
         Err(e) => {
@@ -268,12 +269,29 @@ fn kill_child(child: &mut Child) {
 }
 
 /// Waits for the detached child on a thread of its own so it never lingers as a zombie
-/// while this process (e.g. the app) keeps running.
-fn reap_in_background(mut child: Child) {
+/// while this process (e.g. the app) keeps running. A helper that did not end on its own
+/// terms (killed by a signal, or a failure status) gets a last line in its log saying so:
+/// it could not write one itself, and whoever shows the log must not take it for a clean
+/// power-off.
+fn reap_in_background(mut child: Child, log: PathBuf) {
     let spawned = thread::Builder::new()
         .name("helper-reaper".into())
         .spawn(move || {
-            let _ = child.wait();
+            let Ok(status) = child.wait() else { return };
+            let line = match (status.signal(), status.code()) {
+                (Some(signal), _) => format!("error: the VM helper was killed by signal {signal}"),
+                (None, Some(code)) if code != 0 => {
+                    format!("error: the VM helper exited with status {code}")
+                }
+                _ => return,
+            };
+            let appended = OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .and_then(|mut f| writeln!(f, "{line}"));
+            if let Err(e) = appended {
+                log::warn!("cannot note the helper's end in {}: {e}", log.display());
+            }
         });
     if let Err(e) = spawned {
         log::warn!("cannot start a thread to reap the VM helper: {e}");
