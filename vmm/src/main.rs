@@ -97,23 +97,16 @@ fn parse_vnc(s: &str) -> Result<VncListen, String> {
 
 /// Parses QEMU-style sizes: `512`, `512M`, `2G`, `1024K`, `1T`, optional `B`/`iB`.
 fn parse_size(s: &str) -> Result<u64, String> {
+    // vm.ron's size syntax, except that a bare number means MiB, as in QEMU's -m.
     let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, shift) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 30),
-        Some('t' | 'T') => (&t[..t.len() - 1], 40),
-        _ => (t, 20),
+    let text = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{t}M")
+    } else {
+        t.to_owned()
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size like 256M or 2G"))?;
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
+    text.parse::<hospes_vmm::config::Size>()
+        .map(|size| size.bytes())
+        .map_err(|_| format!("'{s}' is not a size like 256M or 2G"))
 }
 
 fn parse_qmp(s: &str) -> Result<PathBuf, String> {
