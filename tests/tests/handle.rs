@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use hospes_tests::{GuestKind, build_guest, skip_without_kvm};
-use hospes_vmm::machine::{Exit, MachineConfig, RunState, SerialConfig, Vmm};
+use hospes_vmm::machine::{
+    Exit, MachineConfig, MachineError, RunState, SerialConfig, VmHandle, Vmm,
+};
 
 fn wait_for(path: &std::path::Path, text: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -31,6 +33,23 @@ fn powerbutton_vmm(cpus: u32, no_reboot: bool) -> (hospes_tests::Guest, std::pat
     };
     let vmm = Vmm::new(cfg).unwrap();
     (g, console, vmm)
+}
+
+/// The power-button guest running on a thread, past its first line: its guest, console,
+/// handle and the thread that returns how the run ended.
+fn running_powerbutton(
+    no_reboot: bool,
+) -> (
+    hospes_tests::Guest,
+    std::path::PathBuf,
+    VmHandle,
+    std::thread::JoinHandle<Result<Exit, MachineError>>,
+) {
+    let (guest, console, mut vmm) = powerbutton_vmm(1, no_reboot);
+    let handle = vmm.handle();
+    let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
+    wait_for(&console, "button\n");
+    (guest, console, handle, runner)
 }
 
 #[test]
@@ -74,10 +93,7 @@ fn quit_ends_a_running_vm() {
     if skip_without_kvm() {
         return;
     }
-    let (_guest, console, mut vmm) = powerbutton_vmm(1, false);
-    let handle = vmm.handle();
-    let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
-    wait_for(&console, "button\n");
+    let (_guest, _console, handle, runner) = running_powerbutton(false);
     handle.quit();
     assert_eq!(runner.join().unwrap().unwrap(), Exit::Quit);
 }
@@ -87,10 +103,7 @@ fn reset_reboots_and_the_handle_keeps_working() {
     if skip_without_kvm() {
         return;
     }
-    let (_guest, console, mut vmm) = powerbutton_vmm(1, false);
-    let handle = vmm.handle();
-    let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
-    wait_for(&console, "button\n");
+    let (_guest, console, handle, runner) = running_powerbutton(false);
     handle.reset();
     let twice = "waiting for the power button\nwaiting for the power button\n";
     assert_eq!(wait_for(&console, twice), twice);
@@ -107,10 +120,7 @@ fn reset_with_no_reboot_ends_the_run() {
     if skip_without_kvm() {
         return;
     }
-    let (_guest, console, mut vmm) = powerbutton_vmm(1, true);
-    let handle = vmm.handle();
-    let runner = std::thread::spawn(move || vmm.run(|_| Ok(())));
-    wait_for(&console, "button\n");
+    let (_guest, _console, handle, runner) = running_powerbutton(true);
     handle.reset();
     assert_eq!(runner.join().unwrap().unwrap(), Exit::Reset);
     assert_eq!(handle.status(), RunState::Shutdown);
