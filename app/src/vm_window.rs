@@ -3,12 +3,13 @@
 //!
 //! The screen comes from the helper's RFB socket through [`vnc_session`] (vnc-rs on a
 //! tokio thread); frames arrive here as component inputs and land in a [`ScreenView`],
-//! which re-uploads only the tiles they touch. Keys go to the guest as X11 keysyms (GDK
-//! key values), the pointer as absolute positions. The header bar has a keyboard-grab
-//! toggle (system shortcuts go to the guest while it is on), Ctrl+Alt+Del, fullscreen and
-//! a menu with the lifecycle actions, which the library window carries out. When the VM's
-//! display follows the window, a new window size becomes a resolution request
-//! (ExtendedDesktopSize) once the size has been still for 300 ms.
+//! which re-uploads only the tiles they touch. Keys go to the guest as scancodes (GTK's
+//! hardware keycode through [`keymap`]) with their keysym beside, the pointer as absolute
+//! positions; the session sends both down its input channel. The header bar has a
+//! keyboard-grab toggle (system shortcuts go to the guest while it is on), Ctrl+Alt+Del,
+//! fullscreen and a menu with the lifecycle actions, which the library window carries
+//! out. When the VM's display follows the window, a new window size becomes a resolution
+//! request (ExtendedDesktopSize) once the size has been still for 300 ms.
 //!
 //! The serial console reads `serial.sock` on a thread and sends typed characters back.
 
@@ -29,6 +30,7 @@ use relm4::{Component, ComponentParts, ComponentSender};
 use crate::a11y;
 use crate::bench;
 use crate::i18n::gettext_f;
+use crate::keymap;
 use crate::screen_view::ScreenView;
 use crate::vm_control::{VmAction, VmRef};
 use crate::vnc_session::{self, FrameEvent, InputEvent, Session};
@@ -80,8 +82,8 @@ pub enum VmWindowInput {
     Frame(FrameEvent),
     /// Connect (again) to the display.
     Connect,
-    /// A key.
-    Key(u32, bool),
+    /// A key: keysym, hardware keycode, pressed.
+    Key(u32, u32, bool),
     /// The pointer moved to a widget point.
     Motion(f64, f64),
     /// A button changed (RFB bit, pressed).
@@ -353,8 +355,13 @@ impl Component for VmWindow {
                     self.connect(&sender);
                 }
             }
-            VmWindowInput::Key(keysym, down) => {
-                self.send(InputEvent::Key { keysym, down });
+            VmWindowInput::Key(keysym, keycode, down) => {
+                let scancode = keymap::scancode_for_keycode(keycode);
+                self.send(InputEvent::Key {
+                    keysym,
+                    scancode,
+                    down,
+                });
             }
             VmWindowInput::Motion(x, y) => {
                 if let Some((gx, gy)) = widgets.screen.to_guest(x, y) {
@@ -395,12 +402,20 @@ impl Component for VmWindow {
                 }
             }
             VmWindowInput::CtrlAltDel => {
-                for keysym in [KEYSYM_CONTROL_L, KEYSYM_ALT_L, KEYSYM_DELETE] {
-                    self.send(InputEvent::Key { keysym, down: true });
-                }
-                for keysym in [KEYSYM_DELETE, KEYSYM_ALT_L, KEYSYM_CONTROL_L] {
+                let keys = [KEYSYM_CONTROL_L, KEYSYM_ALT_L, KEYSYM_DELETE]
+                    .into_iter()
+                    .zip(keymap::CTRL_ALT_DEL);
+                for (keysym, scancode) in keys.clone() {
                     self.send(InputEvent::Key {
                         keysym,
+                        scancode: Some(scancode),
+                        down: true,
+                    });
+                }
+                for (keysym, scancode) in keys.rev() {
+                    self.send(InputEvent::Key {
+                        keysym,
+                        scancode: Some(scancode),
                         down: false,
                     });
                 }
@@ -537,13 +552,13 @@ impl VmWindow {
 fn install_screen_input(screen: &ScreenView, sender: &ComponentSender<VmWindow>) {
     let keys = gtk::EventControllerKey::new();
     let input = sender.clone();
-    keys.connect_key_pressed(move |_, key, _, _| {
-        input.input(VmWindowInput::Key(key.into_glib(), true));
+    keys.connect_key_pressed(move |_, key, keycode, _| {
+        input.input(VmWindowInput::Key(key.into_glib(), keycode, true));
         glib::Propagation::Stop
     });
     let input = sender.clone();
-    keys.connect_key_released(move |_, key, _, _| {
-        input.input(VmWindowInput::Key(key.into_glib(), false));
+    keys.connect_key_released(move |_, key, keycode, _| {
+        input.input(VmWindowInput::Key(key.into_glib(), keycode, false));
     });
     screen.add_controller(keys);
 

@@ -6,6 +6,10 @@
 //! The session asks for an incremental update every 16 ms; the server answers when it has
 //! something to send, so an idle guest costs nothing but the requests.
 //!
+//! Keys and the pointer go down a second connection to the same socket, the
+//! [`InputChannel`], which sends keys as scancodes (vnc-rs has no QEMU Extended Key Event);
+//! resize requests go through vnc-rs. When either connection ends, the session ends.
+//!
 //! A resize request waits until the server has told its layout (vnc-rs refuses one
 //! before) and until the previous one was answered: vnc-rs gives up resizing for the
 //! rest of a connection whose request was cancelled, so the last size asked for waits
@@ -18,6 +22,7 @@ use tokio::sync::mpsc;
 use vnc::{PixelFormat, VncConnector, VncEncoding, VncError, VncEvent, X11Event};
 
 use crate::framebuffer::Rect;
+use crate::rfb_input::InputChannel;
 use crate::vm_control::error_chain;
 
 /// How often the session asks for an incremental update.
@@ -39,10 +44,12 @@ pub enum FrameEvent {
 /// What the view sends.
 #[derive(Debug, Clone, Copy)]
 pub enum InputEvent {
-    /// A key by X11 keysym.
+    /// A key: by scancode when it has one, else by X11 keysym.
     Key {
         /// The keysym (GDK key values are X11 keysyms).
         keysym: u32,
+        /// The XT scancode in QEMU's qnum form (see [`crate::keymap`]).
+        scancode: Option<u16>,
         /// Pressed or released.
         down: bool,
     },
@@ -133,6 +140,9 @@ async fn run(
         .map_err(|err| error_chain(&err))?
         .finish()
         .map_err(|err| error_chain(&err))?;
+    let mut keyboard = InputChannel::connect(&socket)
+        .await
+        .map_err(|err| error_chain(&err))?;
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut resize = PendingResize::default();
@@ -148,17 +158,18 @@ async fn run(
             input = inputs.recv() => {
                 let Some(input) = input else { break };
                 match input {
-                    InputEvent::Key { keysym, down } => {
-                        client.input(X11Event::KeyEvent((keysym, down).into())).await
+                    InputEvent::Key { keysym, scancode, down } => {
+                        keyboard.key(keysym, scancode, down).await
                             .map_err(|err| error_chain(&err))?;
                     }
                     InputEvent::Pointer { x, y, buttons } => {
-                        client.input(X11Event::PointerEvent((x, y, buttons).into())).await
+                        keyboard.pointer(x, y, buttons).await
                             .map_err(|err| error_chain(&err))?;
                     }
                     InputEvent::Resize { width, height } => resize.wanted = Some((width, height)),
                 }
             }
+            err = keyboard.ended() => return Err(error_chain(&err)),
             _ = tick.tick() => {
                 resize.dispatch(&client);
                 client.input(X11Event::Refresh).await.map_err(|err| error_chain(&err))?;
