@@ -318,6 +318,8 @@ pub struct Machine {
     kvm: Kvm,
     boot: boot::BootEntry,
     serial: Arc<Mutex<SerialDevice>>,
+    /// The VM's kernel side (the PIT), still being set up while devices are added.
+    setup: vm::VmSetup,
 }
 
 /// Devices that live across boots.
@@ -335,10 +337,8 @@ impl Machine {
         handle: &VmHandle,
     ) -> Result<Self, MachineError> {
         let kvm = vm::open_kvm()?;
-        let vm_fd = vm::create_vm(&kvm)?;
         let guest_memory = memory::create(config.memory)?;
-        memory::register(&vm_fd, &guest_memory)?;
-        let vm_fd = vm::setup_vm(vm_fd)?;
+        let mut setup = vm::VmSetup::start(vm::create_vm(&kvm)?, guest_memory.clone())?;
 
         let gdt: Vec<u8> = regs::gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
         guest_memory
@@ -360,6 +360,7 @@ impl Machine {
             },
         )?;
 
+        let vm_fd = setup.irqchip()?;
         let power: Arc<dyn PowerEvents> = Arc::new(EventSink(events.clone()));
         let mut pio = Bus::new();
         pio.insert(persistent.serial.clone(), u64::from(layout::COM1_PORT), 8)?;
@@ -402,6 +403,7 @@ impl Machine {
             kvm,
             boot,
             serial: persistent.serial.clone(),
+            setup,
         })
     }
 
@@ -425,6 +427,7 @@ impl Machine {
             vcpus.push(fd);
         }
         vcpu::install_kick_handler()?;
+        self.setup.finish()?;
         let buses = ExitBuses {
             pio: self.pio_bus.clone(),
             mmio: self.mmio_bus.clone(),

@@ -2,10 +2,11 @@
 //! VM with the in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT, and the interrupt lines
 //! devices use.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::layout;
 use crate::devices::legacy::IrqLine;
@@ -29,6 +30,12 @@ pub enum VmError {
     CreateVm(#[source] kvm_ioctls::Error),
     #[error("cannot set up the VM ({0})")]
     Setup(&'static str, #[source] kvm_ioctls::Error),
+    #[error(transparent)]
+    Memory(#[from] super::memory::MemoryError),
+    #[error("cannot start the VM set-up thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the VM set-up thread failed")]
+    SetupThread,
 }
 
 /// Opens /dev/kvm.
@@ -45,27 +52,99 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
     Ok(kvm)
 }
 
-/// Creates an empty VM. Register guest memory before [`setup_vm`]: a memory slot added
-/// to a VM that already has an irqchip costs an SRCU grace period (milliseconds when
-/// nested), one added first costs almost nothing.
+/// Creates an empty VM.
 pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     kvm.create_vm().map_err(VmError::CreateVm)
 }
 
-/// Adds the TSS and identity-map pages, the in-kernel irqchip and the PIT.
-pub fn setup_vm(vm: VmFd) -> Result<Arc<VmFd>, VmError> {
+/// The kernel side of a new VM, set up on a thread of its own while the caller fills guest
+/// memory: registering the memory slots and creating the PIT each wait on the host kernel
+/// (an SRCU grace period, the start of the PIT's worker thread), together more than half of
+/// a tiny guest's start-up when nested, and none of it is needed to load the kernel or
+/// build the ACPI tables.
+///
+/// In order: guest memory (a slot added before the irqchip exists costs no grace period),
+/// the TSS and identity-map pages, the in-kernel irqchip ([`VmSetup::irqchip`] waits for
+/// this far), then the PIT ([`VmSetup::finish`] waits for everything). Dropping it waits
+/// for the thread, so the memory it registered outlives its use.
+pub struct VmSetup {
+    vm: Arc<VmFd>,
+    irqchip: Option<mpsc::Receiver<Result<(), VmError>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), VmError>>>,
+}
+
+impl VmSetup {
+    /// Starts setting up `vm` with `memory` as its RAM.
+    pub fn start(vm: VmFd, memory: GuestMemoryMmap) -> Result<Self, VmError> {
+        let vm = Arc::new(vm);
+        let (tx, rx) = mpsc::sync_channel(1);
+        let kernel_vm = vm.clone();
+        let thread = std::thread::Builder::new()
+            .name("vm-setup".into())
+            .spawn(move || {
+                let first = setup_irqchip(&kernel_vm, &memory);
+                let ok = first.is_ok();
+                let _ = tx.send(first);
+                drop(memory);
+                if ok { create_pit(&kernel_vm) } else { Ok(()) }
+            })
+            .map_err(VmError::Thread)?;
+        Ok(Self {
+            vm,
+            irqchip: Some(rx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits until guest memory and the irqchip are in place (irqfds need the irqchip);
+    /// returns the VM.
+    pub fn irqchip(&mut self) -> Result<Arc<VmFd>, VmError> {
+        if let Some(rx) = self.irqchip.take() {
+            match rx.recv() {
+                Ok(result) => result?,
+                // The thread ended without a word: it panicked; its join says so.
+                Err(_) => return self.join().map(|()| self.vm.clone()),
+            }
+        }
+        Ok(self.vm.clone())
+    }
+
+    /// Waits until the whole VM, the PIT included, is set up.
+    pub fn finish(mut self) -> Result<(), VmError> {
+        self.irqchip()?;
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), VmError> {
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or(Err(VmError::SetupThread)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for VmSetup {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
+fn setup_irqchip(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {
+    super::memory::register(vm, memory)?;
     vm.set_tss_address(layout::KVM_TSS as usize)
         .map_err(|e| VmError::Setup("TSS address", e))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP)
         .map_err(|e| VmError::Setup("identity map", e))?;
     vm.create_irq_chip()
-        .map_err(|e| VmError::Setup("irqchip", e))?;
+        .map_err(|e| VmError::Setup("irqchip", e))
+}
+
+fn create_pit(vm: &VmFd) -> Result<(), VmError> {
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(|e| VmError::Setup("PIT", e))?;
-    Ok(Arc::new(vm))
+    vm.create_pit2(pit).map_err(|e| VmError::Setup("PIT", e))
 }
 
 /// An ISA/GSI line of the in-kernel irqchip, driven with `KVM_IRQ_LINE`.
