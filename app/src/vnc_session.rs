@@ -13,13 +13,17 @@
 //! A resize request waits until the server has told its layout (vnc-rs refuses one
 //! before) and until the previous one was answered: vnc-rs gives up resizing for the
 //! rest of a connection whose request was cancelled, so the last size asked for waits
-//! its turn instead of replacing the one in flight.
+//! its turn instead of replacing the one in flight. vnc-rs also gives up when the answer
+//! is not the size it asked for (the guest picked another one, which the helper reports
+//! as a success with the size shown) or does not come within five seconds; the session
+//! then opens a new picture connection, which starts with the layout as it is, so the
+//! next window size is asked for again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use vnc::{PixelFormat, VncConnector, VncEncoding, VncError, VncEvent, X11Event};
+use vnc::{PixelFormat, ResizeError, VncConnector, VncEncoding, VncError, VncEvent, X11Event};
 
 use crate::framebuffer::Rect;
 use crate::rfb_input::InputChannel;
@@ -116,15 +120,12 @@ fn run_thread(
     report(FrameEvent::Closed(result.err()));
 }
 
-async fn run(
-    socket: PathBuf,
-    mut inputs: mpsc::UnboundedReceiver<InputEvent>,
-    report: &mut impl FnMut(FrameEvent) -> bool,
-) -> Result<(), String> {
-    let stream = tokio::net::UnixStream::connect(&socket)
+/// Opens the picture connection: vnc-rs with the view's encodings and pixel format.
+async fn connect_picture(socket: &Path) -> Result<vnc::VncClient, String> {
+    let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|err| format!("{}: {err}", socket.display()))?;
-    let client = VncConnector::new(stream)
+    VncConnector::new(stream)
         .set_auth_method(async { Ok::<_, VncError>(String::new()) })
         .add_encoding(VncEncoding::Zrle)
         .add_encoding(VncEncoding::CopyRect)
@@ -139,7 +140,15 @@ async fn run(
         .await
         .map_err(|err| error_chain(&err))?
         .finish()
-        .map_err(|err| error_chain(&err))?;
+        .map_err(|err| error_chain(&err))
+}
+
+async fn run(
+    socket: PathBuf,
+    mut inputs: mpsc::UnboundedReceiver<InputEvent>,
+    report: &mut impl FnMut(FrameEvent) -> bool,
+) -> Result<(), String> {
+    let mut client = connect_picture(&socket).await?;
     let mut keyboard = InputChannel::connect(&socket)
         .await
         .map_err(|err| error_chain(&err))?;
@@ -171,6 +180,10 @@ async fn run(
             }
             err = keyboard.ended() => return Err(error_chain(&err)),
             _ = tick.tick() => {
+                if resize.connection_gave_up().await {
+                    let _ = client.close().await;
+                    client = connect_picture(&socket).await?;
+                }
                 resize.dispatch(&client);
                 client.input(X11Event::Refresh).await.map_err(|err| error_chain(&err))?;
             }
@@ -184,10 +197,39 @@ async fn run(
 #[derive(Default)]
 struct PendingResize {
     wanted: Option<(u16, u16)>,
-    in_flight: Option<tokio::task::JoinHandle<()>>,
+    in_flight: Option<tokio::task::JoinHandle<ResizeOutcome>>,
+}
+
+/// How a resize request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResizeOutcome {
+    /// The guest shows the size, or refused it; the connection can ask again.
+    Settled,
+    /// vnc-rs refuses any further request on this connection.
+    ConnectionGaveUp,
+}
+
+impl ResizeOutcome {
+    fn of(result: &Result<vnc::DesktopLayout, ResizeError>) -> ResizeOutcome {
+        match result {
+            Err(ResizeError::Uncertain | ResizeError::Timeout) => ResizeOutcome::ConnectionGaveUp,
+            _ => ResizeOutcome::Settled,
+        }
+    }
 }
 
 impl PendingResize {
+    /// Takes the outcome of a finished request: true when vnc-rs gave up resizing on this
+    /// connection, which only a new connection cures.
+    async fn connection_gave_up(&mut self) -> bool {
+        let Some(request) = self.in_flight.take_if(|r| r.is_finished()) else {
+            return false;
+        };
+        request
+            .await
+            .is_ok_and(|outcome| outcome == ResizeOutcome::ConnectionGaveUp)
+    }
+
     /// Sends the wanted size once the server told its layout and no request is in flight.
     /// The answer comes through the event stream, which keeps running meanwhile.
     fn dispatch(&mut self, client: &vnc::VncClient) {
@@ -201,9 +243,11 @@ impl PendingResize {
         };
         let client = client.clone();
         self.in_flight = Some(tokio::spawn(async move {
-            if let Err(err) = client.resize_desktop(width, height).await {
+            let result = client.resize_desktop(width, height).await;
+            if let Err(err) = &result {
                 log::info!("the guest did not take {width}×{height}: {err}");
             }
+            ResizeOutcome::of(&result)
         }));
     }
 }
@@ -237,3 +281,6 @@ fn rect_of(rect: vnc::Rect) -> Rect {
         height: u32::from(rect.height),
     }
 }
+
+#[cfg(test)]
+mod tests;
