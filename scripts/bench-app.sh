@@ -30,7 +30,9 @@ if [ -z "${HOSPES_BENCH_INNER:-}" ]; then
   if [ "$profile" = release ]; then
     (cd "$root" && cargo build --release -q -p hospes -p hospes-vmm)
   fi
-  exec xvfb-run -a -s "-screen 0 1920x1200x24" \
+  # A desktop session has a session bus; without one GLib would spawn dbus-launch for each
+  # app started (tens of ms each, for both apps).
+  exec xvfb-run -a -s "-screen 0 1920x1200x24" dbus-run-session -- \
     env HOSPES_BENCH_INNER=1 "$0" --profile "$profile" --runs "$runs"
 fi
 
@@ -129,4 +131,10 @@ else
   row "VM view frame rate (no /dev/kvm)" "skipped" "n/a"
 fi
 echo
-echo "profile: $profile; warm figures are medians of $runs runs; Xvfb, software rendering."
+renderer="GTK's default (OpenGL)"
+if [ -n "${GSK_RENDERER:-}" ]; then
+  renderer="$GSK_RENDERER (GSK_RENDERER)"
+elif ! compgen -G "/dev/dri/renderD*" >/dev/null; then
+  renderer="cairo (no GPU render node; app/src/main.rs)"
+fi
+echo "profile: $profile; warm figures are medians of $runs runs; Xvfb; hospes renderer: $renderer."
