@@ -176,6 +176,9 @@ impl QmpServer {
     }
 }
 
+/// Bytes in `sockaddr_un.sun_path`, the terminating NUL included.
+const SUN_PATH_MAX: usize = 108;
+
 /// Binds `path`, replacing a stale socket, and restricts it to the owner.
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     let bind_err = |source| ServerError::Bind {
@@ -193,8 +196,34 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(bind_err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    // Bound under a temporary name and renamed into place once listening and private, so
+    // the socket appears only when it accepts connections (a client that sees the path
+    // can connect; between bind and listen it would be refused) and never with the
+    // umask's permissions.
+    let name = path.file_name().ok_or_else(|| {
+        bind_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket path has no file name",
+        ))
+    })?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    if temp.as_os_str().len() >= SUN_PATH_MAX {
+        // No room for the longer name: bind in place.
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        return Ok(listener);
+    }
+    let _ = fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp).map_err(bind_err)?;
+    let placed = fs::set_permissions(&temp, fs::Permissions::from_mode(0o600))
+        .and_then(|()| fs::rename(&temp, path));
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&temp);
+        return Err(bind_err(e));
+    }
     Ok(listener)
 }
 
@@ -401,5 +430,31 @@ impl QmpServerHandle {
 impl Drop for QmpServerHandle {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_socket_is_private_connectable_and_leaves_no_temporary_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vnc.sock");
+        // A stale socket from a helper that died is replaced.
+        drop(UnixListener::bind(&path).expect("stale socket"));
+        let listener = bind(&path).expect("bind");
+        let meta = fs::symlink_metadata(&path).expect("socket");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        UnixStream::connect(&path).expect("connect");
+        assert!(listener.accept().is_ok());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("vnc.sock")]);
+        // A live one is not taken over.
+        assert!(matches!(bind(&path), Err(ServerError::InUse(_))));
     }
 }
