@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod devices;
 pub mod display;
 pub mod input;
+pub mod keycodes;
 pub mod launch;
 pub mod library;
 pub mod logger;

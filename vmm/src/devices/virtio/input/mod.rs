@@ -83,30 +83,7 @@ impl InputEvent {
 
 /// The Linux key code of an XT scancode (bit 7: 0xE0 prefix).
 pub fn xt_to_evdev(xt: u16) -> Option<u16> {
-    let code = xt & 0x7f;
-    if xt & 0x80 == 0 {
-        return (1..=0x58).contains(&code).then_some(code);
-    }
-    Some(match code {
-        0x1c => 96,
-        0x1d => 97,
-        0x35 => 98,
-        0x38 => 100,
-        0x47 => 102,
-        0x48 => 103,
-        0x49 => 104,
-        0x4b => 105,
-        0x4d => 106,
-        0x4f => 107,
-        0x50 => 108,
-        0x51 => 109,
-        0x52 => 110,
-        0x53 => 111,
-        0x5b => 125,
-        0x5c => 126,
-        0x5d => 127,
-        _ => return None,
-    })
+    crate::keycodes::qnum_to_evdev(xt)
 }
 
 struct Pending {
@@ -200,11 +177,7 @@ impl VirtioInput {
             (CFG_PROP_BITS, InputKind::Tablet) => data = bits(&[INPUT_PROP_POINTER]),
             (CFG_EV_BITS, InputKind::Keyboard) => match u16::from(sub) {
                 EV_KEY => {
-                    let mut keys: Vec<u16> = (1..=0x58).collect();
-                    keys.extend([
-                        96, 97, 98, 100, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 125,
-                        126, 127,
-                    ]);
+                    let keys: Vec<u16> = crate::keycodes::evdev_keys().collect();
                     data = bits(&keys);
                 }
                 EV_REP => data = bits(&[0]),

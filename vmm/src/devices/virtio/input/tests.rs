@@ -108,6 +108,8 @@ fn xt_scancodes_map_to_linux_key_codes() {
     assert_eq!(xt_to_evdev(0x1e), Some(30));
     assert_eq!(xt_to_evdev(0xc8), Some(103));
     assert_eq!(xt_to_evdev(0x9d), Some(97));
-    assert_eq!(xt_to_evdev(0xe3), None);
+    assert_eq!(xt_to_evdev(0xe3), Some(143)); // KEY_WAKEUP
+    assert_eq!(xt_to_evdev(0xa0), Some(113)); // KEY_MUTE
+    assert_eq!(xt_to_evdev(0xe2), None);
     assert_eq!(xt_to_evdev(0), None);
 }
