@@ -64,7 +64,7 @@ pub fn scan(root: &Path) -> Result<Vec<HostUsbDevice>, UsbScanError> {
         .filter_map(Result::ok)
         .filter_map(|entry| read_device(&entry.path(), &entry.file_name().to_string_lossy()))
         .collect();
-    devices.sort_by(|a, b| port_order(&a.port).cmp(&port_order(&b.port)));
+    devices.sort_by_cached_key(|device| port_order(&device.port));
     Ok(devices)
 }
 
