@@ -17,6 +17,7 @@ mod rfb_input;
 mod screen_view;
 mod settings_model;
 mod settings_window;
+mod usb_choices;
 mod vm_control;
 mod vm_window;
 mod vnc_session;

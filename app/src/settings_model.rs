@@ -6,9 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use gettextrs::gettext;
+use hospes_vmm::backends::usb_host;
 use hospes_vmm::config::{self, DisplayDevice, HostLimits, Network, Resolution, Size, VmConfig};
 
 use crate::i18n::gettext_f;
+use crate::usb_choices::{self, UsbChoice};
 use crate::vm_control::error_chain;
 
 /// Where a problem shows in the pane.
@@ -24,6 +26,8 @@ pub enum Field {
     Cdrom,
     /// The display's resolution.
     Resolution,
+    /// The USB devices (the field where an id is typed).
+    Usb,
     /// Anything else: shown at the top.
     Other,
 }
@@ -60,7 +64,7 @@ pub struct Form {
     pub network: bool,
     /// Sound through PipeWire.
     pub sound: bool,
-    /// USB devices handed to the guest, "vendor:product".
+    /// USB devices handed to the guest, "vendor:product", as listed or typed.
     pub usb: Vec<String>,
 }
 
@@ -127,15 +131,49 @@ impl Form {
             (Network::None, true) => Network::default(),
         };
         vm.sound = self.sound;
+        vm.usb.clear();
+        for text in &self.usb {
+            let device = usb_choices::parse_id(text).map_err(|message| FieldError {
+                field: Field::Usb,
+                message,
+            })?;
+            if !vm.usb.contains(&device) {
+                vm.usb.push(device);
+            }
+        }
         Ok(vm)
     }
 }
 
-/// The settings in `config_path` and their form. Blocking.
-pub fn load(config_path: &Path) -> Result<(VmConfig, Form), String> {
+/// What the pane opens with.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings as read.
+    pub vm: VmConfig,
+    /// Their form.
+    pub form: Form,
+    /// The USB devices to list.
+    pub usb: Vec<UsbChoice>,
+    /// Why the host's USB devices could not be read, if they could not.
+    pub usb_error: Option<String>,
+}
+
+/// The settings in `config_path`, their form and the USB devices plugged into the host
+/// whose sysfs is at `sysfs_root`. Blocking.
+pub fn load(config_path: &Path, sysfs_root: &Path) -> Result<Loaded, String> {
     let vm = config::load(config_path).map_err(|err| error_chain(&err))?;
     let form = Form::from_config(&vm);
-    Ok((vm, form))
+    let (host, usb_error) = match usb_host::scan(sysfs_root) {
+        Ok(host) => (host, None),
+        Err(err) => (Vec::new(), Some(error_chain(&err))),
+    };
+    let usb = usb_choices::choices(&vm.usb, &host);
+    Ok(Loaded {
+        vm,
+        form,
+        usb,
+        usb_error,
+    })
 }
 
 /// Checks `vm` the way the helper will (schema, files, this computer's limits) and writes
@@ -168,6 +206,7 @@ pub fn field_of(setting: &str) -> Field {
         "disks" => Field::Disks,
         "cdrom" => Field::Cdrom,
         "display" => Field::Resolution,
+        "usb" => Field::Usb,
         _ => Field::Other,
     }
 }
@@ -197,10 +236,16 @@ mod tests {
         (dir, machine.config_path())
     }
 
+    /// The settings and form at `path`, on a host without USB devices.
+    fn read(path: &Path) -> (VmConfig, Form) {
+        let loaded = load(path, Path::new("/nonexistent/sysfs")).unwrap();
+        (loaded.vm, loaded.form)
+    }
+
     #[test]
     fn a_form_round_trips_and_saves() {
         let (_dir, path) = machine();
-        let (vm, mut form) = load(&path).unwrap();
+        let (vm, mut form) = read(&path);
         assert_eq!(Form::from_config(&form.apply(&vm).unwrap()), form);
         form.cpus = 1;
         form.memory_mib = 512;
@@ -208,7 +253,7 @@ mod tests {
         form.network = false;
         form.sound = false;
         save(&path, &form.apply(&vm).unwrap()).unwrap();
-        let (saved, saved_form) = load(&path).unwrap();
+        let (saved, saved_form) = read(&path);
         assert_eq!(saved_form, form);
         assert_eq!(saved.network, Network::None);
         assert_eq!(saved.memory, Size::mib(512));
@@ -217,7 +262,7 @@ mod tests {
     #[test]
     fn a_bad_resolution_is_an_error_at_its_field() {
         let (_dir, path) = machine();
-        let (vm, mut form) = load(&path).unwrap();
+        let (vm, mut form) = read(&path);
         form.resolution = "huge".into();
         assert_eq!(form.apply(&vm).unwrap_err().field, Field::Resolution);
     }
@@ -225,13 +270,48 @@ mod tests {
     #[test]
     fn a_missing_cdrom_is_refused_at_the_cdrom_field() {
         let (_dir, path) = machine();
-        let (vm, mut form) = load(&path).unwrap();
+        let (vm, mut form) = read(&path);
         form.cdrom = "/nonexistent/install.iso".into();
         let err = save(&path, &form.apply(&vm).unwrap()).unwrap_err();
         assert_eq!(err.field, Field::Cdrom, "{err:?}");
         assert!(err.message.contains("install.iso"), "{}", err.message);
-        let (unchanged, _) = load(&path).unwrap();
+        let (unchanged, _) = read(&path);
         assert_eq!(unchanged.cdrom, None, "nothing written");
+    }
+
+    #[test]
+    fn usb_devices_are_saved_once_each() {
+        let (_dir, path) = machine();
+        let (vm, mut form) = read(&path);
+        form.usb = vec!["046d:c52b".into(), " 1050:0407".into(), "046D:C52B".into()];
+        save(&path, &form.apply(&vm).unwrap()).unwrap();
+        let (saved, saved_form) = read(&path);
+        assert_eq!(saved_form.usb, ["046d:c52b", "1050:0407"]);
+        assert_eq!(saved.usb.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_usb_id_is_an_error_at_the_usb_field() {
+        let (_dir, path) = machine();
+        let (vm, mut form) = read(&path);
+        form.usb = vec!["046d:c52b".into(), "logitech".into()];
+        let err = form.apply(&vm).unwrap_err();
+        assert_eq!(err.field, Field::Usb);
+        assert!(err.message.contains("“logitech”"), "{}", err.message);
+    }
+
+    #[test]
+    fn load_lists_the_hosts_usb_devices() {
+        let (_dir, path) = machine();
+        let sysfs = tempfile::tempdir().unwrap();
+        let device = sysfs.path().join("bus/usb/devices/1-1");
+        std::fs::create_dir_all(&device).unwrap();
+        std::fs::write(device.join("idVendor"), "046d\n").unwrap();
+        std::fs::write(device.join("idProduct"), "c52b\n").unwrap();
+        let loaded = load(&path, sysfs.path()).unwrap();
+        assert_eq!(loaded.usb_error, None);
+        assert_eq!(loaded.usb.len(), 1);
+        assert!(loaded.usb[0].connected && !loaded.usb[0].chosen);
     }
 
     #[test]
@@ -239,6 +319,7 @@ mod tests {
         assert_eq!(field_of("disks[1].path"), Field::Disks);
         assert_eq!(field_of("display.resolution"), Field::Resolution);
         assert_eq!(field_of("memory"), Field::Memory);
+        assert_eq!(field_of("usb[1]"), Field::Usb);
         assert_eq!(field_of("boot.kernel"), Field::Other);
     }
 }

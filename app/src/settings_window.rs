@@ -6,18 +6,27 @@
 //! VM reads its settings when it starts, so the pane says that changes wait for the next
 //! start. The widgets hold the values being edited; Save reads them into a
 //! [`settings_model::Form`].
+//!
+//! USB: the host's devices (sysfs, scanned with the settings) each get a switch; devices
+//! `vm.ron` names that are not plugged in get a Remove button; an id typed in the entry
+//! below is checked there ([`usb_choices::parse_id`]) and added to the list, and one still
+//! in the entry on Save is saved too, or refused at the entry.
 
+use std::cell::Cell;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use adw::prelude::*;
 use gettextrs::gettext;
 use gtk::glib;
-use hospes_vmm::config::VmConfig;
-use relm4::{Component, ComponentParts, ComponentSender};
+use hospes_vmm::backends::usb_host;
+use hospes_vmm::config::{UsbDevice, VmConfig};
+use relm4::{Component, ComponentParts, ComponentSender, RelmWidgetExt};
 
 use crate::a11y;
 use crate::i18n::gettext_f;
-use crate::settings_model::{self, Field, FieldError, Form};
+use crate::settings_model::{self, Field, FieldError, Form, Loaded};
+use crate::usb_choices::{self, UsbChoice};
 use crate::vm_control::VmRef;
 
 /// What the pane opens with.
@@ -34,11 +43,30 @@ pub struct SettingsWindow {
     init: SettingsInit,
     base: Option<VmConfig>,
     disks: Vec<(PathBuf, gtk::Switch)>,
-    usb: Vec<String>,
+    usb: Vec<UsbRow>,
+    /// Why the id typed in the USB entry was not added.
+    usb_error: Option<String>,
+    /// Why the host's USB devices could not be listed.
+    usb_scan_error: Option<String>,
     error: Option<FieldError>,
     load_error: Option<String>,
     saving: bool,
     finished: bool,
+}
+
+/// A listed USB device.
+struct UsbRow {
+    id: UsbDevice,
+    row: adw::ActionRow,
+    /// The switch of a plugged-in device; a device that is not plugged in has none and is
+    /// handed to the machine as long as it is listed.
+    switch: Option<gtk::Switch>,
+}
+
+impl UsbRow {
+    fn chosen(&self) -> bool {
+        self.switch.as_ref().is_none_or(gtk::Switch::is_active)
+    }
 }
 
 /// What the pane is told.
@@ -46,6 +74,10 @@ pub struct SettingsWindow {
 pub enum SettingsInput {
     /// Check and write the settings.
     Save,
+    /// Add the USB id typed in the entry.
+    AddUsb,
+    /// Take the USB device that is not plugged in off the list.
+    RemoveUsb(UsbDevice),
     /// The window is closing.
     Closing,
 }
@@ -61,7 +93,7 @@ pub enum SettingsOutput {
 #[derive(Debug)]
 pub enum SettingsCommand {
     /// The settings were read.
-    Loaded(Box<Result<(VmConfig, Form), String>>),
+    Loaded(Box<Result<Loaded, String>>),
     /// Saving ended.
     Saved(Result<(), FieldError>),
 }
@@ -72,6 +104,11 @@ impl SettingsWindow {
             .as_ref()
             .filter(|error| error.field == field)
             .map(|error| error.message.as_str())
+    }
+
+    /// The problem to show under the USB entry.
+    fn usb_entry_error(&self) -> Option<&str> {
+        self.usb_error.as_deref().or(self.error_at(Field::Usb))
     }
 }
 
@@ -246,16 +283,59 @@ impl Component for SettingsWindow {
                                 set_valign: gtk::Align::Center,
                             },
                         },
-                        #[name = "usb_row"]
+                    },
+
+                    #[name = "usb_group"]
+                    adw::PreferencesGroup {
+                        set_title: &gettext("USB Devices"),
+                        set_description: Some(&usb_note()),
+
                         adw::ActionRow {
-                            set_title: &gettext("USB Devices"),
+                            set_title: &gettext("No USB devices are plugged in"),
                             #[watch]
-                            set_subtitle: &if model.usb.is_empty() {
-                                // Translators: no USB devices are handed to the machine.
-                                gettext("None")
-                            } else {
-                                model.usb.join(", ")
+                            set_visible: model.usb.is_empty(),
+                        },
+                        gtk::Label {
+                            set_xalign: 0.0,
+                            set_wrap: true,
+                            set_margin_top: 6,
+                            add_css_class: "error",
+                            #[watch]
+                            set_visible: model.usb_scan_error.is_some(),
+                            #[watch]
+                            set_label: model.usb_scan_error.as_deref().unwrap_or_default(),
+                        },
+                    },
+
+                    adw::PreferencesGroup {
+                        #[watch]
+                        set_sensitive: model.base.is_some(),
+
+                        #[name = "usb_entry"]
+                        adw::EntryRow {
+                            set_title: &gettext("Add a Device by ID (vendor:product)"),
+                            #[watch]
+                            set_class_active: ("error", model.usb_entry_error().is_some()),
+                            connect_entry_activated => SettingsInput::AddUsb,
+                            #[name = "usb_add_button"]
+                            add_suffix = &gtk::Button {
+                                set_icon_name: "list-add-symbolic",
+                                set_valign: gtk::Align::Center,
+                                add_css_class: "flat",
+                                set_tooltip_text: Some(&gettext("Add")),
+                                connect_clicked => SettingsInput::AddUsb,
                             },
+                        },
+                        #[name = "usb_error_label"]
+                        gtk::Label {
+                            set_xalign: 0.0,
+                            set_wrap: true,
+                            set_margin_top: 6,
+                            add_css_class: "error",
+                            #[watch]
+                            set_visible: model.usb_entry_error().is_some(),
+                            #[watch]
+                            set_label: model.usb_entry_error().unwrap_or_default(),
                         },
                     },
                 },
@@ -279,6 +359,8 @@ impl Component for SettingsWindow {
             base: None,
             disks: Vec::new(),
             usb: Vec::new(),
+            usb_error: None,
+            usb_scan_error: None,
             error: None,
             load_error: None,
             saving: false,
@@ -287,9 +369,13 @@ impl Component for SettingsWindow {
         let widgets = view_output!();
         // The spin buttons and switches are named by their rows (activatable widgets).
         root.set_default_widget(Some(&widgets.save_button));
+        a11y::set_label(&widgets.usb_add_button, &gettext("Add USB Device"));
         a11y::close_on_escape(&root);
         sender.spawn_oneshot_command(move || {
-            SettingsCommand::Loaded(Box::new(settings_model::load(&config)))
+            SettingsCommand::Loaded(Box::new(settings_model::load(
+                &config,
+                &usb_host::sysfs_root(),
+            )))
         });
         ComponentParts { model, widgets }
     }
@@ -303,6 +389,13 @@ impl Component for SettingsWindow {
     ) {
         match message {
             SettingsInput::Save => self.save(widgets, &sender),
+            SettingsInput::AddUsb => self.add_typed_usb(widgets, &sender),
+            SettingsInput::RemoveUsb(id) => {
+                if let Some(index) = self.usb.iter().position(|row| row.id == id) {
+                    let removed = self.usb.remove(index);
+                    widgets.usb_group.remove(&removed.row);
+                }
+            }
             SettingsInput::Closing => {
                 if !self.finished {
                     self.finished = true;
@@ -322,9 +415,13 @@ impl Component for SettingsWindow {
     ) {
         match message {
             SettingsCommand::Loaded(loaded) => match *loaded {
-                Ok((vm, form)) => {
-                    self.fill(widgets, &form);
-                    self.base = Some(vm);
+                Ok(loaded) => {
+                    self.fill(widgets, &loaded.form);
+                    for choice in &loaded.usb {
+                        self.add_usb_row(widgets, choice, &sender);
+                    }
+                    self.usb_scan_error = loaded.usb_error;
+                    self.base = Some(loaded.vm);
                 }
                 Err(message) => self.load_error = Some(message),
             },
@@ -335,7 +432,7 @@ impl Component for SettingsWindow {
             }
             SettingsCommand::Saved(Err(error)) => {
                 self.saving = false;
-                self.error = Some(error);
+                self.refuse(widgets, error);
             }
         }
         self.update_view(widgets, sender);
@@ -366,7 +463,126 @@ impl SettingsWindow {
             widgets.disks_group.add(&row);
             self.disks.push((path.clone(), switch));
         }
-        self.usb = form.usb.clone();
+    }
+
+    /// Lists a USB device: a switch when it is plugged in, a Remove button when not.
+    fn add_usb_row(
+        &mut self,
+        widgets: &SettingsWindowWidgets,
+        choice: &UsbChoice,
+        sender: &ComponentSender<Self>,
+    ) {
+        let id = choice.id.to_string();
+        let row = adw::ActionRow::new();
+        // Device names come from the device: never markup.
+        row.set_use_markup(false);
+        let name = choice.product.clone().unwrap_or_else(|| id.clone());
+        row.set_title(&name);
+        let switch = if choice.connected {
+            let subtitle = match (&choice.manufacturer, &choice.product) {
+                (Some(maker), Some(_)) => gettext_f(
+                    // Translators: a USB device's maker and its vendor:product id.
+                    "{manufacturer} · {id}",
+                    &[("manufacturer", maker), ("id", &id)],
+                ),
+                (Some(maker), None) => maker.clone(),
+                (None, Some(_)) => id.clone(),
+                (None, None) => String::new(),
+            };
+            row.set_subtitle(&subtitle);
+            let switch = gtk::Switch::new();
+            switch.set_active(choice.chosen);
+            switch.set_valign(gtk::Align::Center);
+            // The row names the switch (its activatable widget): "USB Receiver, switch".
+            row.add_suffix(&switch);
+            row.set_activatable_widget(Some(&switch));
+            Some(switch)
+        } else {
+            // Translators: a USB device the machine lists that is not plugged in now.
+            row.set_subtitle(&gettext("Not connected"));
+            let remove = gtk::Button::from_icon_name("user-trash-symbolic");
+            remove.set_valign(gtk::Align::Center);
+            remove.add_css_class("flat");
+            remove.set_tooltip_text(Some(&gettext("Remove")));
+            a11y::set_label(
+                &remove,
+                &gettext_f(
+                    // Translators: the accessible name of a button; {device} is a USB id.
+                    "Remove {device}",
+                    &[("device", &id)],
+                ),
+            );
+            let device = choice.id;
+            let sender = sender.clone();
+            remove.connect_clicked(move |_| sender.input(SettingsInput::RemoveUsb(device)));
+            row.add_suffix(&remove);
+            None
+        };
+        widgets.usb_group.add(&row);
+        self.usb.push(UsbRow {
+            id: choice.id,
+            row,
+            switch,
+        });
+    }
+
+    /// Shows why saving was refused; a refused USB id takes the focus to its entry.
+    fn refuse(&mut self, widgets: &SettingsWindowWidgets, error: FieldError) {
+        if error.field == Field::Usb {
+            widgets.usb_entry.grab_focus();
+            reveal_when_laid_out(widgets.usb_error_label.upcast_ref());
+        }
+        self.error = Some(error);
+    }
+
+    /// Adds the id typed in the USB entry, or says at the entry why it is not one. A
+    /// plugged-in device with that id gets its switch turned on instead.
+    fn add_typed_usb(&mut self, widgets: &SettingsWindowWidgets, sender: &ComponentSender<Self>) {
+        let text = widgets.usb_entry.text();
+        if text.trim().is_empty() {
+            self.usb_error = None;
+            return;
+        }
+        // The entry keeps the focus (the pane scrolls to it): to fix the id or add another.
+        widgets.usb_entry.grab_focus();
+        match usb_choices::parse_id(&text) {
+            Err(message) => {
+                self.usb_error = Some(message);
+                reveal_when_laid_out(widgets.usb_error_label.upcast_ref());
+            }
+            Ok(id) => {
+                self.usb_error = None;
+                if self.error_at(Field::Usb).is_some() {
+                    self.error = None;
+                }
+                match self.usb.iter().find(|row| row.id == id) {
+                    Some(UsbRow {
+                        switch: Some(switch),
+                        ..
+                    }) => switch.set_active(true),
+                    Some(_) => {}
+                    None => self.add_usb_row(widgets, &UsbChoice::not_connected(id), sender),
+                }
+                widgets.usb_entry.set_text("");
+                reveal_when_laid_out(widgets.usb_entry.upcast_ref());
+            }
+        }
+    }
+
+    /// The USB ids to save: the devices switched on or listed, and one still typed in the
+    /// entry (checked with the rest by [`Form::apply`]).
+    fn usb_to_save(&self, widgets: &SettingsWindowWidgets) -> Vec<String> {
+        let mut usb: Vec<String> = self
+            .usb
+            .iter()
+            .filter(|row| row.chosen())
+            .map(|row| row.id.to_string())
+            .collect();
+        let typed = widgets.usb_entry.text();
+        if !typed.trim().is_empty() {
+            usb.push(typed.into());
+        }
+        usb
     }
 
     /// Reads the widgets into a form and saves it on the background pool.
@@ -387,20 +603,78 @@ impl SettingsWindow {
             follow_window: widgets.follow_switch.is_active(),
             network: widgets.network_switch.is_active(),
             sound: widgets.sound_switch.is_active(),
-            usb: self.usb.clone(),
+            usb: self.usb_to_save(widgets),
         };
         let vm = match form.apply(base) {
             Ok(vm) => vm,
             Err(error) => {
-                self.error = Some(error);
+                self.refuse(widgets, error);
                 return;
             }
         };
         self.error = None;
+        self.usb_error = None;
         self.saving = true;
         let path = self.init.vm.config.clone();
         sender.spawn_oneshot_command(move || {
             SettingsCommand::Saved(settings_model::save(&path, &vm))
         });
+    }
+}
+
+/// What the USB group says about passthrough, which the helper does not do yet.
+fn usb_note() -> String {
+    gettext(
+        "Devices switched on here are saved with the machine. Hospes cannot pass USB devices through to a guest yet, so the machine does not see them for now.",
+    )
+}
+
+/// Scrolls the pane so `widget` shows whole, once the change that shows it is laid out:
+/// focus only scrolls to the focused widget, not to the error label under it, and not
+/// again when a row added above moves it down.
+fn reveal_when_laid_out(widget: &gtk::Widget) {
+    // A widget that is still hidden has no frame clock of its own yet: take its window's.
+    let Some(clock) = widget.root().and_then(|root| root.frame_clock()) else {
+        return;
+    };
+    // The next frame lays the change out; after it is painted the bounds are current.
+    let handler: Rc<Cell<Option<glib::SignalHandlerId>>> = Rc::default();
+    let widget = widget.clone();
+    let id = clock.connect_after_paint({
+        let handler = Rc::clone(&handler);
+        move |clock| {
+            if let Some(id) = handler.take() {
+                clock.disconnect(id);
+            }
+            scroll_into_view(&widget);
+        }
+    });
+    handler.set(Some(id));
+    clock.request_phase(gtk::gdk::FrameClockPhase::LAYOUT);
+}
+
+/// Scrolls the nearest scrolled window around `widget` so that all of it shows.
+fn scroll_into_view(widget: &gtk::Widget) {
+    let Some(scrolled) = widget
+        .ancestor(gtk::ScrolledWindow::static_type())
+        .and_downcast::<gtk::ScrolledWindow>()
+    else {
+        return;
+    };
+    let content = scrolled
+        .child()
+        .and_downcast::<gtk::Viewport>()
+        .and_then(|viewport| viewport.child());
+    let Some(bounds) = content.and_then(|content| widget.compute_bounds(&content)) else {
+        return;
+    };
+    let adjustment = scrolled.vadjustment();
+    let top = f64::from(bounds.y());
+    let bottom = top + f64::from(bounds.height());
+    if bottom > adjustment.value() + adjustment.page_size() {
+        adjustment.set_value(bottom - adjustment.page_size());
+    }
+    if top < adjustment.value() {
+        adjustment.set_value(top);
     }
 }

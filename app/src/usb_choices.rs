@@ -1,0 +1,134 @@
+//! The USB part of the settings pane, without GTK: which devices the pane lists and how a
+//! typed id is checked.
+//!
+//! The list is the host's USB devices (read from sysfs by
+//! [`hospes_vmm::backends::usb_host`]), one row per vendor:product id, each switched on when
+//! `vm.ron` names it; then the devices `vm.ron` names that are not plugged in now.
+
+use hospes_vmm::backends::usb_host::HostUsbDevice;
+use hospes_vmm::config::UsbDevice;
+
+use crate::i18n::gettext_f;
+
+/// A USB device the pane lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsbChoice {
+    /// Vendor and product id.
+    pub id: UsbDevice,
+    /// The product name the device reports, if plugged in and it reports one.
+    pub product: Option<String>,
+    /// The maker's name the device reports, if plugged in and it reports one.
+    pub manufacturer: Option<String>,
+    /// Plugged into this computer now.
+    pub connected: bool,
+    /// Handed to the machine (listed in `vm.ron`).
+    pub chosen: bool,
+}
+
+impl UsbChoice {
+    /// A device named only by its id, not plugged in: one from `vm.ron` or typed by hand.
+    pub fn not_connected(id: UsbDevice) -> UsbChoice {
+        UsbChoice {
+            id,
+            product: None,
+            manufacturer: None,
+            connected: false,
+            chosen: true,
+        }
+    }
+}
+
+/// The rows for a machine whose `vm.ron` lists `saved`, on a host with `host` plugged in.
+/// Two plugged-in devices with the same id share a row: `vm.ron` tells them apart by id only.
+pub fn choices(saved: &[UsbDevice], host: &[HostUsbDevice]) -> Vec<UsbChoice> {
+    let mut rows: Vec<UsbChoice> = Vec::new();
+    for device in host {
+        if rows.iter().any(|row| row.id == device.id) {
+            continue;
+        }
+        rows.push(UsbChoice {
+            id: device.id,
+            product: device.product.clone(),
+            manufacturer: device.manufacturer.clone(),
+            connected: true,
+            chosen: saved.contains(&device.id),
+        });
+    }
+    for id in saved {
+        if !rows.iter().any(|row| row.id == *id) {
+            rows.push(UsbChoice::not_connected(*id));
+        }
+    }
+    rows
+}
+
+/// The id in `text` ("046d:c52b", spaces around allowed), or why it is not one, for a person.
+/// The same rule as `vm.ron` ([`UsbDevice`]'s parser), with its message translated.
+pub fn parse_id(text: &str) -> Result<UsbDevice, String> {
+    let text = text.trim();
+    text.parse().map_err(|_| {
+        gettext_f(
+            // Translators: {id} is what the person typed; keep 046d:c52b as it is.
+            "Bad USB device “{id}” (write vendor:product in hex, like 046d:c52b)",
+            &[("id", text)],
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> UsbDevice {
+        text.parse().unwrap()
+    }
+
+    fn plugged(text: &str, port: &str, product: Option<&str>) -> HostUsbDevice {
+        HostUsbDevice {
+            id: id(text),
+            port: port.into(),
+            manufacturer: None,
+            product: product.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn host_devices_come_first_then_saved_ones_not_plugged_in() {
+        let host = [
+            plugged("046d:c52b", "1-1", Some("USB Receiver")),
+            plugged("0781:5581", "1-2", None),
+        ];
+        let rows = choices(&[id("1050:0407"), id("0781:5581")], &host);
+        let summary: Vec<(String, bool, bool)> = rows
+            .iter()
+            .map(|row| (row.id.to_string(), row.connected, row.chosen))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("046d:c52b".into(), true, false),
+                ("0781:5581".into(), true, true),
+                ("1050:0407".into(), false, true),
+            ]
+        );
+        assert_eq!(rows[0].product.as_deref(), Some("USB Receiver"));
+    }
+
+    #[test]
+    fn two_plugged_in_devices_with_one_id_share_a_row() {
+        let host = [
+            plugged("0781:5581", "1-1", Some("Ultra")),
+            plugged("0781:5581", "1-2", Some("Ultra")),
+        ];
+        assert_eq!(choices(&[], &host).len(), 1);
+    }
+
+    #[test]
+    fn a_typed_id_is_checked_like_vm_ron() {
+        assert_eq!(parse_id(" 046D:c52b ").unwrap(), id("046d:c52b"));
+        for bad in ["", "046d", "46d:c52b", "046d:c52bx", "zzzz:0001"] {
+            let err = parse_id(bad).unwrap_err();
+            assert!(err.contains("vendor:product"), "{bad:?}: {err}");
+        }
+    }
+}
