@@ -22,6 +22,8 @@ import pyatspi
 APP_NAMES = {"hospes", "Hospes"}
 # GTK 4.8 reports the main window as a frame and an AdwWindow (the assistant) as a filler.
 WINDOW_ROLES = {pyatspi.ROLE_FRAME, pyatspi.ROLE_DIALOG, pyatspi.ROLE_FILLER}
+# GTK 4.8 reports a GtkSwitch as a check box.
+SWITCH_ROLES = {pyatspi.ROLE_CHECK_BOX, pyatspi.ROLE_TOGGLE_BUTTON}
 
 
 def walk(node, depth=0):
@@ -109,7 +111,40 @@ def click(app, name, timeout):
                    and is_shown(node)]
         return buttons[-1] if buttons else None
 
-    wait_for(last_button, timeout, f"a button called {name!r}").queryAction().doAction(0)
+    def buttons():
+        return ", ".join(f"{node.name!r} shown={is_shown(node)}" for node in walk(app)
+                         if node.getRole() == pyatspi.ROLE_PUSH_BUTTON) or "no buttons"
+
+    wait_for(last_button, timeout, f"a button called {name!r}",
+             buttons).queryAction().doAction(0)
+
+
+def find_switch(app, name, timeout):
+    """The shown switch (or check box, toggle button) called `name`."""
+    def switch():
+        for node in walk(app):
+            try:
+                if node.name == name and node.getRole() in SWITCH_ROLES and is_shown(node):
+                    return node
+            except Exception:
+                continue
+        return None
+
+    def named():
+        return ", ".join(f"{node.getRoleName()} shown={is_shown(node)}"
+                         for node in walk(app) if node.name == name) or "none by that name"
+
+    return wait_for(switch, timeout, f"a switch called {name!r}", named)
+
+
+def toggle(app, name, timeout):
+    """Flips the shown switch called `name` through its AT-SPI action and waits until its
+    checked state changed."""
+    node = find_switch(app, name, timeout)
+    was_on = node.getState().contains(pyatspi.STATE_CHECKED)
+    node.queryAction().doAction(0)
+    wait_for(lambda: node.getState().contains(pyatspi.STATE_CHECKED) != was_on, timeout,
+             f"the switch {name!r} to flip")
 
 
 def set_text(app, name, text, timeout):
@@ -316,6 +351,12 @@ def main():
                         help="set the text of the shown text field called NAME first "
                         "(repeatable)")
     parser.add_argument("--keys-after", help="xdotool key names to press after --type")
+    parser.add_argument("--checked", nargs=2, action="append", default=[],
+                        metavar=("NAME", "on|off"),
+                        help="the shown switch called NAME must be on or off (repeatable)")
+    parser.add_argument("--toggle", action="append", default=[], metavar="NAME",
+                        help="flip the shown switch called NAME first, before --set-text "
+                        "(repeatable)")
     parser.add_argument("--resize", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
                         help="resize the window (after the checks pass)")
     parser.add_argument("--window-size", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
@@ -338,6 +379,8 @@ def main():
     app = wait_for(find_app, args.timeout, "hospes on the AT-SPI bus")
     wait_for(lambda: has_window(app, args.title), args.timeout,
              f"a window titled {args.title!r}")
+    for name in args.toggle:
+        toggle(app, name, args.timeout)
     for name, text in args.set_text:
         set_text(app, name, text, args.timeout)
     if args.click:
@@ -349,6 +392,10 @@ def main():
     if args.keys_after:
         press(args.title, args.keys_after)
     texts = check(app, args.expect, args.absent, args.contains, args.timeout)
+    for name, want in args.checked:
+        node = find_switch(app, name, args.timeout)
+        wait_for(lambda: node.getState().contains(pyatspi.STATE_CHECKED) == (want == "on"),
+                 args.timeout, f"the switch {name!r} to be {want}")
     print(f"library.py: ok, {len(texts)} named accessibles showing")
     if args.window_size:
         wait_for(lambda: window_size(args.title) == tuple(args.window_size),
