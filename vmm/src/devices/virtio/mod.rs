@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod input;
 pub mod net;
 pub mod pci;
+pub mod ring;
 pub mod rng;
 pub mod snd;
 pub mod worker;

@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 
+use super::ring::SplitRing;
 use super::{GuestMemory, VirtioError, VirtioInterrupt};
 
 /// What a device does when queue `index` was notified.
@@ -206,17 +207,70 @@ pub fn drain_queue_polling(
     }
 }
 
+/// As [`drain_queue_polling`] for a device that walks its chains itself and only needs each
+/// chain's head index from the ring (`serve` returns the bytes it wrote into guest memory).
+/// The rings are reached through a [`SplitRing`] mapping and the used index is stored once
+/// per batch, right before the interrupt decision; a queue whose rings are not each in one
+/// guest memory region goes through [`drain_queue_polling`].
+pub fn drain_heads_polling(
+    mem: &GuestMemory,
+    queue: &mut Queue,
+    index: u16,
+    interrupt: &dyn VirtioInterrupt,
+    poll: Duration,
+    mut serve: impl FnMut(u16) -> u32,
+) {
+    let Some(mut ring) = SplitRing::new(mem, queue) else {
+        drain_queue_polling(mem, queue, index, interrupt, poll, |chain| {
+            serve(chain.head_index())
+        });
+        return;
+    };
+    let poll = poll.min(MAX_POLL);
+    ring.disable_notification();
+    loop {
+        let mut served = 0usize;
+        while let Some(head) = ring.pop() {
+            let used = serve(head);
+            if !ring.push(head, used) {
+                crate::guest_warn!("virtio: queue {index}: chain head {head} is past the ring");
+            }
+            served += 1;
+        }
+        if served > 0 && ring.needs_notification() {
+            interrupt.notify_queue(index);
+        }
+        if served > 0 && spin_until(poll, || ring.has_avail()) {
+            continue;
+        }
+        // Unlike the general path, a broken avail index does not count as work here, so a
+        // chain published just before notifications came back on is served, not slept on.
+        if !ring.enable_notification() {
+            break;
+        }
+        ring.disable_notification();
+    }
+    ring.finish(queue);
+}
+
 /// Spins up to `poll` until the driver makes a new chain available; says whether it did.
 fn wait_for_avail(mem: &GuestMemory, queue: &Queue, poll: Duration) -> bool {
+    spin_until(poll, || {
+        queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail())
+    })
+}
+
+/// Spins up to `poll` until `ready` holds; says whether it did.
+fn spin_until(poll: Duration, mut ready: impl FnMut() -> bool) -> bool {
     if poll.is_zero() {
         return false;
     }
     let start = Instant::now();
     loop {
-        match queue.avail_idx(mem, Ordering::Acquire) {
-            Ok(idx) if idx.0 != queue.next_avail() => return true,
-            Ok(_) => {}
-            Err(_) => return false,
+        if ready() {
+            return true;
         }
         if start.elapsed() >= poll {
             return false;

@@ -6,12 +6,13 @@
 //! between the file and guest memory with `preadv`/`pwritev` on iovecs that point into guest
 //! memory, built in vectors reused from request to request.
 //!
-//! virtio-queue takes chains off the avail ring and puts them on the used ring; the chain
-//! itself (descriptors, indirect tables) is walked here, through a cache of the guest memory
-//! region the last access hit ([`HostView`]), as are the header, the status byte and the
-//! iovecs: vm-memory's general path searches the regions on every access, which at 4 KiB
+//! Chain heads come off the avail ring and go back on the used ring through a host mapping
+//! of both rings ([`drain_heads_polling`], [`crate::devices::virtio::ring::SplitRing`]); the
+//! chain itself (descriptors, indirect tables) is walked here, through a cache of the guest
+//! memory region the last access hit ([`HostView`]), as are the header, the status byte and
+//! the iovecs: vm-memory's general path searches the regions on every access, which at 4 KiB
 //! costs more than the device's own work. After a batch the worker watches the ring for a
-//! moment ([`drain_queue_polling`]) so a driver that resubmits at once needs no kick.
+//! moment so a driver that resubmits at once needs no kick.
 
 use std::fs::File;
 use std::io;
@@ -22,7 +23,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use super::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
-use crate::devices::virtio::worker::{MAX_POLL, drain_queue_polling};
+use crate::devices::virtio::worker::{MAX_POLL, drain_heads_polling};
 use crate::devices::virtio::{GuestMemory, VirtioInterrupt};
 
 pub const T_IN: u32 = 0;
@@ -285,13 +286,13 @@ impl BlockHandler {
             table: self.queue.desc_table(),
             size: self.queue.size(),
         };
-        drain_queue_polling(
+        drain_heads_polling(
             &self.mem,
             &mut self.queue,
             self.index,
             &*self.interrupt,
             MAX_POLL,
-            |chain| serve(&self.mem, disk, scratch, ring, chain.head_index()),
+            |head| serve(&self.mem, disk, scratch, ring, head),
         );
     }
 }
