@@ -325,12 +325,19 @@ impl Component for VmWindow {
         if let Some(window) = bench::fps_window() {
             start_fps_probe(window, &screen, &sender);
         }
+        // F11 is caught on its way down to the focused widget: the screen passes every key
+        // it gets to the guest. While all keys go to the guest, F11 does too.
         let controller = gtk::ShortcutController::new();
+        controller.set_propagation_phase(gtk::PropagationPhase::Capture);
         controller.add_shortcut(gtk::Shortcut::new(
             gtk::ShortcutTrigger::parse_string("F11"),
             Some(gtk::CallbackAction::new({
                 let sender = sender.clone();
+                let grab_button = widgets.grab_button.clone();
                 move |_, _| {
+                    if grab_button.is_active() {
+                        return glib::Propagation::Proceed;
+                    }
                     sender.input(VmWindowInput::Fullscreen);
                     glib::Propagation::Stop
                 }
