@@ -6,7 +6,8 @@
 # The libraries are made with the `hospesctl` next to that binary (build both first:
 # `cargo build -p hospes -p hospes-vmm`). Screenshots go to $HOSPES_GUI_TEST_OUT
 # (default: target/gui-test/).
-# Needs: xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool.
+# Needs: xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool
+# openbox (a window manager for the fullscreen check).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(realpath "${1:-$root/target/debug/hospes}")
@@ -274,6 +275,38 @@ if grep -q '"1050:0407"' "$vm_ron" || ! grep -q '"046d:c52b"' "$vm_ron"; then
 fi
 stop_app
 
+# 7c. The assistant's file chooser: Choose… opens GTK's file dialog, a path typed after
+#     Ctrl+L picks the file, the assistant shows it and guesses the OS from its name
+#     (Windows 11 here; Linux is what it would be without the guess), and the VM it creates
+#     has that OS and the image as its CD-ROM.
+isos="$work/isos"
+mkdir -p "$isos"
+win_iso="$isos/Win11_23H2_English_x64.iso"
+: >"$win_iso"
+: >"$isos/debian-12.iso"
+start_app "$work/chooser"
+echo "gui-test: the assistant's file chooser picks an install image"
+check --expect "No virtual machines yet" --keys ctrl+n
+check --title "New Virtual Machine" --expect "Install Image" --click "Choose a File"
+check --title "Choose a File" --keys ctrl+l --type "$win_iso" --screenshot "$out/file-chooser.png"
+check --title "Choose a File" --keys Return
+check --title "New Virtual Machine" --text "Path to the file" "$win_iso" \
+  --screenshot "$out/assistant-chosen.png"
+check --title "New Virtual Machine" --click Next --expect "Operating System" \
+  --expect "Windows 11" --text "Name" "Windows 11" --absent "Linux"
+check --title "New Virtual Machine" --click Next --expect "Summary" --expect "$win_iso" \
+  --expect "Windows 11" --screenshot "$out/assistant-chosen-summary.png"
+check --title "New Virtual Machine" --click Create
+check --expect "Windows 11" --contains "Windows · "
+chooser_ron="$work/chooser/hospes/machines/windows-11/vm.ron"
+if ! grep -q "cdrom: Some(\"$win_iso\")" "$chooser_ron" || ! grep -q "os: Windows" "$chooser_ron"
+then
+  echo "gui-test: the VM made from the chosen image is not a Windows VM with that CD-ROM:" >&2
+  cat "$chooser_ron" >&2 || true
+  exit 1
+fi
+stop_app
+
 # 8. Lifecycle from the rows on a tiny guest (tests/guests/powerbutton.S): start, pause,
 #    resume; the app quits and a new one reattaches; the power button ends the guest; a
 #    helper killed from outside is reported with its log, and the app stays up.
@@ -390,6 +423,49 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
   check --title "Demo" --keys KP_End --expect "Screen of Demo" \
     --screenshot "$out/demo-key-keypad.png" --screen "Screen of Demo" --guest-size 1280 800 \
     --pixel 32 710 "$key_colour" --pixel 72 710 "$kp_colour" --pixel 112 710 000000
+  stop_app
+  kill -9 "$(cat "$work/run/hospes/demo/pid")"
+
+  # 10b. The VM window's header bar on a fresh Demo VM: Ctrl+Alt+Del reaches the guest as
+  #      its three scancodes, bars coloured from 0x1d, 0x38 and 0x53 (E0, the prefix of
+  #      Delete, is skipped by the demo); the fullscreen button makes the window fill the
+  #      1280x800 screen and F11 brings it back. Fullscreen needs a window manager to honour
+  #      _NET_WM_STATE, which plain Xvfb lacks: openbox runs for that part.
+  bar_colour() { printf '%06x' $(( (($1 * 0x9e3779b1) % 4294967296 >> 8 | 0x404040) & 0xffffff )); }
+  app_args=(--demo)
+  start_app "$work/demo-header"
+  app_args=()
+  echo "gui-test: Ctrl+Alt+Del from the VM window's header bar reaches the guest"
+  check --title "Demo" --expect "Screen of Demo" --screen "Screen of Demo" \
+    --screenshot "$out/demo-before-cad.png" --guest-size 1280 800 --pixel 80 280 c0c0c0 \
+    --pixel 640 590 1c71d8 --pixel 32 710 000000
+  check --title "Demo" --click "Send Ctrl+Alt+Del" --screenshot "$out/demo-ctrl-alt-del.png" \
+    --screen "Screen of Demo" --guest-size 1280 800 --pixel 32 710 "$(bar_colour 0x1d)" \
+    --pixel 72 710 "$(bar_colour 0x38)" --pixel 112 710 "$(bar_colour 0x53)" \
+    --pixel 152 710 000000
+  if command -v openbox >/dev/null; then
+    openbox --sm-disable &
+    wm_pid=$!
+    for _ in $(seq 50); do
+      xprop -root _NET_SUPPORTING_WM_CHECK | grep -q "window id" && break
+      sleep 0.1
+    done
+    eval "$(xdotool search --onlyvisible --name '^Demo$' getwindowgeometry --shell | grep -E '^(WIDTH|HEIGHT)=')"
+    echo "gui-test: the fullscreen button fills the screen (window was ${WIDTH}x$HEIGHT)"
+    check --title "Demo" --fullscreen off
+    check --title "Demo" --click "Fullscreen" --fullscreen on --window-size 1280 800 \
+      --screenshot "$out/demo-fullscreen.png" --screen "Screen of Demo" --guest-size 1280 800 \
+      --pixel 80 280 c0c0c0 --pixel 1200 280 000000 --pixel 640 590 1c71d8
+    echo "gui-test: F11 leaves fullscreen and gives the window its size back"
+    # F11 is the window's, not the guest's: no fourth bar.
+    check --title "Demo" --keys F11 --fullscreen off --window-size "$WIDTH" "$HEIGHT" \
+      --screenshot "$out/demo-fullscreen-left.png" --screen "Screen of Demo" \
+      --guest-size 1280 800 --pixel 112 710 "$(bar_colour 0x53)" --pixel 152 710 000000
+    kill "$wm_pid"
+    wait "$wm_pid" 2>/dev/null || true
+  else
+    echo "gui-test: skipping fullscreen (no openbox to honour it; scripts/install-deps.sh)"
+  fi
   stop_app
   kill -9 "$(cat "$work/run/hospes/demo/pid")"
 else

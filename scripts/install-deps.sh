@@ -15,7 +15,7 @@ packages=(
   # a headless PipeWire daemon for the sound tests (dbus-run-session starts its bus)
   pipewire-bin wireplumber dbus-bin
   # headless GUI tests and desktop-integration checks
-  xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool
+  xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool openbox
   desktop-file-utils appstream libglib2.0-bin python3-yaml python3-venv
 )
 

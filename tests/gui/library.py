@@ -163,6 +163,20 @@ def set_text(app, name, text, timeout):
     wait_for(field, timeout, f"a text field called {name!r}").setTextContents(text)
 
 
+def field_text(app, name):
+    """The text in the shown editable text field called `name`, or None."""
+    for node in walk(app):
+        try:
+            if node.name == name and is_shown(node):
+                node.queryEditableText()  # a label of the same name is not a field
+                text = node.queryText()
+                # GTK 4.8 answers an end offset of -1 ("to the end") with nothing.
+                return text.getText(0, text.characterCount)
+        except Exception:  # not a text field, or gone
+            continue
+    return None
+
+
 def press(title, keys):
     """Focuses the window titled `title` and types `keys` (xdotool names) through XTEST.
 
@@ -191,6 +205,19 @@ def window_size(title):
     if "WIDTH" not in fields:
         return None
     return (int(fields["WIDTH"]), int(fields["HEIGHT"]))
+
+
+def is_fullscreen(title):
+    """Whether the window manager shows the visible window titled `title` fullscreen
+    (_NET_WM_STATE holds _NET_WM_STATE_FULLSCREEN)."""
+    ids = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", f"^{title}$"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    for window in ids:
+        state = subprocess.run(["xprop", "-id", window, "_NET_WM_STATE"],
+                               capture_output=True, text=True, check=False).stdout
+        if "_NET_WM_STATE_FULLSCREEN" in state:
+            return True
+    return False
 
 
 def window_origin(title):
@@ -361,6 +388,12 @@ def main():
                         help="resize the window (after the checks pass)")
     parser.add_argument("--window-size", nargs=2, type=int, metavar=("WIDTH", "HEIGHT"),
                         help="the size the window must have")
+    parser.add_argument("--text", dest="field_texts", nargs=2, action="append", default=[],
+                        metavar=("NAME", "TEXT"),
+                        help="the shown text field called NAME must hold TEXT (repeatable)")
+    parser.add_argument("--fullscreen", choices=["on", "off"],
+                        help="the window manager must show the window fullscreen or not "
+                        "(checked before --window-size)")
     parser.add_argument("--close-keys",
                         help="keys that close the window (after everything else); waits for it")
     parser.add_argument("--screenshot", help="PNG path for a screenshot once the checks pass")
@@ -397,6 +430,15 @@ def main():
         wait_for(lambda: node.getState().contains(pyatspi.STATE_CHECKED) == (want == "on"),
                  args.timeout, f"the switch {name!r} to be {want}")
     print(f"library.py: ok, {len(texts)} named accessibles showing")
+    for name, want_text in args.field_texts:
+        wait_for(lambda: field_text(app, name) == want_text, args.timeout,
+                 f"the field {name!r} to hold {want_text!r}",
+                 lambda: f"it holds {field_text(app, name)!r}")
+    if args.fullscreen:
+        want = args.fullscreen == "on"
+        wait_for(lambda: is_fullscreen(args.title) == want, args.timeout,
+                 f"the window to be fullscreen {args.fullscreen}")
+        print(f"library.py: fullscreen {args.fullscreen}")
     if args.window_size:
         wait_for(lambda: window_size(args.title) == tuple(args.window_size),
                  args.timeout, f"the window to be {args.window_size}",
