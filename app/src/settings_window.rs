@@ -21,7 +21,7 @@ use gettextrs::gettext;
 use gtk::glib;
 use hospes_vmm::backends::usb_host;
 use hospes_vmm::config::{UsbDevice, VmConfig};
-use relm4::{Component, ComponentParts, ComponentSender, RelmWidgetExt};
+use relm4::{Component, ComponentParts, ComponentSender, RelmWidgetExt, WidgetTemplate};
 
 use crate::a11y;
 use crate::i18n::gettext_f;
@@ -96,6 +96,19 @@ pub enum SettingsCommand {
     Loaded(Box<Result<Loaded, String>>),
     /// Saving ended.
     Saved(Result<(), FieldError>),
+}
+
+/// The reason a value is refused, under its field.
+#[relm4::widget_template(pub)]
+impl WidgetTemplate for ErrorLabel {
+    view! {
+        gtk::Label {
+            set_xalign: 0.0,
+            set_wrap: true,
+            set_margin_top: 6,
+            add_css_class: "error",
+        }
+    }
 }
 
 impl SettingsWindow {
@@ -208,11 +221,8 @@ impl Component for SettingsWindow {
                         adw::EntryRow {
                             set_title: &gettext("CD-ROM Image (empty for none)"),
                         },
-                        gtk::Label {
-                            set_xalign: 0.0,
-                            set_wrap: true,
-                            set_margin_top: 6,
-                            add_css_class: "error",
+                        #[template]
+                        ErrorLabel {
                             #[watch]
                             set_visible: model.error_at(Field::Cdrom).is_some(),
                             #[watch]
@@ -243,11 +253,8 @@ impl Component for SettingsWindow {
                         adw::EntryRow {
                             set_title: &gettext("Resolution"),
                         },
-                        gtk::Label {
-                            set_xalign: 0.0,
-                            set_wrap: true,
-                            set_margin_top: 6,
-                            add_css_class: "error",
+                        #[template]
+                        ErrorLabel {
                             #[watch]
                             set_visible: model.error_at(Field::Resolution).is_some(),
                             #[watch]
@@ -295,11 +302,8 @@ impl Component for SettingsWindow {
                             #[watch]
                             set_visible: model.usb.is_empty(),
                         },
-                        gtk::Label {
-                            set_xalign: 0.0,
-                            set_wrap: true,
-                            set_margin_top: 6,
-                            add_css_class: "error",
+                        #[template]
+                        ErrorLabel {
                             #[watch]
                             set_visible: model.usb_scan_error.is_some(),
                             #[watch]
@@ -327,11 +331,8 @@ impl Component for SettingsWindow {
                             },
                         },
                         #[name = "usb_error_label"]
-                        gtk::Label {
-                            set_xalign: 0.0,
-                            set_wrap: true,
-                            set_margin_top: 6,
-                            add_css_class: "error",
+                        #[template]
+                        ErrorLabel {
                             #[watch]
                             set_visible: model.usb_entry_error().is_some(),
                             #[watch]
