@@ -448,9 +448,11 @@ impl MockDriver {
     }
 
     /// Halts until the device raises an interrupt, as a KVM vCPU does: KVM first polls for
-    /// a pending interrupt for a while (`halt_poll_ns`, 200 µs by default on x86) and only
-    /// then schedules the vCPU thread out. This polls the interrupt count for up to `poll`;
-    /// an interrupt seen there leaves its eventfd signal to be consumed by the next sleep
+    /// a pending interrupt for a while (`halt_poll_ns`, 200 µs by default on x86), but only
+    /// while no other task wants the CPU (`single_task_running`), and then schedules the
+    /// vCPU thread out. This polls the interrupt count for up to `poll`, yielding the CPU
+    /// each round so that a thread sharing it (the device worker, on a busy host) runs; an
+    /// interrupt seen there leaves its eventfd signal to be consumed by the next sleep
     /// (which then returns at once), otherwise it sleeps like [`MockDriver::wait_interrupt`].
     pub fn halt(&mut self, poll: Duration) {
         let start = Instant::now();
@@ -463,7 +465,7 @@ impl MockDriver {
             if start.elapsed() >= poll {
                 break;
             }
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         self.wait_interrupt();
         self.irq_seen = self.irq.raised.load(Ordering::Acquire);

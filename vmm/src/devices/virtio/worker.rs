@@ -262,7 +262,9 @@ fn wait_for_avail(mem: &GuestMemory, queue: &Queue, poll: Duration) -> bool {
     })
 }
 
-/// Spins up to `poll` until `ready` holds; says whether it did.
+/// Spins up to `poll` until `ready` holds; says whether it did. Each round yields the CPU,
+/// so a thread that shares it (the vCPU whose requests the worker waits for, on a busy
+/// host) runs instead of waiting out the window; alone on its CPU the yield returns at once.
 fn spin_until(poll: Duration, mut ready: impl FnMut() -> bool) -> bool {
     if poll.is_zero() {
         return false;
@@ -275,6 +277,6 @@ fn spin_until(poll: Duration, mut ready: impl FnMut() -> bool) -> bool {
         if start.elapsed() >= poll {
             return false;
         }
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
 }
