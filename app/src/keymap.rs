@@ -39,7 +39,7 @@ mod tests {
     fn ctrl_alt_del_is_left_ctrl_left_alt_delete() {
         assert_eq!(CTRL_ALT_DEL, [0x1d, 0x38, 0xd3]);
         assert_eq!(
-            CTRL_ALT_DEL.map(|qnum| hospes_vmm::keycodes::qnum_to_evdev(qnum)),
+            CTRL_ALT_DEL.map(hospes_vmm::keycodes::qnum_to_evdev),
             [Some(29), Some(56), Some(111)]
         );
     }
