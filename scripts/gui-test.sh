@@ -457,6 +457,11 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     check --title "Demo" --click "Fullscreen" --fullscreen on --window-size 1280 800 \
       --screenshot "$out/demo-fullscreen.png" --screen "Screen of Demo" --guest-size 1280 800 \
       --pixel 80 280 c0c0c0 --pixel 1200 280 000000 --pixel 640 590 1c71d8
+    echo "gui-test: in fullscreen the header bar slides away, and back at the screen's top edge"
+    check --title "Demo" --mouse 640 500 --screenshot "$out/demo-fullscreen-bare.png" \
+      --screen "Screen of Demo" --guest-size 1280 800 --pixel 80 20 c0c0c0 --pixel 400 20 00c0c0
+    check --title "Demo" --mouse 640 0 --screenshot "$out/demo-fullscreen-header.png" \
+      --screen "Screen of Demo" --guest-size 1280 800 --pixel 400 20 ebebeb --pixel 80 280 c0c0c0
     echo "gui-test: F11 leaves fullscreen and gives the window its size back"
     # F11 is the window's, not the guest's: no fourth bar.
     check --title "Demo" --keys F11 --fullscreen off --window-size "$WIDTH" "$HEIGHT" \

@@ -68,6 +68,8 @@ pub struct VmWindow {
     last_pointer: (u16, u16),
     grabbed: bool,
     fullscreen: bool,
+    /// The pointer's distance from the window's top edge, last seen.
+    pointer_top: f64,
     /// Reconnections tried since the last frame arrived.
     retries: u32,
     /// Frames received, for the frame-rate probe (`HOSPES_BENCH_FPS`).
@@ -96,6 +98,12 @@ pub enum VmWindowInput {
     CtrlAltDel,
     /// Toggle fullscreen.
     Fullscreen,
+    /// The window entered (true) or left fullscreen.
+    Fullscreened(bool),
+    /// The pointer is this far from the top of the window (fullscreen header bar).
+    PointerTop(f64),
+    /// Hide the fullscreen header bar unless the pointer is on it.
+    HideHeader,
     /// The display area has a new size (device pixels).
     AreaResized(u16, u16),
     /// Serial output arrived.
@@ -134,11 +142,21 @@ impl Component for VmWindow {
             set_title: Some(&model.init.vm.name),
             set_default_size: (1024, 720),
 
+            // In fullscreen the header bar moves from the top of `layout` onto `frame`, over
+            // the guest's screen, and slides in while the pointer is at the top edge.
+            #[name = "frame"]
+            gtk::Overlay {
+            #[name = "layout"]
             gtk::Box {
                 set_orientation: gtk::Orientation::Vertical,
 
+                #[name = "header_revealer"]
+                gtk::Revealer {
+                set_reveal_child: true,
+                set_transition_type: gtk::RevealerTransitionType::SlideDown,
+                #[wrap(Some)]
                 #[name = "header"]
-                adw::HeaderBar {
+                set_child = &adw::HeaderBar {
                     #[wrap(Some)]
                     set_title_widget = &gtk::StackSwitcher {
                         set_stack: Some(&pages),
@@ -214,6 +232,7 @@ impl Component for VmWindow {
                         connect_clicked => VmWindowInput::Fullscreen,
                     },
                 },
+                },
 
                 #[name = "pages"]
                 gtk::Stack {
@@ -263,6 +282,11 @@ impl Component for VmWindow {
                     },
                 },
             },
+            },
+
+            connect_fullscreened_notify[sender] => move |window| {
+                sender.input(VmWindowInput::Fullscreened(window.is_fullscreen()));
+            },
 
             connect_close_request[sender] => move |_| {
                 sender.input(VmWindowInput::Closed);
@@ -284,6 +308,7 @@ impl Component for VmWindow {
             last_pointer: (0, 0),
             grabbed: false,
             fullscreen: false,
+            pointer_top: f64::MAX,
             retries: 0,
             frames: bench::FrameCounter::default(),
             serial: None,
@@ -344,6 +369,13 @@ impl Component for VmWindow {
             })),
         ));
         root.add_controller(controller);
+        // Watched on the window, on the way down: motion over the guest's screen counts,
+        // and so does the window's own edge, where the pointer rests at the screen's top.
+        let motion = gtk::EventControllerMotion::new();
+        motion.set_propagation_phase(gtk::PropagationPhase::Capture);
+        let input = sender.clone();
+        motion.connect_motion(move |_, _, y| input.input(VmWindowInput::PointerTop(y)));
+        root.add_controller(motion);
 
         ComponentParts { model, widgets }
     }
@@ -428,11 +460,39 @@ impl Component for VmWindow {
                 }
             }
             VmWindowInput::Fullscreen => {
-                self.fullscreen = !self.fullscreen;
-                if self.fullscreen {
-                    root.fullscreen();
-                } else {
+                if root.is_fullscreen() {
                     root.unfullscreen();
+                } else {
+                    root.fullscreen();
+                }
+            }
+            VmWindowInput::Fullscreened(on) if on != self.fullscreen => {
+                self.fullscreen = on;
+                place_header(widgets, on);
+                if on {
+                    // Shown for a moment, so a person sees where it went.
+                    let sender = sender.clone();
+                    glib::timeout_add_local_once(HEADER_HINT, move || {
+                        sender.input(VmWindowInput::HideHeader);
+                    });
+                }
+            }
+            VmWindowInput::Fullscreened(_) => {}
+            VmWindowInput::PointerTop(y) => {
+                self.pointer_top = y;
+                if !self.fullscreen {
+                    return;
+                }
+                let revealer = &widgets.header_revealer;
+                if y <= REVEAL_EDGE {
+                    revealer.set_reveal_child(true);
+                } else if revealer.reveals_child() && !header_in_use(widgets, y) {
+                    revealer.set_reveal_child(false);
+                }
+            }
+            VmWindowInput::HideHeader => {
+                if self.fullscreen && !header_in_use(widgets, self.pointer_top) {
+                    widgets.header_revealer.set_reveal_child(false);
                 }
             }
             VmWindowInput::AreaResized(width, height) => {
@@ -556,6 +616,39 @@ impl VmWindow {
 }
 
 /// Keys, pointer motion, buttons and the wheel on the screen go to the guest.
+/// How long the header bar stays after the window goes fullscreen.
+const HEADER_HINT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How close to the top edge the pointer brings the fullscreen header bar back (pixels).
+const REVEAL_EDGE: f64 = 8.0;
+
+/// Puts the header bar above the guest's screen (windowed) or over it, hidden until the
+/// pointer reaches the top edge (fullscreen), as a fullscreen guest should fill the screen.
+fn place_header(widgets: &VmWindowWidgets, fullscreen: bool) {
+    let revealer = &widgets.header_revealer;
+    if fullscreen {
+        widgets.layout.remove(revealer);
+        revealer.set_valign(gtk::Align::Start);
+        widgets.frame.add_overlay(revealer);
+    } else {
+        widgets.frame.remove_overlay(revealer);
+        revealer.set_valign(gtk::Align::Fill);
+        widgets.layout.prepend(revealer);
+    }
+    revealer.set_reveal_child(true);
+}
+
+/// Whether the fullscreen header bar is in use: the pointer `y` pixels from the top is on
+/// it (with a margin), or its menu is open.
+fn header_in_use(widgets: &VmWindowWidgets, y: f64) -> bool {
+    let height = f64::from(widgets.header.height());
+    y <= height + 16.0
+        || widgets
+            .menu_button
+            .popover()
+            .is_some_and(|p| p.is_visible())
+}
+
 fn install_screen_input(screen: &ScreenView, sender: &ComponentSender<VmWindow>) {
     let keys = gtk::EventControllerKey::new();
     let input = sender.clone();

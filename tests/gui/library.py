@@ -396,6 +396,8 @@ def main():
                         "(checked before --window-size)")
     parser.add_argument("--close-keys",
                         help="keys that close the window (after everything else); waits for it")
+    parser.add_argument("--mouse", nargs=2, type=int, metavar=("X", "Y"),
+                        help="move the pointer to this screen point first (xdotool)")
     parser.add_argument("--screenshot", help="PNG path for a screenshot once the checks pass")
     parser.add_argument("--screen", help="the accessible name of a guest screen to sample "
                         "in the screenshot (with --guest-size and --pixel)")
@@ -424,6 +426,8 @@ def main():
         type_text(args.title, args.text)
     if args.keys_after:
         press(args.title, args.keys_after)
+    if args.mouse:
+        subprocess.run(["xdotool", "mousemove", *map(str, args.mouse)], check=True)
     texts = check(app, args.expect, args.absent, args.contains, args.timeout)
     for name, want in args.checked:
         node = find_switch(app, name, args.timeout)
