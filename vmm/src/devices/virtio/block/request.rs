@@ -209,34 +209,41 @@ impl Default for HostView {
 
 impl HostView {
     /// The host address of guest bytes `[addr, addr + len)` if they lie in one region.
-    #[inline]
+    /// Inlined: every request makes several of these, and the hit is a few instructions.
+    #[inline(always)]
     fn get(&mut self, mem: &GuestMemory, addr: u64, len: u64) -> Option<*mut u8> {
         let end = addr.checked_add(len)?;
         if addr < self.start || end > self.end {
-            let region = mem.find_region(GuestAddress(addr))?;
-            let host = region.get_host_address(MemoryRegionAddress(0)).ok()?;
-            self.start = region.start_addr().0;
-            self.end = self.start.checked_add(region.len())?;
-            self.host = host;
-            if end > self.end {
-                return None;
-            }
+            self.remap(mem, addr, end)?;
         }
         // SAFETY: `[addr, end)` lies in the cached region, so the offset stays inside its
         // mapping, which starts at `host`.
         Some(unsafe { self.host.add((addr - self.start) as usize) })
     }
 
+    /// Caches the region holding `addr`; `None` if there is none or `[addr, end)` runs
+    /// past it.
+    #[cold]
+    #[inline(never)]
+    fn remap(&mut self, mem: &GuestMemory, addr: u64, end: u64) -> Option<()> {
+        let region = mem.find_region(GuestAddress(addr))?;
+        let host = region.get_host_address(MemoryRegionAddress(0)).ok()?;
+        self.start = region.start_addr().0;
+        self.end = self.start.checked_add(region.len())?;
+        self.host = host;
+        (end <= self.end).then_some(())
+    }
+
     /// Reads `N` guest bytes at `addr`, from the cached mapping or vm-memory's general path
     /// for a range across regions.
-    #[inline]
+    #[inline(always)]
     fn read<const N: usize>(&mut self, mem: &GuestMemory, addr: u64) -> Option<[u8; N]> {
         let mut out = [0u8; N];
         match self.get(mem, addr, N as u64) {
             // SAFETY: `get` checked that the N bytes are mapped guest memory, which no Rust
             // reference aliases; `out` is a distinct local of N bytes.
             Some(p) => unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), N) },
-            None => mem.read_slice(&mut out, GuestAddress(addr)).ok()?,
+            None => read_across_regions(mem, addr, &mut out)?,
         }
         Some(out)
     }
@@ -418,6 +425,13 @@ fn read_bytes<const N: usize>(
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The slow path of [`HostView::read`], out of line.
+#[cold]
+#[inline(never)]
+fn read_across_regions(mem: &GuestMemory, addr: u64, out: &mut [u8]) -> Option<()> {
+    mem.read_slice(out, GuestAddress(addr)).ok()
 }
 
 // Small guest accesses take the single-region fast path (`get_slice`) and fall back to
