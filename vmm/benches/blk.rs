@@ -13,7 +13,8 @@
 //! Like Linux's virtio-blk driver it negotiates `VIRTIO_RING_F_EVENT_IDX`: it re-arms
 //! `used_event` before sleeping and kicks only when the device's `avail_event` asks for it.
 //! Like a KVM vCPU in `hlt`, it first polls for the interrupt for up to [`HALT_POLL`]
-//! (KVM's halt polling) before sleeping on the eventfd.
+//! (KVM's halt polling, which gives way when another task wants the CPU: the poll yields
+//! each round) before sleeping on the eventfd.
 //!
 //! Run: `cargo bench -p hospes-vmm --bench blk --features test-support`.
 //! Target (DESIGN.md): device >= 90% of host at 128 KiB, >= 70% at 4 KiB.
