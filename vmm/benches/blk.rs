@@ -29,7 +29,13 @@ use hospes_vmm::devices::virtio::testing::{DATA, MockDriver};
 use vm_memory::{Bytes, GuestAddress};
 
 const FILE_SIZE: u64 = 64 << 20;
-const RUN: Duration = Duration::from_millis(700);
+/// One measurement's length.
+const RUN: Duration = Duration::from_millis(300);
+/// Measurements per side and row, alternating host and device (the order flipping each
+/// round, so a drift in the machine's load falls on both sides); each side's figure is the
+/// median. On a shared 2-core machine one 700 ms sample of each moved a row's ratio by
+/// 15-20 points between runs.
+const ROUNDS: usize = 5;
 /// How long the driver's vCPU polls for an interrupt before sleeping, as KVM's halt
 /// polling does (its x86 default, 200 µs, is longer).
 const HALT_POLL: Duration = Duration::from_micros(50);
@@ -118,6 +124,11 @@ fn host(file: &std::fs::File, bs: u64, qd: u64, write: bool) -> f64 {
     bytes as f64 / start.elapsed().as_secs_f64()
 }
 
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
 fn main() {
     let mut img = tempfile::NamedTempFile::new().expect("temp file");
     let chunk = vec![0xa5u8; 1 << 20];
@@ -126,8 +137,10 @@ fn main() {
     }
     img.as_file().sync_all().expect("sync image");
     println!(
-        "virtio-blk device path vs host syscalls, {} MiB file in page cache",
-        FILE_SIZE >> 20
+        "virtio-blk device path vs host syscalls, {} MiB file in page cache; each side the \
+         median of {ROUNDS} alternating {} ms runs",
+        FILE_SIZE >> 20,
+        RUN.as_millis()
     );
     println!(
         "{:<6} {:>8} {:>3} {:>12} {:>12} {:>7}",
@@ -143,8 +156,17 @@ fn main() {
                 if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
                     continue;
                 }
-                let h = host(img.as_file(), bs, qd, write);
-                let dv = device(img.path(), bs, qd, write);
+                let (mut hs, mut ds) = (Vec::new(), Vec::new());
+                for round in 0..ROUNDS {
+                    if round % 2 == 0 {
+                        hs.push(host(img.as_file(), bs, qd, write));
+                        ds.push(device(img.path(), bs, qd, write));
+                    } else {
+                        ds.push(device(img.path(), bs, qd, write));
+                        hs.push(host(img.as_file(), bs, qd, write));
+                    }
+                }
+                let (h, dv) = (median(hs), median(ds));
                 println!(
                     "{:<6} {:>7}K {:>3} {:>12.0} {:>12.0} {:>6.0}%",
                     op,
