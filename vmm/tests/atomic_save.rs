@@ -94,14 +94,21 @@ fn killed_saves_leave_the_old_or_the_new_file() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Let the child get into its loop, then kill it at a random moment.
+        // Let the child get into its loop (its first save of the other version), then kill
+        // it: in even rounds at once, which catches the version it just saved on disk
+        // (the child is writing the next one); in odd rounds at a random moment, where
+        // time spent writing the large version leaves the small one. Random moments alone
+        // left the large version so rarely where saves are fast (a tmpfs) that 40 rounds
+        // sometimes never saw it.
         let started = Instant::now();
         let before = std::fs::read(&file).unwrap();
         while std::fs::read(&file).unwrap() == before && started.elapsed() < Duration::from_secs(10)
         {
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_micros(next_random(&mut random) % 20_000));
+        if round % 2 == 1 {
+            std::thread::sleep(Duration::from_micros(next_random(&mut random) % 20_000));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 
