@@ -98,7 +98,7 @@ fn killed_saves_leave_the_old_or_the_new_file() {
         // it: in even rounds at once, which catches the version it just saved on disk
         // (the child is writing the next one); in odd rounds at a random moment, where
         // time spent writing the large version leaves the small one. Random moments alone
-        // left the large version so rarely where saves are fast (a tmpfs) that 40 rounds
+        // left the large version so rarely where saves are fast that 40 rounds
         // sometimes never saw it.
         let started = Instant::now();
         let before = std::fs::read(&file).unwrap();
