@@ -221,3 +221,33 @@ pub fn skip_without_kvm() -> bool {
 pub fn visible_ram_kib(mem: u64) -> u64 {
     (mem - (0x10_0000 - 0x9_fc00)) / 1024
 }
+
+/// A process's resident memory: VmRSS and, for each size in `mappings` (KiB), the resident
+/// KiB of the largest-resident mapping of that size (up to 4 MiB more, for guard pages and
+/// alignment), e.g. the guest RAM and video memory of a VMM. None if the process is gone.
+pub fn resident_split(pid: u32, mappings: &[u64]) -> Option<(u64, Vec<u64>)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let vmrss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut resident = vec![0u64; mappings.len()];
+    let mut size = 0u64;
+    for l in smaps.lines() {
+        let mut f = l.split_whitespace();
+        match (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
+            (Some("Size:"), Some(v)) => size = v,
+            (Some("Rss:"), Some(v)) => {
+                if let Some(i) = mappings.iter().position(|&m| size >= m && size <= m + 4096) {
+                    resident[i] = resident[i].max(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((vmrss, resident))
+}

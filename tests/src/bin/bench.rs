@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hospes_tests::{GuestKind, build_guest, target_dir, wait_timeout};
+use hospes_tests::{GuestKind, build_guest, resident_split, target_dir, wait_timeout};
 
 const RUNS: usize = 21;
 const MEM_MIB: u64 = 64;
@@ -103,26 +103,8 @@ fn median_startup(mut make: impl FnMut() -> Command) -> Option<Duration> {
 
 /// (VmRSS, resident guest RAM) in KiB for a live process.
 fn rss_split(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let vmrss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let (mut size, mut guest) = (0u64, 0u64);
-    let want = MEM_MIB * 1024;
-    for l in smaps.lines() {
-        let mut f = l.split_whitespace();
-        match (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
-            (Some("Size:"), Some(v)) => size = v,
-            (Some("Rss:"), Some(v)) if size >= want && size <= want + 4096 => guest = guest.max(v),
-            _ => {}
-        }
-    }
-    Some((vmrss, guest))
+    let (vmrss, resident) = resident_split(pid, &[MEM_MIB * 1024])?;
+    Some((vmrss, resident[0]))
 }
 
 fn overhead(mut cmd: Command) -> Option<(u64, u64)> {
