@@ -266,6 +266,13 @@ check --click "Settings"
 check --title "$pane" --expect "1050:0407" --expect "Not connected" \
   --checked "USB Receiver" on --checked "Ultra" off
 check --title "$pane" --click "Remove 1050:0407" --absent "Not connected"
+echo "gui-test: a device plugged in while the pane is open shows up, switched off; one unplugged goes"
+usb_entry 2-1 idVendor=1050 idProduct=0407 bDeviceClass=00 manufacturer=Yubico \
+  product="Security Key"
+rm -rf "$sysfs/bus/usb/devices/1-1.2"
+check --title "$pane" --expect "Security Key" --expect "Yubico · 1050:0407" --absent "Ultra" \
+  --checked "Security Key" off --checked "USB Receiver" on \
+  --mouse 280 400 --wheel 30 --screenshot "$out/settings-usb-replug.png"
 check --title "$pane" --click Save
 check --expect "Debian 12.5.0"
 for _ in $(seq 50); do grep -q '"1050:0407"' "$vm_ron" || break; sleep 0.2; done

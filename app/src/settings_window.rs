@@ -26,8 +26,11 @@ use relm4::{Component, ComponentParts, ComponentSender, RelmWidgetExt, WidgetTem
 use crate::a11y;
 use crate::i18n::gettext_f;
 use crate::settings_model::{self, Field, FieldError, Form, Loaded};
-use crate::usb_choices::{self, UsbChoice};
+use crate::usb_choices::{self, UsbChange, UsbChoice};
 use crate::vm_control::VmRef;
+
+/// How often the pane looks for USB devices plugged in or out.
+const USB_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the pane opens with.
 #[derive(Debug, Clone)]
@@ -48,6 +51,8 @@ pub struct SettingsWindow {
     usb_error: Option<String>,
     /// Why the host's USB devices could not be listed.
     usb_scan_error: Option<String>,
+    /// The timer that looks for USB devices plugged in or out while the pane is open.
+    usb_watch: Option<glib::SourceId>,
     error: Option<FieldError>,
     load_error: Option<String>,
     saving: bool,
@@ -78,6 +83,8 @@ pub enum SettingsInput {
     AddUsb,
     /// Take the USB device that is not plugged in off the list.
     RemoveUsb(UsbDevice),
+    /// Look at the host's USB devices again.
+    RescanUsb,
     /// The window is closing.
     Closing,
 }
@@ -96,6 +103,8 @@ pub enum SettingsCommand {
     Loaded(Box<Result<Loaded, String>>),
     /// Saving ended.
     Saved(Result<(), FieldError>),
+    /// The host's USB devices now (a scan that failed changes nothing).
+    UsbScanned(Vec<usb_host::HostUsbDevice>),
 }
 
 /// The reason a value is refused, under its field.
@@ -362,6 +371,7 @@ impl Component for SettingsWindow {
             usb: Vec::new(),
             usb_error: None,
             usb_scan_error: None,
+            usb_watch: None,
             error: None,
             load_error: None,
             saving: false,
@@ -391,13 +401,15 @@ impl Component for SettingsWindow {
         match message {
             SettingsInput::Save => self.save(widgets, &sender),
             SettingsInput::AddUsb => self.add_typed_usb(widgets, &sender),
-            SettingsInput::RemoveUsb(id) => {
-                if let Some(index) = self.usb.iter().position(|row| row.id == id) {
-                    let removed = self.usb.remove(index);
-                    widgets.usb_group.remove(&removed.row);
-                }
+            SettingsInput::RemoveUsb(id) => self.remove_usb_row(widgets, id),
+            SettingsInput::RescanUsb => {
+                sender.spawn_oneshot_command(|| {
+                    let devices = usb_host::scan(&usb_host::sysfs_root());
+                    SettingsCommand::UsbScanned(devices.unwrap_or_default())
+                });
             }
             SettingsInput::Closing => {
+                self.stop_usb_watch();
                 if !self.finished {
                     self.finished = true;
                     let _ = sender.output(SettingsOutput::Closed(self.init.vm.id.clone(), false));
@@ -423,10 +435,17 @@ impl Component for SettingsWindow {
                     }
                     self.usb_scan_error = loaded.usb_error;
                     self.base = Some(loaded.vm);
+                    self.start_usb_watch(&sender);
                 }
                 Err(message) => self.load_error = Some(message),
             },
+            SettingsCommand::UsbScanned(devices) => {
+                if !self.finished {
+                    self.replug(widgets, &devices, &sender);
+                }
+            }
             SettingsCommand::Saved(Ok(())) => {
+                self.stop_usb_watch();
                 self.finished = true;
                 let _ = sender.output(SettingsOutput::Closed(self.init.vm.id.clone(), true));
                 root.destroy();
@@ -463,6 +482,60 @@ impl SettingsWindow {
             row.set_activatable_widget(Some(&switch));
             widgets.disks_group.add(&row);
             self.disks.push((path.clone(), switch));
+        }
+    }
+
+    /// Looks at the host's USB devices every [`USB_WATCH`] while the pane is open, so a
+    /// device plugged in shows up (there is no udev in the sandbox to say so).
+    fn start_usb_watch(&mut self, sender: &ComponentSender<Self>) {
+        let input = sender.input_sender().clone();
+        self.usb_watch = Some(glib::timeout_add_local(USB_WATCH, move || {
+            // A pane dropped without closing (its owner went) takes its timer with it.
+            match input.send(SettingsInput::RescanUsb) {
+                Ok(()) => glib::ControlFlow::Continue,
+                Err(_) => glib::ControlFlow::Break,
+            }
+        }));
+    }
+
+    fn stop_usb_watch(&mut self) {
+        if let Some(source) = self.usb_watch.take() {
+            source.remove();
+        }
+    }
+
+    /// Brings the USB list up to date with the host's devices (see [`usb_choices::replug`]).
+    fn replug(
+        &mut self,
+        widgets: &SettingsWindowWidgets,
+        host: &[usb_host::HostUsbDevice],
+        sender: &ComponentSender<Self>,
+    ) {
+        let listed: Vec<usb_choices::Listed> = self
+            .usb
+            .iter()
+            .map(|row| usb_choices::Listed {
+                id: row.id,
+                connected: row.switch.is_some(),
+                chosen: row.chosen(),
+            })
+            .collect();
+        for change in usb_choices::replug(&listed, host) {
+            match change {
+                UsbChange::Add(choice) => self.add_usb_row(widgets, &choice, sender),
+                UsbChange::Replace(choice) => {
+                    self.remove_usb_row(widgets, choice.id);
+                    self.add_usb_row(widgets, &choice, sender);
+                }
+                UsbChange::Remove(id) => self.remove_usb_row(widgets, id),
+            }
+        }
+    }
+
+    fn remove_usb_row(&mut self, widgets: &SettingsWindowWidgets, id: UsbDevice) {
+        if let Some(index) = self.usb.iter().position(|row| row.id == id) {
+            let removed = self.usb.remove(index);
+            widgets.usb_group.remove(&removed.row);
         }
     }
 

@@ -62,6 +62,67 @@ pub fn choices(saved: &[UsbDevice], host: &[HostUsbDevice]) -> Vec<UsbChoice> {
     rows
 }
 
+/// A row of the list as it stands: the device, whether it is plugged in (its row has a
+/// switch) and whether it is handed to the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    pub id: UsbDevice,
+    pub connected: bool,
+    pub chosen: bool,
+}
+
+/// A change to the list after the host's devices changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsbChange {
+    /// A device was plugged in: a new row, switched off.
+    Add(UsbChoice),
+    /// The row of this id becomes this one: a chosen device was unplugged (it stays
+    /// listed, not connected) or a listed one was plugged in (a switch, on).
+    Replace(UsbChoice),
+    /// A device that was not chosen was unplugged: its row goes.
+    Remove(UsbDevice),
+}
+
+/// What changes in the list `listed` when the host has `host` plugged in now. A choice the
+/// person made is never dropped: an unplugged device they switched on stays, as one the
+/// machine lists that is not connected.
+pub fn replug(listed: &[Listed], host: &[HostUsbDevice]) -> Vec<UsbChange> {
+    let plugged = |id: UsbDevice| host.iter().find(|device| device.id == id);
+    let mut changes = Vec::new();
+    for row in listed {
+        match (row.connected, plugged(row.id)) {
+            (true, None) if row.chosen => {
+                changes.push(UsbChange::Replace(UsbChoice::not_connected(row.id)));
+            }
+            (true, None) => changes.push(UsbChange::Remove(row.id)),
+            (false, Some(device)) => changes.push(UsbChange::Replace(UsbChoice {
+                id: device.id,
+                product: device.product.clone(),
+                manufacturer: device.manufacturer.clone(),
+                connected: true,
+                chosen: true,
+            })),
+            _ => {}
+        }
+    }
+    for device in host {
+        let known = listed.iter().any(|row| row.id == device.id)
+            || changes
+                .iter()
+                .any(|change| matches!(change, UsbChange::Add(c) if c.id == device.id));
+        if !known {
+            changes.push(UsbChange::Add(UsbChoice {
+                id: device.id,
+                product: device.product.clone(),
+                manufacturer: device.manufacturer.clone(),
+                connected: true,
+                chosen: false,
+            }));
+        }
+    }
+    changes
+}
+
 /// The id in `text` ("046d:c52b", spaces around allowed), or why it is not one, for a person.
 /// The same rule as `vm.ron` ([`UsbDevice`]'s parser), with its message translated.
 pub fn parse_id(text: &str) -> Result<UsbDevice, String> {
@@ -121,6 +182,70 @@ mod tests {
             plugged("0781:5581", "1-2", Some("Ultra")),
         ];
         assert_eq!(choices(&[], &host).len(), 1);
+    }
+
+    #[test]
+    fn plugging_and_unplugging_keeps_what_the_person_chose() {
+        let listed = [
+            // Chosen, unplugged now: stays, not connected.
+            Listed {
+                id: id("046d:c52b"),
+                connected: true,
+                chosen: true,
+            },
+            // Not chosen, unplugged now: goes.
+            Listed {
+                id: id("0781:5581"),
+                connected: true,
+                chosen: false,
+            },
+            // Saved, not connected, plugged in now: gets its switch, on.
+            Listed {
+                id: id("1050:0407"),
+                connected: false,
+                chosen: true,
+            },
+            // Plugged in and still there: unchanged.
+            Listed {
+                id: id("05ac:12a8"),
+                connected: true,
+                chosen: false,
+            },
+        ];
+        let host = [
+            plugged("1050:0407", "1-3", Some("Security Key")),
+            plugged("05ac:12a8", "1-4", Some("iPhone")),
+            plugged("04f9:0042", "2-1", Some("Printer")),
+            plugged("04f9:0042", "2-2", Some("Printer")),
+        ];
+        let changes = replug(&listed, &host);
+        assert_eq!(
+            changes,
+            [
+                UsbChange::Replace(UsbChoice::not_connected(id("046d:c52b"))),
+                UsbChange::Remove(id("0781:5581")),
+                UsbChange::Replace(UsbChoice {
+                    id: id("1050:0407"),
+                    product: Some("Security Key".into()),
+                    manufacturer: None,
+                    connected: true,
+                    chosen: true,
+                }),
+                UsbChange::Add(UsbChoice {
+                    id: id("04f9:0042"),
+                    product: Some("Printer".into()),
+                    manufacturer: None,
+                    connected: true,
+                    chosen: false,
+                }),
+            ]
+        );
+        let unchanged = [Listed {
+            id: id("05ac:12a8"),
+            connected: true,
+            chosen: true,
+        }];
+        assert_eq!(replug(&unchanged, &host[1..2]), []);
     }
 
     #[test]

@@ -396,6 +396,8 @@ def main():
                         "(checked before --window-size)")
     parser.add_argument("--close-keys",
                         help="keys that close the window (after everything else); waits for it")
+    parser.add_argument("--wheel", type=int, metavar="STEPS",
+                        help="turn the mouse wheel down this many steps after --mouse")
     parser.add_argument("--mouse", nargs=2, type=int, metavar=("X", "Y"),
                         help="move the pointer to this screen point first (xdotool)")
     parser.add_argument("--screenshot", help="PNG path for a screenshot once the checks pass")
@@ -428,6 +430,9 @@ def main():
         press(args.title, args.keys_after)
     if args.mouse:
         subprocess.run(["xdotool", "mousemove", *map(str, args.mouse)], check=True)
+    if args.wheel:
+        subprocess.run(["xdotool", "click", "--repeat", str(args.wheel), "--delay", "20", "5"],
+                       check=True)
     texts = check(app, args.expect, args.absent, args.contains, args.timeout)
     for name, want in args.checked:
         node = find_switch(app, name, args.timeout)
