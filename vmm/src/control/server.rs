@@ -196,7 +196,7 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(bind_err(e)),
     }
-    // Bound under a temporary name and renamed into place once listening and private, so
+    // Bound under a temporary name and linked into place once listening and private, so
     // the socket appears only when it accepts connections (a client that sees the path
     // can connect; between bind and listen it would be refused) and never with the
     // umask's permissions.
@@ -208,7 +208,9 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     })?;
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
-    temp_name.push(format!(".{}.tmp", std::process::id()));
+    static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+    let serial = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+    temp_name.push(format!(".{}-{serial}.tmp", std::process::id()));
     let temp = path.with_file_name(temp_name);
     if temp.as_os_str().len() >= SUN_PATH_MAX {
         // No room for the longer name: bind in place.
@@ -218,13 +220,18 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     }
     let _ = fs::remove_file(&temp);
     let listener = UnixListener::bind(&temp).map_err(bind_err)?;
+    // A hard link, not a rename: it fails if another helper placed a socket at `path`
+    // since the check above, where a rename would silently take its path away.
     let placed = fs::set_permissions(&temp, fs::Permissions::from_mode(0o600))
-        .and_then(|()| fs::rename(&temp, path));
-    if let Err(e) = placed {
-        let _ = fs::remove_file(&temp);
-        return Err(bind_err(e));
+        .and_then(|()| fs::hard_link(&temp, path));
+    let _ = fs::remove_file(&temp);
+    match placed {
+        Ok(()) => Ok(listener),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(ServerError::InUse(path.to_path_buf()))
+        }
+        Err(e) => Err(bind_err(e)),
     }
-    Ok(listener)
 }
 
 /// State shared by the server's threads.
@@ -456,5 +463,28 @@ mod bind_tests {
         assert_eq!(names, [std::ffi::OsString::from("vnc.sock")]);
         // A live one is not taken over.
         assert!(matches!(bind(&path), Err(ServerError::InUse(_))));
+    }
+
+    #[test]
+    fn of_two_binds_racing_for_one_path_only_one_gets_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("qmp.sock");
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let binds: Vec<_> = (0..8).map(|_| scope.spawn(|| bind(&path))).collect();
+            binds
+                .into_iter()
+                .map(|b| b.join().expect("bind thread"))
+                .collect()
+        });
+        let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        for lost in results.iter().filter(|r| r.is_err()) {
+            assert!(matches!(lost, Err(ServerError::InUse(_))), "{lost:?}");
+        }
+        UnixStream::connect(&path).expect("connect");
+        assert!(
+            won[0].accept().is_ok(),
+            "the path leads to the one that won"
+        );
     }
 }
