@@ -251,3 +251,29 @@ pub fn resident_split(pid: u32, mappings: &[u64]) -> Option<(u64, Vec<u64>)> {
     }
     Some((vmrss, resident))
 }
+
+/// Waits up to `timeout` until the file at `path` (a guest's console written with
+/// `--serial file:`) contains `text`; returns what it holds then, found or not.
+pub fn wait_for_text(path: &Path, text: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if s.contains(text) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// hospes-vmm started in the background on the kernel `guest` with `memory` (`-m`), stdin
+/// closed, and the `extra` flags.
+pub fn spawn_vmm(guest: &Guest, memory: &str, extra: &[String]) -> Child {
+    Command::new(vmm_binary())
+        .arg("--kernel")
+        .arg(&guest.path)
+        .args(["-m", memory])
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn hospes-vmm")
+}

@@ -1,21 +1,14 @@
 //! The VmHandle the QMP server drives: status, pause, resume, power button, in-process.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hospes_tests::{GuestKind, build_guest, skip_without_kvm};
+use hospes_tests::{GuestKind, build_guest, skip_without_kvm, wait_for_text};
 use hospes_vmm::machine::{
     Exit, MachineConfig, MachineError, RunState, SerialConfig, VmHandle, Vmm,
 };
 
 fn wait_for(path: &std::path::Path, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = std::fs::read_to_string(path).unwrap_or_default();
-        if s.contains(text) || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_text(path, text, Duration::from_secs(30))
 }
 
 /// The power-button guest with its console in a file, and that file's path.

@@ -169,26 +169,9 @@ fn sigterm_ends_the_vm_cleanly_with_status_0() {
     let g = build_guest("powerbutton", GuestKind::Pvh);
     let console = g.dir.path().join("console.txt");
     let serial = format!("file:{}", console.display());
-    let mut child = std::process::Command::new(hospes_tests::vmm_binary())
-        .args([
-            "--kernel",
-            g.path.to_str().unwrap(),
-            "-m",
-            "32M",
-            "--serial",
-            &serial,
-        ])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(&console)
-        .unwrap_or_default()
-        .contains('\n')
-    {
-        assert!(std::time::Instant::now() < deadline, "guest never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = hospes_tests::spawn_vmm(&g, "32M", &["--serial".into(), serial]);
+    let started = hospes_tests::wait_for_text(&console, "\n", TIMEOUT);
+    assert!(started.contains('\n'), "guest never started");
     // SAFETY: kill(2) on our own child's pid has no memory effects.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
@@ -228,18 +211,7 @@ fn unix_socket_console_carries_input_and_output() {
     let g = build_guest("echo", GuestKind::Pvh);
     let sock = g.dir.path().join("serial.sock");
     let serial = format!("unix:{}", sock.display());
-    let mut child = std::process::Command::new(hospes_tests::vmm_binary())
-        .args([
-            "--kernel",
-            g.path.to_str().unwrap(),
-            "-m",
-            "32M",
-            "--serial",
-            &serial,
-        ])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = hospes_tests::spawn_vmm(&g, "32M", &["--serial".into(), serial]);
     let deadline = std::time::Instant::now() + TIMEOUT;
     let mut conn = loop {
         if let Ok(c) = std::os::unix::net::UnixStream::connect(&sock) {

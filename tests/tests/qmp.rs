@@ -1,23 +1,18 @@
 //! `hospes-vmm --qmp`: the QMP commands reach the VM and its state changes come back as
 //! events, through the project's typed client.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hospes_tests::{GuestKind, build_guest, skip_without_kvm, vmm_binary, wait_timeout};
+use hospes_tests::{
+    GuestKind, build_guest, skip_without_kvm, spawn_vmm, wait_for_text, wait_timeout,
+};
 use hospes_vmm::control::RunState;
 use hospes_vmm::control::client::QmpClient;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn wait_for(path: &std::path::Path, text: &str) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let s = std::fs::read_to_string(path).unwrap_or_default();
-        if s.contains(text) || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_text(path, text, TIMEOUT)
 }
 
 #[test]
@@ -28,15 +23,16 @@ fn qmp_stop_cont_reset_and_powerdown_drive_the_guest() {
     let g = build_guest("powerbutton", GuestKind::Pvh);
     let console = g.dir.path().join("console.txt");
     let sock = g.dir.path().join("qmp.sock");
-    let mut child = std::process::Command::new(vmm_binary())
-        .args(["--kernel", g.path.to_str().unwrap(), "-m", "32M"])
-        .arg("--serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("--qmp")
-        .arg(format!("unix:{},server,nowait", sock.display()))
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_vmm(
+        &g,
+        "32M",
+        &[
+            "--serial".into(),
+            format!("file:{}", console.display()),
+            "--qmp".into(),
+            format!("unix:{},server,nowait", sock.display()),
+        ],
+    );
     let once = "waiting for the power button\n";
     assert_eq!(wait_for(&console, once), once);
     let mut qmp = QmpClient::connect(&sock).unwrap();
@@ -73,15 +69,16 @@ fn qmp_quit_ends_the_helper_with_status_0() {
     let g = build_guest("powerbutton", GuestKind::Pvh);
     let console = g.dir.path().join("console.txt");
     let sock = g.dir.path().join("qmp.sock");
-    let mut child = std::process::Command::new(vmm_binary())
-        .args(["--kernel", g.path.to_str().unwrap(), "-m", "32M"])
-        .arg("--serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("--qmp")
-        .arg(format!("unix:{}", sock.display()))
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_vmm(
+        &g,
+        "32M",
+        &[
+            "--serial".into(),
+            format!("file:{}", console.display()),
+            "--qmp".into(),
+            format!("unix:{}", sock.display()),
+        ],
+    );
     wait_for(&console, "button\n");
     let mut qmp = QmpClient::connect(&sock).unwrap();
     qmp.quit().unwrap();
