@@ -28,7 +28,7 @@ done
 
 if [ -z "${HOSPES_BENCH_INNER:-}" ]; then
   if [ "$profile" = release ]; then
-    (cd "$root" && cargo build --release -q -p hospes -p hospes-vmm)
+    (cd "$root" && cargo build --release -q -p hospes -p hospes-vmm -p hospesctl)
   fi
   # A desktop session has a session bus; without one GLib would spawn dbus-launch for each
   # app started (tens of ms each, for both apps).

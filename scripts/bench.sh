@@ -9,7 +9,7 @@ echo "== start-up and memory: tiny PVH guest, hospes-vmm vs qemu-system-x86_64 -
 target/release/bench
 echo
 echo "== virtio-blk device path vs preadv/pwritev on the same file"
-cargo bench -q -p hospes-vmm --bench blk --features test-support
+cargo bench -q -p hospes-devices --bench blk --features test-support
 echo
 echo "== display: full 1080p frames/s and small-update latency to an RFB client, vs qemu -vga std"
 target/release/display_bench

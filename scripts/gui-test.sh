@@ -4,7 +4,7 @@
 #
 # Usage: scripts/gui-test.sh [HOSPES_BINARY]     (default: target/debug/hospes)
 # The libraries are made with the `hospesctl` next to that binary (build both first:
-# `cargo build -p hospes -p hospes-vmm`). Screenshots go to $HOSPES_GUI_TEST_OUT
+# `cargo build -p hospes -p hospes-vmm -p hospesctl`). Screenshots go to $HOSPES_GUI_TEST_OUT
 # (default: target/gui-test/).
 # Needs: xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool
 # openbox (a window manager for the fullscreen check).

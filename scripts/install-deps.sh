@@ -12,6 +12,8 @@ packages=(
   libpipewire-0.3-dev libclang-dev clang
   # tiny test guests and peers
   gcc binutils qemu-system-x86 passt acpica-tools gvncviewer
+  # firmware for BIOS and UEFI guests (and the VGA BIOS option ROM)
+  seabios ovmf
   # a headless PipeWire daemon for the sound tests (dbus-run-session starts its bus)
   pipewire-bin wireplumber dbus-bin
   # headless GUI tests and desktop-integration checks

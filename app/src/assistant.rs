@@ -18,7 +18,7 @@ use std::time::Duration;
 use adw::prelude::*;
 use gettextrs::gettext;
 use gtk::{gio, glib};
-use hospes_vmm::library::Preset;
+use hospes_core::library::Preset;
 use relm4::{Component, ComponentParts, ComponentSender};
 
 use crate::a11y;

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use hospes_vmm::config::{self, Disk, DiskBus, DiskFormat, Size};
-use hospes_vmm::library::{self, CreateRequest, HostResources, Library, Preset};
+use hospes_core::config::{self, Disk, DiskBus, DiskFormat, Size};
+use hospes_core::library::{self, CreateRequest, HostResources, Library, Preset};
 
 use crate::library_model;
 use crate::vm_control::error_chain;

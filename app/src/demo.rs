@@ -10,8 +10,8 @@
 use std::fs;
 use std::path::Path;
 
-use hospes_vmm::config::{self, Boot, DisplayDevice, OsKind, Resolution, Size};
-use hospes_vmm::library::{CreateRequest, Library, LibraryError, Preset};
+use hospes_core::config::{self, Boot, DisplayDevice, OsKind, Resolution, Size};
+use hospes_core::library::{CreateRequest, Library, LibraryError, Preset};
 
 use crate::vm_control::error_chain;
 

@@ -1,10 +1,10 @@
 //! Physical keys as the guest's keyboard knows them: GTK's hardware keycode (the Linux
 //! evdev key code plus 8, on both X11 and Wayland) to the XT set-1 scancode in the "qnum"
 //! form the QEMU Extended Key Event carries, through the table the helper shares
-//! ([`hospes_vmm::keycodes`]); a key outside it has no scancode and is sent by its keysym
+//! ([`hospes_core::keycodes`]); a key outside it has no scancode and is sent by its keysym
 //! instead. No GTK.
 
-use hospes_vmm::keycodes::evdev_to_qnum;
+use hospes_core::keycodes::evdev_to_qnum;
 
 /// GTK's hardware keycode is the evdev code plus this (X11's minimum keycode; Wayland
 /// compositors keep the same offset).
@@ -39,7 +39,7 @@ mod tests {
     fn ctrl_alt_del_is_left_ctrl_left_alt_delete() {
         assert_eq!(CTRL_ALT_DEL, [0x1d, 0x38, 0xd3]);
         assert_eq!(
-            CTRL_ALT_DEL.map(hospes_vmm::keycodes::qnum_to_evdev),
+            CTRL_ALT_DEL.map(hospes_core::keycodes::qnum_to_evdev),
             [Some(29), Some(56), Some(111)]
         );
     }

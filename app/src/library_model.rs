@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use gettextrs::gettext;
-use hospes_vmm::config::{Boot, OsKind};
-use hospes_vmm::library::{Library, Machine};
+use hospes_core::config::{Boot, OsKind};
+use hospes_core::library::{Library, Machine};
 
 use crate::i18n::{gettext_f, ngettext_f};
 
@@ -72,7 +72,7 @@ pub fn load_default() -> LibraryLoad {
 /// inside Flatpak, the host's `~/.local/share/hospes/machines`, which the manifest shares
 /// (`--filesystem=xdg-data/hospes:create`) so the app and a host `hospesctl` see the same
 /// VMs. (Flatpak points `$XDG_DATA_HOME` at the app's private `~/.var/app/...` instead.)
-pub fn open_library() -> Result<Library, hospes_vmm::library::LibraryError> {
+pub fn open_library() -> Result<Library, hospes_core::library::LibraryError> {
     let in_flatpak = std::env::var_os("FLATPAK_ID").is_some();
     match library_root(in_flatpak, std::env::var_os("HOME").map(PathBuf::from)) {
         Some(root) => Library::open(root),
@@ -200,12 +200,12 @@ pub fn memory_label(bytes: u64) -> String {
 
 /// An error and its causes, outermost first: "cannot read X: permission denied" (the
 /// one-line form every Hospes program uses).
-pub use hospes_vmm::error_chain;
+pub use hospes_core::error_chain;
 
 #[cfg(test)]
 mod tests {
-    use hospes_vmm::config::{HostLimits, Size};
-    use hospes_vmm::library::{CreateRequest, HostResources, Preset};
+    use hospes_core::config::{HostLimits, Size};
+    use hospes_core::library::{CreateRequest, HostResources, Preset};
 
     use std::error::Error;
 

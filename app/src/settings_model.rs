@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use gettextrs::gettext;
-use hospes_vmm::backends::usb_host;
-use hospes_vmm::config::{self, DisplayDevice, HostLimits, Network, Resolution, Size, VmConfig};
+use hospes_core::config::{self, DisplayDevice, HostLimits, Network, Resolution, Size, VmConfig};
+use hospes_core::usb_host;
 
 use crate::i18n::gettext_f;
 use crate::usb_choices::{self, UsbChoice};
@@ -219,7 +219,7 @@ pub fn restart_note() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hospes_vmm::library::{CreateRequest, HostResources, Library, Preset};
+    use hospes_core::library::{CreateRequest, HostResources, Library, Preset};
 
     fn machine() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

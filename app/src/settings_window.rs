@@ -19,8 +19,8 @@ use std::rc::Rc;
 use adw::prelude::*;
 use gettextrs::gettext;
 use gtk::glib;
-use hospes_vmm::backends::usb_host;
-use hospes_vmm::config::{UsbDevice, VmConfig};
+use hospes_core::config::{UsbDevice, VmConfig};
+use hospes_core::usb_host;
 use relm4::{Component, ComponentParts, ComponentSender, RelmWidgetExt, WidgetTemplate};
 
 use crate::a11y;

@@ -2,11 +2,11 @@
 //! typed id is checked.
 //!
 //! The list is the host's USB devices (read from sysfs by
-//! [`hospes_vmm::backends::usb_host`]), one row per vendor:product id, each switched on when
+//! [`hospes_core::usb_host`]), one row per vendor:product id, each switched on when
 //! `vm.ron` names it; then the devices `vm.ron` names that are not plugged in now.
 
-use hospes_vmm::backends::usb_host::HostUsbDevice;
-use hospes_vmm::config::UsbDevice;
+use hospes_core::config::UsbDevice;
+use hospes_core::usb_host::HostUsbDevice;
 
 use crate::i18n::gettext_f;
 

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gettextrs::gettext;
-use hospes_vmm::control::RunState;
-use hospes_vmm::control::client::{ClientError, QmpClient};
-use hospes_vmm::launch::{self, HelperStatus, LaunchSpec};
-use hospes_vmm::runtime::{Liveness, RuntimeDir};
+use hospes_core::control::RunState;
+use hospes_core::control::client::{ClientError, QmpClient};
+use hospes_core::launch::{self, HelperStatus, LaunchSpec};
+use hospes_core::runtime::{Liveness, RuntimeDir};
 
 use crate::i18n::gettext_f;
 
@@ -349,7 +349,7 @@ fn exited_cleanly(log: &str) -> bool {
 }
 
 /// `err` and its causes, joined with ": ".
-pub use hospes_vmm::error_chain;
+pub use hospes_core::error_chain;
 
 #[cfg(test)]
 mod tests {

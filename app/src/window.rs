@@ -567,7 +567,7 @@ impl AppWindow {
             return;
         };
         let entry = row.entry();
-        let runtime = hospes_vmm::runtime::base_dir().map(|base| base.join(&id));
+        let runtime = hospes_core::runtime::base_dir().map(|base| base.join(&id));
         let runtime = match runtime {
             Ok(dir) => dir,
             Err(err) => {

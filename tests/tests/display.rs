@@ -21,9 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+use hospes_core::control::client::QmpClient;
 use hospes_tests::rfb::RfbClient;
 use hospes_tests::{GuestKind, build_guest, skip_without_kvm, vmm_binary, wait_timeout};
-use hospes_vmm::control::client::QmpClient;
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);

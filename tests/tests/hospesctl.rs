@@ -17,7 +17,7 @@ fn hospesctl(data: &Path, runtime: &Path, args: &[&str]) -> Output {
 
 /// Whether `pid` is a live helper (a zombie waiting for its reaper is not).
 fn helper_alive(pid: i64) -> bool {
-    hospes_vmm::runtime::is_helper_alive(hospes_vmm::runtime::Pid(pid as i32))
+    hospes_core::runtime::is_helper_alive(hospes_core::runtime::Pid(pid as i32))
 }
 
 fn json(out: &Output) -> serde_json::Value {

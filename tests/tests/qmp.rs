@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use hospes_core::control::RunState;
+use hospes_core::control::client::QmpClient;
 use hospes_tests::{
     GuestKind, build_guest, skip_without_kvm, spawn_vmm, wait_for_text, wait_timeout,
 };
-use hospes_vmm::control::RunState;
-use hospes_vmm::control::client::QmpClient;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -1,5 +1,5 @@
 //! The real Python QMP tools against the real helper: `qemu.qmp` (asyncio and legacy
-//! clients, the script in `vmm/tests/qmp/qmp_interop.py`) driving `hospes-vmm --qmp` on a
+//! clients, the script in `core/tests/qmp/qmp_interop.py`) driving `hospes-vmm --qmp` on a
 //! tiny guest that waits for console input and ignores the power button.
 
 use std::path::{Path, PathBuf};
@@ -60,7 +60,7 @@ fn qemu_qmp_library_drives_the_real_helper() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmm/tests/qmp/qmp_interop.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/qmp/qmp_interop.py");
     let out = Command::new(python)
         .arg(script)
         .arg(&sock)

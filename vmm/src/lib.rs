@@ -1,39 +1,16 @@
-//! Hospes' VM library, settings, control protocol and virtual machine monitor.
+//! `hospes-vmm`, the helper: one virtual machine per process.
 //!
-//! The same crate serves three programs: `hospes-vmm` (one VM per process), `hospesctl`
-//! (the command line) and the GTK app, which uses only [`config`], [`library`] and the
-//! control client. See ARCHITECTURE.md for the code map.
+//! What belongs here is everything that touches KVM or runs only in the helper: KVM state
+//! ([`vstate`], the only module that calls KVM), the x86 machine description ([`arch`]),
+//! kernel and firmware loading ([`boot`]), machine assembly and the boot loop
+//! ([`machine`]), the host services devices talk to ([`backends`]: passt, PipeWire) and
+//! the RFB server ([`vnc`]). Device models live in `hospes-devices` (free of KVM); the
+//! settings, the VM library and the control protocol in `hospes-core`. The app and
+//! `hospesctl` never depend on this crate. See ARCHITECTURE.md for the code map.
 
 pub mod arch;
 pub mod backends;
 pub mod boot;
-pub mod config;
-pub mod control;
-pub mod ctl;
-pub mod devices;
-pub mod display;
-pub mod input;
-pub mod keycodes;
-pub mod launch;
-pub mod library;
-pub mod logger;
 pub mod machine;
-pub mod runtime;
 pub mod vnc;
 pub mod vstate;
-
-/// An error and its causes, outermost first, joined with ": " (a cause whose words the
-/// text already holds is not repeated): the one-line form every Hospes program prints.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}

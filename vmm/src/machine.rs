@@ -27,19 +27,20 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::{acpi, layout, regs};
 use crate::boot::{self, BootInputs};
-use crate::devices::bus::{Bus, BusError, lock};
-use crate::devices::legacy::debug_port::DebugPort;
-use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::pm::PmBlock;
-use crate::devices::legacy::rtc::Rtc;
-use crate::devices::legacy::serial::SerialDevice;
-use crate::devices::legacy::{PowerEvent, PowerEvents};
 use crate::vstate::vcpu::{self, ExitBuses, RunControl, VcpuEvent};
 use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
 use crate::vstate::{memory, vm};
+use hospes_devices::bus::{Bus, BusError, lock};
+use hospes_devices::legacy::debug_port::DebugPort;
+use hospes_devices::legacy::i8042::I8042;
+use hospes_devices::legacy::pm::PmBlock;
+use hospes_devices::legacy::rtc::Rtc;
+use hospes_devices::legacy::serial::SerialDevice;
+use hospes_devices::legacy::{PowerEvent, PowerEvents};
 
 pub mod console;
 pub mod display;
+pub mod pci;
 pub mod qmp;
 
 /// Smallest guest RAM accepted.
@@ -571,7 +572,7 @@ impl Vmm {
             }
         };
         self.handle.set_state(RunState::Shutdown);
-        crate::logger::flush_suppressed();
+        hospes_devices::logger::flush_suppressed();
         let _ = std::io::stdout().flush();
         result
     }

@@ -9,13 +9,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use hospes_core::config::Network;
+use hospes_devices::virtio::VirtioDevice;
+use hospes_devices::virtio::snd::Snd;
 use hospes_vmm::backends::passt::{UserNetwork, parse_net_option};
 use hospes_vmm::backends::pipewire::PipeWire;
-use hospes_vmm::config::Network;
-use hospes_vmm::devices::pci::setup::{DiskSpec, attach_pci_to_machine};
-use hospes_vmm::devices::virtio::VirtioDevice;
-use hospes_vmm::devices::virtio::snd::Snd;
 use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
+use hospes_vmm::machine::pci::{DiskSpec, attach_pci_to_machine};
 use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
 use hospes_vmm::vnc::VncListen;
 
@@ -104,13 +104,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
     } else {
         t.to_owned()
     };
-    text.parse::<hospes_vmm::config::Size>()
+    text.parse::<hospes_core::config::Size>()
         .map(|size| size.bytes())
         .map_err(|_| format!("'{s}' is not a size like 256M or 2G"))
 }
 
 fn parse_qmp(s: &str) -> Result<PathBuf, String> {
-    hospes_vmm::control::parse_unix_endpoint(s).map_err(|e| e.to_string())
+    hospes_core::control::parse_unix_endpoint(s).map_err(|e| e.to_string())
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -164,11 +164,11 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         },
     };
     if let Some(path) = &args.config {
-        let vm = hospes_vmm::config::load(path).map_err(|e| e.to_string())?;
+        let vm = hospes_core::config::load(path).map_err(|e| e.to_string())?;
         // Paths in vm.ron are relative to the VM's folder.
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         match vm.boot {
-            hospes_vmm::config::Boot::Kernel {
+            hospes_core::config::Boot::Kernel {
                 kernel,
                 initrd,
                 cmdline,
@@ -186,15 +186,15 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         }
         cfg.memory = vm.memory.bytes();
         cfg.cpus = vm.cpus;
-        cfg.no_reboot |= vm.on_reboot == hospes_vmm::config::RebootAction::PowerOff;
+        cfg.no_reboot |= vm.on_reboot == hospes_core::config::RebootAction::PowerOff;
         extras.name.get_or_insert(vm.name);
         extras.network = vm.network;
         extras.sound = vm.sound;
         extras.display.resolution = (vm.display.resolution.width, vm.display.resolution.height);
         extras.display.kind = match (vm.display.enabled, vm.display.device) {
             (false, _) => DisplayKind::None,
-            (true, hospes_vmm::config::DisplayDevice::StdVga) => DisplayKind::StdVga,
-            (true, hospes_vmm::config::DisplayDevice::VirtioGpu) => DisplayKind::VirtioGpu,
+            (true, hospes_core::config::DisplayDevice::StdVga) => DisplayKind::StdVga,
+            (true, hospes_core::config::DisplayDevice::VirtioGpu) => DisplayKind::VirtioGpu,
         };
         extras.disks = vm
             .disks
@@ -288,7 +288,7 @@ fn start_sound(vm_name: &str) -> Option<Arc<PipeWire>> {
         Err(e) => {
             log::warn!(
                 "sound unavailable, the VM has no sound card: {}",
-                hospes_vmm::error_chain(&e)
+                hospes_core::error_chain(&e)
             );
             None
         }
@@ -296,7 +296,7 @@ fn start_sound(vm_name: &str) -> Option<Arc<PipeWire>> {
 }
 
 fn main() -> ExitCode {
-    hospes_vmm::logger::init();
+    hospes_devices::logger::init();
     let args = Args::parse();
     let (cfg, extras) = match machine_config(args) {
         Ok(c) => c,
@@ -306,7 +306,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(name) = &extras.name
-        && let Err(e) = hospes_vmm::launch::set_process_title(name)
+        && let Err(e) = hospes_core::launch::set_process_title(name)
     {
         log::warn!("cannot set the process name: {e}");
     }
@@ -314,7 +314,7 @@ fn main() -> ExitCode {
     let network = match UserNetwork::start(&extras.network) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("hospes-vmm: network: {}", hospes_vmm::error_chain(&e));
+            eprintln!("hospes-vmm: network: {}", hospes_core::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -367,7 +367,7 @@ fn main() -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hospes-vmm: {}", hospes_vmm::error_chain(&e));
+            eprintln!("hospes-vmm: {}", hospes_core::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{MacAddress, Network, PortForward, Protocol};
-use crate::devices::bus::lock;
-use crate::devices::virtio::VirtioDevice;
-use crate::devices::virtio::net::{Connection, ConnectionSlot, Net};
+use hospes_core::config::{MacAddress, Network, PortForward, Protocol};
+use hospes_devices::bus::lock;
+use hospes_devices::virtio::VirtioDevice;
+use hospes_devices::virtio::net::{Connection, ConnectionSlot, Net};
 
 /// Deaths within [`RESTART_WINDOW`] after which the supervisor stops restarting passt.
 pub const MAX_RESTARTS: usize = 5;

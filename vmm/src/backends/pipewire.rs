@@ -22,7 +22,7 @@ use pw::spa;
 use pw::spa::param::audio::{AudioFormat, AudioInfoRaw};
 use pw::spa::pod::Pod;
 
-use crate::devices::virtio::snd::{
+use hospes_devices::virtio::snd::{
     AudioBackend, AudioError, Direction, PcmBuffer, PcmParams, SampleFormat,
 };
 
@@ -92,7 +92,7 @@ impl PipeWire {
 
     fn send(&self, c: Command) {
         if self.commands.send(c).is_err() {
-            crate::guest_warn!("snd: the PipeWire thread is gone; sound is off");
+            hospes_devices::guest_warn!("snd: the PipeWire thread is gone; sound is off");
         }
     }
 }

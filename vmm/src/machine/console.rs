@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{MachineError, SerialConfig};
-use crate::devices::bus::lock;
-use crate::devices::legacy::serial::{SerialDevice, SerialOut};
+use hospes_devices::bus::lock;
+use hospes_devices::legacy::serial::{SerialDevice, SerialOut};
 
 /// Where console input comes from.
 pub enum Input {

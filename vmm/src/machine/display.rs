@@ -12,20 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{Machine, MachineError};
-use crate::control::ControlError;
-use crate::control::display::{Button, InputEvent, KeyValue, VncClientInfo, VncInfo};
-use crate::devices::bus::lock;
-use crate::devices::display::kvm::{FB_SLOT, KvmFbSlot};
-use crate::devices::display::stdvga::{DISPI_PORT, DISPI_PORT_LEN, StdVga, VRAM_SIZE};
-use crate::devices::display::{FbSlot, refresh};
-use crate::devices::pci::setup::PciSetup;
-use crate::devices::virtio::VirtioDevice;
-use crate::devices::virtio::gpu::Gpu;
-use crate::devices::virtio::input::{InputKind, VirtioInput};
-use crate::display::{Display, FbMemory};
-use crate::error_chain;
-use crate::input::{InputRouter, InputSink, Ps2Input, qcode_to_xt};
+use crate::machine::pci::PciSetup;
 use crate::vnc::{VncConfig, VncListen, VncServer, read_password_file};
+use crate::vstate::fb_slot::{FB_SLOT, KvmFbSlot};
+use hospes_core::control::ControlError;
+use hospes_core::control::display::{Button, InputEvent, KeyValue, VncClientInfo, VncInfo};
+use hospes_core::error_chain;
+use hospes_devices::bus::lock;
+use hospes_devices::display::stdvga::{DISPI_PORT, DISPI_PORT_LEN, StdVga, VRAM_SIZE};
+use hospes_devices::display::{FbSlot, refresh};
+use hospes_devices::framebuffer::{Display, FbMemory};
+use hospes_devices::input::{InputRouter, InputSink, Ps2Input, qcode_to_xt};
+use hospes_devices::virtio::VirtioDevice;
+use hospes_devices::virtio::gpu::Gpu;
+use hospes_devices::virtio::input::{InputKind, VirtioInput};
 
 /// The emulated display adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +165,8 @@ impl DisplayStack {
             .display
             .surface()
             .ok_or_else(|| ControlError::Failed("the guest shows nothing".into()))?;
-        crate::display::png::save(&s, path).map_err(|e| ControlError::Failed(error_chain(&e)))
+        hospes_devices::framebuffer::png::save(&s, path)
+            .map_err(|e| ControlError::Failed(error_chain(&e)))
     }
 
     /// QMP `query-vnc`.
@@ -240,10 +241,10 @@ impl DisplayStack {
                     let mut p = lock(&self.qmp_pointer);
                     let v = m.value.clamp(0, 0x7fff) as u64;
                     match m.axis {
-                        crate::control::display::Axis::X => {
+                        hospes_core::control::display::Axis::X => {
                             p.0 = (v * u64::from(w) / 0x8000) as u32
                         }
-                        crate::control::display::Axis::Y => {
+                        hospes_core::control::display::Axis::Y => {
                             p.1 = (v * u64::from(h) / 0x8000) as u32
                         }
                     }
@@ -253,10 +254,10 @@ impl DisplayStack {
                     let mut p = lock(&self.qmp_pointer);
                     let d = m.value.clamp(-0x7fff, 0x7fff);
                     match m.axis {
-                        crate::control::display::Axis::X => {
+                        hospes_core::control::display::Axis::X => {
                             p.0 = (i64::from(p.0) + d).clamp(0, i64::from(w) - 1) as u32
                         }
-                        crate::control::display::Axis::Y => {
+                        hospes_core::control::display::Axis::Y => {
                             p.1 = (i64::from(p.1) + d).clamp(0, i64::from(h) - 1) as u32
                         }
                     }

@@ -11,12 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::control::display::{InputEvent, VncInfo};
-use crate::control::{
+use hospes_core::control::display::{InputEvent, VncInfo};
+use hospes_core::control::{
     ControlError, Event, EventSender, QmpServer, QmpServerHandle, RunState as QmpState,
     ShutdownReason, VmControl,
 };
-use crate::devices::bus::lock;
+use hospes_devices::bus::lock;
 
 use super::display::DisplayStack;
 use super::{Exit, HandleError, MachineError, RunState, VmHandle};

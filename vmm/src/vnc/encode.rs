@@ -9,7 +9,7 @@
 use flate2::{Compress, Compression, FlushCompress};
 
 use super::proto::PixelFormat;
-use crate::display::{Rect, Surface};
+use hospes_devices::framebuffer::{Rect, Surface};
 
 const TILE: u32 = 64;
 
@@ -116,7 +116,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::display::FbMemory;
+    use hospes_devices::framebuffer::FbMemory;
 
     fn surface() -> Surface {
         let mem = Arc::new(FbMemory::new(1 << 20).unwrap());

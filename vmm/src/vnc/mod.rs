@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::devices::bus::lock;
-use crate::display::Display;
-use crate::input::InputSink;
+use hospes_devices::bus::lock;
+use hospes_devices::framebuffer::Display;
+use hospes_devices::input::InputSink;
 
 /// A client whose socket takes no bytes for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ pub enum VncError {
     #[error("cannot listen on {0}")]
     Listen(String, #[source] std::io::Error),
     #[error("cannot bind the VNC socket")]
-    Bind(#[source] crate::control::ServerError),
+    Bind(#[source] hospes_core::control::ServerError),
     #[error("cannot read the VNC password file {path}")]
     PasswordFile {
         path: PathBuf,
@@ -169,7 +169,7 @@ impl VncServer {
         });
         let listen = match &cfg.listen {
             VncListen::Unix(path) => {
-                let l = crate::control::server::bind(path).map_err(VncError::Bind)?;
+                let l = hospes_core::control::server::bind(path).map_err(VncError::Bind)?;
                 spawn_accept(shared.clone(), move || {
                     l.accept()
                         .map(|(s, _)| (session::Stream::Unix(s), "unix".to_string()))

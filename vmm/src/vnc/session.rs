@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use super::encode::{self, Zrle};
 use super::proto::{self, ClientMessage, PixelFormat};
 use super::{ClientInfo, Shared, VncError, auth};
-use crate::devices::bus::lock;
-use crate::display::{BYTES_PER_PIXEL, Rect, Surface};
+use hospes_devices::bus::lock;
+use hospes_devices::framebuffer::{BYTES_PER_PIXEL, Rect, Surface};
 
 /// The size shown while the guest shows nothing.
 const BLANK: (u32, u32) = (640, 480);
@@ -640,7 +640,7 @@ fn write_direct(out: &mut Stream, s: &Surface, r: &Rect) -> io::Result<()> {
 }
 
 /// The Cursor pseudo-rectangle: pixels in the client's format, then a 1-bit mask.
-fn cursor_rect(c: &crate::display::Cursor, pf: &PixelFormat, out: &mut Vec<u8>) {
+fn cursor_rect(c: &hospes_devices::framebuffer::Cursor, pf: &PixelFormat, out: &mut Vec<u8>) {
     proto::rect_header(
         c.hot_x as u16,
         c.hot_y as u16,

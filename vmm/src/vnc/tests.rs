@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use super::*;
-use crate::display::{FbMemory, Rect, Surface};
+use hospes_devices::framebuffer::{FbMemory, Rect, Surface};
 
 #[derive(Default)]
 struct Keys(Mutex<Vec<(u32, Option<u16>, bool)>>);

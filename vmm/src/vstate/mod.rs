@@ -1,7 +1,11 @@
 //! KVM state: the VM file descriptor with its in-kernel irqchip and PIT ([`vm`]), guest
-//! memory and its KVM memory slots ([`memory`]), and the vCPUs with their run loop and the
-//! kick signal ([`vcpu`]).
+//! memory and its KVM memory slots ([`memory`]), the vCPUs with their run loop and the
+//! kick signal ([`vcpu`]), and the KVM side of the device models' traits: MSI routes,
+//! irqfds and ioeventfds for PCI devices ([`pci_kvm`]), the framebuffer's memory slot with
+//! dirty-page logging ([`fb_slot`]). This is the only module of Hospes that calls KVM.
 
+pub mod fb_slot;
 pub mod memory;
+pub mod pci_kvm;
 pub mod vcpu;
 pub mod vm;

@@ -20,7 +20,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::x86_64::{cpuid, layout, msr, regs};
 use crate::boot::BootEntry;
-use crate::devices::bus::{Bus, lock};
+use hospes_devices::bus::{Bus, lock};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -311,22 +311,25 @@ fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &ExitBuses) -> Option<Vcpu
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !read_bus(&buses.pio).read(u64::from(port), data) {
-                crate::guest_warn!("unhandled port read {port:#06x} ({} bytes)", data.len());
+                hospes_devices::guest_warn!(
+                    "unhandled port read {port:#06x} ({} bytes)",
+                    data.len()
+                );
             }
         }
         VcpuExit::IoOut(port, data) => {
             if !read_bus(&buses.pio).write(u64::from(port), data) {
-                crate::guest_warn!("unhandled port write {port:#06x} <- {data:02x?}");
+                hospes_devices::guest_warn!("unhandled port write {port:#06x} <- {data:02x?}");
             }
         }
         VcpuExit::MmioRead(addr, data) => {
             if !read_bus(&buses.mmio).read(addr, data) {
-                crate::guest_warn!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
+                hospes_devices::guest_warn!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
             }
         }
         VcpuExit::MmioWrite(addr, data) => {
             if !read_bus(&buses.mmio).write(addr, data) {
-                crate::guest_warn!("unhandled MMIO write {addr:#x} <- {data:02x?}");
+                hospes_devices::guest_warn!("unhandled MMIO write {addr:#x} <- {data:02x?}");
             }
         }
         VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}

@@ -9,7 +9,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::layout;
-use crate::devices::legacy::IrqLine;
+use hospes_devices::legacy::IrqLine;
 
 /// Errors creating the VM.
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +167,7 @@ impl IrqLine for KvmIrqLine {
 
     fn set_level(&self, high: bool) {
         if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
-            crate::guest_warn!("cannot set IRQ {}: {e}", self.gsi);
+            hospes_devices::guest_warn!("cannot set IRQ {}: {e}", self.gsi);
         }
     }
 }
@@ -194,15 +194,15 @@ impl EventFdIrq {
         let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)))?;
         register(&fd)?;
-        *crate::devices::bus::lock(&self.0) = fd;
+        *hospes_devices::bus::lock(&self.0) = fd;
         Ok(())
     }
 }
 
 impl IrqLine for EventFdIrq {
     fn trigger(&self) {
-        if let Err(e) = crate::devices::bus::lock(&self.0).write(1) {
-            crate::guest_warn!("cannot signal irqfd: {e}");
+        if let Err(e) = hospes_devices::bus::lock(&self.0).write(1) {
+            hospes_devices::guest_warn!("cannot signal irqfd: {e}");
         }
     }
 

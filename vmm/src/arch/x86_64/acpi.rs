@@ -139,7 +139,7 @@ pub fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     f.pm1_cnt_len = 2;
     f.pm_tmr_len = 4;
     f.gpe0_blk_len = 4;
-    f.century = crate::devices::legacy::rtc::REG_CENTURY;
+    f.century = hospes_devices::legacy::rtc::REG_CENTURY;
     // IA-PC boot architecture: legacy devices present, 8042 present.
     f.iapc_boot_arch = 0x3u16.into();
     f.x_pm1a_evt_blk = io_gas(layout::PM1A_EVT, 32, AccessSize::WordAccess);

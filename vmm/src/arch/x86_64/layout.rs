@@ -77,10 +77,10 @@ pub const PM_TMR: u16 = PM_BASE + 8;
 pub const GPE0: u16 = PM_BASE + 0xc;
 /// The FADT reset register. Not at 0xcf9: the PCI host bridge claims 0xcf8..0xcff.
 pub const RESET_REG: u16 = PM_BASE + 0x10;
-/// Value written to [`RESET_REG`] to reset.
-pub const RESET_VALUE: u8 = 0x6;
-/// SLP_TYP value for S5 (soft off), as `_S5` in the DSDT says.
-pub const S5_SLP_TYP: u8 = 5;
+/// Value written to [`RESET_REG`] to reset (the PM device defines it).
+pub use hospes_devices::legacy::pm::RESET_VALUE;
+/// SLP_TYP value for S5 (soft off), as `_S5` in the DSDT says (the PM device defines it).
+pub use hospes_devices::legacy::pm::S5_SLP_TYP;
 /// The SCI's IRQ (ISA and GSI).
 pub const SCI_IRQ: u32 = 9;
 /// COM1.

@@ -1,0 +1,373 @@
+//! The QMP command table and the per-connection session state.
+//!
+//! Data flow: the server hands each complete JSON text of a client to
+//! [`Session::handle`], which validates the request envelope (`execute`, `arguments`,
+//! `id`), enforces capabilities negotiation, deserializes the arguments into the
+//! command's own serde type and runs it against [`VmControl`]. The result is the reply
+//! to send, plus an optional action to run once the reply is queued (`quit`).
+//!
+//! Adding a command: write a function taking `(&dyn VmControl, ArgsType)` and add one
+//! `command!` line to [`COMMANDS`].
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::protocol::{NoArgs, QmpError, StatusInfo, VersionInfo, error_reply, return_reply};
+use super::{ControlError, VmControl, display};
+
+/// Name of the negotiation command, valid only before any other.
+const QMP_CAPABILITIES: &str = "qmp_capabilities";
+
+/// Runs a command with its raw `arguments` object.
+type RunFn = fn(&dyn VmControl, Value) -> Result<Value, QmpError>;
+
+/// One entry of the command table.
+pub(super) struct CommandSpec {
+    /// The name clients `execute`.
+    pub name: &'static str,
+    run: RunFn,
+    /// Runs after the reply has been queued to the client.
+    after_reply: Option<fn(&dyn VmControl)>,
+}
+
+/// Builds a [`CommandSpec`] whose arguments are deserialized into `$args` first.
+macro_rules! command {
+    ($name:literal, $args:ty, $f:expr) => {
+        command!($name, $args, $f, None)
+    };
+    ($name:literal, $args:ty, $f:expr, $after:expr) => {
+        CommandSpec {
+            name: $name,
+            run: |vm, raw| {
+                let args: $args = parse_args($name, raw)?;
+                $f(vm, args)
+            },
+            after_reply: $after,
+        }
+    };
+}
+
+/// Every command the server knows, besides `qmp_capabilities`.
+const COMMANDS: &[CommandSpec] = &[
+    command!("query-status", NoArgs, query_status),
+    command!("query-version", NoArgs, query_version),
+    command!("query-commands", NoArgs, query_commands),
+    command!("stop", NoArgs, stop),
+    command!("cont", NoArgs, cont),
+    command!("system_powerdown", NoArgs, system_powerdown),
+    command!("system_reset", NoArgs, system_reset),
+    command!(
+        "quit",
+        NoArgs,
+        empty_reply,
+        Some(|vm: &dyn VmControl| vm.quit())
+    ),
+    command!("screendump", display::ScreendumpArgs, display::screendump),
+    command!("query-vnc", NoArgs, display::query_vnc),
+    command!(
+        "input-send-event",
+        display::InputSendEventArgs,
+        display::input_send_event
+    ),
+];
+
+/// Arguments of `qmp_capabilities`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapabilitiesArgs {
+    /// Capabilities to enable; the server offers none.
+    #[serde(default)]
+    enable: Vec<String>,
+}
+
+fn parse_args<T: DeserializeOwned>(command: &str, raw: Value) -> Result<T, QmpError> {
+    serde_json::from_value(raw)
+        .map_err(|e| QmpError::generic(format!("Invalid arguments for '{command}': {e}")))
+}
+
+fn vm_result(result: Result<(), ControlError>) -> Result<Value, QmpError> {
+    result
+        .map(|()| json!({}))
+        .map_err(|e| QmpError::generic(e.to_string()))
+}
+
+fn to_reply_value<T: serde::Serialize>(value: T) -> Result<Value, QmpError> {
+    serde_json::to_value(value).map_err(|e| QmpError::generic(e.to_string()))
+}
+
+fn query_status(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    to_reply_value(StatusInfo::new(vm.status()))
+}
+
+fn query_version(_: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    to_reply_value(VersionInfo::current())
+}
+
+fn query_commands(_: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    let names = std::iter::once(QMP_CAPABILITIES).chain(COMMANDS.iter().map(|c| c.name));
+    Ok(Value::Array(
+        names.map(|name| json!({ "name": name })).collect(),
+    ))
+}
+
+fn stop(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    vm_result(vm.pause())
+}
+
+fn cont(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    vm_result(vm.resume())
+}
+
+fn system_powerdown(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    vm_result(vm.powerdown())
+}
+
+fn system_reset(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    vm_result(vm.reset())
+}
+
+fn empty_reply(_: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    Ok(json!({}))
+}
+
+/// A validated request envelope.
+struct Request {
+    name: String,
+    args: Value,
+}
+
+/// Checks the envelope of a parsed text. The `id`, if any, is taken out first so that
+/// even a rejected request gets it echoed.
+fn parse_request(text: &[u8], id: &mut Option<Value>) -> Result<Request, QmpError> {
+    let value: Value = serde_json::from_slice(text)
+        .map_err(|e| QmpError::generic(format!("JSON parse error, {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(QmpError::generic("QMP input must be a JSON object"));
+    };
+    *id = obj.remove("id");
+    let name = match obj.remove("execute") {
+        Some(Value::String(name)) => name,
+        Some(_) => {
+            return Err(QmpError::generic(
+                "QMP input member 'execute' must be a string",
+            ));
+        }
+        None => return Err(QmpError::generic("QMP input lacks member 'execute'")),
+    };
+    let args = match obj.remove("arguments") {
+        Some(Value::Object(args)) => Value::Object(args),
+        Some(_) => {
+            return Err(QmpError::generic(
+                "QMP input member 'arguments' must be an object",
+            ));
+        }
+        None => Value::Object(Map::new()),
+    };
+    if let Some(member) = obj.keys().next() {
+        return Err(QmpError::generic(format!(
+            "QMP input member '{member}' is unexpected"
+        )));
+    }
+    Ok(Request { name, args })
+}
+
+/// What to do after handling one client text.
+pub(super) struct Handled {
+    /// The reply to send.
+    pub reply: Value,
+    /// An action to run once the reply is queued.
+    pub after_reply: Option<fn(&dyn VmControl)>,
+}
+
+/// Per-connection protocol state.
+#[derive(Debug, Default)]
+pub(super) struct Session {
+    negotiated: bool,
+}
+
+impl Session {
+    /// True once `qmp_capabilities` succeeded: the client then receives events.
+    pub fn negotiated(&self) -> bool {
+        self.negotiated
+    }
+
+    /// Handles one complete JSON text from the client.
+    pub fn handle(&mut self, text: &[u8], vm: &dyn VmControl) -> Handled {
+        let mut id = None;
+        match self.dispatch(text, &mut id, vm) {
+            Ok((value, after_reply)) => Handled {
+                reply: return_reply(value, id.as_ref()),
+                after_reply,
+            },
+            Err(err) => Handled {
+                reply: error_reply(&err, id.as_ref()),
+                after_reply: None,
+            },
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn dispatch(
+        &mut self,
+        text: &[u8],
+        id: &mut Option<Value>,
+        vm: &dyn VmControl,
+    ) -> Result<(Value, Option<fn(&dyn VmControl)>), QmpError> {
+        let req = parse_request(text, id)?;
+        if req.name == QMP_CAPABILITIES {
+            if self.negotiated {
+                return Err(QmpError::command_not_found(
+                    "Capabilities negotiation is already complete, command ignored",
+                ));
+            }
+            let args: CapabilitiesArgs = parse_args(QMP_CAPABILITIES, req.args)?;
+            if let Some(cap) = args.enable.first() {
+                return Err(QmpError::generic(format!(
+                    "Capability '{cap}' not available"
+                )));
+            }
+            self.negotiated = true;
+            return Ok((json!({}), None));
+        }
+        if !self.negotiated {
+            return Err(QmpError::command_not_found(
+                "Expecting capabilities negotiation with 'qmp_capabilities'",
+            ));
+        }
+        let spec = COMMANDS
+            .iter()
+            .find(|c| c.name == req.name)
+            .ok_or_else(|| {
+                QmpError::command_not_found(format!("The command {} has not been found", req.name))
+            })?;
+        let value = (spec.run)(vm, req.args)?;
+        Ok((value, spec.after_reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::fake::FakeVm;
+    use crate::control::{EventSender, RunState};
+
+    fn negotiated() -> Session {
+        Session { negotiated: true }
+    }
+
+    fn run(session: &mut Session, vm: &FakeVm, text: &str) -> Value {
+        session.handle(text.as_bytes(), vm).reply
+    }
+
+    #[test]
+    fn rejects_commands_before_negotiation_with_command_not_found() {
+        let vm = FakeVm::new(EventSender::new());
+        let mut s = Session::default();
+        let reply = run(&mut s, &vm, r#"{"execute":"query-status","id":1}"#);
+        assert_eq!(reply["error"]["class"], "CommandNotFound");
+        assert_eq!(reply["id"], 1);
+        assert!(!s.negotiated());
+        assert_eq!(
+            run(&mut s, &vm, r#"{"execute":"qmp_capabilities"}"#),
+            json!({"return": {}})
+        );
+        assert!(s.negotiated());
+        let again = run(&mut s, &vm, r#"{"execute":"qmp_capabilities"}"#);
+        assert_eq!(again["error"]["class"], "CommandNotFound");
+    }
+
+    #[test]
+    fn refuses_to_enable_capabilities_not_offered() {
+        let vm = FakeVm::new(EventSender::new());
+        let mut s = Session::default();
+        let reply = run(
+            &mut s,
+            &vm,
+            r#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]}}"#,
+        );
+        assert_eq!(reply["error"]["class"], "GenericError");
+        assert!(!s.negotiated());
+    }
+
+    #[test]
+    fn envelope_errors_are_generic_errors_with_id_echoed() {
+        let vm = FakeVm::new(EventSender::new());
+        let mut s = negotiated();
+        let cases = [
+            (r#"{"execute":"stop""#, None),
+            ("[1,2]", None),
+            (r#""stop""#, None),
+            (r#"{"id":"a"}"#, Some("a")),
+            (r#"{"id":"b","execute":7}"#, Some("b")),
+            (r#"{"id":"c","execute":"stop","arguments":[]}"#, Some("c")),
+            (r#"{"id":"d","execute":"stop","bogus":1}"#, Some("d")),
+            (
+                r#"{"id":"e","execute":"stop","arguments":{"x":1}}"#,
+                Some("e"),
+            ),
+        ];
+        for (text, id) in cases {
+            let reply = run(&mut s, &vm, text);
+            assert_eq!(reply["error"]["class"], "GenericError", "{text}");
+            assert_eq!(reply.get("id").and_then(Value::as_str), id, "{text}");
+        }
+        assert_eq!(
+            vm.status(),
+            RunState::Running,
+            "no rejected request reached the VM"
+        );
+    }
+
+    #[test]
+    fn unknown_command_is_command_not_found() {
+        let vm = FakeVm::new(EventSender::new());
+        let reply = run(&mut negotiated(), &vm, r#"{"execute":"frobnicate"}"#);
+        assert_eq!(reply["error"]["class"], "CommandNotFound");
+        assert_eq!(
+            reply["error"]["desc"],
+            "The command frobnicate has not been found"
+        );
+    }
+
+    #[test]
+    fn vm_errors_become_generic_errors() {
+        let vm = FakeVm::new(EventSender::new());
+        let mut s = negotiated();
+        vm.guest_shutdown();
+        let reply = run(&mut s, &vm, r#"{"execute":"cont"}"#);
+        assert_eq!(reply["error"]["class"], "GenericError");
+    }
+
+    #[test]
+    fn query_commands_lists_every_table_entry() {
+        let vm = FakeVm::new(EventSender::new());
+        let reply = run(&mut negotiated(), &vm, r#"{"execute":"query-commands"}"#);
+        let names: Vec<&str> = reply["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        for name in [
+            "qmp_capabilities",
+            "query-status",
+            "stop",
+            "cont",
+            "quit",
+            "system_reset",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn quit_defers_the_vm_action_until_after_the_reply() {
+        let vm = FakeVm::new(EventSender::new());
+        let handled = negotiated().handle(br#"{"execute":"quit"}"#, &vm);
+        assert_eq!(handled.reply, json!({"return": {}}));
+        assert!(!vm.quit_requested());
+        (handled.after_reply.unwrap())(&vm);
+        assert!(vm.quit_requested());
+    }
+}

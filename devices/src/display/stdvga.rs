@@ -1,0 +1,479 @@
+//! std-VGA / bochs display, PCI 1234:1111, the adapter OVMF's QemuVideoDxe, Linux's bochs
+//! DRM driver and Windows' basic display driver program.
+//!
+//! - BAR0: the linear framebuffer, 16 MiB of [`FbMemory`] mapped into the guest as a KVM
+//!   memory slot through [`FbSlot`] (moved with the BAR); guest writes cause no exits.
+//! - DISPI (VBE) registers: index at port 0x1CE, data at 0x1CF (0x1D0 too, as QEMU), and
+//!   in BAR2 at 0x500 + 2 * index, in the bochs-display layout: EDID at 0x000, the VGA
+//!   ports window at 0x400 (ignored), QEMU's extended registers at 0x600.
+//!
+//! Data flow: register writes go through `fixup` (QEMU's clamping rules, so a guest sees
+//! the same values under both) and, in 32 bpp, publish a [`Surface`] on the [`Display`].
+//! Damage inside the framebuffer comes from KVM's dirty log ([`super::refresh`]). Legacy
+//! VGA (text mode, planar 16 colours, ports 0x3C0..0x3DF, the 0xA0000 window) is not
+//! modelled.
+
+use std::sync::{Arc, Mutex};
+
+use super::FbSlot;
+use crate::bus::{BusDevice, lock};
+use crate::framebuffer::{Display, FbMemory, MAX_HEIGHT, MAX_WIDTH, Rect, Surface, edid};
+use crate::pci::config::BarChange;
+use crate::pci::{BarKind, PciConfig, PciDevice, PciError, PciIds};
+
+/// Framebuffer (BAR0) size.
+pub const VRAM_SIZE: usize = 16 << 20;
+/// BAR2 size.
+const MMIO_SIZE: u64 = 0x1000;
+/// Ports: DISPI index and data (0x1D0 is a second data port).
+pub const DISPI_PORT: u64 = 0x1ce;
+pub const DISPI_PORT_LEN: u64 = 3;
+
+const IDX_ID: usize = 0;
+const IDX_XRES: usize = 1;
+const IDX_YRES: usize = 2;
+const IDX_BPP: usize = 3;
+const IDX_ENABLE: usize = 4;
+const IDX_BANK: usize = 5;
+const IDX_VIRT_WIDTH: usize = 6;
+const IDX_VIRT_HEIGHT: usize = 7;
+const IDX_X_OFFSET: usize = 8;
+const IDX_Y_OFFSET: usize = 9;
+const IDX_VIDEO_MEMORY_64K: usize = 0xa;
+const NB_REGS: usize = 0xa;
+
+const ENABLED: u16 = 0x01;
+const GETCAPS: u16 = 0x02;
+const NOCLEARMEM: u16 = 0x80;
+const ID_MIN: u16 = 0xb0c0;
+const ID_MAX: u16 = 0xb0c5;
+
+/// BAR2 layout.
+const MMIO_EDID: u64 = 0x000;
+const MMIO_DISPI: u64 = 0x500;
+const MMIO_QEXT: u64 = 0x600;
+
+/// The device.
+pub struct StdVga {
+    config: PciConfig,
+    regs: [u16; NB_REGS],
+    index: u16,
+    line_offset: u32,
+    start: u32,
+    vram: Arc<FbMemory>,
+    slot: Arc<Mutex<Box<dyn FbSlot>>>,
+    display: Arc<Display>,
+    edid: [u8; 128],
+}
+
+impl StdVga {
+    /// A std-VGA with fresh (zeroed) video memory, showing on `display`; `slot` maps the
+    /// framebuffer into the guest. `edid_mode` is the preferred mode the EDID announces.
+    pub fn new(
+        vram: Arc<FbMemory>,
+        slot: Arc<Mutex<Box<dyn FbSlot>>>,
+        display: Arc<Display>,
+        edid_mode: (u32, u32),
+    ) -> Result<Self, PciError> {
+        let mut config = PciConfig::new(PciIds {
+            vendor: 0x1234,
+            device: 0x1111,
+            revision: 2,
+            class: 0x03,
+            subclass: 0x00,
+            prog_if: 0x00,
+            subsystem_vendor: 0x1af4,
+            subsystem: 0x1100,
+        });
+        config.add_bar(0, VRAM_SIZE as u64, BarKind::Mem32, true)?;
+        config.add_bar(2, MMIO_SIZE, BarKind::Mem32, false)?;
+        let mut regs = [0u16; NB_REGS];
+        regs[IDX_ID] = ID_MAX;
+        display.set_surface(None);
+        Ok(Self {
+            config,
+            regs,
+            index: 0,
+            line_offset: 0,
+            start: 0,
+            vram,
+            slot,
+            display,
+            edid: edid::build(edid_mode.0, edid_mode.1),
+        })
+    }
+
+    /// The framebuffer slot, for the refresh thread.
+    pub fn slot(&self) -> Arc<Mutex<Box<dyn FbSlot>>> {
+        self.slot.clone()
+    }
+
+    fn enabled(&self) -> bool {
+        self.regs[IDX_ENABLE] & ENABLED != 0
+    }
+
+    fn bits(&self) -> u32 {
+        match self.regs[IDX_BPP] {
+            15 => 16,
+            b => u32::from(b),
+        }
+    }
+
+    fn read_dispi(&self, index: usize) -> u16 {
+        if index < NB_REGS {
+            if self.regs[IDX_ENABLE] & GETCAPS != 0 {
+                match index {
+                    IDX_XRES => return MAX_WIDTH as u16,
+                    IDX_YRES => return MAX_HEIGHT as u16,
+                    IDX_BPP => return 32,
+                    _ => {}
+                }
+            }
+            self.regs[index]
+        } else if index == IDX_VIDEO_MEMORY_64K {
+            (VRAM_SIZE >> 16) as u16
+        } else {
+            0
+        }
+    }
+
+    fn write_dispi(&mut self, index: usize, val: u16) {
+        match index {
+            IDX_ID if (ID_MIN..=ID_MAX).contains(&val) => self.regs[IDX_ID] = val,
+            IDX_XRES | IDX_YRES | IDX_BPP | IDX_VIRT_WIDTH | IDX_X_OFFSET | IDX_Y_OFFSET => {
+                self.regs[index] = val;
+                self.fixup();
+            }
+            IDX_BANK => self.regs[IDX_BANK] = val & 0xff,
+            IDX_ENABLE => {
+                let newly = val & ENABLED != 0 && !self.enabled();
+                self.regs[IDX_ENABLE] = val;
+                if newly {
+                    self.regs[IDX_VIRT_WIDTH] = self.regs[IDX_XRES];
+                    self.regs[IDX_VIRT_HEIGHT] = self.regs[IDX_YRES];
+                    self.regs[IDX_X_OFFSET] = 0;
+                    self.regs[IDX_Y_OFFSET] = 0;
+                    self.fixup();
+                    if val & NOCLEARMEM == 0 {
+                        let len = self.line_offset as usize * usize::from(self.regs[IDX_YRES]);
+                        self.vram.fill32(0, len, 0);
+                    }
+                    if let Some(s) = self.display.surface() {
+                        self.display.add_damage(&[s.full()]);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.publish();
+    }
+
+    /// QEMU's rules for consistent registers (`vbe_fixup_regs`), with this device's limits.
+    fn fixup(&mut self) {
+        if !self.enabled() {
+            return;
+        }
+        let r = &mut self.regs;
+        if !matches!(r[IDX_BPP], 4 | 8 | 15 | 16 | 24 | 32) {
+            r[IDX_BPP] = 8;
+        }
+        let bits = self.bits();
+        let r = &mut self.regs;
+        r[IDX_XRES] &= !7;
+        if r[IDX_XRES] == 0 {
+            r[IDX_XRES] = 8;
+        }
+        r[IDX_XRES] = r[IDX_XRES].min(MAX_WIDTH as u16);
+        r[IDX_VIRT_WIDTH] &= !7;
+        r[IDX_VIRT_WIDTH] = r[IDX_VIRT_WIDTH].min(MAX_WIDTH as u16).max(r[IDX_XRES]);
+        let line = u32::from(r[IDX_VIRT_WIDTH]) * bits / 8;
+        let maxy = (VRAM_SIZE as u32 / line.max(1)).min(u32::from(u16::MAX)) as u16;
+        if r[IDX_YRES] == 0 {
+            r[IDX_YRES] = 1;
+        }
+        r[IDX_YRES] = r[IDX_YRES].min(MAX_HEIGHT as u16).min(maxy);
+        r[IDX_X_OFFSET] = r[IDX_X_OFFSET].min(MAX_WIDTH as u16);
+        r[IDX_Y_OFFSET] = r[IDX_Y_OFFSET].min(MAX_HEIGHT as u16);
+        let yres = u32::from(r[IDX_YRES]);
+        let fits = |off: u32| off + yres * line <= VRAM_SIZE as u32;
+        let mut offset = u32::from(r[IDX_X_OFFSET]) * bits / 8 + u32::from(r[IDX_Y_OFFSET]) * line;
+        if !fits(offset) {
+            r[IDX_Y_OFFSET] = 0;
+            offset = u32::from(r[IDX_X_OFFSET]) * bits / 8;
+            if !fits(offset) {
+                r[IDX_X_OFFSET] = 0;
+                offset = 0;
+            }
+        }
+        r[IDX_VIRT_HEIGHT] = maxy;
+        self.line_offset = line;
+        self.start = offset / 4 * 4;
+    }
+
+    /// Shows the mode on the display (32 bpp only; other depths show nothing).
+    fn publish(&self) {
+        let surface = if self.enabled() && self.regs[IDX_BPP] == 32 {
+            Surface::new(
+                self.vram.clone(),
+                self.start as usize,
+                u32::from(self.regs[IDX_XRES]),
+                u32::from(self.regs[IDX_YRES]),
+                self.line_offset,
+            )
+        } else {
+            if self.enabled() {
+                crate::guest_warn!("std-vga: {} bpp is not shown, only 32", self.regs[IDX_BPP]);
+            }
+            None
+        };
+        self.display.set_surface(surface);
+    }
+
+    fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        match offset {
+            o if o < MMIO_EDID + 0x400 => {
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = self
+                        .edid
+                        .get((o - MMIO_EDID) as usize + i)
+                        .copied()
+                        .unwrap_or(0);
+                }
+            }
+            o if (MMIO_DISPI..MMIO_DISPI + 0x20).contains(&o) => {
+                let index = ((o - MMIO_DISPI) / 2) as usize;
+                let v = self.read_dispi(index).to_le_bytes();
+                let at = ((o - MMIO_DISPI) % 2) as usize;
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = v.get(at + i).copied().unwrap_or(0);
+                }
+            }
+            o if (MMIO_QEXT..MMIO_QEXT + 8).contains(&o) => {
+                // Register block size, then framebuffer endianness (little).
+                let regs = [8u32.to_le_bytes(), 0x1e1e_1e1eu32.to_le_bytes()].concat();
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = regs.get((o - MMIO_QEXT) as usize + i).copied().unwrap_or(0);
+                }
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn mmio_write(&mut self, offset: u64, data: &[u8]) {
+        if (MMIO_DISPI..MMIO_DISPI + 0x20).contains(&offset) && offset.is_multiple_of(2) {
+            let index = ((offset - MMIO_DISPI) / 2) as usize;
+            let val = match data {
+                [lo] => u16::from(*lo),
+                [lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
+                [] => return,
+            };
+            self.write_dispi(index, val);
+        }
+    }
+
+    fn port_read(&self, port: u64, data: &mut [u8]) {
+        let v = match port {
+            0x1ce => self.index,
+            _ => self.read_dispi(usize::from(self.index)),
+        };
+        let v = v.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = v.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    fn port_write(&mut self, port: u64, data: &[u8]) {
+        let val = match data {
+            [lo] => u16::from(*lo),
+            [lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
+            [] => return,
+        };
+        match port {
+            0x1ce => self.index = val,
+            _ => self.write_dispi(usize::from(self.index), val),
+        }
+    }
+}
+
+impl Drop for StdVga {
+    fn drop(&mut self) {
+        self.display.set_surface(None);
+    }
+}
+
+impl PciDevice for StdVga {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarChange> {
+        let changes = self.config.write_reg(reg, offset, data);
+        for c in changes.iter().filter(|c| c.bar == 0) {
+            lock(&self.slot).map(c.new);
+        }
+        changes
+    }
+}
+
+impl BusDevice for StdVga {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        if base == DISPI_PORT {
+            self.port_read(base + offset, data);
+        } else if self.config.bar_mapped(2) == Some(base) {
+            self.mmio_read(offset, data);
+        } else if self.config.bar_mapped(0) == Some(base) {
+            // Only reached when the memory slot could not be mapped.
+            self.vram.read(offset as usize, data);
+        }
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        if base == DISPI_PORT {
+            self.port_write(base + offset, data);
+        } else if self.config.bar_mapped(2) == Some(base) {
+            self.mmio_write(offset, data);
+        } else if self.config.bar_mapped(0) == Some(base) {
+            self.vram.write(offset as usize, data);
+            let surface = self.display.surface();
+            if let Some(s) = surface {
+                let rows = super::refresh::rows_of(&s, offset as usize, data.len());
+                if let Some((y0, y1)) = rows {
+                    self.display
+                        .add_damage(&[Rect::new(0, y0, s.width, y1 - y0)]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::config::{COMMAND_MEMORY, REG_COMMAND_STATUS};
+
+    #[derive(Default)]
+    struct FakeSlot {
+        maps: Arc<Mutex<Vec<Option<u64>>>>,
+    }
+
+    impl FbSlot for FakeSlot {
+        fn map(&mut self, at: Option<u64>) {
+            self.maps.lock().unwrap().push(at);
+        }
+        fn take_dirty(&mut self) -> Option<Vec<u64>> {
+            None
+        }
+    }
+
+    type Maps = Arc<Mutex<Vec<Option<u64>>>>;
+
+    fn vga() -> (StdVga, Arc<Display>, Maps) {
+        let display = Arc::new(Display::new());
+        let slot = FakeSlot::default();
+        let maps = slot.maps.clone();
+        let vram = Arc::new(FbMemory::new(VRAM_SIZE).unwrap());
+        let v = StdVga::new(
+            vram,
+            Arc::new(Mutex::new(Box::new(slot))),
+            display.clone(),
+            (1024, 768),
+        )
+        .unwrap();
+        (v, display, maps)
+    }
+
+    fn out16(v: &mut StdVga, port: u64, val: u16) {
+        v.write(DISPI_PORT, port - DISPI_PORT, &val.to_le_bytes());
+    }
+
+    fn in16(v: &mut StdVga, port: u64) -> u16 {
+        let mut b = [0u8; 2];
+        v.read(DISPI_PORT, port - DISPI_PORT, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    fn dispi(v: &mut StdVga, index: u16, val: u16) {
+        out16(v, 0x1ce, index);
+        out16(v, 0x1cf, val);
+    }
+
+    fn get(v: &mut StdVga, index: u16) -> u16 {
+        out16(v, 0x1ce, index);
+        in16(v, 0x1cf)
+    }
+
+    #[test]
+    fn dispi_ports_set_1080p_and_publish_a_surface() {
+        let (mut v, display, _) = vga();
+        assert_eq!(get(&mut v, 0), 0xb0c5);
+        dispi(&mut v, 4, 0);
+        dispi(&mut v, 1, 1920);
+        dispi(&mut v, 2, 1080);
+        dispi(&mut v, 3, 32);
+        assert!(display.surface().is_none());
+        dispi(&mut v, 4, 0x41);
+        let s = display.surface().unwrap();
+        assert_eq!(
+            (s.width, s.height, s.stride, s.offset),
+            (1920, 1080, 7680, 0)
+        );
+        assert_eq!(get(&mut v, 6), 1920);
+        assert_eq!(get(&mut v, 7), (VRAM_SIZE / 7680) as u16);
+        assert_eq!(get(&mut v, 0xa), 256);
+        // GETCAPS reads the limits.
+        dispi(&mut v, 4, 0x43);
+        assert_eq!(
+            (get(&mut v, 1), get(&mut v, 2), get(&mut v, 3)),
+            (2560, 1600, 32)
+        );
+    }
+
+    #[test]
+    fn bar2_mmio_holds_edid_and_dispi() {
+        let (mut v, display, _) = vga();
+        v.config.set_bar_address(2, 0xc100_0000).unwrap();
+        v.config.set_bar_address(0, 0xc000_0000).unwrap();
+        v.write_config(REG_COMMAND_STATUS, 0, &COMMAND_MEMORY.to_le_bytes());
+        let mut b = [0u8; 8];
+        v.read(0xc100_0000, 0, &mut b);
+        assert_eq!(b, [0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]);
+        for (i, val) in [(1u64, 800u16), (2, 600), (3, 32), (4, 0x41)] {
+            v.write(0xc100_0000, 0x500 + i * 2, &val.to_le_bytes());
+        }
+        let mut x = [0u8; 2];
+        v.read(0xc100_0000, 0x502, &mut x);
+        assert_eq!(u16::from_le_bytes(x), 800);
+        assert_eq!(display.surface().unwrap().width, 800);
+    }
+
+    #[test]
+    fn bar0_placement_maps_the_framebuffer_slot() {
+        let (mut v, _, maps) = vga();
+        v.config.set_bar_address(0, 0xc000_0000).unwrap();
+        v.write_config(REG_COMMAND_STATUS, 0, &COMMAND_MEMORY.to_le_bytes());
+        v.write_config(REG_COMMAND_STATUS, 0, &[0, 0]);
+        assert_eq!(*maps.lock().unwrap(), vec![Some(0xc000_0000), None]);
+    }
+
+    #[test]
+    fn odd_modes_are_clamped_not_trusted() {
+        let (mut v, display, _) = vga();
+        dispi(&mut v, 1, 0xffff);
+        dispi(&mut v, 2, 0xffff);
+        dispi(&mut v, 3, 32);
+        dispi(&mut v, 4, 0x41);
+        let s = display.surface().unwrap();
+        assert_eq!((s.width, s.height), (2560, 1600));
+        dispi(&mut v, 9, 0xffff);
+        let s = display.surface().unwrap();
+        assert!(s.offset + s.stride as usize * s.height as usize <= VRAM_SIZE);
+        dispi(&mut v, 3, 7);
+        assert!(display.surface().is_none());
+        out16(&mut v, 0x1ce, 0x7777);
+        assert_eq!(in16(&mut v, 0x1cf), 0);
+    }
+}

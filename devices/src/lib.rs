@@ -1,0 +1,21 @@
+//! `hospes-devices`: the guest-visible device models, free of KVM.
+//!
+//! Every model sees guest memory through vm-memory and raises interrupts through small
+//! traits ([`legacy::IrqLine`], [`pci::MsixInterrupt`]), so it is driven from host-side
+//! unit tests with a mock driver ([`virtio::testing`], feature `test-support`) without
+//! /dev/kvm. What belongs here: the address-decoded buses ([`bus`]), legacy PC devices
+//! ([`legacy`]), PCI ([`pci`]), virtio ([`virtio`]), display devices ([`display`]) and the
+//! framebuffer they draw into ([`framebuffer`]), input routing ([`input`]) and the
+//! rate-limited guest log ([`logger`]); the coming chipset, fw_cfg, AHCI, VGA, xHCI, HDA,
+//! e1000e and TPM models too. What must not: kvm-ioctls (the helper implements the traits
+//! on KVM in `hospes-vmm`'s `vstate`), host services such as passt or PipeWire (they sit
+//! behind a device's backend trait), and anything of the app.
+
+pub mod bus;
+pub mod display;
+pub mod framebuffer;
+pub mod input;
+pub mod legacy;
+pub mod logger;
+pub mod pci;
+pub mod virtio;

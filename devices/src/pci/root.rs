@@ -1,0 +1,522 @@
+//! The PCI root complex: bus 0 with up to 32 single-function devices, reached through the
+//! legacy configuration mechanism (ports 0xCF8/0xCFC) and ECAM (MMCONFIG).
+//!
+//! A configuration access goes: vCPU exit -> PIO or MMIO bus -> [`PciConfigIo`] or
+//! [`PciConfigMmio`] -> [`PciRoot`] -> the addressed [`PciDevice`]. A write that moves a BAR
+//! comes back as [`BarChange`]s; the access device then, with no PCI lock held, hands each
+//! one to a [`BarRelocator`], which moves the device on the bus its BARs live on.
+//!
+//! BARs do not sit on the machine's MMIO bus directly but on a bus of their own behind a
+//! [`PciMmioWindow`], the host bridge's forwarding window. An ECAM write arrives while the
+//! vCPU holds the machine's MMIO bus for reading; moving a BAR on that same bus would need
+//! its write lock and deadlock. The window's own bus has no such reader, and holding no PCI
+//! lock while taking it keeps a vCPU in a BAR access and a vCPU moving that BAR apart.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::PciError;
+use super::config::{BarChange, PciConfig, PciIds};
+use crate::bus::{Bus, BusDevice, SharedDevice, lock};
+
+/// Slots on bus 0.
+pub const SLOTS: usize = 32;
+
+/// A PCI function: its configuration space, plus `BusDevice` for accesses to its BARs
+/// (the bus hands it the BAR base, which names the BAR).
+pub trait PciDevice: Send {
+    fn config(&self) -> &PciConfig;
+    fn config_mut(&mut self) -> &mut PciConfig;
+
+    /// Reads configuration dword `reg`.
+    fn read_config(&mut self, reg: usize) -> u32 {
+        self.config().read_reg(reg)
+    }
+
+    /// Writes configuration space; devices with capability state (MSI-X) override this,
+    /// call [`PciConfig::write_reg`] and then look at what changed.
+    fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarChange> {
+        self.config_mut().write_reg(reg, offset, data)
+    }
+}
+
+/// Moves a device's BAR on the machine's MMIO bus. The machine implements it.
+pub trait BarRelocator: Send + Sync {
+    fn relocate(&self, device: SharedDevice, change: BarChange) -> Result<(), PciError>;
+}
+
+/// A BAR move handed to the relocator, with the device it belongs to.
+pub struct PendingMove {
+    pub device: SharedDevice,
+    pub change: BarChange,
+}
+
+struct Slot {
+    pci: Arc<Mutex<dyn PciDevice>>,
+    bus: SharedDevice,
+}
+
+/// Bus 0 and its devices.
+#[derive(Default)]
+pub struct PciRoot {
+    slots: Vec<Option<Slot>>,
+}
+
+impl PciRoot {
+    pub fn new() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    /// Places `device` at slot `slot` (function 0).
+    pub fn add_device<T>(&mut self, slot: usize, device: Arc<Mutex<T>>) -> Result<(), PciError>
+    where
+        T: PciDevice + BusDevice + 'static,
+    {
+        let entry = self
+            .slots
+            .get_mut(slot)
+            .ok_or(PciError::SlotOutOfRange { slot })?;
+        if entry.is_some() {
+            return Err(PciError::SlotBusy { slot });
+        }
+        *entry = Some(Slot {
+            pci: device.clone(),
+            bus: device,
+        });
+        Ok(())
+    }
+
+    /// The first free slot.
+    pub fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(Option::is_none)
+    }
+
+    /// The devices by slot, for BAR assignment and tests.
+    pub fn devices(
+        &self,
+    ) -> impl Iterator<Item = (usize, &Arc<Mutex<dyn PciDevice>>, &SharedDevice)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, &s.pci, &s.bus)))
+    }
+
+    fn function(&self, bus: u8, dev: u8, func: u8) -> Option<&Slot> {
+        if bus != 0 || func != 0 {
+            return None;
+        }
+        self.slots.get(usize::from(dev))?.as_ref()
+    }
+
+    /// Reads configuration dword `reg` of bus/dev/func; absent functions read all-ones.
+    pub fn read(&self, bus: u8, dev: u8, func: u8, reg: usize) -> u32 {
+        match self.function(bus, dev, func) {
+            Some(s) => lock(&s.pci).read_config(reg),
+            None => 0xffff_ffff,
+        }
+    }
+
+    /// Writes configuration space and returns the BAR moves the machine must apply.
+    pub fn write(
+        &self,
+        bus: u8,
+        dev: u8,
+        func: u8,
+        reg: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Vec<PendingMove> {
+        let Some(s) = self.function(bus, dev, func) else {
+            return Vec::new();
+        };
+        let changes = lock(&s.pci).write_config(reg, offset, data);
+        changes
+            .into_iter()
+            .map(|change| PendingMove {
+                device: s.bus.clone(),
+                change,
+            })
+            .collect()
+    }
+}
+
+fn apply_moves(relocator: Option<&Arc<dyn BarRelocator>>, moves: Vec<PendingMove>) {
+    for m in moves {
+        match relocator {
+            Some(r) => {
+                if let Err(e) = r.relocate(m.device, m.change) {
+                    crate::guest_warn!("pci: cannot move BAR{}: {e}", m.change.bar);
+                }
+            }
+            None => log::debug!("pci: BAR{} moved with no relocator", m.change.bar),
+        }
+    }
+}
+
+/// Copies `data.len()` bytes of a configuration dword, starting at byte `offset`.
+fn dword_to_bytes(value: u32, offset: usize, data: &mut [u8]) {
+    let bytes = value.to_le_bytes();
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = bytes.get(offset + i).copied().unwrap_or(0xff);
+    }
+}
+
+/// Configuration mechanism #1: address register at 0xCF8, data window at 0xCFC..0xCFF.
+/// Insert on the PIO bus at 0xCF8 with length 8.
+pub struct PciConfigIo {
+    root: Arc<Mutex<PciRoot>>,
+    relocator: Option<Arc<dyn BarRelocator>>,
+    address: u32,
+}
+
+impl PciConfigIo {
+    pub fn new(root: Arc<Mutex<PciRoot>>, relocator: Option<Arc<dyn BarRelocator>>) -> Self {
+        Self {
+            root,
+            relocator,
+            address: 0,
+        }
+    }
+
+    /// The decoded target of the address register, if it is enabled.
+    fn target(&self) -> Option<(u8, u8, u8, usize)> {
+        let a = self.address;
+        (a & 0x8000_0000 != 0).then_some((
+            (a >> 16) as u8,
+            ((a >> 11) & 0x1f) as u8,
+            ((a >> 8) & 0x7) as u8,
+            ((a & 0xfc) >> 2) as usize,
+        ))
+    }
+}
+
+impl BusDevice for PciConfigIo {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        match offset {
+            0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
+            4..8 => {
+                let value = match self.target() {
+                    Some((b, d, f, reg)) => lock(&self.root).read(b, d, f, reg),
+                    None => 0xffff_ffff,
+                };
+                dword_to_bytes(value, (offset - 4) as usize, data);
+            }
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        match offset {
+            0 if data.len() == 4 => {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(data);
+                self.address = u32::from_le_bytes(b) & 0x80ff_fffc;
+            }
+            4..8 => {
+                let Some((b, d, f, reg)) = self.target() else {
+                    return;
+                };
+                let moves = lock(&self.root).write(b, d, f, reg, offset - 4, data);
+                apply_moves(self.relocator.as_ref(), moves);
+            }
+            // Byte accesses at 0xCF9 are the PIIX reset control register, not decoded here.
+            _ => {}
+        }
+    }
+}
+
+/// ECAM: 4 KiB of configuration space per function at `bus << 20 | dev << 15 | fn << 12`.
+/// Insert on the MMIO bus at the machine's ECAM base, 1 MiB per bus decoded.
+pub struct PciConfigMmio {
+    root: Arc<Mutex<PciRoot>>,
+    relocator: Option<Arc<dyn BarRelocator>>,
+}
+
+impl PciConfigMmio {
+    pub fn new(root: Arc<Mutex<PciRoot>>, relocator: Option<Arc<dyn BarRelocator>>) -> Self {
+        Self { root, relocator }
+    }
+}
+
+fn ecam_decode(offset: u64) -> (u8, u8, u8, usize, u64) {
+    (
+        ((offset >> 20) & 0xff) as u8,
+        ((offset >> 15) & 0x1f) as u8,
+        ((offset >> 12) & 0x7) as u8,
+        ((offset & 0xffc) >> 2) as usize,
+        offset & 3,
+    )
+}
+
+impl BusDevice for PciConfigMmio {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        let (b, d, f, reg, byte) = ecam_decode(offset);
+        if byte as usize + data.len() > 4 {
+            data.fill(0xff);
+            return;
+        }
+        let value = lock(&self.root).read(b, d, f, reg);
+        dword_to_bytes(value, byte as usize, data);
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let (b, d, f, reg, byte) = ecam_decode(offset);
+        if byte as usize + data.len() > 4 {
+            return;
+        }
+        let moves = lock(&self.root).write(b, d, f, reg, byte, data);
+        apply_moves(self.relocator.as_ref(), moves);
+    }
+}
+
+/// The host bridge's MMIO forwarding window: insert it on the machine's MMIO bus over the
+/// PCI MMIO window; it forwards each access to the BAR bus, where BARs come and go as the
+/// guest programs them.
+pub struct PciMmioWindow {
+    bars: Arc<RwLock<Bus>>,
+}
+
+impl PciMmioWindow {
+    pub fn new(bars: Arc<RwLock<Bus>>) -> Self {
+        Self { bars }
+    }
+}
+
+fn read_lock(bus: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
+    // A panic while the lock was held leaves the map as it was: keep serving.
+    bus.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BusDevice for PciMmioWindow {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        if let Some(addr) = base.checked_add(offset) {
+            read_lock(&self.bars).read(addr, data);
+        }
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        if let Some(addr) = base.checked_add(offset) {
+            read_lock(&self.bars).write(addr, data);
+        }
+    }
+}
+
+/// Moves BARs on a BAR bus (the one behind a [`PciMmioWindow`]).
+impl BarRelocator for RwLock<Bus> {
+    fn relocate(&self, device: SharedDevice, change: BarChange) -> Result<(), PciError> {
+        let mut bus = self.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = change.old {
+            bus.remove(old)?;
+        }
+        if let Some(new) = change.new {
+            bus.insert(device, new, change.len)?;
+        }
+        Ok(())
+    }
+}
+
+/// The host bridge at 00:00.0: an Intel 440FX (8086:1237), which is what PC firmware and
+/// guests expect to find first.
+pub struct HostBridge {
+    config: PciConfig,
+}
+
+impl HostBridge {
+    pub fn new() -> Self {
+        Self {
+            config: PciConfig::new(PciIds {
+                vendor: 0x8086,
+                device: 0x1237,
+                revision: 2,
+                class: 0x06,
+                subclass: 0x00,
+                prog_if: 0,
+                subsystem_vendor: 0x1af4,
+                subsystem: 0x1100,
+            }),
+        }
+    }
+}
+
+impl Default for HostBridge {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PciDevice for HostBridge {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+}
+
+impl BusDevice for HostBridge {
+    fn read(&mut self, _base: u64, _offset: u64, _data: &mut [u8]) {}
+    fn write(&mut self, _base: u64, _offset: u64, _data: &[u8]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::config::{BarKind, COMMAND_MEMORY, REG_BAR0, REG_COMMAND_STATUS};
+
+    struct Dummy {
+        config: PciConfig,
+        last_write: Option<(u64, u64)>,
+    }
+
+    impl PciDevice for Dummy {
+        fn config(&self) -> &PciConfig {
+            &self.config
+        }
+        fn config_mut(&mut self) -> &mut PciConfig {
+            &mut self.config
+        }
+    }
+
+    impl BusDevice for Dummy {
+        fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, base: u64, offset: u64, _data: &[u8]) {
+            self.last_write = Some((base, offset));
+        }
+    }
+
+    fn setup() -> (Bus, Bus, Arc<RwLock<Bus>>, Arc<Mutex<Dummy>>) {
+        let mut root = PciRoot::new();
+        root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))
+            .unwrap();
+        let mut config = PciConfig::new(PciIds {
+            vendor: 0x1234,
+            device: 0x5678,
+            revision: 0,
+            class: 0xff,
+            subclass: 0,
+            prog_if: 0,
+            subsystem_vendor: 0,
+            subsystem: 0,
+        });
+        config.add_bar(0, 0x2000, BarKind::Mem32, false).unwrap();
+        config.add_bar(2, 0x10_0000, BarKind::Mem64, true).unwrap();
+        let dummy = Arc::new(Mutex::new(Dummy {
+            config,
+            last_write: None,
+        }));
+        root.add_device(3, dummy.clone()).unwrap();
+        let root = Arc::new(Mutex::new(root));
+        let reloc = Arc::new(RwLock::new(Bus::new()));
+        let mut pio = Bus::new();
+        let r: Arc<dyn BarRelocator> = reloc.clone();
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(root.clone(), Some(r.clone())))),
+            0xcf8,
+            8,
+        )
+        .unwrap();
+        let mut mmio = Bus::new();
+        mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(root, Some(r)))),
+            0xb000_0000,
+            0x100_0000,
+        )
+        .unwrap();
+        (pio, mmio, reloc, dummy)
+    }
+
+    fn cf8(pio: &Bus, dev: u32, reg: u32) {
+        pio.write(0xcf8, &(0x8000_0000 | dev << 11 | reg << 2).to_le_bytes());
+    }
+
+    fn io_read32(pio: &Bus, dev: u32, reg: u32) -> u32 {
+        cf8(pio, dev, reg);
+        let mut b = [0u8; 4];
+        pio.read(0xcfc, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn io_write32(pio: &Bus, dev: u32, reg: u32, v: u32) {
+        cf8(pio, dev, reg);
+        pio.write(0xcfc, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn enumerates_through_cf8_cfc() {
+        let (pio, _, _, _) = setup();
+        assert_eq!(io_read32(&pio, 0, 0), 0x1237_8086);
+        assert_eq!(io_read32(&pio, 3, 0), 0x5678_1234);
+        assert_eq!(io_read32(&pio, 1, 0), 0xffff_ffff);
+        // Class code of the host bridge, then a byte read at 0xCFE (device id high half).
+        assert_eq!(io_read32(&pio, 0, 2) >> 16, 0x0600);
+        cf8(&pio, 0, 0);
+        let mut b = [0u8; 2];
+        pio.read(0xcfe, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x1237);
+        // Disabled address register: all-ones.
+        pio.write(0xcf8, &0u32.to_le_bytes());
+        let mut d = [0u8; 4];
+        pio.read(0xcfc, &mut d);
+        assert_eq!(d, [0xff; 4]);
+    }
+
+    #[test]
+    fn sizes_bars_through_cf8_cfc() {
+        let (pio, _, _, _) = setup();
+        io_write32(&pio, 3, 4, 0xffff_ffff);
+        assert_eq!(io_read32(&pio, 3, 4), 0xffff_e000);
+        io_write32(&pio, 3, 6, 0xffff_ffff);
+        io_write32(&pio, 3, 7, 0xffff_ffff);
+        assert_eq!(io_read32(&pio, 3, 6), 0xfff0_000c);
+        assert_eq!(io_read32(&pio, 3, 7), 0xffff_ffff);
+    }
+
+    #[test]
+    fn enumerates_and_sizes_through_ecam() {
+        let (_, mmio, _, _) = setup();
+        let ecam = |dev: u64, reg: u64| 0xb000_0000 + (dev << 15) + reg;
+        let mut b = [0u8; 4];
+        mmio.read(ecam(3, 0), &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x5678_1234);
+        mmio.read(ecam(2, 0), &mut b);
+        assert_eq!(b, [0xff; 4]);
+        // Function 1 and bus 1 are absent.
+        mmio.read(ecam(3, 0) + (1 << 12), &mut b);
+        assert_eq!(b, [0xff; 4]);
+        mmio.read(ecam(3, 0) + (1 << 20), &mut b);
+        assert_eq!(b, [0xff; 4]);
+        mmio.write(ecam(3, 0x10), &[0xff; 4]);
+        mmio.read(ecam(3, 0x10), &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0xffff_e000);
+        let mut w = [0u8; 2];
+        mmio.read(ecam(3, 2), &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x5678);
+    }
+
+    #[test]
+    fn guest_bar_programming_moves_device_on_mmio_bus() {
+        let (pio, _, reloc, dummy) = setup();
+        io_write32(&pio, 3, 4, 0xe000_0000);
+        io_write32(&pio, 3, 6, 0x0010_0000);
+        io_write32(&pio, 3, 7, 0x1);
+        // Nothing decodes until memory space is enabled.
+        assert!(!reloc.read().unwrap().write(0xe000_0004, &[1]));
+        io_write32(
+            &pio,
+            3,
+            REG_COMMAND_STATUS as u32,
+            u32::from(COMMAND_MEMORY),
+        );
+        assert!(reloc.read().unwrap().write(0xe000_0004, &[1]));
+        assert_eq!(lock(&dummy).last_write, Some((0xe000_0000, 4)));
+        assert!(reloc.read().unwrap().write(0x1_0010_0008, &[1]));
+        assert_eq!(lock(&dummy).last_write, Some((0x1_0010_0000, 8)));
+        // Move BAR0; the old range is gone.
+        io_write32(&pio, 3, REG_BAR0 as u32, 0xe000_4000);
+        assert!(!reloc.read().unwrap().write(0xe000_0004, &[1]));
+        assert!(reloc.read().unwrap().write(0xe000_4004, &[1]));
+    }
+}
