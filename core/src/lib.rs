@@ -2,6 +2,7 @@
 //!
 //! The settings file and its errors ([`config`]), the VM library ([`library`]), runtime
 //! directories of running VMs ([`runtime`]), starting and stopping helpers ([`launch`]),
+//! where firmware images live ([`firmware`]),
 //! the QMP protocol with its client and server ([`control`]), key codes ([`keycodes`]) and
 //! the host's USB devices ([`usb_host`]). The app and `hospesctl` depend on this crate
 //! alone, so nothing here may touch KVM or depend on `hospes-devices` or `hospes-vmm`:
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod control;
+pub mod firmware;
 pub mod keycodes;
 pub mod launch;
 pub mod library;

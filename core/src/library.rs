@@ -623,10 +623,8 @@ fn plan(req: &CreateRequest, host: &HostResources) -> Result<Plan, LibraryError>
     let preset = req.preset;
     let iso = req.iso.as_deref().map(absolute_input).transpose()?;
     let boot = match preset {
-        Preset::Linux => Boot::Uefi {
-            firmware: None,
-            tpm: false,
-        },
+        // SeaBIOS boots every Linux installer's CD (El Torito) and disk.
+        Preset::Linux => Boot::Bios { firmware: None },
         Preset::Windows11 => Boot::Uefi {
             firmware: None,
             tpm: true,
@@ -675,11 +673,13 @@ fn plan(req: &CreateRequest, host: &HostResources) -> Result<Plan, LibraryError>
         })
         .collect();
     let display = match preset {
+        // std-VGA shows the firmware, the boot menu and text installers (legacy VGA and
+        // VBE), and Linux's bochs driver follows the window through its EDID.
         Preset::Linux => Display {
             enabled: true,
             resolution: Resolution::default(),
             follow_window: true,
-            device: DisplayDevice::VirtioGpu,
+            device: DisplayDevice::StdVga,
         },
         Preset::Windows11 => Display {
             enabled: true,

@@ -46,14 +46,8 @@ fn creates_a_linux_vm_sized_for_the_host() {
     assert_eq!(cfg.os, OsKind::Linux);
     assert_eq!(cfg.cpus, 4);
     assert_eq!(cfg.memory, Size::gib(4));
-    assert_eq!(
-        cfg.boot,
-        Boot::Uefi {
-            firmware: None,
-            tpm: false
-        }
-    );
-    assert_eq!(cfg.display.device, DisplayDevice::VirtioGpu);
+    assert_eq!(cfg.boot, Boot::Bios { firmware: None });
+    assert_eq!(cfg.display.device, DisplayDevice::StdVga);
     assert!(matches!(cfg.network, Network::User { .. }));
     assert!(cfg.sound);
     assert_eq!(cfg.disks.len(), 1);

@@ -262,6 +262,7 @@ fn summary(machine: &Machine, cfg: &VmConfig) -> String {
     );
     let boot = match &cfg.boot {
         Boot::Kernel { kernel, .. } => format!("kernel {}", kernel.display()),
+        Boot::Bios { .. } => "BIOS".to_owned(),
         Boot::Uefi { tpm: true, .. } => "UEFI with TPM".to_owned(),
         Boot::Uefi { .. } => "UEFI".to_owned(),
     };

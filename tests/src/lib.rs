@@ -22,6 +22,8 @@ pub enum GuestKind {
     Pvh,
     /// Flat bzImage.
     BzImage,
+    /// A 512-byte boot sector for firmware (16-bit, loaded at 0x7c00).
+    BootSector,
 }
 
 /// A built guest and the directory holding it.
@@ -83,6 +85,15 @@ pub fn build_guest_with(name: &str, kind: GuestKind, defines: &[&str]) -> Guest 
     let (script, out) = match kind {
         GuestKind::Pvh => ("pvh.ld", dir.path().join(format!("{name}.elf"))),
         GuestKind::BzImage => ("bzimage.ld", dir.path().join(format!("{name}.bzImage"))),
+        GuestKind::BootSector => ("bootsector.ld", dir.path().join(format!("{name}.bin"))),
+    };
+    let emulation = match kind {
+        GuestKind::BootSector => "elf_i386",
+        _ => "elf_x86_64",
+    };
+    let word = match kind {
+        GuestKind::BootSector => "-m32",
+        _ => "-m64",
     };
     let run = |cmd: &mut Command| {
         let o = cmd.output().expect("run the toolchain (gcc, ld)");
@@ -94,6 +105,7 @@ pub fn build_guest_with(name: &str, kind: GuestKind, defines: &[&str]) -> Guest 
     };
     run(Command::new("gcc")
         .args(defines.iter().map(|d| format!("-D{d}")))
+        .arg(word)
         .arg("-c")
         .arg("-I")
         .arg(&src)
@@ -101,13 +113,7 @@ pub fn build_guest_with(name: &str, kind: GuestKind, defines: &[&str]) -> Guest 
         .arg("-o")
         .arg(&obj));
     run(Command::new("ld")
-        .args([
-            "-m",
-            "elf_x86_64",
-            "-nostdlib",
-            "--no-warn-rwx-segments",
-            "-T",
-        ])
+        .args(["-m", emulation, "-nostdlib", "--no-warn-rwx-segments", "-T"])
         .arg(src.join(script))
         .arg(&obj)
         .arg("-o")

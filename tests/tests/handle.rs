@@ -23,6 +23,7 @@ fn powerbutton_vmm(cpus: u32, no_reboot: bool) -> (hospes_tests::Guest, std::pat
         cpus,
         serial: SerialConfig::File(console.clone()),
         no_reboot,
+        firmware: None,
     };
     let vmm = Vmm::new(cfg).unwrap();
     (g, console, vmm)

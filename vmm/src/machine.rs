@@ -27,19 +27,22 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::{acpi, layout, regs};
 use crate::boot::{self, BootInputs};
-use crate::vstate::vcpu::{self, ExitBuses, RunControl, VcpuEvent};
+use crate::vstate::vcpu::{self, ExitBuses, RunControl, VcpuEvent, VcpuStart};
 use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
 use crate::vstate::{memory, vm};
 use hospes_devices::bus::{Bus, BusError, lock};
 use hospes_devices::legacy::debug_port::DebugPort;
+use hospes_devices::legacy::firmware_log::{FirmwareLog, LogSink};
 use hospes_devices::legacy::i8042::I8042;
 use hospes_devices::legacy::pm::PmBlock;
+use hospes_devices::legacy::port92::Port92;
 use hospes_devices::legacy::rtc::Rtc;
 use hospes_devices::legacy::serial::SerialDevice;
 use hospes_devices::legacy::{PowerEvent, PowerEvents};
 
 pub mod console;
 pub mod display;
+pub mod firmware;
 pub mod pci;
 pub mod qmp;
 
@@ -61,6 +64,8 @@ pub enum MachineError {
     Boot(#[from] boot::BootError),
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Firmware(#[from] firmware::FirmwareError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] BusError),
     #[error("{requested} bytes of guest memory is more than this host's {host} bytes of RAM")]
@@ -116,6 +121,8 @@ pub struct MachineConfig {
     pub serial: SerialConfig,
     /// A guest reset ends the process instead of rebooting.
     pub no_reboot: bool,
+    /// Boot firmware (SeaBIOS or OVMF on the Q35 platform) instead of `kernel`.
+    pub firmware: Option<firmware::FirmwareConfig>,
 }
 
 /// Events that end a boot.
@@ -317,7 +324,10 @@ pub struct Machine {
     /// The keyboard controller: PS/2 keyboard and mouse input goes here.
     pub i8042: Arc<Mutex<I8042>>,
     kvm: Kvm,
-    boot: boot::BootEntry,
+    /// The loaded kernel's entry (direct kernel boot); None: firmware boot.
+    boot: Option<boot::BootEntry>,
+    /// The firmware image mapped into this boot (kept as long as the VM).
+    _rom: Option<firmware::SystemRom>,
     serial: Arc<Mutex<SerialDevice>>,
     /// The VM's kernel side (the PIT), still being set up while devices are added.
     setup: vm::VmSetup,
@@ -338,28 +348,16 @@ impl Machine {
         handle: &VmHandle,
     ) -> Result<Self, MachineError> {
         let kvm = vm::open_kvm()?;
-        let guest_memory = memory::create(config.memory)?;
+        let guest_memory = match config.firmware {
+            Some(_) => memory::create_for_firmware(config.memory)?,
+            None => memory::create(config.memory)?,
+        };
         let mut setup = vm::VmSetup::start(vm::create_vm(&kvm)?, guest_memory.clone())?;
 
-        let gdt: Vec<u8> = regs::gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
-        guest_memory
-            .write_slice(&gdt, GuestAddress(layout::BOOT_GDT))
-            .map_err(MachineError::GuestMemory)?;
-        let tables = acpi::build(config.cpus, config.memory)?;
-        guest_memory
-            .write_slice(&tables.blob, GuestAddress(tables.base))
-            .map_err(MachineError::GuestMemory)?;
-
-        let boot = boot::load(
-            &guest_memory,
-            &BootInputs {
-                kernel: &config.kernel,
-                initrd: config.initrd.as_deref(),
-                cmdline: &config.cmdline,
-                memory: config.memory,
-                rsdp_addr: tables.rsdp_addr,
-            },
-        )?;
+        let (boot, rom) = match &config.firmware {
+            Some(fw) => (None, Some(firmware::SystemRom::load(&fw.image)?)),
+            None => (Some(load_kernel(config, &guest_memory)?), None),
+        };
 
         let vm_fd = setup.irqchip()?;
         let power: Arc<dyn PowerEvents> = Arc::new(EventSink(events.clone()));
@@ -380,6 +378,7 @@ impl Machine {
         pio.insert(i8042.clone(), 0x64, 1)?;
         pio.insert(persistent.rtc.clone(), 0x70, 2)?;
         pio.insert(Arc::new(Mutex::new(DebugPort::new())), 0x80, 1)?;
+        pio.insert(Arc::new(Mutex::new(Port92::new(power.clone()))), 0x92, 1)?;
         let sci = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::SCI_IRQ));
         let pm = Arc::new(Mutex::new(PmBlock::new(sci, power)));
         pio.insert(
@@ -387,6 +386,20 @@ impl Machine {
             u64::from(layout::PM_BASE),
             u64::from(layout::PM_LEN),
         )?;
+        let mut mmio = Bus::new();
+        if let (Some(fw), Some(rom)) = (&config.firmware, &rom) {
+            rom.map(
+                &vm_fd,
+                &mut mmio,
+                &guest_memory,
+                fw.kind == firmware::FirmwareKind::Bios,
+            )?;
+            pio.insert(
+                Arc::new(Mutex::new(FirmwareLog::new(Box::new(LogSink)))),
+                u64::from(layout::FW_DEBUG_PORT),
+                1,
+            )?;
+        }
         let mut slot = lock(&handle.inner.pm);
         if std::mem::take(&mut slot.button_latched) {
             lock(&pm).press_power_button();
@@ -396,13 +409,14 @@ impl Machine {
 
         Ok(Self {
             pio_bus: Arc::new(RwLock::new(pio)),
-            mmio_bus: Arc::new(RwLock::new(Bus::new())),
+            mmio_bus: Arc::new(RwLock::new(mmio)),
             vm_fd,
             guest_memory,
             config: config.clone(),
             i8042,
             kvm,
             boot,
+            _rom: rom,
             serial: persistent.serial.clone(),
             setup,
         })
@@ -423,8 +437,12 @@ impl Machine {
         let mut vcpus = Vec::new();
         for index in 0..count {
             let fd = vcpu::create(&self.vm_fd, index)?;
-            let boot = (index == 0).then_some(&self.boot);
-            vcpu::configure(&fd, &cpuid, index, count, boot)?;
+            let start = match (index, &self.boot) {
+                (0, Some(entry)) => VcpuStart::Kernel(entry),
+                (0, None) => VcpuStart::ResetVector,
+                _ => VcpuStart::WaitForSipi,
+            };
+            vcpu::configure(&fd, &cpuid, index, count, start)?;
             vcpus.push(fd);
         }
         vcpu::install_kick_handler()?;
@@ -467,6 +485,31 @@ impl Machine {
         lock(&self.serial).flush();
         Ok(event)
     }
+}
+
+/// Direct kernel boot: writes the boot GDT and the ACPI tables and loads the kernel.
+fn load_kernel(
+    config: &MachineConfig,
+    guest_memory: &GuestMemoryMmap,
+) -> Result<boot::BootEntry, MachineError> {
+    let gdt: Vec<u8> = regs::gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
+    guest_memory
+        .write_slice(&gdt, GuestAddress(layout::BOOT_GDT))
+        .map_err(MachineError::GuestMemory)?;
+    let tables = acpi::build(config.cpus, config.memory)?;
+    guest_memory
+        .write_slice(&tables.blob, GuestAddress(tables.base))
+        .map_err(MachineError::GuestMemory)?;
+    Ok(boot::load(
+        guest_memory,
+        &BootInputs {
+            kernel: &config.kernel,
+            initrd: config.initrd.as_deref(),
+            cmdline: &config.cmdline,
+            memory: config.memory,
+            rsdp_addr: tables.rsdp_addr,
+        },
+    )?)
 }
 
 /// Runs a VM across reboots.

@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use clap::Parser;
 use hospes_core::config::Network;
+use hospes_core::firmware::Image;
 use hospes_devices::virtio::VirtioDevice;
 use hospes_devices::virtio::snd::Snd;
 use hospes_vmm::backends::passt::{UserNetwork, parse_net_option};
 use hospes_vmm::backends::pipewire::PipeWire;
 use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
+use hospes_vmm::machine::firmware::{FirmwareConfig, FirmwareKind};
 use hospes_vmm::machine::pci::{DiskSpec, attach_pci_to_machine};
 use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
 use hospes_vmm::vnc::VncListen;
@@ -28,8 +30,12 @@ use hospes_vmm::vnc::VncListen;
 )]
 struct Args {
     /// Kernel to boot: a bzImage or an ELF kernel with a PVH note.
-    #[arg(long, value_name = "FILE", required_unless_present = "config")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["config", "bios"])]
     kernel: Option<PathBuf>,
+    /// Boot a PC BIOS image (SeaBIOS's bios-256k.bin) on the Q35 platform instead of a
+    /// kernel; it boots the disks.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    bios: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
@@ -143,6 +149,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         cpus: 1,
         serial: args.serial,
         no_reboot: args.no_reboot,
+        firmware: None,
     };
     let mut extras = Extras {
         disks: Vec::new(),
@@ -177,9 +184,21 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                 cfg.initrd = initrd.map(|i| dir.join(i));
                 cfg.cmdline = cmdline;
             }
-            _ => {
+            hospes_core::config::Boot::Bios { firmware } => {
+                let chosen = firmware.map(|f| dir.join(f));
+                let image = hospes_core::firmware::locate(Image::SeaBios, chosen.as_deref())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                cfg.firmware = Some(FirmwareConfig {
+                    kind: FirmwareKind::Bios,
+                    image,
+                    vars: None,
+                    serial_console: !vm.display.enabled,
+                });
+            }
+            hospes_core::config::Boot::Uefi { .. } => {
                 return Err(format!(
-                    "{}: only kernel boot is supported so far",
+                    "{}: UEFI boot is not available yet (its flash device for the variable \
+                     store is still being built); use boot: Bios(firmware: None)",
                     path.display()
                 ));
             }
@@ -207,6 +226,15 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     }
     if let Some(k) = args.kernel {
         cfg.kernel = k;
+        cfg.firmware = None;
+    }
+    if let Some(image) = args.bios {
+        cfg.firmware = Some(FirmwareConfig {
+            kind: FirmwareKind::Bios,
+            image,
+            vars: None,
+            serial_console: false,
+        });
     }
     if args.initrd.is_some() {
         cfg.initrd = args.initrd;

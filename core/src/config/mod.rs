@@ -473,7 +473,7 @@ fn check_schema(cfg: &VmConfig, at: &Locator<'_>) -> Result<(), ConfigError> {
                 empty_path_check(initrd, "boot.initrd", at)?;
             }
         }
-        Boot::Uefi { firmware, .. } => {
+        Boot::Bios { firmware } | Boot::Uefi { firmware, .. } => {
             if let Some(firmware) = firmware {
                 empty_path_check(firmware, "boot.firmware", at)?;
             }
@@ -542,7 +542,7 @@ fn check_files(cfg: &VmConfig, vm_dir: &Path, at: &Locator<'_>) -> Result<(), Co
                 files.push(("boot.initrd".into(), initrd));
             }
         }
-        Boot::Uefi { firmware, .. } => {
+        Boot::Bios { firmware } | Boot::Uefi { firmware, .. } => {
             if let Some(firmware) = firmware {
                 files.push(("boot.firmware".into(), firmware));
             }

@@ -81,6 +81,13 @@ pub enum Boot {
         #[serde(default)]
         cmdline: String,
     },
+    /// Boot PC BIOS firmware (SeaBIOS), which boots the disks or the CD-ROM like a PC
+    /// of the 2000s: every Linux installer and Windows up to 10.
+    Bios {
+        /// The firmware image; `None` uses the SeaBIOS installed with Hospes.
+        #[serde(default)]
+        firmware: Option<PathBuf>,
+    },
     /// Boot UEFI firmware (OVMF), which boots the disks or the CD-ROM.
     Uefi {
         /// The firmware image; `None` uses the one installed with Hospes.

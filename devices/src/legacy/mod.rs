@@ -7,8 +7,10 @@
 //! (irqfds, `KVM_IRQ_LINE`, the VM's event channel).
 
 pub mod debug_port;
+pub mod firmware_log;
 pub mod i8042;
 pub mod pm;
+pub mod port92;
 pub mod rtc;
 pub mod serial;
 

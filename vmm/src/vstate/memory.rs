@@ -21,9 +21,18 @@ pub enum MemoryError {
     HostAddress(#[source] vm_memory::GuestMemoryError),
 }
 
-/// Maps `size` bytes of guest RAM.
+/// Maps `size` bytes of guest RAM for direct kernel boot.
 pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(size)
+    create_at(size, layout::ram_ranges(size))
+}
+
+/// Maps `size` bytes of guest RAM for firmware boot (the VGA window left out).
+pub fn create_for_firmware(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    create_at(size, layout::firmware_ram_ranges(size))
+}
+
+fn create_at(size: u64, ranges: Vec<(u64, u64)>) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges: Vec<(GuestAddress, usize)> = ranges
         .into_iter()
         .map(|(s, l)| (GuestAddress(s), l as usize))
         .collect();

@@ -181,12 +181,24 @@ pub struct ExitBuses {
 
 /// Sets up vCPU `index` of `count`: CPUID, MSRs, LAPIC LINTs; the boot vCPU (index 0) gets
 /// the entry state, the others wait for INIT/SIPI.
+/// How a vCPU starts.
+#[derive(Clone, Copy, Debug)]
+pub enum VcpuStart<'a> {
+    /// In 32-bit protected mode at a loaded kernel's entry point (direct kernel boot).
+    Kernel(&'a BootEntry),
+    /// At the reset vector 0xffff_fff0 in real mode, as after power-on (firmware boot):
+    /// KVM creates vCPUs in that state.
+    ResetVector,
+    /// Halted until another vCPU sends INIT and SIPI (application processors).
+    WaitForSipi,
+}
+
 pub fn configure(
     vcpu: &VcpuFd,
     base_cpuid: &CpuId,
     index: u32,
     count: u32,
-    boot: Option<&BootEntry>,
+    start: VcpuStart<'_>,
 ) -> Result<(), VcpuError> {
     let fail = |what| {
         move |source| VcpuError::Setup {
@@ -214,8 +226,8 @@ pub fn configure(
     regs::setup_lint(&mut lapic.regs);
     vcpu.set_lapic(&lapic).map_err(fail("LAPIC"))?;
 
-    match boot {
-        Some(b) => {
+    match start {
+        VcpuStart::Kernel(b) => {
             let sregs = vcpu.get_sregs().map_err(fail("sregs"))?;
             vcpu.set_sregs(&regs::protected_mode_sregs(sregs, layout::BOOT_GDT))
                 .map_err(fail("sregs"))?;
@@ -223,7 +235,8 @@ pub fn configure(
                 .map_err(fail("regs"))?;
             vcpu.set_fpu(&regs::boot_fpu()).map_err(fail("FPU"))?;
         }
-        None => {
+        VcpuStart::ResetVector => {}
+        VcpuStart::WaitForSipi => {
             let mp = kvm_mp_state {
                 mp_state: KVM_MP_STATE_UNINITIALIZED,
             };

@@ -54,10 +54,11 @@ pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APICs' MMIO page.
 pub const LAPIC_START: u64 = 0xfee0_0000;
-/// KVM's TSS for real-mode emulation (3 pages; Intel only).
-pub const KVM_TSS: u64 = 0xfffb_d000;
+/// KVM's TSS for real-mode emulation (3 pages; Intel only). Below 0xff00_0000, so it
+/// stays clear of firmware flash mapped below 4 GiB (OVMF takes the top 4 MiB).
+pub const KVM_TSS: u64 = 0xfeff_d000;
 /// KVM's identity-map page (Intel only), just below the TSS.
-pub const KVM_IDENTITY_MAP: u64 = 0xfffb_c000;
+pub const KVM_IDENTITY_MAP: u64 = 0xfeff_c000;
 /// Start of RAM above 4 GiB.
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 /// Size of the 64-bit PCI MMIO window placed after the end of RAM.
@@ -92,6 +93,60 @@ pub const I8042_KBD_IRQ: u32 = 1;
 /// i8042 mouse IRQ.
 pub const I8042_AUX_IRQ: u32 = 12;
 
+/// Firmware boot (the Q35 platform): RAM below 4 GiB ends here at most, so the ECAM
+/// window SeaBIOS programs (0xb000_0000) and the 32-bit PCI window fit above it.
+pub const FW_LOW_RAM_LIMIT: u64 = 0xb000_0000;
+/// Firmware boot: with more RAM than [`FW_LOW_RAM_LIMIT`], 2 GiB stay below 4 GiB and
+/// the rest goes above (QEMU's q35 rule, which firmware and guests are used to).
+pub const FW_LOW_RAM_SPLIT: u64 = 0x8000_0000;
+/// The legacy VGA window (0xa0000..0xc0000): MMIO, not RAM, on every PC.
+pub const VGA_WINDOW_START: u64 = 0xa_0000;
+/// End of the VGA window.
+pub const VGA_WINDOW_END: u64 = 0xc_0000;
+/// The BIOS area (option ROMs and the system BIOS, 0xc0000..0x100000), shadow RAM
+/// under the chipset's PAM registers.
+pub const BIOS_AREA_START: u64 = 0xc_0000;
+/// Where the system BIOS's low alias starts (its last 128 KiB, 0xe0000..0x100000).
+pub const BIOS_LOW_ALIAS: u64 = 0xe_0000;
+/// End of the 32-bit PCI window under firmware boot: the IOAPIC page.
+pub const FW_PCI_MMIO_END: u64 = IOAPIC_START;
+/// Firmware boot: the ECAM window before the firmware programs PCIEXBAR (SeaBIOS
+/// moves it to 0xb000_0000, OVMF to 0xe000_0000).
+pub const FW_ECAM_DEFAULT: u64 = 0xb000_0000;
+/// The firmware debug console (SeaBIOS and OVMF write their log to port 0x402).
+pub const FW_DEBUG_PORT: u16 = 0x402;
+/// QEMU's fw_cfg selector and data ports.
+pub const FW_CFG_PORT: u16 = 0x510;
+
+/// Guest RAM placement under firmware boot: `(start, len)` pairs. Below 1 MiB the VGA
+/// window is left out; the BIOS area (0xc0000..0x100000) is RAM the chipset's PAM
+/// registers govern.
+pub fn firmware_ram_ranges(mem: u64) -> Vec<(u64, u64)> {
+    let low = if mem >= FW_LOW_RAM_LIMIT {
+        FW_LOW_RAM_SPLIT
+    } else {
+        mem
+    };
+    let mut ranges = vec![(0, low.min(VGA_WINDOW_START))];
+    if low > BIOS_AREA_START {
+        ranges.push((BIOS_AREA_START, low - BIOS_AREA_START));
+    }
+    if mem > low {
+        ranges.push((HIGH_RAM_START, mem - low));
+    }
+    ranges
+}
+
+/// RAM below 4 GiB under firmware boot, as the firmware's memory map counts it (from 0,
+/// the legacy holes included, as on a PC).
+pub fn firmware_low_ram(mem: u64) -> u64 {
+    if mem >= FW_LOW_RAM_LIMIT {
+        FW_LOW_RAM_SPLIT
+    } else {
+        mem
+    }
+}
+
 /// Guest RAM placement for `mem` bytes: `(start, len)` pairs, low then high.
 pub fn ram_ranges(mem: u64) -> Vec<(u64, u64)> {
     let low = mem.min(LOW_RAM_MAX);
@@ -119,6 +174,24 @@ const _: () = assert!(KVM_IDENTITY_MAP > LAPIC_START);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn firmware_ram_leaves_the_vga_window_out_and_splits_at_2_gib_when_large() {
+        assert_eq!(
+            firmware_ram_ranges(256 << 20),
+            vec![(0, 0xa_0000), (0xc_0000, (256 << 20) - 0xc_0000)]
+        );
+        assert_eq!(
+            firmware_ram_ranges(4 << 30),
+            vec![
+                (0, 0xa_0000),
+                (0xc_0000, FW_LOW_RAM_SPLIT - 0xc_0000),
+                (HIGH_RAM_START, 2 << 30)
+            ]
+        );
+        assert_eq!(firmware_low_ram(4 << 30), FW_LOW_RAM_SPLIT);
+        assert_eq!(firmware_low_ram(0xa000_0000), 0xa000_0000);
+    }
 
     #[test]
     fn splits_ram_around_the_pci_hole() {
