@@ -16,7 +16,7 @@
 //! the end). Items are the numbered ones (signature, ID, CPU count, RAM size, boot menu,
 //! anything given to [`FwCfg::add_item`]) and *files*: named blobs at keys from 0x20 up,
 //! sorted by name, listed in the file directory at key 0x19. The DMA interface
-//! (see [`dma`]) does the same against guest memory in one exit: the guest writes the
+//! (`dma.rs`) does the same against guest memory in one exit: the guest writes the
 //! address of a `FWCfgDmaAccess` and the device selects, reads, skips or writes, then
 //! reports in the structure's control word.
 //!
@@ -33,7 +33,7 @@
 //! table loader's WRITE_POINTER uses them), through DMA or the data port; the rest is
 //! read-only and a write to it is logged (rate-limited) and ignored.
 //!
-//! [`e820_table`], [`TableLoader`] and [`bootorder`] build the content of the files
+//! [`e820_table`], [`TableLoader`] and [`bootorder()`] build the content of the files
 //! `etc/e820`, `etc/table-loader` and `bootorder`.
 
 mod bootorder;
@@ -356,15 +356,14 @@ impl FwCfg {
         self.selector = key & !FW_CFG_WRITE_CHANNEL;
         self.offset = 0;
         if self.selector == FW_CFG_FILE_DIR {
-            let stale: Vec<usize> = (0..self.lazy.len())
-                .filter(|&g| {
-                    self.lazy
-                        .get(g)
-                        .is_some_and(|g| g.state == LazyState::Stale)
-                })
-                .collect();
-            for g in stale {
-                self.generate(g, LazyState::Sized);
+            for g in 0..self.lazy.len() {
+                if self
+                    .lazy
+                    .get(g)
+                    .is_some_and(|g| g.state == LazyState::Stale)
+                {
+                    self.generate(g, LazyState::Sized);
+                }
             }
             self.render_directory();
         } else if let Some(g) = Self::file_index(self.selector)
