@@ -14,6 +14,7 @@
 pub mod bus;
 pub mod display;
 pub mod framebuffer;
+pub mod fw_cfg;
 pub mod input;
 pub mod legacy;
 pub mod logger;
