@@ -19,4 +19,5 @@ pub mod input;
 pub mod legacy;
 pub mod logger;
 pub mod pci;
+pub mod pflash;
 pub mod virtio;

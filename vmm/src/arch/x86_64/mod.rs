@@ -8,3 +8,4 @@ pub mod e820;
 pub mod layout;
 pub mod msr;
 pub mod regs;
+pub mod smbios;
