@@ -31,6 +31,9 @@ use crate::vstate::vcpu::{self, ExitBuses, RunControl, VcpuEvent, VcpuStart};
 use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
 use crate::vstate::{memory, vm};
 use hospes_devices::bus::{Bus, BusError, lock};
+use hospes_devices::fw_cfg::{
+    FW_CFG_PORT_DMA, FW_CFG_PORT_DMA_LEN, FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN,
+};
 use hospes_devices::legacy::debug_port::DebugPort;
 use hospes_devices::legacy::firmware_log::{FirmwareLog, LogSink};
 use hospes_devices::legacy::i8042::I8042;
@@ -399,6 +402,11 @@ impl Machine {
                 u64::from(layout::FW_DEBUG_PORT),
                 1,
             )?;
+            let cfg = firmware::fw_cfg(fw, config.cpus, config.memory, &guest_memory)
+                .map_err(firmware::FirmwareError::FwCfg)?;
+            let cfg = Arc::new(Mutex::new(cfg));
+            pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
+            pio.insert(cfg, FW_CFG_PORT_DMA, FW_CFG_PORT_DMA_LEN)?;
         }
         let mut slot = lock(&handle.inner.pm);
         if std::mem::take(&mut slot.button_latched) {
@@ -552,9 +560,19 @@ impl Vmm {
             console::spawn_input(input, serial.clone())?;
         }
         let mut rtc = Rtc::new();
-        let ram = layout::ram_ranges(config.memory);
-        let below_4g = ram.first().map_or(0, |r| r.1);
-        let above_4g = ram.get(1).map_or(0, |r| r.1);
+        let (below_4g, above_4g) = match config.firmware {
+            Some(_) => {
+                let low = layout::firmware_low_ram(config.memory);
+                (low, config.memory - low)
+            }
+            None => {
+                let ram = layout::ram_ranges(config.memory);
+                (
+                    ram.first().map_or(0, |r| r.1),
+                    ram.get(1).map_or(0, |r| r.1),
+                )
+            }
+        };
         rtc.set_machine_info(below_4g, above_4g, config.cpus);
         let persistent = Persistent {
             serial,

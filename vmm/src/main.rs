@@ -13,6 +13,7 @@ use hospes_core::config::Network;
 use hospes_core::firmware::Image;
 use hospes_devices::virtio::VirtioDevice;
 use hospes_devices::virtio::snd::Snd;
+use hospes_vmm::arch::x86_64::smbios::vm_uuid;
 use hospes_vmm::backends::passt::{UserNetwork, parse_net_option};
 use hospes_vmm::backends::pipewire::PipeWire;
 use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
@@ -129,6 +130,19 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     }
 }
 
+/// A VM's id: the name of its folder in the library (stable across renames).
+fn vm_id(config: &std::path::Path) -> String {
+    config
+        .canonicalize()
+        .ok()
+        .and_then(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default()
+}
+
 /// What `main` needs besides the machine configuration.
 struct Extras {
     disks: Vec<DiskSpec>,
@@ -193,6 +207,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     image,
                     vars: None,
                     serial_console: !vm.display.enabled,
+                    uuid: vm_uuid(&vm_id(path)),
+                    product: vm.name.clone(),
                 });
             }
             hospes_core::config::Boot::Uefi { .. } => {
@@ -234,6 +250,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             image,
             vars: None,
             serial_console: false,
+            uuid: vm_uuid(&extras.name.clone().unwrap_or_default()),
+            product: extras.name.clone().unwrap_or_else(|| "hospes".into()),
         });
     }
     if args.initrd.is_some() {

@@ -15,9 +15,11 @@ use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout;
+use crate::arch::x86_64::smbios::{EntryPoint, SmbiosInfo, smbios_tables};
 use crate::vstate::rom;
 use hospes_devices::bus::{Bus, BusDevice, BusError};
 use hospes_devices::framebuffer::FbMemory;
+use hospes_devices::fw_cfg::{E820_RAM, E820_RESERVED, FwCfg, FwCfgError, e820_table};
 
 /// Which firmware a machine boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +40,10 @@ pub struct FirmwareConfig {
     pub vars: Option<PathBuf>,
     /// Send the firmware's text screen to COM1 too (a VM without a display).
     pub serial_console: bool,
+    /// The machine's UUID, as SMBIOS reports it (stable for a VM).
+    pub uuid: [u8; 16],
+    /// The product name SMBIOS reports (the VM's name).
+    pub product: String,
 }
 
 /// Smallest system ROM accepted (SeaBIOS's smallest build is 128 KiB).
@@ -69,6 +75,52 @@ pub enum FirmwareError {
     LowAlias(#[source] vm_memory::GuestMemoryError),
     #[error("cannot place the firmware image on the bus")]
     Bus(#[from] BusError),
+    #[error("cannot fill the firmware configuration")]
+    FwCfg(#[from] FwCfgError),
+}
+
+/// How long SeaBIOS waits before trying again when nothing boots (ms).
+const BOOT_FAIL_WAIT_MS: u32 = 5_000;
+
+/// The firmware configuration device for one boot: what SeaBIOS and OVMF read about the
+/// machine (CPUs, RAM, the memory map, SMBIOS, where the text console goes).
+pub fn fw_cfg(
+    fw: &FirmwareConfig,
+    cpus: u32,
+    memory: u64,
+    mem: &GuestMemoryMmap,
+) -> Result<FwCfg, FwCfgError> {
+    let mut cfg = FwCfg::new(mem.clone());
+    let cpus16 = u16::try_from(cpus).unwrap_or(u16::MAX);
+    cfg.set_nb_cpus(cpus16);
+    cfg.set_max_cpus(cpus16);
+    cfg.set_ram_size(memory);
+    cfg.set_boot_menu(false);
+    let low = layout::firmware_low_ram(memory);
+    let mut e820 = vec![(0, low, E820_RAM)];
+    // KVM's TSS and identity-map pages (QEMU reserves the same four pages).
+    e820.push((layout::KVM_IDENTITY_MAP, 0x4000, E820_RESERVED));
+    if memory > low {
+        e820.push((layout::HIGH_RAM_START, memory - low, E820_RAM));
+    }
+    cfg.add_file("etc/e820", e820_table(&e820))?;
+    cfg.add_file(
+        "etc/boot-fail-wait",
+        BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec(),
+    )?;
+    if fw.serial_console {
+        cfg.add_file("etc/sercon-port", layout::COM1_PORT.to_le_bytes().to_vec())?;
+    }
+    let mut info = SmbiosInfo::hospes(&fw.product, fw.uuid, cpus, memory);
+    if fw.kind == FirmwareKind::Bios {
+        // SeaBIOS shows the guest the entry point it is given; 2.1 is the one every
+        // guest reads (OVMF publishes both forms whichever it gets).
+        info.entry_point = EntryPoint::V21;
+    }
+    let (tables, anchor) = smbios_tables(&info);
+    cfg.add_file("etc/smbios/smbios-tables", tables)?;
+    cfg.add_file("etc/smbios/smbios-anchor", anchor)?;
+    Ok(cfg)
 }
 
 /// The system ROM of one boot.

@@ -290,7 +290,21 @@ pub fn attach_pci_to_machine(
     rng: bool,
     extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<PciSetup, MachineError> {
+    let firmware = machine.config.firmware.is_some();
     let high = layout::high_mmio_start(machine.config.memory);
+    // Firmware assigns BARs itself: SeaBIOS from the top of the 32-bit space down to the
+    // IOAPIC, with the ECAM window where it programs PCIEXBAR.
+    let (mmio_window, ecam) = if firmware {
+        (
+            (layout::PCI_MMIO_START, layout::FW_PCI_MMIO_END),
+            (layout::FW_ECAM_DEFAULT, layout::PCI_ECAM_SIZE),
+        )
+    } else {
+        (
+            (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
+            (layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE),
+        )
+    };
     let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
     let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
     attach_pci(
@@ -299,10 +313,10 @@ pub fn attach_pci_to_machine(
         PciParams {
             mem: machine.guest_memory.clone(),
             vm: Some(machine.vm_fd.clone()),
-            mmio_window: (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
+            mmio_window,
             // The windows the DSDT's root bridge _CRS announces, where a guest may move BARs.
             high_mmio_window: Some((high, high + layout::HIGH_MMIO_SIZE)),
-            ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
+            ecam: Some(ecam),
             disks,
             rng,
             extra,

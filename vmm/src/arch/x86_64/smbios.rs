@@ -155,7 +155,13 @@ pub fn smbios_tables(info: &SmbiosInfo) -> (Vec<u8>, Vec<u8>) {
     t.push(array, memory_array(info.ram_bytes));
     let device = t.next();
     t.push(device, memory_device(array, info.ram_bytes));
-    for (start, len) in layout::ram_ranges(info.ram_bytes) {
+    // SMBIOS reaches the guest through firmware, so RAM sits where firmware boot puts it.
+    let low = layout::firmware_low_ram(info.ram_bytes);
+    let ranges = [
+        (0, low),
+        (layout::HIGH_RAM_START, info.ram_bytes.saturating_sub(low)),
+    ];
+    for (start, len) in ranges {
         if len > 0 {
             let h = t.next();
             t.push(h, memory_mapped(array, start, len));
