@@ -10,7 +10,9 @@
 //!   steered to (bit 7 set = not routed). Stored and answered by [`Ich9Lpc::pirq_route`];
 //!   Hospes' interrupt wiring reads them, the register itself routes nothing.
 //! - **GEN_PMCON_1..3, GEN_PMCON_LOCK** (0xA0-0xA6) and **RCBA** (0xF0): stored and read
-//!   back. The root complex register block RCBA names is not decoded.
+//!   back. The root complex register block RCBA names is not decoded, and
+//!   GEN_PMCON_1.SMI_LOCK does not lock SMI_EN.GBL_SMI_EN in the PM block (there is no SMM
+//!   for it to protect yet).
 //!
 //! The SCI IRQ select in ACPI_CNTL bits 2:0 is stored but not acted on (the SCI is fixed at
 //! IRQ 9 by the ACPI tables). Header type bit 7 is set, as on QEMU's 00:1f.0, whose

@@ -265,27 +265,29 @@ impl PmBlock {
         let (gpe0, half) = (self.layout.gpe0_offset(), self.layout.gpe0_len() / 2);
         if let Some(i) = byte_in(off, gpe0, half) {
             self.gpe0_sts = clear_byte(self.gpe0_sts, i, b);
-        } else if let Some(i) = byte_in(off, gpe0 + half, half) {
+            return;
+        }
+        if let Some(i) = byte_in(off, gpe0 + half, half) {
             self.gpe0_en = with_byte(self.gpe0_en, i, b);
-        } else if self.layout.reset_offset() == Some(off) {
+            return;
+        }
+        if self.layout.reset_offset() == Some(off) {
             if b == RESET_VALUE {
                 self.power.request(PowerEvent::Reset);
             }
-        } else if let Some(i) = self
-            .layout
-            .smi_offset()
-            .and_then(|smi| byte_in(off, smi, SMI_REG_LEN))
-        {
-            self.smi_en = with_byte(self.smi_en.into(), i, b) as u32;
-        } else if let Some(i) = self
-            .layout
-            .smi_offset()
-            .and_then(|smi| byte_in(off, smi + SMI_REG_LEN, SMI_REG_LEN))
-        {
-            self.smi_sts = clear_byte(self.smi_sts.into(), i, b) as u32;
-        } else {
-            crate::guest_warn!("acpi pm: write {b:#04x} to read-only offset {off:#x}");
+            return;
         }
+        if let Some(smi) = self.layout.smi_offset() {
+            if let Some(i) = byte_in(off, smi, SMI_REG_LEN) {
+                self.smi_en = with_byte(self.smi_en.into(), i, b) as u32;
+                return;
+            }
+            if let Some(i) = byte_in(off, smi + SMI_REG_LEN, SMI_REG_LEN) {
+                self.smi_sts = clear_byte(self.smi_sts.into(), i, b) as u32;
+                return;
+            }
+        }
+        crate::guest_warn!("acpi pm: write {b:#04x} to read-only offset {off:#x}");
     }
 
     fn write_byte(&mut self, off: u64, b: u8) {
