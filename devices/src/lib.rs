@@ -12,6 +12,7 @@
 //! behind a device's backend trait), and anything of the app.
 
 pub mod bus;
+pub mod chipset;
 pub mod display;
 pub mod framebuffer;
 pub mod fw_cfg;

@@ -22,6 +22,24 @@ pub const REG_D: u8 = 0x0d;
 /// Century (as the FADT names it).
 pub const REG_CENTURY: u8 = 0x32;
 
+/// CMOS memory-size bytes PC firmware reads (IBM AT layout plus the Bochs/QEMU
+/// extensions SeaBIOS and OVMF use).
+const CMOS_EQUIPMENT: usize = 0x14;
+const CMOS_BASE_MEMORY: usize = 0x15;
+const CMOS_EXT_MEMORY: usize = 0x17;
+const CMOS_CHECKSUM: usize = 0x2e;
+const CMOS_EXT_MEMORY_COPY: usize = 0x30;
+const CMOS_ABOVE_16M: usize = 0x34;
+const CMOS_ABOVE_4G: usize = 0x5b;
+const CMOS_CPUS: usize = 0x5f;
+/// Bytes the AT checksum at 0x2E/0x2F covers.
+const CHECKSUM_FIRST: usize = 0x10;
+const CHECKSUM_LAST: usize = 0x2d;
+/// Conventional memory below the EBDA/VGA hole.
+const BASE_MEMORY_KIB: u64 = 640;
+/// Equipment byte: maths coprocessor present, PS/2 mouse installed.
+const EQUIPMENT_FPU: u8 = 0x02;
+const EQUIPMENT_PS2_MOUSE: u8 = 0x04;
 /// Status A: update in progress.
 const A_UIP: u8 = 0x80;
 /// Status B: 24-hour mode.
@@ -135,27 +153,39 @@ impl Rtc {
     }
 
     /// Fills the CMOS bytes PC firmware (SeaBIOS, OVMF) reads for the memory size and CPU
-    /// count, as QEMU lays them out: base memory (0x15/0x16), memory above 1 MiB in KiB
-    /// (0x17/0x18, 0x30/0x31), above 16 MiB in 64 KiB units (0x34/0x35), above 4 GiB in
-    /// 64 KiB units (0x5b..0x5d), and CPUs - 1 (0x5f). `below_4g` and `above_4g` are RAM
-    /// bytes on either side of 4 GiB.
+    /// count, as QEMU lays them out (`hw/i386/pc.c`): base memory in KiB, at most 640
+    /// (0x15/0x16); memory from 1 MiB up in KiB, capped at 0xFFFF (0x17/0x18 and 0x30/0x31);
+    /// memory from 16 MiB up to 4 GiB in 64 KiB units, capped (0x34/0x35); memory above
+    /// 4 GiB in 64 KiB units (0x5B..0x5D, 24 bits, capped); CPUs - 1 (0x5F); the equipment
+    /// byte (0x14: FPU, PS/2 mouse); and the standard checksum of 0x10..=0x2D, big-endian
+    /// at 0x2E/0x2F. `below_4g` and `above_4g` are RAM bytes on either side of 4 GiB. The
+    /// shutdown status byte 0x0F is left alone (0 at power-on: a normal boot, not an S3
+    /// resume).
     pub fn set_machine_info(&mut self, below_4g: u64, above_4g: u64, cpus: u32) {
-        let mut put = |reg: usize, bytes: &[u8]| {
-            for (i, b) in bytes.iter().enumerate() {
-                if let Some(slot) = self.cmos.get_mut(reg + i) {
-                    *slot = *b;
-                }
-            }
-        };
-        put(0x15, &640u16.to_le_bytes());
+        let base_kib = (below_4g >> 10).min(BASE_MEMORY_KIB) as u16;
+        self.put(CMOS_BASE_MEMORY, &base_kib.to_le_bytes());
         let ext_kib = (below_4g.saturating_sub(1 << 20) >> 10).min(0xffff) as u16;
-        put(0x17, &ext_kib.to_le_bytes());
-        put(0x30, &ext_kib.to_le_bytes());
+        self.put(CMOS_EXT_MEMORY, &ext_kib.to_le_bytes());
+        self.put(CMOS_EXT_MEMORY_COPY, &ext_kib.to_le_bytes());
         let above_16m = (below_4g.saturating_sub(16 << 20) >> 16).min(0xffff) as u16;
-        put(0x34, &above_16m.to_le_bytes());
-        let high = (above_4g >> 16).to_le_bytes();
-        put(0x5b, &high[..3]);
-        put(0x5f, &[cpus.saturating_sub(1) as u8]);
+        self.put(CMOS_ABOVE_16M, &above_16m.to_le_bytes());
+        let high = (above_4g >> 16).min(0xff_ffff).to_le_bytes();
+        self.put(CMOS_ABOVE_4G, &high[..3]);
+        self.put(CMOS_CPUS, &[cpus.saturating_sub(1).min(0xff) as u8]);
+        self.put(CMOS_EQUIPMENT, &[EQUIPMENT_FPU | EQUIPMENT_PS2_MOUSE]);
+        let sum: u16 = (CHECKSUM_FIRST..=CHECKSUM_LAST)
+            .map(|r| u16::from(self.cmos[r]))
+            .fold(0, u16::wrapping_add);
+        self.put(CMOS_CHECKSUM, &sum.to_be_bytes());
+    }
+
+    /// Stores `bytes` from CMOS register `reg` on, as battery-backed RAM.
+    fn put(&mut self, reg: usize, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            if let Some(slot) = self.cmos.get_mut(reg + i) {
+                *slot = *b;
+            }
+        }
     }
 
     fn binary(&self) -> bool {
@@ -329,23 +359,90 @@ mod tests {
         );
     }
 
+    fn word(r: &mut Rtc, lo: u8) -> u64 {
+        u64::from(u16::from_le_bytes([reg(r, lo), reg(r, lo + 1)]))
+    }
+
+    fn above_4g(r: &mut Rtc) -> u64 {
+        u64::from(u32::from_le_bytes([
+            reg(r, 0x5b),
+            reg(r, 0x5c),
+            reg(r, 0x5d),
+            0,
+        ]))
+    }
+
+    /// What SeaBIOS and OVMF compute from the bytes when fw_cfg has no `etc/e820`.
+    fn firmware_view(r: &mut Rtc) -> (u64, u64) {
+        let low = (word(r, 0x34) << 16) + (16 << 20);
+        (low, above_4g(r) << 16)
+    }
+
+    fn checksum_holds(r: &mut Rtc) -> bool {
+        let sum = (0x10..=0x2d).map(|i| u16::from(reg(r, i))).sum::<u16>();
+        sum == u16::from_be_bytes([reg(r, 0x2e), reg(r, 0x2f)])
+    }
+
     #[test]
-    fn cmos_carries_memory_size_and_cpu_count_for_firmware() {
+    fn cmos_describes_a_256_mib_machine() {
         let mut r = Rtc::with_clock(fixed);
-        r.set_machine_info(3 << 30, 5 << 30, 4);
-        assert_eq!((reg(&mut r, 0x15), reg(&mut r, 0x16)), (0x80, 0x02));
-        assert_eq!((reg(&mut r, 0x17), reg(&mut r, 0x18)), (0xff, 0xff));
-        let above_16m = u16::from_le_bytes([reg(&mut r, 0x34), reg(&mut r, 0x35)]);
-        assert_eq!(u64::from(above_16m), ((3u64 << 30) - (16 << 20)) >> 16);
-        let high = u32::from_le_bytes([reg(&mut r, 0x5b), reg(&mut r, 0x5c), reg(&mut r, 0x5d), 0]);
-        assert_eq!(u64::from(high), (5u64 << 30) >> 16);
+        r.set_machine_info(256 << 20, 0, 1);
+        assert_eq!(word(&mut r, 0x15), 640);
+        assert_eq!(word(&mut r, 0x17), 0xffff, "255 MiB in KiB does not fit");
+        assert_eq!(word(&mut r, 0x30), 0xffff);
+        assert_eq!(word(&mut r, 0x34), (240 << 20) >> 16);
+        assert_eq!(firmware_view(&mut r), (256 << 20, 0));
+        assert_eq!(reg(&mut r, 0x5f), 0);
+        assert_eq!(reg(&mut r, 0x0f), 0, "shutdown status: normal boot");
+        assert_eq!(reg(&mut r, 0x14), 0x06);
+        assert!(checksum_holds(&mut r));
+    }
+
+    #[test]
+    fn cmos_describes_a_machine_with_a_pci_hole() {
+        // 3.5 GiB of RAM on a layout whose low RAM ends at 3 GiB: 512 MiB above 4 GiB.
+        let mut r = Rtc::with_clock(fixed);
+        r.set_machine_info(3 << 30, 512 << 20, 4);
+        assert_eq!(word(&mut r, 0x17), 0xffff, "capped");
+        assert_eq!(word(&mut r, 0x30), 0xffff, "capped");
+        assert_eq!(word(&mut r, 0x34), ((3u64 << 30) - (16 << 20)) >> 16);
+        assert_eq!(firmware_view(&mut r), (3 << 30, 512 << 20));
         assert_eq!(reg(&mut r, 0x5f), 3);
+        assert!(checksum_holds(&mut r));
+    }
+
+    #[test]
+    fn cmos_describes_an_8_gib_machine() {
+        let mut r = Rtc::with_clock(fixed);
+        r.set_machine_info(0xb000_0000, (8 << 30) - 0xb000_0000, 8);
+        assert_eq!(
+            firmware_view(&mut r),
+            (0xb000_0000, (8 << 30) - 0xb000_0000)
+        );
+        assert_eq!(above_4g(&mut r), 0x1_5000, "5.25 GiB in 64 KiB units");
+        assert_eq!(reg(&mut r, 0x5f), 7);
+        assert!(checksum_holds(&mut r));
+    }
+
+    #[test]
+    fn cmos_memory_fields_saturate_instead_of_wrapping() {
+        let mut r = Rtc::with_clock(fixed);
+        r.set_machine_info(512 << 10, 1 << 50, 1000);
+        assert_eq!(
+            word(&mut r, 0x15),
+            512,
+            "less than 640 KiB is reported as is"
+        );
+        assert_eq!(word(&mut r, 0x17), 0);
+        assert_eq!(word(&mut r, 0x34), 0);
+        assert_eq!(above_4g(&mut r), 0xff_ffff);
+        assert_eq!(reg(&mut r, 0x5f), 0xff);
+        r.set_machine_info(u64::MAX, 0, 0);
+        assert_eq!(word(&mut r, 0x34), 0xffff);
+        assert_eq!(reg(&mut r, 0x5f), 0);
         let mut small = Rtc::with_clock(fixed);
         small.set_machine_info(64 << 20, 0, 1);
-        assert_eq!(
-            u16::from_le_bytes([reg(&mut small, 0x30), reg(&mut small, 0x31)]),
-            63 * 1024
-        );
+        assert_eq!(word(&mut small, 0x30), 63 * 1024);
     }
 
     #[test]

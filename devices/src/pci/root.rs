@@ -162,11 +162,26 @@ fn dword_to_bytes(value: u32, offset: usize, data: &mut [u8]) {
     }
 }
 
+/// The configuration address register's port (PCI 3.0 §3.2.2.3.2).
+pub const CONFIG_ADDRESS_PORT: u64 = 0xcf8;
+/// The reset control register inside the address register's range (byte accesses only).
+pub const RESET_CONTROL_PORT: u64 = 0xcf9;
+/// The configuration data window's first port; the window is 4 bytes.
+pub const CONFIG_DATA_PORT: u64 = 0xcfc;
+const CONFIG_DATA_END: u64 = CONFIG_DATA_PORT + 4;
+
 /// Configuration mechanism #1: address register at 0xCF8, data window at 0xCFC..0xCFF.
-/// Insert on the PIO bus at 0xCF8 with length 8.
+///
+/// Accesses are decoded by port (`base + offset`), so the device works inserted on the PIO
+/// bus at 0xCF8 with length 8 or as two ranges, 0xCF8 and 0xCFC with length 4 each. Only a
+/// dword access at 0xCF8 is the address register; a byte access at 0xCF9 is the chipset's
+/// reset control register, handed to the device given by [`PciConfigIo::with_reset_control`]
+/// (with base 0xCF9 and offset 0), or dropped when there is none. Other accesses to
+/// 0xCF8..0xCFB read all-ones.
 pub struct PciConfigIo {
     root: Arc<Mutex<PciRoot>>,
     relocator: Option<Arc<dyn BarRelocator>>,
+    reset_control: Option<SharedDevice>,
     address: u32,
 }
 
@@ -175,8 +190,16 @@ impl PciConfigIo {
         Self {
             root,
             relocator,
+            reset_control: None,
             address: 0,
         }
+    }
+
+    /// Hands byte accesses to port 0xCF9 to `device` (the Q35 chipset's
+    /// [`crate::chipset::ResetControl`]), which cannot sit on the bus beside this device.
+    pub fn with_reset_control(mut self, device: SharedDevice) -> Self {
+        self.reset_control = Some(device);
+        self
     }
 
     /// The decoded target of the address register, if it is enabled.
@@ -189,38 +212,57 @@ impl PciConfigIo {
             ((a & 0xfc) >> 2) as usize,
         ))
     }
+
+    /// The reset control device, for a byte access at 0xCF9.
+    fn reset_control(&self, port: u64, len: usize) -> Option<&SharedDevice> {
+        (port == RESET_CONTROL_PORT && len == 1)
+            .then_some(self.reset_control.as_ref())
+            .flatten()
+    }
 }
 
 impl BusDevice for PciConfigIo {
-    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        match offset {
-            0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
-            4..8 => {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        let port = base.wrapping_add(offset);
+        if let Some(dev) = self.reset_control(port, data.len()) {
+            lock(dev).read(RESET_CONTROL_PORT, 0, data);
+            return;
+        }
+        match port {
+            CONFIG_ADDRESS_PORT if data.len() == 4 => {
+                data.copy_from_slice(&self.address.to_le_bytes())
+            }
+            CONFIG_DATA_PORT..CONFIG_DATA_END => {
                 let value = match self.target() {
                     Some((b, d, f, reg)) => lock(&self.root).read(b, d, f, reg),
                     None => 0xffff_ffff,
                 };
-                dword_to_bytes(value, (offset - 4) as usize, data);
+                dword_to_bytes(value, (port - CONFIG_DATA_PORT) as usize, data);
             }
             _ => data.fill(0xff),
         }
     }
 
-    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        match offset {
-            0 if data.len() == 4 => {
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        let port = base.wrapping_add(offset);
+        if let Some(dev) = self.reset_control(port, data.len()) {
+            lock(dev).write(RESET_CONTROL_PORT, 0, data);
+            return;
+        }
+        match port {
+            CONFIG_ADDRESS_PORT if data.len() == 4 => {
                 let mut b = [0u8; 4];
                 b.copy_from_slice(data);
                 self.address = u32::from_le_bytes(b) & 0x80ff_fffc;
             }
-            4..8 => {
+            CONFIG_DATA_PORT..CONFIG_DATA_END => {
                 let Some((b, d, f, reg)) = self.target() else {
                     return;
                 };
-                let moves = lock(&self.root).write(b, d, f, reg, offset - 4, data);
+                let offset = port - CONFIG_DATA_PORT;
+                let moves = lock(&self.root).write(b, d, f, reg, offset, data);
                 apply_moves(self.relocator.as_ref(), moves);
             }
-            // Byte accesses at 0xCF9 are the PIIX reset control register, not decoded here.
             _ => {}
         }
     }
@@ -494,6 +536,74 @@ mod tests {
         let mut w = [0u8; 2];
         mmio.read(ecam(3, 2), &mut w);
         assert_eq!(u16::from_le_bytes(w), 0x5678);
+    }
+
+    #[test]
+    fn works_inserted_as_two_ranges() {
+        let mut root = PciRoot::new();
+        root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))
+            .unwrap();
+        let io = Arc::new(Mutex::new(PciConfigIo::new(
+            Arc::new(Mutex::new(root)),
+            None,
+        )));
+        let mut pio = Bus::new();
+        pio.insert(io.clone(), CONFIG_ADDRESS_PORT, 4).unwrap();
+        pio.insert(io, CONFIG_DATA_PORT, 4).unwrap();
+        assert_eq!(io_read32(&pio, 0, 0), 0x1237_8086);
+        // A data-port write is not mistaken for the address register.
+        cf8(&pio, 0, 0);
+        pio.write(CONFIG_DATA_PORT, &0x1234_5678u32.to_le_bytes());
+        let mut a = [0u8; 4];
+        pio.read(CONFIG_ADDRESS_PORT, &mut a);
+        assert_eq!(u32::from_le_bytes(a), 0x8000_0000);
+        let mut w = [0u8; 2];
+        pio.read(0xcfe, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x1237);
+    }
+
+    #[derive(Default)]
+    struct Byte {
+        value: u8,
+        at: Option<(u64, u64)>,
+    }
+
+    impl BusDevice for Byte {
+        fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+            data.fill(self.value);
+        }
+        fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+            self.value = data[0];
+            self.at = Some((base, offset));
+        }
+    }
+
+    #[test]
+    fn byte_accesses_at_cf9_reach_the_reset_control_register() {
+        let (pio, _, _, _) = setup();
+        // Without a reset control device, 0xCF9 is dropped and reads all-ones.
+        pio.write(RESET_CONTROL_PORT, &[0x06]);
+        let mut b = [0u8];
+        pio.read(RESET_CONTROL_PORT, &mut b);
+        assert_eq!(b, [0xff]);
+
+        let reset = Arc::new(Mutex::new(Byte::default()));
+        let io = PciConfigIo::new(Arc::new(Mutex::new(PciRoot::new())), None)
+            .with_reset_control(reset.clone());
+        let mut pio = Bus::new();
+        pio.insert(Arc::new(Mutex::new(io)), CONFIG_ADDRESS_PORT, 8)
+            .unwrap();
+        pio.write(RESET_CONTROL_PORT, &[0x06]);
+        assert_eq!(lock(&reset).at, Some((RESET_CONTROL_PORT, 0)));
+        pio.read(RESET_CONTROL_PORT, &mut b);
+        assert_eq!(b, [0x06]);
+        // The dword address register still works around it; a word at 0xCF9 is neither.
+        pio.write(CONFIG_ADDRESS_PORT, &0x8000_0800u32.to_le_bytes());
+        let mut a = [0u8; 4];
+        pio.read(CONFIG_ADDRESS_PORT, &mut a);
+        assert_eq!(u32::from_le_bytes(a), 0x8000_0800);
+        pio.write(RESET_CONTROL_PORT, &[0x0e, 0x00]);
+        assert_eq!(lock(&reset).value, 0x06);
     }
 
     #[test]

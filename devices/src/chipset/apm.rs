@@ -1,0 +1,101 @@
+//! The APM control and status ports 0xB2/0xB3 (ICH9 datasheet 316972, §13.4: APM_CNT and
+//! APM_STS; PIIX4 has the same pair).
+//!
+//! A write to APM_CNT (0xB2) raises an SMI on real hardware when SMI_EN.APMC_EN is set;
+//! firmware uses it to call its SMM handler, APM_STS (0xB3) being scratch space the two
+//! sides share. Hospes has no SMM yet: both bytes are stored and read back, and **no SMI is
+//! injected**. SeaBIOS only waits on 0xB3 when SMI_EN.APMC_EN is clear, which the ICH9 PM
+//! block presets ([`crate::legacy::pm::PmLayout::Ich9`]), so it skips its SMM setup.
+//! Insert at 0xB2 with length 2.
+
+use crate::bus::BusDevice;
+
+/// The port of APM_CNT; APM_STS follows it.
+pub const APM_CNT_PORT: u64 = 0xb2;
+/// Ports the pair covers.
+pub const APM_LEN: u64 = 2;
+
+/// APM_CNT and APM_STS.
+#[derive(Debug, Default)]
+pub struct Apm {
+    regs: [u8; 2],
+}
+
+impl Apm {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last value written to APM_CNT (the command an SMI handler would read).
+    pub fn control(&self) -> u8 {
+        self.regs[0]
+    }
+
+    /// Back to power-on values (both 0).
+    pub fn reset(&mut self) {
+        self.regs = [0; 2];
+    }
+}
+
+/// The register byte `i` bytes into an access at `offset`.
+fn index(offset: u64, i: usize) -> Option<usize> {
+    usize::try_from(offset.checked_add(i as u64)?).ok()
+}
+
+impl BusDevice for Apm {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            if let Some(v) = index(offset, i).and_then(|r| self.regs.get(r)) {
+                *b = *v;
+            }
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        for (i, v) in data.iter().enumerate() {
+            if let Some(b) = index(offset, i).and_then(|r| self.regs.get_mut(r)) {
+                *b = *v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::bus::Bus;
+
+    #[test]
+    fn stores_control_and_status_through_the_bus() {
+        let apm = Arc::new(Mutex::new(Apm::new()));
+        let mut pio = Bus::new();
+        pio.insert(apm.clone(), APM_CNT_PORT, APM_LEN).unwrap();
+        assert!(pio.write(0xb2, &[0x02]));
+        assert!(pio.write(0xb3, &[0x5a]));
+        let mut b = [0u8; 2];
+        assert!(pio.read(0xb2, &mut b));
+        assert_eq!(b, [0x02, 0x5a]);
+        assert_eq!(apm.lock().unwrap().control(), 0x02);
+        // A word write covers both; an access past 0xB3 is not the APM's.
+        assert!(pio.write(0xb2, &[0x03, 0x00]));
+        assert!(!pio.write(0xb3, &[1, 2]));
+        let mut s = [0u8];
+        assert!(pio.read(0xb3, &mut s));
+        assert_eq!(s, [0x00]);
+        apm.lock().unwrap().reset();
+        assert_eq!(apm.lock().unwrap().control(), 0);
+    }
+
+    #[test]
+    fn offsets_past_the_pair_are_ignored() {
+        let mut apm = Apm::new();
+        apm.write(APM_CNT_PORT, 5, &[1]);
+        apm.write(APM_CNT_PORT, u64::MAX, &[1, 2]);
+        let mut b = [0xee; 2];
+        apm.read(APM_CNT_PORT, u64::MAX, &mut b);
+        assert_eq!(b, [0xee, 0xee]);
+        assert_eq!(apm.regs, [0, 0]);
+    }
+}
