@@ -81,6 +81,15 @@ impl Bus {
         (offset.checked_add(size as u64)? <= entry.len).then_some((base, entry))
     }
 
+    /// The device covering the whole access `[addr, addr + size)`, its base and the offset of
+    /// `addr` in it. Callers that may move devices while one is being accessed (a chipset
+    /// register that relocates a block) look the device up here, release the bus, and
+    /// then access it, so the device may take the bus's write lock.
+    pub fn route(&self, addr: u64, size: usize) -> Option<(SharedDevice, u64, u64)> {
+        let (base, entry) = self.resolve(addr, size)?;
+        Some((entry.device.clone(), base, addr - base))
+    }
+
     /// Reads from the device covering `addr`. Returns false when no device claims the whole
     /// access; `data` then holds all-ones.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
@@ -125,6 +134,22 @@ mod tests {
         fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
             self.last = Some((base, offset, data.to_vec()));
         }
+    }
+
+    #[test]
+    fn route_names_the_device_its_base_and_the_offset() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = Bus::new();
+        bus.insert(dev.clone(), 0x600, 0x80).unwrap();
+        let (found, base, offset) = bus.route(0x604, 2).unwrap();
+        assert_eq!((base, offset), (0x600, 4));
+        lock(&found).write(base, offset, &[1, 2]);
+        assert_eq!(dev.lock().unwrap().last, Some((0x600, 4, vec![1, 2])));
+        assert!(
+            bus.route(0x67f, 2).is_none(),
+            "an access running past the end"
+        );
+        assert!(bus.route(0x500, 1).is_none());
     }
 
     #[test]

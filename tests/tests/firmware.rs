@@ -34,6 +34,27 @@ fn report(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// `report` with what depends on the size of the VMM's own tables left out: SeaBIOS
+/// reserves room at the top of low RAM for the tables it was handed (ACPI, SMBIOS), which
+/// differ in size between Hospes and QEMU, so the RAM entry at 1 MiB keeps its base and
+/// the reserved entries between it and the end of low RAM keep only their type.
+fn comparable(lines: &[String], low_end: u64) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let base = fields.get(1).and_then(|b| u64::from_str_radix(b, 16).ok());
+            match (fields.as_slice(), base) {
+                (["E820", b, _, kind], Some(0x10_0000)) => format!("E820 {b} * {kind}"),
+                (["E820", _, _, kind], Some(base)) if (0x10_0000..low_end).contains(&base) => {
+                    format!("E820 * * {kind}")
+                }
+                _ => l.clone(),
+            }
+        })
+        .collect()
+}
+
 /// QEMU's q35 machine with SeaBIOS on the same disk (on its AHCI controller), until the
 /// guest prints DONE (QEMU's ICH9 powers off on a different sleep type, so it is killed).
 fn qemu_report(disk: &Path, memory: &str) -> Vec<String> {
@@ -105,9 +126,24 @@ fn seabios_boots_a_disk_and_hands_the_boot_sector_what_qemu_hands_it() {
     let qemu = qemu_report(&disk, "256M");
     assert!(!qemu.is_empty(), "QEMU ran the same boot sector");
     assert_eq!(
-        ours, qemu,
+        comparable(&ours, 256 << 20),
+        comparable(&qemu, 256 << 20),
         "the BIOS hands the guest the same things under both"
     );
+    // Low RAM ends at 256 MiB under both: the last entry below it ends there.
+    let low_end = |lines: &[String]| {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let base = u64::from_str_radix(f.get(1)?, 16).ok()?;
+                let len = u64::from_str_radix(f.get(2)?, 16).ok()?;
+                (base < 256 << 20).then_some(base + len)
+            })
+            .max()
+    };
+    assert_eq!(low_end(&ours), Some(256 << 20), "{ours:?}");
+    assert_eq!(low_end(&qemu), Some(256 << 20), "{qemu:?}");
 }
 
 #[test]
@@ -115,7 +151,8 @@ fn a_vm_without_installed_firmware_says_which_package_to_install() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("vm.ron"),
-        "(version: 1, name: \"bios\", memory: \"64M\", boot: Bios(firmware: None))\n",
+        "(version: 1, name: \"bios\", os: Linux, cpus: 1, memory: \"64M\", \
+         boot: Bios(firmware: None), display: (enabled: false))\n",
     )
     .unwrap();
     let out = Command::new(hospes_tests::vmm_binary())

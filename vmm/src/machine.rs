@@ -31,11 +31,7 @@ use crate::vstate::vcpu::{self, ExitBuses, RunControl, VcpuEvent, VcpuStart};
 use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
 use crate::vstate::{memory, vm};
 use hospes_devices::bus::{Bus, BusError, lock};
-use hospes_devices::fw_cfg::{
-    FW_CFG_PORT_DMA, FW_CFG_PORT_DMA_LEN, FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN,
-};
 use hospes_devices::legacy::debug_port::DebugPort;
-use hospes_devices::legacy::firmware_log::{FirmwareLog, LogSink};
 use hospes_devices::legacy::i8042::I8042;
 use hospes_devices::legacy::pm::PmBlock;
 use hospes_devices::legacy::port92::Port92;
@@ -326,6 +322,8 @@ pub struct Machine {
     pub config: MachineConfig,
     /// The keyboard controller: PS/2 keyboard and mouse input goes here.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The Q35 chipset of a firmware boot, for the PCI registration step.
+    pub chipset: Option<firmware::Platform>,
     kvm: Kvm,
     /// The loaded kernel's entry (direct kernel boot); None: firmware boot.
     boot: Option<boot::BootEntry>,
@@ -355,7 +353,12 @@ impl Machine {
             Some(_) => memory::create_for_firmware(config.memory)?,
             None => memory::create(config.memory)?,
         };
-        let mut setup = vm::VmSetup::start(vm::create_vm(&kvm)?, guest_memory.clone())?;
+        // Under firmware boot the chipset's PAM registers map the BIOS area.
+        let bios_area = config
+            .firmware
+            .as_ref()
+            .map(|_| (layout::BIOS_AREA_START, layout::HIMEM_START));
+        let mut setup = vm::VmSetup::start(vm::create_vm(&kvm)?, guest_memory.clone(), bios_area)?;
 
         let (boot, rom) = match &config.firmware {
             Some(fw) => (None, Some(firmware::SystemRom::load(&fw.image)?)),
@@ -383,31 +386,39 @@ impl Machine {
         pio.insert(Arc::new(Mutex::new(DebugPort::new())), 0x80, 1)?;
         pio.insert(Arc::new(Mutex::new(Port92::new(power.clone()))), 0x92, 1)?;
         let sci = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::SCI_IRQ));
-        let pm = Arc::new(Mutex::new(PmBlock::new(sci, power)));
-        pio.insert(
-            pm.clone(),
-            u64::from(layout::PM_BASE),
-            u64::from(layout::PM_LEN),
-        )?;
         let mut mmio = Bus::new();
-        if let (Some(fw), Some(rom)) = (&config.firmware, &rom) {
-            rom.map(
-                &vm_fd,
-                &mut mmio,
-                &guest_memory,
-                fw.kind == firmware::FirmwareKind::Bios,
-            )?;
-            pio.insert(
-                Arc::new(Mutex::new(FirmwareLog::new(Box::new(LogSink)))),
-                u64::from(layout::FW_DEBUG_PORT),
-                1,
-            )?;
-            let cfg = firmware::fw_cfg(fw, config.cpus, config.memory, &guest_memory)
-                .map_err(firmware::FirmwareError::FwCfg)?;
-            let cfg = Arc::new(Mutex::new(cfg));
-            pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
-            pio.insert(cfg, FW_CFG_PORT_DMA, FW_CFG_PORT_DMA_LEN)?;
-        }
+        let pio_bus;
+        let mut chipset = None;
+        let pm = match (&config.firmware, &rom) {
+            (Some(fw), Some(rom)) => {
+                // The ICH9 PM block appears where the firmware programs PMBASE.
+                let pm = Arc::new(Mutex::new(PmBlock::new_ich9(sci, power.clone())));
+                pio_bus = Arc::new(RwLock::new(pio));
+                chipset = Some(firmware::Platform::build(firmware::PlatformParts {
+                    fw,
+                    cpus: config.cpus,
+                    memory: config.memory,
+                    vm: &vm_fd,
+                    guest_memory: &guest_memory,
+                    rom,
+                    pio: &pio_bus,
+                    mmio: &mut mmio,
+                    pm: &pm,
+                    power,
+                })?);
+                pm
+            }
+            _ => {
+                let pm = Arc::new(Mutex::new(PmBlock::new(sci, power)));
+                pio.insert(
+                    pm.clone(),
+                    u64::from(layout::PM_BASE),
+                    u64::from(layout::PM_LEN),
+                )?;
+                pio_bus = Arc::new(RwLock::new(pio));
+                pm
+            }
+        };
         let mut slot = lock(&handle.inner.pm);
         if std::mem::take(&mut slot.button_latched) {
             lock(&pm).press_power_button();
@@ -416,8 +427,9 @@ impl Machine {
         drop(slot);
 
         Ok(Self {
-            pio_bus: Arc::new(RwLock::new(pio)),
+            pio_bus,
             mmio_bus: Arc::new(RwLock::new(mmio)),
+            chipset,
             vm_fd,
             guest_memory,
             config: config.clone(),

@@ -362,6 +362,18 @@ impl ChipsetFunction for Q35Host {
     }
 }
 
+/// The PCI root's movable ECAM window follows PCIEXBAR.
+impl EcamWindow for crate::pci::root::EcamOverlay {
+    fn set(&self, window: Option<EcamRange>) {
+        let range = window.map(|w| (w.base, w.len));
+        if !crate::pci::root::EcamOverlay::set(self, range) {
+            crate::guest_warn!(
+                "PCIEXBAR puts the ECAM window at {range:x?}, outside the PCI window: not decoded"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

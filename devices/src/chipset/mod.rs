@@ -20,6 +20,7 @@ pub mod lpc;
 pub mod mch;
 pub mod regs;
 pub mod reset_control;
+pub mod shadow;
 
 pub use apm::Apm;
 pub use lpc::{Ich9Lpc, PmRelocator};

@@ -12,7 +12,7 @@
 //! its write lock and deadlock. The window's own bus has no such reader, and holding no PCI
 //! lock while taking it keeps a vCPU in a BAR access and a vCPU moving that BAR apart.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::PciError;
 use super::config::{BarChange, PciConfig, PciIds};
@@ -314,14 +314,77 @@ impl BusDevice for PciConfigMmio {
 
 /// The host bridge's MMIO forwarding window: insert it on the machine's MMIO bus over the
 /// PCI MMIO window; it forwards each access to the BAR bus, where BARs come and go as the
-/// guest programs them.
+/// guest programs them, or to a movable ECAM window inside it ([`EcamOverlay`]).
 pub struct PciMmioWindow {
     bars: Arc<RwLock<Bus>>,
+    ecam: Option<Arc<EcamOverlay>>,
 }
 
 impl PciMmioWindow {
     pub fn new(bars: Arc<RwLock<Bus>>) -> Self {
-        Self { bars }
+        Self { bars, ecam: None }
+    }
+
+    /// A window that also decodes `ecam` wherever the chipset currently places it.
+    pub fn with_ecam(bars: Arc<RwLock<Bus>>, ecam: Arc<EcamOverlay>) -> Self {
+        Self {
+            bars,
+            ecam: Some(ecam),
+        }
+    }
+}
+
+/// An ECAM window the chipset moves at run time (the Q35 MCH's PCIEXBAR): configuration
+/// access over MMIO at whatever base the firmware programs, decoded by the
+/// [`PciMmioWindow`] it sits in, so a move changes one field and no bus.
+pub struct EcamOverlay {
+    /// `(base, len)` while decoding is on.
+    range: Mutex<Option<(u64, u64)>>,
+    /// Where the window may be: the PCI window holding it.
+    limits: (u64, u64),
+    /// The root it reaches, once connected (the host bridge that moves the window is
+    /// built before the root that holds it).
+    config: OnceLock<Mutex<PciConfigMmio>>,
+}
+
+impl EcamOverlay {
+    /// An overlay allowed anywhere inside `[limits.0, limits.1)`, decoding nothing until
+    /// [`connect`](Self::connect)ed and [`set`](Self::set).
+    pub fn new(limits: (u64, u64)) -> Self {
+        Self {
+            range: Mutex::new(None),
+            limits,
+            config: OnceLock::new(),
+        }
+    }
+
+    /// Connects the window to `root` (once; later calls are ignored).
+    pub fn connect(&self, root: Arc<Mutex<PciRoot>>, relocator: Option<Arc<dyn BarRelocator>>) {
+        let _ = self
+            .config
+            .set(Mutex::new(PciConfigMmio::new(root, relocator)));
+    }
+
+    /// Moves the window to `(base, len)`, or turns it off. A window outside the limits
+    /// (over RAM or the APIC pages) is refused: decoding stays off and false is returned.
+    pub fn set(&self, range: Option<(u64, u64)>) -> bool {
+        let fits = range.is_none_or(|(base, len)| {
+            base >= self.limits.0 && base.checked_add(len).is_some_and(|e| e <= self.limits.1)
+        });
+        *lock(&self.range) = if fits { range } else { None };
+        fits
+    }
+
+    /// The window now decoded.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        *lock(&self.range)
+    }
+
+    /// The offset of `addr` in the window, if the window holds the access.
+    fn hit(&self, addr: u64, len: usize) -> Option<(u64, u64)> {
+        let (base, size) = (*lock(&self.range))?;
+        let off = addr.checked_sub(base)?;
+        (off.checked_add(len as u64)? <= size).then_some((base, off))
     }
 }
 
@@ -332,15 +395,29 @@ fn read_lock(bus: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
 
 impl BusDevice for PciMmioWindow {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
-        if let Some(addr) = base.checked_add(offset) {
-            read_lock(&self.bars).read(addr, data);
+        let Some(addr) = base.checked_add(offset) else {
+            return;
+        };
+        if let Some(ecam) = &self.ecam
+            && let Some((b, off)) = ecam.hit(addr, data.len())
+            && let Some(config) = ecam.config.get()
+        {
+            return lock(config).read(b, off, data);
         }
+        read_lock(&self.bars).read(addr, data);
     }
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
-        if let Some(addr) = base.checked_add(offset) {
-            read_lock(&self.bars).write(addr, data);
+        let Some(addr) = base.checked_add(offset) else {
+            return;
+        };
+        if let Some(ecam) = &self.ecam
+            && let Some((b, off)) = ecam.hit(addr, data.len())
+            && let Some(config) = ecam.config.get()
+        {
+            return lock(config).write(b, off, data);
         }
+        read_lock(&self.bars).write(addr, data);
     }
 }
 
@@ -405,6 +482,38 @@ impl BusDevice for HostBridge {
 mod tests {
     use super::*;
     use crate::pci::config::{BarKind, COMMAND_MEMORY, REG_BAR0, REG_COMMAND_STATUS};
+
+    #[test]
+    fn the_ecam_overlay_decodes_where_it_is_set_and_only_inside_the_window() {
+        let mut root = PciRoot::new();
+        root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))
+            .unwrap();
+        let root = Arc::new(Mutex::new(root));
+        let ecam = Arc::new(EcamOverlay::new((0x8000_0000, 0xfec0_0000)));
+        ecam.connect(root, None);
+        let bars = Arc::new(RwLock::new(Bus::new()));
+        let mut window = PciMmioWindow::with_ecam(bars, ecam.clone());
+        let mut id = [0u8; 4];
+        window.read(0x8000_0000, 0x3000_0000, &mut id);
+        assert_eq!(
+            id, [0xff; 4],
+            "nothing decodes before the chipset enables ECAM"
+        );
+        assert!(ecam.set(Some((0xb000_0000, 0x1000_0000))));
+        window.read(0x8000_0000, 0x3000_0000, &mut id);
+        assert_eq!(
+            u32::from_le_bytes(id),
+            0x1237_8086,
+            "00:00.0's ids through ECAM"
+        );
+        assert!(
+            !ecam.set(Some((0x1000_0000, 0x1000_0000))),
+            "over RAM: refused"
+        );
+        assert_eq!(ecam.range(), None);
+        window.read(0x8000_0000, 0x3000_0000, &mut id);
+        assert_eq!(id, [0xff; 4]);
+    }
 
     struct Dummy {
         config: PciConfig,

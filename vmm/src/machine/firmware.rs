@@ -2,24 +2,38 @@
 //! alias in the BIOS area, and the firmware-facing devices a PC has besides the chipset.
 //!
 //! Data flow at each boot ([`Machine::new`](super::Machine) when the config names
-//! firmware): [`SystemRom::load`] reads the image; [`SystemRom::map`] puts it read-only
+//! firmware): [`SystemRom::load`] reads the image; [`Platform::build`] maps it read-only
 //! just below 4 GiB as a KVM slot (reads at memory speed, writes exit and land on a
-//! [`RomDevice`] that drops them) and, for a BIOS, copies its last 128 KiB to
-//! 0xe0000..0x100000, where a PC's chipset shows it after reset; the vCPU then starts at
-//! the reset vector 0xffff_fff0 inside the ROM.
+//! [`RomDevice`] that drops them), builds the Q35 chipset (the MCH, whose PAM registers
+//! show the ROM's last 128 KiB or shadow RAM at 0xe0000..0x100000 through
+//! `vstate::shadow`; the ICH9 LPC bridge, which places the ACPI PM block; the reset
+//! control register) and the firmware's own devices: fw_cfg with what the firmware reads
+//! about the machine ([`fw_cfg`]) and the 0x402 log. The PCI registration step puts the
+//! MCH and LPC on bus 0 (`machine::pci`); the vCPU starts at the reset vector 0xffff_fff0
+//! inside the ROM.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_ioctls::VmFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::layout;
 use crate::arch::x86_64::smbios::{EntryPoint, SmbiosInfo, smbios_tables};
 use crate::vstate::rom;
-use hospes_devices::bus::{Bus, BusDevice, BusError};
+use crate::vstate::shadow::KvmShadow;
+use hospes_devices::bus::{Bus, BusDevice, BusError, SharedDevice, lock};
+use hospes_devices::chipset::shadow::{BIOS_AREA_LEN, BIOS_AREA_START, ShadowArea};
+use hospes_devices::chipset::{Apm, Ich9Lpc, PmRelocator, Q35Host, ResetControl};
 use hospes_devices::framebuffer::FbMemory;
 use hospes_devices::fw_cfg::{E820_RAM, E820_RESERVED, FwCfg, FwCfgError, e820_table};
+use hospes_devices::fw_cfg::{
+    FW_CFG_PORT_DMA, FW_CFG_PORT_DMA_LEN, FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN,
+};
+use hospes_devices::legacy::PowerEvents;
+use hospes_devices::legacy::firmware_log::{FirmwareLog, LogSink};
+use hospes_devices::legacy::pm::PmBlock;
+use hospes_devices::pci::root::EcamOverlay;
 
 /// Which firmware a machine boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,8 +85,8 @@ pub enum FirmwareError {
     Alloc(#[source] hospes_devices::framebuffer::DisplayError),
     #[error("cannot map the firmware image into the VM")]
     Map(#[source] kvm_ioctls::Error),
-    #[error("cannot copy the BIOS into the BIOS area")]
-    LowAlias(#[source] vm_memory::GuestMemoryError),
+    #[error("cannot set up the BIOS area")]
+    Shadow(#[from] crate::vstate::shadow::ShadowError),
     #[error("cannot place the firmware image on the bus")]
     Bus(#[from] BusError),
     #[error("cannot fill the firmware configuration")]
@@ -123,6 +137,125 @@ pub fn fw_cfg(
     Ok(cfg)
 }
 
+/// The Q35 platform of one firmware boot: the chipset functions the PCI registration
+/// step puts on bus 0, and the movable ECAM window.
+pub struct Platform {
+    /// 00:00.0.
+    pub host: Arc<Mutex<Q35Host>>,
+    /// 00:1f.0.
+    pub lpc: Arc<Mutex<Ich9Lpc>>,
+    /// The reset control register at 0xcf9, inside the PCI configuration ports.
+    pub reset: SharedDevice,
+    /// ECAM where PCIEXBAR says, inside the 32-bit PCI window.
+    pub ecam: Arc<EcamOverlay>,
+    /// The 32-bit PCI window, `(start, end)`.
+    pub window: (u64, u64),
+}
+
+/// What [`Platform::build`] needs.
+pub struct PlatformParts<'a> {
+    pub fw: &'a FirmwareConfig,
+    pub cpus: u32,
+    pub memory: u64,
+    pub vm: &'a Arc<VmFd>,
+    pub guest_memory: &'a GuestMemoryMmap,
+    pub rom: &'a SystemRom,
+    pub pio: &'a Arc<RwLock<Bus>>,
+    pub mmio: &'a mut Bus,
+    /// The ICH9 ACPI PM block, placed where the firmware programs PMBASE.
+    pub pm: &'a Arc<Mutex<PmBlock>>,
+    pub power: Arc<dyn PowerEvents>,
+}
+
+impl Platform {
+    /// Maps the ROM, builds the chipset (PAM-governed BIOS area, movable ECAM and PM
+    /// block, reset control, APM ports) and the firmware's devices (fw_cfg, the 0x402
+    /// log).
+    pub fn build(p: PlatformParts<'_>) -> Result<Self, FirmwareError> {
+        p.rom.map(p.vm, p.mmio)?;
+        let area = Arc::new(Mutex::new(ShadowArea::new(
+            p.guest_memory.clone(),
+            p.rom.memory(),
+            p.rom.low_alias_offset(),
+        )));
+        p.mmio
+            .insert(area.clone(), BIOS_AREA_START, BIOS_AREA_LEN)?;
+        let shadow = KvmShadow::new(
+            p.vm.clone(),
+            p.guest_memory,
+            area,
+            p.rom.memory(),
+            p.rom.low_alias_offset(),
+        )?;
+        let low = layout::firmware_low_ram(p.memory);
+        let window = (low.max(FW_PCI_WINDOW_MIN), layout::FW_PCI_MMIO_END);
+        let ecam = Arc::new(EcamOverlay::new(window));
+        let host = Q35Host::new(low, ecam.clone(), Arc::new(shadow));
+        let lpc = Ich9Lpc::new(Arc::new(PmMover {
+            pio: p.pio.clone(),
+            pm: p.pm.clone(),
+            at: Mutex::new(None),
+        }));
+
+        let cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
+        let cfg = Arc::new(Mutex::new(cfg));
+        let mut pio = p.pio.write().unwrap_or_else(|e| e.into_inner());
+        pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
+        pio.insert(cfg, FW_CFG_PORT_DMA, FW_CFG_PORT_DMA_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(FirmwareLog::new(Box::new(LogSink)))),
+            u64::from(layout::FW_DEBUG_PORT),
+            1,
+        )?;
+        pio.insert(Arc::new(Mutex::new(Apm::new())), APM_PORT, APM_LEN)?;
+        Ok(Self {
+            host: Arc::new(Mutex::new(host)),
+            lpc: Arc::new(Mutex::new(lpc)),
+            reset: Arc::new(Mutex::new(ResetControl::new(p.power))),
+            ecam,
+            window,
+        })
+    }
+}
+
+/// The 32-bit PCI window starts at 2 GiB at the lowest (SeaBIOS's ECAM at 0xb000_0000
+/// must fall inside it).
+const FW_PCI_WINDOW_MIN: u64 = 0x8000_0000;
+/// The APM control and status ports.
+const APM_PORT: u64 = 0xb2;
+const APM_LEN: u64 = 2;
+
+/// Moves the ICH9 PM block on the port bus when the firmware programs PMBASE and
+/// ACPI_EN. Called from a configuration write: the vCPU holds no bus lock then (it looks
+/// devices up and releases the bus before accessing them), so taking the write lock is safe.
+struct PmMover {
+    pio: Arc<RwLock<Bus>>,
+    pm: Arc<Mutex<PmBlock>>,
+    at: Mutex<Option<u16>>,
+}
+
+impl PmRelocator for PmMover {
+    fn set(&self, base: Option<u16>) {
+        let mut at = lock(&self.at);
+        if *at == base {
+            return;
+        }
+        let len = lock(&self.pm).layout().block_len();
+        let mut bus = self.pio.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = at.take() {
+            let _ = bus.remove(u64::from(old));
+        }
+        if let Some(new) = base {
+            match bus.insert(self.pm.clone(), u64::from(new), len) {
+                Ok(()) => *at = Some(new),
+                Err(e) => hospes_devices::guest_warn!(
+                    "PMBASE {new:#x} puts the ACPI PM block over another device: {e}"
+                ),
+            }
+        }
+    }
+}
+
 /// The system ROM of one boot.
 pub struct SystemRom {
     mem: Arc<FbMemory>,
@@ -137,7 +270,7 @@ impl SystemRom {
             source,
         })?;
         let len = bytes.len() as u64;
-        if !(MIN_ROM..=MAX_ROM).contains(&len) || len % 4096 != 0 {
+        if !(MIN_ROM..=MAX_ROM).contains(&len) || !len.is_multiple_of(4096) {
             return Err(FirmwareError::BadSize {
                 path: path.to_path_buf(),
                 len,
@@ -149,6 +282,11 @@ impl SystemRom {
             mem: Arc::new(mem),
             len,
         })
+    }
+
+    /// The image's memory.
+    pub fn memory(&self) -> Arc<FbMemory> {
+        self.mem.clone()
     }
 
     /// Where the image starts: it ends at 4 GiB.
@@ -167,14 +305,9 @@ impl SystemRom {
     }
 
     /// Maps the image below 4 GiB (KVM slot `rom::ROM_SLOT_BASE`) with its write sink on
-    /// `mmio`; with `low_alias`, copies its last 128 KiB to 0xe0000 in `mem`.
-    pub fn map(
-        &self,
-        vm: &VmFd,
-        mmio: &mut Bus,
-        mem: &GuestMemoryMmap,
-        low_alias: bool,
-    ) -> Result<(), FirmwareError> {
+    /// `mmio`. Its last 128 KiB also show at 0xe0000 while the chipset's PAM registers
+    /// say so (see `vstate::shadow`).
+    pub fn map(&self, vm: &VmFd, mmio: &mut Bus) -> Result<(), FirmwareError> {
         rom::map_readonly(vm, rom::ROM_SLOT_BASE, self.base(), &self.mem, self.len)
             .map_err(FirmwareError::Map)?;
         mmio.insert(
@@ -184,14 +317,12 @@ impl SystemRom {
             self.base(),
             self.len,
         )?;
-        if low_alias {
-            let alias = LOW_ALIAS_LEN.min(self.len);
-            let mut tail = vec![0u8; alias as usize];
-            self.mem.read((self.len - alias) as usize, &mut tail);
-            mem.write_slice(&tail, GuestAddress(layout::HIMEM_START - alias))
-                .map_err(FirmwareError::LowAlias)?;
-        }
         Ok(())
+    }
+
+    /// Offset in the image of the byte shown at 0xe0000 (the low alias's start).
+    pub fn low_alias_offset(&self) -> usize {
+        (self.len - LOW_ALIAS_LEN.min(self.len)) as usize
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use kvm_ioctls::VmFd;
 
 use crate::arch::x86_64::layout;
+use crate::machine::firmware::Platform;
 use crate::machine::{Machine, MachineError};
 use crate::vstate::pci_kvm::{KvmGsiRouter, KvmIoEvents, KvmMsixVectors};
 use hospes_core::error_chain;
@@ -31,6 +32,9 @@ use hospes_devices::virtio::rng::Rng;
 use hospes_devices::virtio::{
     GuestMemory, IoEventRegistrar, MsiRoutes, MsixInterrupt, VirtioDevice, VirtioError,
 };
+
+/// The ICH9 LPC bridge's slot (00:1f.0), where firmware looks for it.
+pub const LPC_SLOT: usize = 0x1f;
 
 /// Ports of configuration mechanism #1.
 pub const CONFIG_IO_PORT: u64 = 0xcf8;
@@ -79,6 +83,10 @@ pub struct PciParams<'a> {
     pub high_mmio_window: Option<(u64, u64)>,
     /// ECAM base and size (`layout::PCI_ECAM_START`, `PCI_ECAM_SIZE`); `None` for none.
     pub ecam: Option<(u64, u64)>,
+    /// The Q35 chipset of a firmware boot: its MCH at 00:00.0 and LPC bridge at 00:1f.0
+    /// replace the i440FX host bridge, its movable ECAM window replaces `ecam`, and its
+    /// window replaces `mmio_window`. None for direct kernel boot.
+    pub platform: Option<&'a Platform>,
     pub disks: &'a [DiskSpec],
     pub rng: bool,
     /// More virtio devices (network, sound), placed after virtio-rng in this order.
@@ -167,11 +175,15 @@ pub fn attach_pci(
     let bar_bus = Arc::new(RwLock::new(Bus::new()));
     let relocator: Arc<dyn BarRelocator> = bar_bus.clone();
     let mut root = PciRoot::new();
-    root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))?;
-    let mut alloc = BarAllocator::new(
-        p.mmio_window.0,
-        p.mmio_window.1.saturating_sub(p.mmio_window.0),
-    );
+    let mmio_window = p.platform.map_or(p.mmio_window, |q35| q35.window);
+    match p.platform {
+        Some(q35) => {
+            root.add_device(0, q35.host.clone())?;
+            root.add_device(LPC_SLOT, q35.lpc.clone())?;
+        }
+        None => root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))?,
+    }
+    let mut alloc = BarAllocator::new(mmio_window.0, mmio_window.1.saturating_sub(mmio_window.0));
     let mut devices = Vec::new();
     for model in models {
         let vectors = model.queue_max_sizes().len() as u16 + 1;
@@ -203,19 +215,33 @@ pub fn attach_pci(
     }
 
     let root = Arc::new(Mutex::new(root));
-    for (start, end) in std::iter::once(p.mmio_window).chain(p.high_mmio_window) {
-        let window = Arc::new(Mutex::new(PciMmioWindow::new(bar_bus.clone())));
-        mmio.insert(window, start, end.saturating_sub(start))?;
+    for (i, (start, end)) in std::iter::once(mmio_window)
+        .chain(p.high_mmio_window)
+        .enumerate()
+    {
+        let window = match p.platform {
+            Some(q35) if i == 0 => {
+                q35.ecam.connect(root.clone(), Some(relocator.clone()));
+                PciMmioWindow::with_ecam(bar_bus.clone(), q35.ecam.clone())
+            }
+            _ => PciMmioWindow::new(bar_bus.clone()),
+        };
+        mmio.insert(
+            Arc::new(Mutex::new(window)),
+            start,
+            end.saturating_sub(start),
+        )?;
+    }
+    let mut config_io = PciConfigIo::new(root.clone(), Some(relocator.clone()));
+    if let Some(q35) = p.platform {
+        config_io = config_io.with_reset_control(q35.reset.clone());
     }
     pio.insert(
-        Arc::new(Mutex::new(PciConfigIo::new(
-            root.clone(),
-            Some(relocator.clone()),
-        ))),
+        Arc::new(Mutex::new(config_io)),
         CONFIG_IO_PORT,
         CONFIG_IO_LEN,
     )?;
-    if let Some((base, len)) = p.ecam {
+    if let (Some((base, len)), None) = (p.ecam, p.platform) {
         mmio.insert(
             Arc::new(Mutex::new(PciConfigMmio::new(
                 root.clone(),
@@ -290,21 +316,7 @@ pub fn attach_pci_to_machine(
     rng: bool,
     extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<PciSetup, MachineError> {
-    let firmware = machine.config.firmware.is_some();
     let high = layout::high_mmio_start(machine.config.memory);
-    // Firmware assigns BARs itself: SeaBIOS from the top of the 32-bit space down to the
-    // IOAPIC, with the ECAM window where it programs PCIEXBAR.
-    let (mmio_window, ecam) = if firmware {
-        (
-            (layout::PCI_MMIO_START, layout::FW_PCI_MMIO_END),
-            (layout::FW_ECAM_DEFAULT, layout::PCI_ECAM_SIZE),
-        )
-    } else {
-        (
-            (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
-            (layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE),
-        )
-    };
     let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
     let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
     attach_pci(
@@ -313,10 +325,11 @@ pub fn attach_pci_to_machine(
         PciParams {
             mem: machine.guest_memory.clone(),
             vm: Some(machine.vm_fd.clone()),
-            mmio_window,
+            mmio_window: (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
             // The windows the DSDT's root bridge _CRS announces, where a guest may move BARs.
             high_mmio_window: Some((high, high + layout::HIGH_MMIO_SIZE)),
-            ecam: Some(ecam),
+            ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
+            platform: machine.chipset.as_ref(),
             disks,
             rng,
             extra,
@@ -335,6 +348,7 @@ pub(crate) fn test_params(disks: &[DiskSpec], rng: bool) -> PciParams<'_> {
         mmio_window: (0xc000_0000, 0xe000_0000),
         high_mmio_window: None,
         ecam: Some((0xe000_0000, 0x1000_0000)),
+        platform: None,
         disks,
         rng,
         extra: Vec::new(),

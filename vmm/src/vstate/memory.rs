@@ -39,22 +39,39 @@ fn create_at(size: u64, ranges: Vec<(u64, u64)>) -> Result<GuestMemoryMmap, Memo
     GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Map(size, e))
 }
 
-/// Registers every region of `mem` as a KVM memory slot, slots numbered from 0.
-pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
-    for (slot, region) in mem.iter().enumerate() {
+/// Registers every region of `mem` as KVM memory slots, slots numbered from 0, leaving
+/// out `hole` (`(start, end)`: the BIOS area under firmware boot, whose slots the
+/// chipset's PAM registers govern).
+pub fn register(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    hole: Option<(u64, u64)>,
+) -> Result<(), MemoryError> {
+    let mut slot = 0u32;
+    for region in mem.iter() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(MemoryError::HostAddress)?;
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
+            .map_err(MemoryError::HostAddress)? as u64;
+        let (start, end) = (region.start_addr().0, region.start_addr().0 + region.len());
+        let pieces = match hole {
+            Some((h0, h1)) if h0 < end && h1 > start => {
+                vec![(start, h0.max(start)), (h1.min(end), end)]
+            }
+            _ => vec![(start, end)],
         };
-        // SAFETY: the region is a live mapping owned by `mem`, which the caller keeps alive
-        // as long as the VM (the Machine owns both and drops the VM first).
-        unsafe { vm.set_user_memory_region(r) }.map_err(MemoryError::Register)?;
+        for (s, e) in pieces.into_iter().filter(|(s, e)| e > s) {
+            let r = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: s,
+                memory_size: e - s,
+                userspace_addr: host + (s - start),
+            };
+            // SAFETY: the range lies in a live mapping owned by `mem`, which the caller
+            // keeps alive as long as the VM (the Machine owns both and drops the VM first).
+            unsafe { vm.set_user_memory_region(r) }.map_err(MemoryError::Register)?;
+            slot += 1;
+        }
     }
     Ok(())
 }

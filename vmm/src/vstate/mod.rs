@@ -2,12 +2,14 @@
 //! memory and its KVM memory slots ([`memory`]), the vCPUs with their run loop and the
 //! kick signal ([`vcpu`]), and the KVM side of the device models' traits: MSI routes,
 //! irqfds and ioeventfds for PCI devices ([`pci_kvm`]), the framebuffer's memory slot with
-//! dirty-page logging ([`fb_slot`]), firmware images as read-only slots ([`rom`]). This is
-//! the only module of Hospes that calls KVM.
+//! dirty-page logging ([`fb_slot`]), firmware images as read-only slots ([`rom`]), the BIOS
+//! area under the chipset's PAM registers ([`shadow`]). This is the only module of Hospes
+//! that calls KVM.
 
 pub mod fb_slot;
 pub mod memory;
 pub mod pci_kvm;
 pub mod rom;
+pub mod shadow;
 pub mod vcpu;
 pub mod vm;

@@ -320,10 +320,31 @@ fn read_bus(bus: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
     bus.read().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Reads through `bus` with the bus unlocked during the device access, so a device may
+/// move devices on it (the ICH9 PM block follows PMBASE). False when no device claims it;
+/// `data` then holds all-ones, what an unclaimed cycle returns.
+fn bus_read(bus: &RwLock<Bus>, addr: u64, data: &mut [u8]) -> bool {
+    data.fill(0xff);
+    let Some((device, base, offset)) = read_bus(bus).route(addr, data.len()) else {
+        return false;
+    };
+    lock(&device).read(base, offset, data);
+    true
+}
+
+/// Writes through `bus` as [`bus_read`] reads.
+fn bus_write(bus: &RwLock<Bus>, addr: u64, data: &[u8]) -> bool {
+    let Some((device, base, offset)) = read_bus(bus).route(addr, data.len()) else {
+        return false;
+    };
+    lock(&device).write(base, offset, data);
+    true
+}
+
 fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &ExitBuses) -> Option<VcpuEvent> {
     match exit {
         VcpuExit::IoIn(port, data) => {
-            if !read_bus(&buses.pio).read(u64::from(port), data) {
+            if !bus_read(&buses.pio, u64::from(port), data) {
                 hospes_devices::guest_warn!(
                     "unhandled port read {port:#06x} ({} bytes)",
                     data.len()
@@ -331,17 +352,17 @@ fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &ExitBuses) -> Option<Vcpu
             }
         }
         VcpuExit::IoOut(port, data) => {
-            if !read_bus(&buses.pio).write(u64::from(port), data) {
+            if !bus_write(&buses.pio, u64::from(port), data) {
                 hospes_devices::guest_warn!("unhandled port write {port:#06x} <- {data:02x?}");
             }
         }
         VcpuExit::MmioRead(addr, data) => {
-            if !read_bus(&buses.mmio).read(addr, data) {
+            if !bus_read(&buses.mmio, addr, data) {
                 hospes_devices::guest_warn!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
             }
         }
         VcpuExit::MmioWrite(addr, data) => {
-            if !read_bus(&buses.mmio).write(addr, data) {
+            if !bus_write(&buses.mmio, addr, data) {
                 hospes_devices::guest_warn!("unhandled MMIO write {addr:#x} <- {data:02x?}");
             }
         }

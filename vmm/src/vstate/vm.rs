@@ -75,14 +75,19 @@ pub struct VmSetup {
 
 impl VmSetup {
     /// Starts setting up `vm` with `memory` as its RAM.
-    pub fn start(vm: VmFd, memory: GuestMemoryMmap) -> Result<Self, VmError> {
+    /// `hole` is a range of `memory` left out of the slots (see `memory::register`).
+    pub fn start(
+        vm: VmFd,
+        memory: GuestMemoryMmap,
+        hole: Option<(u64, u64)>,
+    ) -> Result<Self, VmError> {
         let vm = Arc::new(vm);
         let (tx, rx) = mpsc::sync_channel(1);
         let kernel_vm = vm.clone();
         let thread = std::thread::Builder::new()
             .name("vm-setup".into())
             .spawn(move || {
-                let first = setup_irqchip(&kernel_vm, &memory);
+                let first = setup_irqchip(&kernel_vm, &memory, hole);
                 let ok = first.is_ok();
                 let _ = tx.send(first);
                 drop(memory);
@@ -129,8 +134,12 @@ impl Drop for VmSetup {
     }
 }
 
-fn setup_irqchip(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {
-    super::memory::register(vm, memory)?;
+fn setup_irqchip(
+    vm: &VmFd,
+    memory: &GuestMemoryMmap,
+    hole: Option<(u64, u64)>,
+) -> Result<(), VmError> {
+    super::memory::register(vm, memory, hole)?;
     vm.set_tss_address(layout::KVM_TSS as usize)
         .map_err(|e| VmError::Setup("TSS address", e))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP)

@@ -110,13 +110,8 @@ pub const BIOS_AREA_START: u64 = 0xc_0000;
 pub const BIOS_LOW_ALIAS: u64 = 0xe_0000;
 /// End of the 32-bit PCI window under firmware boot: the IOAPIC page.
 pub const FW_PCI_MMIO_END: u64 = IOAPIC_START;
-/// Firmware boot: the ECAM window before the firmware programs PCIEXBAR (SeaBIOS
-/// moves it to 0xb000_0000, OVMF to 0xe000_0000).
-pub const FW_ECAM_DEFAULT: u64 = 0xb000_0000;
 /// The firmware debug console (SeaBIOS and OVMF write their log to port 0x402).
 pub const FW_DEBUG_PORT: u16 = 0x402;
-/// QEMU's fw_cfg selector and data ports.
-pub const FW_CFG_PORT: u16 = 0x510;
 
 /// Guest RAM placement under firmware boot: `(start, len)` pairs. Below 1 MiB the VGA
 /// window is left out; the BIOS area (0xc0000..0x100000) is RAM the chipset's PAM
