@@ -2,7 +2,7 @@
 //!
 //! Data flow: the port hands [`AtaDisk::execute`] the command's Register H2D FIS and the
 //! command's [`Transfer`]; DMA and PIO commands alike move their data through the PRDT (as
-//! AHCI does), in chunks of [`CHUNK`] bytes between the image and guest memory. The answer
+//! AHCI does), streamed in chunks between the image and guest memory. The answer
 //! is a [`Reply`]: the task-file registers the device ends with, and whether it ends with a
 //! PIO Setup FIS (PIO data-in) or a Register D2H FIS. Any failure becomes ERR in the status
 //! and ABRT (or IDNF for an address past the end) in the error register.
@@ -14,8 +14,6 @@ use super::prdt::Transfer;
 
 /// Bytes per sector of a disk.
 pub const SECTOR: u64 = 512;
-/// Bytes moved between the image and guest memory at a time.
-pub const CHUNK: usize = 64 << 10;
 
 /// ATA Status register bits (ATA8-ACS §6.1.9).
 pub const STATUS_BSY: u8 = 0x80;
@@ -173,6 +171,27 @@ impl IdentifyData {
         for (i, pair) in bytes.chunks_exact(2).enumerate() {
             self.set(word + i, u16::from_be_bytes([pair[0], pair[1]]));
         }
+    }
+
+    /// The words a disk and a packet device share: serial, firmware revision and model
+    /// strings, capabilities (IORDY, LBA, DMA), transfer modes, SATA speeds, versions.
+    pub fn set_common(&mut self, serial: &str, model: &str, mode: XferMode) {
+        self.set_string(10, 10, serial);
+        self.set_string(23, 4, env!("CARGO_PKG_VERSION"));
+        self.set_string(27, 20, model);
+        self.set(49, 1 << 11 | 1 << 9 | 1 << 8);
+        let (w63, w88) = mode.words();
+        self.set(63, w63);
+        // Word 64: PIO modes 3 and 4; words 65-68: cycle times in ns.
+        self.set(64, 0x0003);
+        for w in 65..=68 {
+            self.set(w, 120);
+        }
+        // Word 76: SATA Gen1, Gen2 and Gen3 signalling speeds.
+        self.set(76, 1 << 3 | 1 << 2 | 1 << 1);
+        // Word 80: ATA/ATAPI-4 to ATA8-ACS.
+        self.set(80, 0x01f0);
+        self.set(88, w88);
     }
 
     /// Sets word 255: the signature 0xA5 and the checksum that makes all 512 bytes sum to 0.
@@ -342,21 +361,7 @@ impl AtaDisk {
 
     fn read(&self, lba: u64, count: u64, xfer: &mut Transfer) -> Result<(), AhciError> {
         self.check_range(lba, count)?;
-        let bytes = count * SECTOR;
-        if xfer.capacity() < bytes {
-            return Err(AhciError::PrdtTooShort);
-        }
-        let mut buf = vec![0u8; CHUNK.min(bytes as usize)];
-        let mut offset = lba * SECTOR;
-        let end = offset + bytes;
-        while offset < end {
-            let n = ((end - offset) as usize).min(buf.len());
-            let chunk = buf.get_mut(..n).ok_or(AhciError::PrdtTooShort)?;
-            self.medium.read_at(chunk, offset)?;
-            xfer.put(chunk)?;
-            offset += n as u64;
-        }
-        Ok(())
+        self.medium.read_into(xfer, lba * SECTOR, count * SECTOR)
     }
 
     fn write(&self, lba: u64, count: u64, xfer: &mut Transfer) -> Result<(), AhciError> {
@@ -364,20 +369,7 @@ impl AtaDisk {
             return Err(AhciError::ReadOnly);
         }
         self.check_range(lba, count)?;
-        let bytes = count * SECTOR;
-        if xfer.capacity() < bytes {
-            return Err(AhciError::PrdtTooShort);
-        }
-        let mut buf = vec![0u8; CHUNK.min(bytes as usize)];
-        let mut offset = lba * SECTOR;
-        let end = offset + bytes;
-        while offset < end {
-            let n = ((end - offset) as usize).min(buf.len());
-            let chunk = buf.get_mut(..n).ok_or(AhciError::PrdtTooShort)?;
-            xfer.take(chunk)?;
-            self.medium.write_at(chunk, offset)?;
-            offset += n as u64;
-        }
+        self.medium.write_from(xfer, lba * SECTOR, count * SECTOR)?;
         if !self.write_cache {
             self.medium.flush()?;
         }
@@ -411,13 +403,10 @@ impl AtaDisk {
         id.set(1, cylinders as u16);
         id.set(3, HEADS as u16);
         id.set(6, SECTORS_PER_TRACK as u16);
-        id.set_string(10, 10, &self.serial);
-        id.set_string(23, 4, env!("CARGO_PKG_VERSION"));
-        id.set_string(27, 20, "HOSPES HARDDISK");
+        id.set_common(&self.serial, "HOSPES HARDDISK", self.mode);
         // Word 47: READ/WRITE MULTIPLE up to 16 sectors per DRQ block.
         id.set(47, 0x8000 | u16::from(MAX_MULTIPLE));
-        // Word 49: IORDY, LBA, DMA. Word 50: bit 14 shall be one.
-        id.set(49, 1 << 11 | 1 << 9 | 1 << 8);
+        // Word 50: bit 14 shall be one.
         id.set(50, 0x4000);
         // Word 53: words 54-58, 64-70 and 88 are valid.
         id.set(53, 0x0007);
@@ -429,17 +418,6 @@ impl AtaDisk {
         id.set(59, 0x0100 | u16::from(self.multiple));
         id.set(60, lba28 as u16);
         id.set(61, (lba28 >> 16) as u16);
-        let (w63, w88) = self.mode.words();
-        id.set(63, w63);
-        // Word 64: PIO modes 3 and 4; words 65-68: cycle times in ns.
-        id.set(64, 0x0003);
-        for w in 65..=68 {
-            id.set(w, 120);
-        }
-        // Word 76: SATA Gen1, Gen2 and Gen3 signalling speeds.
-        id.set(76, 1 << 3 | 1 << 2 | 1 << 1);
-        // Word 80: ATA/ATAPI-4 to ATA8-ACS.
-        id.set(80, 0x01f0);
         // Words 82-87: command sets supported and enabled: NOP, look-ahead, write cache,
         // FLUSH CACHE, FLUSH CACHE EXT, 48-bit addresses.
         id.set(82, 1 << 14 | 1 << 6 | 1 << 5);
@@ -451,7 +429,6 @@ impl AtaDisk {
         );
         id.set(86, 1 << 13 | 1 << 12 | 1 << 10);
         id.set(87, 1 << 14);
-        id.set(88, w88);
         for (i, w) in (100..104).enumerate() {
             id.set(w, (sectors >> (16 * i)) as u16);
         }

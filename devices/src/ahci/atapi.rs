@@ -25,8 +25,6 @@ use super::prdt::Transfer;
 pub const SECTOR: u64 = 2048;
 /// Discs larger than this many sectors (80 minutes of CD) are reported as DVDs.
 const CD_MAX_SECTORS: u64 = 80 * 60 * 75;
-/// Bytes read from the image at a time.
-const CHUNK: usize = 64 << 10;
 /// MSF addresses start 2 seconds (150 frames) before LBA 0.
 const MSF_OFFSET: u64 = 150;
 
@@ -88,6 +86,10 @@ const INT_REASON_DONE: u16 = 0x03;
 /// TOC: control nibble of a data track, and ADR 1 (Q sub-channel position).
 const TOC_DATA_TRACK: u8 = 0x14;
 const TOC_LEAD_OUT: u8 = 0xaa;
+/// Full-TOC POINT values: first track, last track, lead-out start (MMC-5 §6.26.3.4).
+const TOC_POINT_FIRST_TRACK: u8 = 0xa0;
+const TOC_POINT_LAST_TRACK: u8 = 0xa1;
+const TOC_POINT_LEAD_OUT: u8 = 0xa2;
 
 /// Fixed-format sense data, as REQUEST SENSE returns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,21 +448,8 @@ impl Cdrom {
             Some(end) if end <= disc.sectors(SECTOR) => {}
             _ => return Err(Sense::LBA_RANGE.into()),
         }
-        let bytes = count * SECTOR;
-        if xfer.capacity() < bytes {
-            return Err(AhciError::PrdtTooShort.into());
-        }
-        let mut buf = vec![0u8; CHUNK.min(bytes as usize)];
-        let mut offset = lba * SECTOR;
-        let end = offset + bytes;
-        while offset < end {
-            let n = ((end - offset) as usize).min(buf.len());
-            let chunk = buf.get_mut(..n).ok_or(AhciError::PrdtTooShort)?;
-            disc.read_at(chunk, offset)?;
-            xfer.put(chunk)?;
-            offset += n as u64;
-        }
-        Ok(())
+        disc.read_into(xfer, lba * SECTOR, count * SECTOR)
+            .map_err(Into::into)
     }
 
     /// READ CD (MMC-5 §6.19) for user data only: the 2048 bytes of each sector.
@@ -477,7 +466,8 @@ impl Cdrom {
         }
     }
 
-    /// READ TOC/PMA/ATIP (MMC-5 §6.26), formats 0 (TOC) and 1 (session information).
+    /// READ TOC/PMA/ATIP (MMC-5 §6.26): formats 0 (TOC), 1 (session information) and 2
+    /// (full TOC).
     fn read_toc(&self, cdb: &[u8; 16], xfer: &mut Transfer) -> Result<(), Failure> {
         let sectors = self.sectors()?;
         let use_msf = cdb[1] & 2 != 0;
@@ -514,6 +504,23 @@ impl Cdrom {
                 b[3] = 1;
                 b.extend_from_slice(&[0, TOC_DATA_TRACK, 1, 0]);
                 b.extend_from_slice(&addr(0));
+            }
+            2 => {
+                // Full TOC of session 1 (always MSF): first track (A0), last track (A1),
+                // lead-out (A2), then track 1.
+                b[2] = 1;
+                b[3] = 1;
+                let [_, m, s, f] = msf(sectors);
+                let [_, m1, s1, f1] = msf(0);
+                for (point, p) in [
+                    (TOC_POINT_FIRST_TRACK, [1, 0, 0]),
+                    (TOC_POINT_LAST_TRACK, [1, 0, 0]),
+                    (TOC_POINT_LEAD_OUT, [m, s, f]),
+                    (1, [m1, s1, f1]),
+                ] {
+                    b.extend_from_slice(&[1, TOC_DATA_TRACK, 0, point, 0, 0, 0, 0]);
+                    b.extend_from_slice(&p);
+                }
             }
             _ => return Err(Sense::INVALID_FIELD.into()),
         }
@@ -671,26 +678,15 @@ impl Cdrom {
         let mut id = IdentifyData::new();
         // Word 0: ATAPI, CD/DVD device, removable, DRQ within 50 us, 12-byte packets.
         id.set(0, 0x8000 | 0x05 << 8 | 0x80 | 0x40);
-        id.set_string(10, 10, &self.serial);
-        id.set_string(23, 4, env!("CARGO_PKG_VERSION"));
-        id.set_string(27, 20, "HOSPES DVD-ROM");
-        id.set(49, 1 << 11 | 1 << 9 | 1 << 8);
+        id.set_common(&self.serial, "HOSPES DVD-ROM", self.mode);
+        // Words 64-70 and 88 are valid.
         id.set(53, 0x0006);
-        let (w63, w88) = self.mode.words();
-        id.set(63, w63);
-        id.set(64, 0x0003);
-        for w in 65..=68 {
-            id.set(w, 120);
-        }
-        id.set(76, 1 << 3 | 1 << 2 | 1 << 1);
-        id.set(80, 0x01f0);
         // PACKET and DEVICE RESET supported and enabled, NOP supported.
         id.set(82, 1 << 14 | 1 << 9 | 1 << 4);
         id.set(83, 1 << 14);
         id.set(84, 1 << 14);
         id.set(85, 1 << 14 | 1 << 9 | 1 << 4);
         id.set(87, 1 << 14);
-        id.set(88, w88);
         id.seal()
     }
 }

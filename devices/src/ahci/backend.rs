@@ -11,6 +11,10 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 use super::AhciError;
+use super::prdt::Transfer;
+
+/// Bytes moved between the image and guest memory at a time.
+const CHUNK: usize = 64 << 10;
 
 /// What kind of device a port holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +112,53 @@ impl Medium {
             return Ok(());
         }
         self.file.sync_data().map_err(AhciError::Image)
+    }
+
+    /// Streams `bytes` from byte `offset` of the image into guest memory through `xfer`.
+    /// The caller checked the range; a PRDT too short for all of it fails up front.
+    pub fn read_into(&self, xfer: &mut Transfer, offset: u64, bytes: u64) -> Result<(), AhciError> {
+        self.stream(xfer, offset, bytes, |m, x, chunk, at| {
+            m.read_at(chunk, at)?;
+            x.put(chunk)
+        })
+    }
+
+    /// Streams `bytes` from guest memory through `xfer` to byte `offset` of the image.
+    pub fn write_from(
+        &self,
+        xfer: &mut Transfer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<(), AhciError> {
+        if self.read_only {
+            return Err(AhciError::ReadOnly);
+        }
+        self.stream(xfer, offset, bytes, |m, x, chunk, at| {
+            x.take(chunk)?;
+            m.write_at(chunk, at)
+        })
+    }
+
+    fn stream(
+        &self,
+        xfer: &mut Transfer,
+        offset: u64,
+        bytes: u64,
+        mut step: impl FnMut(&Self, &mut Transfer, &mut [u8], u64) -> Result<(), AhciError>,
+    ) -> Result<(), AhciError> {
+        if xfer.capacity() < bytes {
+            return Err(AhciError::PrdtTooShort);
+        }
+        let mut buf = vec![0u8; CHUNK.min(usize::try_from(bytes).unwrap_or(CHUNK))];
+        let mut at = offset;
+        let end = offset.saturating_add(bytes);
+        while at < end {
+            let n = usize::try_from(end - at).map_or(buf.len(), |left| left.min(buf.len()));
+            let chunk = buf.get_mut(..n).ok_or(AhciError::PrdtTooShort)?;
+            step(self, xfer, chunk, at)?;
+            at += n as u64;
+        }
+        Ok(())
     }
 
     /// Gives the file back (an ejected disc).

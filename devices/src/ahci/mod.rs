@@ -189,13 +189,15 @@ impl Ahci {
             .ok_or(AhciError::NoPort { port: index })
     }
 
-    /// Resets the HBA (GHC.HR): global registers, every port and every device.
-    fn reset(&mut self) {
+    /// Resets the HBA as GHC.HR does (global registers, every port and device); the
+    /// machine calls it on a system reset too. Attached drives and discs stay.
+    pub fn reset(&mut self) {
         self.ghc = GHC_AE;
         self.is = 0;
         for p in &mut self.ports {
             p.reset(Some(&self.mem));
         }
+        self.update_irq();
     }
 
     /// Folds port interrupts into IS and sets INTA# to match.

@@ -169,8 +169,9 @@ impl AhciPort {
         p
     }
 
-    /// Plugs a device in. Meant for machine assembly, before the guest runs: the device
-    /// shows up at the next reset of the port (which firmware and every driver do first).
+    /// Plugs a device in, for machine assembly before the guest runs: PxSSTS and PxSIG
+    /// show it at once, and its signature FIS arrives when FIS reception is turned on.
+    /// Hot-plug while a guest runs is not modelled (no PxIS.PCS / PxSERR.DIAG.X).
     pub fn attach(&mut self, drive: Drive) -> Result<(), AhciError> {
         let device = match drive.kind {
             DriveKind::Disk => {

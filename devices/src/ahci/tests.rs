@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::port::*;
 use super::*;
 use crate::legacy::testing::RecordingIrq;
-use crate::pci::config::{REG_BAR0, REG_CLASS_REVISION, REG_ID};
+use crate::pci::config::{REG_BAR0, REG_CLASS_REVISION, REG_COMMAND_STATUS, REG_ID};
 
 const MEM_SIZE: usize = 4 << 20;
 const ABAR: u64 = 0xfebf_0000;
@@ -504,6 +504,14 @@ fn interrupt_rises_with_ghc_ie_and_falls_through_is_w1c() {
     assert!(d.level());
     d.hba.write(ABAR, 0x110, &[0x02]);
     assert_eq!(d.pr(0, PXIS) & IS_DHRS, IS_DHRS);
+    // INTx disable in the PCI command register masks the line.
+    d.hba.write_config(REG_COMMAND_STATUS, 0, &[0x06, 0x04]);
+    assert!(!d.level());
+    d.hba.write_config(REG_COMMAND_STATUS, 0, &[0x06, 0x00]);
+    assert!(d.level());
+    // An HBA reset drops it.
+    d.w(0x04, 1);
+    assert!(!d.level());
 }
 
 #[test]
@@ -668,6 +676,14 @@ fn read_toc_in_lba_and_msf_forms() {
     let (_, session) = d.packet([0x43, 0, 1, 0, 0, 0, 0, 0, 12, 0, 0, 0], 12);
     assert_eq!(&session[..4], &[0, 10, 1, 1]);
     assert_eq!(session[6], 1);
+    let (_, full) = d.packet([0x43, 2, 2, 0, 0, 0, 0, 0, 100, 0, 0, 0], 100);
+    assert_eq!(d.prdbc(1, 0), 4 + 4 * 11);
+    assert_eq!(&full[..4], &[0, 46, 1, 1]);
+    assert_eq!(full[4 + 3], 0xa0);
+    assert_eq!(
+        &full[4 + 22..4 + 33],
+        &[1, 0x14, 0, 0xa2, 0, 0, 0, 0, 0, 2, 64]
+    );
     // Formats not implemented are refused.
     let (is, _) = d.packet([0x43, 0, 5, 0, 0, 0, 0, 0, 12, 0, 0, 0], 12);
     assert_ne!(is & IS_TFES, 0);
