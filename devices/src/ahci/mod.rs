@@ -292,21 +292,35 @@ impl BusDevice for Ahci {
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        if offset & 3 != 0 || data.is_empty() {
-            crate::guest_warn!("ahci: unaligned ABAR write at {offset:#x}");
-            return;
-        }
-        for (i, dword) in data.chunks(4).enumerate() {
-            let reg = offset + 4 * i as u64;
-            let mut bytes = [0u8; 4];
-            bytes[..dword.len()].copy_from_slice(dword);
-            let mut val = u32::from_le_bytes(bytes);
-            if dword.len() < 4 && !Self::write_one_acts(reg) {
-                // A narrow write keeps the bytes it does not cover.
-                let mask = (1u32 << (8 * dword.len())) - 1;
-                val = (self.read_reg(reg) & !mask) | (val & mask);
+        let shift = offset & 3;
+        match data.len() {
+            // A qword write is two dword writes, low first.
+            8 if shift == 0 => {
+                for (i, half) in data.chunks_exact(4).enumerate() {
+                    let mut b = [0u8; 4];
+                    b.copy_from_slice(half);
+                    self.write_reg(offset + 4 * i as u64, u32::from_le_bytes(b));
+                }
             }
-            self.write_reg(reg, val);
+            n @ 1..=4 if shift + n as u64 <= 4 => {
+                let reg = offset & !3;
+                let mut b = [0u8; 4];
+                for (d, s) in b.iter_mut().zip(data) {
+                    *d = *s;
+                }
+                let bits = 8 * shift as u32;
+                let val = u32::from_le_bytes(b) << bits;
+                let mask = (u32::MAX >> (32 - 8 * n as u32)) << bits;
+                // A narrow write keeps the bytes it does not cover, except in registers
+                // where writing a zero bit does nothing anyway.
+                let val = if mask == u32::MAX || Self::write_one_acts(reg) {
+                    val
+                } else {
+                    (self.read_reg(reg) & !mask) | val
+                };
+                self.write_reg(reg, val);
+            }
+            n => crate::guest_warn!("ahci: {n}-byte ABAR write at {offset:#x} ignored"),
         }
     }
 }

@@ -285,6 +285,16 @@ fn global_registers_advertise_six_ports_and_hba_reset_restores_them() {
     assert_eq!(d.pr(0, PXIE), 0);
     assert_eq!(d.pr(0, PXCMD), CMD_SUD | CMD_POD);
     assert_eq!(d.pr(0, PXCLB), 0x8000, "PxCLB survives an HBA reset");
+    // A qword write fills PxCLB and PxCLBU; a word write to the high half of PxIE keeps
+    // the low half; a write across two registers is ignored.
+    d.hba
+        .write(ABAR, 0x100, &0x0000_0001_2345_6400u64.to_le_bytes());
+    assert_eq!((d.pr(0, PXCLB), d.pr(0, PXCLBU)), (0x2345_6400, 1));
+    d.pw(0, PXIE, 0x0000_00ff);
+    d.hba.write(ABAR, 0x116, &0x4000u16.to_le_bytes());
+    assert_eq!(d.pr(0, PXIE), 0x4000_00ff);
+    d.hba.write(ABAR, 0x117, &[0xff, 0xff]);
+    assert_eq!(d.pr(0, PXIE), 0x4000_00ff);
     // Unknown registers read as zero and ignore writes.
     d.w(0x80, 0x1234);
     assert_eq!(d.r(0x80), 0);
