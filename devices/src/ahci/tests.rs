@@ -835,3 +835,65 @@ fn a_large_disc_is_a_dvd_with_a_physical_format() {
         0x3_0000 + 360_016 - 1
     );
 }
+
+#[test]
+fn random_registers_and_command_tables_never_panic() {
+    // The disk is read-only so that the final read can check the image.
+    let mut d = Driver::new(vec![
+        (0, Drive::disk(image(ATA_DISK_SECTORS * 512), true, "FUZZ")),
+        (1, Drive::cdrom(Some(image(ISO_SECTORS * 2048)), "CD1")),
+    ]);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for port in 0..2 {
+        d.start(port);
+    }
+    for round in 0..3000 {
+        let r = next();
+        match r % 4 {
+            // Garbage command lists and tables where the ports look.
+            0 => {
+                let at = [clb(0), clb(1), TABLES, TABLES + 0x4000][(r >> 8) as usize % 4];
+                let junk: Vec<u8> = (0..64).map(|_| next() as u8).collect();
+                d.mem
+                    .write_slice(&junk, GuestAddress(at + (r >> 16) % 0x200))
+                    .unwrap();
+            }
+            // Issue whatever is there.
+            1 => {
+                let port = (r >> 8) as usize % 2;
+                d.pw(port, PXCI, (next() as u32) | 1);
+            }
+            // Any register, any value, any width.
+            2 => {
+                let off = (r >> 8) % 0x1000;
+                let len = [1usize, 2, 4, 8][(r >> 20) as usize % 4];
+                let v = next().to_le_bytes();
+                d.hba.write(ABAR, off, &v[..len]);
+            }
+            // Keep the ports mostly running so commands get through.
+            _ => {
+                let port = (r >> 8) as usize % 2;
+                if round % 7 == 0 {
+                    d.start(port);
+                } else {
+                    d.restart(port);
+                }
+            }
+        }
+        let mut b = [0u8; 8];
+        d.hba.read(ABAR, (r >> 24) % 0x1000, &mut b);
+    }
+    // The HBA still works after all that.
+    d.w(0x04, 1);
+    d.start(0);
+    let is = d.issue(0, &Cmd::ata(h2d(0xc8, 1, 1), &[(DATA, 512)]));
+    assert_eq!(is & IS_TFES, 0);
+    let want: Vec<u8> = (512..1024).map(pattern).collect();
+    assert_eq!(d.data(512), want);
+}
