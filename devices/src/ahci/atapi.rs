@@ -7,9 +7,9 @@
 //! key in the error register's high nibble, and the full sense data kept for REQUEST SENSE.
 //! The medium is an image of 2048-byte sectors that the host changes at run time
 //! ([`Cdrom::insert`], [`Cdrom::eject`]) and the guest ejects with START STOP UNIT; every
-//! change raises a unit attention (reported once, to the first command that is not
-//! INQUIRY, REQUEST SENSE, GET CONFIGURATION or GET EVENT STATUS NOTIFICATION) and a
-//! media event for GET EVENT STATUS NOTIFICATION.
+//! change raises a unit attention, reported once: by REQUEST SENSE, or as CHECK
+//! CONDITION to the first command other than INQUIRY, GET CONFIGURATION and GET EVENT
+//! STATUS NOTIFICATION; and a media event for GET EVENT STATUS NOTIFICATION.
 
 use super::AhciError;
 use super::ata::{
@@ -348,7 +348,13 @@ impl Cdrom {
         match cdb[0] {
             TEST_UNIT_READY => self.disc().map(|_| ()).map_err(Into::into),
             REQUEST_SENSE => {
-                let sense = self.sense;
+                // A pending unit attention is reported (and so cleared) here too (SPC-3
+                // §5.9.7).
+                let sense = if std::mem::take(&mut self.unit_attention) {
+                    Sense::CHANGED
+                } else {
+                    self.sense
+                };
                 self.sense = Sense::NONE;
                 respond(xfer, &sense.bytes(), usize::from(cdb[4]))
             }

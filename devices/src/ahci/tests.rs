@@ -741,6 +741,11 @@ fn eject_and_insert_raise_unit_attention_once() {
     assert_eq!((ev[2], ev[4], ev[5]), (4, 2, 2));
     let (_, ev) = d.packet([0x4a, 1, 0, 0, 0x10, 0, 0, 0, 8, 0, 0, 0], 8);
     assert_eq!(ev[4], 0);
+    // A change seen first by REQUEST SENSE is reported there, once.
+    d.hba.insert_media(1, image(2048 * 12)).unwrap();
+    assert_eq!(d.sense(), (6, 0x28, 0));
+    let (is, _) = d.packet([0; 12], 0x200);
+    assert_eq!(is & IS_TFES, 0);
     // A disk has no disc to change.
     assert!(d.hba.eject(0).is_err());
     assert!(d.hba.eject(9).is_err());
