@@ -11,6 +11,7 @@
 //! on KVM in `hospes-vmm`'s `vstate`), host services such as passt or PipeWire (they sit
 //! behind a device's backend trait), and anything of the app.
 
+pub mod ahci;
 pub mod bus;
 pub mod chipset;
 pub mod display;
