@@ -8,6 +8,7 @@
 
 pub mod refresh;
 pub mod stdvga;
+pub mod vga;
 
 /// Where the framebuffer memory is mapped in guest physical memory, and which of its pages
 /// the guest wrote since the last look.
