@@ -213,11 +213,6 @@ impl Screen {
         self.published = None;
     }
 
-    /// The surface of the last rendered mode, if shown.
-    pub fn published(&self) -> Option<(u32, u32)> {
-        self.published
-    }
-
     /// Draws the registers' picture; `full` redraws every pixel.
     pub fn render(&mut self, r: &Regs, planes: &Planes, full: bool) {
         let mode = Mode::of(r);
