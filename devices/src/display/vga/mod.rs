@@ -4,13 +4,13 @@
 //! programs these registers, loads its font into plane 2 and writes characters at 0xB8000;
 //! bootloaders and installers draw text screens and mode 12h/13h pictures here.
 //!
-//! Data flow: port accesses go to [`regs`] one byte at a time (a 16-bit `out dx, ax` to
+//! Data flow: port accesses go to `regs` one byte at a time (a 16-bit `out dx, ax` to
 //! an index port writes the index, then the data port); window accesses are placed by the
-//! memory map select and go through [`memory`]'s addressing and write modes. Both only
+//! memory map select and go through `memory`'s addressing and write modes. Both only
 //! store and mark the VGA dirty (a palette or font change marks every pixel): nothing is
 //! drawn on the vCPU thread. [`Vga::refresh`], called by the display refresh thread
 //! ([`super::refresh::spawn_with_vga`]) at most once a frame, renders the dirty picture
-//! through [`render`], which compares against a shadow of the last frame and reports
+//! through `render`, which compares against a shadow of the last frame and reports
 //! only the changed cells or pixel spans as damage.
 //!
 //! While the DISPI (VBE) interface is enabled, [`super::stdvga::StdVga`] owns the display

@@ -181,6 +181,23 @@ impl Scan {
     }
 }
 
+/// What every text cell of one render shares.
+struct TextStyle {
+    /// The 16 attribute colours as `0x00RRGGBB`.
+    palette: [u32; 16],
+    ar10: u8,
+    sr3: u8,
+}
+
+/// One text cell to draw: where, what, and the cursor's scan lines in it.
+struct Cell {
+    col: u32,
+    row: u32,
+    ch: u8,
+    attr: u8,
+    cursor: Option<(u32, u32)>,
+}
+
 /// The picture the VGA last drew, and where it is shown.
 pub struct Screen {
     display: Arc<Display>,
@@ -251,7 +268,11 @@ impl Screen {
         if self.cells.len() != count {
             self.cells = vec![0; count];
         }
-        let palette: [u32; 16] = std::array::from_fn(|i| r.dac_rgb(attr_to_dac(r, i as u8)));
+        let style = TextStyle {
+            palette: std::array::from_fn(|i| r.dac_rgb(attr_to_dac(r, i as u8))),
+            ar10: r.ar(AR_MODE),
+            sr3: r.sr(SR_CHAR_MAP),
+        };
         let cursor = cursor(r, &scan, t);
         let mut rects = Vec::new();
         for row in 0..t.rows {
@@ -273,7 +294,14 @@ impl Screen {
                     continue;
                 }
                 *old = cell;
-                self.draw_cell(r, planes, t, &palette, (col, row), (ch, attr), lines);
+                let cell = Cell {
+                    col,
+                    row,
+                    ch,
+                    attr,
+                    cursor: lines,
+                };
+                self.draw_cell(planes, t, &style, cell);
                 span = Some(span.map_or((col, col), |(a, _)| (a, col)));
             }
             if let Some((a, b)) = span {
@@ -284,18 +312,15 @@ impl Screen {
         rects
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn draw_cell(
-        &mut self,
-        r: &Regs,
-        planes: &Planes,
-        t: TextMode,
-        palette: &[u32; 16],
-        (col, row): (u32, u32),
-        (ch, attr): (u8, u8),
-        cursor: Option<(u32, u32)>,
-    ) {
-        let mode = r.ar(AR_MODE);
+    fn draw_cell(&mut self, planes: &Planes, t: TextMode, style: &TextStyle, cell: Cell) {
+        let Cell {
+            col,
+            row,
+            ch,
+            attr,
+            cursor,
+        } = cell;
+        let (palette, mode) = (&style.palette, style.ar10);
         let fg = palette[usize::from(attr & 0x0f)];
         let bg_index = if mode & AR10_BLINK != 0 {
             (attr >> 4) & 7
@@ -303,7 +328,7 @@ impl Screen {
             attr >> 4
         };
         let bg = palette[usize::from(bg_index & 0x0f)];
-        let glyph = font_base(r.sr(SR_CHAR_MAP), attr & 0x08 != 0) + usize::from(ch) * GLYPH_BYTES;
+        let glyph = font_base(style.sr3, attr & 0x08 != 0) + usize::from(ch) * GLYPH_BYTES;
         let ninth = t.cell_w == 9 && mode & AR10_LINE_GRAPHICS != 0 && (0xc0..=0xdf).contains(&ch);
         let width = t.cell_w * t.dup;
         let out_stride = t.cols * width * BYTES_PER_PIXEL;

@@ -541,3 +541,80 @@ fn hostile_register_values_do_not_panic() {
         }
     }
 }
+
+#[test]
+fn line_graphics_characters_fill_the_ninth_dot() {
+    let (mut v, d) = vga();
+    set_mode(&mut v, &MODE_3);
+    // A horizontal bar glyph in 0xC4 (line graphics) and in 'B' (not).
+    let bar = [0xff; 16];
+    load_glyph(&mut v, 0xc4, &bar);
+    load_glyph(&mut v, b'B', &bar);
+    poke(&mut v, TEXT, b"\xc4\x0fB\x0f");
+    v.refresh();
+    let s = d.surface().unwrap();
+    assert_eq!(s.pixel(8, 0), WHITE, "0xC4 copies dot 7 into dot 8");
+    assert_eq!(s.pixel(9 + 8, 0), 0, "'B' leaves dot 8 background");
+    // Line graphics off (AR10 bit 2): dot 8 is background for 0xC4 too.
+    inb(&mut v, 0x3da);
+    outb(&mut v, 0x3c0, 0x30);
+    outb(&mut v, 0x3c0, 0x08);
+    v.refresh();
+    assert_eq!(s.pixel(8, 0), 0);
+}
+
+#[test]
+fn eight_dot_and_forty_column_cells_change_the_surface_size() {
+    let (mut v, d) = vga();
+    set_mode(&mut v, &MODE_3);
+    v.refresh();
+    sr(&mut v, 1, 0x01);
+    v.refresh();
+    assert_eq!(d.surface().unwrap().width, 640);
+    // 40 columns with the halved dot clock: each dot two pixels wide.
+    sr(&mut v, 1, 0x09);
+    // MODE_3 leaves CR00..CR07 write-protected (CR11 bit 7): unlock first.
+    v.write(VGA_PORT_BASE, 0x14, &[0x01, 39]);
+    v.refresh();
+    assert_eq!(
+        d.surface().unwrap().width,
+        1280,
+        "protected: still 80 columns"
+    );
+    v.write(VGA_PORT_BASE, 0x14, &[0x11, 0x0e]);
+    v.write(VGA_PORT_BASE, 0x14, &[0x01, 39]);
+    load_glyph(&mut v, b'A', &GLYPH_A);
+    poke(&mut v, TEXT + 2, b"A\x1f");
+    v.refresh();
+    let s = d.surface().unwrap();
+    assert_eq!((s.width, s.height), (640, 400));
+    // Row 3 of 'A' is 0x38: dots 2..=4 of cell 1, pixels 16 + 4..=9.
+    assert_eq!(s.pixel(16 + 3, 3), BLUE);
+    assert_eq!(s.pixel(16 + 4, 3), WHITE);
+    assert_eq!(s.pixel(16 + 9, 3), WHITE);
+    assert_eq!(s.pixel(16 + 10, 3), BLUE);
+}
+
+#[test]
+fn character_map_select_picks_the_font_by_attribute_bit_3() {
+    let (mut v, d) = vga();
+    set_mode(&mut v, &MODE_3);
+    // SR03 = 0x04: map A (attribute bit 3 set) at plane 2 offset 0x4000, map B at 0.
+    sr(&mut v, 3, 0x04);
+    load_glyph(&mut v, b'A', &[0xff; 16]);
+    sr(&mut v, 2, 0x04);
+    sr(&mut v, 4, 0x07);
+    gr(&mut v, 5, 0x00);
+    gr(&mut v, 6, 0x04);
+    poke(&mut v, 0x4000 + u64::from(b'A') * 32, &[0x80; 16]);
+    sr(&mut v, 2, 0x03);
+    sr(&mut v, 4, 0x02);
+    gr(&mut v, 5, 0x10);
+    gr(&mut v, 6, 0x0e);
+    poke(&mut v, TEXT, b"A\x1fA\x17");
+    v.refresh();
+    let s = d.surface().unwrap();
+    // Map A: only the first dot; map B: the whole row.
+    assert_eq!((s.pixel(0, 0), s.pixel(1, 0)), (WHITE, BLUE));
+    assert_eq!((s.pixel(9, 0), s.pixel(10, 0)), (GREY, GREY));
+}
