@@ -4,10 +4,13 @@
 //! is a KVM memory slot with dirty-page logging; [`refresh`] polls that log only while a
 //! display consumer waits for damage and turns dirty pages into damage rectangles. The KVM
 //! calls live in [`kvm`] behind the small [`FbSlot`] trait, so the device logic is tested
-//! without /dev/kvm.
+//! without /dev/kvm. Its legacy half, [`vga::Vga`] (VGA registers, planar memory behind the
+//! 0xA0000 window, text and 16/256-colour scanout), has the display while DISPI is off;
+//! guest writes to it trap and only mark it dirty, and the same refresh thread renders it.
 
 pub mod refresh;
 pub mod stdvga;
+pub mod vga;
 
 /// Where the framebuffer memory is mapped in guest physical memory, and which of its pages
 /// the guest wrote since the last look.

@@ -5,21 +5,26 @@
 //!   memory slot through [`FbSlot`] (moved with the BAR); guest writes cause no exits.
 //! - DISPI (VBE) registers: index at port 0x1CE, data at 0x1CF (0x1D0 too, as QEMU), and
 //!   in BAR2 at 0x500 + 2 * index, in the bochs-display layout: EDID at 0x000, the VGA
-//!   ports window at 0x400 (ignored), QEMU's extended registers at 0x600.
+//!   ports at 0x400 (port 0x3C0 + n at 0x400 + n), QEMU's extended registers at 0x600.
+//! - Legacy VGA ([`Vga`]): ports 0x3C0..0x3DF (and the mono 0x3B4..0x3BA) and the
+//!   0xA0000..0xBFFFF window, for the VGA BIOS, bootloaders and text screens.
 //!
 //! Data flow: register writes go through `fixup` (QEMU's clamping rules, so a guest sees
 //! the same values under both) and, in 32 bpp, publish a [`Surface`] on the [`Display`].
-//! Damage inside the framebuffer comes from KVM's dirty log ([`super::refresh`]). Legacy
-//! VGA (text mode, planar 16 colours, ports 0x3C0..0x3DF, the 0xA0000 window) is not
-//! modelled.
+//! Damage inside the framebuffer comes from KVM's dirty log ([`super::refresh`]). While
+//! DISPI is disabled the display belongs to the [`Vga`], which the refresh thread renders
+//! ([`super::refresh::spawn_with_vga`]); enabling DISPI takes the display back for the
+//! framebuffer, and the 0xA0000 window then reaches the framebuffer through the 64 KiB
+//! bank of DISPI register 5 (VBE banked modes), as on QEMU.
 
 use std::sync::{Arc, Mutex};
 
-use super::FbSlot;
+use super::vga::{VGA_MONO_PORT_BASE, VGA_PORT_BASE, VGA_WINDOW_BASE, Vga};
+use super::{DisplayDeviceError, FbSlot};
 use crate::bus::{BusDevice, lock};
 use crate::framebuffer::{Display, FbMemory, MAX_HEIGHT, MAX_WIDTH, Rect, Surface, edid};
 use crate::pci::config::BarChange;
-use crate::pci::{BarKind, PciConfig, PciDevice, PciError, PciIds};
+use crate::pci::{BarKind, PciConfig, PciDevice, PciIds};
 
 /// Framebuffer (BAR0) size.
 pub const VRAM_SIZE: usize = 16 << 20;
@@ -52,6 +57,10 @@ const ID_MAX: u16 = 0xb0c5;
 const MMIO_EDID: u64 = 0x000;
 const MMIO_DISPI: u64 = 0x500;
 const MMIO_QEXT: u64 = 0x600;
+const MMIO_VGA: u64 = 0x400;
+const MMIO_VGA_LEN: u64 = 0x20;
+/// The VBE bank window: 64 KiB at 0xA0000, bank n at framebuffer offset n * 64 KiB.
+const BANK_SIZE: u64 = 0x1_0000;
 
 /// The device.
 pub struct StdVga {
@@ -64,6 +73,7 @@ pub struct StdVga {
     slot: Arc<Mutex<Box<dyn FbSlot>>>,
     display: Arc<Display>,
     edid: [u8; 128],
+    vga: Arc<Mutex<Vga>>,
 }
 
 impl StdVga {
@@ -74,7 +84,7 @@ impl StdVga {
         slot: Arc<Mutex<Box<dyn FbSlot>>>,
         display: Arc<Display>,
         edid_mode: (u32, u32),
-    ) -> Result<Self, PciError> {
+    ) -> Result<Self, DisplayDeviceError> {
         let mut config = PciConfig::new(PciIds {
             vendor: 0x1234,
             device: 0x1111,
@@ -90,6 +100,7 @@ impl StdVga {
         let mut regs = [0u16; NB_REGS];
         regs[IDX_ID] = ID_MAX;
         display.set_surface(None);
+        let vga = Arc::new(Mutex::new(Vga::new(display.clone())?));
         Ok(Self {
             config,
             regs,
@@ -100,7 +111,13 @@ impl StdVga {
             slot,
             display,
             edid: edid::build(edid_mode.0, edid_mode.1),
+            vga,
         })
+    }
+
+    /// The legacy VGA, for the refresh thread.
+    pub fn vga(&self) -> Arc<Mutex<Vga>> {
+        self.vga.clone()
     }
 
     /// The framebuffer slot, for the refresh thread.
@@ -210,9 +227,15 @@ impl StdVga {
         self.start = offset / 4 * 4;
     }
 
-    /// Shows the mode on the display (32 bpp only; other depths show nothing).
+    /// Shows the mode on the display (32 bpp only; other depths show nothing), or gives
+    /// the display to the legacy VGA while DISPI is disabled.
     fn publish(&self) {
-        let surface = if self.enabled() && self.regs[IDX_BPP] == 32 {
+        if !self.enabled() {
+            lock(&self.vga).set_scanout(true);
+            return;
+        }
+        lock(&self.vga).set_scanout(false);
+        let surface = if self.regs[IDX_BPP] == 32 {
             Surface::new(
                 self.vram.clone(),
                 self.start as usize,
@@ -221,9 +244,7 @@ impl StdVga {
                 self.line_offset,
             )
         } else {
-            if self.enabled() {
-                crate::guest_warn!("std-vga: {} bpp is not shown, only 32", self.regs[IDX_BPP]);
-            }
+            crate::guest_warn!("std-vga: {} bpp is not shown, only 32", self.regs[IDX_BPP]);
             None
         };
         self.display.set_surface(surface);
@@ -248,6 +269,9 @@ impl StdVga {
                     *b = v.get(at + i).copied().unwrap_or(0);
                 }
             }
+            o if (MMIO_VGA..MMIO_VGA + MMIO_VGA_LEN).contains(&o) => {
+                lock(&self.vga).port_read(vga_port(o), data);
+            }
             o if (MMIO_QEXT..MMIO_QEXT + 8).contains(&o) => {
                 // Register block size, then framebuffer endianness (little).
                 let regs = [8u32.to_le_bytes(), 0x1e1e_1e1eu32.to_le_bytes()].concat();
@@ -260,6 +284,10 @@ impl StdVga {
     }
 
     fn mmio_write(&mut self, offset: u64, data: &[u8]) {
+        if (MMIO_VGA..MMIO_VGA + MMIO_VGA_LEN).contains(&offset) {
+            lock(&self.vga).port_write(vga_port(offset), data);
+            return;
+        }
         if (MMIO_DISPI..MMIO_DISPI + 0x20).contains(&offset) && offset.is_multiple_of(2) {
             let index = ((offset - MMIO_DISPI) / 2) as usize;
             let val = match data {
@@ -293,10 +321,51 @@ impl StdVga {
             _ => self.write_dispi(usize::from(self.index), val),
         }
     }
+
+    /// The framebuffer offset of window offset `offset` in the current VBE bank.
+    fn bank_offset(&self, offset: u64) -> Option<usize> {
+        (offset < BANK_SIZE)
+            .then(|| u64::from(self.regs[IDX_BANK]) * BANK_SIZE + offset)
+            .and_then(|o| usize::try_from(o).ok())
+    }
+
+    fn window_read(&mut self, offset: u64, data: &mut [u8]) {
+        if !self.enabled() {
+            lock(&self.vga).window_read(offset, data);
+        } else if let Some(o) = self.bank_offset(offset) {
+            self.vram.read(o, data);
+        }
+    }
+
+    fn window_write(&mut self, offset: u64, data: &[u8]) {
+        if !self.enabled() {
+            lock(&self.vga).window_write(offset, data);
+        } else if let Some(o) = self.bank_offset(offset) {
+            self.vram_write(o, data);
+        }
+    }
+
+    /// A framebuffer write the CPU made through an exit (not the memory slot): damage
+    /// the rows it touched.
+    fn vram_write(&self, offset: usize, data: &[u8]) {
+        self.vram.write(offset, data);
+        if let Some(s) = self.display.surface()
+            && let Some((y0, y1)) = super::refresh::rows_of(&s, offset, data.len())
+        {
+            self.display
+                .add_damage(&[Rect::new(0, y0, s.width, y1 - y0)]);
+        }
+    }
+}
+
+/// The VGA port a BAR2 offset in the VGA ports block stands for.
+fn vga_port(offset: u64) -> u16 {
+    (VGA_PORT_BASE + (offset - MMIO_VGA)) as u16
 }
 
 impl Drop for StdVga {
     fn drop(&mut self) {
+        lock(&self.vga).set_scanout(false);
         self.display.set_surface(None);
     }
 }
@@ -323,6 +392,10 @@ impl BusDevice for StdVga {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
         if base == DISPI_PORT {
             self.port_read(base + offset, data);
+        } else if base == VGA_PORT_BASE || base == VGA_MONO_PORT_BASE {
+            lock(&self.vga).read(base, offset, data);
+        } else if base == VGA_WINDOW_BASE {
+            self.window_read(offset, data);
         } else if self.config.bar_mapped(2) == Some(base) {
             self.mmio_read(offset, data);
         } else if self.config.bar_mapped(0) == Some(base) {
@@ -334,18 +407,15 @@ impl BusDevice for StdVga {
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
         if base == DISPI_PORT {
             self.port_write(base + offset, data);
+        } else if base == VGA_PORT_BASE || base == VGA_MONO_PORT_BASE {
+            lock(&self.vga).write(base, offset, data);
+        } else if base == VGA_WINDOW_BASE {
+            self.window_write(offset, data);
         } else if self.config.bar_mapped(2) == Some(base) {
             self.mmio_write(offset, data);
         } else if self.config.bar_mapped(0) == Some(base) {
-            self.vram.write(offset as usize, data);
-            let surface = self.display.surface();
-            if let Some(s) = surface {
-                let rows = super::refresh::rows_of(&s, offset as usize, data.len());
-                if let Some((y0, y1)) = rows {
-                    self.display
-                        .add_damage(&[Rect::new(0, y0, s.width, y1 - y0)]);
-                }
-            }
+            // Only reached when the memory slot could not be mapped.
+            self.vram_write(offset as usize, data);
         }
     }
 }
@@ -353,6 +423,7 @@ impl BusDevice for StdVga {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::display::vga::testing::{MODE_3, program};
     use crate::pci::config::{COMMAND_MEMORY, REG_COMMAND_STATUS};
 
     #[derive(Default)]
@@ -457,6 +528,107 @@ mod tests {
         v.write_config(REG_COMMAND_STATUS, 0, &COMMAND_MEMORY.to_le_bytes());
         v.write_config(REG_COMMAND_STATUS, 0, &[0, 0]);
         assert_eq!(*maps.lock().unwrap(), vec![Some(0xc000_0000), None]);
+    }
+
+    fn vga_out(v: &mut StdVga, port: u16, val: u8) {
+        let base = VGA_PORT_BASE;
+        v.write(base, u64::from(port) - base, &[val]);
+    }
+
+    fn vga_in(v: &mut StdVga, port: u16) -> u8 {
+        let mut b = [0u8];
+        v.read(VGA_PORT_BASE, u64::from(port) - VGA_PORT_BASE, &mut b);
+        b[0]
+    }
+
+    fn text_mode(v: &mut StdVga) {
+        let cell = std::cell::RefCell::new(v);
+        program(
+            &mut |p, x| vga_out(&mut cell.borrow_mut(), p, x),
+            &mut |p| vga_in(&mut cell.borrow_mut(), p),
+            &MODE_3,
+        );
+    }
+
+    #[test]
+    fn switching_dispi_on_and_off_moves_the_display_between_lfb_and_vga() {
+        let (mut v, display, _) = vga();
+        text_mode(&mut v);
+        // A blue space in the top left cell.
+        v.write(VGA_WINDOW_BASE, 0x1_8000, b" \x1f");
+        lock(&v.vga()).refresh();
+        let s = display.surface().unwrap();
+        assert_eq!((s.width, s.height, s.pixel(0, 0)), (720, 400, 0xaa));
+
+        dispi(&mut v, 1, 1024);
+        dispi(&mut v, 2, 768);
+        dispi(&mut v, 3, 32);
+        dispi(&mut v, 4, 0x41);
+        let s = display.surface().unwrap();
+        assert_eq!((s.width, s.height), (1024, 768));
+        // VGA changes while DISPI is on do not take the display back.
+        vga_out(&mut v, 0x3c8, 0);
+        vga_out(&mut v, 0x3c9, 0x3f);
+        v.write(VGA_PORT_BASE, 0x14, &[0x0e, 0x01]);
+        lock(&v.vga()).refresh();
+        assert_eq!(display.surface().unwrap().width, 1024);
+
+        dispi(&mut v, 4, 0);
+        let s = display.surface().unwrap();
+        assert_eq!((s.width, s.height, s.pixel(0, 0)), (720, 400, 0xaa));
+    }
+
+    #[test]
+    fn the_window_is_the_vbe_bank_while_dispi_is_on() {
+        let (mut v, _, _) = vga();
+        dispi(&mut v, 1, 640);
+        dispi(&mut v, 2, 480);
+        dispi(&mut v, 3, 32);
+        dispi(&mut v, 4, 0x01);
+        dispi(&mut v, 5, 2);
+        v.write(VGA_WINDOW_BASE, 0x10, &[1, 2, 3, 4]);
+        let mut b = [0u8; 4];
+        v.vram.read(2 * 0x1_0000 + 0x10, &mut b);
+        assert_eq!(b, [1, 2, 3, 4]);
+        let mut r = [0u8; 4];
+        v.read(VGA_WINDOW_BASE, 0x10, &mut r);
+        assert_eq!(r, [1, 2, 3, 4]);
+        // Past the 64 KiB bank: nothing.
+        v.write(VGA_WINDOW_BASE, 0x1_8000, &[9]);
+        let mut x = [0xeeu8];
+        v.read(VGA_WINDOW_BASE, 0x1_8000, &mut x);
+        assert_eq!(x, [0xee]);
+        // DISPI off: the window is VGA memory again, the bank untouched.
+        dispi(&mut v, 4, 0);
+        v.write(VGA_WINDOW_BASE, 0x10, &[7]);
+        v.vram.read(2 * 0x1_0000 + 0x10, &mut b);
+        assert_eq!(b, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn bar2_vga_block_reaches_the_vga_ports() {
+        let (mut v, _, _) = vga();
+        v.config.set_bar_address(2, 0xc100_0000).unwrap();
+        v.write_config(REG_COMMAND_STATUS, 0, &COMMAND_MEMORY.to_le_bytes());
+        // Misc output (0x3C2 at 0x402), read back at 0x3CC (0x40C).
+        v.write(0xc100_0000, 0x402, &[0x67]);
+        let mut b = [0u8];
+        v.read(0xc100_0000, 0x40c, &mut b);
+        assert_eq!(b, [0x67]);
+        assert_eq!(vga_in(&mut v, 0x3cc), 0x67);
+        // A 16-bit index/data write to the sequencer (0x3C4 at 0x404).
+        v.write(0xc100_0000, 0x404, &[0x02, 0x0f]);
+        vga_out(&mut v, 0x3c4, 0x02);
+        assert_eq!(vga_in(&mut v, 0x3c5), 0x0f);
+        // The colour CRTC at 0x414/0x415.
+        v.write(0xc100_0000, 0x414, &[0x0e, 0x12]);
+        let mut c = [0u8; 2];
+        v.read(0xc100_0000, 0x414, &mut c);
+        assert_eq!(c, [0x0e, 0x12]);
+        // The last byte of the block and past it.
+        v.write(0xc100_0000, 0x41f, &[0xff; 4]);
+        let mut d = [0u8; 4];
+        v.read(0xc100_0000, 0x41e, &mut d);
     }
 
     #[test]
