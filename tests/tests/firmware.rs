@@ -25,9 +25,42 @@ fn boot_disk(dir: &Path) -> PathBuf {
     disk
 }
 
-/// The lines from "BOOT" to "DONE".
+/// An El Torito CD image (no-emulation boot, as installers are made) whose boot image is
+/// the boot-sector guest, made with xorriso (installed by the test command).
+fn boot_iso(dir: &Path) -> PathBuf {
+    let guest = build_guest("bootsector", GuestKind::BootSector);
+    let tree = dir.join("iso");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::copy(&guest.path, tree.join("boot.bin")).unwrap();
+    let iso = dir.join("install.iso");
+    let out = Command::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-b",
+            "boot.bin",
+            "-no-emul-boot",
+        ])
+        .args(["-boot-load-size", "4", "-o"])
+        .arg(&iso)
+        .arg(&tree)
+        .output()
+        .expect("xorriso (Debian package xorriso) is installed by the test command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}
+
+/// The lines from "BOOT" to "DONE" (the firmware's own console output may precede "BOOT"
+/// on its line: without a display SeaBIOS writes its screen to COM1 too).
 fn report(out: &str) -> Vec<String> {
-    out.lines()
+    let start = out.find("BOOT drive=").unwrap_or(out.len());
+    out[start..]
+        .lines()
         .skip_while(|l| !l.starts_with("BOOT"))
         .take_while(|l| !l.starts_with("DONE"))
         .map(|l| l.trim_end().to_owned())
@@ -55,15 +88,23 @@ fn comparable(lines: &[String], low_end: u64) -> Vec<String> {
         .collect()
 }
 
-/// QEMU's q35 machine with SeaBIOS on the same disk (on its AHCI controller), until the
-/// guest prints DONE (QEMU's ICH9 powers off on a different sleep type, so it is killed).
-fn qemu_report(disk: &Path, memory: &str) -> Vec<String> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "kvm", "-M", "q35", "-m", memory, "-nodefaults"])
-        .args(["-display", "none", "-serial", "stdio", "-bios", SEABIOS])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=none,id=d", disk.display()))
-        .args(["-device", "ide-hd,drive=d,bus=ide.0"])
+/// QEMU's q35 machine with SeaBIOS on the same disk (on its AHCI controller) and CD, until
+/// the guest prints DONE (QEMU's ICH9 powers off on a different sleep type, so it is killed).
+fn qemu_report(disk: Option<&Path>, cdrom: Option<&Path>, memory: &str) -> Vec<String> {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "kvm", "-M", "q35", "-m", memory, "-nodefaults"])
+        .args(["-display", "none", "-serial", "stdio", "-bios", SEABIOS]);
+    if let Some(disk) = disk {
+        qemu.arg("-drive")
+            .arg(format!("file={},format=raw,if=none,id=d", disk.display()))
+            .args(["-device", "ide-hd,drive=d,bus=ide.0"]);
+    }
+    if let Some(iso) = cdrom {
+        qemu.arg("-drive")
+            .arg(format!("file={},media=cdrom,if=none,id=c", iso.display()))
+            .args(["-device", "ide-cd,drive=c,bus=ide.1", "-boot", "d"]);
+    }
+    let mut child = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -123,7 +164,7 @@ fn seabios_boots_a_disk_and_hands_the_boot_sector_what_qemu_hands_it() {
         .unwrap_or_else(|| panic!("RAM above 1 MiB in the E820 map: {ours:?}"));
     assert!(ram.ends_with(" 01"), "{ram}");
 
-    let qemu = qemu_report(&disk, "256M");
+    let qemu = qemu_report(Some(&disk), None, "256M");
     assert!(!qemu.is_empty(), "QEMU ran the same boot sector");
     assert_eq!(
         comparable(&ours, 256 << 20),
@@ -165,4 +206,61 @@ fn a_vm_without_installed_firmware_says_which_package_to_install() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("apt install seabios"), "{stderr}");
+}
+
+#[test]
+fn seabios_boots_the_install_cd_on_the_sata_controller_before_the_sata_disk() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_disk(dir.path());
+    let iso = boot_iso(dir.path());
+    let (disk_arg, iso_arg) = (disk.display().to_string(), iso.display().to_string());
+    let run = run_vmm(
+        &[
+            "--bios", SEABIOS, "--sata", &disk_arg, "--cdrom", &iso_arg, "-m", "256M", "--no-rng",
+            "--serial", "stdio",
+        ],
+        TIMEOUT,
+    );
+    assert!(run.success(), "the guest powers itself off: {run:?}");
+    let ours = report(&run.stdout);
+    // 0xe0: the first CD-ROM drive, as SeaBIOS numbers El Torito no-emulation boots.
+    assert_eq!(
+        ours.first().map(String::as_str),
+        Some("BOOT drive=E0"),
+        "{run:?}"
+    );
+    let qemu = qemu_report(Some(&disk), Some(&iso), "256M");
+    assert_eq!(
+        comparable(&ours, 256 << 20),
+        comparable(&qemu, 256 << 20),
+        "the BIOS hands the CD's boot image the same things under both"
+    );
+}
+
+#[test]
+fn seabios_boots_a_disk_on_the_sata_controller() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_disk(dir.path());
+    let disk_arg = disk.display().to_string();
+    let run = run_vmm(
+        &[
+            "--bios", SEABIOS, "--sata", &disk_arg, "-m", "128M", "--no-rng", "--serial", "stdio",
+        ],
+        TIMEOUT,
+    );
+    assert!(run.success(), "the guest powers itself off: {run:?}");
+    let ours = report(&run.stdout);
+    // The only disk is on the SATA controller, so this boot read it through AHCI.
+    assert_eq!(
+        ours.first().map(String::as_str),
+        Some("BOOT drive=80"),
+        "{run:?}"
+    );
+    assert!(ours.iter().any(|l| l.starts_with("E820 ")), "{ours:?}");
 }

@@ -44,6 +44,7 @@ pub mod display;
 pub mod firmware;
 pub mod pci;
 pub mod qmp;
+pub mod storage;
 
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY: u64 = 2 << 20;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hospes_core::config::Network;
+use hospes_core::config::{DiskBus, Network};
 use hospes_core::firmware::Image;
 use hospes_devices::virtio::VirtioDevice;
 use hospes_devices::virtio::snd::Snd;
@@ -19,6 +19,7 @@ use hospes_vmm::backends::pipewire::PipeWire;
 use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
 use hospes_vmm::machine::firmware::{FirmwareConfig, FirmwareKind};
 use hospes_vmm::machine::pci::{DiskSpec, attach_pci_to_machine};
+use hospes_vmm::machine::storage;
 use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
 use hospes_vmm::vnc::VncListen;
 
@@ -61,6 +62,13 @@ struct Args {
     /// A disk image as virtio-blk on PCI, FILE[,readonly] (repeatable).
     #[arg(long, value_name = "FILE[,readonly]")]
     disk: Vec<DiskSpec>,
+    /// A disk image on the SATA (AHCI) controller, FILE[,readonly] (repeatable; firmware
+    /// boot).
+    #[arg(long, value_name = "FILE[,readonly]")]
+    sata: Vec<DiskSpec>,
+    /// An ISO image in the CD-ROM drive on the SATA controller (firmware boot).
+    #[arg(long, value_name = "FILE")]
+    cdrom: Option<PathBuf>,
     /// QMP control socket, unix:PATH (QEMU's ",server,nowait" suffixes are accepted).
     #[arg(long, value_name = "unix:PATH", value_parser = parse_qmp)]
     qmp: Option<PathBuf>,
@@ -145,7 +153,12 @@ fn vm_id(config: &std::path::Path) -> String {
 
 /// What `main` needs besides the machine configuration.
 struct Extras {
+    /// virtio-blk disks.
     disks: Vec<DiskSpec>,
+    /// SATA disks on the AHCI controller (firmware boot).
+    sata: Vec<DiskSpec>,
+    /// The CD-ROM drive's image (firmware boot).
+    cdrom: Option<PathBuf>,
     qmp: Option<PathBuf>,
     name: Option<String>,
     rng: bool,
@@ -167,6 +180,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     };
     let mut extras = Extras {
         disks: Vec::new(),
+        sata: Vec::new(),
+        cdrom: None,
         qmp: args.qmp,
         name: args.name,
         rng: !args.no_rng,
@@ -209,6 +224,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     serial_console: !vm.display.enabled,
                     uuid: vm_uuid(&vm_id(path)),
                     product: vm.name.clone(),
+                    vga_rom: None,
                 });
             }
             hospes_core::config::Boot::Uefi { .. } => {
@@ -231,14 +247,17 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             (true, hospes_core::config::DisplayDevice::StdVga) => DisplayKind::StdVga,
             (true, hospes_core::config::DisplayDevice::VirtioGpu) => DisplayKind::VirtioGpu,
         };
-        extras.disks = vm
-            .disks
-            .iter()
-            .map(|d| DiskSpec {
+        for d in &vm.disks {
+            let spec = DiskSpec {
                 path: dir.join(&d.path),
                 read_only: d.read_only,
-            })
-            .collect();
+            };
+            match d.bus {
+                DiskBus::Virtio => extras.disks.push(spec),
+                DiskBus::Sata => extras.sata.push(spec),
+            }
+        }
+        extras.cdrom = vm.cdrom.map(|c| dir.join(c));
     }
     if let Some(k) = args.kernel {
         cfg.kernel = k;
@@ -252,6 +271,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             serial_console: false,
             uuid: vm_uuid(&extras.name.clone().unwrap_or_default()),
             product: extras.name.clone().unwrap_or_else(|| "hospes".into()),
+            vga_rom: None,
         });
     }
     if args.initrd.is_some() {
@@ -269,6 +289,20 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     if !args.disk.is_empty() {
         extras.disks = args.disk;
     }
+    if !args.sata.is_empty() {
+        extras.sata = args.sata;
+    }
+    if args.cdrom.is_some() {
+        extras.cdrom = args.cdrom;
+    }
+    if cfg.firmware.is_none() && (!extras.sata.is_empty() || extras.cdrom.is_some()) {
+        // Direct kernel boot has no SATA controller (its DSDT routes no PCI interrupts).
+        log::warn!(
+            "direct kernel boot: SATA disks are attached as virtio-blk, the CD-ROM is left out"
+        );
+        extras.disks.append(&mut extras.sata);
+        extras.cdrom = None;
+    }
     if let Some(n) = args.net {
         extras.network = n;
     }
@@ -279,6 +313,16 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         extras.display.kind = d;
     }
     extras.display.name = extras.name.clone().unwrap_or_else(|| "hospes".into());
+    if let Some(fw) = &mut cfg.firmware {
+        // Without a screen the firmware's text console goes to COM1.
+        fw.serial_console = extras.display.kind == DisplayKind::None;
+        if extras.display.kind == DisplayKind::StdVga {
+            fw.vga_rom = Some(
+                hospes_core::firmware::locate(Image::VgaBiosStdVga, None)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+    }
     Ok((cfg, extras))
 }
 
@@ -399,6 +443,15 @@ fn main() -> ExitCode {
                 extra.extend(d.virtio_devices());
             }
             let mut pci = attach_pci_to_machine(machine, &extras.disks, extras.rng, extra)?;
+            if machine.chipset.is_some() {
+                storage::attach_for_firmware(
+                    machine,
+                    &mut pci,
+                    &extras.sata,
+                    extras.cdrom.as_deref(),
+                    extras.disks.len(),
+                )?;
+            }
             match &display {
                 Some(d) => d.attach(machine, &mut pci),
                 None => Ok(()),

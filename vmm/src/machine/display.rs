@@ -20,6 +20,10 @@ use hospes_core::control::display::{Button, InputEvent, KeyValue, VncClientInfo,
 use hospes_core::error_chain;
 use hospes_devices::bus::lock;
 use hospes_devices::display::stdvga::{DISPI_PORT, DISPI_PORT_LEN, StdVga, VRAM_SIZE};
+use hospes_devices::display::vga::{
+    VGA_MONO_PORT_BASE, VGA_MONO_PORT_LEN, VGA_PORT_BASE, VGA_PORT_LEN, VGA_WINDOW_BASE,
+    VGA_WINDOW_LEN,
+};
 use hospes_devices::display::{FbSlot, refresh};
 use hospes_devices::framebuffer::{Display, FbMemory};
 use hospes_devices::input::{InputRouter, InputSink, Ps2Input, qcode_to_xt};
@@ -148,14 +152,33 @@ impl DisplayStack {
         let slot = Arc::new(Mutex::new(slot));
         let vga = StdVga::new(vram, slot.clone(), self.display.clone(), self.resolution)
             .map_err(setup_error)?;
+        let legacy = vga.vga();
         let vga = Arc::new(Mutex::new(vga));
         pci.add_device(vga.clone()).map_err(setup_error)?;
+        let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
+        pio.insert(vga.clone(), DISPI_PORT, DISPI_PORT_LEN)?;
+        if machine.chipset.is_none() {
+            drop(pio);
+            refresh::spawn(self.display.clone(), Arc::downgrade(&slot)).map_err(setup_error)?;
+            return Ok(());
+        }
+        // Under firmware boot the adapter is a whole VGA: its ports and the 0xa0000
+        // window (guest RAM leaves a hole there), for the VGA BIOS, boot loaders and text
+        // screens.
+        pio.insert(vga.clone(), VGA_PORT_BASE, VGA_PORT_LEN)?;
+        pio.insert(vga.clone(), VGA_MONO_PORT_BASE, VGA_MONO_PORT_LEN)?;
+        drop(pio);
         machine
-            .pio_bus
+            .mmio_bus
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(vga, DISPI_PORT, DISPI_PORT_LEN)?;
-        refresh::spawn(self.display.clone(), Arc::downgrade(&slot)).map_err(setup_error)?;
+            .insert(vga, VGA_WINDOW_BASE, VGA_WINDOW_LEN)?;
+        refresh::spawn_with_vga(
+            self.display.clone(),
+            Arc::downgrade(&slot),
+            Arc::downgrade(&legacy),
+        )
+        .map_err(setup_error)?;
         Ok(())
     }
 

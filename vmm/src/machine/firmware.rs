@@ -58,6 +58,9 @@ pub struct FirmwareConfig {
     pub uuid: [u8; 16],
     /// The product name SMBIOS reports (the VM's name).
     pub product: String,
+    /// The std-VGA adapter's VGA BIOS (Debian's vgabios-stdvga.bin), handed to the
+    /// firmware as the adapter's option ROM; None without a std-VGA adapter.
+    pub vga_rom: Option<PathBuf>,
 }
 
 /// Smallest system ROM accepted (SeaBIOS's smallest build is 128 KiB).
@@ -150,6 +153,9 @@ pub struct Platform {
     pub ecam: Arc<EcamOverlay>,
     /// The 32-bit PCI window, `(start, end)`.
     pub window: (u64, u64),
+    /// The firmware configuration device, for files the registration step adds (the
+    /// boot order).
+    pub fw_cfg: Arc<Mutex<FwCfg>>,
 }
 
 /// What [`Platform::build`] needs.
@@ -197,11 +203,19 @@ impl Platform {
             at: Mutex::new(None),
         }));
 
-        let cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
+        let mut cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
+        if let Some(path) = &p.fw.vga_rom {
+            let rom = std::fs::read(path).map_err(|source| FirmwareError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            // SeaBIOS looks for a PCI device's option ROM as "pciVVVV,DDDD.rom" first.
+            cfg.add_file(STDVGA_ROM_FILE, rom)?;
+        }
         let cfg = Arc::new(Mutex::new(cfg));
         let mut pio = p.pio.write().unwrap_or_else(|e| e.into_inner());
         pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
-        pio.insert(cfg, FW_CFG_PORT_DMA, FW_CFG_PORT_DMA_LEN)?;
+        pio.insert(cfg.clone(), FW_CFG_PORT_DMA, FW_CFG_PORT_DMA_LEN)?;
         pio.insert(
             Arc::new(Mutex::new(FirmwareLog::new(Box::new(LogSink)))),
             u64::from(layout::FW_DEBUG_PORT),
@@ -214,9 +228,13 @@ impl Platform {
             reset: Arc::new(Mutex::new(ResetControl::new(p.power))),
             ecam,
             window,
+            fw_cfg: cfg,
         })
     }
 }
+
+/// The fw_cfg file holding the std-VGA adapter's option ROM (PCI 1234:1111).
+const STDVGA_ROM_FILE: &str = "pci1234,1111.rom";
 
 /// The 32-bit PCI window starts at 2 GiB at the lowest (SeaBIOS's ECAM at 0xb000_0000
 /// must fall inside it).
