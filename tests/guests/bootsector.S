@@ -10,6 +10,11 @@
  * then powers off through the ACPI PM block (PM1a_CNT at PMBASE+4, SLP_TYP S5 | SLP_EN)
  * with PMBASE read from the ICH9 LPC bridge (00:1f.0 register 0x40), and halts if the
  * machine is still running.
+ *
+ * Built with -DVGA_TEXT it instead writes a line of text straight into the VGA text
+ * buffer at 0xb8000 (white on blue, row 10), turns the hardware cursor off (CRTC 0x0a bit
+ * 5, so a screenshot does not depend on the blink phase), prints DONE and halts, leaving
+ * the screen for the test to look at.
  */
 	.code16
 	.text
@@ -66,6 +71,28 @@ e820_next:
 	test %ebx, %ebx
 	jnz e820_next
 e820_done:
+#ifdef VGA_TEXT
+	mov $0xb800, %ax
+	mov %ax, %es
+	mov $(10 * 160 + 20), %di
+	mov $s_vga, %si
+	mov $0x1f, %ah
+2:	lodsb
+	test %al, %al
+	jz 3f
+	stosw
+	jmp 2b
+3:	mov $0x3d4, %dx
+	mov $0x0a, %al
+	out %al, %dx
+	inc %dx
+	mov $0x20, %al
+	out %al, %dx
+	mov $s_done, %si
+	call puts
+4:	hlt
+	jmp 4b
+#endif
 	mov $s_done, %si
 	call puts
 
@@ -132,6 +159,9 @@ s_boot:	.asciz "BOOT drive="
 s_int12: .asciz "INT12 "
 s_e820:	.asciz "E820 "
 s_done:	.asciz "DONE\n"
+#ifdef VGA_TEXT
+s_vga:	.asciz "Hospes: legacy VGA text"
+#endif
 drive:	.byte 0
 	.org 510
 	.byte 0x55, 0xaa

@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hospes_tests::{GuestKind, build_guest, run_vmm, skip_without_kvm, wait_timeout};
+use hospes_core::control::client::QmpClient;
+use hospes_tests::{
+    GuestKind, build_guest, build_guest_with, read_png, run_vmm, skip_without_kvm, vmm_binary,
+    wait_for_text, wait_timeout,
+};
 
 /// SeaBIOS takes about 1.5 s to reach a boot sector on this nested KVM; leave room.
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -16,7 +20,12 @@ const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
 /// A 1 MiB raw disk whose first sector is the boot-sector guest.
 fn boot_disk(dir: &Path) -> PathBuf {
-    let guest = build_guest("bootsector", GuestKind::BootSector);
+    boot_disk_with(dir, &[])
+}
+
+/// [`boot_disk`] with the guest built with `defines`.
+fn boot_disk_with(dir: &Path, defines: &[&str]) -> PathBuf {
+    let guest = build_guest_with("bootsector", GuestKind::BootSector, defines);
     let mut image = std::fs::read(&guest.path).expect("read the boot sector");
     assert_eq!(image.len(), 512, "the boot sector guest is one sector");
     image.resize(1 << 20, 0);
@@ -263,4 +272,113 @@ fn seabios_boots_a_disk_on_the_sata_controller() {
         "{run:?}"
     );
     assert!(ours.iter().any(|l| l.starts_with("E820 ")), "{ours:?}");
+}
+
+/// The SMBIOS UUID both machines report, so SeaBIOS prints the same line under both.
+const UUID: &str = "0d475e6f-6592-51ec-a52f-7d556bdbdc48";
+
+/// Waits for DONE on the serial file, then takes a screendump through QMP at `qmp`.
+fn screendump_after_done(serial: &Path, qmp: &Path, png: &Path, png_format: bool) {
+    wait_for_text(serial, "DONE", TIMEOUT);
+    let mut client = QmpClient::connect_with_timeout(qmp, TIMEOUT).expect("QMP connects");
+    let mut args = serde_json::json!({ "filename": png.display().to_string() });
+    if png_format {
+        args["format"] = "png".into();
+    }
+    client
+        .execute("screendump", Some(args))
+        .expect("screendump");
+    let _ = client.quit();
+}
+
+#[test]
+fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_disk_with(dir.path(), &["VGA_TEXT"]);
+    let ours_png = dir.path().join("hospes.png");
+    let qemu_png = dir.path().join("qemu.png");
+
+    // Hospes: std-VGA with its VGA BIOS; SeaBIOS prints its banner in text mode, the
+    // boot sector writes a line into 0xb8000.
+    let (serial, qmp) = (dir.path().join("serial.txt"), dir.path().join("qmp.sock"));
+    let mut ours = Command::new(vmm_binary())
+        .args([
+            "--bios",
+            SEABIOS,
+            "-m",
+            "128M",
+            "--no-rng",
+            "--display",
+            "std-vga",
+        ])
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--qmp")
+        .arg(format!("unix:{}", qmp.display()))
+        .args(["--name", "vga", "--uuid", UUID])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hospes-vmm");
+    screendump_after_done(&serial, &qmp, &ours_png, false);
+    let _ = wait_timeout(&mut ours, TIMEOUT);
+
+    // QEMU: the same firmware, VGA BIOS and disk, with the same machine UUID.
+    let (qserial, qqmp) = (dir.path().join("qserial.txt"), dir.path().join("qqmp.sock"));
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "kvm",
+            "-M",
+            "q35",
+            "-m",
+            "128M",
+            "-nodefaults",
+            "-vga",
+            "std",
+        ])
+        .args(["-display", "none", "-bios", SEABIOS, "-uuid", UUID])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=none,id=d", disk.display()))
+        .args(["-device", "ide-hd,drive=d,bus=ide.0", "-serial"])
+        .arg(format!("file:{}", qserial.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server,nowait", qqmp.display()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "qemu-system-x86_64 (Debian package qemu-system-x86) is installed by the test command",
+        );
+    screendump_after_done(&qserial, &qqmp, &qemu_png, true);
+    let _ = wait_timeout(&mut qemu, TIMEOUT);
+
+    let (w, h, ours) = read_png(&ours_png);
+    let (qw, qh, theirs) = read_png(&qemu_png);
+    assert_eq!((w, h), (720, 400), "80x25 text with 9x16 cells");
+    assert_eq!((qw, qh), (w, h));
+    // The boot sector's line: white on blue at row 10, column 10.
+    let at = |x: u32, y: u32| ours[(y * w + x) as usize];
+    assert_eq!(
+        at(10 * 9, 10 * 16),
+        0x0000_00a8,
+        "blue background of the line"
+    );
+    let lit = (0..16)
+        .flat_map(|y| (0..9 * 6).map(move |x| (x, y)))
+        .filter(|&(x, y)| at(10 * 9 + x, 10 * 16 + y) == 0x00ff_ffff)
+        .count();
+    assert!(lit > 50, "white glyph pixels of \"Hospes\": {lit}");
+    let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differing,
+        0,
+        "pixels that differ from QEMU's screen (saved in {})",
+        dir.keep().display()
+    );
 }

@@ -558,7 +558,7 @@ mod tests {
         v.write(VGA_WINDOW_BASE, 0x1_8000, b" \x1f");
         lock(&v.vga()).refresh();
         let s = display.surface().unwrap();
-        assert_eq!((s.width, s.height, s.pixel(0, 0)), (720, 400, 0xaa));
+        assert_eq!((s.width, s.height, s.pixel(0, 0)), (720, 400, 0xa8));
 
         dispi(&mut v, 1, 1024);
         dispi(&mut v, 2, 768);
@@ -575,7 +575,7 @@ mod tests {
 
         dispi(&mut v, 4, 0);
         let s = display.surface().unwrap();
-        assert_eq!((s.width, s.height, s.pixel(0, 0)), (720, 400, 0xaa));
+        assert_eq!((s.width, s.height, s.pixel(0, 0)), (720, 400, 0xa8));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! PCI is set up, and hands the stack to the QMP bridge.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::{Machine, MachineError};
 use crate::machine::pci::PciSetup;
@@ -22,7 +22,7 @@ use hospes_devices::bus::lock;
 use hospes_devices::display::stdvga::{DISPI_PORT, DISPI_PORT_LEN, StdVga, VRAM_SIZE};
 use hospes_devices::display::vga::{
     VGA_MONO_PORT_BASE, VGA_MONO_PORT_LEN, VGA_PORT_BASE, VGA_PORT_LEN, VGA_WINDOW_BASE,
-    VGA_WINDOW_LEN,
+    VGA_WINDOW_LEN, Vga,
 };
 use hospes_devices::display::{FbSlot, refresh};
 use hospes_devices::framebuffer::{Display, FbMemory};
@@ -76,6 +76,9 @@ pub struct DisplayStack {
     vnc: Option<VncServer>,
     /// Pointer position and buttons for QMP `abs`/`btn` events.
     qmp_pointer: Mutex<(u32, u32, u8)>,
+    /// The legacy VGA of the boot in progress (firmware boot), drawn on demand before a
+    /// screendump so it shows what the guest wrote last, not the last refresh tick.
+    legacy: Mutex<Weak<Mutex<Vga>>>,
 }
 
 impl DisplayStack {
@@ -106,6 +109,7 @@ impl DisplayStack {
             input,
             vnc,
             qmp_pointer: Mutex::new((0, 0, 0)),
+            legacy: Mutex::new(Weak::new()),
         })
     }
 
@@ -179,11 +183,16 @@ impl DisplayStack {
             Arc::downgrade(&legacy),
         )
         .map_err(setup_error)?;
+        *lock(&self.legacy) = Arc::downgrade(&legacy);
         Ok(())
     }
 
     /// QMP `screendump`.
     pub fn screendump(&self, path: &Path) -> Result<(), ControlError> {
+        let legacy = lock(&self.legacy).upgrade();
+        if let Some(vga) = legacy {
+            lock(&vga).refresh();
+        }
         let s = self
             .display
             .surface()

@@ -141,8 +141,11 @@ impl Regs {
     pub fn dac_rgb(&self, i: u8) -> u32 {
         let base = usize::from(i) * 3;
         let c = |k: usize| {
+            // 6 bits to 8 as QEMU's std-VGA does (the low bit repeated into the two new
+            // ones: 0x2a -> 0xa8, 0x3f -> 0xff), so screens match it pixel for pixel.
             let v = u32::from(self.dac.get(base + k).copied().unwrap_or(0) & 0x3f);
-            (v << 2) | (v >> 4)
+            let low = v & 1;
+            (v << 2) | (low << 1) | low
         };
         (c(0) << 16) | (c(1) << 8) | c(2)
     }

@@ -7,8 +7,9 @@ const GLYPH_A: [u8; 16] = [
     0x00, 0x00, 0x10, 0x38, 0x6c, 0xc6, 0xc6, 0xfe, 0xc6, 0xc6, 0xc6, 0xc6, 0x00, 0x00, 0x00, 0x00,
 ];
 const WHITE: u32 = 0x00ff_ffff;
-const BLUE: u32 = 0x0000_00aa;
-const GREY: u32 = 0x00aa_aaaa;
+// DAC 0x2a widened as QEMU does (0xa8), 0x3f to 0xff.
+const BLUE: u32 = 0x0000_00a8;
+const GREY: u32 = 0x00a8_a8a8;
 /// Window offset of 0xB8000.
 const TEXT: u64 = 0x1_8000;
 
@@ -222,7 +223,7 @@ fn blink_bit_is_background_intensity_or_blink() {
     outb(&mut v, 0x3c0, 0x04);
     v.refresh();
     // Intensity: background 9, light blue (DAC 0x39).
-    assert_eq!(s.pixel(0, 0), 0x0055_55ff);
+    assert_eq!(s.pixel(0, 0), 0x0057_57ff);
 }
 
 #[test]
@@ -366,7 +367,7 @@ fn mode_12h_planar_pixel_goes_through_the_attribute_palette() {
     poke(&mut v, 479 * 80 + 1, &[0]);
     v.refresh();
     // Palette 6 is 0x14: brown.
-    assert_eq!(s.pixel(9, 479), 0x00aa_5500);
+    assert_eq!(s.pixel(9, 479), 0x00a8_5700);
     assert_eq!(s.pixel(8, 479), 0);
 }
 
