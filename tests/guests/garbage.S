@@ -1,5 +1,6 @@
 /* Garbage guest: writes and reads junk on every port below 0x1000 and a spread of ports
- * above (sparing COM1 and the ACPI PM block, whose effects would be real), and on MMIO
+ * above (sparing COM1, the ACPI PM block, the i8042's command port and port 0x92, whose
+ * effects would be real: a reset from the last two), and on MMIO
  * addresses outside RAM (sparing the in-kernel IOAPIC and LAPIC pages); then prints
  * "alive" and powers off. The helper must log (rate-limited) and carry on. */
 #include "pvh_note.S"
@@ -18,6 +19,8 @@ _start:
 	cmp $0x600, %ax			/* ACPI PM block */
 	je 3f
 	cmp $0x64, %bx			/* i8042 command: 0xfe would reset */
+	je 3f
+	cmp $0x92, %bx			/* port 0x92: bit 0 is a fast reset */
 	je 3f
 	mov %bx, %dx
 	mov $0xa5, %al

@@ -834,10 +834,11 @@ mod tests {
         assert_eq!(dev.u32(0x1c), 48 * 1024, "extended size in MiB");
         let maps = of(&s, 19);
         assert_eq!(maps.len(), 2);
-        let low_kib = (layout::LOW_RAM_MAX / 1024) as u32;
+        // Firmware boot keeps 2 GiB below 4 GiB when the VM has this much.
+        let low_kib = (layout::FW_LOW_RAM_SPLIT / 1024) as u32;
         assert_eq!((maps[0].u32(4), maps[0].u32(8)), (0, low_kib - 1));
         let high_start = (layout::HIGH_RAM_START / 1024) as u32;
-        let high_len = (ram - layout::LOW_RAM_MAX) / 1024;
+        let high_len = (ram - layout::FW_LOW_RAM_SPLIT) / 1024;
         assert_eq!(maps[1].u32(4), high_start);
         assert_eq!(maps[1].u32(8) as u64, high_start as u64 + high_len - 1);
         // Above 2 TiB of KiB the array's capacity moves to the extended field too.
