@@ -45,6 +45,7 @@ pub mod firmware;
 pub mod pci;
 pub mod qmp;
 pub mod storage;
+pub mod uefi;
 
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY: u64 = 2 << 20;
@@ -66,6 +67,8 @@ pub enum MachineError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Firmware(#[from] firmware::FirmwareError),
+    #[error(transparent)]
+    Uefi(#[from] uefi::UefiError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] BusError),
     #[error("{requested} bytes of guest memory is more than this host's {host} bytes of RAM")]
@@ -328,8 +331,8 @@ pub struct Machine {
     kvm: Kvm,
     /// The loaded kernel's entry (direct kernel boot); None: firmware boot.
     boot: Option<boot::BootEntry>,
-    /// The firmware image mapped into this boot (kept as long as the VM).
-    _rom: Option<firmware::SystemRom>,
+    /// The firmware images mapped into this boot (kept as long as the VM).
+    _rom: Option<uefi::FirmwareImages>,
     serial: Arc<Mutex<SerialDevice>>,
     /// The VM's kernel side (the PIT), still being set up while devices are added.
     setup: vm::VmSetup,
@@ -362,7 +365,7 @@ impl Machine {
         let mut setup = vm::VmSetup::start(vm::create_vm(&kvm)?, guest_memory.clone(), bios_area)?;
 
         let (boot, rom) = match &config.firmware {
-            Some(fw) => (None, Some(firmware::SystemRom::load(&fw.image)?)),
+            Some(fw) => (None, Some(uefi::FirmwareImages::load(fw)?)),
             None => (Some(load_kernel(config, &guest_memory)?), None),
         };
 

@@ -20,6 +20,7 @@ use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
 use hospes_vmm::machine::firmware::{FirmwareConfig, FirmwareKind};
 use hospes_vmm::machine::pci::{DiskSpec, attach_pci_to_machine};
 use hospes_vmm::machine::storage;
+use hospes_vmm::machine::uefi;
 use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
 use hospes_vmm::vnc::VncListen;
 
@@ -247,12 +248,28 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     vga_rom: None,
                 });
             }
-            hospes_core::config::Boot::Uefi { .. } => {
-                return Err(format!(
-                    "{}: UEFI boot is not available yet (its flash device for the variable \
-                     store is still being built); use boot: Bios(firmware: None)",
-                    path.display()
-                ));
+            hospes_core::config::Boot::Uefi { firmware, tpm } => {
+                if tpm {
+                    log::warn!(
+                        "{}: the VM asks for a TPM, which Hospes cannot give yet: it starts \
+                         without one (a guest that requires a TPM, like Windows 11, will \
+                         refuse to install)",
+                        path.display()
+                    );
+                }
+                let chosen = firmware.map(|f| dir.join(f));
+                let image = hospes_core::firmware::locate(Image::OvmfCode, chosen.as_deref())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                cfg.firmware = Some(FirmwareConfig {
+                    kind: FirmwareKind::Uefi,
+                    image,
+                    // The VM's own copy of the template, made on its first start.
+                    vars: Some(dir.join(uefi::VARS_FILE)),
+                    serial_console: !vm.display.enabled,
+                    uuid: vm_uuid(&vm_id(path)),
+                    product: vm.name.clone(),
+                    vga_rom: None,
+                });
             }
         }
         cfg.memory = vm.memory.bytes();
@@ -339,7 +356,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         }
         // Without a screen the firmware's text console goes to COM1.
         fw.serial_console = extras.display.kind == DisplayKind::None;
-        if extras.display.kind == DisplayKind::StdVga {
+        // OVMF drives the adapter with its own driver; a BIOS needs the VGA BIOS.
+        if extras.display.kind == DisplayKind::StdVga && fw.kind == FirmwareKind::Bios {
             fw.vga_rom = Some(
                 hospes_core::firmware::locate(Image::VgaBiosStdVga, None)
                     .map_err(|e| e.to_string())?,
@@ -520,5 +538,65 @@ mod tests {
         );
         assert_eq!(parse_serial("none"), Ok(SerialConfig::None));
         assert!(parse_serial("tcp:1").is_err());
+    }
+
+    fn uefi_vm(boot: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.ron");
+        std::fs::write(
+            &path,
+            format!(
+                "(version: 1, name: \"efi\", os: Linux, cpus: 2, memory: \"512M\", \
+                 boot: {boot}, display: (enabled: false))\n"
+            ),
+        )
+        .unwrap();
+        (dir, path)
+    }
+
+    fn from_config(path: &std::path::Path) -> Result<(MachineConfig, Extras), String> {
+        let args = Args::parse_from(["hospes-vmm", "--config", path.to_str().unwrap()]);
+        machine_config(args)
+    }
+
+    #[test]
+    fn uefi_boot_takes_the_installed_ovmf_and_the_vms_own_variable_store() {
+        let (dir, path) = uefi_vm("Uefi(firmware: None, tpm: false)");
+        let result = from_config(&path);
+        // Whatever this machine has installed: the same file the lookup finds, or the same
+        // "install ovmf" error.
+        match hospes_core::firmware::locate(Image::OvmfCode, None) {
+            Ok(code) => {
+                let fw = result.unwrap().0.firmware.expect("firmware boot");
+                assert_eq!(fw.kind, FirmwareKind::Uefi);
+                assert_eq!(fw.image, code);
+                assert_eq!(fw.vars, Some(dir.path().join("OVMF_VARS.fd")));
+                assert!(fw.serial_console, "no display: the console is COM1");
+                assert_eq!(fw.product, "efi");
+            }
+            Err(e) => {
+                let err = result.err().unwrap();
+                assert!(err.contains("apt install ovmf"), "{err}");
+                assert!(err.contains(&e.to_string()), "{err}");
+            }
+        }
+        assert!(
+            !dir.path().join("OVMF_VARS.fd").exists(),
+            "the store is made when the VM starts, not when its settings are read"
+        );
+    }
+
+    #[test]
+    fn uefi_firmware_from_vm_ron_is_relative_to_the_vm_folder() {
+        let (dir, path) = uefi_vm("Uefi(firmware: Some(\"my/CODE.fd\"), tpm: true)");
+        std::fs::create_dir(dir.path().join("my")).unwrap();
+        std::fs::write(dir.path().join("my/CODE.fd"), b"x").unwrap();
+        let (cfg, _) = from_config(&path).unwrap();
+        let fw = cfg.firmware.unwrap();
+        assert_eq!(fw.kind, FirmwareKind::Uefi);
+        assert_eq!(fw.image, dir.path().join("my/CODE.fd"));
+        assert_eq!(fw.vars, Some(dir.path().join("OVMF_VARS.fd")));
+        assert_eq!(cfg.memory, 512 << 20);
+        assert_eq!(cfg.cpus, 2);
     }
 }

@@ -10,7 +10,7 @@
 //! control register) and the firmware's own devices: fw_cfg with what the firmware reads
 //! about the machine ([`fw_cfg`]) and the 0x402 log. The PCI registration step puts the
 //! MCH and LPC on bus 0 (`machine::pci`); the vCPU starts at the reset vector 0xffff_fff0
-//! inside the ROM.
+//! inside the ROM. For OVMF, [`super::uefi`] maps its two flash images in the ROM's place.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use super::uefi::FirmwareImages;
 use crate::arch::x86_64::layout;
 use crate::arch::x86_64::smbios::{EntryPoint, SmbiosInfo, smbios_tables};
 use crate::vstate::rom;
@@ -165,7 +166,8 @@ pub struct PlatformParts<'a> {
     pub memory: u64,
     pub vm: &'a Arc<VmFd>,
     pub guest_memory: &'a GuestMemoryMmap,
-    pub rom: &'a SystemRom,
+    /// SeaBIOS's ROM or OVMF's flashes.
+    pub rom: &'a FirmwareImages,
     pub pio: &'a Arc<RwLock<Bus>>,
     pub mmio: &'a mut Bus,
     /// The ICH9 ACPI PM block, placed where the firmware programs PMBASE.

@@ -3,10 +3,12 @@
 //! kick signal ([`vcpu`]), and the KVM side of the device models' traits: MSI routes,
 //! irqfds and ioeventfds for PCI devices ([`pci_kvm`]), the framebuffer's memory slot with
 //! dirty-page logging ([`fb_slot`]), firmware images as read-only slots ([`rom`]), the BIOS
-//! area under the chipset's PAM registers ([`shadow`]). This is the only module of Hospes
-//! that calls KVM.
+//! area under the chipset's PAM registers ([`shadow`]), the CFI flash's image slots that
+//! follow its read-array mode ([`flash`]). This is the only module of Hospes that calls
+//! KVM.
 
 pub mod fb_slot;
+pub mod flash;
 pub mod memory;
 pub mod pci_kvm;
 pub mod rom;
