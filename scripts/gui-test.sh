@@ -376,6 +376,27 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     --pixel 960 945 ffffff --pixel 150 150 123456 --pixel 40 40 ff0000
   stop_app
 
+  # 9a. An install CD boots in the VM window: a Linux-preset VM (SeaBIOS, std-VGA) made
+  #     from an El Torito ISO whose boot image is tests/guests/bootsector.S built with
+  #     VGA_TEXT. The window shows SeaBIOS's text screen and the boot image's white-on-blue
+  #     line at row 10, drawn through legacy VGA text mode (720x400).
+  mkdir -p "$work/iso-tree"
+  gcc -m32 -DVGA_TEXT -c "$guests/bootsector.S" -o "$work/bootsector.o"
+  ld -m elf_i386 -nostdlib -T "$guests/bootsector.ld" "$work/bootsector.o" \
+    -o "$work/iso-tree/boot.bin"
+  xorriso -as mkisofs -quiet -b boot.bin -no-emul-boot -boot-load-size 4 \
+    -o "$work/installer.iso" "$work/iso-tree"
+  create_vm "$work/life" "Installer" --preset linux --iso "$work/installer.iso" \
+    --memory 128M --cpus 1
+  start_app "$work/life"
+  echo "gui-test: a VM made from an install CD boots it through the BIOS, on screen"
+  check --click "Start Installer" --expect "Open Installer"
+  check --click "Open Installer"
+  check --timeout 90 --title "Installer" --expect "Screen of Installer" \
+    --screenshot "$out/bios-text.png" --screen "Screen of Installer" --guest-size 720 400 \
+    --pixel 100 161 0000a8 --pixel 600 300 000000
+  stop_app
+
   # 9b. Resolution follows the window: a virtio-gpu guest (tests/guests/gpu.S) shows red,
   #     green, blue and white bands at whatever size it is given. Opening its window and
   #     then resizing it must each make the guest's resolution (a QMP screendump) the size
