@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use crate::arch::x86_64::acpi_loader::{self, AcpiLoaderError, Q35Platform};
 use crate::arch::x86_64::layout;
 use crate::arch::x86_64::smbios::{EntryPoint, SmbiosInfo, smbios_tables};
 use crate::vstate::rom;
@@ -91,6 +92,8 @@ pub enum FirmwareError {
     Bus(#[from] BusError),
     #[error("cannot fill the firmware configuration")]
     FwCfg(#[from] FwCfgError),
+    #[error("cannot build the ACPI tables for the firmware")]
+    Acpi(#[from] AcpiLoaderError),
 }
 
 /// How long SeaBIOS waits before trying again when nothing boots (ms).
@@ -197,7 +200,8 @@ impl Platform {
             at: Mutex::new(None),
         }));
 
-        let cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
+        let mut cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
+        add_acpi_tables(&mut cfg, p.cpus, p.memory, window, &ecam)?;
         let cfg = Arc::new(Mutex::new(cfg));
         let mut pio = p.pio.write().unwrap_or_else(|e| e.into_inner());
         pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
@@ -216,6 +220,33 @@ impl Platform {
             window,
         })
     }
+}
+
+/// Adds the ACPI tables the firmware loads through `etc/table-loader`
+/// ([`acpi_loader`]), generated when the guest first reads them so that the MCFG and the
+/// root bridge's `_CRS` follow the ECAM window the firmware programmed into PCIEXBAR.
+/// The PM block is described at 0x600, where SeaBIOS (when `etc/table-loader` exists) and
+/// OVMF put PMBASE.
+fn add_acpi_tables(
+    cfg: &mut FwCfg,
+    cpus: u32,
+    memory: u64,
+    window: (u64, u64),
+    ecam: &Arc<EcamOverlay>,
+) -> Result<(), FirmwareError> {
+    let platform = Q35Platform {
+        cpus,
+        memory,
+        window,
+        ecam: ecam.range(),
+        pm_base: layout::PM_BASE,
+    };
+    // Built once now, so that a machine the tables cannot describe fails to start
+    // instead of booting without ACPI; later builds differ only in the ECAM window.
+    acpi_loader::build(&platform)?;
+    let generate = acpi_loader::generator(platform, ecam.clone());
+    cfg.add_lazy_files(&acpi_loader::FILES, generate)?;
+    Ok(())
 }
 
 /// The 32-bit PCI window starts at 2 GiB at the lowest (SeaBIOS's ECAM at 0xb000_0000
