@@ -591,24 +591,9 @@ fn dsdt(p: &Q35Platform) -> Vec<u8> {
     let mut body = acpi::s5();
     // The links before the `_PRT` that names them.
     body.extend(gsi_links());
-    body.extend(to_bytes(&AmlDevice::new(
-        "_SB_.PCI0".into(),
-        vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0A08")),
-            &Name::new("_CID".into(), &EISAName::new("PNP0A03")),
-            &Name::new("_ADR".into(), &0u8),
-            &Name::new("_SEG".into(), &0u8),
-            &Name::new("_UID".into(), &0u8),
-            &Name::new("_BBN".into(), &0u8),
-            &Name::new("_CRS".into(), &crs),
-            &prt,
-            &lpc,
-        ],
-    )));
+    body.extend(acpi::pci_root(&crs, &[&prt, &lpc]));
     body.extend(acpi::power_button());
-    let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    sdt.append_slice(&body);
-    sdt.as_slice().to_vec()
+    acpi::dsdt_of(&body)
 }
 
 /// AML already encoded.
