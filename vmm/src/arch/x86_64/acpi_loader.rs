@@ -32,6 +32,8 @@
 //! names (PIRQ A..H fixed at GSI 16..23, level, active high); the power button. The
 //! `_PRT` is the APIC-mode one only: there is no `_PIC` switch to PIC-mode links.
 
+use std::sync::Arc;
+
 use acpi_tables::Aml;
 use acpi_tables::aml::Device as AmlDevice;
 use acpi_tables::aml::{
@@ -42,8 +44,6 @@ use acpi_tables::facs::FACS;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use hospes_devices::chipset::reset_control::{RESET_CONTROL_PORT, RST_CPU, SYS_RST};
-use std::sync::Arc;
-
 use hospes_devices::fw_cfg::{AllocZone, LazyGenerator, LoaderError, TableLoader};
 use hospes_devices::legacy::pm::PmLayout;
 use hospes_devices::pci::root::EcamOverlay;
@@ -91,7 +91,7 @@ const PCI_SLOTS: u8 = 32;
 /// INTA..INTD.
 const PCI_PINS: u8 = 4;
 
-/// The legacy ISA IRQs of the devices under the LPC bridge.
+/// The RTC's ISA IRQ.
 const RTC_IRQ: u8 = 8;
 /// The RTC's index/data ports.
 const RTC_PORT: u16 = 0x70;
