@@ -5,7 +5,7 @@
 //! Debian's OVMF (package `ovmf`, installed by the test command) starts from a vm.ron
 //! with `boot: Uefi(..)` on its two flash devices.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -196,6 +196,75 @@ fn seabios_boots_a_disk_and_hands_the_boot_sector_what_qemu_hands_it() {
     };
     assert_eq!(low_end(&ours), Some(256 << 20), "{ours:?}");
     assert_eq!(low_end(&qemu), Some(256 << 20), "{qemu:?}");
+}
+
+/// Runs the helper with `HOSPES_LOG=info` until it exits (or the deadline kills it):
+/// (exited by itself with success, stdout, stderr).
+fn run_logged(args: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(hospes_tests::vmm_binary())
+        .args(args)
+        .env("HOSPES_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hospes-vmm");
+    let drain = |r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(r).read_to_string(&mut text);
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_timeout(&mut child, TIMEOUT);
+    (
+        status.is_some_and(|s| s.success()),
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn seabios_loads_the_acpi_tables_hospes_hands_it_through_the_table_loader() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_disk(dir.path());
+    let disk_arg = disk.display().to_string();
+    let (ok, stdout, stderr) = run_logged(&[
+        "--bios", SEABIOS, "--disk", &disk_arg, "-m", "256M", "--no-rng", "--serial", "stdio",
+    ]);
+    assert!(ok, "the guest powers itself off: {stdout}\n{stderr}");
+    assert!(stdout.contains("BOOT drive=80"), "{stdout}");
+    let log: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split_once("firmware: ").map(|(_, m)| m))
+        .collect();
+    let has = |text: &str| log.iter().any(|l| l.contains(text));
+    // etc/table-loader is there: SeaBIOS moves the PM block where the FADT says.
+    assert!(has("Moving pm_base to 0x600"), "{log:#?}");
+    // It found the FADT through the RSDP it loaded into the F-segment and the XSDT...
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("table(50434146)=") && l.ends_with("(via xsdt)")),
+        "{log:#?}"
+    );
+    // ... and parsed the DSDT the FADT points at, which lists the PS/2 keyboard
+    // (SeaBIOS leaves the keyboard alone when a DSDT lacks PNP0303).
+    assert!(has("ACPI: parse DSDT at"), "{log:#?}");
+    assert!(has("PS2 keyboard initialized"), "{log:#?}");
+    // No complaint from the loader, and none of SeaBIOS's built-in fallback tables.
+    for bad in [
+        "internal error",
+        "ACPI DSDT=",
+        "Copying ACPI RSDP",
+        "not supported",
+    ] {
+        assert!(!has(bad), "{bad}: {log:#?}");
+    }
 }
 
 #[test]

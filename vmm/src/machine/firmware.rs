@@ -19,6 +19,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use super::uefi::FirmwareImages;
+use crate::arch::x86_64::acpi_loader::{self, AcpiLoaderError, Q35Platform};
 use crate::arch::x86_64::layout;
 use crate::arch::x86_64::smbios::{EntryPoint, SmbiosInfo, smbios_tables};
 use crate::vstate::rom;
@@ -95,6 +96,8 @@ pub enum FirmwareError {
     Bus(#[from] BusError),
     #[error("cannot fill the firmware configuration")]
     FwCfg(#[from] FwCfgError),
+    #[error("cannot build the ACPI tables for the firmware")]
+    Acpi(#[from] AcpiLoaderError),
 }
 
 /// How long SeaBIOS waits before trying again when nothing boots (ms).
@@ -214,6 +217,7 @@ impl Platform {
             // SeaBIOS looks for a PCI device's option ROM as "pciVVVV,DDDD.rom" first.
             cfg.add_file(STDVGA_ROM_FILE, rom)?;
         }
+        add_acpi_tables(&mut cfg, p.cpus, p.memory, window, &ecam)?;
         let cfg = Arc::new(Mutex::new(cfg));
         let mut pio = p.pio.write().unwrap_or_else(|e| e.into_inner());
         pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
@@ -237,6 +241,32 @@ impl Platform {
 
 /// The fw_cfg file holding the std-VGA adapter's option ROM (PCI 1234:1111).
 const STDVGA_ROM_FILE: &str = "pci1234,1111.rom";
+/// Adds the ACPI tables the firmware loads through `etc/table-loader`
+/// ([`acpi_loader`]), generated when the guest first reads them so that the MCFG and the
+/// root bridge's `_CRS` follow the ECAM window the firmware programmed into PCIEXBAR.
+/// The PM block is described at 0x600, where SeaBIOS (when `etc/table-loader` exists) and
+/// OVMF put PMBASE.
+fn add_acpi_tables(
+    cfg: &mut FwCfg,
+    cpus: u32,
+    memory: u64,
+    window: (u64, u64),
+    ecam: &Arc<EcamOverlay>,
+) -> Result<(), FirmwareError> {
+    let platform = Q35Platform {
+        cpus,
+        memory,
+        window,
+        ecam: ecam.range(),
+        pm_base: layout::PM_BASE,
+    };
+    // Built once now, so that a machine the tables cannot describe fails to start
+    // instead of booting without ACPI; later builds differ only in the ECAM window.
+    acpi_loader::build(&platform)?;
+    let generate = acpi_loader::generator(platform, ecam.clone());
+    cfg.add_lazy_files(&acpi_loader::FILES, generate)?;
+    Ok(())
+}
 
 /// The 32-bit PCI window starts at 2 GiB at the lowest (SeaBIOS's ECAM at 0xb000_0000
 /// must fall inside it).

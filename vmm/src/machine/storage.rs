@@ -4,7 +4,7 @@
 //! Data flow: after the PCI registration step has placed bus 0, [`attach_ahci`] puts one
 //! ICH9 AHCI function (8086:2922) in the next free slot with SATA disks on ports 0.. and the
 //! CD-ROM drive on the port after them; its INTA# reaches the guest through [`PciIntx`]
-//! (the slot's PIRQ, routed as the ICH9 routes it). [`boot_order`] then tells the firmware
+//! (the slot's PIRQ, as the DSDT's `_PRT` routes it: `acpi_loader::q35_pirq`). [`boot_order`] then tells the firmware
 //! where to boot from: the CD first when one is attached (an installer), then the disks in
 //! vm.ron's order.
 
@@ -24,12 +24,8 @@ use hospes_devices::chipset::Ich9Lpc;
 use hospes_devices::fw_cfg::{ahci_path, bootorder, virtio_blk_path};
 use hospes_devices::legacy::IrqLine;
 
-/// The first GSI of the IOAPIC pins the ICH9 PIRQs drive (PIRQ A..H -> GSI 16..23).
-pub const PIRQ_GSI_BASE: u32 = 16;
-/// PIRQ lines.
-const PIRQS: usize = 8;
-/// Slots from here up use the chipset's own routing (ICH9 devices); below, the swizzle.
-const FIRST_CHIPSET_SLOT: usize = 0x18;
+use crate::arch::x86_64::acpi_loader::{PIRQ_GSI_BASE, q35_pirq};
+
 /// Not yet connected to a slot.
 const UNCONNECTED: usize = usize::MAX;
 
@@ -48,17 +44,6 @@ pub enum StorageError {
     Pci(#[from] hospes_devices::pci::PciError),
     #[error("{0} SATA drives do not fit the controller's 6 ports")]
     TooManyDrives(usize),
-}
-
-/// The PIRQ a function's INTA..INTD reaches on bus 0: QEMU's Q35 swizzle, which the
-/// firmware's routing and the DSDT's `_PRT` follow.
-pub fn pirq_of(slot: usize, pin: usize) -> usize {
-    if slot < FIRST_CHIPSET_SLOT {
-        (slot + pin) % 4
-    } else {
-        // ICH9 functions at 0x18.. use PIRQ E..H.
-        4 + (slot + pin) % 4
-    }
 }
 
 /// A PCI function's INTx line: a level on its PIRQ, which the ICH9 drives into the
@@ -80,9 +65,11 @@ impl PciIntx {
         }
     }
 
-    /// Connects the line to the function in `slot` (INTA).
+    /// Connects the line to the function in `slot` (INTA), routed as the DSDT's `_PRT`
+    /// says.
     pub fn connect(&self, slot: usize) {
-        self.pirq.store(pirq_of(slot, 0), Ordering::Release);
+        let pirq = u8::try_from(slot).map_or(UNCONNECTED, |s| usize::from(q35_pirq(s, 0)));
+        self.pirq.store(pirq, Ordering::Release);
     }
 }
 
@@ -94,7 +81,7 @@ impl IrqLine for PciIntx {
 
     fn set_level(&self, high: bool) {
         let pirq = self.pirq.load(Ordering::Acquire);
-        if pirq >= PIRQS {
+        if pirq == UNCONNECTED {
             return;
         }
         let gsi = PIRQ_GSI_BASE + pirq as u32;
@@ -223,15 +210,6 @@ pub fn boot_order(ahci: Option<&AhciSetup>, virtio_disk_slots: &[usize]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_swizzle_onto_pirqs_as_q35_does() {
-        assert_eq!(pirq_of(0, 0), 0);
-        assert_eq!(pirq_of(1, 0), 1);
-        assert_eq!(pirq_of(3, 1), 0);
-        assert_eq!(pirq_of(5, 0), 1);
-        assert_eq!(pirq_of(0x1f, 0), 4 + 3);
-    }
 
     #[test]
     fn the_cd_boots_first_then_sata_then_virtio_disks() {

@@ -7,6 +7,10 @@
 //! and GPE0 in I/O space, SCI on IRQ 9, a fixed-hardware power button and a reset register,
 //! all served by `devices::legacy::pm`. The DSDT holds `_S5`, a PCI root bridge (ECAM, bus
 //! range, I/O and MMIO windows), a power button device and COM1.
+//!
+//! Firmware boot builds its own set for the Q35 platform in [`super::acpi_loader`], from
+//! the pieces here that both share ([`fadt_for`], [`madt`], [`mcfg_for`], `_S5`, the power
+//! button).
 
 use acpi_tables::Aml;
 use acpi_tables::aml::Device as AmlDevice;
@@ -23,9 +27,9 @@ use acpi_tables::xsdt::XSDT;
 
 use super::layout;
 
-const OEM_ID: [u8; 6] = *b"HOSPES";
-const OEM_TABLE_ID: [u8; 8] = *b"HOSPESVM";
-const OEM_REVISION: u32 = 1;
+pub(super) const OEM_ID: [u8; 6] = *b"HOSPES";
+pub(super) const OEM_TABLE_ID: [u8; 8] = *b"HOSPESVM";
+pub(super) const OEM_REVISION: u32 = 1;
 
 /// Errors building the ACPI tables.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,19 +47,33 @@ pub struct AcpiTables {
     pub rsdp_addr: u64,
 }
 
-fn to_bytes(t: &dyn Aml) -> Vec<u8> {
+pub(super) fn to_bytes(t: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
     t.to_aml_bytes(&mut v);
     v
 }
 
-/// The DSDT: `_S5`, the PCI root bridge, the power button, COM1.
-pub fn dsdt(mem: u64) -> Vec<u8> {
-    let s5 = Name::new(
+/// `Name (_S5, Package { SLP_TYP, SLP_TYP, 0, 0 })`: the sleep type the PM block powers off on.
+pub(super) fn s5() -> Vec<u8> {
+    to_bytes(&Name::new(
         "_S5_".into(),
         &Package::new(vec![&layout::S5_SLP_TYP, &layout::S5_SLP_TYP, &0u8, &0u8]),
-    );
+    ))
+}
 
+/// `\_SB.PWRB`, the power button device (PNP0C0C).
+pub(super) fn power_button() -> Vec<u8> {
+    to_bytes(&AmlDevice::new(
+        "_SB_.PWRB".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
+            &Name::new("_UID".into(), &0u8),
+        ],
+    ))
+}
+
+/// The DSDT: `_S5`, the PCI root bridge, the power button, COM1.
+pub fn dsdt(mem: u64) -> Vec<u8> {
     let last_bus = ((layout::PCI_ECAM_SIZE >> 20) - 1) as u16;
     let buses = AddressSpace::new_bus_number(0u16, last_bus);
     let cf8 = IO::new(0xcf8, 0xcf8, 1, 8);
@@ -77,26 +95,9 @@ pub fn dsdt(mem: u64) -> Vec<u8> {
         None,
     );
     let pci_crs = ResourceTemplate::new(vec![&buses, &cf8, &io_low, &io_high, &mmio32, &mmio64]);
-    let mut body = to_bytes(&s5);
-    body.extend(to_bytes(&AmlDevice::new(
-        "_SB_.PCI0".into(),
-        vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0A08")),
-            &Name::new("_CID".into(), &EISAName::new("PNP0A03")),
-            &Name::new("_ADR".into(), &0u8),
-            &Name::new("_SEG".into(), &0u8),
-            &Name::new("_UID".into(), &0u8),
-            &Name::new("_BBN".into(), &0u8),
-            &Name::new("_CRS".into(), &pci_crs),
-        ],
-    )));
-    body.extend(to_bytes(&AmlDevice::new(
-        "_SB_.PWRB".into(),
-        vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
-            &Name::new("_UID".into(), &0u8),
-        ],
-    )));
+    let mut body = s5();
+    body.extend(pci_root(&pci_crs, &[]));
+    body.extend(power_button());
 
     let com1_io = IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, 8);
     let com1_irq = Interrupt::new(true, true, false, false, layout::COM1_IRQ);
@@ -110,8 +111,28 @@ pub fn dsdt(mem: u64) -> Vec<u8> {
         ],
     )));
 
+    dsdt_of(&body)
+}
+
+/// `\_SB.PCI0`: the PCI Express root bridge (PNP0A08, compatible with PNP0A03) of segment
+/// 0 from bus 0, decoding `crs`, with `more` objects inside.
+pub(super) fn pci_root(crs: &dyn Aml, more: &[&dyn Aml]) -> Vec<u8> {
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0A08"));
+    let cid = Name::new("_CID".into(), &EISAName::new("PNP0A03"));
+    let adr = Name::new("_ADR".into(), &0u8);
+    let seg = Name::new("_SEG".into(), &0u8);
+    let uid = Name::new("_UID".into(), &0u8);
+    let bbn = Name::new("_BBN".into(), &0u8);
+    let crs = Name::new("_CRS".into(), crs);
+    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs];
+    children.extend_from_slice(more);
+    to_bytes(&AmlDevice::new("_SB_.PCI0".into(), children))
+}
+
+/// A DSDT (revision 2: 64-bit integers) holding the AML `body`.
+pub(super) fn dsdt_of(body: &[u8]) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    sdt.append_slice(&body);
+    sdt.append_slice(body);
     sdt.as_slice().to_vec()
 }
 
@@ -119,8 +140,40 @@ fn io_gas(port: u16, bits: u8, access: AccessSize) -> GAS {
     GAS::new(GasSpace::SystemIo, bits, 0, access, u64::from(port))
 }
 
-/// The FADT pointing at `dsdt` and `facs`.
+/// The fixed hardware a FADT describes: the PM registers in I/O space and the reset
+/// register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedHardware {
+    pub pm1a_evt: u16,
+    pub pm1a_cnt: u16,
+    pub pm_tmr: u16,
+    pub gpe0: u16,
+    /// GPE0_BLK_LEN: status and enable halves together, in bytes.
+    pub gpe0_len: u8,
+    /// The reset register (an I/O port) and the value that resets.
+    pub reset_port: u16,
+    pub reset_value: u8,
+}
+
+/// Direct kernel boot's fixed hardware: Hospes' own PM block layout at
+/// [`layout::PM_BASE`].
+pub const KERNEL_BOOT_HARDWARE: FixedHardware = FixedHardware {
+    pm1a_evt: layout::PM1A_EVT,
+    pm1a_cnt: layout::PM1A_CNT,
+    pm_tmr: layout::PM_TMR,
+    gpe0: layout::GPE0,
+    gpe0_len: 4,
+    reset_port: layout::RESET_REG,
+    reset_value: layout::RESET_VALUE,
+};
+
+/// The FADT pointing at `dsdt` and `facs`, for direct kernel boot.
 pub fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
+    fadt_for(&KERNEL_BOOT_HARDWARE, dsdt, facs)
+}
+
+/// A FADT describing `hw`, pointing at `dsdt` (64-bit field) and `facs` (32-bit field).
+pub fn fadt_for(hw: &FixedHardware, dsdt: u64, facs: u64) -> Vec<u8> {
     let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt)
         .firmware_ctrl_32(facs as u32)
@@ -131,23 +184,27 @@ pub fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
         .flag(Flags::TmrValExt);
     // Fixed-hardware power button: the PwrButton flag stays clear.
     f.sci_int = (layout::SCI_IRQ as u16).into();
-    f.pm1a_evt_blk = u32::from(layout::PM1A_EVT).into();
-    f.pm1a_cnt_blk = u32::from(layout::PM1A_CNT).into();
-    f.pm_tmr_blk = u32::from(layout::PM_TMR).into();
-    f.gpe0_blk = u32::from(layout::GPE0).into();
+    f.pm1a_evt_blk = u32::from(hw.pm1a_evt).into();
+    f.pm1a_cnt_blk = u32::from(hw.pm1a_cnt).into();
+    f.pm_tmr_blk = u32::from(hw.pm_tmr).into();
+    f.gpe0_blk = u32::from(hw.gpe0).into();
     f.pm1_evt_len = 4;
     f.pm1_cnt_len = 2;
     f.pm_tmr_len = 4;
-    f.gpe0_blk_len = 4;
+    f.gpe0_blk_len = hw.gpe0_len;
     f.century = hospes_devices::legacy::rtc::REG_CENTURY;
     // IA-PC boot architecture: legacy devices present, 8042 present.
     f.iapc_boot_arch = 0x3u16.into();
-    f.x_pm1a_evt_blk = io_gas(layout::PM1A_EVT, 32, AccessSize::WordAccess);
-    f.x_pm1a_cnt_blk = io_gas(layout::PM1A_CNT, 16, AccessSize::WordAccess);
-    f.x_pm_tmr_blk = io_gas(layout::PM_TMR, 32, AccessSize::DwordAccess);
-    f.x_gpe0_blk = io_gas(layout::GPE0, 32, AccessSize::ByteAccess);
-    f.reset_reg = io_gas(layout::RESET_REG, 8, AccessSize::ByteAccess);
-    f.reset_value = layout::RESET_VALUE;
+    f.x_pm1a_evt_blk = io_gas(hw.pm1a_evt, 32, AccessSize::WordAccess);
+    f.x_pm1a_cnt_blk = io_gas(hw.pm1a_cnt, 16, AccessSize::WordAccess);
+    f.x_pm_tmr_blk = io_gas(hw.pm_tmr, 32, AccessSize::DwordAccess);
+    f.x_gpe0_blk = io_gas(
+        hw.gpe0,
+        hw.gpe0_len.saturating_mul(8),
+        AccessSize::ByteAccess,
+    );
+    f.reset_reg = io_gas(hw.reset_port, 8, AccessSize::ByteAccess);
+    f.reset_value = hw.reset_value;
     to_bytes(&f.finalize())
 }
 
@@ -184,11 +241,18 @@ pub fn madt(cpus: u32) -> Result<Vec<u8>, AcpiError> {
     Ok(sdt.as_slice().to_vec())
 }
 
-fn mcfg() -> Vec<u8> {
+/// An MCFG with one entry: segment 0, buses `0..=last_bus` at `base`.
+pub fn mcfg_for(base: u64, last_bus: u8) -> Vec<u8> {
     let mut m = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    let last_bus = ((layout::PCI_ECAM_SIZE >> 20) - 1) as u8;
-    m.add_ecam(layout::PCI_ECAM_START, 0, 0, last_bus);
+    m.add_ecam(base, 0, 0, last_bus);
     to_bytes(&m)
+}
+
+fn mcfg() -> Vec<u8> {
+    mcfg_for(
+        layout::PCI_ECAM_START,
+        ((layout::PCI_ECAM_SIZE >> 20) - 1) as u8,
+    )
 }
 
 /// Builds every table for a machine of `cpus` vCPUs and `mem` bytes of RAM, laid out from
@@ -307,21 +371,13 @@ mod tests {
 
 #[cfg(test)]
 mod iasl {
-    //! Cross-checks the tables with ACPICA's disassembler when it is installed
-    //! (Debian: acpica-tools); skipped otherwise.
+    //! Cross-checks the tables with ACPICA's disassembler (Debian: acpica-tools, installed
+    //! by the test command: the test fails without it).
     use super::*;
     use std::process::Command;
 
-    fn iasl_present() -> bool {
-        Command::new("iasl").arg("-v").output().is_ok()
-    }
-
     #[test]
     fn acpica_disassembles_every_table_without_errors() {
-        if !iasl_present() {
-            eprintln!("skipped: iasl not installed");
-            return;
-        }
         let dir = tempfile::tempdir().unwrap();
         let t = build(2, 512 << 20).unwrap();
         let facs_free = |sig: &[u8]| sig != b"FACS";
@@ -343,7 +399,7 @@ mod iasl {
                     .arg(&path)
                     .current_dir(dir.path())
                     .output()
-                    .unwrap();
+                    .expect("iasl (acpica-tools) is installed by the test command");
                 let text = String::from_utf8_lossy(&out.stdout).to_string()
                     + &String::from_utf8_lossy(&out.stderr);
                 assert!(out.status.success(), "{name}: {text}");

@@ -3,6 +3,7 @@
 //! the ACPI tables. Everything here computes data; `vstate` hands it to KVM.
 
 pub mod acpi;
+pub mod acpi_loader;
 pub mod cpuid;
 pub mod e820;
 pub mod layout;
