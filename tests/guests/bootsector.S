@@ -11,10 +11,13 @@
  * with PMBASE read from the ICH9 LPC bridge (00:1f.0 register 0x40), and halts if the
  * machine is still running.
  *
- * Built with -DVGA_TEXT it instead writes a line of text straight into the VGA text
- * buffer at 0xb8000 (white on blue, row 10), turns the hardware cursor off (CRTC 0x0a bit
- * 5, so a screenshot does not depend on the blink phase), prints DONE and halts, leaving
- * the screen for the test to look at.
+ * Built with -DVGA_TEXT it instead switches the screen through a VBE graphics mode of the
+ * VGA BIOS (INT 10h 4F02h, mode 0x101, 640x480 in 256 colours) and back to text mode 3
+ * (INT 10h 00h), writes a line of text straight into the VGA text buffer at 0xb8000
+ * (white on blue, row 10), turns the hardware cursor off (CRTC 0x0a bit 5, so a
+ * screenshot does not depend on the blink phase), prints DONE and halts, leaving the
+ * screen for the test to look at. With -DVGA_MODE13 it sets mode 13h (320x200, 256
+ * colours, chain-4) and fills four bands of colours 1, 2, 4 and 15 through 0xa0000.
  */
 	.code16
 	.text
@@ -71,7 +74,30 @@ e820_next:
 	test %ebx, %ebx
 	jnz e820_next
 e820_done:
+#ifdef VGA_MODE13
+	mov $0x0013, %ax
+	int $0x10
+	mov $0xa000, %ax
+	mov %ax, %es
+	xor %di, %di
+	mov $bands, %si
+5:	lodsb
+	test %al, %al
+	jz 6f
+	mov $(320 * 50), %cx
+	rep stosb
+	jmp 5b
+6:	mov $s_done, %si
+	call puts
+7:	hlt
+	jmp 7b
+#endif
 #ifdef VGA_TEXT
+	mov $0x4f02, %ax
+	mov $0x0101, %bx
+	int $0x10
+	mov $0x0003, %ax
+	int $0x10
 	mov $0xb800, %ax
 	mov %ax, %es
 	mov $(10 * 160 + 20), %di
@@ -161,6 +187,9 @@ s_e820:	.asciz "E820 "
 s_done:	.asciz "DONE\n"
 #ifdef VGA_TEXT
 s_vga:	.asciz "Hospes: legacy VGA text"
+#endif
+#ifdef VGA_MODE13
+bands:	.byte 1, 2, 4, 15, 0
 #endif
 drive:	.byte 0
 	.org 510

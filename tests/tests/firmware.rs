@@ -362,19 +362,13 @@ fn screendump_after_done(serial: &Path, qmp: &Path, png: &Path, png_format: bool
     let _ = client.quit();
 }
 
-#[test]
-fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
-    if skip_without_kvm() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let disk = boot_disk_with(dir.path(), &["VGA_TEXT"]);
-    let ours_png = dir.path().join("hospes.png");
-    let qemu_png = dir.path().join("qemu.png");
-
-    // Hospes: std-VGA with its VGA BIOS; SeaBIOS prints its banner in text mode, the
-    // boot sector writes a line into 0xb8000.
-    let (serial, qmp) = (dir.path().join("serial.txt"), dir.path().join("qmp.sock"));
+/// Boots `disk` under Hospes (std-VGA, its VGA BIOS) and under QEMU's q35 (-vga std, the
+/// same firmware and UUID), and returns both screens once the guest printed DONE:
+/// (width, height, our pixels, QEMU's pixels). A guest left for inspection keeps `dir`.
+fn screens_under_both(dir: &Path, disk: &Path) -> (u32, u32, Vec<u32>, Vec<u32>) {
+    let ours_png = dir.join("hospes.png");
+    let qemu_png = dir.join("qemu.png");
+    let (serial, qmp) = (dir.join("serial.txt"), dir.join("qmp.sock"));
     let mut ours = Command::new(vmm_binary())
         .args([
             "--bios",
@@ -386,7 +380,7 @@ fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
             "std-vga",
         ])
         .arg("--disk")
-        .arg(&disk)
+        .arg(disk)
         .arg("--serial")
         .arg(format!("file:{}", serial.display()))
         .arg("--qmp")
@@ -399,8 +393,7 @@ fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
     screendump_after_done(&serial, &qmp, &ours_png, false);
     let _ = wait_timeout(&mut ours, TIMEOUT);
 
-    // QEMU: the same firmware, VGA BIOS and disk, with the same machine UUID.
-    let (qserial, qqmp) = (dir.path().join("qserial.txt"), dir.path().join("qqmp.sock"));
+    let (qserial, qqmp) = (dir.join("qserial.txt"), dir.join("qqmp.sock"));
     let mut qemu = Command::new("qemu-system-x86_64")
         .args([
             "-accel",
@@ -431,8 +424,21 @@ fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
 
     let (w, h, ours) = read_png(&ours_png);
     let (qw, qh, theirs) = read_png(&qemu_png);
+    assert_eq!((qw, qh), (w, h), "QEMU's screen has the same size");
+    (w, h, ours, theirs)
+}
+
+#[test]
+fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // SeaBIOS prints its banner in text mode; the boot sector goes through a VBE mode of
+    // the VGA BIOS and back to text mode, then writes a line into 0xb8000.
+    let disk = boot_disk_with(dir.path(), &["VGA_TEXT"]);
+    let (w, h, ours, theirs) = screens_under_both(dir.path(), &disk);
     assert_eq!((w, h), (720, 400), "80x25 text with 9x16 cells");
-    assert_eq!((qw, qh), (w, h));
     // The boot sector's line: white on blue at row 10, column 10.
     let at = |x: u32, y: u32| ours[(y * w + x) as usize];
     assert_eq!(
@@ -445,6 +451,31 @@ fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
         .filter(|&(x, y)| at(10 * 9 + x, 10 * 16 + y) == 0x00ff_ffff)
         .count();
     assert!(lit > 50, "white glyph pixels of \"Hospes\": {lit}");
+    let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differing,
+        0,
+        "pixels that differ from QEMU's screen (saved in {})",
+        dir.keep().display()
+    );
+}
+
+#[test]
+fn a_boot_sector_in_vga_mode_13h_shows_as_under_qemu() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_disk_with(dir.path(), &["VGA_MODE13"]);
+    let (w, h, ours, theirs) = screens_under_both(dir.path(), &disk);
+    assert_eq!((w, h), (640, 400), "mode 13h: 320x200 pixels of 2x2 dots");
+    // Four bands of 50 rows (100 lines): colours 1 (blue), 2 (green), 4 (red), 15 (white)
+    // of the VGA BIOS's default palette.
+    let at = |x: u32, y: u32| ours[(y * w + x) as usize];
+    assert_eq!(
+        [at(320, 50), at(320, 150), at(320, 250), at(320, 350)],
+        [0x0000_00a8, 0x0000_a800, 0x00a8_0000, 0x00ff_ffff]
+    );
     let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
     assert_eq!(
         differing,

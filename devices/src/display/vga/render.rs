@@ -75,8 +75,14 @@ pub struct TextMode {
 /// Graphics mode geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GraphicsMode {
+    /// Pixels a line in video memory holds, and lines (before the scaling below).
     pub width: u32,
     pub height: u32,
+    /// How many dots and scan lines each pixel takes on the screen: mode 13h's pixels are
+    /// two dots wide and two lines high (a 640x400 screen), as the CRTC draws them and as
+    /// QEMU shows them.
+    pub sx: u32,
+    pub sy: u32,
     /// 256 colours, one byte a pixel (mode 13h, mode X); else 16 colours, one bit a plane.
     pub shift256: bool,
 }
@@ -133,9 +139,12 @@ impl Mode {
         if height == 0 {
             return Mode::Blank;
         }
+        let half_clock = r.sr(SR_CLOCKING) & SR01_HALF_CLOCK != 0;
         Mode::Graphics(GraphicsMode {
             width,
             height,
+            sx: if shift256 || half_clock { 2 } else { 1 },
+            sy: (max_scan * double).clamp(1, MAX_HEIGHT / height.max(1)),
             shift256,
         })
     }
@@ -144,7 +153,7 @@ impl Mode {
         match self {
             Mode::Blank => None,
             Mode::Text(t) => Some((t.cols * t.cell_w * t.dup, t.rows * t.cell_h)),
-            Mode::Graphics(g) => Some((g.width, g.height)),
+            Mode::Graphics(g) => Some((g.width * g.sx, g.height * g.sy)),
         }
     }
 }
@@ -389,7 +398,8 @@ impl Screen {
         }
         let dac: Vec<u32> = (0..=255u8).map(|i| r.dac_rgb(i)).collect();
         let mut rects: Vec<Rect> = Vec::new();
-        let stride = w * BYTES_PER_PIXEL as usize;
+        let (sx, sy) = (g.sx as usize, g.sy as usize);
+        let stride = w * sx * BYTES_PER_PIXEL as usize;
         for y in 0..h {
             let (Some(new), Some(old)) = (
                 self.frame.get(y * w..(y + 1) * w),
@@ -414,12 +424,21 @@ impl Screen {
             old.copy_from_slice(new);
             self.line.clear();
             for &i in new.get(a..b).unwrap_or(&[]) {
-                let px = dac.get(usize::from(i)).copied().unwrap_or(0);
-                self.line.extend_from_slice(&px.to_le_bytes());
+                let px = dac.get(usize::from(i)).copied().unwrap_or(0).to_le_bytes();
+                for _ in 0..sx {
+                    self.line.extend_from_slice(&px);
+                }
             }
-            self.out
-                .write(y * stride + a * BYTES_PER_PIXEL as usize, &self.line);
-            let rect = Rect::new(a as u32, y as u32, (b - a) as u32, 1);
+            for line in y * sy..(y + 1) * sy {
+                self.out
+                    .write(line * stride + a * sx * BYTES_PER_PIXEL as usize, &self.line);
+            }
+            let rect = Rect::new(
+                (a * sx) as u32,
+                (y * sy) as u32,
+                ((b - a) * sx) as u32,
+                sy as u32,
+            );
             match rects.last_mut() {
                 Some(last) if last.y + last.h == y as u32 => *last = last.union(&rect),
                 _ => rects.push(rect),

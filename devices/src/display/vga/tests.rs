@@ -330,7 +330,7 @@ fn read_mode_1_compares_colours() {
 }
 
 #[test]
-fn mode_13h_pixel_lands_at_x_y() {
+fn mode_13h_pixel_lands_at_x_y_as_two_by_two_dots() {
     let (mut v, d) = vga();
     set_mode(&mut v, &MODE_13H);
     outb(&mut v, 0x3c8, 0x42);
@@ -339,13 +339,18 @@ fn mode_13h_pixel_lands_at_x_y() {
     }
     v.refresh();
     let s = d.surface().unwrap();
-    assert_eq!((s.width, s.height), (320, 200));
+    // 320x200 pixels, each two dots wide and two lines high on the 640x400 screen.
+    assert_eq!((s.width, s.height), (640, 400));
     let seq = d.damage_since(0).seq;
     poke(&mut v, 100 * 320 + 37, &[0x42]);
     v.refresh();
-    assert_eq!(d.damage_since(seq).rects, vec![Rect::new(37, 100, 1, 1)]);
-    assert_eq!(s.pixel(37, 100), 0x00ff_0000);
-    assert_eq!(s.pixel(36, 100), 0);
+    assert_eq!(d.damage_since(seq).rects, vec![Rect::new(74, 200, 2, 2)]);
+    for (x, y) in [(74, 200), (75, 200), (74, 201), (75, 201)] {
+        assert_eq!(s.pixel(x, y), 0x00ff_0000, "({x}, {y})");
+    }
+    assert_eq!(s.pixel(73, 200), 0);
+    assert_eq!(s.pixel(76, 201), 0);
+    assert_eq!(s.pixel(74, 202), 0);
     assert_eq!(peek(&mut v, 100 * 320 + 37), 0x42);
     // Chain-4: the byte is in plane 37 & 3 = 1.
     sr(&mut v, 4, 0x06);
