@@ -117,6 +117,86 @@ fn overhead(mut cmd: Command) -> Option<(u64, u64)> {
     r
 }
 
+/// Firmware boot runs per side (each takes a second or more here).
+const FIRMWARE_RUNS: usize = 5;
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+/// Spawn -> the boot sector's first line ("BOOT drive="), through SeaBIOS; the VM is then
+/// killed and reaped.
+fn firmware_boot(mut cmd: Command) -> Option<Duration> {
+    let start = Instant::now();
+    let mut child = spawn(&mut cmd)?;
+    let out = child.stdout.take()?;
+    let mut lines = BufReader::new(out).lines();
+    let found = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("BOOT drive="));
+    let t = start.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    found.then_some(t)
+}
+
+fn median_firmware_boot(mut make: impl FnMut() -> Command) -> Option<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..FIRMWARE_RUNS {
+        times.push(firmware_boot(make())?);
+    }
+    times.sort();
+    times.get(times.len() / 2).copied()
+}
+
+/// SeaBIOS to a boot sector on a disk: Hospes' Q35 platform (virtio disk) against QEMU's
+/// q35 (its AHCI disk), both with Debian's SeaBIOS and no display.
+fn firmware_table(vmm: &Path) {
+    let guest = build_guest("bootsector", GuestKind::BootSector);
+    let Ok(mut image) = std::fs::read(&guest.path) else {
+        println!("firmware boot: n/a (no boot sector)");
+        return;
+    };
+    image.resize(1 << 20, 0);
+    let disk = guest.dir.path().join("disk.raw");
+    if std::fs::write(&disk, image).is_err() {
+        println!("firmware boot: n/a (cannot write the disk)");
+        return;
+    }
+    let h = median_firmware_boot(|| {
+        let mut c = Command::new(vmm);
+        c.args([
+            "--bios", SEABIOS, "-m", "128M", "--no-rng", "--serial", "stdio", "--disk",
+        ])
+        .arg(&disk);
+        c
+    });
+    let q = median_firmware_boot(|| {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args([
+            "-accel",
+            "kvm",
+            "-M",
+            "q35",
+            "-m",
+            "128M",
+            "-nodefaults",
+            "-display",
+        ])
+        .args(["none", "-serial", "stdio", "-bios", SEABIOS, "-drive"])
+        .arg(format!("file={},format=raw,if=none,id=d", disk.display()))
+        .args(["-device", "ide-hd,drive=d,bus=ide.0"]);
+        c
+    });
+    println!();
+    println!("SeaBIOS to a boot sector, 128 MiB, no display, median of {FIRMWARE_RUNS} runs");
+    println!("{:<28} {:>12} {:>12}", "", "hospes-vmm", "qemu q35");
+    println!(
+        "{:<28} {:>12} {:>12}",
+        "spawn -> boot sector's line",
+        ms(h),
+        ms(q)
+    );
+}
+
 fn ms(d: Option<Duration>) -> String {
     d.map_or("n/a".into(), |d| {
         format!("{:.2} ms", d.as_secs_f64() * 1000.0)
@@ -164,4 +244,5 @@ fn main() {
     }
     println!("RSS beyond guest RAM: hospes-vmm {}", kib(hm));
     println!("RSS beyond guest RAM: qemu       {}", kib(qm));
+    firmware_table(&vmm);
 }

@@ -430,8 +430,10 @@ impl Screen {
                 }
             }
             for line in y * sy..(y + 1) * sy {
-                self.out
-                    .write(line * stride + a * sx * BYTES_PER_PIXEL as usize, &self.line);
+                self.out.write(
+                    line * stride + a * sx * BYTES_PER_PIXEL as usize,
+                    &self.line,
+                );
             }
             let rect = Rect::new(
                 (a * sx) as u32,
