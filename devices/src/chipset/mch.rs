@@ -213,11 +213,16 @@ pub fn pam_segments() -> [PamSegment; PAM_SEGMENTS] {
 /// implements it on KVM memory slots.
 ///
 /// Called from inside a configuration write (PCI root and host bridge locked), once for
-/// every segment whose [`PamMode`] changed, lowest index first. At power-on and after
-/// [`Q35Host::reset`] every segment is [`PamMode::Off`]; the helper maps that state itself
-/// when it builds the machine.
+/// every segment whose [`PamMode`] changed, lowest index first, then [`apply`] once, so
+/// the helper may remap all the changed segments of one write together. At power-on and
+/// after [`Q35Host::reset`] every segment is [`PamMode::Off`]; the helper maps that state
+/// itself when it builds the machine.
+///
+/// [`apply`]: ShadowMemory::apply
 pub trait ShadowMemory: Send + Sync {
     fn set_segment(&self, segment: PamSegment, mode: PamMode);
+    /// The segments set since the last call are complete: make them take effect.
+    fn apply(&self) {}
 }
 
 /// The MCH at 00:00.0.
@@ -300,13 +305,18 @@ impl Q35Host {
     }
 
     fn sync_pam(&mut self) {
+        let mut changed = false;
         for (segment, now) in pam_segments().into_iter().zip(self.pam_now.iter_mut()) {
             let (reg, shift) = segment.register();
             let mode = PamMode::from_bits(self.config.regs.byte(reg) >> shift);
             if mode != *now {
                 *now = mode;
                 self.shadow.set_segment(segment, mode);
+                changed = true;
             }
+        }
+        if changed {
+            self.shadow.apply();
         }
     }
 }
@@ -386,6 +396,7 @@ mod tests {
     struct Recorder {
         ecam: Mutex<Vec<Option<EcamRange>>>,
         pam: Mutex<Vec<(PamSegment, PamMode)>>,
+        applies: Mutex<usize>,
     }
 
     impl EcamWindow for Recorder {
@@ -397,6 +408,9 @@ mod tests {
     impl ShadowMemory for Recorder {
         fn set_segment(&self, segment: PamSegment, mode: PamMode) {
             self.pam.lock().unwrap().push((segment, mode));
+        }
+        fn apply(&self) {
+            *self.applies.lock().unwrap() += 1;
         }
     }
 
@@ -514,6 +528,11 @@ mod tests {
             (0..13).map(|i| (i, PamMode::ReadWrite)).collect();
         assert_eq!(rec.take_pam(), expected);
         assert_eq!(
+            *rec.applies.lock().unwrap(),
+            2,
+            "one apply per register write"
+        );
+        assert_eq!(
             read(&pio, 0, 0x90, 1) & 0x10,
             0x10,
             "RAM present after writing"
@@ -528,6 +547,13 @@ mod tests {
             (4, PamMode::ReadOnly),
         ];
         assert_eq!(rec.take_pam(), expected);
+        assert_eq!(*rec.applies.lock().unwrap(), 3);
+        write(&pio, 0, 0x90, 4, 0x3311_1110);
+        assert_eq!(
+            *rec.applies.lock().unwrap(),
+            3,
+            "nothing changed, nothing applied"
+        );
         let seg = pam_segments()[3];
         assert_eq!(host.lock().unwrap().pam_mode(seg), PamMode::ReadOnly);
     }
