@@ -21,7 +21,7 @@ use std::process::Command;
 
 use crate::config::{
     self, Boot, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
-    MacAddress, Network, OsKind, Problem, RebootAction, Resolution, Size, VmConfig,
+    MacAddress, MachineUuid, Network, OsKind, Problem, RebootAction, Resolution, Size, VmConfig,
 };
 use crate::runtime::{self, Pid, RuntimeDir};
 
@@ -721,6 +721,8 @@ fn plan(req: &CreateRequest, host: &HostResources) -> Result<Plan, LibraryError>
         } else {
             RebootAction::Restart
         },
+        // Firmware reports it; direct kernel boot has no firmware to report it.
+        uuid: (preset != Preset::Kernel).then(|| random_uuid(&req.name)),
     };
     Ok(Plan { config, disk })
 }
@@ -795,6 +797,21 @@ fn random_mac(name: &str) -> MacAddress {
     );
     let bits = hasher.finish().to_le_bytes();
     MacAddress::with_suffix([bits[0], bits[1], bits[2]])
+}
+
+/// A random (version 4) UUID for a new machine.
+fn random_uuid(name: &str) -> MachineUuid {
+    let mut bytes = [0u8; 16];
+    for (i, half) in bytes.chunks_mut(8).enumerate() {
+        // RandomState is seeded from the OS's random source, fresh per instance.
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write(name.as_bytes());
+        hasher.write_usize(i);
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    MachineUuid(bytes)
 }
 
 fn write_new_vm(dir: &Path, plan: &Plan) -> Result<(), LibraryError> {

@@ -34,6 +34,7 @@ fn versions() -> [VmConfig; 2] {
         sound: false,
         usb: Vec::new(),
         on_reboot: Default::default(),
+        uuid: None,
     };
     let large = VmConfig {
         name: "large".into(),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use hospes_core::config::{
     self, Boot, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
-    MacAddress, Network, OsKind, PortForward, Problem, Protocol, RebootAction, Resolution, Size,
-    UsbDevice, VmConfig,
+    MacAddress, MachineUuid, Network, OsKind, PortForward, Problem, Protocol, RebootAction,
+    Resolution, Size, UsbDevice, VmConfig,
 };
 
 const MINIMAL: &str = r#"(
@@ -41,6 +41,7 @@ const FULL: &str = r#"(
     sound: true,
     usb: ["046d:c52b", "1050:0407"],
     on_reboot: PowerOff,
+    uuid: Some("0d475e6f-6592-51ec-a52f-7d556bdbdc48"),
 )
 "#;
 
@@ -106,6 +107,10 @@ fn full_expected() -> VmConfig {
             },
         ],
         on_reboot: RebootAction::PowerOff,
+        uuid: Some(MachineUuid([
+            0x0d, 0x47, 0x5e, 0x6f, 0x65, 0x92, 0x51, 0xec, 0xa5, 0x2f, 0x7d, 0x55, 0x6b, 0xdb,
+            0xdc, 0x48,
+        ])),
     }
 }
 
@@ -502,6 +507,11 @@ fn reports_values_that_do_not_make_sense() {
             "disks: [",
             "display: (resolution: \"1280*800\"),\n    disks: [",
             "vm.ron:8:27: display.resolution: bad resolution \"1280*800\" (write it like \"1280x800\", each side 320..=16384)",
+        ),
+        (
+            "disks: [",
+            "uuid: Some(\"0d475e6f-6592-51ec-a52f\"),\n    disks: [",
+            "vm.ron:8:11: uuid: bad UUID \"0d475e6f-6592-51ec-a52f\" (write it like \"0d475e6f-6592-51ec-a52f-7d556bdbdc48\")",
         ),
         (
             "disks: [",

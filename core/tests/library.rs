@@ -47,6 +47,13 @@ fn creates_a_linux_vm_sized_for_the_host() {
     assert_eq!(cfg.cpus, 4);
     assert_eq!(cfg.memory, Size::gib(4));
     assert_eq!(cfg.boot, Boot::Bios { firmware: None });
+    let uuid = cfg.uuid.expect("a firmware-boot VM gets a machine UUID");
+    assert_eq!(uuid.0[6] >> 4, 4, "a random (version 4) UUID: {uuid}");
+    assert_ne!(
+        create(&lib, "Debian 13", Preset::Linux).config.unwrap().uuid,
+        Some(uuid),
+        "each VM its own"
+    );
     assert_eq!(cfg.display.device, DisplayDevice::StdVga);
     assert!(matches!(cfg.network, Network::User { .. }));
     assert!(cfg.sound);

@@ -224,6 +224,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         let vm = hospes_core::config::load(path).map_err(|e| e.to_string())?;
         // Paths in vm.ron are relative to the VM's folder.
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let machine_uuid = vm.uuid.map_or_else(|| vm_uuid(&vm_id(path)), |u| u.0);
         match vm.boot {
             hospes_core::config::Boot::Kernel {
                 kernel,
@@ -243,7 +244,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     image,
                     vars: None,
                     serial_console: !vm.display.enabled,
-                    uuid: vm_uuid(&vm_id(path)),
+                    uuid: machine_uuid,
                     product: vm.name.clone(),
                     vga_rom: None,
                 });
@@ -266,7 +267,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     // The VM's own copy of the template, made on its first start.
                     vars: Some(dir.join(uefi::VARS_FILE)),
                     serial_console: !vm.display.enabled,
-                    uuid: vm_uuid(&vm_id(path)),
+                    uuid: machine_uuid,
                     product: vm.name.clone(),
                     vga_rom: None,
                 });

@@ -53,6 +53,10 @@ pub struct VmConfig {
     /// What a reboot requested by the guest does.
     #[serde(default)]
     pub on_reboot: RebootAction,
+    /// The machine's UUID, as firmware reports it (SMBIOS); guests (Windows activation,
+    /// licence managers) tie themselves to it. `None`: derived from the VM's id.
+    #[serde(default)]
+    pub uuid: Option<MachineUuid>,
 }
 
 /// Guest operating system family.
@@ -332,6 +336,44 @@ impl FromStr for MacAddress {
     }
 }
 
+/// A machine UUID, written `"0d475e6f-6592-51ec-a52f-7d556bdbdc48"`: 16 bytes in the
+/// order the text shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MachineUuid(pub [u8; 16]);
+
+impl fmt::Display for MachineUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for MachineUuid {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<MachineUuid, String> {
+        let bad = || {
+            format!("bad UUID {text:?} (write it like \"0d475e6f-6592-51ec-a52f-7d556bdbdc48\")")
+        };
+        let groups: Vec<&str> = text.split('-').collect();
+        if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+            return Err(bad());
+        }
+        let hex = groups.concat();
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            let pair = hex.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(MachineUuid(bytes))
+    }
+}
+
 /// A host USB device handed to the guest, written `"046d:c52b"` (vendor:product, hex).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UsbDevice {
@@ -408,3 +450,7 @@ macro_rules! string_serde {
 string_serde!(Resolution, "a resolution like \"1280x800\"");
 string_serde!(MacAddress, "a MAC address like \"52:54:00:12:34:56\"");
 string_serde!(UsbDevice, "a USB id like \"046d:c52b\"");
+string_serde!(
+    MachineUuid,
+    "a UUID like \"0d475e6f-6592-51ec-a52f-7d556bdbdc48\""
+);
