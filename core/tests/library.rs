@@ -50,7 +50,10 @@ fn creates_a_linux_vm_sized_for_the_host() {
     let uuid = cfg.uuid.expect("a firmware-boot VM gets a machine UUID");
     assert_eq!(uuid.0[6] >> 4, 4, "a random (version 4) UUID: {uuid}");
     assert_ne!(
-        create(&lib, "Debian 13", Preset::Linux).config.unwrap().uuid,
+        create(&lib, "Debian 13", Preset::Linux)
+            .config
+            .unwrap()
+            .uuid,
         Some(uuid),
         "each VM its own"
     );

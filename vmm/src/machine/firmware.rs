@@ -34,7 +34,7 @@ use hospes_devices::fw_cfg::{
 };
 use hospes_devices::legacy::PowerEvents;
 use hospes_devices::legacy::firmware_log::{FirmwareLog, LogSink};
-use hospes_devices::legacy::pm::PmBlock;
+use hospes_devices::legacy::pm::{PmBlock, S5_SLP_TYP};
 use hospes_devices::pci::root::EcamOverlay;
 
 /// Which firmware a machine boots.
@@ -129,6 +129,11 @@ pub fn fw_cfg(
         "etc/boot-fail-wait",
         BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec(),
     )?;
+    // Sleep states offered, one byte each for S0..S5 (bit 7: offered, low bits: SLP_TYP):
+    // S5 only. Hospes has no S3/S4 resume path, so OVMF must not offer suspend to RAM.
+    let mut states = vec![0u8; 6];
+    states[5] = 0x80 | S5_SLP_TYP;
+    cfg.add_file("etc/system-states", states)?;
     if fw.serial_console {
         cfg.add_file("etc/sercon-port", layout::COM1_PORT.to_le_bytes().to_vec())?;
     }
@@ -407,6 +412,54 @@ mod tests {
         std::fs::write(&path, vec![0u8; 256 << 10]).unwrap();
         let rom = SystemRom::load(&path).unwrap();
         assert_eq!(rom.base(), 0xfffc_0000);
+    }
+
+    fn config(kind: FirmwareKind, serial_console: bool) -> FirmwareConfig {
+        FirmwareConfig {
+            kind,
+            image: PathBuf::from("bios.bin"),
+            vars: None,
+            serial_console,
+            uuid: [7; 16],
+            product: "Test".into(),
+            vga_rom: None,
+        }
+    }
+
+    #[test]
+    fn fw_cfg_describes_memory_sleep_states_and_the_console() {
+        use vm_memory::GuestAddress;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let cfg = fw_cfg(&config(FirmwareKind::Bios, true), 2, 4 << 30, &mem).unwrap();
+        // 4 GiB: 2 GiB below 4 GiB, the KVM pages reserved, 2 GiB above.
+        let e820 = cfg.file_data("etc/e820").unwrap();
+        let entry = |i: usize| {
+            let e = &e820[i * 20..(i + 1) * 20];
+            (
+                u64::from_le_bytes(e[0..8].try_into().unwrap()),
+                u64::from_le_bytes(e[8..16].try_into().unwrap()),
+                u32::from_le_bytes(e[16..20].try_into().unwrap()),
+            )
+        };
+        assert_eq!(e820.len(), 60);
+        assert_eq!(entry(0), (0, 2 << 30, E820_RAM));
+        assert_eq!(entry(1), (layout::KVM_IDENTITY_MAP, 0x4000, E820_RESERVED));
+        assert_eq!(entry(2), (1 << 32, 2 << 30, E820_RAM));
+        assert_eq!(
+            cfg.file_data("etc/system-states").unwrap(),
+            [0, 0, 0, 0, 0, 0x80 | S5_SLP_TYP],
+            "S5 only: no suspend without a resume path"
+        );
+        assert_eq!(
+            cfg.file_data("etc/sercon-port").unwrap(),
+            0x3f8u16.to_le_bytes()
+        );
+        let anchor = cfg.file_data("etc/smbios/smbios-anchor").unwrap();
+        assert_eq!(&anchor[..4], b"_SM_", "SeaBIOS gets the 2.1 entry point");
+        let with_display = fw_cfg(&config(FirmwareKind::Uefi, false), 1, 256 << 20, &mem).unwrap();
+        assert!(with_display.file_data("etc/sercon-port").is_none());
+        let anchor = with_display.file_data("etc/smbios/smbios-anchor").unwrap();
+        assert_eq!(&anchor[..5], b"_SM3_");
     }
 
     #[test]

@@ -15,8 +15,6 @@
 //! QEMU build of OVMF needs from Hospes today; the ACPI tables (`etc/table-loader`) and
 //! `bootorder` come from their own modules. Left out on purpose, each with its default
 //! being the right one for Hospes:
-//! - `etc/system-states`: absent means S3 and S4 off (`QemuFwCfgS3Enabled`); Hospes has
-//!   no S3 resume path.
 //! - `etc/msr_feature_control`: absent means OVMF leaves IA32_FEATURE_CONTROL alone; it
 //!   only matters for nested VMX or LMCE, which Hospes does not offer.
 //! - `etc/reserved-memory-end`: only for memory hotplug, which Hospes has not.
