@@ -303,3 +303,46 @@ pub fn read_png(path: &Path) -> (u32, u32, Vec<u32>) {
         .collect();
     (info.width, info.height, px)
 }
+
+/// A 1 MiB raw disk in `dir` whose first sector is the `bootsector` guest built with
+/// `defines` (what firmware tests boot).
+pub fn boot_disk(dir: &Path, defines: &[&str]) -> PathBuf {
+    let guest = build_guest_with("bootsector", GuestKind::BootSector, defines);
+    let mut image = std::fs::read(&guest.path).expect("read the boot sector");
+    assert_eq!(image.len(), 512, "the boot sector guest is one sector");
+    image.resize(1 << 20, 0);
+    let disk = dir.join("disk.raw");
+    std::fs::write(&disk, image).expect("write the disk image");
+    disk
+}
+
+/// An El Torito CD image in `dir` (no-emulation boot, as installers are made) whose boot
+/// image is the `bootsector` guest built with `defines`, made with xorriso (Debian
+/// package xorriso, installed by the test command).
+pub fn boot_iso(dir: &Path, defines: &[&str]) -> PathBuf {
+    let guest = build_guest_with("bootsector", GuestKind::BootSector, defines);
+    let tree = dir.join("iso");
+    std::fs::create_dir_all(&tree).expect("make the ISO's tree");
+    std::fs::copy(&guest.path, tree.join("boot.bin")).expect("copy the boot image");
+    let iso = dir.join("install.iso");
+    let out = Command::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-b",
+            "boot.bin",
+            "-no-emul-boot",
+        ])
+        .args(["-boot-load-size", "4", "-o"])
+        .arg(&iso)
+        .arg(&tree)
+        .output()
+        .expect("xorriso (Debian package xorriso) is installed by the test command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}

@@ -6,65 +6,19 @@
 //! with `boot: Uefi(..)` on its two flash devices.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hospes_core::control::client::QmpClient;
 use hospes_tests::{
-    GuestKind, build_guest, build_guest_with, read_png, run_vmm, skip_without_kvm, vmm_binary,
-    wait_for_text, wait_timeout,
+    boot_disk, boot_iso, read_png, run_vmm, skip_without_kvm, vmm_binary, wait_for_text,
+    wait_timeout,
 };
 
 /// SeaBIOS takes about 1.5 s to reach a boot sector on this nested KVM; leave room.
 const TIMEOUT: Duration = Duration::from_secs(90);
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
-
-/// A 1 MiB raw disk whose first sector is the boot-sector guest.
-fn boot_disk(dir: &Path) -> PathBuf {
-    boot_disk_with(dir, &[])
-}
-
-/// [`boot_disk`] with the guest built with `defines`.
-fn boot_disk_with(dir: &Path, defines: &[&str]) -> PathBuf {
-    let guest = build_guest_with("bootsector", GuestKind::BootSector, defines);
-    let mut image = std::fs::read(&guest.path).expect("read the boot sector");
-    assert_eq!(image.len(), 512, "the boot sector guest is one sector");
-    image.resize(1 << 20, 0);
-    let disk = dir.join("disk.raw");
-    std::fs::write(&disk, image).expect("write the disk image");
-    disk
-}
-
-/// An El Torito CD image (no-emulation boot, as installers are made) whose boot image is
-/// the boot-sector guest, made with xorriso (installed by the test command).
-fn boot_iso(dir: &Path) -> PathBuf {
-    let guest = build_guest("bootsector", GuestKind::BootSector);
-    let tree = dir.join("iso");
-    std::fs::create_dir_all(&tree).unwrap();
-    std::fs::copy(&guest.path, tree.join("boot.bin")).unwrap();
-    let iso = dir.join("install.iso");
-    let out = Command::new("xorriso")
-        .args([
-            "-as",
-            "mkisofs",
-            "-quiet",
-            "-b",
-            "boot.bin",
-            "-no-emul-boot",
-        ])
-        .args(["-boot-load-size", "4", "-o"])
-        .arg(&iso)
-        .arg(&tree)
-        .output()
-        .expect("xorriso (Debian package xorriso) is installed by the test command");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    iso
-}
 
 /// The lines from "BOOT" to "DONE" (the firmware's own console output may precede "BOOT"
 /// on its line: without a display SeaBIOS writes its screen to COM1 too).
@@ -97,6 +51,19 @@ fn comparable(lines: &[String], low_end: u64) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// Runs hospes-vmm with Debian's SeaBIOS, no display and `args`, until the boot sector
+/// powers the VM off; returns the run and its report, which starts with the boot drive.
+fn seabios_run(args: &[&str], drive: &str) -> (hospes_tests::RunOutput, Vec<String>) {
+    let mut all = vec!["--bios", SEABIOS, "--no-rng", "--serial", "stdio"];
+    all.extend_from_slice(args);
+    let run = run_vmm(&all, TIMEOUT);
+    assert!(run.success(), "the guest powers itself off: {run:?}");
+    let ours = report(&run.stdout);
+    let first = format!("BOOT drive={drive}");
+    assert_eq!(ours.first(), Some(&first), "{run:?}");
+    (run, ours)
 }
 
 /// QEMU's q35 machine with SeaBIOS on the same disk (on its AHCI controller) and CD, until
@@ -150,21 +117,9 @@ fn seabios_boots_a_disk_and_hands_the_boot_sector_what_qemu_hands_it() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = boot_disk(dir.path());
+    let disk = boot_disk(dir.path(), &[]);
     let disk_arg = disk.display().to_string();
-    let run = run_vmm(
-        &[
-            "--bios", SEABIOS, "--disk", &disk_arg, "-m", "256M", "--no-rng", "--serial", "stdio",
-        ],
-        TIMEOUT,
-    );
-    assert!(run.success(), "the guest powers itself off: {run:?}");
-    let ours = report(&run.stdout);
-    assert_eq!(
-        ours.first().map(String::as_str),
-        Some("BOOT drive=80"),
-        "{run:?}"
-    );
+    let (_, ours) = seabios_run(&["--disk", &disk_arg, "-m", "256M"], "80");
     assert!(
         ours.contains(&"INT12 027F".to_owned()),
         "639 KiB below the EBDA: {ours:?}"
@@ -232,7 +187,7 @@ fn seabios_loads_the_acpi_tables_hospes_hands_it_through_the_table_loader() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = boot_disk(dir.path());
+    let disk = boot_disk(dir.path(), &[]);
     let disk_arg = disk.display().to_string();
     let (ok, stdout, stderr) = run_logged(&[
         "--bios", SEABIOS, "--disk", &disk_arg, "-m", "256M", "--no-rng", "--serial", "stdio",
@@ -294,23 +249,13 @@ fn seabios_boots_the_install_cd_on_the_sata_controller_before_the_sata_disk() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = boot_disk(dir.path());
-    let iso = boot_iso(dir.path());
+    let disk = boot_disk(dir.path(), &[]);
+    let iso = boot_iso(dir.path(), &[]);
     let (disk_arg, iso_arg) = (disk.display().to_string(), iso.display().to_string());
-    let run = run_vmm(
-        &[
-            "--bios", SEABIOS, "--sata", &disk_arg, "--cdrom", &iso_arg, "-m", "256M", "--no-rng",
-            "--serial", "stdio",
-        ],
-        TIMEOUT,
-    );
-    assert!(run.success(), "the guest powers itself off: {run:?}");
-    let ours = report(&run.stdout);
     // 0xe0: the first CD-ROM drive, as SeaBIOS numbers El Torito no-emulation boots.
-    assert_eq!(
-        ours.first().map(String::as_str),
-        Some("BOOT drive=E0"),
-        "{run:?}"
+    let (_, ours) = seabios_run(
+        &["--sata", &disk_arg, "--cdrom", &iso_arg, "-m", "256M"],
+        "E0",
     );
     let qemu = qemu_report(Some(&disk), Some(&iso), "256M");
     assert_eq!(
@@ -326,22 +271,10 @@ fn seabios_boots_a_disk_on_the_sata_controller() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = boot_disk(dir.path());
+    let disk = boot_disk(dir.path(), &[]);
     let disk_arg = disk.display().to_string();
-    let run = run_vmm(
-        &[
-            "--bios", SEABIOS, "--sata", &disk_arg, "-m", "128M", "--no-rng", "--serial", "stdio",
-        ],
-        TIMEOUT,
-    );
-    assert!(run.success(), "the guest powers itself off: {run:?}");
-    let ours = report(&run.stdout);
     // The only disk is on the SATA controller, so this boot read it through AHCI.
-    assert_eq!(
-        ours.first().map(String::as_str),
-        Some("BOOT drive=80"),
-        "{run:?}"
-    );
+    let (_, ours) = seabios_run(&["--sata", &disk_arg, "-m", "128M"], "80");
     assert!(ours.iter().any(|l| l.starts_with("E820 ")), "{ours:?}");
 }
 
@@ -436,7 +369,7 @@ fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
     let dir = tempfile::tempdir().unwrap();
     // SeaBIOS prints its banner in text mode; the boot sector goes through a VBE mode of
     // the VGA BIOS and back to text mode, then writes a line into 0xb8000.
-    let disk = boot_disk_with(dir.path(), &["VGA_TEXT"]);
+    let disk = boot_disk(dir.path(), &["VGA_TEXT"]);
     let (w, h, ours, theirs) = screens_under_both(dir.path(), &disk);
     assert_eq!((w, h), (720, 400), "80x25 text with 9x16 cells");
     // The boot sector's line: white on blue at row 10, column 10.
@@ -466,7 +399,7 @@ fn a_boot_sector_in_vga_mode_13h_shows_as_under_qemu() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = boot_disk_with(dir.path(), &["VGA_MODE13"]);
+    let disk = boot_disk(dir.path(), &["VGA_MODE13"]);
     let (w, h, ours, theirs) = screens_under_both(dir.path(), &disk);
     assert_eq!((w, h), (640, 400), "mode 13h: 320x200 pixels of 2x2 dots");
     // Four bands of 50 rows (100 lines): colours 1 (blue), 2 (green), 4 (red), 15 (white)

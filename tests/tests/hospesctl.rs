@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use hospes_tests::{GuestKind, build_guest, skip_without_kvm, target_dir, vmm_binary};
+use hospes_tests::{GuestKind, boot_iso, build_guest, skip_without_kvm, target_dir, vmm_binary};
 
 fn hospesctl(data: &Path, runtime: &Path, args: &[&str]) -> Output {
     Command::new(target_dir().join("hospesctl"))
@@ -212,29 +212,11 @@ fn a_linux_preset_vm_boots_its_install_cd_through_the_bios() {
         return;
     }
     // An El Torito CD whose boot image is the boot-sector guest, as installers are made.
-    let g = build_guest("bootsector", GuestKind::BootSector);
-    let tree = g.dir.path().join("iso");
-    std::fs::create_dir_all(&tree).unwrap();
-    std::fs::copy(&g.path, tree.join("boot.bin")).unwrap();
-    let iso = g.dir.path().join("installer.iso");
-    let made = Command::new("xorriso")
-        .args([
-            "-as",
-            "mkisofs",
-            "-quiet",
-            "-b",
-            "boot.bin",
-            "-no-emul-boot",
-        ])
-        .args(["-boot-load-size", "4", "-o"])
-        .arg(&iso)
-        .arg(&tree)
-        .output()
-        .expect("xorriso (Debian package xorriso) is installed by the test command");
-    assert!(made.status.success(), "{made:?}");
+    let g = tempfile::tempdir().unwrap();
+    let iso = boot_iso(g.path(), &[]);
 
-    let data = g.dir.path().join("data");
-    let runtime = g.dir.path().join("run");
+    let data = g.path().join("data");
+    let runtime = g.path().join("run");
     std::fs::create_dir_all(&runtime).unwrap();
     let created = hospesctl(
         &data,
