@@ -203,15 +203,7 @@ impl Platform {
             at: Mutex::new(None),
         }));
 
-        let mut cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
-        if let Some(path) = &p.fw.vga_rom {
-            let rom = std::fs::read(path).map_err(|source| FirmwareError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            // SeaBIOS looks for a PCI device's option ROM as "pciVVVV,DDDD.rom" first.
-            cfg.add_file(STDVGA_ROM_FILE, rom)?;
-        }
+        let cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
         let cfg = Arc::new(Mutex::new(cfg));
         let mut pio = p.pio.write().unwrap_or_else(|e| e.into_inner());
         pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
@@ -232,9 +224,6 @@ impl Platform {
         })
     }
 }
-
-/// The fw_cfg file holding the std-VGA adapter's option ROM (PCI 1234:1111).
-const STDVGA_ROM_FILE: &str = "pci1234,1111.rom";
 
 /// The 32-bit PCI window starts at 2 GiB at the lowest (SeaBIOS's ECAM at 0xb000_0000
 /// must fall inside it).
