@@ -8,6 +8,9 @@
 //!   ports at 0x400 (port 0x3C0 + n at 0x400 + n), QEMU's extended registers at 0x600.
 //! - Legacy VGA ([`Vga`]): ports 0x3C0..0x3DF (and the mono 0x3B4..0x3BA) and the
 //!   0xA0000..0xBFFFF window, for the VGA BIOS, bootloaders and text screens.
+//! - The expansion ROM BAR (with [`StdVga::with_option_rom`]): the VGA BIOS image, read-only,
+//!   sized to the next power of two and reading 0xff past the image, where firmware finds
+//!   the adapter's option ROM and guests read it (Linux's `/sys/bus/pci/devices/*/rom`).
 //!
 //! Data flow: register writes go through `fixup` (QEMU's clamping rules, so a guest sees
 //! the same values under both) and, in 32 bpp, publish a [`Surface`] on the [`Display`].
@@ -23,13 +26,15 @@ use super::vga::{VGA_MONO_PORT_BASE, VGA_PORT_BASE, VGA_WINDOW_BASE, Vga};
 use super::{DisplayDeviceError, FbSlot};
 use crate::bus::{BusDevice, lock};
 use crate::framebuffer::{Display, FbMemory, MAX_HEIGHT, MAX_WIDTH, Rect, Surface, edid};
-use crate::pci::config::BarChange;
+use crate::pci::config::{BarChange, ROM_SLOT};
 use crate::pci::{BarKind, PciConfig, PciDevice, PciIds};
 
 /// Framebuffer (BAR0) size.
 pub const VRAM_SIZE: usize = 16 << 20;
 /// BAR2 size.
 const MMIO_SIZE: u64 = 0x1000;
+/// The smallest expansion ROM BAR (its address field's 2 KiB granularity).
+const ROM_MIN_BAR: u64 = 0x800;
 /// Ports: DISPI index and data (0x1D0 is a second data port).
 pub const DISPI_PORT: u64 = 0x1ce;
 pub const DISPI_PORT_LEN: u64 = 3;
@@ -74,6 +79,8 @@ pub struct StdVga {
     display: Arc<Display>,
     edid: [u8; 128],
     vga: Arc<Mutex<Vga>>,
+    /// The option ROM image behind the expansion ROM BAR; empty without one.
+    rom: Box<[u8]>,
 }
 
 impl StdVga {
@@ -112,7 +119,33 @@ impl StdVga {
             display,
             edid: edid::build(edid_mode.0, edid_mode.1),
             vga,
+            rom: Box::default(),
         })
+    }
+
+    /// Gives the adapter an expansion ROM BAR holding `image` (the VGA BIOS), sized to the
+    /// next power of two (2 KiB at least). Call before the BARs are assigned.
+    pub fn with_option_rom(mut self, image: Vec<u8>) -> Result<Self, DisplayDeviceError> {
+        let size = u64::try_from(image.len())
+            .unwrap_or(u64::MAX)
+            .checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+            .max(ROM_MIN_BAR);
+        self.config.add_rom_bar(size)?;
+        self.rom = image.into_boxed_slice();
+        Ok(self)
+    }
+
+    /// Reads of the expansion ROM: the image, 0xff past its end.
+    fn rom_read(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.rom.get(o))
+                .copied()
+                .unwrap_or(0xff);
+        }
     }
 
     /// The legacy VGA, for the refresh thread.
@@ -381,8 +414,15 @@ impl PciDevice for StdVga {
 
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarChange> {
         let changes = self.config.write_reg(reg, offset, data);
-        for c in changes.iter().filter(|c| c.bar == 0) {
-            lock(&self.slot).map(c.new);
+        for c in &changes {
+            match usize::from(c.bar) {
+                0 => lock(&self.slot).map(c.new),
+                ROM_SLOT => match c.new {
+                    Some(at) => log::debug!("std-vga: option ROM decodes at {at:#x}"),
+                    None => log::debug!("std-vga: option ROM no longer decodes"),
+                },
+                _ => {}
+            }
         }
         changes
     }
@@ -401,6 +441,8 @@ impl BusDevice for StdVga {
         } else if self.config.bar_mapped(0) == Some(base) {
             // Only reached when the memory slot could not be mapped.
             self.vram.read(offset as usize, data);
+        } else if self.config.bar_mapped(ROM_SLOT) == Some(base) {
+            self.rom_read(offset, data);
         }
     }
 
@@ -417,6 +459,7 @@ impl BusDevice for StdVga {
             // Only reached when the memory slot could not be mapped.
             self.vram_write(offset as usize, data);
         }
+        // Writes to the expansion ROM are dropped: it is read-only.
     }
 }
 
@@ -424,7 +467,7 @@ impl BusDevice for StdVga {
 mod tests {
     use super::*;
     use crate::display::vga::testing::{MODE_3, program};
-    use crate::pci::config::{COMMAND_MEMORY, REG_COMMAND_STATUS};
+    use crate::pci::config::{COMMAND_MEMORY, REG_COMMAND_STATUS, REG_ROM};
 
     #[derive(Default)]
     struct FakeSlot {
@@ -629,6 +672,100 @@ mod tests {
         v.write(0xc100_0000, 0x41f, &[0xff; 4]);
         let mut d = [0u8; 4];
         v.read(0xc100_0000, 0x41e, &mut d);
+    }
+
+    /// A VGA BIOS-like image: the 0x55 0xAA signature, then a counting pattern.
+    fn rom_image(len: usize) -> Vec<u8> {
+        let mut image: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        image[..2].copy_from_slice(&[0x55, 0xaa]);
+        image
+    }
+
+    fn vga_with_rom(image: Vec<u8>) -> StdVga {
+        vga().0.with_option_rom(image).unwrap()
+    }
+
+    fn cfg32(v: &mut StdVga, reg: usize, val: u32) -> Vec<BarChange> {
+        v.write_config(reg, 0, &val.to_le_bytes())
+    }
+
+    #[test]
+    fn the_option_rom_bar_is_sized_to_the_next_power_of_two() {
+        let mut v = vga_with_rom(rom_image(38_912));
+        assert_eq!(v.config.bar_size(ROM_SLOT), Some(0x1_0000));
+        cfg32(&mut v, REG_ROM, 0xffff_fffe);
+        assert_eq!(v.config.read_reg(REG_ROM), 0xffff_0000);
+        // A tiny image still gets the smallest ROM BAR; none at all without an image.
+        let small = vga_with_rom(vec![0x55, 0xaa]);
+        assert_eq!(small.config.bar_size(ROM_SLOT), Some(0x800));
+        assert_eq!(vga().0.config.bar_size(ROM_SLOT), None);
+    }
+
+    #[test]
+    fn the_enabled_rom_bar_serves_the_image_and_0xff_past_it() {
+        let image = rom_image(0x1800);
+        let mut v = vga_with_rom(image.clone());
+        v.config.set_bar_address(2, 0xc100_0000).unwrap();
+        cfg32(&mut v, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY));
+        let ch = cfg32(&mut v, REG_ROM, 0xc200_0001);
+        assert_eq!(
+            ch,
+            vec![BarChange {
+                bar: ROM_SLOT as u8,
+                old: None,
+                new: Some(0xc200_0000),
+                len: 0x2000
+            }]
+        );
+        let mut sig = [0u8; 2];
+        v.read(0xc200_0000, 0, &mut sig);
+        assert_eq!(sig, [0x55, 0xaa]);
+        let mut d = [0u8; 4];
+        v.read(0xc200_0000, 0x100, &mut d);
+        assert_eq!(d, image[0x100..0x104]);
+        // Straddling the image's end, then past it, then at offsets no access can reach.
+        let mut q = [0u8; 8];
+        v.read(0xc200_0000, 0x17fc, &mut q);
+        assert_eq!(q[..4], image[0x17fc..]);
+        assert_eq!(q[4..], [0xff; 4]);
+        v.read(0xc200_0000, 0x1fff, &mut sig);
+        assert_eq!(sig, [0xff, 0xff]);
+        v.read(0xc200_0000, u64::MAX, &mut sig);
+        assert_eq!(sig, [0xff, 0xff]);
+        // BAR2 still answers at its own base.
+        let mut e = [0u8; 2];
+        v.read(0xc100_0000, 0, &mut e);
+        assert_eq!(e, [0, 0xff]);
+    }
+
+    #[test]
+    fn writes_to_the_rom_are_ignored() {
+        let image = rom_image(0x800);
+        let mut v = vga_with_rom(image.clone());
+        cfg32(&mut v, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY));
+        cfg32(&mut v, REG_ROM, 0xc200_0001);
+        v.write(0xc200_0000, 0, &[0; 8]);
+        v.write(0xc200_0000, 0x7ff, &[0; 8]);
+        let mut d = [0u8; 8];
+        v.read(0xc200_0000, 0, &mut d);
+        assert_eq!(d, image[..8]);
+        // Nor did the write reach the framebuffer or the display.
+        let mut fb = [0xeeu8; 8];
+        v.vram.read(0, &mut fb);
+        assert_eq!(fb, [0; 8]);
+    }
+
+    #[test]
+    fn the_rom_is_not_served_once_disabled() {
+        let mut v = vga_with_rom(rom_image(0x800));
+        cfg32(&mut v, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY));
+        cfg32(&mut v, REG_ROM, 0xc200_0001);
+        let ch = cfg32(&mut v, REG_ROM, 0xc200_0000);
+        assert_eq!((ch[0].old, ch[0].new), (Some(0xc200_0000), None));
+        // A stray access at the old base (the bus would not route it) reads nothing.
+        let mut d = [0x77u8; 2];
+        v.read(0xc200_0000, 0, &mut d);
+        assert_eq!(d, [0x77, 0x77]);
     }
 
     #[test]

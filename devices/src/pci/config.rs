@@ -7,6 +7,11 @@
 //! special case. After every write the space works out where each memory BAR should now be
 //! decoded (address programmed, memory decoding on in the command register) and reports the
 //! BARs whose placement changed, so the owner can move them on the MMIO bus.
+//!
+//! The expansion ROM BAR (register 0x30) rides the same path as BAR index [`ROM_SLOT`]: its
+//! mask keeps address bits 31:11 down to its size plus the enable bit 0, and it decodes only
+//! while both its enable bit and the command register's memory-space bit are set (PCI Local
+//! Bus 3.0 §6.2.5.2). Its [`BarChange`]s carry `bar: ROM_SLOT`.
 
 use super::PciError;
 
@@ -21,6 +26,8 @@ pub const REG_CLASS_REVISION: usize = 2;
 pub const REG_HEADER: usize = 3;
 pub const REG_BAR0: usize = 4;
 pub const REG_SUBSYSTEM: usize = 11;
+/// The expansion ROM base address register of a type-0 header (byte 0x30).
+pub const REG_ROM: usize = 12;
 pub const REG_CAP_POINTER: usize = 13;
 pub const REG_INTERRUPT: usize = 15;
 
@@ -30,6 +37,17 @@ pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 const COMMAND_SERR: u16 = 1 << 8;
 const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 const STATUS_CAP_LIST: u32 = 1 << 4;
+
+/// The BAR index that names the expansion ROM BAR in [`BarChange`] and the BAR accessors
+/// (after BARs 0-5, as QEMU's `PCI_ROM_SLOT`).
+pub const ROM_SLOT: usize = 6;
+/// Expansion ROM BAR: the enable bit and the address bits (PCI Local Bus 3.0 §6.2.5.2).
+const ROM_ENABLE: u32 = 1 << 0;
+const ROM_ADDRESS_MASK: u32 = 0xffff_f800;
+/// Smallest and largest expansion ROM (2 KiB, the address field's granularity; 16 MiB,
+/// the most the specification allows).
+const ROM_MIN_SIZE: u64 = 0x800;
+const ROM_MAX_SIZE: u64 = 16 << 20;
 
 /// Capability ids this crate places.
 pub const CAP_ID_VENDOR: u8 = 0x09;
@@ -82,7 +100,8 @@ pub struct BarChange {
 pub struct PciConfig {
     regs: Box<[u32; CONFIG_DWORDS]>,
     wmask: Box<[u32; CONFIG_DWORDS]>,
-    bars: [Option<Bar>; 6],
+    /// BARs 0-5, then the expansion ROM at [`ROM_SLOT`].
+    bars: [Option<Bar>; 7],
     /// BAR slots in use, high halves of 64-bit BARs included.
     taken: [bool; 6],
     /// Byte offset of the next free capability byte, and of the last capability placed.
@@ -110,7 +129,7 @@ impl PciConfig {
         Self {
             regs,
             wmask,
-            bars: [None; 6],
+            bars: [None; 7],
             taken: [false; 6],
             cap_next_free: CAP_START,
             cap_last: None,
@@ -162,12 +181,37 @@ impl PciConfig {
         Ok(())
     }
 
+    /// Declares the expansion ROM BAR of `size` bytes (a power of two from 2 KiB to 16 MiB).
+    /// It reads as BAR [`ROM_SLOT`] through the accessors below and starts disabled.
+    pub fn add_rom_bar(&mut self, size: u64) -> Result<(), PciError> {
+        if self.bars[ROM_SLOT].is_some() {
+            return Err(PciError::BarSlot { index: ROM_SLOT });
+        }
+        if !size.is_power_of_two() || !(ROM_MIN_SIZE..=ROM_MAX_SIZE).contains(&size) {
+            return Err(PciError::BarSize { size });
+        }
+        self.regs[REG_ROM] = 0;
+        self.wmask[REG_ROM] = (!(size - 1) as u32 & ROM_ADDRESS_MASK) | ROM_ENABLE;
+        self.bars[ROM_SLOT] = Some(Bar {
+            size,
+            kind: BarKind::Mem32,
+            prefetchable: false,
+            mapped: None,
+        });
+        Ok(())
+    }
+
+    /// Whether the expansion ROM BAR's enable bit is set (decoding also needs memory space).
+    pub fn rom_enabled(&self) -> bool {
+        self.regs[REG_ROM] & ROM_ENABLE != 0
+    }
+
     /// Size of BAR `index`, if declared.
     pub fn bar_size(&self, index: usize) -> Option<u64> {
         self.bars.get(index).copied().flatten().map(|b| b.size)
     }
 
-    /// Indices and sizes of the declared BARs.
+    /// Indices and sizes of the declared BARs, the expansion ROM last as [`ROM_SLOT`].
     pub fn bar_list(&self) -> impl Iterator<Item = (usize, u64, BarKind)> + '_ {
         self.bars
             .iter()
@@ -178,6 +222,9 @@ impl PciConfig {
     /// The address programmed into BAR `index` (whether or not decoding is on).
     pub fn bar_address(&self, index: usize) -> Option<u64> {
         let bar = self.bars.get(index).copied().flatten()?;
+        if index == ROM_SLOT {
+            return Some(u64::from(self.regs[REG_ROM] & ROM_ADDRESS_MASK));
+        }
         let low = u64::from(self.regs[REG_BAR0 + index] & !0xf);
         let high = match bar.kind {
             BarKind::Mem64 => u64::from(self.regs[REG_BAR0 + index + 1]) << 32,
@@ -202,6 +249,8 @@ impl PciConfig {
     }
 
     /// Programs BAR `index` as firmware would (the helper's allocator for direct boot).
+    /// The expansion ROM keeps its enable bit: firmware assigns it an address but leaves it
+    /// off until it reads the ROM.
     pub fn set_bar_address(&mut self, index: usize, addr: u64) -> Result<(), PciError> {
         let bar = self
             .bars
@@ -211,6 +260,10 @@ impl PciConfig {
             .ok_or(PciError::BarSlot { index })?;
         if addr & (bar.size - 1) != 0 || (bar.kind == BarKind::Mem32 && addr >> 32 != 0) {
             return Err(PciError::BarAddress { addr });
+        }
+        if index == ROM_SLOT {
+            self.regs[REG_ROM] = addr as u32 | (self.regs[REG_ROM] & ROM_ENABLE);
+            return Ok(());
         }
         let flags = self.regs[REG_BAR0 + index] & 0xf;
         self.regs[REG_BAR0 + index] = addr as u32 | flags;
@@ -316,8 +369,15 @@ impl PciConfig {
         let mask = self.wmask[reg] & bytes_mask;
         self.regs[reg] = (old & !mask) | (value & mask);
         // A write of all-ones to a BAR dword is the sizing probe: the BAR keeps decoding
-        // where it was until a real address comes back.
-        let sizing = (REG_BAR0..REG_BAR0 + 6).contains(&reg) && value & bytes_mask == bytes_mask;
+        // where it was until a real address comes back. The ROM's probe sets its address
+        // bits, whatever it writes to the enable bit.
+        let sizing = match reg {
+            REG_ROM => {
+                let addr_bytes = bytes_mask & ROM_ADDRESS_MASK;
+                addr_bytes != 0 && value & addr_bytes == addr_bytes
+            }
+            r => (REG_BAR0..REG_BAR0 + 6).contains(&r) && value & bytes_mask == bytes_mask,
+        };
         if sizing {
             return Vec::new();
         }
@@ -325,12 +385,13 @@ impl PciConfig {
     }
 
     fn update_mappings(&mut self) -> Vec<BarChange> {
-        let decode = self.command() & COMMAND_MEMORY != 0;
+        let memory = self.command() & COMMAND_MEMORY != 0;
         let mut changes = Vec::new();
-        for index in 0..6 {
-            let Some(bar) = self.bars[index] else {
+        for (index, bar) in self.bars.into_iter().enumerate() {
+            let Some(bar) = bar else {
                 continue;
             };
+            let decode = memory && (index != ROM_SLOT || self.rom_enabled());
             let addr = self.bar_address(index).filter(|&a| decode && a != 0);
             if addr != bar.mapped {
                 changes.push(BarChange {
@@ -445,6 +506,131 @@ mod tests {
         c.write_reg(REG_CLASS_REVISION, 0, &[0; 4]);
         assert_eq!(c.vendor_device(), (0x1af4, 0x1042));
         assert_eq!(c.read_reg(REG_CLASS_REVISION), 0x0100_0001);
+    }
+
+    fn rom_config(size: u64) -> PciConfig {
+        let mut c = PciConfig::new(ids());
+        c.add_bar(0, 0x1000, BarKind::Mem32, false).unwrap();
+        c.add_rom_bar(size).unwrap();
+        c
+    }
+
+    fn write32(c: &mut PciConfig, reg: usize, v: u32) -> Vec<BarChange> {
+        c.write_reg(reg, 0, &v.to_le_bytes())
+    }
+
+    #[test]
+    fn rom_sizing_probe_returns_the_size_mask_and_the_enable_bit_as_written() {
+        let mut c = rom_config(0x1_0000);
+        assert!(write32(&mut c, REG_ROM, 0xffff_ffff).is_empty());
+        assert_eq!(c.read_reg(REG_ROM), 0xffff_0001);
+        // SeaBIOS's and Linux's probes leave the enable bit clear.
+        write32(&mut c, REG_ROM, 0xffff_fffe);
+        assert_eq!(c.read_reg(REG_ROM), 0xffff_0000);
+        write32(&mut c, REG_ROM, 0xffff_f800);
+        assert_eq!(c.read_reg(REG_ROM), 0xffff_0000);
+        // The smallest ROM: 2 KiB, every address bit writable.
+        let mut small = rom_config(0x800);
+        write32(&mut small, REG_ROM, 0xffff_ffff);
+        assert_eq!(small.read_reg(REG_ROM), 0xffff_f801);
+        // Without a ROM BAR the register is read-only zero.
+        let mut none = PciConfig::new(ids());
+        write32(&mut none, REG_ROM, 0xffff_ffff);
+        assert_eq!(none.read_reg(REG_ROM), 0);
+        assert_eq!(none.bar_size(ROM_SLOT), None);
+    }
+
+    #[test]
+    fn rom_address_keeps_its_size_alignment() {
+        let mut c = rom_config(0x1_0000);
+        write32(&mut c, REG_ROM, 0xfebc_1801);
+        assert_eq!(c.read_reg(REG_ROM), 0xfebc_0001);
+        assert_eq!(c.bar_address(ROM_SLOT), Some(0xfebc_0000));
+        assert!(c.rom_enabled());
+        assert!(c.set_bar_address(ROM_SLOT, 0xfebd_0800).is_err());
+        assert!(c.set_bar_address(ROM_SLOT, 0x1_0000_0000).is_err());
+    }
+
+    #[test]
+    fn rom_decodes_only_with_its_enable_bit_and_memory_space_on() {
+        let mut c = rom_config(0x8000);
+        assert!(write32(&mut c, REG_ROM, 0xfeb0_0000).is_empty());
+        // Memory space on, ROM disabled: BAR0 (at zero) does not decode, nor the ROM.
+        assert!(write32(&mut c, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY)).is_empty());
+        assert_eq!(c.bar_mapped(ROM_SLOT), None);
+        let ch = write32(&mut c, REG_ROM, 0xfeb0_0001);
+        assert_eq!(
+            ch,
+            vec![BarChange {
+                bar: ROM_SLOT as u8,
+                old: None,
+                new: Some(0xfeb0_0000),
+                len: 0x8000
+            }]
+        );
+        assert_eq!(c.bar_for_address(0xfeb0_7fff), Some((ROM_SLOT, 0x7fff)));
+        // Memory space off takes it away, on brings it back.
+        let ch = write32(&mut c, REG_COMMAND_STATUS, 0);
+        assert_eq!(ch[0].new, None);
+        let ch = write32(&mut c, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY));
+        assert_eq!(ch[0].new, Some(0xfeb0_0000));
+        // A byte write of the enable bit alone switches it off, the address kept.
+        let ch = c.write_reg(REG_ROM, 0, &[0]);
+        assert_eq!((ch[0].old, ch[0].new), (Some(0xfeb0_0000), None));
+        assert_eq!(c.bar_address(ROM_SLOT), Some(0xfeb0_0000));
+        let ch = c.write_reg(REG_ROM, 0, &[1]);
+        assert_eq!(ch[0].new, Some(0xfeb0_0000));
+    }
+
+    #[test]
+    fn rom_probe_while_enabled_keeps_it_mapped_until_the_address_comes_back() {
+        let mut c = rom_config(0x8000);
+        write32(&mut c, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY));
+        write32(&mut c, REG_ROM, 0xfeb0_0001);
+        assert!(write32(&mut c, REG_ROM, 0xffff_ffff).is_empty());
+        assert_eq!(c.bar_mapped(ROM_SLOT), Some(0xfeb0_0000));
+        let ch = write32(&mut c, REG_ROM, 0xfea0_0001);
+        assert_eq!(
+            (ch[0].old, ch[0].new),
+            (Some(0xfeb0_0000), Some(0xfea0_0000))
+        );
+        assert_eq!(c.bar_for_address(0xfeb0_0000), None);
+    }
+
+    #[test]
+    fn the_rom_is_listed_after_the_bars_and_programmed_without_enabling_it() {
+        let mut c = rom_config(0x1_0000);
+        assert_eq!(
+            c.bar_list().collect::<Vec<_>>(),
+            vec![
+                (0, 0x1000, BarKind::Mem32),
+                (ROM_SLOT, 0x1_0000, BarKind::Mem32)
+            ]
+        );
+        c.set_bar_address(ROM_SLOT, 0xc001_0000).unwrap();
+        assert_eq!(c.read_reg(REG_ROM), 0xc001_0000);
+        // Memory decoding on: BAR0 decodes, the ROM waits for its enable bit.
+        let ch = write32(&mut c, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY));
+        assert_eq!(ch.len(), 0);
+        c.set_bar_address(0, 0xc000_0000).unwrap();
+        let ch = write32(&mut c, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY));
+        assert_eq!(ch.iter().map(|c| c.bar).collect::<Vec<_>>(), vec![0]);
+        assert!(!c.rom_enabled());
+    }
+
+    #[test]
+    fn rejects_bad_rom_declarations() {
+        let mut c = PciConfig::new(ids());
+        assert!(c.add_rom_bar(0x400).is_err());
+        assert!(c.add_rom_bar(0x3000).is_err());
+        assert!(c.add_rom_bar(32 << 20).is_err());
+        c.add_rom_bar(0x800).unwrap();
+        assert!(matches!(
+            c.add_rom_bar(0x800),
+            Err(PciError::BarSlot { index: ROM_SLOT })
+        ));
+        // BAR declarations cannot reach the ROM slot.
+        assert!(c.add_bar(ROM_SLOT, 0x1000, BarKind::Mem32, false).is_err());
     }
 
     #[test]

@@ -154,8 +154,25 @@ impl DisplayStack {
         let slot: Box<dyn FbSlot> =
             Box::new(KvmFbSlot::new(machine.vm_fd.clone(), FB_SLOT, vram.clone()));
         let slot = Arc::new(Mutex::new(slot));
-        let vga = StdVga::new(vram, slot.clone(), self.display.clone(), self.resolution)
+        let mut vga = StdVga::new(vram, slot.clone(), self.display.clone(), self.resolution)
             .map_err(setup_error)?;
+        // Under firmware boot the VGA BIOS is the adapter's option ROM, behind its
+        // expansion ROM BAR, where SeaBIOS finds it as it does on QEMU.
+        let vga_rom = machine
+            .config
+            .firmware
+            .as_ref()
+            .and_then(|f| f.vga_rom.as_ref());
+        if let Some(path) = vga_rom {
+            let image = std::fs::read(path).map_err(|e| {
+                MachineError::Setup(format!(
+                    "cannot read the VGA BIOS {}: {}",
+                    path.display(),
+                    error_chain(&e)
+                ))
+            })?;
+            vga = vga.with_option_rom(image).map_err(setup_error)?;
+        }
         let legacy = vga.vga();
         let vga = Arc::new(Mutex::new(vga));
         pci.add_device(vga.clone()).map_err(setup_error)?;

@@ -214,14 +214,6 @@ impl Platform {
         }));
 
         let mut cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
-        if let Some(path) = &p.fw.vga_rom {
-            let rom = std::fs::read(path).map_err(|source| FirmwareError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            // SeaBIOS looks for a PCI device's option ROM as "pciVVVV,DDDD.rom" first.
-            cfg.add_file(STDVGA_ROM_FILE, rom)?;
-        }
         add_acpi_tables(&mut cfg, p.cpus, p.memory, window, &ecam)?;
         let cfg = Arc::new(Mutex::new(cfg));
         let mut pio = p.pio.write().unwrap_or_else(|e| e.into_inner());
@@ -244,8 +236,6 @@ impl Platform {
     }
 }
 
-/// The fw_cfg file holding the std-VGA adapter's option ROM (PCI 1234:1111).
-const STDVGA_ROM_FILE: &str = "pci1234,1111.rom";
 /// Adds the ACPI tables the firmware loads through `etc/table-loader`
 /// ([`acpi_loader`]), generated when the guest first reads them so that the MCFG and the
 /// root bridge's `_CRS` follow the ECAM window the firmware programmed into PCIEXBAR.

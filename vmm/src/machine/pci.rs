@@ -262,6 +262,12 @@ pub fn attach_pci(
 
 /// Programs every BAR of `dev` from `alloc`, turns on memory decoding and bus mastering
 /// through the same configuration write a guest would use, and places the BARs on `bars`.
+///
+/// The expansion ROM BAR (`ROM_SLOT` in the list) gets an address from the same window but
+/// stays disabled, as firmware leaves it: it decodes once the guest sets its enable bit,
+/// and the move comes through the relocator like any BAR's. Under firmware boot this runs
+/// too and SeaBIOS reassigns everything, the ROM included, then enables the ROM only while
+/// it copies the option ROM out.
 fn assign_bars<T>(
     dev: &Arc<Mutex<T>>,
     alloc: &mut BarAllocator,
@@ -442,6 +448,71 @@ mod tests {
         assert_eq!(u16::from_le_bytes(n), 1);
         bus.read(0xc000_0012, &mut n);
         assert_eq!(n, [0xff, 0xff]);
+    }
+
+    struct NoSlot;
+
+    impl hospes_devices::display::FbSlot for NoSlot {
+        fn map(&mut self, _at: Option<u64>) {}
+        fn take_dirty(&mut self) -> Option<Vec<u64>> {
+            None
+        }
+    }
+
+    #[test]
+    fn an_added_adapters_option_rom_is_assigned_and_read_once_enabled() {
+        use hospes_devices::display::stdvga::{StdVga, VRAM_SIZE};
+        use hospes_devices::framebuffer::{Display, FbMemory};
+
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let mut setup = attach_pci(&mut pio, &mut mmio, test_params(&[], false)).unwrap();
+        let mut image = vec![0u8; 0x9000];
+        image[..3].copy_from_slice(&[0x55, 0xaa, 0x48]);
+        let slot: Box<dyn hospes_devices::display::FbSlot> = Box::new(NoSlot);
+        let vga = StdVga::new(
+            Arc::new(FbMemory::new(VRAM_SIZE).unwrap()),
+            Arc::new(Mutex::new(slot)),
+            Arc::new(Display::new()),
+            (1024, 768),
+        )
+        .unwrap()
+        .with_option_rom(image)
+        .unwrap();
+        let dev = setup.add_device(Arc::new(Mutex::new(vga))).unwrap() as u32;
+        let addr = |reg: u32| 0x8000_0000u32 | dev << 11 | reg << 2;
+        let cfg = |pio: &mut Bus, reg: u32| {
+            pio.write(0xcf8, &addr(reg).to_le_bytes());
+            let mut b = [0u8; 4];
+            pio.read(0xcfc, &mut b);
+            u32::from_le_bytes(b)
+        };
+        let set = |pio: &mut Bus, reg: u32, v: u32| {
+            pio.write(0xcf8, &addr(reg).to_le_bytes());
+            pio.write(0xcfc, &v.to_le_bytes());
+        };
+        // BAR0 (16 MiB) and BAR2 come first; the 64 KiB ROM follows, disabled.
+        let rom = cfg(&mut pio, 12);
+        assert_eq!(rom & 1, 0);
+        let rom = u64::from(rom);
+        assert!((0xc000_0000..0xe000_0000).contains(&rom) && rom % 0x1_0000 == 0);
+        assert_ne!(rom, u64::from(cfg(&mut pio, 4) & !0xf));
+        assert_ne!(rom, u64::from(cfg(&mut pio, 6) & !0xf));
+        let mut sig = [0u8; 3];
+        mmio.read(rom, &mut sig);
+        assert_eq!(sig, [0xff; 3]);
+        // Enabled through configuration space, the relocator places it on the BAR bus.
+        set(&mut pio, 12, rom as u32 | 1);
+        assert!(mmio.read(rom, &mut sig));
+        assert_eq!(sig, [0x55, 0xaa, 0x48]);
+        // SeaBIOS's probe and a move elsewhere in the window.
+        set(&mut pio, 12, 0xffff_fffe);
+        assert_eq!(cfg(&mut pio, 12), 0xffff_0000);
+        set(&mut pio, 12, 0xd000_0001);
+        mmio.read(rom, &mut sig);
+        assert_eq!(sig, [0xff; 3]);
+        mmio.read(0xd000_0000, &mut sig);
+        assert_eq!(sig, [0x55, 0xaa, 0x48]);
     }
 
     #[test]
