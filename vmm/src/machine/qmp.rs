@@ -1,6 +1,8 @@
 //! The bridge between the QMP server (`control`) and the VM: QMP commands arrive on the
 //! server's client threads and become [`VmHandle`] calls; the VM's state changes go back
-//! to every client as QMP events (STOP, RESUME, POWERDOWN, RESET, SHUTDOWN).
+//! to every client as QMP events (STOP, RESUME, POWERDOWN, RESET, SHUTDOWN). The CD
+//! commands (`query-block`, `eject`, `blockdev-change-medium`) go to the CD drive's
+//! [`CdTray`], set with [`QmpBridge::set_cdrom`].
 //!
 //! `main` starts it with [`start`] when `--qmp unix:PATH` is given, calls
 //! [`QmpBridge::on_boot`] from the device registration step of every boot (a boot after
