@@ -207,6 +207,30 @@ fn read_console_until(socket: &Path, text: &str) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// Makes a Linux-preset VM `name` (SeaBIOS, 128 MiB, one vCPU) with `iso` in its CD drive.
+fn create_linux_vm(data: &Path, runtime: &Path, name: &str, iso: &Path) {
+    let iso = iso.to_str().unwrap();
+    let created = hospesctl(
+        data,
+        runtime,
+        &[
+            "create",
+            name,
+            "--preset",
+            "linux",
+            "--iso",
+            iso,
+            "--memory",
+            "128M",
+            "--cpus",
+            "1",
+            "--disk-size",
+            "16M",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+}
+
 #[test]
 fn a_linux_preset_vm_boots_its_install_cd_through_the_bios() {
     if skip_without_kvm() {
@@ -219,25 +243,7 @@ fn a_linux_preset_vm_boots_its_install_cd_through_the_bios() {
     let data = g.path().join("data");
     let runtime = g.path().join("run");
     std::fs::create_dir_all(&runtime).unwrap();
-    let created = hospesctl(
-        &data,
-        &runtime,
-        &[
-            "create",
-            "Installer",
-            "--preset",
-            "linux",
-            "--iso",
-            iso.to_str().unwrap(),
-            "--memory",
-            "128M",
-            "--cpus",
-            "1",
-            "--disk-size",
-            "16M",
-        ],
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_linux_vm(&data, &runtime, "Installer", &iso);
     let started = json(&hospesctl(
         &data,
         &runtime,
@@ -273,25 +279,7 @@ fn cdrom_changes_the_disc_of_a_running_vm_without_touching_vm_ron() {
     let data = g.path().join("data");
     let runtime = g.path().join("run");
     std::fs::create_dir_all(&runtime).unwrap();
-    let created = hospesctl(
-        &data,
-        &runtime,
-        &[
-            "create",
-            "Changer",
-            "--preset",
-            "linux",
-            "--iso",
-            iso.to_str().unwrap(),
-            "--memory",
-            "128M",
-            "--cpus",
-            "1",
-            "--disk-size",
-            "16M",
-        ],
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_linux_vm(&data, &runtime, "Changer", &iso);
     let vm_ron = data.join("hospes/machines/changer/vm.ron");
     let settings = std::fs::read_to_string(&vm_ron).unwrap();
     let started = json(&hospesctl(&data, &runtime, &["--json", "start", "Changer"]));
