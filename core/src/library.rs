@@ -487,6 +487,45 @@ impl Library {
         Ok(self.machine(machine.id, machine.dir))
     }
 
+    /// Sets the image in a VM's CD drive (`cdrom` in vm.ron) to `image`, or to none. Only
+    /// that value changes when the text sets it as one value (comments and layout are
+    /// kept); otherwise the file is written anew. For a stopped VM: a running one reads
+    /// vm.ron only when it starts.
+    pub fn set_cdrom(
+        &self,
+        name_or_id: &str,
+        image: Option<&Path>,
+    ) -> Result<Machine, LibraryError> {
+        let machine = self.find(name_or_id)?;
+        let path = machine.config_path();
+        let text = config::read(&path)?;
+        let write_error = |message: String| ConfigError::Write {
+            file: path.clone(),
+            message,
+        };
+        let value = match image {
+            Some(image) => ron::to_string(image).map_err(|e| write_error(e.to_string()))?,
+            None => "None".to_owned(),
+        };
+        let new_text = match config::replace_value(&text, "cdrom", &value) {
+            Some(new_text) => new_text,
+            None => {
+                let mut cfg = config::parse(&text, &path)?;
+                cfg.cdrom = image.map(Path::to_path_buf);
+                config::to_text(&cfg)?
+            }
+        };
+        let cfg = config::parse(&new_text, &path)?;
+        if cfg.cdrom.as_deref() != image {
+            return Err(write_error(
+                "the CD image's path does not survive being written to vm.ron".to_owned(),
+            )
+            .into());
+        }
+        config::write_atomic(&path, new_text.as_bytes())?;
+        Ok(self.machine(machine.id, machine.dir))
+    }
+
     /// Deletes a VM. Disk images in its folder are kept unless `delete_disks`; disk
     /// images outside its folder are never touched.
     pub fn delete(&self, name_or_id: &str, delete_disks: bool) -> Result<Deleted, LibraryError> {

@@ -2,7 +2,8 @@
 //!
 //! Each group of subcommands
 //! lives in its own file with its own clap `Subcommand` enum, flattened into [`Command`]:
-//! [`library_cmds`] manages the VM library. A command prints through [`Output`], which
+//! [`library_cmds`] manages the VM library, [`vm_cmds`] running VMs, [`media_cmds`] the
+//! CD drive. A command prints through [`Output`], which
 //! writes text for people or, with `--json`, one JSON document for scripts, and fails
 //! with a [`CtlError`], whose [`CtlError::exit_code`] is the process's exit status.
 //!
@@ -10,6 +11,7 @@
 //! QMP client are all it needs, and it never builds device or KVM code.
 
 mod library_cmds;
+mod media_cmds;
 mod vm_cmds;
 
 use std::io::{self, Write};
@@ -20,6 +22,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use hospes_core::config::ConfigError;
+use hospes_core::control::client::ClientError;
 use hospes_core::control::console::ConsoleError;
 use hospes_core::error_chain;
 use hospes_core::launch::LaunchError;
@@ -80,6 +83,9 @@ pub enum Command {
     /// Running VMs: start, stop, kill, console, status.
     #[command(flatten)]
     Vm(vm_cmds::VmCommand),
+    /// The CD drive: cdrom NAME eject|insert FILE.
+    #[command(flatten)]
+    Media(media_cmds::MediaCommand),
 }
 
 /// Why a command failed.
@@ -134,6 +140,20 @@ pub enum CtlError {
     /// The command needs a running VM.
     #[error("{0} is not running")]
     NotRunning(String),
+    /// The running VM has no CD drive.
+    #[error(
+        "{0} has no CD drive (it started without a CD: set one with `hospesctl cdrom {0} insert FILE` while it is stopped)"
+    )]
+    NoCdDrive(String),
+    /// The running VM did not change its disc.
+    #[error("{name}'s CD drive")]
+    Cdrom {
+        /// The VM.
+        name: String,
+        /// What the helper said.
+        #[source]
+        source: ClientError,
+    },
 }
 
 impl CtlError {
@@ -165,6 +185,12 @@ impl CtlError {
                 exit::WRONG_STATE
             }
             CtlError::Launch(_) | CtlError::Runtime(_) | CtlError::Console(_) => exit::FAILED,
+            CtlError::NoCdDrive(_)
+            | CtlError::Cdrom {
+                source: ClientError::Command(_),
+                ..
+            } => exit::INVALID,
+            CtlError::Cdrom { .. } => exit::FAILED,
         }
     }
 
@@ -299,6 +325,7 @@ pub fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Library(command) => library_cmds::run(command, &out),
         Command::Vm(command) => vm_cmds::run(command, &out),
+        Command::Media(command) => media_cmds::run(command, &out),
     }
 }
 

@@ -579,3 +579,54 @@ fn refuses_to_delete_a_running_vm() {
     // Once the helper is gone, the stale pid file no longer blocks deletion.
     ctl.ok(&["rm", "busy", "--delete-disks"]);
 }
+
+#[test]
+fn cdrom_on_a_stopped_vm_edits_vm_ron_and_keeps_its_comments() {
+    let ctl = Ctl::new();
+    ctl.create("Installer");
+    let vm_ron = ctl.machines().join("installer/vm.ron");
+    let original = fs::read_to_string(&vm_ron).unwrap();
+    assert!(original.contains("cdrom: None"), "{original}");
+    let commented = format!("// my notes\n{original}");
+    fs::write(&vm_ron, &commented).unwrap();
+    let iso = ctl.path("debian.iso");
+    fs::write(&iso, [0u8; 2048]).unwrap();
+
+    // A relative path is made absolute: the helper does not start in this folder.
+    let mut insert = ctl.command(&["--json", "cdrom", "Installer", "insert", "debian.iso"]);
+    insert.current_dir(ctl.tmp.path());
+    let run = ctl.run_with(insert, "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let reply = run.json();
+    assert_eq!(reply["running"], false);
+    assert_eq!(reply["cdrom"], iso.display().to_string());
+    let text = fs::read_to_string(&vm_ron).unwrap();
+    assert!(text.starts_with("// my notes\n"), "{text}");
+    assert!(
+        text.contains(&format!("cdrom: \"{}\"", iso.display())),
+        "{text}"
+    );
+    let shown = ctl.ok(&["show", "Installer", "--json"]).json();
+    assert_eq!(shown["ok"], true, "the edited file loads: {shown}");
+    assert_eq!(shown["config"]["cdrom"], iso.display().to_string());
+
+    let run = ctl.ok(&["cdrom", "installer", "eject"]);
+    assert_eq!(
+        run.stdout,
+        "Installer is stopped: it will start without a CD\n"
+    );
+    let text = fs::read_to_string(&vm_ron).unwrap();
+    assert_eq!(text, commented, "back to what it was, notes and all");
+
+    // A missing image or VM changes nothing.
+    let missing = ctl.run(&["cdrom", "Installer", "insert", "/nonexistent/x.iso"]);
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/nonexistent/x.iso"),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(ctl.run(&["cdrom", "ghost", "eject"]).code, 3);
+    assert_eq!(ctl.run(&["cdrom", "Installer", "open"]).code, 2);
+    assert_eq!(fs::read_to_string(&vm_ron).unwrap(), commented);
+}

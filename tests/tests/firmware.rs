@@ -520,3 +520,139 @@ fn uefi_boot_makes_the_vms_variable_store_and_runs_ovmf_from_its_flash() {
         ),
     }
 }
+
+/// Connects to the QMP socket at `path` as soon as the helper serves it.
+fn qmp_when_up(path: &Path) -> QmpClient {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match QmpClient::connect_with_timeout(path, TIMEOUT) {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("QMP at {}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+#[test]
+fn a_cd_ejected_through_qmp_stays_out_and_the_next_boot_starts_the_disk() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_disk(dir.path(), &[]);
+    let iso = boot_iso(dir.path(), &[]);
+    let (serial, qmp) = (dir.path().join("serial.txt"), dir.path().join("qmp.sock"));
+    let mut child = Command::new(vmm_binary())
+        .args(["--bios", SEABIOS, "-m", "128M", "--no-rng"])
+        .arg("--sata")
+        .arg(&disk)
+        .arg("--cdrom")
+        .arg(&iso)
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--qmp")
+        .arg(format!("unix:{}", qmp.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hospes-vmm");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    // The helper serves QMP before its first boot starts, and SeaBIOS needs over a second
+    // to reach the CD's boot image: `stop` lands before the boot image runs (the vCPUs
+    // park before their first instruction, or somewhere inside SeaBIOS). That it did is
+    // checked, not assumed: nothing reached COM1 from the boot image yet.
+    let mut client = qmp_when_up(&qmp);
+    client.stop().expect("stop");
+    let early = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert!(!early.contains("BOOT"), "paused too late: {early}");
+    // The first boot's devices are in place once it reports paused (not prelaunch): the
+    // commands below act on its running CD drive.
+    let deadline = Instant::now() + TIMEOUT;
+    while client.query_status().expect("query-status").status
+        != hospes_core::control::RunState::Paused
+    {
+        assert!(Instant::now() < deadline, "the first boot never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let block = client.execute("query-block", None).expect("query-block");
+    println!("query-block with the install CD: {block}");
+    let cd = &block[0];
+    assert_eq!(cd["device"], "cdrom0");
+    assert_eq!(cd["qdev"], "cdrom0");
+    assert_eq!(cd["removable"], true);
+    assert_eq!(cd["tray_open"], false);
+    assert_eq!(cd["inserted"]["file"], iso.display().to_string());
+    assert_eq!(cd["inserted"]["ro"], true);
+    assert_eq!(cd["inserted"]["drv"], "raw");
+
+    // A missing image is an error naming it; the VM is still there, the CD still in.
+    let missing = dir.path().join("missing.iso");
+    let err = client
+        .execute(
+            "blockdev-change-medium",
+            Some(serde_json::json!({"id": "cdrom0", "filename": missing})),
+        )
+        .expect_err("no such file");
+    println!("blockdev-change-medium with a missing file: {err}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+    let err = client
+        .execute("eject", Some(serde_json::json!({"id": "floppy0"})))
+        .expect_err("no such drive");
+    assert!(
+        err.to_string().contains("Device 'floppy0' not found"),
+        "{err}"
+    );
+    assert_eq!(
+        client.query_status().expect("query-status").status,
+        hospes_core::control::RunState::Paused
+    );
+
+    // A disc changed in the running drive shows at once.
+    let other = dir.path().join("other.iso");
+    std::fs::copy(&iso, &other).unwrap();
+    client
+        .execute(
+            "blockdev-change-medium",
+            Some(serde_json::json!({"id": "cdrom0", "filename": other, "format": "raw"})),
+        )
+        .expect("blockdev-change-medium");
+    let block = client.execute("query-block", None).expect("query-block");
+    assert_eq!(
+        block[0]["inserted"]["file"],
+        other.display().to_string(),
+        "{block}"
+    );
+
+    client
+        .execute("eject", Some(serde_json::json!({"device": "cdrom0"})))
+        .expect("eject");
+    let block = client.execute("query-block", None).expect("query-block");
+    println!("query-block after eject: {block}");
+    assert!(block[0].get("inserted").is_none(), "{block}");
+    assert_eq!(block[0]["removable"], true);
+
+    // The reset builds a new machine; the tray keeps the drive empty, so SeaBIOS skips
+    // the CD and boots the SATA disk.
+    client.system_reset().expect("system_reset");
+    client.cont().expect("cont");
+    let out = wait_for_text(&serial, "DONE", TIMEOUT);
+    let status = wait_timeout(&mut child, TIMEOUT);
+    let log = log.join().unwrap_or_default();
+    println!("boot after the eject: {:?}", report(&out).first());
+    assert!(out.contains("BOOT drive=80"), "{out}\n{log}");
+    assert!(!out.contains("BOOT drive=E0"), "the CD booted: {out}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the disk's boot sector powered off: {log}"
+    );
+}

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use hospes_core::control::client::QmpClient;
 use hospes_tests::{GuestKind, boot_iso, build_guest, skip_without_kvm, target_dir, vmm_binary};
 
 fn hospesctl(data: &Path, runtime: &Path, args: &[&str]) -> Output {
@@ -206,6 +207,30 @@ fn read_console_until(socket: &Path, text: &str) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// Makes a Linux-preset VM `name` (SeaBIOS, 128 MiB, one vCPU) with `iso` in its CD drive.
+fn create_linux_vm(data: &Path, runtime: &Path, name: &str, iso: &Path) {
+    let iso = iso.to_str().unwrap();
+    let created = hospesctl(
+        data,
+        runtime,
+        &[
+            "create",
+            name,
+            "--preset",
+            "linux",
+            "--iso",
+            iso,
+            "--memory",
+            "128M",
+            "--cpus",
+            "1",
+            "--disk-size",
+            "16M",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+}
+
 #[test]
 fn a_linux_preset_vm_boots_its_install_cd_through_the_bios() {
     if skip_without_kvm() {
@@ -218,25 +243,7 @@ fn a_linux_preset_vm_boots_its_install_cd_through_the_bios() {
     let data = g.path().join("data");
     let runtime = g.path().join("run");
     std::fs::create_dir_all(&runtime).unwrap();
-    let created = hospesctl(
-        &data,
-        &runtime,
-        &[
-            "create",
-            "Installer",
-            "--preset",
-            "linux",
-            "--iso",
-            iso.to_str().unwrap(),
-            "--memory",
-            "128M",
-            "--cpus",
-            "1",
-            "--disk-size",
-            "16M",
-        ],
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_linux_vm(&data, &runtime, "Installer", &iso);
     let started = json(&hospesctl(
         &data,
         &runtime,
@@ -259,4 +266,68 @@ fn a_linux_preset_vm_boots_its_install_cd_through_the_bios() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn cdrom_changes_the_disc_of_a_running_vm_without_touching_vm_ron() {
+    if skip_without_kvm() {
+        return;
+    }
+    // The boot image built with VGA_TEXT prints DONE and halts: the VM keeps running.
+    let g = tempfile::tempdir().unwrap();
+    let iso = boot_iso(g.path(), &["VGA_TEXT"]);
+    let data = g.path().join("data");
+    let runtime = g.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    create_linux_vm(&data, &runtime, "Changer", &iso);
+    let vm_ron = data.join("hospes/machines/changer/vm.ron");
+    let settings = std::fs::read_to_string(&vm_ron).unwrap();
+    let started = json(&hospesctl(&data, &runtime, &["--json", "start", "Changer"]));
+    let pid = started["pid"].as_i64().unwrap();
+    let console = read_console_until(&runtime.join("hospes/changer/serial.sock"), "DONE");
+    assert!(console.contains("BOOT drive=E0"), "{console}");
+    let qmp = runtime.join("hospes/changer/qmp.sock");
+    let inserted = || {
+        let mut client = QmpClient::connect(&qmp).expect("QMP");
+        let drives = client.query_block().expect("query-block");
+        assert_eq!(drives.len(), 1, "{drives:?}");
+        drives[0].inserted.as_ref().map(|i| i.file.clone())
+    };
+    assert_eq!(inserted(), Some(iso.display().to_string()));
+
+    let ejected = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "cdrom", "Changer", "eject"],
+    ));
+    assert_eq!(ejected["running"], true);
+    assert_eq!(inserted(), None, "the running drive is empty");
+
+    let drivers = g.path().join("drivers.iso");
+    std::fs::copy(&iso, &drivers).unwrap();
+    let changed = hospesctl(
+        &data,
+        &runtime,
+        &["cdrom", "Changer", "insert", drivers.to_str().unwrap()],
+    );
+    assert!(changed.status.success(), "{changed:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&changed.stdout),
+        format!("Changer: the CD drive now holds {}\n", drivers.display())
+    );
+    assert_eq!(inserted(), Some(drivers.display().to_string()));
+    let missing = hospesctl(
+        &data,
+        &runtime,
+        &["cdrom", "Changer", "insert", "/no/such.iso"],
+    );
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+    assert_eq!(
+        std::fs::read_to_string(&vm_ron).unwrap(),
+        settings,
+        "a running VM's change lasts as long as its helper"
+    );
+    assert!(helper_alive(pid), "the VM runs on");
+    let killed = json(&hospesctl(&data, &runtime, &["--json", "kill", "Changer"]));
+    assert_eq!(killed["outcome"], "killed");
 }

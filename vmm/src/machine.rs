@@ -336,6 +336,8 @@ pub struct Machine {
     serial: Arc<Mutex<SerialDevice>>,
     /// The VM's kernel side (the PIT), still being set up while devices are added.
     setup: vm::VmSetup,
+    /// Run when this boot ends, after its vCPUs stopped (see [`Machine::on_boot_end`]).
+    end_hooks: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 /// Devices that live across boots.
@@ -443,12 +445,20 @@ impl Machine {
             _rom: rom,
             serial: persistent.serial.clone(),
             setup,
+            end_hooks: Vec::new(),
         })
+    }
+
+    /// Runs `hook` when this boot ends (guest reset or power-off, quit), once every vCPU
+    /// has left the guest: for state that outlives the boot, such as the disc a guest
+    /// ejected from the CD drive.
+    pub fn on_boot_end(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.end_hooks.push(Box::new(hook));
     }
 
     /// Starts the vCPUs and runs until an event ends this boot.
     fn run(
-        self,
+        mut self,
         events: &Sender<MachineEvent>,
         rx: &Receiver<MachineEvent>,
         control: &Arc<RunControl>,
@@ -505,6 +515,9 @@ impl Machine {
         control.stop();
         for t in threads {
             let _ = t.join();
+        }
+        for hook in std::mem::take(&mut self.end_hooks) {
+            hook();
         }
         lock(&self.serial).flush();
         Ok(event)

@@ -469,6 +469,14 @@ fn main() -> ExitCode {
         if let (Some(b), Some(d)) = (&bridge, &display) {
             b.set_display(d.clone());
         }
+        // The CD drive's tray outlives the boots: a disc the guest ejects stays out.
+        let cdrom = extras
+            .cdrom
+            .clone()
+            .map(|image| Arc::new(storage::CdTray::new(Some(image))));
+        if let (Some(b), Some(t)) = (&bridge, &cdrom) {
+            b.set_cdrom(t.clone());
+        }
         quit_on_signals(vmm.handle(), bridge.clone());
         let mut boots = 0;
         let setup = |machine: &mut hospes_vmm::machine::Machine| {
@@ -490,7 +498,7 @@ fn main() -> ExitCode {
                     machine,
                     &mut pci,
                     &extras.sata,
-                    extras.cdrom.as_deref(),
+                    cdrom.as_ref(),
                     extras.disks.len(),
                 )?;
             }

@@ -208,6 +208,29 @@ impl QmpClient {
         }
     }
 
+    /// `query-block`: the VM's removable drives.
+    pub fn query_block(&mut self) -> Result<Vec<super::block::BlockInfo>, ClientError> {
+        self.execute_typed("query-block")
+    }
+
+    /// `eject`: takes the disc out of drive `id`; `force` even while the guest locked it.
+    pub fn eject(&mut self, id: &str, force: bool) -> Result<(), ClientError> {
+        self.execute("eject", Some(json!({ "id": id, "force": force })))
+            .map(drop)
+    }
+
+    /// `blockdev-change-medium`: puts the raw image `filename` (a path the helper can
+    /// open: make it absolute) into drive `id`; `force` even while the guest locked it.
+    pub fn change_medium(
+        &mut self,
+        id: &str,
+        filename: &Path,
+        force: bool,
+    ) -> Result<(), ClientError> {
+        let args = json!({ "id": id, "filename": filename, "format": "raw", "force": force });
+        self.execute("blockdev-change-medium", Some(args)).map(drop)
+    }
+
     /// Returns the first event named `name`, received earlier or within `timeout`.
     /// Other events stay queued.
     pub fn wait_event(

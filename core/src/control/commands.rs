@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::protocol::{NoArgs, QmpError, StatusInfo, VersionInfo, error_reply, return_reply};
-use super::{ControlError, VmControl, display};
+use super::{ControlError, VmControl, block, display};
 
 /// Name of the negotiation command, valid only before any other.
 const QMP_CAPABILITIES: &str = "qmp_capabilities";
@@ -69,6 +69,13 @@ const COMMANDS: &[CommandSpec] = &[
         "input-send-event",
         display::InputSendEventArgs,
         display::input_send_event
+    ),
+    command!("query-block", NoArgs, block::query_block),
+    command!("eject", block::EjectArgs, block::eject),
+    command!(
+        "blockdev-change-medium",
+        block::ChangeMediumArgs,
+        block::blockdev_change_medium
     ),
 ];
 
@@ -359,6 +366,175 @@ mod tests {
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
+    }
+
+    /// A negotiated session on a fake VM whose CD drive holds a 4 KiB image, in `dir`.
+    fn vm_with_cd(dir: &std::path::Path) -> (FakeVm, std::path::PathBuf) {
+        let iso = dir.join("first.iso");
+        std::fs::write(&iso, [0u8; 4096]).unwrap();
+        (
+            FakeVm::with_cdrom(EventSender::new(), Some(iso.clone())),
+            iso,
+        )
+    }
+
+    #[test]
+    fn query_block_lists_the_cd_drive_with_its_disc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vm, iso) = vm_with_cd(dir.path());
+        let reply = run(&mut negotiated(), &vm, r#"{"execute":"query-block"}"#);
+        let drives = reply["return"].as_array().expect("a list");
+        assert_eq!(drives.len(), 1, "{reply}");
+        let cd = &drives[0];
+        assert_eq!(cd["device"], "cdrom0");
+        assert_eq!(cd["qdev"], "cdrom0");
+        assert_eq!(cd["removable"], true);
+        assert_eq!(cd["tray_open"], false);
+        assert_eq!(cd["inserted"]["file"], iso.display().to_string());
+        assert_eq!(cd["inserted"]["ro"], true);
+        assert_eq!(cd["inserted"]["drv"], "raw");
+        assert_eq!(cd["inserted"]["image"]["virtual-size"], 4096);
+
+        let none = FakeVm::new(EventSender::new());
+        let reply = run(&mut negotiated(), &none, r#"{"execute":"query-block"}"#);
+        assert_eq!(reply, json!({"return": []}), "no drive, no entry");
+    }
+
+    #[test]
+    fn eject_takes_the_disc_out_by_id_or_device() {
+        let dir = tempfile::tempdir().unwrap();
+        for args in [r#"{"id":"cdrom0"}"#, r#"{"device":"cdrom0","force":false}"#] {
+            let (vm, _) = vm_with_cd(dir.path());
+            let text = format!(r#"{{"execute":"eject","arguments":{args}}}"#);
+            let reply = run(&mut negotiated(), &vm, &text);
+            assert_eq!(reply, json!({"return": {}}), "{args}");
+            assert_eq!(vm.cdrom_image(), None, "{args}");
+            let listed = run(&mut negotiated(), &vm, r#"{"execute":"query-block"}"#);
+            assert!(listed["return"][0].get("inserted").is_none(), "{listed}");
+        }
+    }
+
+    #[test]
+    fn eject_names_a_missing_drive_and_refuses_bad_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vm, iso) = vm_with_cd(dir.path());
+        let mut s = negotiated();
+        let reply = run(
+            &mut s,
+            &vm,
+            r#"{"execute":"eject","arguments":{"id":"floppy0"}}"#,
+        );
+        assert_eq!(reply["error"]["class"], "DeviceNotFound");
+        assert_eq!(reply["error"]["desc"], "Device 'floppy0' not found");
+        let no_drive = FakeVm::new(EventSender::new());
+        let reply = run(
+            &mut s,
+            &no_drive,
+            r#"{"execute":"eject","arguments":{"id":"cdrom0"}}"#,
+        );
+        assert_eq!(reply["error"]["class"], "DeviceNotFound");
+        assert_eq!(reply["error"]["desc"], "Device 'cdrom0' not found");
+        for args in [
+            "{}",
+            r#"{"id":"cdrom0","device":"cdrom0"}"#,
+            r#"{"id":"cdrom0","force":"yes"}"#,
+            r#"{"id":"cdrom0","tray":true}"#,
+            r#"{"id":7}"#,
+        ] {
+            let text = format!(r#"{{"execute":"eject","arguments":{args}}}"#);
+            let reply = run(&mut s, &vm, &text);
+            assert_eq!(reply["error"]["class"], "GenericError", "{args}: {reply}");
+        }
+        assert_eq!(
+            vm.cdrom_image(),
+            Some(iso),
+            "no rejected eject took the disc"
+        );
+    }
+
+    #[test]
+    fn a_drive_the_guest_locked_ejects_only_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vm, iso) = vm_with_cd(dir.path());
+        vm.lock_cdrom(true);
+        let mut s = negotiated();
+        let reply = run(
+            &mut s,
+            &vm,
+            r#"{"execute":"eject","arguments":{"id":"cdrom0"}}"#,
+        );
+        assert_eq!(reply["error"]["class"], "GenericError");
+        assert!(
+            reply["error"]["desc"].as_str().unwrap().contains("locked"),
+            "{reply}"
+        );
+        assert_eq!(vm.cdrom_image(), Some(iso));
+        let reply = run(
+            &mut s,
+            &vm,
+            r#"{"execute":"eject","arguments":{"id":"cdrom0","force":true}}"#,
+        );
+        assert_eq!(reply, json!({"return": {}}));
+        assert_eq!(vm.cdrom_image(), None);
+    }
+
+    #[test]
+    fn change_medium_puts_a_new_disc_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vm, _) = vm_with_cd(dir.path());
+        let second = dir.path().join("virtio-win.iso");
+        std::fs::write(&second, [0u8; 2048]).unwrap();
+        let text = json!({"execute": "blockdev-change-medium", "arguments": {
+            "id": "cdrom0", "filename": second, "format": "raw", "read-only-mode": "retain"}});
+        let reply = run(&mut negotiated(), &vm, &text.to_string());
+        assert_eq!(reply, json!({"return": {}}));
+        assert_eq!(vm.cdrom_image(), Some(second.clone()));
+        let listed = run(&mut negotiated(), &vm, r#"{"execute":"query-block"}"#);
+        assert_eq!(
+            listed["return"][0]["inserted"]["file"],
+            second.display().to_string()
+        );
+    }
+
+    #[test]
+    fn change_medium_errors_name_the_file_or_the_drive_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vm, iso) = vm_with_cd(dir.path());
+        let missing = dir.path().join("missing.iso");
+        let mut s = negotiated();
+        let change = |args: serde_json::Value| {
+            json!({"execute": "blockdev-change-medium", "arguments": args}).to_string()
+        };
+        let reply = run(
+            &mut s,
+            &vm,
+            &change(json!({"id": "cdrom0", "filename": missing})),
+        );
+        assert_eq!(reply["error"]["class"], "GenericError");
+        let desc = reply["error"]["desc"].as_str().unwrap();
+        assert!(desc.contains(&missing.display().to_string()), "{desc}");
+        let reply = run(
+            &mut s,
+            &vm,
+            &change(json!({"id": "cdrom0", "filename": dir.path()})),
+        );
+        let desc = reply["error"]["desc"].as_str().unwrap();
+        assert!(desc.contains("not a regular file"), "{desc}");
+        let reply = run(&mut s, &vm, &change(json!({"id": "cd9", "filename": iso})));
+        assert_eq!(reply["error"]["class"], "DeviceNotFound");
+        for bad in [
+            json!({"id": "cdrom0", "filename": iso, "format": "qcow2"}),
+            json!({"id": "cdrom0", "filename": iso, "read-only-mode": "read-write"}),
+            json!({"id": "cdrom0", "filename": iso, "read-only-mode": "sometimes"}),
+            json!({"id": "cdrom0", "filename": ""}),
+            json!({"id": "cdrom0"}),
+            json!({"filename": iso}),
+        ] {
+            let reply = run(&mut s, &vm, &change(bad.clone()));
+            assert_eq!(reply["error"]["class"], "GenericError", "{bad}: {reply}");
+        }
+        assert_eq!(vm.cdrom_image(), Some(iso), "the first disc is still in");
+        assert_eq!(vm.status(), RunState::Running, "the VM runs on");
     }
 
     #[test]

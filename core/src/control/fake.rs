@@ -9,11 +9,12 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
+use super::block::{BlockInfo, CDROM_ID, open_disc_image};
 use super::server::{EventSender, QmpServer, ServerError};
 use super::{ControlError, Event, RunState, ShutdownReason, VmControl, parse_unix_endpoint};
 
@@ -38,12 +39,20 @@ struct Requests {
     powerdown: bool,
 }
 
+/// The fake VM's CD drive: the image in it and whether the "guest" locked it.
+#[derive(Debug, Default)]
+struct FakeDrive {
+    image: Option<PathBuf>,
+    locked: bool,
+}
+
 /// A VM that only keeps state and emits events.
 pub struct FakeVm {
     state: Mutex<RunState>,
     requests: Mutex<Requests>,
     wake: Condvar,
     events: EventSender,
+    cdrom: Mutex<Option<FakeDrive>>,
 }
 
 impl FakeVm {
@@ -54,6 +63,53 @@ impl FakeVm {
             requests: Mutex::default(),
             wake: Condvar::new(),
             events,
+            cdrom: Mutex::new(None),
+        }
+    }
+
+    /// A running fake VM with a CD drive ([`CDROM_ID`]) holding `image`, or empty.
+    pub fn with_cdrom(events: EventSender, image: Option<PathBuf>) -> Self {
+        let vm = Self::new(events);
+        *vm.drive() = Some(FakeDrive {
+            image,
+            locked: false,
+        });
+        vm
+    }
+
+    fn drive(&self) -> MutexGuard<'_, Option<FakeDrive>> {
+        self.cdrom.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The image in the CD drive; `None` when it is empty or there is no drive.
+    pub fn cdrom_image(&self) -> Option<PathBuf> {
+        self.drive().as_ref().and_then(|d| d.image.clone())
+    }
+
+    /// Simulates the guest locking (PREVENT MEDIUM REMOVAL) or unlocking the CD drive.
+    pub fn lock_cdrom(&self, locked: bool) {
+        if let Some(d) = self.drive().as_mut() {
+            d.locked = locked;
+        }
+    }
+
+    /// The CD drive named `id`, unless it is locked and `force` is not given.
+    fn removable(
+        &self,
+        id: &str,
+        force: bool,
+    ) -> Result<MutexGuard<'_, Option<FakeDrive>>, ControlError> {
+        let drive = self.drive();
+        match drive.as_ref() {
+            Some(d) if id == CDROM_ID => {
+                if d.locked && !force {
+                    return Err(ControlError::Failed(format!(
+                        "Device '{id}' is locked and force was not specified"
+                    )));
+                }
+                Ok(drive)
+            }
+            _ => Err(ControlError::DeviceNotFound(id.to_owned())),
         }
     }
 
@@ -148,6 +204,39 @@ impl VmControl for FakeVm {
     fn quit(&self) {
         self.requests().quit = true;
         self.wake.notify_all();
+    }
+
+    fn query_block(&self) -> Vec<BlockInfo> {
+        self.drive()
+            .iter()
+            .map(|d| {
+                let size = d
+                    .image
+                    .as_deref()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map_or(0, |m| m.len());
+                let image = d.image.as_deref().map(|p| (p, size));
+                BlockInfo::cdrom(image, false, d.locked)
+            })
+            .collect()
+    }
+
+    fn eject(&self, id: &str, force: bool) -> Result<(), ControlError> {
+        if let Some(d) = self.removable(id, force)?.as_mut() {
+            d.image = None;
+        }
+        Ok(())
+    }
+
+    fn change_medium(&self, id: &str, filename: &Path, force: bool) -> Result<(), ControlError> {
+        let mut drive = self.removable(id, force)?;
+        open_disc_image(filename).map_err(|e| {
+            ControlError::Failed(format!("cannot open {}: {e}", filename.display()))
+        })?;
+        if let Some(d) = drive.as_mut() {
+            d.image = Some(filename.to_owned());
+        }
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@
 //! negotiates, runs commands and collects events. [`console`] attaches a terminal to the
 //! helper's serial socket.
 
+pub mod block;
 pub mod client;
 mod commands;
 pub mod console;
@@ -42,6 +43,9 @@ pub enum ControlError {
     /// The operation failed.
     #[error("{0}")]
     Failed(String),
+    /// The VM has no device of that name (QMP class DeviceNotFound).
+    #[error("Device '{0}' not found")]
+    DeviceNotFound(String),
     /// An endpoint argument such as `--qmp` is malformed.
     #[error("invalid socket address '{0}': expected unix:PATH")]
     BadEndpoint(String),
@@ -191,6 +195,25 @@ pub trait VmControl: Send + Sync + 'static {
     /// Feeds keyboard and pointer events to the guest (`input-send-event`).
     fn input_send_event(&self, _events: &[display::InputEvent]) -> Result<(), ControlError> {
         Err(ControlError::Unsupported)
+    }
+    /// The VM's removable drives (`query-block`).
+    fn query_block(&self) -> Vec<block::BlockInfo> {
+        Vec::new()
+    }
+    /// Takes the disc out of drive `id` (`eject`); `force` ejects even while the guest
+    /// has locked the drive.
+    fn eject(&self, id: &str, _force: bool) -> Result<(), ControlError> {
+        Err(ControlError::DeviceNotFound(id.to_owned()))
+    }
+    /// Puts the image at `filename` into drive `id` (`blockdev-change-medium`), replacing
+    /// the disc in it; open it with [`block::open_disc_image`].
+    fn change_medium(
+        &self,
+        id: &str,
+        _filename: &std::path::Path,
+        _force: bool,
+    ) -> Result<(), ControlError> {
+        Err(ControlError::DeviceNotFound(id.to_owned()))
     }
 }
 

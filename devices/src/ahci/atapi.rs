@@ -229,6 +229,11 @@ impl Cdrom {
         self.tray_open
     }
 
+    /// The guest forbade removing the disc (PREVENT ALLOW MEDIUM REMOVAL).
+    pub fn locked(&self) -> bool {
+        self.locked
+    }
+
     /// A device reset: sense and transfer mode back to power-on; the medium stays.
     pub fn reset(&mut self) {
         self.sense = Sense::NONE;

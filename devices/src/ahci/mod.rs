@@ -33,7 +33,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 pub use backend::{Drive, DriveKind};
-pub use port::AhciPort;
+pub use port::{AhciPort, TrayState};
 
 use crate::bus::BusDevice;
 use crate::legacy::IrqLine;

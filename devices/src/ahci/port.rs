@@ -89,6 +89,17 @@ const SIG_NONE: u32 = 0xffff_ffff;
 /// Command slots (CAP.NCS + 1).
 pub const SLOTS: u32 = 32;
 
+/// A CD drive's tray: what [`AhciPort::tray`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrayState {
+    /// A disc is in and the tray is closed.
+    pub media_present: bool,
+    /// The tray is open (the guest's START STOP UNIT with LoEj).
+    pub open: bool,
+    /// The guest forbade removing the disc.
+    pub locked: bool,
+}
+
 /// The device behind a port.
 enum Device {
     Disk(AtaDisk),
@@ -213,6 +224,19 @@ impl AhciPort {
     /// port).
     pub fn media_present(&self) -> bool {
         matches!(&self.device, Some(Device::Cdrom(cd)) if cd.media_present())
+    }
+
+    /// The CD drive's tray as the host reports it (QMP `query-block`); `None` for a
+    /// disk or an empty port.
+    pub fn tray(&self) -> Option<TrayState> {
+        match &self.device {
+            Some(Device::Cdrom(cd)) => Some(TrayState {
+                media_present: cd.media_present(),
+                open: cd.tray_open(),
+                locked: cd.locked(),
+            }),
+            _ => None,
+        }
     }
 
     /// Interrupts this port has pending and enabled.

@@ -756,6 +756,16 @@ fn guest_eject_honours_prevent_medium_removal() {
     let mut d = Driver::disk_and_cd();
     d.start(1);
     d.packet([0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0x200);
+    let tray = |d: &mut Driver| d.hba.port_mut(1).unwrap().tray().unwrap();
+    assert_eq!(
+        tray(&mut d),
+        TrayState {
+            media_present: true,
+            open: false,
+            locked: true
+        },
+        "the host sees the guest's lock"
+    );
     let (is, _) = d.packet([0x1b, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], 0x200);
     assert_ne!(is & IS_TFES, 0);
     d.restart(1);
@@ -764,6 +774,20 @@ fn guest_eject_honours_prevent_medium_removal() {
     let (is, _) = d.packet([0x1b, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], 0x200);
     assert_eq!(is & IS_TFES, 0);
     assert!(!d.hba.port_mut(1).unwrap().media_present());
+    assert_eq!(
+        tray(&mut d),
+        TrayState {
+            media_present: false,
+            open: true,
+            locked: false
+        },
+        "the guest's eject opened the tray"
+    );
+    assert_eq!(
+        d.hba.port_mut(0).unwrap().tray(),
+        None,
+        "a disk has no tray"
+    );
     let (is, _) = d.packet([0; 12], 0x200);
     assert_ne!(is & IS_TFES, 0);
     d.restart(1);

@@ -1,6 +1,8 @@
 //! The bridge between the QMP server (`control`) and the VM: QMP commands arrive on the
 //! server's client threads and become [`VmHandle`] calls; the VM's state changes go back
-//! to every client as QMP events (STOP, RESUME, POWERDOWN, RESET, SHUTDOWN).
+//! to every client as QMP events (STOP, RESUME, POWERDOWN, RESET, SHUTDOWN). The CD
+//! commands (`query-block`, `eject`, `blockdev-change-medium`) go to the CD drive's
+//! [`CdTray`], set with [`QmpBridge::set_cdrom`].
 //!
 //! `main` starts it with [`start`] when `--qmp unix:PATH` is given, calls
 //! [`QmpBridge::on_boot`] from the device registration step of every boot (a boot after
@@ -11,14 +13,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use hospes_core::control::block::{BlockInfo, CDROM_ID};
 use hospes_core::control::display::{InputEvent, VncInfo};
 use hospes_core::control::{
     ControlError, Event, EventSender, QmpServer, QmpServerHandle, RunState as QmpState,
     ShutdownReason, VmControl,
 };
+use hospes_core::error_chain;
 use hospes_devices::bus::lock;
 
 use super::display::DisplayStack;
+use super::storage::CdTray;
 use super::{Exit, HandleError, MachineError, RunState, VmHandle};
 
 /// Implements the QMP commands on a [`VmHandle`].
@@ -28,6 +33,7 @@ pub struct QmpBridge {
     host_reset: AtomicBool,
     quit_reason: std::sync::Mutex<ShutdownReason>,
     display: std::sync::Mutex<Option<Arc<DisplayStack>>>,
+    cdrom: std::sync::Mutex<Option<Arc<CdTray>>>,
 }
 
 fn qmp_state(s: RunState) -> QmpState {
@@ -57,6 +63,20 @@ impl QmpBridge {
 
     fn display(&self) -> Result<Arc<DisplayStack>, ControlError> {
         lock(&self.display).clone().ok_or(ControlError::Unsupported)
+    }
+
+    /// Serves `query-block`, `eject` and `blockdev-change-medium` from the CD drive's
+    /// `tray`.
+    pub fn set_cdrom(&self, tray: Arc<CdTray>) {
+        *lock(&self.cdrom) = Some(tray);
+    }
+
+    /// The CD drive named `id`.
+    fn cdrom(&self, id: &str) -> Result<Arc<CdTray>, ControlError> {
+        lock(&self.cdrom)
+            .clone()
+            .filter(|_| id == CDROM_ID)
+            .ok_or_else(|| ControlError::DeviceNotFound(id.to_owned()))
     }
 
     /// Quits because a signal arrived (SHUTDOWN then says host-signal).
@@ -131,6 +151,22 @@ impl VmControl for QmpBridge {
     fn input_send_event(&self, events: &[InputEvent]) -> Result<(), ControlError> {
         self.display()?.input_send_event(events)
     }
+
+    fn query_block(&self) -> Vec<BlockInfo> {
+        lock(&self.cdrom).iter().map(|t| t.info()).collect()
+    }
+
+    fn eject(&self, id: &str, force: bool) -> Result<(), ControlError> {
+        self.cdrom(id)?
+            .eject(force)
+            .map_err(|e| ControlError::Failed(error_chain(&e)))
+    }
+
+    fn change_medium(&self, id: &str, filename: &Path, force: bool) -> Result<(), ControlError> {
+        self.cdrom(id)?
+            .insert(filename, force)
+            .map_err(|e| ControlError::Failed(error_chain(&e)))
+    }
 }
 
 /// A running QMP server and its bridge.
@@ -156,6 +192,7 @@ pub fn start(path: &Path, handle: VmHandle) -> Result<Qmp, MachineError> {
         host_reset: AtomicBool::new(false),
         quit_reason: std::sync::Mutex::new(ShutdownReason::HostQmpQuit),
         display: std::sync::Mutex::new(None),
+        cdrom: std::sync::Mutex::new(None),
     });
     let vm: Arc<dyn VmControl> = bridge.clone();
     let server = QmpServer::start_with_events(path, vm, events)
