@@ -5,9 +5,9 @@
 //! Data flow: after the PCI registration step has placed bus 0, [`attach_ahci`] puts one
 //! ICH9 AHCI function (8086:2922) in the next free slot with SATA disks on ports 0.. and the
 //! CD-ROM drive on the port after them; its INTA# reaches the guest through [`PciIntx`]
-//! (the slot's PIRQ, as the DSDT's `_PRT` routes it: `acpi_loader::q35_pirq`). [`boot_order`] then tells the firmware
-//! where to boot from: the CD first when one is attached (an installer), then the disks in
-//! vm.ron's order.
+//! (the slot's PIRQ, as the DSDT's `_PRT` routes it: `acpi_loader::q35_pirq`).
+//! [`boot_order`] then tells the firmware where to boot from: the CD first when one is
+//! attached (an installer), then the disks in vm.ron's order.
 //!
 //! The disc in the drive lives in a [`CdTray`], made once per helper run: every boot
 //! attaches what the tray holds ([`CdTray::load_for_boot`]) and connects the tray to that
