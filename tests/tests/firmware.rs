@@ -361,6 +361,17 @@ fn screens_under_both(dir: &Path, disk: &Path) -> (u32, u32, Vec<u32>, Vec<u32>)
     (w, h, ours, theirs)
 }
 
+/// Every pixel of our screen is QEMU's; on a difference both screenshots are kept.
+fn assert_same_screen(ours: &[u32], theirs: &[u32], dir: tempfile::TempDir) {
+    let differing = ours.iter().zip(theirs).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differing,
+        0,
+        "pixels that differ from QEMU's screen (saved in {})",
+        dir.keep().display()
+    );
+}
+
 #[test]
 fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
     if skip_without_kvm() {
@@ -384,13 +395,7 @@ fn the_bios_and_a_boot_sector_text_screen_show_as_under_qemu() {
         .filter(|&(x, y)| at(10 * 9 + x, 10 * 16 + y) == 0x00ff_ffff)
         .count();
     assert!(lit > 50, "white glyph pixels of \"Hospes\": {lit}");
-    let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
-    assert_eq!(
-        differing,
-        0,
-        "pixels that differ from QEMU's screen (saved in {})",
-        dir.keep().display()
-    );
+    assert_same_screen(&ours, &theirs, dir);
 }
 
 #[test]
@@ -409,13 +414,7 @@ fn a_boot_sector_in_vga_mode_13h_shows_as_under_qemu() {
         [at(320, 50), at(320, 150), at(320, 250), at(320, 350)],
         [0x0000_00a8, 0x0000_a800, 0x00a8_0000, 0x00ff_ffff]
     );
-    let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
-    assert_eq!(
-        differing,
-        0,
-        "pixels that differ from QEMU's screen (saved in {})",
-        dir.keep().display()
-    );
+    assert_same_screen(&ours, &theirs, dir);
 }
 
 const OVMF_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
