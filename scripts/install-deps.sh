@@ -14,8 +14,8 @@ packages=(
   gcc binutils qemu-system-x86 passt acpica-tools gvncviewer
   # firmware for BIOS and UEFI guests (and the VGA BIOS option ROM)
   seabios ovmf
-  # install media for the firmware tests (El Torito ISOs)
-  xorriso
+  # install media for the firmware tests: El Torito ISOs, and GRUB's (grub-mkrescue)
+  xorriso grub-pc-bin grub-common mtools
   # a headless PipeWire daemon for the sound tests (dbus-run-session starts its bus)
   pipewire-bin wireplumber dbus-bin
   # headless GUI tests and desktop-integration checks

@@ -655,3 +655,192 @@ fn a_cd_ejected_through_qmp_stays_out_and_the_next_boot_starts_the_disk() {
         "the disk's boot sector powered off: {log}"
     );
 }
+
+/// A real boot loader's install medium: GRUB's El Torito CD made by grub-mkrescue (Debian
+/// packages grub-pc-bin, grub-common, mtools and xorriso, installed by the test command),
+/// with a menu of two entries that waits for a key forever.
+fn grub_iso(dir: &Path) -> std::path::PathBuf {
+    let tree = dir.join("grub-tree");
+    std::fs::create_dir_all(tree.join("boot/grub")).unwrap();
+    std::fs::write(
+        tree.join("boot/grub/grub.cfg"),
+        "set timeout=-1\n\
+         menuentry \"Install Hospes Test OS\" { echo install }\n\
+         menuentry \"Boot from the first disk\" { echo disk }\n",
+    )
+    .unwrap();
+    let iso = dir.join("grub.iso");
+    let out = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&iso)
+        .arg(&tree)
+        .output()
+        .expect("grub-mkrescue (Debian package grub-common) is installed by the test command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}
+
+/// A child process killed (and reaped) when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A VM's screen through QMP `screendump`.
+struct Screen {
+    client: QmpClient,
+    png: std::path::PathBuf,
+    png_format: bool,
+}
+
+impl Screen {
+    fn connect(qmp: &Path, png: std::path::PathBuf, png_format: bool) -> Screen {
+        let deadline = Instant::now() + TIMEOUT;
+        let client = loop {
+            match QmpClient::connect_with_timeout(qmp, TIMEOUT) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => panic!("QMP at {}: {e}", qmp.display()),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        Screen {
+            client,
+            png,
+            png_format,
+        }
+    }
+
+    /// (width, height, pixels) now.
+    fn grab(&mut self) -> (u32, u32, Vec<u32>) {
+        let mut args = serde_json::json!({ "filename": self.png.display().to_string() });
+        if self.png_format {
+            args["format"] = "png".into();
+        }
+        match self.client.execute("screendump", Some(args)) {
+            Ok(_) => read_png(&self.png),
+            // Nothing on the screen yet (the firmware has not set a mode).
+            Err(_) => (0, 0, Vec::new()),
+        }
+    }
+
+    /// The screen once pixel (x, y) has `colour`: what the guest drew, not a moment of it.
+    fn wait_for(&mut self, x: u32, y: u32, colour: u32) -> (u32, u32, Vec<u32>) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (w, h, px) = self.grab();
+            if x < w && y < h && px[(y * w + x) as usize] == colour {
+                return (w, h, px);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pixel ({x}, {y}) never became {colour:06x} (last screen {w}x{h}, {})",
+                self.png.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Presses and releases `key` (a QMP qcode) on the guest's keyboard.
+    fn key(&mut self, key: &str) {
+        for down in [true, false] {
+            let event = serde_json::json!({ "events": [
+                { "type": "key", "data": { "down": down, "key": { "type": "qcode", "data": key } } }
+            ] });
+            self.client
+                .execute("input-send-event", Some(event))
+                .expect("input-send-event");
+        }
+    }
+}
+
+#[test]
+fn grub_shows_its_menu_from_an_install_cd_and_follows_the_keyboard_as_under_qemu() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let iso = grub_iso(dir.path());
+    // GRUB's menu in 80x25 text: the highlight bar (grey, 0xa8a8a8) on the first entry's
+    // row (4: pixels 64..80), then on the second's (5) after the Down key; sampled right
+    // of the entries' text, where the bar is plain.
+    let (first, second) = ((600, 72), (600, 88));
+    const GREY: u32 = 0x00a8_a8a8;
+
+    let qmp = dir.path().join("qmp.sock");
+    let mut ours = KillOnDrop(
+        Command::new(vmm_binary())
+            .args([
+                "--bios",
+                SEABIOS,
+                "-m",
+                "256M",
+                "--no-rng",
+                "--display",
+                "std-vga",
+            ])
+            .arg("--cdrom")
+            .arg(&iso)
+            .args(["--serial", "none", "--qmp"])
+            .arg(format!("unix:{}", qmp.display()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn hospes-vmm"),
+    );
+    let mut screen = Screen::connect(&qmp, dir.path().join("hospes.png"), false);
+    let (w, h, menu) = screen.wait_for(first.0, first.1, GREY);
+    assert_eq!((w, h), (720, 400), "GRUB's menu is in VGA text mode");
+    screen.key("down");
+    let (_, _, moved) = screen.wait_for(second.0, second.1, GREY);
+    assert_ne!(
+        moved[(first.1 * w + first.0) as usize],
+        GREY,
+        "the bar left entry 1"
+    );
+    let _ = screen.client.quit();
+    let _ = wait_timeout(&mut ours.0, TIMEOUT);
+
+    let qqmp = dir.path().join("qqmp.sock");
+    let mut qemu = KillOnDrop(
+        Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "kvm",
+            "-M",
+            "q35",
+            "-m",
+            "256M",
+            "-nodefaults",
+            "-vga",
+            "std",
+        ])
+        .args(["-display", "none", "-bios", SEABIOS])
+        .arg("-drive")
+        .arg(format!("file={},media=cdrom,if=none,id=c", iso.display()))
+        .args(["-device", "ide-cd,drive=c,bus=ide.0", "-qmp"])
+        .arg(format!("unix:{},server,nowait", qqmp.display()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "qemu-system-x86_64 (Debian package qemu-system-x86) is installed by the test command",
+        ),
+    );
+    let mut theirs = Screen::connect(&qqmp, dir.path().join("qemu.png"), true);
+    let (_, _, qemu_menu) = theirs.wait_for(first.0, first.1, GREY);
+    theirs.key("down");
+    let (_, _, qemu_moved) = theirs.wait_for(second.0, second.1, GREY);
+    let _ = theirs.client.quit();
+    let _ = wait_timeout(&mut qemu.0, TIMEOUT);
+
+    assert_same_screen(&menu, &qemu_menu, tempfile::tempdir().unwrap());
+    assert_same_screen(&moved, &qemu_moved, dir);
+}
