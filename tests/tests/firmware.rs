@@ -66,30 +66,48 @@ fn seabios_run(args: &[&str], drive: &str) -> (hospes_tests::RunOutput, Vec<Stri
     (run, ours)
 }
 
+/// QEMU's q35 machine with Debian's SeaBIOS, no display window and `memory` of RAM; add
+/// devices, `-vga std`, `-serial`, `-qmp` to it.
+fn qemu_q35(memory: &str) -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "kvm", "-M", "q35", "-m", memory, "-nodefaults"])
+        .args(["-display", "none", "-bios", SEABIOS])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    qemu
+}
+
+/// `qemu` with a raw disk image on the AHCI controller's port 0.
+fn qemu_disk(qemu: &mut Command, disk: &Path) {
+    qemu.arg("-drive")
+        .arg(format!("file={},format=raw,if=none,id=d", disk.display()))
+        .args(["-device", "ide-hd,drive=d,bus=ide.0"]);
+}
+
+/// `qemu` with an ISO in a CD drive on the AHCI controller's port `port`.
+fn qemu_cdrom(qemu: &mut Command, iso: &Path, port: u8) {
+    qemu.arg("-drive")
+        .arg(format!("file={},media=cdrom,if=none,id=c", iso.display()))
+        .arg("-device")
+        .arg(format!("ide-cd,drive=c,bus=ide.{port}"));
+}
+
+const QEMU_MISSING: &str =
+    "qemu-system-x86_64 (Debian package qemu-system-x86) is installed by the test command";
+
 /// QEMU's q35 machine with SeaBIOS on the same disk (on its AHCI controller) and CD, until
 /// the guest prints DONE (QEMU's ICH9 powers off on a different sleep type, so it is killed).
 fn qemu_report(disk: Option<&Path>, cdrom: Option<&Path>, memory: &str) -> Vec<String> {
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "kvm", "-M", "q35", "-m", memory, "-nodefaults"])
-        .args(["-display", "none", "-serial", "stdio", "-bios", SEABIOS]);
+    let mut qemu = qemu_q35(memory);
+    qemu.args(["-serial", "stdio"]).stdout(Stdio::piped());
     if let Some(disk) = disk {
-        qemu.arg("-drive")
-            .arg(format!("file={},format=raw,if=none,id=d", disk.display()))
-            .args(["-device", "ide-hd,drive=d,bus=ide.0"]);
+        qemu_disk(&mut qemu, disk);
     }
     if let Some(iso) = cdrom {
-        qemu.arg("-drive")
-            .arg(format!("file={},media=cdrom,if=none,id=c", iso.display()))
-            .args(["-device", "ide-cd,drive=c,bus=ide.1", "-boot", "d"]);
+        qemu_cdrom(&mut qemu, iso, 1);
+        qemu.args(["-boot", "d"]);
     }
-    let mut child = qemu
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "qemu-system-x86_64 (Debian package qemu-system-x86) is installed by the test command",
-        );
+    let mut child = qemu.spawn().expect(QEMU_MISSING);
     let out = child.stdout.take().expect("QEMU's stdout");
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
@@ -327,31 +345,14 @@ fn screens_under_both(dir: &Path, disk: &Path) -> (u32, u32, Vec<u32>, Vec<u32>)
     let _ = wait_timeout(&mut ours, TIMEOUT);
 
     let (qserial, qqmp) = (dir.join("qserial.txt"), dir.join("qqmp.sock"));
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "kvm",
-            "-M",
-            "q35",
-            "-m",
-            "128M",
-            "-nodefaults",
-            "-vga",
-            "std",
-        ])
-        .args(["-display", "none", "-bios", SEABIOS, "-uuid", UUID])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=none,id=d", disk.display()))
-        .args(["-device", "ide-hd,drive=d,bus=ide.0", "-serial"])
+    let mut qemu = qemu_q35("128M");
+    qemu.args(["-vga", "std", "-uuid", UUID]);
+    qemu_disk(&mut qemu, disk);
+    qemu.arg("-serial")
         .arg(format!("file:{}", qserial.display()))
         .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", qqmp.display()))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "qemu-system-x86_64 (Debian package qemu-system-x86) is installed by the test command",
-        );
+        .arg(format!("unix:{},server,nowait", qqmp.display()));
+    let mut qemu = qemu.spawn().expect(QEMU_MISSING);
     screendump_after_done(&qserial, &qqmp, &qemu_png, true);
     let _ = wait_timeout(&mut qemu, TIMEOUT);
 
@@ -809,31 +810,12 @@ fn grub_shows_its_menu_from_an_install_cd_and_follows_the_keyboard_as_under_qemu
     let _ = wait_timeout(&mut ours.0, TIMEOUT);
 
     let qqmp = dir.path().join("qqmp.sock");
-    let mut qemu = KillOnDrop(
-        Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "kvm",
-            "-M",
-            "q35",
-            "-m",
-            "256M",
-            "-nodefaults",
-            "-vga",
-            "std",
-        ])
-        .args(["-display", "none", "-bios", SEABIOS])
-        .arg("-drive")
-        .arg(format!("file={},media=cdrom,if=none,id=c", iso.display()))
-        .args(["-device", "ide-cd,drive=c,bus=ide.0", "-qmp"])
-        .arg(format!("unix:{},server,nowait", qqmp.display()))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "qemu-system-x86_64 (Debian package qemu-system-x86) is installed by the test command",
-        ),
-    );
+    let mut qemu = qemu_q35("256M");
+    qemu.args(["-vga", "std"]);
+    qemu_cdrom(&mut qemu, &iso, 0);
+    qemu.arg("-qmp")
+        .arg(format!("unix:{},server,nowait", qqmp.display()));
+    let mut qemu = KillOnDrop(qemu.spawn().expect(QEMU_MISSING));
     let mut theirs = Screen::connect(&qqmp, dir.path().join("qemu.png"), true);
     let (_, _, qemu_menu) = theirs.wait_for(first.0, first.1, GREY);
     theirs.key("down");
