@@ -826,31 +826,35 @@ fn absolute_input(path: &Path) -> Result<PathBuf, LibraryError> {
 
 /// A locally administered MAC address, different for every VM created.
 fn random_mac(name: &str) -> MacAddress {
-    // RandomState is seeded from the OS's random source, fresh per process.
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write(name.as_bytes());
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    let bits = hasher.finish().to_le_bytes();
+    let bits: [u8; 8] = random_bytes(name);
     MacAddress::with_suffix([bits[0], bits[1], bits[2]])
 }
 
 /// A random (version 4) UUID for a new machine.
 fn random_uuid(name: &str) -> MachineUuid {
-    let mut bytes = [0u8; 16];
-    for (i, half) in bytes.chunks_mut(8).enumerate() {
-        // RandomState is seeded from the OS's random source, fresh per instance.
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write(name.as_bytes());
-        hasher.write_usize(i);
-        half.copy_from_slice(&hasher.finish().to_le_bytes());
-    }
+    let mut bytes: [u8; 16] = random_bytes(name);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     MachineUuid(bytes)
+}
+
+/// `N` random bytes: hashes of `name`, the clock and a counter, each
+/// through a `RandomState`, which the OS's random source seeds afresh.
+fn random_bytes<const N: usize>(name: &str) -> [u8; N] {
+    let mut bytes = [0u8; N];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write(name.as_bytes());
+        hasher.write_usize(i);
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let word = hasher.finish().to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    bytes
 }
 
 fn write_new_vm(dir: &Path, plan: &Plan) -> Result<(), LibraryError> {

@@ -708,3 +708,20 @@ fn replaces_one_value_and_keeps_comments() {
     );
     assert_eq!(config::replace_value(text, "cpus", "2"), None);
 }
+
+#[test]
+fn a_uuid_reads_and_writes_in_its_text_form_and_nothing_else() {
+    let text = "0d475e6f-6592-51ec-a52f-7d556bdbdc48";
+    let uuid: MachineUuid = text.parse().unwrap();
+    assert_eq!(uuid.0[0], 0x0d);
+    assert_eq!(uuid.0[15], 0x48);
+    assert_eq!(uuid.to_string(), text);
+    for bad in [
+        "+d475e6f-6592-51ec-a52f-7d556bdbdc48",
+        "0d475e6f-6592-51ec-a52f-7d556bdbdc4g",
+        "0d475e6f65925-1ec-a52f-7d556bdbdc48",
+        "0d475e6f-6592-51ec-a52f",
+    ] {
+        assert!(bad.parse::<MachineUuid>().is_err(), "{bad}");
+    }
+}

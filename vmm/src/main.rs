@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hospes_core::config::{DiskBus, Network};
+use hospes_core::config::{DiskBus, MachineUuid, Network};
 use hospes_core::firmware::Image;
 use hospes_devices::virtio::VirtioDevice;
 use hospes_devices::virtio::snd::Snd;
@@ -69,8 +69,8 @@ struct Args {
     sata: Vec<DiskSpec>,
     /// The machine's UUID as firmware reports it (SMBIOS), e.g.
     /// 0d475e6f-6592-51ec-a52f-7d556bdbdc48 (default: derived from the VM's id or name).
-    #[arg(long, value_name = "UUID", value_parser = parse_uuid)]
-    uuid: Option<[u8; 16]>,
+    #[arg(long, value_name = "UUID")]
+    uuid: Option<MachineUuid>,
     /// An ISO image in the CD-ROM drive on the SATA controller (firmware boot).
     #[arg(long, value_name = "FILE")]
     cdrom: Option<PathBuf>,
@@ -101,22 +101,6 @@ struct Args {
     /// The VNC password, first line of this file (required with --vnc HOST:PORT).
     #[arg(long, value_name = "FILE")]
     vnc_password_file: Option<PathBuf>,
-}
-
-/// A UUID in its text form: 32 hex digits in groups of 8-4-4-4-12.
-fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
-    let groups: Vec<&str> = s.split('-').collect();
-    let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
-    let hex: String = groups.concat();
-    let mut uuid = [0u8; 16];
-    let bad = || format!("'{s}' is not a UUID like 0d475e6f-6592-51ec-a52f-7d556bdbdc48");
-    if !shape || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    for (i, byte) in uuid.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(uuid)
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -353,7 +337,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     extras.display.name = extras.name.clone().unwrap_or_else(|| "hospes".into());
     if let Some(fw) = &mut cfg.firmware {
         if let Some(uuid) = args.uuid {
-            fw.uuid = uuid;
+            fw.uuid = uuid.0;
         }
         // Without a screen the firmware's text console goes to COM1.
         fw.serial_console = extras.display.kind == DisplayKind::None;

@@ -117,11 +117,7 @@ pub const FW_DEBUG_PORT: u16 = 0x402;
 /// window is left out; the BIOS area (0xc0000..0x100000) is RAM the chipset's PAM
 /// registers govern.
 pub fn firmware_ram_ranges(mem: u64) -> Vec<(u64, u64)> {
-    let low = if mem >= FW_LOW_RAM_LIMIT {
-        FW_LOW_RAM_SPLIT
-    } else {
-        mem
-    };
+    let low = firmware_low_ram(mem);
     let mut ranges = vec![(0, low.min(VGA_WINDOW_START))];
     if low > BIOS_AREA_START {
         ranges.push((BIOS_AREA_START, low - BIOS_AREA_START));

@@ -534,19 +534,6 @@ pub fn uuid_v5(namespace: &[u8; 16], name: &[u8]) -> [u8; 16] {
     u
 }
 
-/// The canonical text form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-pub fn uuid_string(u: &[u8; 16]) -> String {
-    let hex: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        hex[0..4].concat(),
-        hex[4..6].concat(),
-        hex[6..8].concat(),
-        hex[8..10].concat(),
-        hex[10..16].concat()
-    )
-}
-
 /// SHA-1 (FIPS 180-4), for [`uuid_v5`] only: no security rests on it.
 fn sha1(data: &[u8]) -> [u8; 20] {
     let mut h: [u32; 5] = [
@@ -604,6 +591,7 @@ fn sha1(data: &[u8]) -> [u8; 20] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hospes_core::config::MachineUuid;
 
     /// One structure read back from the table.
     #[derive(Debug)]
@@ -951,7 +939,10 @@ mod tests {
             0x30, 0xc8,
         ];
         let u = uuid_v5(&dns, b"python.org");
-        assert_eq!(uuid_string(&u), "886313e1-3b8a-5372-9b90-0c9aee199e5d");
+        assert_eq!(
+            MachineUuid(u).to_string(),
+            "886313e1-3b8a-5372-9b90-0c9aee199e5d"
+        );
     }
 
     #[test]
