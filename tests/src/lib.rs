@@ -346,3 +346,27 @@ pub fn boot_iso(dir: &Path, defines: &[&str]) -> PathBuf {
     );
     iso
 }
+
+/// `hospes-vmm --config` on a UEFI VM in `dir` (a vm.ron with `boot: Uefi(..)`, no disk,
+/// display or network; its variable store is made there on start), with the firmware log
+/// on stderr (`HOSPES_LOG=info`) and both output streams piped.
+pub fn uefi_vm(dir: &Path, cpus: u32, memory: &str) -> Command {
+    let config = dir.join("vm.ron");
+    std::fs::write(
+        &config,
+        format!(
+            "(version: 1, name: \"efi\", os: Linux, cpus: {cpus}, memory: \"{memory}\", \
+             boot: Uefi(firmware: None, tpm: false), network: None, display: (enabled: false))\n"
+        ),
+    )
+    .expect("write vm.ron");
+    let mut cmd = Command::new(vmm_binary());
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--no-rng")
+        .env("HOSPES_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}

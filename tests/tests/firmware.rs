@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hospes_core::control::client::QmpClient;
 use hospes_tests::{
-    boot_disk, boot_iso, read_png, run_vmm, skip_without_kvm, vmm_binary, wait_for_text,
+    boot_disk, boot_iso, read_png, run_vmm, skip_without_kvm, uefi_vm, vmm_binary, wait_for_text,
     wait_timeout,
 };
 
@@ -299,18 +299,13 @@ fn seabios_boots_a_disk_on_the_sata_controller() {
 /// The SMBIOS UUID both machines report, so SeaBIOS prints the same line under both.
 const UUID: &str = "0d475e6f-6592-51ec-a52f-7d556bdbdc48";
 
-/// Waits for DONE on the serial file, then takes a screendump through QMP at `qmp`.
+/// Waits for DONE on the serial file, then takes a screendump through QMP at `qmp` into
+/// `png` and ends the VM.
 fn screendump_after_done(serial: &Path, qmp: &Path, png: &Path, png_format: bool) {
     wait_for_text(serial, "DONE", TIMEOUT);
-    let mut client = QmpClient::connect_with_timeout(qmp, TIMEOUT).expect("QMP connects");
-    let mut args = serde_json::json!({ "filename": png.display().to_string() });
-    if png_format {
-        args["format"] = "png".into();
-    }
-    client
-        .execute("screendump", Some(args))
-        .expect("screendump");
-    let _ = client.quit();
+    let mut screen = Screen::connect(qmp, png.to_path_buf(), png_format);
+    screen.grab().expect("screendump");
+    let _ = screen.client.quit();
 }
 
 /// Boots `disk` under Hospes (std-VGA, its VGA BIOS) and under QEMU's q35 (-vga std, the
@@ -438,21 +433,7 @@ fn uefi_boot_makes_the_vms_variable_store_and_runs_ovmf_from_its_flash() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("vm.ron");
-    std::fs::write(
-        &config,
-        "(version: 1, name: \"efi\", os: Linux, cpus: 1, memory: \"256M\", \
-         boot: Uefi(firmware: None, tpm: false), network: None, display: (enabled: false))\n",
-    )
-    .unwrap();
-    let mut child = Command::new(hospes_tests::vmm_binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("--no-rng")
-        .env("HOSPES_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = uefi_vm(dir.path(), 1, "256M")
         .spawn()
         .expect("spawn hospes-vmm");
     let read_all = |mut r: Box<dyn std::io::Read + Send>| {
@@ -508,6 +489,7 @@ fn uefi_boot_makes_the_vms_variable_store_and_runs_ovmf_from_its_flash() {
             let mut mine = store;
             mine[0x1000] ^= 0xff;
             std::fs::write(&vars, &mine).unwrap();
+            let config = dir.path().join("vm.ron");
             let again = run_vmm(&["--config", config.to_str().unwrap()], TIMEOUT);
             assert!(again.status.is_some(), "stops as the first start did");
             assert!(std::fs::read(&vars).unwrap() == mine, "not overwritten");
@@ -719,24 +701,22 @@ impl Screen {
         }
     }
 
-    /// (width, height, pixels) now.
-    fn grab(&mut self) -> (u32, u32, Vec<u32>) {
+    /// (width, height, pixels) now; an error while the guest shows nothing yet.
+    fn grab(&mut self) -> Result<(u32, u32, Vec<u32>), hospes_core::control::client::ClientError> {
         let mut args = serde_json::json!({ "filename": self.png.display().to_string() });
         if self.png_format {
             args["format"] = "png".into();
         }
-        match self.client.execute("screendump", Some(args)) {
-            Ok(_) => read_png(&self.png),
-            // Nothing on the screen yet (the firmware has not set a mode).
-            Err(_) => (0, 0, Vec::new()),
-        }
+        self.client.execute("screendump", Some(args))?;
+        Ok(read_png(&self.png))
     }
 
     /// The screen once pixel (x, y) has `colour`: what the guest drew, not a moment of it.
     fn wait_for(&mut self, x: u32, y: u32, colour: u32) -> (u32, u32, Vec<u32>) {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let (w, h, px) = self.grab();
+            // Before the firmware sets a mode there is no screen to dump.
+            let (w, h, px) = self.grab().unwrap_or_default();
             if x < w && y < h && px[(y * w + x) as usize] == colour {
                 return (w, h, px);
             }

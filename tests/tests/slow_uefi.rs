@@ -9,11 +9,10 @@
 //! they come; the test ends as soon as either shows the boot manager, or at the deadline.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use hospes_tests::{skip_without_kvm, vmm_binary, wait_timeout};
+use hospes_tests::{skip_without_kvm, uefi_vm, wait_timeout};
 
 /// OVMF takes a few seconds to reach BDS on a laptop; leave room.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,21 +45,7 @@ fn ovmf_reaches_its_boot_manager_with_no_disk() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("vm.ron");
-    std::fs::write(
-        &config,
-        "(version: 1, name: \"efi\", os: Linux, cpus: 2, memory: \"512M\", \
-         boot: Uefi(firmware: None, tpm: false), network: None, display: (enabled: false))\n",
-    )
-    .unwrap();
-    let mut child = Command::new(vmm_binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("--no-rng")
-        .env("HOSPES_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = uefi_vm(dir.path(), 2, "512M")
         .spawn()
         .expect("spawn hospes-vmm");
     let (tx, rx) = mpsc::channel();
