@@ -718,7 +718,7 @@ impl Screen {
             // Before the firmware sets a mode there is no screen to dump.
             let (w, h, px) = self.grab().unwrap_or_default();
             if x < w && y < h && px[(y * w + x) as usize] == colour {
-                return (w, h, px);
+                return self.settled(w, h, px);
             }
             assert!(
                 Instant::now() < deadline,
@@ -727,6 +727,25 @@ impl Screen {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The screen once it stops changing, starting from `px`: a guest at a few million
+    /// instructions a second draws a menu over several screendumps. Gives up at the
+    /// deadline and returns the last screen, whose comparison then shows what moved.
+    fn settled(&mut self, mut w: u32, mut h: u32, mut px: Vec<u32>) -> (u32, u32, Vec<u32>) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut same = 0;
+        while same < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            let (nw, nh, next) = self.grab().unwrap_or_default();
+            if (nw, nh) == (w, h) && next == px {
+                same += 1;
+            } else {
+                same = 0;
+            }
+            (w, h, px) = (nw, nh, next);
+        }
+        (w, h, px)
     }
 
     /// Presses and releases `key` (a QMP qcode) on the guest's keyboard.
