@@ -7,7 +7,7 @@
 //! ([`legacy`]), PCI ([`pci`]), virtio ([`virtio`]), display devices ([`display`]) and the
 //! framebuffer they draw into ([`framebuffer`]), input routing ([`input`]) and the
 //! rate-limited guest log ([`logger`]); the coming chipset, fw_cfg, AHCI, VGA, xHCI, HDA,
-//! e1000e and TPM models too. What must not: kvm-ioctls (the helper implements the traits
+//! e1000e and TPM models too, and USB ([`usb`]). What must not: kvm-ioctls (the helper implements the traits
 //! on KVM in `hospes-vmm`'s `vstate`), host services such as passt or PipeWire (they sit
 //! behind a device's backend trait), and anything of the app.
 
@@ -22,4 +22,5 @@ pub mod legacy;
 pub mod logger;
 pub mod pci;
 pub mod pflash;
+pub mod usb;
 pub mod virtio;
