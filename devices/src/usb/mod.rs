@@ -17,6 +17,8 @@
 
 use std::fmt;
 
+pub mod passthrough;
+
 /// How fast a device talks, as the port reports it (xHCI 1.2 §7.2.2.1.1 Protocol Speed ID
 /// defaults).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -257,6 +259,13 @@ pub trait UsbDevice: Send {
     /// Says what the device is, for logs and QMP (`"USB tablet"`, `"046d:c52b Logitech
     /// USB Receiver"`).
     fn description(&self) -> String;
+
+    /// True once the device is gone for good (a host device unplugged): the machine takes
+    /// it off its port; transfers to it end as [`TransferStatus::Disconnected`]. Emulated
+    /// devices never go.
+    fn is_gone(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -266,7 +275,16 @@ mod tests {
 
     #[test]
     fn setup_packets_round_trip_through_their_wire_bytes() {
-        let wire = [0x80, request::GET_DESCRIPTOR, 0x00, 0x01, 0x00, 0x00, 0x12, 0x00];
+        let wire = [
+            0x80,
+            request::GET_DESCRIPTOR,
+            0x00,
+            0x01,
+            0x00,
+            0x00,
+            0x12,
+            0x00,
+        ];
         let setup = SetupPacket::from_bytes(wire);
         assert_eq!(setup.value, 0x0100);
         assert_eq!(setup.length, 18);
