@@ -1,5 +1,6 @@
 //! Host services a device talks to, each run and watched by the helper: `passt` for the
-//! network card, PipeWire for the sound card.
+//! network card, PipeWire for the sound card, usbfs for host USB devices handed to the guest.
 
 pub mod passt;
 pub mod pipewire;
+pub mod usbfs;
