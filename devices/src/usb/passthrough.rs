@@ -899,6 +899,20 @@ mod tests {
     }
 
     #[test]
+    fn the_gone_signal_rises_once_and_tells_late_listeners_at_once() {
+        let signal = GoneSignal::new();
+        let (tx, heard) = mpsc::channel();
+        let early = tx.clone();
+        signal.on_gone(move || early.send("early").unwrap());
+        assert_eq!(heard.try_recv(), Err(mpsc::TryRecvError::Empty));
+        assert!(signal.raise());
+        assert!(!signal.raise(), "only the first raise counts");
+        signal.on_gone(move || tx.send("late").unwrap());
+        assert_eq!(heard.try_iter().collect::<Vec<_>>(), ["early", "late"]);
+        assert!(signal.is_gone());
+    }
+
+    #[test]
     fn the_device_describes_itself_and_its_speed() {
         let (_host, dev) = device();
         assert_eq!(dev.speed(), UsbSpeed::High);

@@ -3,7 +3,7 @@
 //!
 //! Data flow: [`UsbfsDevice::open`] finds the device (by vendor:product, by the sysfs port
 //! the app's list shows, or by bus and address), opens its usbfs node and reads the
-//! descriptors once; [`UsbfsDevice::from_fd`] wraps a node some else opened (the XDG USB
+//! descriptors once; [`UsbfsDevice::from_fd`] wraps a node something else opened (the XDG USB
 //! portal). The passthrough then calls [`HostUsb`]: management calls (configuration,
 //! interface claims with the host kernel driver detached, alternate settings, halts,
 //! reset) run as blocking usbfs ioctls on the passthrough's worker thread; transfers are
@@ -722,6 +722,13 @@ impl UsbfsDevice {
         taken.into_values().collect()
     }
 
+    /// Cancels and closes the open endpoints of `interface` (every one for `None`).
+    fn close_endpoints(&self, interface: Option<u8>) {
+        for open in self.take_endpoints(interface) {
+            open.close();
+        }
+    }
+
     /// Detaches the host kernel driver of `interface`, remembering to give it back.
     fn detach(&self, state: &mut State, interface: u8) {
         match self.device.detach_kernel_driver(interface) {
@@ -866,9 +873,7 @@ impl HostUsb for UsbfsDevice {
     }
 
     fn release_interface(&self, interface: u8) -> Result<(), HostUsbError> {
-        for open in self.take_endpoints(Some(interface)) {
-            open.close();
-        }
+        self.close_endpoints(Some(interface));
         let claimed = self
             .shared
             .state()
@@ -882,9 +887,7 @@ impl HostUsb for UsbfsDevice {
     }
 
     fn set_alt_setting(&self, interface: u8, alt_setting: u8) -> Result<(), HostUsbError> {
-        for open in self.take_endpoints(Some(interface)) {
-            open.close();
-        }
+        self.close_endpoints(Some(interface));
         let claimed = self
             .shared
             .state()
@@ -923,9 +926,7 @@ impl HostUsb for UsbfsDevice {
     }
 
     fn reset(&self) -> Result<(), HostUsbError> {
-        for open in self.take_endpoints(None) {
-            open.close();
-        }
+        self.close_endpoints(None);
         self.device
             .reset()
             .wait()
@@ -985,9 +986,7 @@ impl Drop for UsbfsDevice {
             worker.thread().unpark();
             let _ = worker.join();
         }
-        for open in self.take_endpoints(None) {
-            open.close();
-        }
+        self.close_endpoints(None);
         let (interfaces, controls, taken) = {
             let mut state = self.shared.state();
             (
