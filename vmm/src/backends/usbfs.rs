@@ -670,13 +670,14 @@ impl UsbfsDevice {
             .map(|config| config.as_bytes().to_vec())
             .collect();
         let speed = guest_speed(device.speed(), descriptor.usb_version());
-        let hotplug = match id {
-            Some(id) => Some((
-                nusb::watch_devices().map_err(|err| UsbfsError::Watch(err.into()))?,
-                id,
-            )),
-            None => None,
-        };
+        // Without hot-plug events an unplug still shows: the next transfer ends in ENODEV.
+        let hotplug = id.and_then(|id| match nusb::watch_devices() {
+            Ok(watch) => Some((watch, id)),
+            Err(err) => {
+                log::warn!("usbfs: {description}: cannot watch for unplugging: {err}");
+                None
+            }
+        });
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             gone: GoneSignal::new(),
