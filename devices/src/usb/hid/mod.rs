@@ -23,7 +23,7 @@ pub mod keyboard;
 pub mod tablet;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

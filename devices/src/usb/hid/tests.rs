@@ -240,6 +240,11 @@ fn enumerate(dev: &mut dyn UsbDevice) -> Enumerated {
     }
 }
 
+/// A device enumerated and configured, never polled.
+pub(crate) fn configure(dev: &mut dyn UsbDevice) {
+    enumerate(dev);
+}
+
 /// A configured device, polled once (that transfer still waiting in the slot).
 pub(crate) fn activate(dev: &mut dyn UsbDevice) -> Slot {
     enumerate(dev);
