@@ -4,16 +4,21 @@
 //! scancode) and PointerEvent (absolute position, button mask) reach [`InputRouter`], the
 //! one [`InputSink`] of the helper. It keeps across reboots and forwards to the input
 //! devices the current boot registered: virtio-input keyboard and tablet once the guest's
-//! driver has started them ([`InputRouter::set_virtio`]), else the i8042's PS/2 keyboard
-//! and mouse ([`InputRouter::set_ps2`]), which firmware and installers use. Keys travel as
-//! XT (set 1) scancodes, 0xE0-prefixed keys with bit 7 set (QEMU's numbering); the i8042
-//! turns them into the bytes its translation mode calls for, virtio-input into Linux key
-//! codes. The absolute pointer stays absolute on the tablet and becomes relative PS/2
-//! motion on the mouse.
+//! driver has started them ([`InputRouter::set_virtio`]), else the USB HID keyboard and
+//! tablet once the guest has configured them and polls their interrupt endpoint
+//! ([`InputRouter::set_usb`]; Windows and Linux bind their inbox HID drivers to them), else
+//! the i8042's PS/2 keyboard and mouse ([`InputRouter::set_ps2`]), which firmware and
+//! installers use. Keyboard and pointer choose apart: a guest may drive one device of a
+//! kind and not the other. Keys travel as XT (set 1) scancodes, 0xE0-prefixed keys with
+//! bit 7 set (QEMU's numbering); the i8042 turns them into the bytes its translation mode
+//! calls for, virtio-input into Linux key codes, the USB keyboard into HID usages. The
+//! absolute pointer stays absolute on the tablets and becomes relative PS/2 motion on the
+//! mouse.
 
 use std::sync::{Arc, Mutex};
 
 use crate::bus::lock;
+use crate::usb::hid::{UsbKeyboardHandle, UsbTabletHandle};
 use crate::virtio::input::{
     ABS_MAX, BTN_LEFT, BTN_MIDDLE, BTN_RIGHT, EV_ABS, EV_KEY, EV_REL, InputEvent, REL_WHEEL,
     VirtioInputHandle, xt_to_evdev,
@@ -43,6 +48,8 @@ struct RouterState {
     ps2: Option<Arc<Mutex<dyn Ps2Input>>>,
     keyboard: Option<Arc<VirtioInputHandle>>,
     tablet: Option<Arc<VirtioInputHandle>>,
+    usb_keyboard: Option<Arc<UsbKeyboardHandle>>,
+    usb_tablet: Option<Arc<UsbTabletHandle>>,
     last: Option<(u32, u32)>,
     /// Tablet buttons last sent (RFB mask).
     buttons: u8,
@@ -66,6 +73,8 @@ impl InputRouter {
                 ps2: None,
                 keyboard: None,
                 tablet: None,
+                usb_keyboard: None,
+                usb_tablet: None,
                 last: None,
                 buttons: 0,
             }),
@@ -90,6 +99,18 @@ impl InputRouter {
         s.keyboard = keyboard;
         s.tablet = tablet;
         s.buttons = 0;
+    }
+
+    /// Sets the USB HID keyboard and tablet of the current boot; they take input while the
+    /// guest uses them ([`UsbKeyboardHandle::is_active`]) and virtio-input is not up.
+    pub fn set_usb(
+        &self,
+        keyboard: Option<Arc<UsbKeyboardHandle>>,
+        tablet: Option<Arc<UsbTabletHandle>>,
+    ) {
+        let mut s = lock(&self.state);
+        s.usb_keyboard = keyboard;
+        s.usb_tablet = tablet;
     }
 }
 
@@ -149,9 +170,12 @@ impl InputSink for InputRouter {
             }
             return;
         }
+        let usb = s.usb_keyboard.clone().filter(|k| k.is_active());
         let dev = s.ps2.clone();
         drop(s);
-        if let Some(d) = dev {
+        if let Some(k) = usb {
+            k.key(code, down);
+        } else if let Some(d) = dev {
             lock(&d).key(code, down);
         }
     }
@@ -161,6 +185,11 @@ impl InputSink for InputRouter {
         if let Some(t) = s.tablet.clone().filter(|t| t.ready()) {
             t.send(&tablet_events(x, y, width, height, buttons, s.buttons));
             s.buttons = buttons;
+            return;
+        }
+        if let Some(t) = s.usb_tablet.clone().filter(|t| t.is_active()) {
+            drop(s);
+            t.pointer(x, y, buttons, width, height);
             return;
         }
         let (dx, dy) = match s.last {
@@ -314,6 +343,9 @@ pub fn qcode_to_xt(name: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usb::UsbDevice;
+    use crate::usb::hid::tests as hid_tests;
+    use crate::usb::hid::{UsbKeyboard, UsbTablet};
 
     #[derive(Default)]
     struct Rec(Vec<String>);
@@ -407,5 +439,99 @@ mod tests {
             rec.lock().unwrap().0,
             vec!["k1ed", "k9du", "m0,0,0,0", "m10,-5,2,0", "m0,0,0,1"]
         );
+    }
+
+    /// A USB device of each kind, configured and polled (the polls still waiting).
+    fn active_usb() -> (
+        UsbKeyboard,
+        UsbTablet,
+        crate::usb::hid::tests::Slot,
+        crate::usb::hid::tests::Slot,
+    ) {
+        let (mut k, mut t) = (UsbKeyboard::new(), UsbTablet::new());
+        let ks = hid_tests::activate(&mut k);
+        let ts = hid_tests::activate(&mut t);
+        (k, t, ks, ts)
+    }
+
+    #[test]
+    fn usb_devices_take_input_once_the_guest_polls_them() {
+        let r = InputRouter::new();
+        let rec = Arc::new(Mutex::new(Rec::default()));
+        r.set_ps2(Some(rec.clone()));
+        let (mut k, mut t) = (UsbKeyboard::new(), UsbTablet::new());
+        r.set_usb(Some(k.handle()), Some(t.handle()));
+        // Unconfigured: PS/2 has the input.
+        r.key(u32::from(b'a'), None, true);
+        r.pointer(10, 10, 0, 100, 100);
+        let ks = hid_tests::activate(&mut k);
+        // The tablet is configured but its driver does not poll it (nobody opened it).
+        hid_tests::configure(&mut t);
+        r.key(u32::from(b'a'), None, false);
+        r.key(0, Some(0x9d), true);
+        r.pointer(20, 10, 0, 100, 100);
+        assert_eq!(rec.lock().unwrap().0, vec!["k1ed", "m0,0,0,0", "m10,0,0,0"]);
+        let ts = hid_tests::poll(&mut t);
+        r.pointer(99, 0, 0b100, 100, 100);
+        assert_eq!(rec.lock().unwrap().0.len(), 3, "PS/2 got no more");
+        // The release of a key pressed before reaches the keyboard as no change; right
+        // control does.
+        let key = ks.lock().unwrap().take().unwrap();
+        assert_eq!(key.data, [0x10, 0, 0, 0, 0, 0, 0, 0]);
+        let pointer = ts.lock().unwrap().take().unwrap();
+        assert_eq!(pointer.data, [0b010, 0xff, 0x7f, 0, 0, 0]);
+        // A reset (a reboot) hands input back to PS/2.
+        k.reset();
+        t.reset();
+        r.key(0, Some(0x1e), true);
+        r.pointer(50, 0, 0, 100, 100);
+        assert_eq!(
+            rec.lock().unwrap().0,
+            vec!["k1ed", "m0,0,0,0", "m10,0,0,0", "k1ed", "m30,-10,0,0"]
+        );
+    }
+
+    #[test]
+    fn each_kind_goes_to_the_device_its_guest_drives() {
+        let r = InputRouter::new();
+        let rec = Arc::new(Mutex::new(Rec::default()));
+        r.set_ps2(Some(rec.clone()));
+        let mut k = UsbKeyboard::new();
+        let ks = hid_tests::activate(&mut k);
+        let t = UsbTablet::new();
+        r.set_usb(Some(k.handle()), Some(t.handle()));
+        r.key(0, Some(0xc8), true);
+        r.pointer(5, 5, 1, 10, 10);
+        assert_eq!(ks.lock().unwrap().take().unwrap().data[2], 0x52, "up");
+        assert_eq!(rec.lock().unwrap().0, vec!["m0,0,1,0"]);
+        // Without USB devices set, PS/2 again.
+        r.set_usb(None, None);
+        r.key(0, Some(0xc8), false);
+        assert_eq!(rec.lock().unwrap().0, vec!["m0,0,1,0", "kc8u"]);
+    }
+
+    #[test]
+    fn virtio_input_wins_over_usb() {
+        use crate::virtio::input::{InputKind, VirtioInput};
+        use crate::virtio::testing::{DATA, MockDriver};
+        use vm_memory::{Bytes, GuestAddress};
+
+        let virtio = VirtioInput::new(InputKind::Keyboard).unwrap();
+        let vk = virtio.handle();
+        let mut d = MockDriver::started(Box::new(virtio), 16);
+        d.add_chain(&[(DATA, 8, true)]);
+        d.kick(0);
+        let (k, t, ks, ts) = active_usb();
+        let r = InputRouter::new();
+        r.set_virtio(Some(vk), None);
+        r.set_usb(Some(k.handle()), Some(t.handle()));
+        r.key(0, Some(0x1e), true);
+        d.wait_used();
+        let code = d.mem.read_obj::<u16>(GuestAddress(DATA + 2)).unwrap();
+        assert_eq!(code, 30, "KEY_A through virtio-input");
+        assert!(ks.lock().unwrap().is_none(), "nothing for the USB keyboard");
+        // No virtio tablet: the pointer goes to the USB one.
+        r.pointer(0, 0, 1, 10, 10);
+        assert_eq!(ts.lock().unwrap().take().unwrap().data[0], 1);
     }
 }

@@ -17,6 +17,7 @@
 
 use std::fmt;
 
+pub mod hid;
 pub mod passthrough;
 
 /// How fast a device talks, as the port reports it (xHCI 1.2 §7.2.2.1.1 Protocol Speed ID
