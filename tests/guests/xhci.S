@@ -134,7 +134,8 @@ _start:
 	mov bar, %ebp
 	mov $s_caplen, %esi
 	call puts
-	movzbl CAPLENGTH(%ebp), %eax
+	mov CAPLENGTH(%ebp), %eax	/* CAPLENGTH, HCIVERSION: one dword read */
+	movzbl %al, %eax
 	call puthex8
 	mov $s_hcs1, %esi
 	call puts
@@ -145,7 +146,8 @@ _start:
 	mov HCCPARAMS1(%ebp), %eax
 	call puthex32
 	call newline
-	movzbl CAPLENGTH(%ebp), %eax
+	mov CAPLENGTH(%ebp), %eax	/* CAPLENGTH, HCIVERSION: one dword read */
+	movzbl %al, %eax
 	add %ebp, %eax
 	mov %eax, op
 	mov DBOFF(%ebp), %eax
@@ -165,6 +167,39 @@ _start:
 	test $4, %al			/* CSZ: 64-byte contexts */
 	jz 3f
 	movl $64, ctxsz
+3:	/* Supported Protocol capabilities (7.2): "protocol MMmm ports first+count". */
+	mov HCCPARAMS1(%ebp), %esi
+	shr $16, %esi			/* xECP, in dwords */
+	mov $16, %ecx			/* at most this many capabilities */
+31:	test %esi, %esi
+	jz 3f
+	lea (%ebp,%esi,4), %edi
+	mov (%edi), %eax
+	cmp $2, %al
+	jne 32f
+	push %esi
+	mov $s_proto, %esi
+	call puts
+	shr $16, %eax
+	call puthex16
+	mov $s_ports, %esi
+	call puts
+	mov 8(%edi), %eax		/* dword reads only: count 15:8, offset 7:0 */
+	movzbl %al, %eax
+	call putdec
+	mov $'+', %al
+	call putc
+	mov 8(%edi), %eax
+	movzbl %ah, %eax
+	call putdec
+	call newline
+	pop %esi
+	mov (%edi), %eax
+32:	movzbl %ah, %eax
+	test %eax, %eax
+	jz 3f
+	add %eax, %esi
+	loop 31b
 3:	mov HCSPARAMS2(%ebp), %eax	/* Max Scratchpad Buffers Hi (25:21) and Lo (31:27) */
 	test $0xfbe00000, %eax
 	mov $s_scratch, %esi
@@ -893,6 +928,8 @@ s_barat:	.asciz ".0 bar "
 s_caplen:	.asciz "caplength "
 s_hcs1:		.asciz " hcsparams1 "
 s_hcc1:		.asciz " hccparams1 "
+s_proto:	.asciz "supported protocol "
+s_ports:	.asciz " ports "
 s_reset:	.asciz "reset\n"
 s_running:	.asciz "running\n"
 s_port:		.asciz "port "
