@@ -11,9 +11,11 @@
  * configuration descriptors on EP0; a boot keyboard (HID subclass 1 protocol 1) is
  * skipped ("skip keyboard") and the next port tried. For the first other HID device:
  * SET_CONFIGURATION, its HID report descriptor (length from the HID descriptor),
- * SET_IDLE(0), Configure Endpoint for its interrupt IN endpoint, then "READY" and, for
- * REPORTS reports (default 2), one Normal TRB (IOC, ISP) each, whose Transfer Event's
- * bytes are printed in hex; then "DONE" and ACPI power-off.
+ * SET_IDLE(0), Configure Endpoint for its interrupt IN endpoint, then "READY" and one
+ * Normal TRB (IOC, ISP) after another, each report printed as
+ * "report cc XX len NN: b0 b1 ..." (hex), until a report with button 1 down (bit 0 of
+ * its first byte) has been followed by one with it up, or MAX_REPORTS reports; then
+ * "DONE" and ACPI power-off.
  *
  * Nothing uses interrupts: the event ring is polled (IMAN.IE and USBCMD.INTE stay 0);
  * port status change events are consumed and skipped. Each command or transfer prints
@@ -27,9 +29,7 @@
  * then, after READY, QMP input-send-event with abs x/y and a button. */
 #include "pvh_note.S"
 
-#ifndef REPORTS
-#define REPORTS		2
-#endif
+#define MAX_REPORTS	16
 #define RING_TRBS	64		/* command and transfer rings: 1 KiB, Link TRB last */
 #define EV_TRBS		16		/* the event ring segment */
 #define SPINS		0x2000000	/* polls before a step times out */
@@ -339,7 +339,7 @@ next_port:
 	call puts
 
 	/* Reports. */
-	movl $REPORTS, left
+	movl $MAX_REPORTS, left
 report:
 	mov $intq, %esi
 	mov $reportbuf, %eax
@@ -362,7 +362,10 @@ report:
 1:	movzwl epmps, %ecx
 	mov ev+8, %eax
 	and $0xffffff, %eax		/* bytes not transferred */
-	sub %eax, %ecx
+	cmp %ecx, %eax
+	jbe 7f
+	mov %ecx, %eax
+7:	sub %eax, %ecx
 	mov $s_len, %esi
 	call puts
 	mov %ecx, %eax
@@ -378,9 +381,15 @@ report:
 	call puthex8
 	loop 2b
 3:	call newline
-	decl left
+	testb $1, reportbuf		/* button 1 */
+	jz 4f
+	movb $1, pressed
+	jmp 5f
+4:	cmpb $0, pressed
+	jne 6f				/* released after a press */
+5:	decl left
 	jnz report
-	mov $s_done, %esi
+6:	mov $s_done, %esi
 	call puts
 	jmp acpi_poweroff
 
@@ -1011,6 +1020,7 @@ dci:		.long 0
 left:		.long 0
 ev:		.long 0, 0, 0, 0
 seen_iface:	.byte 0
+pressed:	.byte 0
 
 	.bss
 	.align 4096
