@@ -87,7 +87,7 @@ fn decode(line: &str) -> Option<Report> {
 fn press_and_release(lines: &[String]) -> (Report, Report) {
     let reports: Vec<Report> = lines
         .iter()
-        .filter(|l| l.starts_with("report "))
+        .filter(|l| l.starts_with("report cc "))
         .map(|l| decode(l).unwrap_or_else(|| panic!("undecodable report '{l}': {lines:?}")))
         .collect();
     let press = reports
@@ -111,7 +111,7 @@ fn agreeing(lines: &[String]) -> Vec<String> {
     lines[start..]
         .iter()
         .filter(|l| {
-            (l.contains(" cc ") && !l.starts_with("report "))
+            (l.contains(" cc ") && !l.starts_with("report cc "))
                 || l.starts_with("device class ")
                 || l.starts_with("interface class ")
                 || (l.starts_with("endpoint ") && !l.starts_with("endpoint max packet"))
