@@ -100,6 +100,17 @@ fn press_and_release(lines: &[String]) -> (Report, Report) {
     (*press, *release)
 }
 
+/// QEMU's tablet reports the press and the release exactly at (`X`, `Y`).
+fn assert_clicked_exactly(lines: &[String]) {
+    let (press, release) = press_and_release(lines);
+    let at = |buttons| Report {
+        buttons,
+        x: X,
+        y: Y,
+    };
+    assert_eq!((press, release), (at(1), at(0)), "{lines:?}");
+}
+
 /// The lines that must read the same on every xHCI and tablet: from the last "port " line
 /// on (the device set up; a keyboard before it was skipped), every step's completion code,
 /// the device and interface class, the endpoint address, READY and DONE.
@@ -252,25 +263,7 @@ fn qemu_xhci_tablet_reports_a_qmp_move_and_click_to_the_guest() {
             .any(|l| l == "endpoint max packet 0008 interval 04"),
         "{lines:?}"
     );
-    let (press, release) = press_and_release(&lines);
-    assert_eq!(
-        press,
-        Report {
-            buttons: 1,
-            x: X,
-            y: Y
-        },
-        "{lines:?}"
-    );
-    assert_eq!(
-        release,
-        Report {
-            buttons: 0,
-            x: X,
-            y: Y
-        },
-        "{lines:?}"
-    );
+    assert_clicked_exactly(&lines);
     // QEMU's report: buttons, X, Y, wheel: 6 bytes, short of the 8-byte packet.
     assert!(
         lines
@@ -291,25 +284,7 @@ fn qemu_xhci_guest_skips_a_usb_keyboard_for_the_tablet_behind_it() {
     );
     assert!(lines.iter().any(|l| l == "slot 02"), "{lines:?}");
     assert_eq!(agreeing(&lines), EXPECTED, "{lines:?}");
-    let (press, release) = press_and_release(&lines);
-    assert_eq!(
-        press,
-        Report {
-            buttons: 1,
-            x: X,
-            y: Y
-        },
-        "{lines:?}"
-    );
-    assert_eq!(
-        release,
-        Report {
-            buttons: 0,
-            x: X,
-            y: Y
-        },
-        "{lines:?}"
-    );
+    assert_clicked_exactly(&lines);
 }
 
 /// Hospes' xHCI and tablet (`hospes-vmm --usb`): the report layout in the header, X/Y
