@@ -21,7 +21,8 @@ use std::process::Command;
 
 use crate::config::{
     self, Boot, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
-    MacAddress, MachineUuid, Network, OsKind, Problem, RebootAction, Resolution, Size, VmConfig,
+    MacAddress, MachineUuid, Network, OsKind, Problem, RebootAction, Resolution, Size, UsbDevice,
+    VmConfig,
 };
 use crate::runtime::{self, Pid, RuntimeDir};
 
@@ -520,6 +521,45 @@ impl Library {
             return Err(write_error(
                 "the CD image's path does not survive being written to vm.ron".to_owned(),
             )
+            .into());
+        }
+        config::write_atomic(&path, new_text.as_bytes())?;
+        Ok(self.machine(machine.id, machine.dir))
+    }
+
+    /// Sets the host USB devices VM `name_or_id` is given (vm.ron's `usb`), keeping the
+    /// rest of the text, comments included, as it is (the whole file is rewritten only
+    /// when it sets no `usb` list). Each device is kept once, in the order given.
+    pub fn set_usb(
+        &self,
+        name_or_id: &str,
+        devices: &[UsbDevice],
+    ) -> Result<Machine, LibraryError> {
+        let machine = self.find(name_or_id)?;
+        let path = machine.config_path();
+        let text = config::read(&path)?;
+        let mut unique: Vec<UsbDevice> = Vec::with_capacity(devices.len());
+        for device in devices {
+            if !unique.contains(device) {
+                unique.push(*device);
+            }
+        }
+        let quoted: Vec<String> = unique.iter().map(|d| format!("\"{d}\"")).collect();
+        let value = format!("[{}]", quoted.join(", "));
+        let new_text = match config::replace_list(&text, "usb", &value) {
+            Some(new_text) => new_text,
+            None => {
+                let mut cfg = config::parse(&text, &path)?;
+                cfg.usb = unique.clone();
+                config::to_text(&cfg)?
+            }
+        };
+        let cfg = config::parse(&new_text, &path)?;
+        if cfg.usb != unique {
+            return Err(ConfigError::Write {
+                file: path,
+                message: "the USB list does not survive being written to vm.ron".to_owned(),
+            }
             .into());
         }
         config::write_atomic(&path, new_text.as_bytes())?;

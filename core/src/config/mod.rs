@@ -284,6 +284,18 @@ pub fn replace_value(text: &str, field: &str, value: &str) -> Option<String> {
     Some(out)
 }
 
+/// `text` with the list value of top-level setting `field` replaced by `value` (RON
+/// text), leaving comments and layout elsewhere untouched; `None` when the text does not
+/// set `field` to a list.
+pub fn replace_list(text: &str, field: &str, value: &str) -> Option<String> {
+    let range = FieldMap::new(text).list_value_range(field)?;
+    let mut out = String::with_capacity(text.len() + value.len());
+    out.push_str(&text[..range.start]);
+    out.push_str(value);
+    out.push_str(&text[range.end..]);
+    Some(out)
+}
+
 /// The first way `cfg` does not fit `host`, as (setting, problem).
 pub fn exceeds_host(cfg: &VmConfig, host: &HostLimits) -> Option<(&'static str, Problem)> {
     if let Some(host_memory) = host.memory.filter(|&m| cfg.memory > m) {
