@@ -536,33 +536,7 @@ impl Library {
         devices: &[UsbDevice],
     ) -> Result<Machine, LibraryError> {
         let machine = self.find(name_or_id)?;
-        let path = machine.config_path();
-        let text = config::read(&path)?;
-        let mut unique: Vec<UsbDevice> = Vec::with_capacity(devices.len());
-        for device in devices {
-            if !unique.contains(device) {
-                unique.push(*device);
-            }
-        }
-        let quoted: Vec<String> = unique.iter().map(|d| format!("\"{d}\"")).collect();
-        let value = format!("[{}]", quoted.join(", "));
-        let new_text = match config::replace_list(&text, "usb", &value) {
-            Some(new_text) => new_text,
-            None => {
-                let mut cfg = config::parse(&text, &path)?;
-                cfg.usb = unique.clone();
-                config::to_text(&cfg)?
-            }
-        };
-        let cfg = config::parse(&new_text, &path)?;
-        if cfg.usb != unique {
-            return Err(ConfigError::Write {
-                file: path,
-                message: "the USB list does not survive being written to vm.ron".to_owned(),
-            }
-            .into());
-        }
-        config::write_atomic(&path, new_text.as_bytes())?;
+        config::set_usb(&machine.config_path(), devices)?;
         Ok(self.machine(machine.id, machine.dir))
     }
 
