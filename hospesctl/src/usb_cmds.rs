@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{CtlError, Output};
 use hospes_core::config::UsbDevice;
 use hospes_core::control::client::{QmpClient, UsbAddRequest, UsbTarget};
-use hospes_core::control::usb::UsbInfo;
+use hospes_core::control::usb::{UsbInfo, host_device_id};
 use hospes_core::library::{Library, Machine};
 use hospes_core::runtime::{Liveness, RuntimeDir};
 use hospes_core::usb_host;
@@ -105,7 +105,7 @@ impl UsbSelector {
     /// The id the device gets in the VM: `usb-046d-c52b` or `usb-3-2`.
     fn qmp_id(self) -> String {
         match self {
-            UsbSelector::Ids(ids) => format!("usb-{:04x}-{:04x}", ids.vendor, ids.product),
+            UsbSelector::Ids(ids) => host_device_id(ids.vendor, ids.product),
             UsbSelector::BusAddr(bus, addr) => format!("usb-{bus}-{addr}"),
         }
     }

@@ -177,6 +177,12 @@ pub(super) struct DeviceDelArgs {
     id: String,
 }
 
+/// The id the app and `hospesctl` give a host device they plug in by its ids
+/// (`usb-046d-c52b`), so each finds what the other plugged in.
+pub fn host_device_id(vendor: u16, product: u16) -> String {
+    format!("usb-{vendor:04x}-{product:04x}")
+}
+
 /// Whether `id` is a valid device id, by QEMU's rule: a letter, then letters, digits,
 /// `-`, `.` and `_`.
 pub fn is_valid_id(id: &str) -> bool {
