@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hospes_core::config::{self, UsbDevice};
-use hospes_core::control::client::{QmpClient, UsbAddRequest, UsbTarget};
+use hospes_core::control::client::{ClientError, QmpClient, UsbAddRequest, UsbTarget};
 use hospes_core::control::usb::host_device_id;
 use hospes_core::error_chain;
 
@@ -146,7 +146,15 @@ pub fn switch(
             }
         })
     };
-    result.map_err(|e| failed(error_chain(&e)))
+    result.map_err(|e| failed(reason(&e)))
+}
+
+/// The helper's own words for a refused command; the whole cause chain otherwise.
+fn reason(error: &ClientError) -> String {
+    match error {
+        ClientError::Command(refused) => refused.desc.clone(),
+        other => error_chain(other),
+    }
 }
 
 /// Only records the switch in vm.ron (inside a Flatpak without the USB portal, where
