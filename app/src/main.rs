@@ -18,6 +18,8 @@ mod screen_view;
 mod settings_model;
 mod settings_window;
 mod usb_choices;
+mod usb_live;
+mod usb_portal;
 mod vm_control;
 mod vm_window;
 mod vnc_session;

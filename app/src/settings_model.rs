@@ -211,9 +211,12 @@ pub fn field_of(setting: &str) -> Field {
     }
 }
 
-/// The note the pane shows for a VM that runs: settings are read when the helper starts.
+/// The note the pane shows for a VM that runs: settings are read when the helper starts
+/// (USB switches act at once: `usb_live`).
 pub fn restart_note() -> String {
-    gettext("The machine is running: changes take effect the next time it starts.")
+    gettext(
+        "The machine is running: changes take effect the next time it starts. USB devices switch at once.",
+    )
 }
 
 #[cfg(test)]

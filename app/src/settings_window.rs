@@ -10,7 +10,11 @@
 //! USB: the host's devices (sysfs, scanned with the settings) each get a switch; devices
 //! `vm.ron` names that are not plugged in get a Remove button; an id typed in the entry
 //! below is checked there ([`usb_choices::parse_id`]) and added to the list, and one still
-//! in the entry on Save is saved too, or refused at the entry.
+//! in the entry on Save is saved too, or refused at the entry. While the VM runs, a
+//! switch acts at once ([`usb_live::switch`] on the background pool): on plugs the device
+//! into the guest, off unplugs it, and vm.ron's list follows; a refusal shows the
+//! helper's reason under the list. Inside a Flatpak the device is opened through the USB
+//! portal ([`usb_portal`]); without the portal the group says which one it needs.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -27,6 +31,8 @@ use crate::a11y;
 use crate::i18n::gettext_f;
 use crate::settings_model::{self, Field, FieldError, Form, Loaded};
 use crate::usb_choices::{self, UsbChange, UsbChoice};
+use crate::usb_live::{self, PortalSupport};
+use crate::usb_portal;
 use crate::vm_control::VmRef;
 
 /// How often the pane looks for USB devices plugged in or out.
@@ -53,6 +59,11 @@ pub struct SettingsWindow {
     usb_scan_error: Option<String>,
     /// The timer that looks for USB devices plugged in or out while the pane is open.
     usb_watch: Option<glib::SourceId>,
+    /// Why the running VM did not take the last switched device (the helper's words).
+    usb_live_error: Option<String>,
+    /// Inside a Flatpak: the portal's state once known (`None` outside one, or not
+    /// asked yet).
+    usb_portal: Option<PortalSupport>,
     error: Option<FieldError>,
     load_error: Option<String>,
     saving: bool,
@@ -85,6 +96,8 @@ pub enum SettingsInput {
     RemoveUsb(UsbDevice),
     /// Look at the host's USB devices again.
     RescanUsb,
+    /// A device's switch was flipped (acts at once on a running VM).
+    UsbSwitched(UsbDevice, bool),
     /// The window is closing.
     Closing,
 }
@@ -105,6 +118,10 @@ pub enum SettingsCommand {
     Saved(Result<(), FieldError>),
     /// The host's USB devices now (a scan that failed changes nothing).
     UsbScanned(Vec<usb_host::HostUsbDevice>),
+    /// A switch acted on the running VM: done, or why not.
+    UsbSwitchDone(Result<(), String>),
+    /// What the USB portal offers (inside a Flatpak).
+    UsbPortal(PortalSupport),
 }
 
 /// The reason a value is refused, under its field.
@@ -121,6 +138,38 @@ impl WidgetTemplate for ErrorLabel {
 }
 
 impl SettingsWindow {
+    /// What the USB group says about the portal, inside a Flatpak without one.
+    fn usb_portal_notice(&self) -> Option<String> {
+        self.usb_portal.and_then(PortalSupport::notice)
+    }
+
+    /// Plugs `device` into the running VM or out of it, on the background pool.
+    fn switch_live(&mut self, device: UsbDevice, on: bool, sender: &ComponentSender<Self>) {
+        let Ok(runtime) = hospes_core::runtime::RuntimeDir::open(&self.init.vm.id) else {
+            return;
+        };
+        let socket = runtime.qmp_socket();
+        let config = self.init.vm.config.clone();
+        // Inside a Flatpak the portal opens the device; without a portal the helper
+        // cannot open it, so only vm.ron changes (the group says why).
+        let flatpak = usb_live::in_flatpak(std::path::Path::new("/"));
+        let portal = self.usb_portal;
+        sender.spawn_oneshot_command(move || {
+            let result = match (flatpak, portal) {
+                (false, _) => usb_live::switch(&socket, &config, device, on, None),
+                (true, Some(PortalSupport::Missing)) => usb_live::save_only(&config, device, on),
+                (true, _) => usb_live::switch(
+                    &socket,
+                    &config,
+                    device,
+                    on,
+                    Some(&usb_portal::PortalOpener),
+                ),
+            };
+            SettingsCommand::UsbSwitchDone(result)
+        });
+    }
+
     fn error_at(&self, field: Field) -> Option<&str> {
         self.error
             .as_ref()
@@ -304,7 +353,7 @@ impl Component for SettingsWindow {
                     #[name = "usb_group"]
                     adw::PreferencesGroup {
                         set_title: &gettext("USB Devices"),
-                        set_description: Some(&usb_note()),
+                        set_description: Some(&usb_note(model.init.running)),
 
                         adw::ActionRow {
                             set_title: &gettext("No USB devices are plugged in"),
@@ -317,6 +366,25 @@ impl Component for SettingsWindow {
                             set_visible: model.usb_scan_error.is_some(),
                             #[watch]
                             set_label: model.usb_scan_error.as_deref().unwrap_or_default(),
+                        },
+                        #[name = "usb_live_error_label"]
+                        #[template]
+                        ErrorLabel {
+                            #[watch]
+                            set_visible: model.usb_live_error.is_some(),
+                            #[watch]
+                            set_label: model.usb_live_error.as_deref().unwrap_or_default(),
+                        },
+                        #[name = "usb_portal_label"]
+                        gtk::Label {
+                            set_xalign: 0.0,
+                            set_wrap: true,
+                            set_margin_top: 6,
+                            add_css_class: "dim-label",
+                            #[watch]
+                            set_visible: model.usb_portal_notice().is_some(),
+                            #[watch]
+                            set_label: model.usb_portal_notice().as_deref().unwrap_or_default(),
                         },
                     },
 
@@ -372,6 +440,8 @@ impl Component for SettingsWindow {
             usb_error: None,
             usb_scan_error: None,
             usb_watch: None,
+            usb_live_error: None,
+            usb_portal: None,
             error: None,
             load_error: None,
             saving: false,
@@ -388,6 +458,11 @@ impl Component for SettingsWindow {
                 &usb_host::sysfs_root(),
             )))
         });
+        if usb_live::in_flatpak(std::path::Path::new("/")) {
+            sender.spawn_oneshot_command(|| {
+                SettingsCommand::UsbPortal(PortalSupport::from_version(usb_portal::version()))
+            });
+        }
         ComponentParts { model, widgets }
     }
 
@@ -402,6 +477,7 @@ impl Component for SettingsWindow {
             SettingsInput::Save => self.save(widgets, &sender),
             SettingsInput::AddUsb => self.add_typed_usb(widgets, &sender),
             SettingsInput::RemoveUsb(id) => self.remove_usb_row(widgets, id),
+            SettingsInput::UsbSwitched(device, on) => self.switch_live(device, on, &sender),
             SettingsInput::RescanUsb => {
                 sender.spawn_oneshot_command(|| {
                     let devices = usb_host::scan(&usb_host::sysfs_root());
@@ -439,6 +515,14 @@ impl Component for SettingsWindow {
                 }
                 Err(message) => self.load_error = Some(message),
             },
+            SettingsCommand::UsbSwitchDone(result) => {
+                self.usb_live_error = result.err();
+                if let Some(error) = &self.usb_live_error {
+                    log::warn!("{error}");
+                    reveal_when_laid_out(widgets.usb_live_error_label.upcast_ref());
+                }
+            }
+            SettingsCommand::UsbPortal(support) => self.usb_portal = Some(support),
             SettingsCommand::UsbScanned(devices) => {
                 if !self.finished {
                     self.replug(widgets, &devices, &sender);
@@ -570,6 +654,13 @@ impl SettingsWindow {
             // The row names the switch (its activatable widget): "USB Receiver, switch".
             row.add_suffix(&switch);
             row.set_activatable_widget(Some(&switch));
+            if self.init.running {
+                let device = choice.id;
+                let sender = sender.clone();
+                switch.connect_active_notify(move |switch| {
+                    sender.input(SettingsInput::UsbSwitched(device, switch.is_active()));
+                });
+            }
             Some(switch)
         } else {
             // Translators: a USB device the machine lists that is not plugged in now.
@@ -696,11 +787,15 @@ impl SettingsWindow {
     }
 }
 
-/// What the USB group says about passthrough, which the helper does not do yet.
-fn usb_note() -> String {
-    gettext(
-        "Devices switched on here are saved with the machine. Hospes cannot pass USB devices through to a guest yet, so the machine does not see them for now.",
-    )
+/// What the USB group says about passthrough.
+fn usb_note(running: bool) -> String {
+    if running {
+        gettext(
+            "Switching a device on plugs it into the running machine at once, and it stays with the machine when it starts again. Switching it off unplugs it.",
+        )
+    } else {
+        gettext("Devices switched on here are plugged into the machine when it starts.")
+    }
 }
 
 /// Scrolls the pane so `widget` shows whole, once the change that shows it is laid out:

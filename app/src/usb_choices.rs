@@ -148,6 +148,7 @@ mod tests {
         HostUsbDevice {
             id: id(text),
             port: port.into(),
+            bus_addr: None,
             manufacturer: None,
             product: product.map(Into::into),
         }

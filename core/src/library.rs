@@ -21,7 +21,8 @@ use std::process::Command;
 
 use crate::config::{
     self, Boot, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
-    MacAddress, MachineUuid, Network, OsKind, Problem, RebootAction, Resolution, Size, VmConfig,
+    MacAddress, MachineUuid, Network, OsKind, Problem, RebootAction, Resolution, Size, UsbDevice,
+    VmConfig,
 };
 use crate::runtime::{self, Pid, RuntimeDir};
 
@@ -523,6 +524,19 @@ impl Library {
             .into());
         }
         config::write_atomic(&path, new_text.as_bytes())?;
+        Ok(self.machine(machine.id, machine.dir))
+    }
+
+    /// Sets the host USB devices VM `name_or_id` is given (vm.ron's `usb`), keeping the
+    /// rest of the text, comments included, as it is (the whole file is rewritten only
+    /// when it sets no `usb` list). Each device is kept once, in the order given.
+    pub fn set_usb(
+        &self,
+        name_or_id: &str,
+        devices: &[UsbDevice],
+    ) -> Result<Machine, LibraryError> {
+        let machine = self.find(name_or_id)?;
+        config::set_usb(&machine.config_path(), devices)?;
         Ok(self.machine(machine.id, machine.dir))
     }
 

@@ -7,7 +7,8 @@
 //! and other hubs are left out: none of them can be given to a guest. The root is a
 //! parameter, `/sys` on a real host ([`sysfs_root`]), so tests run on a fake tree.
 //!
-//! Only the list is read here; passing a device through (usbfs) is not built yet.
+//! Only the list is read here; the helper passes a device through (usbfs) when QMP's
+//! `device_add` asks for it.
 
 use std::fs;
 use std::io;
@@ -37,6 +38,9 @@ pub struct HostUsbDevice {
     pub id: UsbDevice,
     /// Where it is plugged in: the sysfs name, bus then port path (`1-1.2`).
     pub port: String,
+    /// Bus number and device address (`busnum`, `devnum`), as `lsusb` prints them
+    /// (`Bus 003 Device 002`); `None` when sysfs does not say.
+    pub bus_addr: Option<(u8, u8)>,
     /// The maker's name the device reports, if any.
     pub manufacturer: Option<String>,
     /// The product name the device reports, if any.
@@ -90,6 +94,9 @@ fn read_device(dir: &Path, name: &str) -> Option<HostUsbDevice> {
             product: hex("idProduct")?,
         },
         port: name.to_owned(),
+        bus_addr: attribute(dir, "busnum")
+            .and_then(|bus| bus.parse().ok())
+            .zip(attribute(dir, "devnum").and_then(|addr| addr.parse().ok())),
         manufacturer: attribute(dir, "manufacturer"),
         product: attribute(dir, "product"),
     })
@@ -138,6 +145,8 @@ mod tests {
                 ("idVendor", "046d"),
                 ("idProduct", "c52b"),
                 ("bDeviceClass", "00"),
+                ("busnum", "1"),
+                ("devnum", "7"),
                 ("manufacturer", "Logitech"),
                 ("product", "USB Receiver"),
             ],
@@ -149,12 +158,14 @@ mod tests {
                 HostUsbDevice {
                     id: "046d:c52b".parse().unwrap(),
                     port: "1-2".into(),
+                    bus_addr: Some((1, 7)),
                     manufacturer: Some("Logitech".into()),
                     product: Some("USB Receiver".into()),
                 },
                 HostUsbDevice {
                     id: "1050:0407".parse().unwrap(),
                     port: "1-10".into(),
+                    bus_addr: None,
                     manufacturer: None,
                     product: None,
                 },

@@ -6,7 +6,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use hospes_core::config::{
-    self, Boot, DiskBus, DiskFormat, DisplayDevice, HostLimits, Network, OsKind, RebootAction, Size,
+    self, Boot, DiskBus, DiskFormat, DisplayDevice, HostLimits, Network, OsKind, RebootAction,
+    Size, UsbDevice,
 };
 use hospes_core::library::{
     CreateRequest, HostResources, ImportMode, Library, LibraryError, Preset,
@@ -400,4 +401,35 @@ fn finds_a_vm_by_name_when_only_a_file_check_fails() {
         .create(&CreateRequest::new("debian 12", Preset::Linux))
         .unwrap_err();
     assert!(matches!(error, LibraryError::NameTaken(_)), "{error}");
+}
+
+#[test]
+fn set_usb_replaces_the_list_in_place_keeping_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = library(dir.path());
+    let m = create(&lib, "Stick", Preset::Linux);
+    let path = m.config_path();
+    let original = fs::read_to_string(&path).unwrap();
+    assert!(original.contains("usb: []"), "{original}");
+    let commented = original.replace("usb: [],", "usb: [], // the receiver, later");
+    let commented = format!("// my notes\n{commented}");
+    fs::write(&path, &commented).unwrap();
+
+    let receiver: UsbDevice = "046d:c52b".parse().unwrap();
+    let stick: UsbDevice = "0781:5581".parse().unwrap();
+    let m = lib.set_usb("Stick", &[receiver, stick, receiver]).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("// my notes\n"), "{text}");
+    assert!(
+        text.contains(r#"usb: ["046d:c52b", "0781:5581"], // the receiver, later"#),
+        "listed once each, the comment after it kept: {text}"
+    );
+    assert_eq!(m.written_config().unwrap().usb, [receiver, stick]);
+
+    lib.set_usb("stick", &[]).unwrap();
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        commented,
+        "back as it was"
+    );
 }

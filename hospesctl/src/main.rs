@@ -3,7 +3,7 @@
 //! Each group of subcommands
 //! lives in its own file with its own clap `Subcommand` enum, flattened into [`Command`]:
 //! [`library_cmds`] manages the VM library, [`vm_cmds`] running VMs, [`media_cmds`] the
-//! CD drive. A command prints through [`Output`], which
+//! CD drive, [`usb_cmds`] host USB devices. A command prints through [`Output`], which
 //! writes text for people or, with `--json`, one JSON document for scripts, and fails
 //! with a [`CtlError`], whose [`CtlError::exit_code`] is the process's exit status.
 //!
@@ -12,6 +12,7 @@
 
 mod library_cmds;
 mod media_cmds;
+mod usb_cmds;
 mod vm_cmds;
 
 use std::io::{self, Write};
@@ -86,6 +87,9 @@ pub enum Command {
     /// The CD drive: cdrom NAME eject|insert FILE.
     #[command(flatten)]
     Media(media_cmds::MediaCommand),
+    /// Host USB devices: usb NAME list|attach DEV|detach DEV.
+    #[command(flatten)]
+    Usb(usb_cmds::UsbCommand),
 }
 
 /// Why a command failed.
@@ -145,6 +149,34 @@ pub enum CtlError {
         "{0} has no CD drive (it started without a CD: set one with `hospesctl cdrom {0} insert FILE` while it is stopped)"
     )]
     NoCdDrive(String),
+    /// No host USB device sits at that bus and address.
+    #[error("no USB device {0} is plugged into this computer")]
+    NoHostUsb(String),
+    /// The device is plugged into the VM already.
+    #[error("{name} has {device} already")]
+    UsbAlreadyAttached {
+        /// The VM.
+        name: String,
+        /// The device as given.
+        device: String,
+    },
+    /// The VM does not have the device.
+    #[error("{name} does not have USB device {device}")]
+    UsbNotAttached {
+        /// The VM.
+        name: String,
+        /// The device as given.
+        device: String,
+    },
+    /// The running VM did not plug a USB device in or out.
+    #[error("{name}'s USB")]
+    Usb {
+        /// The VM.
+        name: String,
+        /// What the helper said.
+        #[source]
+        source: ClientError,
+    },
     /// The running VM did not change its disc.
     #[error("{name}'s CD drive")]
     Cdrom {
@@ -178,7 +210,14 @@ impl CtlError {
                 | LibraryError::AlreadyInLibrary(_) => exit::INVALID,
             },
             CtlError::Config(error) => config_exit_code(error),
-            CtlError::FileNotFound(_) => exit::NOT_FOUND,
+            CtlError::FileNotFound(_) | CtlError::NoHostUsb(_) => exit::NOT_FOUND,
+            CtlError::UsbAlreadyAttached { .. }
+            | CtlError::UsbNotAttached { .. }
+            | CtlError::Usb {
+                source: ClientError::Command(_),
+                ..
+            } => exit::INVALID,
+            CtlError::Usb { .. } => exit::FAILED,
             CtlError::Editor { .. } | CtlError::EditNotSaved { .. } => exit::INVALID,
             CtlError::TempFile { .. } | CtlError::Output(_) => exit::FAILED,
             CtlError::Launch(LaunchError::AlreadyRunning(_)) | CtlError::NotRunning(_) => {
@@ -326,6 +365,7 @@ pub fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Library(command) => library_cmds::run(command, &out),
         Command::Vm(command) => vm_cmds::run(command, &out),
         Command::Media(command) => media_cmds::run(command, &out),
+        Command::Usb(command) => usb_cmds::run(command, &out),
     }
 }
 

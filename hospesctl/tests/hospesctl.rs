@@ -630,3 +630,148 @@ fn cdrom_on_a_stopped_vm_edits_vm_ron_and_keeps_its_comments() {
     assert_eq!(ctl.run(&["cdrom", "Installer", "open"]).code, 2);
     assert_eq!(fs::read_to_string(&vm_ron).unwrap(), commented);
 }
+
+/// A pretend running helper for VM `id`: a process named `hospes-vmm: ...` in the pid
+/// file and a fake VM serving QMP on the runtime folder's socket, in this test process.
+struct FakeRunning {
+    process: std::process::Child,
+    vm: std::sync::Arc<hospes_core::control::fake::FakeVm>,
+    _server: hospes_core::control::QmpServerHandle,
+}
+
+impl FakeRunning {
+    fn start(ctl: &Ctl, id: &str) -> FakeRunning {
+        use hospes_core::control::{EventSender, QmpServer, VmControl};
+        use std::os::unix::process::CommandExt;
+        let process = Command::new("sleep")
+            .arg0(format!("hospes-vmm: {id}"))
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let runtime = ctl.path("run/hospes").join(id);
+        fs::create_dir_all(&runtime).unwrap();
+        fs::write(runtime.join("pid"), process.id().to_string()).unwrap();
+        let events = EventSender::new();
+        let vm = std::sync::Arc::new(hospes_core::control::fake::FakeVm::new(events.clone()));
+        let server = QmpServer::start_with_events(
+            &runtime.join("qmp.sock"),
+            std::sync::Arc::clone(&vm) as std::sync::Arc<dyn VmControl>,
+            events,
+        )
+        .unwrap();
+        FakeRunning {
+            process,
+            vm,
+            _server: server,
+        }
+    }
+}
+
+impl Drop for FakeRunning {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[test]
+fn usb_on_a_running_vm_plugs_in_through_qmp_and_records_it_in_vm_ron() {
+    use hospes_core::control::VmControl;
+    let ctl = Ctl::new();
+    ctl.create("Desk");
+    let vm_ron = ctl.machines().join("desk/vm.ron");
+    let commented = format!("// my notes\n{}", fs::read_to_string(&vm_ron).unwrap());
+    fs::write(&vm_ron, &commented).unwrap();
+    let running = FakeRunning::start(&ctl, "desk");
+
+    let run = ctl.ok(&["usb", "Desk", "attach", "046d:c52b"]);
+    assert_eq!(
+        run.stdout,
+        "Desk: 046d:c52b is plugged in (and kept in its settings)\n"
+    );
+    // By bus and address, as lsusb prints them: recorded by the ids the helper reports.
+    let reply = ctl
+        .ok(&["--json", "usb", "Desk", "attach", "001/005"])
+        .json();
+    assert_eq!(reply["running"], true);
+    assert_eq!(reply["device"], "0781:5581");
+    let plugged: Vec<_> = running.vm.query_usb().into_iter().map(|d| d.id).collect();
+    assert_eq!(plugged, ["usb-046d-c52b", "usb-1-5"]);
+    let text = fs::read_to_string(&vm_ron).unwrap();
+    assert!(text.starts_with("// my notes\n"), "{text}");
+    assert!(
+        text.contains(r#"usb: ["046d:c52b", "0781:5581"]"#),
+        "{text}"
+    );
+
+    let listed = ctl.ok(&["--json", "usb", "Desk", "list"]).json();
+    assert_eq!(listed["devices"][0]["id"], "usb-046d-c52b");
+    assert_eq!(listed["devices"][1]["host"]["bus"], 1);
+    assert_eq!(listed["settings"][1], "0781:5581");
+    let again = ctl.run(&["usb", "Desk", "attach", "3/2"]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(again.stderr.contains("already"), "{}", again.stderr);
+    let missing = ctl.run(&["usb", "Desk", "attach", "1234:5678"]);
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no host USB device 1234:5678"),
+        "the helper's reason is shown: {}",
+        missing.stderr
+    );
+
+    ctl.ok(&["usb", "Desk", "detach", "046d:c52b"]);
+    ctl.ok(&["usb", "Desk", "detach", "1/5"]);
+    assert!(running.vm.query_usb().is_empty());
+    assert_eq!(fs::read_to_string(&vm_ron).unwrap(), commented);
+    let gone = ctl.run(&["usb", "Desk", "detach", "046d:c52b"]);
+    assert_eq!(gone.code, 1, "{}", gone.stderr);
+}
+
+#[test]
+fn usb_on_a_stopped_vm_edits_vm_ron_only() {
+    let ctl = Ctl::new();
+    ctl.create("Shelf");
+    let vm_ron = ctl.machines().join("shelf/vm.ron");
+    let run = ctl.ok(&["usb", "Shelf", "attach", "046d:c52b"]);
+    assert_eq!(
+        run.stdout,
+        "Shelf is stopped: it will start with 046d:c52b plugged in\n"
+    );
+    let text = fs::read_to_string(&vm_ron).unwrap();
+    assert!(text.contains(r#"usb: ["046d:c52b"]"#), "{text}");
+    let listed = ctl.ok(&["--json", "usb", "Shelf", "list"]).json();
+    assert_eq!(listed["running"], false);
+    assert_eq!(listed["settings"], serde_json::json!(["046d:c52b"]));
+
+    // BUS/ADDR is looked up among the host's devices (a fake sysfs here).
+    let sysfs = ctl.path("sys");
+    let dev = sysfs.join("bus/usb/devices/3-2");
+    fs::create_dir_all(&dev).unwrap();
+    for (attr, value) in [
+        ("idVendor", "0781"),
+        ("idProduct", "5581"),
+        ("busnum", "3"),
+        ("devnum", "2"),
+    ] {
+        fs::write(dev.join(attr), format!("{value}\n")).unwrap();
+    }
+    let mut attach = ctl.command(&["usb", "Shelf", "attach", "003/002"]);
+    attach.env("HOSPES_SYSFS_ROOT", &sysfs);
+    assert_eq!(ctl.run_with(attach, "").code, 0);
+    let mut unknown = ctl.command(&["usb", "Shelf", "attach", "9/9"]);
+    unknown.env("HOSPES_SYSFS_ROOT", &sysfs);
+    let unknown = ctl.run_with(unknown, "");
+    assert_eq!(unknown.code, 3, "{}", unknown.stderr);
+    let text = fs::read_to_string(&vm_ron).unwrap();
+    assert!(
+        text.contains(r#"usb: ["046d:c52b", "0781:5581"]"#),
+        "{text}"
+    );
+
+    ctl.ok(&["usb", "Shelf", "detach", "046d:c52b"]);
+    let not_there = ctl.run(&["usb", "Shelf", "detach", "046d:c52b"]);
+    assert_eq!(not_there.code, 1, "{}", not_there.stderr);
+    assert_eq!(ctl.run(&["usb", "Shelf", "attach", "logitech"]).code, 2);
+    let text = fs::read_to_string(&vm_ron).unwrap();
+    assert!(text.contains(r#"usb: ["0781:5581"]"#), "{text}");
+}

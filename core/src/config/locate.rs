@@ -238,6 +238,33 @@ impl<'a> FieldMap<'a> {
         single.then_some(value.start..value.end)
     }
 
+    /// The byte range of the value of setting `path` when that value is a list
+    /// (`[` to its `]`, both included), for replacing the whole list in place.
+    pub fn list_value_range(&self, path: &str) -> Option<std::ops::Range<usize>> {
+        let key = self
+            .tokens
+            .iter()
+            .position(|t| t.is_key && t.path == path)?;
+        let open = self.tokens.get(key + 2)?;
+        if self.text.as_bytes().get(open.start) != Some(&b'[') {
+            return None;
+        }
+        let mut depth = 0usize;
+        for token in self.tokens.get(key + 2..)? {
+            match self.text.as_bytes().get(token.start) {
+                Some(b'(' | b'[' | b'{') => depth += 1,
+                Some(b')' | b']' | b'}') => {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 0 {
+                        return Some(open.start..token.start + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Where the field name of setting `path` is, if the text sets it.
     pub fn key_position(&self, path: &str) -> Option<LineCol> {
         self.tokens

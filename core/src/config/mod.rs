@@ -284,6 +284,48 @@ pub fn replace_value(text: &str, field: &str, value: &str) -> Option<String> {
     Some(out)
 }
 
+/// `text` with the list value of top-level setting `field` replaced by `value` (RON
+/// text), leaving comments and layout elsewhere untouched; `None` when the text does not
+/// set `field` to a list.
+pub fn replace_list(text: &str, field: &str, value: &str) -> Option<String> {
+    let range = FieldMap::new(text).list_value_range(field)?;
+    let mut out = String::with_capacity(text.len() + value.len());
+    out.push_str(&text[..range.start]);
+    out.push_str(value);
+    out.push_str(&text[range.end..]);
+    Some(out)
+}
+
+/// Sets the `usb` list of the vm.ron at `path` to `devices` (each kept once, in order),
+/// editing the list in place so comments and layout stay (the whole file is rewritten
+/// only when it sets no `usb` list); an atomic save.
+pub fn set_usb(path: &Path, devices: &[UsbDevice]) -> Result<(), ConfigError> {
+    let text = read(path)?;
+    let mut unique: Vec<UsbDevice> = Vec::with_capacity(devices.len());
+    for device in devices {
+        if !unique.contains(device) {
+            unique.push(*device);
+        }
+    }
+    let quoted: Vec<String> = unique.iter().map(|d| format!("\"{d}\"")).collect();
+    let value = format!("[{}]", quoted.join(", "));
+    let new_text = match replace_list(&text, "usb", &value) {
+        Some(new_text) => new_text,
+        None => {
+            let mut cfg = parse(&text, path)?;
+            cfg.usb = unique.clone();
+            to_text(&cfg)?
+        }
+    };
+    if parse(&new_text, path)?.usb != unique {
+        return Err(ConfigError::Write {
+            file: path.to_owned(),
+            message: "the USB list does not survive being written to vm.ron".to_owned(),
+        });
+    }
+    write_atomic(path, new_text.as_bytes())
+}
+
 /// The first way `cfg` does not fit `host`, as (setting, problem).
 pub fn exceeds_host(cfg: &VmConfig, host: &HostLimits) -> Option<(&'static str, Problem)> {
     if let Some(host_memory) = host.memory.filter(|&m| cfg.memory > m) {

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::protocol::{ErrorClass, NoArgs, QmpError};
-use super::{ControlError, VmControl};
+use super::protocol::{NoArgs, QmpError};
+use super::{VmControl, qmp_error};
 
 /// The name of the VM's CD-ROM drive, as `device` and `id` in QMP.
 pub const CDROM_ID: &str = "cdrom0";
@@ -200,23 +200,13 @@ fn drive_name(device: Option<String>, id: Option<String>) -> Result<String, QmpE
     }
 }
 
-fn failed(e: ControlError) -> QmpError {
-    match e {
-        ControlError::DeviceNotFound(_) => QmpError {
-            class: ErrorClass::DeviceNotFound,
-            desc: e.to_string(),
-        },
-        e => QmpError::generic(e.to_string()),
-    }
-}
-
 pub(super) fn query_block(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
     serde_json::to_value(vm.query_block()).map_err(|e| QmpError::generic(e.to_string()))
 }
 
 pub(super) fn eject(vm: &dyn VmControl, a: EjectArgs) -> Result<Value, QmpError> {
     let name = drive_name(a.device, a.id)?;
-    vm.eject(&name, a.force).map_err(failed)?;
+    vm.eject(&name, a.force).map_err(qmp_error)?;
     Ok(json!({}))
 }
 
@@ -237,7 +227,7 @@ pub(super) fn blockdev_change_medium(
         return Err(QmpError::generic("'filename' is empty"));
     }
     vm.change_medium(&name, &a.filename, a.force)
-        .map_err(failed)?;
+        .map_err(qmp_error)?;
     Ok(json!({}))
 }
 

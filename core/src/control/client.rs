@@ -4,11 +4,13 @@
 //! [`QmpClient::execute`] writes one request with a fresh `id` and reads messages until
 //! the reply with that `id` arrives; events read meanwhile are queued and returned by
 //! [`QmpClient::wait_event`] or [`QmpClient::take_events`]. Every read is bounded by the
-//! client's timeout, and every message by [`MAX_REPLY_LEN`].
+//! client's timeout, and every message by [`MAX_REPLY_LEN`]. [`QmpClient::getfd`] sends a
+//! descriptor with its request (`SCM_RIGHTS`), for `device_add`'s `fd`.
 //! It works against QEMU as well as `hospes-vmm`.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,9 +19,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::fdpass::send_with_fd;
 use super::protocol::{
     Framer, MAX_REPLY_LEN, ProtocolError, QmpError, StatusInfo, Timestamp, VersionInfo,
 };
+use super::usb::{USB_HOST_DRIVER, UsbInfo};
 
 /// How long a read waits by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,6 +78,61 @@ struct WireEvent {
     #[serde(default)]
     data: Value,
     timestamp: Timestamp,
+}
+
+/// Which host device a `usb-host` `device_add` passes through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsbTarget {
+    /// By vendor and product id.
+    VendorProduct(u16, u16),
+    /// By bus number and device address, as `lsusb` prints them.
+    BusAddr(u8, u8),
+    /// By a descriptor passed earlier with `getfd` under `name`.
+    Fd {
+        /// The descriptor's name.
+        name: String,
+        /// The device's ids, when known.
+        vendor_product: Option<(u16, u16)>,
+    },
+}
+
+/// A `device_add` of a host USB device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsbAddRequest {
+    /// The device id; the server makes one up (`usb0`) when absent.
+    pub id: Option<String>,
+    /// The host device.
+    pub target: UsbTarget,
+}
+
+impl UsbAddRequest {
+    /// The `device_add` arguments, QEMU's names and integer ids.
+    pub fn to_args(&self) -> Value {
+        let mut args = json!({ "driver": USB_HOST_DRIVER });
+        if let Some(id) = &self.id {
+            args["id"] = json!(id);
+        }
+        let ids = match &self.target {
+            UsbTarget::VendorProduct(v, p) => Some((*v, *p)),
+            UsbTarget::BusAddr(bus, addr) => {
+                args["hostbus"] = json!(bus);
+                args["hostaddr"] = json!(addr);
+                None
+            }
+            UsbTarget::Fd {
+                name,
+                vendor_product,
+            } => {
+                args["fd"] = json!(name);
+                *vendor_product
+            }
+        };
+        if let Some((v, p)) = ids {
+            args["vendorid"] = json!(v);
+            args["productid"] = json!(p);
+        }
+        args
+    }
 }
 
 /// A connected, negotiated QMP session.
@@ -139,6 +198,26 @@ impl QmpClient {
         command: &str,
         arguments: Option<Value>,
     ) -> Result<Value, ClientError> {
+        self.execute_inner(command, arguments, None)
+    }
+
+    /// Like [`QmpClient::execute`], with `fd` passed along (`SCM_RIGHTS`) with the
+    /// request's bytes, as QEMU's `getfd` expects it.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, ClientError> {
+        self.execute_inner(command, arguments, Some(fd))
+    }
+
+    fn execute_inner(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Value, ClientError> {
         self.next_id += 1;
         let id = json!(format!("hospes-{}", self.next_id));
         let mut request = json!({ "execute": command, "id": id });
@@ -147,7 +226,10 @@ impl QmpClient {
         }
         let mut bytes = request.to_string().into_bytes();
         bytes.push(b'\n');
-        self.stream.write_all(&bytes)?;
+        match fd {
+            Some(fd) => send_with_fd(&self.stream, &bytes, fd)?,
+            None => self.stream.write_all(&bytes)?,
+        }
         let deadline = Instant::now() + self.timeout;
         loop {
             let msg = self.read_message(deadline)?;
@@ -229,6 +311,60 @@ impl QmpClient {
     ) -> Result<(), ClientError> {
         let args = json!({ "id": id, "filename": filename, "format": "raw", "force": force });
         self.execute("blockdev-change-medium", Some(args)).map(drop)
+    }
+
+    /// `getfd`: passes `fd` to the server under `name`, for a later `device_add`'s `fd`.
+    pub fn getfd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), ClientError> {
+        self.execute_with_fd("getfd", Some(json!({ "fdname": name })), fd)
+            .map(drop)
+    }
+
+    /// `closefd`: closes the descriptor passed under `name`.
+    pub fn closefd(&mut self, name: &str) -> Result<(), ClientError> {
+        self.execute("closefd", Some(json!({ "fdname": name })))
+            .map(drop)
+    }
+
+    /// `device_add` of a USB device (see [`UsbAddRequest`]).
+    pub fn usb_add(&mut self, request: &UsbAddRequest) -> Result<(), ClientError> {
+        self.execute("device_add", Some(request.to_args()))
+            .map(drop)
+    }
+
+    /// Passes the open usbfs device `fd` with `getfd` and plugs it in with `device_add`
+    /// (`usb-host`, `fd`); `vendor_product` names the device in `query-usb` when known.
+    pub fn usb_add_fd(
+        &mut self,
+        id: Option<&str>,
+        fd: BorrowedFd<'_>,
+        vendor_product: Option<(u16, u16)>,
+    ) -> Result<(), ClientError> {
+        let name = format!("usbfd-{}", self.next_id + 1);
+        self.getfd(&name, fd)?;
+        let request = UsbAddRequest {
+            id: id.map(str::to_owned),
+            target: UsbTarget::Fd {
+                name: name.clone(),
+                vendor_product,
+            },
+        };
+        let added = self.usb_add(&request);
+        if added.is_err() {
+            // device_add took the descriptor only if it succeeded.
+            let _ = self.closefd(&name);
+        }
+        added
+    }
+
+    /// `device_del`: unplugs device `id`.
+    pub fn device_del(&mut self, id: &str) -> Result<(), ClientError> {
+        self.execute("device_del", Some(json!({ "id": id })))
+            .map(drop)
+    }
+
+    /// `query-usb`: the USB devices plugged into the VM.
+    pub fn query_usb(&mut self) -> Result<Vec<UsbInfo>, ClientError> {
+        self.execute_typed("query-usb")
     }
 
     /// Returns the first event named `name`, received earlier or within `timeout`.

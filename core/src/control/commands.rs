@@ -7,20 +7,23 @@
 //! to send, plus an optional action to run once the reply is queued (`quit`).
 //!
 //! Adding a command: write a function taking `(&dyn VmControl, ArgsType)` and add one
-//! `command!` line to [`COMMANDS`].
+//! `command!` line to [`COMMANDS`]. A command that uses the descriptors the client passed
+//! with `SCM_RIGHTS` (`getfd`, `device_add`'s `fd`) takes `(&dyn VmControl, &mut FdTable,
+//! ArgsType)` and is listed with `command!(fds ...)`.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
+use super::fdpass::{self, FdTable};
 use super::protocol::{NoArgs, QmpError, StatusInfo, VersionInfo, error_reply, return_reply};
-use super::{ControlError, VmControl, block, display};
+use super::{ControlError, VmControl, block, display, usb};
 
 /// Name of the negotiation command, valid only before any other.
 const QMP_CAPABILITIES: &str = "qmp_capabilities";
 
-/// Runs a command with its raw `arguments` object.
-type RunFn = fn(&dyn VmControl, Value) -> Result<Value, QmpError>;
+/// Runs a command with the connection's descriptors and its raw `arguments` object.
+type RunFn = fn(&dyn VmControl, &mut FdTable, Value) -> Result<Value, QmpError>;
 
 /// One entry of the command table.
 pub(super) struct CommandSpec {
@@ -33,13 +36,23 @@ pub(super) struct CommandSpec {
 
 /// Builds a [`CommandSpec`] whose arguments are deserialized into `$args` first.
 macro_rules! command {
+    (fds $name:literal, $args:ty, $f:expr) => {
+        CommandSpec {
+            name: $name,
+            run: |vm, fds, raw| {
+                let args: $args = parse_args($name, raw)?;
+                $f(vm, fds, args)
+            },
+            after_reply: None,
+        }
+    };
     ($name:literal, $args:ty, $f:expr) => {
         command!($name, $args, $f, None)
     };
     ($name:literal, $args:ty, $f:expr, $after:expr) => {
         CommandSpec {
             name: $name,
-            run: |vm, raw| {
+            run: |vm, _fds, raw| {
                 let args: $args = parse_args($name, raw)?;
                 $f(vm, args)
             },
@@ -77,6 +90,11 @@ const COMMANDS: &[CommandSpec] = &[
         block::ChangeMediumArgs,
         block::blockdev_change_medium
     ),
+    command!(fds "getfd", fdpass::GetfdArgs, fdpass::getfd),
+    command!(fds "closefd", fdpass::ClosefdArgs, fdpass::closefd),
+    command!(fds "device_add", usb::DeviceAddArgs, usb::device_add),
+    command!("device_del", usb::DeviceDelArgs, usb::device_del),
+    command!("query-usb", NoArgs, usb::query_usb),
 ];
 
 /// Arguments of `qmp_capabilities`.
@@ -191,9 +209,16 @@ pub(super) struct Handled {
 #[derive(Debug, Default)]
 pub(super) struct Session {
     negotiated: bool,
+    /// Descriptors the client passed (`getfd`); closed when the connection ends.
+    fds: FdTable,
 }
 
 impl Session {
+    /// Takes the descriptors that came with the client's latest bytes.
+    pub fn receive_fds(&mut self, fds: Vec<std::os::fd::OwnedFd>) {
+        self.fds.receive(fds);
+    }
+
     /// True once `qmp_capabilities` succeeded: the client then receives events.
     pub fn negotiated(&self) -> bool {
         self.negotiated
@@ -248,7 +273,7 @@ impl Session {
             .ok_or_else(|| {
                 QmpError::command_not_found(format!("The command {} has not been found", req.name))
             })?;
-        let value = (spec.run)(vm, req.args)?;
+        let value = (spec.run)(vm, &mut self.fds, req.args)?;
         Ok((value, spec.after_reply))
     }
 }
@@ -260,7 +285,10 @@ mod tests {
     use crate::control::{EventSender, RunState};
 
     fn negotiated() -> Session {
-        Session { negotiated: true }
+        Session {
+            negotiated: true,
+            ..Session::default()
+        }
     }
 
     fn run(session: &mut Session, vm: &FakeVm, text: &str) -> Value {
@@ -535,6 +563,117 @@ mod tests {
         }
         assert_eq!(vm.cdrom_image(), Some(iso), "the first disc is still in");
         assert_eq!(vm.status(), RunState::Running, "the VM runs on");
+    }
+
+    #[test]
+    fn device_add_checks_its_arguments_before_reaching_the_vm() {
+        let vm = FakeVm::new(EventSender::new());
+        let mut s = negotiated();
+        let add = |args: Value| json!({"execute": "device_add", "arguments": args}).to_string();
+        for (args, needle) in [
+            (json!({"driver": "usb-host"}), "needs 'vendorid'"),
+            (
+                json!({"driver": "usb-host", "vendorid": 1133}),
+                "'productid'",
+            ),
+            (json!({"driver": "usb-host", "hostaddr": 2}), "'hostbus'"),
+            (
+                json!({"driver": "usb-host", "vendorid": 70000, "productid": 1}),
+                "'vendorid'",
+            ),
+            (
+                json!({"driver": "usb-host", "hostbus": 300, "hostaddr": 1}),
+                "'hostbus'",
+            ),
+            (
+                json!({"driver": "usb-host", "id": "9lives", "vendorid": 1, "productid": 1}),
+                "'9lives'",
+            ),
+            (
+                json!({"driver": "usb-tablet", "vendorid": 1}),
+                "usb-tablet.vendorid",
+            ),
+            (json!({"driver": "e1000"}), "usb-host, usb-tablet, usb-kbd"),
+            (
+                json!({"driver": "usb-host", "hostbus": 3, "hostaddr": 2, "x": 1}),
+                "x",
+            ),
+        ] {
+            let reply = run(&mut s, &vm, &add(args.clone()));
+            let desc = reply["error"]["desc"].as_str().unwrap_or_default();
+            assert!(desc.contains(needle), "{args}: {reply}");
+        }
+        assert!(
+            vm.query_usb().is_empty(),
+            "no refused device_add reached the VM"
+        );
+        let reply = run(
+            &mut s,
+            &vm,
+            &add(json!({"driver": "usb-host", "vendorid": "0x046d", "productid": "0xc52b"})),
+        );
+        assert_eq!(
+            reply,
+            json!({"return": {}}),
+            "ids as hex text are taken too"
+        );
+    }
+
+    #[test]
+    fn getfd_names_the_descriptor_that_came_with_it_and_device_add_takes_it() {
+        let vm = FakeVm::new(EventSender::new());
+        let mut s = negotiated();
+        let getfd = r#"{"execute":"getfd","arguments":{"fdname":"portal"}}"#;
+        let null = std::fs::File::open("/dev/null").unwrap();
+        s.receive_fds(vec![null.into()]);
+        assert_eq!(run(&mut s, &vm, getfd), json!({"return": {}}));
+        let again = run(&mut s, &vm, getfd);
+        assert_eq!(
+            again["error"]["desc"], "No file descriptor supplied via SCM_RIGHTS",
+            "a descriptor is named once"
+        );
+        let bad_name = r#"{"execute":"getfd","arguments":{"fdname":"1st"}}"#;
+        s.receive_fds(vec![std::fs::File::open("/dev/null").unwrap().into()]);
+        assert_eq!(run(&mut s, &vm, bad_name)["error"]["class"], "GenericError");
+        let add =
+            r#"{"execute":"device_add","arguments":{"driver":"usb-host","fd":"portal","id":"p"}}"#;
+        assert_eq!(run(&mut s, &vm, add), json!({"return": {}}));
+        assert!(
+            vm.usb_passed_file("p").is_some(),
+            "the VM holds the descriptor"
+        );
+        let closed = run(
+            &mut s,
+            &vm,
+            r#"{"execute":"closefd","arguments":{"fdname":"portal"}}"#,
+        );
+        assert_eq!(
+            closed["error"]["desc"], "File descriptor named 'portal' not found",
+            "device_add took it out of the table"
+        );
+    }
+
+    #[test]
+    fn a_connection_holds_a_bounded_number_of_named_descriptors() {
+        let vm = FakeVm::new(EventSender::new());
+        let mut s = negotiated();
+        for n in 0..=crate::control::fdpass::MAX_NAMED_FDS {
+            s.receive_fds(vec![std::fs::File::open("/dev/null").unwrap().into()]);
+            let text = format!(r#"{{"execute":"getfd","arguments":{{"fdname":"f{n}"}}}}"#);
+            let reply = run(&mut s, &vm, &text);
+            if n < crate::control::fdpass::MAX_NAMED_FDS {
+                assert_eq!(reply, json!({"return": {}}), "{n}");
+            } else {
+                assert!(
+                    reply["error"]["desc"]
+                        .as_str()
+                        .unwrap()
+                        .contains("Too many"),
+                    "{reply}"
+                );
+            }
+        }
+        assert_eq!(s.fds.len(), crate::control::fdpass::MAX_NAMED_FDS);
     }
 
     #[test]

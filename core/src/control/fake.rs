@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::block::{BlockInfo, CDROM_ID, open_disc_image};
 use super::server::{EventSender, QmpServer, ServerError};
+use super::usb::{UsbDeviceSpec, UsbDriver, UsbHostAddr, UsbInfo, UsbSpeed};
 use super::{ControlError, Event, RunState, ShutdownReason, VmControl, parse_unix_endpoint};
 
 /// Errors of this module.
@@ -46,6 +47,46 @@ struct FakeDrive {
     locked: bool,
 }
 
+/// A host USB device the fake VM can "pass through".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeHostUsb {
+    /// Bus number and device address.
+    pub bus_addr: (u8, u8),
+    /// Vendor and product id.
+    pub vendor_product: (u16, u16),
+    /// Its product name.
+    pub description: String,
+}
+
+/// The host devices every fake VM can pass through: a receiver on bus 3 address 2 and a
+/// storage stick on bus 1 address 5.
+pub fn default_host_usb() -> Vec<FakeHostUsb> {
+    vec![
+        FakeHostUsb {
+            bus_addr: (3, 2),
+            vendor_product: (0x046d, 0xc52b),
+            description: "USB Receiver".into(),
+        },
+        FakeHostUsb {
+            bus_addr: (1, 5),
+            vendor_product: (0x0781, 0x5581),
+            description: "Ultra".into(),
+        },
+    ]
+}
+
+/// Ports of the fake VM's USB controller.
+const FAKE_USB_PORTS: usize = 4;
+/// The ids QEMU's emulated HID devices report (vendor 0627, product 0001).
+const EMULATED_HID_IDS: (u16, u16) = (0x0627, 0x0001);
+
+/// A USB device plugged into the fake VM, with the descriptor it was given, if any.
+#[derive(Debug)]
+struct FakeUsb {
+    info: UsbInfo,
+    fd: Option<fs::File>,
+}
+
 /// A VM that only keeps state and emits events.
 pub struct FakeVm {
     state: Mutex<RunState>,
@@ -53,6 +94,8 @@ pub struct FakeVm {
     wake: Condvar,
     events: EventSender,
     cdrom: Mutex<Option<FakeDrive>>,
+    host_usb: Vec<FakeHostUsb>,
+    usb: Mutex<Vec<FakeUsb>>,
 }
 
 impl FakeVm {
@@ -64,7 +107,46 @@ impl FakeVm {
             wake: Condvar::new(),
             events,
             cdrom: Mutex::new(None),
+            host_usb: default_host_usb(),
+            usb: Mutex::default(),
         }
+    }
+
+    fn usb(&self) -> MutexGuard<'_, Vec<FakeUsb>> {
+        self.usb.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The metadata of the descriptor USB device `id` was plugged in with (`device_add`
+    /// with `fd`): tests compare it with the file they passed.
+    pub fn usb_passed_file(&self, id: &str) -> Option<fs::Metadata> {
+        self.usb()
+            .iter()
+            .find(|d| d.info.id == id)
+            .and_then(|d| d.fd.as_ref())
+            .and_then(|f| f.metadata().ok())
+    }
+
+    /// The host device a `usb-host` spec names, checked against all it gives.
+    fn find_host(
+        &self,
+        vendor_product: Option<(u16, u16)>,
+        bus_addr: Option<(u8, u8)>,
+    ) -> Result<FakeHostUsb, ControlError> {
+        self.host_usb
+            .iter()
+            .find(|h| {
+                vendor_product.is_none_or(|vp| vp == h.vendor_product)
+                    && bus_addr.is_none_or(|ba| ba == h.bus_addr)
+            })
+            .cloned()
+            .ok_or_else(|| {
+                let what = match (vendor_product, bus_addr) {
+                    (Some((v, p)), _) => format!("{v:04x}:{p:04x}"),
+                    (None, Some((b, a))) => format!("on bus {b} address {a}"),
+                    (None, None) => "given".into(),
+                };
+                ControlError::Failed(format!("no host USB device {what}"))
+            })
     }
 
     /// A running fake VM with a CD drive ([`CDROM_ID`]) holding `image`, or empty.
@@ -226,6 +308,72 @@ impl VmControl for FakeVm {
             d.image = None;
         }
         Ok(())
+    }
+
+    fn device_add_usb(&self, spec: UsbDeviceSpec) -> Result<(), ControlError> {
+        let (vendor_product, description, host, fd) = match spec.driver {
+            UsbDriver::Host(host) => {
+                let fd = host.fd.map(fs::File::from);
+                let found = match (host.vendor_product, host.bus_addr, &fd) {
+                    // A descriptor alone: the fake cannot read its ids.
+                    (None, None, Some(_)) => FakeHostUsb {
+                        bus_addr: (0, 0),
+                        vendor_product: (0, 0),
+                        description: "passed by descriptor".into(),
+                    },
+                    (vp, ba, _) => self.find_host(vp, ba)?,
+                };
+                let host = UsbHostAddr {
+                    bus: found.bus_addr.0,
+                    addr: found.bus_addr.1,
+                };
+                (found.vendor_product, found.description, Some(host), fd)
+            }
+            UsbDriver::Tablet => (EMULATED_HID_IDS, "QEMU USB Tablet".into(), None, None),
+            UsbDriver::Keyboard => (EMULATED_HID_IDS, "QEMU USB Keyboard".into(), None, None),
+        };
+        let mut usb = self.usb();
+        if usb.iter().any(|d| d.info.id == spec.id) {
+            return Err(ControlError::Failed(format!(
+                "Duplicate ID '{}' for device",
+                spec.id
+            )));
+        }
+        let port = (1..=FAKE_USB_PORTS)
+            .map(|p| p.to_string())
+            .find(|p| usb.iter().all(|d| d.info.port != *p))
+            .ok_or_else(|| ControlError::Failed("the USB controller has no free port".into()))?;
+        usb.push(FakeUsb {
+            info: UsbInfo {
+                id: spec.id,
+                port,
+                vendorid: vendor_product.0,
+                productid: vendor_product.1,
+                speed: UsbSpeed::Full,
+                description,
+                host,
+            },
+            fd,
+        });
+        Ok(())
+    }
+
+    fn device_del(&self, id: &str) -> Result<(), ControlError> {
+        let mut usb = self.usb();
+        let at = usb
+            .iter()
+            .position(|d| d.info.id == id)
+            .ok_or_else(|| ControlError::DeviceNotFound(id.to_owned()))?;
+        usb.remove(at);
+        drop(usb);
+        self.events.emit(Event::DeviceDeleted {
+            device: id.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn query_usb(&self) -> Vec<UsbInfo> {
+        self.usb().iter().map(|d| d.info.clone()).collect()
     }
 
     fn change_medium(&self, id: &str, filename: &Path, force: bool) -> Result<(), ControlError> {

@@ -19,9 +19,11 @@ pub mod console;
 pub mod display;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+pub mod fdpass;
 mod poll;
 pub mod protocol;
 pub mod server;
+pub mod usb;
 
 use std::path::PathBuf;
 
@@ -49,6 +51,18 @@ pub enum ControlError {
     /// An endpoint argument such as `--qmp` is malformed.
     #[error("invalid socket address '{0}': expected unix:PATH")]
     BadEndpoint(String),
+}
+
+/// The QMP error for a failed VM operation: class DeviceNotFound for a missing device,
+/// GenericError otherwise.
+pub(crate) fn qmp_error(e: ControlError) -> QmpError {
+    match e {
+        ControlError::DeviceNotFound(_) => QmpError {
+            class: ErrorClass::DeviceNotFound,
+            desc: e.to_string(),
+        },
+        e => QmpError::generic(e.to_string()),
+    }
 }
 
 /// The run state of a VM, with QEMU's names on the wire.
@@ -119,7 +133,7 @@ pub enum ShutdownReason {
 
 /// An asynchronous QMP event the VMM reports. Add a variant (and its name and data
 /// below) to introduce a new event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
     /// The VM shut down; `guest` tells whether the guest asked for it.
@@ -142,6 +156,11 @@ pub enum Event {
     Resume,
     /// The ACPI power button was pressed (`system_powerdown`).
     Powerdown,
+    /// A device was unplugged (`device_del`) and is gone from the guest.
+    DeviceDeleted {
+        /// Its id.
+        device: String,
+    },
 }
 
 impl Event {
@@ -153,6 +172,7 @@ impl Event {
             Self::Stop => "STOP",
             Self::Resume => "RESUME",
             Self::Powerdown => "POWERDOWN",
+            Self::DeviceDeleted { .. } => "DEVICE_DELETED",
         }
     }
 
@@ -161,6 +181,10 @@ impl Event {
         match self {
             Self::Shutdown { guest, reason } | Self::Reset { guest, reason } => {
                 Some(json!({ "guest": guest, "reason": reason }))
+            }
+            // QEMU's data: the id and the device's QOM path.
+            Self::DeviceDeleted { device } => {
+                Some(json!({ "device": device, "path": format!("/machine/peripheral/{device}") }))
             }
             Self::Stop | Self::Resume | Self::Powerdown => None,
         }
@@ -214,6 +238,23 @@ pub trait VmControl: Send + Sync + 'static {
         _force: bool,
     ) -> Result<(), ControlError> {
         Err(ControlError::DeviceNotFound(id.to_owned()))
+    }
+    /// Plugs a USB device into the VM's USB controller (`device_add`). `spec.id` is
+    /// checked (valid, not in use by a device [`VmControl::query_usb`] lists); a
+    /// `usb-host` spec names the host device by ids, bus/address or an open usbfs
+    /// descriptor (see [`usb::UsbHostSpec`]). Returns once the device is attached; a
+    /// device that cannot be found or opened is a [`ControlError::Failed`] naming it.
+    fn device_add_usb(&self, _spec: usb::UsbDeviceSpec) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported)
+    }
+    /// Unplugs the device `id` (`device_del`) and, once it is gone, emits
+    /// [`Event::DeviceDeleted`]. An unknown id is [`ControlError::DeviceNotFound`].
+    fn device_del(&self, id: &str) -> Result<(), ControlError> {
+        Err(ControlError::DeviceNotFound(id.to_owned()))
+    }
+    /// The USB devices plugged into the VM (`query-usb`).
+    fn query_usb(&self) -> Vec<usb::UsbInfo> {
+        Vec::new()
     }
 }
 

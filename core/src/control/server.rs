@@ -1,16 +1,16 @@
 //! The QMP server: a unix socket, one accept thread, two threads per client.
 //!
 //! Data flow: the accept thread polls the listening socket and a stop socket. Each
-//! client gets a reader thread (bytes -> [`Framer`] -> `Session` -> reply) and a
-//! writer thread that drains a bounded queue onto the socket with a write timeout, so a
-//! client that stops reading never blocks the VMM. Replies are queued by the reader;
+//! client gets a reader thread (bytes and passed descriptors -> [`Framer`] -> `Session`
+//! -> reply) and a writer thread that drains a bounded queue onto the socket with a
+//! write timeout, so a client that stops reading never blocks the VMM. Replies are queued by the reader;
 //! events are queued by [`EventSender::emit`] to every negotiated client without
 //! blocking; a client whose queue is full is dropped. A reply is always queued before
 //! the state change it causes is reported, and negotiation completes (events start)
 //! only after the `qmp_capabilities` reply is queued.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,6 +22,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::commands::Session;
+use super::fdpass::recv_with_fds;
 use super::poll::wait_either;
 use super::protocol::{self, Framer, QmpError, Timestamp};
 use super::{Event, VmControl};
@@ -309,7 +310,7 @@ impl Shared {
     fn read_loop(
         &self,
         id: u64,
-        mut stream: UnixStream,
+        stream: UnixStream,
         tx: &SyncSender<Outgoing>,
         negotiated: &AtomicBool,
     ) {
@@ -318,12 +319,15 @@ impl Shared {
         let mut buf = [0u8; 4096];
         let mut texts = Vec::new();
         'conn: loop {
-            let n = match stream.read(&mut buf) {
+            // Descriptors (SCM_RIGHTS) come with the bytes of the `getfd` that names them.
+            let mut fds = Vec::new();
+            let n = match recv_with_fds(&stream, &mut buf, &mut fds) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
+            session.receive_fds(fds);
             if let Err(e) = framer.push(&buf[..n], &mut texts) {
                 let reply = protocol::error_reply(&QmpError::generic(e.to_string()), None);
                 let _ = tx.send(Outgoing::Data(protocol::encode(&reply)));
