@@ -266,7 +266,16 @@ mod tests {
 
     #[test]
     fn setup_packets_round_trip_through_their_wire_bytes() {
-        let wire = [0x80, request::GET_DESCRIPTOR, 0x00, 0x01, 0x00, 0x00, 0x12, 0x00];
+        let wire = [
+            0x80,
+            request::GET_DESCRIPTOR,
+            0x00,
+            0x01,
+            0x00,
+            0x00,
+            0x12,
+            0x00,
+        ];
         let setup = SetupPacket::from_bytes(wire);
         assert_eq!(setup.value, 0x0100);
         assert_eq!(setup.length, 18);
