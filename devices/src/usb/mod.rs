@@ -15,6 +15,8 @@
 //! completion only queues its result and wakes the controller's worker, so a device may
 //! complete inside [`UsbDevice::submit`] on the vCPU thread, or from any other thread.
 
+pub mod xhci;
+
 use std::fmt;
 
 /// How fast a device talks, as the port reports it (xHCI 1.2 §7.2.2.1.1 Protocol Speed ID
