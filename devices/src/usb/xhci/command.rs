@@ -246,7 +246,10 @@ impl Xhci {
             }
         }
         let entries = if icc.add_flags() & 1 != 0 {
-            Some(self.read_ctx(input_context_addr(input, 1))?.context_entries())
+            Some(
+                self.read_ctx(input_context_addr(input, 1))?
+                    .context_entries(),
+            )
         } else {
             None
         };

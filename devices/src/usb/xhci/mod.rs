@@ -315,10 +315,7 @@ impl Xhci {
         self.next_id = self.next_id.wrapping_add(1);
         self.inflight.insert(id, (slot, dci));
         let queue = self.queue.clone();
-        (
-            id,
-            crate::usb::Completion::new(move |r| queue.push(id, r)),
-        )
+        (id, crate::usb::Completion::new(move |r| queue.push(id, r)))
     }
 
     /// Back to power-on state (a machine reset; HCRST does the same). Devices stay
@@ -494,13 +491,7 @@ impl Xhci {
             PAGESIZE => PAGESIZE_4K,
             DNCTRL => self.dnctrl,
             // CRCR reads zero but for Command Ring Running (xHCI 1.2 §5.4.5).
-            CRCR_LO => {
-                if self.command_ring_running {
-                    CRCR_CRR as u32
-                } else {
-                    0
-                }
-            }
+            CRCR_LO => u32::from(self.command_ring_running) * CRCR_CRR as u32,
             DCBAAP_LO => self.dcbaap as u32,
             DCBAAP_HI => (self.dcbaap >> 32) as u32,
             CONFIG => self.config_reg,

@@ -4,8 +4,8 @@
 //! sets Current Connect Status and Connect Status Change and the controller posts a Port
 //! Status Change Event. The guest sees PORTSC, resets the port (PR, or WPR on USB 3
 //! ports), which resets the device and enables the port at the device's speed; then it
-//! addresses the device through a slot. Change bits are write-1-to-clear; a change bit
-//! going from 0 to 1 is what asks the controller for a Port Status Change Event.
+//! addresses the device through a slot. Change bits are write-1-to-clear; setting one asks the controller for a Port
+//! Status Change Event.
 //! As in QEMU, a USB 3 port with a device is enabled at once (link in U0), a USB 2 port
 //! waits in Polling for the guest's reset.
 
@@ -94,11 +94,11 @@ impl Port {
         self.portsc = (self.portsc & !PORTSC_PLS_MASK) | (pls & 0xf) << PORTSC_PLS_SHIFT;
     }
 
-    /// Sets change bits; true when one of them went from 0 to 1 (an event is due).
+    /// Sets change bits; an event is due (as QEMU, even when a bit was set already, so a
+    /// guest that has not acknowledged an attach still hears of the detach).
     fn raise(&mut self, bits: u32) -> bool {
-        let new = bits & !self.portsc;
         self.portsc |= bits;
-        new != 0
+        true
     }
 
     /// Recomputes connection state from the device present (plug, unplug, controller

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::context::{Context, CONTEXT_SIZE, ep_type};
+use super::context::{CONTEXT_SIZE, Context, ep_type};
 use super::port::PORTSC_PR;
 use super::regs::*;
 use super::trb::{
@@ -27,9 +27,7 @@ use super::{CompletionWaiter, Xhci, XhciInterrupts};
 use crate::bus::{BusDevice, lock};
 use crate::legacy::IrqLine;
 use crate::pci::{MsiRoutes, MsixInterrupt, PciDevice};
-use crate::usb::{
-    Completion, SetupPacket, Transfer, TransferResult, UsbDevice, UsbSpeed,
-};
+use crate::usb::{Completion, SetupPacket, Transfer, TransferResult, UsbDevice, UsbSpeed};
 
 /// Where the mock driver puts BAR0 (the controller ignores the base).
 pub const BAR: u64 = 0xe000_0000;
@@ -321,7 +319,10 @@ impl MockDriver {
             .write_slice(&[0u8; 0x800], GuestAddress(DCBAA))
             .expect("RAM");
         self.mem
-            .write_slice(&[0u8; (RING_TRBS as usize) * 16], GuestAddress(COMMAND_RING))
+            .write_slice(
+                &[0u8; (RING_TRBS as usize) * 16],
+                GuestAddress(COMMAND_RING),
+            )
             .expect("RAM");
         self.mem
             .write_slice(&[0u8; (RING_TRBS as usize) * 16], GuestAddress(EVENT_RING))

@@ -23,9 +23,7 @@ use super::ring::{RingCursor, RingError};
 use super::trb::{
     CompletionCode, TRB_CHAIN, TRB_IDT, TRB_IOC, TRB_ISP, Trb, transfer_event, trb_type,
 };
-use crate::usb::{
-    SetupPacket, Transfer, TransferKind, TransferResult, TransferStatus, request,
-};
+use crate::usb::{SetupPacket, Transfer, TransferKind, TransferResult, TransferStatus, request};
 
 /// TRBs one TD may span, Link TRBs included (a bound on Link TRB loops).
 pub const MAX_TD_TRBS: u32 = 4096;
@@ -293,7 +291,10 @@ impl Xhci {
                         ep.cursor = cursor;
                     }
                     self.halt_endpoint(slot, dci);
-                    self.post_event(0, transfer_event(at, 0, CompletionCode::Trb, false, slot, dci));
+                    self.post_event(
+                        0,
+                        transfer_event(at, 0, CompletionCode::Trb, false, slot, dci),
+                    );
                     return;
                 }
                 Ok(Some(td)) => {
@@ -429,7 +430,7 @@ impl Xhci {
             let Some(ep) = self.endpoint_mut(slot, dci) else {
                 return;
             };
-            if !ep.pending.front().is_some_and(|p| p.result.is_some()) {
+            if ep.pending.front().is_none_or(|p| p.result.is_none()) {
                 return;
             }
             let Some(PendingTd {
@@ -604,9 +605,9 @@ impl Xhci {
     pub(crate) fn kick_waiting_endpoints(&mut self) {
         for slot in 1..=super::MAX_SLOTS {
             for dci in 1..=31u8 {
-                let go = self.endpoint_mut(slot, dci).is_some_and(|ep| {
-                    ep.waiting && ep.pending.len() < MAX_INFLIGHT
-                });
+                let go = self
+                    .endpoint_mut(slot, dci)
+                    .is_some_and(|ep| ep.waiting && ep.pending.len() < MAX_INFLIGHT);
                 if go {
                     if let Some(ep) = self.endpoint_mut(slot, dci) {
                         ep.waiting = false;
