@@ -25,6 +25,9 @@ use super::{Slot, Xhci};
 /// TRBs one command doorbell may read (a bound on Link TRB loops).
 const COMMAND_TRB_BUDGET: u32 = 4096;
 
+/// Free bandwidth Get Port Bandwidth reports per port, in percent.
+const PORT_BANDWIDTH_FREE: u8 = 80;
+
 type CommandResult = Result<u8, CompletionCode>;
 
 impl Xhci {
@@ -71,6 +74,8 @@ impl Xhci {
             trb_type::STOP_ENDPOINT => self.stop_endpoint(slot, trb.endpoint_id()),
             trb_type::SET_TR_DEQUEUE => self.set_tr_dequeue(slot, trb),
             trb_type::RESET_DEVICE => self.reset_device(slot),
+            trb_type::NEGOTIATE_BANDWIDTH => self.check_slot(slot).map(|()| slot),
+            trb_type::GET_PORT_BANDWIDTH => self.port_bandwidth(trb.param & !0xf),
             other => {
                 crate::guest_warn!("xhci: unknown command TRB type {other}");
                 Err(CompletionCode::Trb)
@@ -89,9 +94,12 @@ impl Xhci {
     }
 
     fn enable_slot(&mut self) -> CommandResult {
+        // CONFIG.MaxSlotsEn: how many slots the driver set up.
+        let max = usize::from(self.max_slots_enabled());
         let index = self
             .slots
             .iter()
+            .take(max)
             .position(|s| !s.enabled)
             .ok_or(CompletionCode::NoSlotsAvailable)?;
         self.slots[index] = Slot {
@@ -110,6 +118,17 @@ impl Xhci {
         if let Some(s) = self.slot_mut(slot) {
             *s = Slot::default();
         }
+    }
+
+    /// Get Port Bandwidth (xHCI 1.2 §4.6.15): a Port Bandwidth Context of one reserved
+    /// byte and each port's free bandwidth in percent; as QEMU, 80 % everywhere.
+    fn port_bandwidth(&mut self, addr: u64) -> CommandResult {
+        let mut ctx = [PORT_BANDWIDTH_FREE; 1 + MAX_PORTS as usize];
+        ctx[0] = 0;
+        self.mem
+            .write_slice(&ctx, GuestAddress(addr))
+            .map_err(|_| CompletionCode::Trb)?;
+        Ok(0)
     }
 
     fn read_ctx(&self, addr: u64) -> Result<Context, CompletionCode> {

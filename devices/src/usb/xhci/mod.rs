@@ -400,6 +400,11 @@ impl Xhci {
             .filter_map(|(i, p)| p.device.as_deref().map(|d| (i as u8 + 1, d)))
     }
 
+    /// CONFIG.MaxSlotsEn, bounded by MaxSlots.
+    pub(crate) fn max_slots_enabled(&self) -> u8 {
+        (self.config_reg as u8).min(MAX_SLOTS)
+    }
+
     pub(crate) fn running(&self) -> bool {
         self.usbcmd & USBCMD_RS != 0
     }

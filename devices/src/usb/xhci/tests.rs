@@ -1325,7 +1325,11 @@ fn random_ring_and_context_contents_never_panic() {
                     v = (v & !(0x3f << 42)) | ((v >> 50) % 24) << 42 | 1 << 32;
                 }
                 // Addresses inside RAM now and then.
-                let param = if v % 5 == 0 { next() % (MEM_SIZE as u64) } else { next() };
+                let param = if v % 5 == 0 {
+                    next() % (MEM_SIZE as u64)
+                } else {
+                    next()
+                };
                 d.mem.write_obj(param, GuestAddress(at + i * 16)).unwrap();
                 d.mem.write_obj(v, GuestAddress(at + i * 16 + 8)).unwrap();
             }
@@ -1345,4 +1349,69 @@ fn random_ring_and_context_contents_never_panic() {
         let e = d.command(Trb::new(0, 0, trb_type::NOOP_COMMAND, 0));
         assert_eq!(code(&e), SUCCESS, "round {round}");
     }
+}
+
+#[test]
+fn enable_slot_honours_max_slots_enabled() {
+    let mut d = started();
+    d.op_write(USBCMD, 0);
+    d.op_write(CONFIG, 2);
+    d.op_write(USBCMD, USBCMD_RS | USBCMD_INTE);
+    assert_eq!(d.enable_slot(), 1);
+    assert_eq!(d.enable_slot(), 2);
+    let e = d.command(Trb::new(0, 0, trb_type::ENABLE_SLOT, 0));
+    assert_eq!(code(&e), CompletionCode::NoSlotsAvailable as u8);
+}
+
+#[test]
+fn get_port_bandwidth_reports_every_port() {
+    let mut d = started();
+    let at = DATA;
+    d.mem.write_slice(&[0xff; 10], GuestAddress(at)).unwrap();
+    let e = d.command(Trb::new(at, 0, trb_type::GET_PORT_BANDWIDTH, 0));
+    assert_eq!(code(&e), SUCCESS);
+    let mut ctx = [0xffu8; 10];
+    d.mem.read_slice(&mut ctx, GuestAddress(at)).unwrap();
+    assert_eq!(ctx[..9], [0, 80, 80, 80, 80, 80, 80, 80, 80]);
+    assert_eq!(ctx[9], 0xff, "nothing past the last port");
+    let e = d.command(Trb::new(1 << 40, 0, trb_type::GET_PORT_BANDWIDTH, 0));
+    assert_eq!(code(&e), CompletionCode::Trb as u8);
+}
+
+#[test]
+fn events_cross_erst_segments_and_flip_the_cycle_at_the_end() {
+    let mut d = started();
+    // Two 16-TRB segments.
+    let (seg0, seg1, erst) = (0x6000u64, 0x7000u64, 0x5000u64);
+    d.mem.write_obj(seg0, GuestAddress(erst)).unwrap();
+    d.mem.write_obj(16u32, GuestAddress(erst + 8)).unwrap();
+    d.mem.write_obj(seg1, GuestAddress(erst + 16)).unwrap();
+    d.mem.write_obj(16u32, GuestAddress(erst + 24)).unwrap();
+    d.write32(MockDriver::intr_offset(0, ERSTSZ), 2);
+    d.write64(MockDriver::intr_offset(0, ERDP_LO), seg0);
+    d.write64(MockDriver::intr_offset(0, ERSTBA_LO), erst);
+    let mem = d.mem.clone();
+    for round in 0..3u64 {
+        for _ in 0..20 {
+            d.command_ring
+                .push(&mem, Trb::new(0, 0, trb_type::NOOP_COMMAND, 0));
+        }
+        d.write32(DOORBELL_OFFSET, 0);
+        // The driver consumed everything: ERDP where the controller writes next.
+        let next = if round % 2 == 0 {
+            seg1 + 4 * 16
+        } else {
+            seg0 + 8 * 16
+        };
+        d.write64(MockDriver::intr_offset(0, ERDP_LO), next | ERDP_EHB);
+    }
+    let e: Trb = d.mem.read_obj(GuestAddress(seg1 + 3 * 16)).unwrap();
+    assert_eq!(e.trb_type(), trb_type::COMMAND_COMPLETION_EVENT);
+    // 60 events in a 32-TRB ring: the first lap wrote cycle 1, the second (up to seg1
+    // index 11) cycle 0.
+    let cycle = |at: u64| d.mem.read_obj::<Trb>(GuestAddress(at)).unwrap().cycle();
+    assert!(!cycle(seg0), "second lap");
+    assert!(!cycle(seg1 + 11 * 16), "second lap");
+    assert!(cycle(seg1 + 12 * 16), "first lap, not yet overwritten");
+    assert!(cycle(seg1 + 15 * 16));
 }

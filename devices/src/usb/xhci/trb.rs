@@ -28,6 +28,8 @@ pub mod trb_type {
     pub const STOP_ENDPOINT: u8 = 15;
     pub const SET_TR_DEQUEUE: u8 = 16;
     pub const RESET_DEVICE: u8 = 17;
+    pub const NEGOTIATE_BANDWIDTH: u8 = 19;
+    pub const GET_PORT_BANDWIDTH: u8 = 21;
     pub const NOOP_COMMAND: u8 = 23;
     pub const TRANSFER_EVENT: u8 = 32;
     pub const COMMAND_COMPLETION_EVENT: u8 = 33;
