@@ -134,24 +134,15 @@ impl CompletionWaiter {
     /// Blocks until results are queued (true) or [`CompletionWaiter::stop`] was called
     /// (false). Then lock the controller and call [`Xhci::process_completions`].
     pub fn wait(&self) -> bool {
-        let mut st = lock(&self.queue.state);
-        loop {
-            if st.stopped {
-                return false;
-            }
-            if !st.results.is_empty() {
-                return true;
-            }
-            st = match self.queue.ready.wait(st) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-        }
+        self.wait_until(None)
     }
 
     /// As [`CompletionWaiter::wait`], giving up after `timeout` (false, as when stopped).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let mut st = lock(&self.queue.state);
         loop {
             if st.stopped {
@@ -160,13 +151,18 @@ impl CompletionWaiter {
             if !st.results.is_empty() {
                 return true;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            st = match self.queue.ready.wait_timeout(st, left) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
+            st = match deadline {
+                None => self.queue.ready.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    match self.queue.ready.wait_timeout(st, left) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    }
+                }
             };
         }
     }
@@ -322,7 +318,10 @@ impl Xhci {
     /// plugged in; every slot is disabled and pending transfers are cancelled.
     pub fn reset(&mut self) {
         self.reset_controller();
+        // The table goes back to power-on state; Enable and Function Mask stay what
+        // configuration space says.
         self.msix.reset();
+        self.msix.sync_control(&self.config, self.msix_cap);
         self.update_intx();
     }
 

@@ -24,6 +24,11 @@ fn residual(e: &Trb) -> u32 {
     e.status & 0xff_ffff
 }
 
+/// Runs command `ty` for `slot` with `param` and further control-word `flags`.
+fn slot_command(d: &mut MockDriver, ty: u8, param: u64, slot: u8, flags: u32) -> Trb {
+    d.command(Trb::new(param, 0, ty, flags | u32::from(slot) << 24))
+}
+
 fn started() -> MockDriver {
     let mut d = MockDriver::new(MEM_SIZE);
     d.start();
@@ -235,19 +240,9 @@ fn slot_commands_check_the_slot() {
     let e = d.command(Trb::new(0, 0, trb_type::RESET_DEVICE, 200 << 24));
     assert_eq!(code(&e), CompletionCode::Trb as u8);
     let slot = d.enable_slot();
-    let e = d.command(Trb::new(
-        0,
-        0,
-        trb_type::STOP_ENDPOINT,
-        u32::from(slot) << 24 | 3 << 16,
-    ));
+    let e = slot_command(&mut d, trb_type::STOP_ENDPOINT, 0, slot, 3 << 16);
     assert_eq!(code(&e), CompletionCode::EndpointNotEnabled as u8);
-    let e = d.command(Trb::new(
-        INPUT_CONTEXT,
-        0,
-        trb_type::CONFIGURE_ENDPOINT,
-        u32::from(slot) << 24,
-    ));
+    let e = slot_command(&mut d, trb_type::CONFIGURE_ENDPOINT, INPUT_CONTEXT, slot, 0);
     assert_eq!(
         code(&e),
         CompletionCode::ContextState as u8,
@@ -314,12 +309,7 @@ fn address_device_refuses_empty_and_impossible_ports() {
     assert_eq!(d.address_device(slot, 9, false), CompletionCode::Trb as u8);
     assert_eq!(d.address_device(slot, 0, false), CompletionCode::Trb as u8);
     // An Input Context outside RAM.
-    let e = d.command(Trb::new(
-        1 << 40,
-        0,
-        trb_type::ADDRESS_DEVICE,
-        u32::from(slot) << 24,
-    ));
+    let e = slot_command(&mut d, trb_type::ADDRESS_DEVICE, 1 << 40, slot, 0);
     assert_eq!(code(&e), CompletionCode::Trb as u8);
 }
 
@@ -338,12 +328,7 @@ fn configure_endpoint_adds_drops_and_deconfigures() {
     d.mem
         .write_obj(1u32 << 4, GuestAddress(INPUT_CONTEXT))
         .unwrap();
-    let e = d.command(Trb::new(
-        INPUT_CONTEXT,
-        0,
-        trb_type::CONFIGURE_ENDPOINT,
-        u32::from(slot) << 24,
-    ));
+    let e = slot_command(&mut d, trb_type::CONFIGURE_ENDPOINT, INPUT_CONTEXT, slot, 0);
     assert_eq!(code(&e), SUCCESS);
     assert_eq!(d.device_context(slot, 4).ep_state(), 0);
     assert_eq!(d.device_context(slot, 3).ep_state(), 1);
@@ -353,12 +338,13 @@ fn configure_endpoint_adds_drops_and_deconfigures() {
         CompletionCode::Parameter as u8
     );
     // Deconfigure: everything but EP0 goes, the slot is Addressed again.
-    let e = d.command(Trb::new(
-        0,
-        0,
+    let e = slot_command(
+        &mut d,
         trb_type::CONFIGURE_ENDPOINT,
-        TRB_DECONFIGURE | u32::from(slot) << 24,
-    ));
+        0,
+        slot,
+        TRB_DECONFIGURE,
+    );
     assert_eq!(code(&e), SUCCESS);
     assert_eq!(d.device_context(slot, 0).slot_state(), SLOT_STATE_ADDRESSED);
     assert_eq!(d.device_context(slot, 3).ep_state(), 0);
@@ -382,12 +368,7 @@ fn evaluate_context_updates_ep0_max_packet_and_interrupter_target() {
     d.mem
         .write_obj(8u32 << 16, GuestAddress(INPUT_CONTEXT + 64 + 4))
         .unwrap();
-    let e = d.command(Trb::new(
-        INPUT_CONTEXT,
-        0,
-        trb_type::EVALUATE_CONTEXT,
-        u32::from(slot) << 24,
-    ));
+    let e = slot_command(&mut d, trb_type::EVALUATE_CONTEXT, INPUT_CONTEXT, slot, 0);
     assert_eq!(code(&e), SUCCESS);
     assert_eq!(d.device_context(slot, 1).max_packet_size(), 8);
     assert_eq!(d.device_context(slot, 0).slot_interrupter(), 5);
@@ -654,12 +635,7 @@ fn stop_endpoint_cancels_the_pending_transfer_and_ignores_its_late_result() {
     let at = d.normal(slot, 5, DATA, 8);
     // Keep the completion outside the device, as a host thread would.
     let (_, done) = log.lock().unwrap().held.pop().unwrap();
-    let e = d.command(Trb::new(
-        0,
-        0,
-        trb_type::STOP_ENDPOINT,
-        u32::from(slot) << 24 | 5 << 16,
-    ));
+    let e = slot_command(&mut d, trb_type::STOP_ENDPOINT, 0, slot, 5 << 16);
     assert_eq!(code(&e), SUCCESS);
     let events = d.events();
     let _ = events;
@@ -674,12 +650,7 @@ fn stop_endpoint_cancels_the_pending_transfer_and_ignores_its_late_result() {
         "a cancelled transfer's result is dropped"
     );
     // Stop again: the endpoint is not running.
-    let e = d.command(Trb::new(
-        0,
-        0,
-        trb_type::STOP_ENDPOINT,
-        u32::from(slot) << 24 | 5 << 16,
-    ));
+    let e = slot_command(&mut d, trb_type::STOP_ENDPOINT, 0, slot, 5 << 16);
     assert_eq!(code(&e), CompletionCode::ContextState as u8);
     // A doorbell restarts it and the TD goes to the device again.
     d.doorbell(slot, 5);
@@ -732,12 +703,7 @@ fn a_device_vanishing_mid_transfer_ends_it_with_a_transaction_error() {
     assert_eq!(sc & (PORTSC_CCS | PORTSC_PED), 0);
     assert_ne!(sc & PORTSC_CSC, 0);
     // The guest disables the slot itself.
-    let e = d.command(Trb::new(
-        0,
-        0,
-        trb_type::DISABLE_SLOT,
-        u32::from(slot) << 24,
-    ));
+    let e = slot_command(&mut d, trb_type::DISABLE_SLOT, 0, slot, 0);
     assert_eq!(code(&e), SUCCESS);
     assert!(d.xhci.lock().unwrap().detach(port).is_none());
 }
@@ -777,12 +743,7 @@ fn isochronous_tds_are_one_transfer_each() {
 #[test]
 fn reset_device_returns_the_slot_to_default() {
     let (mut d, slot, _) = configured(|_| Reply::Later);
-    let e = d.command(Trb::new(
-        0,
-        0,
-        trb_type::RESET_DEVICE,
-        u32::from(slot) << 24,
-    ));
+    let e = slot_command(&mut d, trb_type::RESET_DEVICE, 0, slot, 0);
     assert_eq!(code(&e), SUCCESS);
     let ctx = d.device_context(slot, 0);
     assert_eq!(
@@ -790,12 +751,7 @@ fn reset_device_returns_the_slot_to_default() {
         (SLOT_STATE_DEFAULT, 0)
     );
     assert_eq!(d.device_context(slot, 3).ep_state(), 0);
-    let e = d.command(Trb::new(
-        0,
-        0,
-        trb_type::RESET_DEVICE,
-        u32::from(slot) << 24,
-    ));
+    let e = slot_command(&mut d, trb_type::RESET_DEVICE, 0, slot, 0);
     assert_eq!(code(&e), CompletionCode::ContextState as u8);
     let port = d.device_context(slot, 0).root_port();
     assert_eq!(d.address_device(slot, port, false), SUCCESS);

@@ -317,30 +317,18 @@ impl Xhci {
             None => ep.is_in(),
         };
         let kind = match (td.setup, ep.ep_type) {
-            (Some(s), _) => TransferKind::Control(s),
-            (None, ep_type::BULK_IN | ep_type::BULK_OUT) => TransferKind::Bulk,
-            (None, ep_type::INTERRUPT_IN | ep_type::INTERRUPT_OUT) => TransferKind::Interrupt,
-            (None, ep_type::ISOCH_IN | ep_type::ISOCH_OUT) => TransferKind::Isochronous,
-            (None, _) => {
-                // No-Op and Event Data TRBs alone (a cancelled TD turned into No-Ops).
-                ep.pending.push_back(PendingTd {
-                    id: 0,
-                    td,
-                    result: Some(TransferResult::data_out(0)),
-                });
-                self.drain_endpoint(slot, dci);
-                return;
-            }
+            (Some(s), _) => Some(TransferKind::Control(s)),
+            (None, ep_type::BULK_IN | ep_type::BULK_OUT) => Some(TransferKind::Bulk),
+            (None, ep_type::INTERRUPT_IN | ep_type::INTERRUPT_OUT) => Some(TransferKind::Interrupt),
+            (None, ep_type::ISOCH_IN | ep_type::ISOCH_OUT) => Some(TransferKind::Isochronous),
+            (None, _) => None,
         };
-        if td.setup.is_none() && td.buffers().next().is_none() {
-            ep.pending.push_back(PendingTd {
-                id: 0,
-                td,
-                result: Some(TransferResult::data_out(0)),
-            });
-            self.drain_endpoint(slot, dci);
+        // No-Op and Event Data TRBs alone (a cancelled TD turned into No-Ops): no device.
+        let Some(kind) = kind.filter(|_| td.setup.is_some() || td.buffers().next().is_some())
+        else {
+            self.finish_locally(slot, dci, td, TransferResult::data_out(0));
             return;
-        }
+        };
         let (data, length) = if is_in {
             let room = td.total() as usize;
             let room = match td.setup {
@@ -383,14 +371,7 @@ impl Xhci {
         if local.is_some() || !present {
             let result =
                 local.unwrap_or_else(|| TransferResult::failed(TransferStatus::Disconnected));
-            if let Some(ep) = self.endpoint_mut(slot, dci) {
-                ep.pending.push_back(PendingTd {
-                    id: 0,
-                    td,
-                    result: Some(result),
-                });
-            }
-            self.drain_endpoint(slot, dci);
+            self.finish_locally(slot, dci, td, result);
             return;
         }
         let (id, done) = self.completion_for(slot, dci);
@@ -408,6 +389,18 @@ impl Xhci {
         for (id, result) in self.queue.take() {
             self.complete(id, result);
         }
+    }
+
+    /// Queues a TD the controller answers itself, behind those in flight.
+    fn finish_locally(&mut self, slot: u8, dci: u8, td: Td, result: TransferResult) {
+        if let Some(ep) = self.endpoint_mut(slot, dci) {
+            ep.pending.push_back(PendingTd {
+                id: 0,
+                td,
+                result: Some(result),
+            });
+        }
+        self.drain_endpoint(slot, dci);
     }
 
     /// Applies the result of transfer `id`, if the controller still waits for it.
