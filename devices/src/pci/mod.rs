@@ -5,16 +5,19 @@
 //! [`root::PciConfigMmio`] on its MMIO bus; both forward to one [`root::PciRoot`], which holds
 //! each device by slot. Devices' BARs sit on the MMIO bus as ordinary bus devices; when a
 //! guest moves one, the machine's [`root::BarRelocator`] moves it on the bus. Interrupts and
-//! doorbells leave through the traits in [`interrupt`], which the helper implements on KVM.
+//! doorbells leave through the traits in [`interrupt`], which the helper implements on KVM;
+//! MSI-X tables are kept by [`msix`].
 
 pub mod alloc;
 pub mod config;
 pub mod interrupt;
+pub mod msix;
 pub mod root;
 
 pub use alloc::BarAllocator;
 pub use config::{BarChange, BarKind, PciConfig, PciIds};
 pub use interrupt::{IoEventRegistrar, MsiRoutes, MsixInterrupt};
+pub use msix::MsixState;
 pub use root::{BarRelocator, HostBridge, PciConfigIo, PciConfigMmio, PciDevice, PciRoot};
 
 use crate::bus::BusError;

@@ -15,6 +15,8 @@
 //! completion only queues its result and wakes the controller's worker, so a device may
 //! complete inside [`UsbDevice::submit`] on the vCPU thread, or from any other thread.
 
+pub mod xhci;
+
 use std::fmt;
 
 pub mod hid;

@@ -15,7 +15,7 @@
 //! capability gives the same regions through configuration space. A notify write reaches
 //! the queue's eventfd either from the kernel (KVM ioeventfd, registered through
 //! [`IoEventRegistrar`] whenever BAR0 is placed) or, without one, from [`BusDevice::write`].
-//! Interrupts go through the MSI-X table kept here ([`MsixState`]): masked vectors set their
+//! Interrupts go through the PCI layer's MSI-X table ([`MsixState`]): masked vectors set their
 //! pending bit and fire when unmasked, unmasked ones go out through [`MsixInterrupt`].
 
 use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
@@ -30,8 +30,8 @@ use super::{
     VIRTIO_F_VERSION_1, VirtioDevice, VirtioError, VirtioInterrupt,
 };
 use crate::bus::{BusDevice, lock};
-use crate::pci::config::{BarChange, BarKind, CAP_ID_MSIX, CAP_ID_VENDOR, PciConfig, PciIds};
-use crate::pci::{PciDevice, PciError};
+use crate::pci::config::{BarChange, BarKind, CAP_ID_VENDOR, PciConfig, PciIds};
+use crate::pci::{MsixState, PciDevice, PciError};
 
 pub const BAR_SIZE: u64 = 0x8000;
 pub const COMMON_OFFSET: u64 = 0x0000;
@@ -62,135 +62,6 @@ pub const STATUS_FAILED: u8 = 0x80;
 
 const ISR_QUEUE: u8 = 1;
 const ISR_CONFIG: u8 = 2;
-
-const MSIX_ENABLE: u8 = 0x80;
-const MSIX_FUNCTION_MASK: u8 = 0x40;
-
-#[derive(Debug, Clone, Copy, Default)]
-struct MsixEntry {
-    addr_lo: u32,
-    addr_hi: u32,
-    data: u32,
-    control: u32,
-}
-
-impl MsixEntry {
-    fn masked(&self) -> bool {
-        self.control & 1 != 0
-    }
-}
-
-/// The MSI-X table, its pending bits and the capability's enable and mask bits.
-pub struct MsixState {
-    enabled: bool,
-    function_mask: bool,
-    table: Vec<MsixEntry>,
-    pending: Vec<bool>,
-    trigger: Arc<dyn MsixInterrupt>,
-    routes: Arc<dyn MsiRoutes>,
-}
-
-impl MsixState {
-    fn new(vectors: u16, trigger: Arc<dyn MsixInterrupt>, routes: Arc<dyn MsiRoutes>) -> Self {
-        let entry = MsixEntry {
-            control: 1,
-            ..MsixEntry::default()
-        };
-        Self {
-            enabled: false,
-            function_mask: false,
-            table: vec![entry; usize::from(vectors)],
-            pending: vec![false; usize::from(vectors)],
-            trigger,
-            routes,
-        }
-    }
-
-    /// Raises `vector`, or marks it pending while it is masked.
-    fn signal(&mut self, vector: u16) {
-        let v = usize::from(vector);
-        let (Some(entry), true) = (self.table.get(v), self.enabled) else {
-            return;
-        };
-        if self.function_mask || entry.masked() {
-            self.pending[v] = true;
-        } else if let Err(e) = self.trigger.trigger(vector) {
-            log::warn!("virtio-pci: cannot raise MSI-X vector {vector}: {e}");
-        }
-    }
-
-    /// Fires the pending vectors that are no longer masked.
-    fn deliver_pending(&mut self) {
-        if !self.enabled || self.function_mask {
-            return;
-        }
-        for v in 0..self.table.len() {
-            if self.pending[v] && !self.table[v].masked() {
-                self.pending[v] = false;
-                if let Err(e) = self.trigger.trigger(v as u16) {
-                    log::warn!("virtio-pci: cannot raise MSI-X vector {v}: {e}");
-                }
-            }
-        }
-    }
-
-    fn read_table(&self, offset: u64, data: &mut [u8]) {
-        let (v, field) = ((offset / 16) as usize, (offset % 16) as usize);
-        let Some(e) = self.table.get(v) else {
-            return;
-        };
-        let words = [e.addr_lo, e.addr_hi, e.data, e.control];
-        let mut bytes = [0u8; 16];
-        for (i, w) in words.iter().enumerate() {
-            bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-        }
-        if let Some(src) = bytes.get(field..field + data.len()) {
-            data.copy_from_slice(src);
-        }
-    }
-
-    fn write_table(&mut self, offset: u64, data: &[u8]) {
-        let (v, field) = ((offset / 16) as usize, (offset % 16) as usize);
-        if !matches!((field, data.len()), (0 | 4 | 8 | 12, 4) | (0 | 8, 8)) {
-            return;
-        }
-        let Some(e) = self.table.get_mut(v) else {
-            return;
-        };
-        let mut words = [e.addr_lo, e.addr_hi, e.data, e.control];
-        for (i, chunk) in data.chunks_exact(4).enumerate() {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(chunk);
-            words[field / 4 + i] = u32::from_le_bytes(b);
-        }
-        let was_masked = e.masked();
-        *e = MsixEntry {
-            addr_lo: words[0],
-            addr_hi: words[1],
-            data: words[2],
-            control: words[3] & 1,
-        };
-        let e = *e;
-        self.routes.update(
-            v as u16,
-            u64::from(e.addr_hi) << 32 | u64::from(e.addr_lo),
-            e.data,
-            e.masked(),
-        );
-        if was_masked && !e.masked() {
-            self.deliver_pending();
-        }
-    }
-
-    fn read_pba(&self, offset: u64, data: &mut [u8]) {
-        for (i, d) in data.iter_mut().enumerate() {
-            let first = (offset as usize + i) * 8;
-            *d = (0..8)
-                .filter(|bit| self.pending.get(first + bit).copied().unwrap_or(false))
-                .fold(0u8, |acc, bit| acc | 1 << bit);
-        }
-    }
-}
 
 /// The interrupt handle devices get: queue and configuration vectors, ISR and MSI-X.
 pub struct TransportInterrupt {
@@ -308,16 +179,14 @@ impl VirtioPciDevice {
                 &[],
             )
             .map_err(pci)?;
-        let mut msix_body = (vectors - 1).to_le_bytes().to_vec();
-        msix_body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
-        msix_body.extend_from_slice(&(MSIX_PBA_OFFSET as u32).to_le_bytes());
-        let msix_cap = config
-            .add_capability(
-                CAP_ID_MSIX,
-                &msix_body,
-                &[0, 0, 0, MSIX_ENABLE | MSIX_FUNCTION_MASK],
-            )
-            .map_err(pci)?;
+        let msix_cap = MsixState::add_capability(
+            &mut config,
+            vectors,
+            0,
+            MSIX_TABLE_OFFSET as u32,
+            MSIX_PBA_OFFSET as u32,
+        )
+        .map_err(pci)?;
         // bar, offset and length (bytes 4, 8..16) and the data window (16..20) are the
         // driver's to write.
         let mut cfg_writable = [0u8; 20];
@@ -630,11 +499,7 @@ impl VirtioPciDevice {
     }
 
     fn sync_msix_control(&mut self) {
-        let control = self.config.byte(self.msix_cap + 3);
-        let mut msix = lock(&self.msix);
-        msix.enabled = control & MSIX_ENABLE != 0;
-        msix.function_mask = control & MSIX_FUNCTION_MASK != 0;
-        msix.deliver_pending();
+        lock(&self.msix).sync_control(&self.config, self.msix_cap);
     }
 }
 
