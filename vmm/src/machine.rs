@@ -46,6 +46,7 @@ pub mod pci;
 pub mod qmp;
 pub mod storage;
 pub mod uefi;
+pub mod usb;
 
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY: u64 = 2 << 20;

@@ -21,7 +21,8 @@ use hospes_vmm::machine::firmware::{FirmwareConfig, FirmwareKind};
 use hospes_vmm::machine::pci::{DiskSpec, attach_pci_to_machine};
 use hospes_vmm::machine::storage;
 use hospes_vmm::machine::uefi;
-use hospes_vmm::machine::{MachineConfig, SerialConfig, Vmm, qmp};
+use hospes_vmm::machine::usb::Usb;
+use hospes_vmm::machine::{MachineConfig, MachineError, SerialConfig, Vmm, qmp};
 use hospes_vmm::vnc::VncListen;
 
 /// Runs one virtual machine on KVM.
@@ -98,6 +99,11 @@ struct Args {
     /// (VNC authentication; `:PORT` listens on 127.0.0.1).
     #[arg(long, value_name = "unix:PATH|HOST:PORT", value_parser = parse_vnc)]
     vnc: Option<VncListen>,
+    /// A USB controller (xHCI) with a USB tablet and keyboard: on or off (the default
+    /// without --config; with it, on, plus the host devices vm.ron's `usb` names).
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
+          value_parser = parse_on_off)]
+    usb: Option<bool>,
     /// The VNC password, first line of this file (required with --vnc HOST:PORT).
     #[arg(long, value_name = "FILE")]
     vnc_password_file: Option<PathBuf>,
@@ -170,6 +176,10 @@ struct Extras {
     network: Network,
     sound: bool,
     display: DisplayOptions,
+    /// The xHCI with its tablet and keyboard.
+    usb: bool,
+    /// Host USB devices handed to the guest (vm.ron's `usb`).
+    usb_devices: Vec<hospes_core::config::UsbDevice>,
 }
 
 fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
@@ -203,6 +213,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             name: String::new(),
             resolution: (1280, 800),
         },
+        usb: false,
+        usb_devices: Vec::new(),
     };
     if let Some(path) = &args.config {
         let vm = hospes_core::config::load(path).map_err(|e| e.to_string())?;
@@ -280,6 +292,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             }
         }
         extras.cdrom = vm.cdrom.map(|c| dir.join(c));
+        extras.usb = true;
+        extras.usb_devices = vm.usb;
     }
     if let Some(k) = args.kernel {
         cfg.kernel = k;
@@ -333,6 +347,9 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     }
     if let Some(d) = args.display {
         extras.display.kind = d;
+    }
+    if let Some(on) = args.usb {
+        extras.usb = on;
     }
     extras.display.name = extras.name.clone().unwrap_or_else(|| "hospes".into());
     if let Some(fw) = &mut cfg.firmware {
@@ -442,7 +459,8 @@ fn main() -> ExitCode {
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
     let result = Vmm::new(cfg).and_then(|mut vmm| {
         let display = match extras.display.kind {
-            DisplayKind::None if extras.display.vnc.is_none() => None,
+            // USB input needs the input router even without a screen.
+            DisplayKind::None if extras.display.vnc.is_none() && !extras.usb => None,
             _ => Some(Arc::new(DisplayStack::start(&extras.display)?)),
         };
         let qmp = match &extras.qmp {
@@ -460,6 +478,16 @@ fn main() -> ExitCode {
             .map(|image| Arc::new(storage::CdTray::new(Some(image))));
         if let (Some(b), Some(t)) = (&bridge, &cdrom) {
             b.set_cdrom(t.clone());
+        }
+        let usb = match extras.usb {
+            true => Some(
+                Usb::new(display.as_ref().map(|d| d.input()), &extras.usb_devices)
+                    .map_err(|e| MachineError::Setup(hospes_core::error_chain(&e)))?,
+            ),
+            false => None,
+        };
+        if let (Some(b), Some(u)) = (&bridge, &usb) {
+            b.set_usb(u.clone());
         }
         quit_on_signals(vmm.handle(), bridge.clone());
         let mut boots = 0;
@@ -486,8 +514,11 @@ fn main() -> ExitCode {
                     extras.disks.len(),
                 )?;
             }
-            match &display {
-                Some(d) => d.attach(machine, &mut pci),
+            if let Some(d) = &display {
+                d.attach(machine, &mut pci)?;
+            }
+            match &usb {
+                Some(u) => u.attach(machine, &mut pci),
                 None => Ok(()),
             }
         };

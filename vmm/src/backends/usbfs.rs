@@ -604,6 +604,8 @@ pub struct UsbfsDevice {
     configurations: Vec<Vec<u8>>,
     speed: UsbSpeed,
     description: String,
+    /// Bus number and address on the host, when known.
+    bus_address: Option<(u8, u8)>,
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
 }
@@ -620,7 +622,12 @@ impl UsbfsDevice {
             let kind = err.kind();
             open_error(kind, err.into(), &found)
         })?;
-        UsbfsDevice::start(device, found.description(), Some(info.id()))
+        UsbfsDevice::start(
+            device,
+            found.description(),
+            Some((found.bus, found.address)),
+            Some(info.id()),
+        )
     }
 
     /// Wraps a usbfs node opened elsewhere (the fd the XDG USB portal hands out).
@@ -654,13 +661,20 @@ impl UsbfsDevice {
                 .to_string()
             }
         };
-        UsbfsDevice::start(device, description, known.map(|(_, info)| info.id()))
+        let bus_address = known.as_ref().map(|(found, _)| (found.bus, found.address));
+        UsbfsDevice::start(
+            device,
+            description,
+            bus_address,
+            known.map(|(_, info)| info.id()),
+        )
     }
 
     /// Reads the descriptors and starts the worker (watching for `id` to leave).
     fn start(
         device: nusb::Device,
         description: String,
+        bus_address: Option<(u8, u8)>,
         id: Option<DeviceId>,
     ) -> Result<Arc<UsbfsDevice>, UsbfsError> {
         let descriptor = device.device_descriptor();
@@ -696,9 +710,15 @@ impl UsbfsDevice {
             configurations,
             speed,
             description,
+            bus_address,
             shared,
             worker: Some(worker),
         }))
+    }
+
+    /// Bus number and address on the host (`/dev/bus/usb/BBB/DDD`), when known.
+    pub fn bus_address(&self) -> Option<(u8, u8)> {
+        self.bus_address
     }
 
     /// The device as the guest sees it.

@@ -113,6 +113,11 @@ impl DisplayStack {
         })
     }
 
+    /// Where client input goes: the USB tablet and keyboard register here too.
+    pub fn input(&self) -> Arc<InputRouter> {
+        self.input.clone()
+    }
+
     /// The shared screen.
     pub fn display(&self) -> &Arc<Display> {
         &self.display

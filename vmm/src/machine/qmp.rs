@@ -24,7 +24,9 @@ use hospes_devices::bus::lock;
 
 use super::display::DisplayStack;
 use super::storage::CdTray;
+use super::usb::Usb;
 use super::{Exit, HandleError, MachineError, RunState, VmHandle};
+use hospes_core::control::usb::{UsbDeviceSpec, UsbInfo};
 
 /// Implements the QMP commands on a [`VmHandle`].
 pub struct QmpBridge {
@@ -34,6 +36,7 @@ pub struct QmpBridge {
     quit_reason: std::sync::Mutex<ShutdownReason>,
     display: std::sync::Mutex<Option<Arc<DisplayStack>>>,
     cdrom: std::sync::Mutex<Option<Arc<CdTray>>>,
+    usb: std::sync::Mutex<Option<Arc<Usb>>>,
 }
 
 fn qmp_state(s: RunState) -> QmpState {
@@ -69,6 +72,18 @@ impl QmpBridge {
     /// `tray`.
     pub fn set_cdrom(&self, tray: Arc<CdTray>) {
         *lock(&self.cdrom) = Some(tray);
+    }
+
+    /// Serves USB hot-plug (`device_add`, `device_del`, `query-usb`) from `usb`.
+    pub fn set_usb(&self, usb: Arc<Usb>) {
+        usb.set_events(self.events.clone());
+        *lock(&self.usb) = Some(usb);
+    }
+
+    fn usb(&self) -> Result<Arc<Usb>, ControlError> {
+        lock(&self.usb)
+            .clone()
+            .ok_or_else(|| ControlError::Failed("this VM has no USB controller".into()))
     }
 
     /// The CD drive named `id`.
@@ -152,6 +167,21 @@ impl VmControl for QmpBridge {
         self.display()?.input_send_event(events)
     }
 
+    fn device_add_usb(&self, spec: UsbDeviceSpec) -> Result<(), ControlError> {
+        self.usb()?.add(spec)
+    }
+
+    fn device_del(&self, id: &str) -> Result<(), ControlError> {
+        match lock(&self.usb).clone() {
+            Some(usb) => usb.remove(id),
+            None => Err(ControlError::DeviceNotFound(id.to_owned())),
+        }
+    }
+
+    fn query_usb(&self) -> Vec<UsbInfo> {
+        lock(&self.usb).iter().flat_map(|u| u.query()).collect()
+    }
+
     fn query_block(&self) -> Vec<BlockInfo> {
         lock(&self.cdrom).iter().map(|t| t.info()).collect()
     }
@@ -193,6 +223,7 @@ pub fn start(path: &Path, handle: VmHandle) -> Result<Qmp, MachineError> {
         quit_reason: std::sync::Mutex::new(ShutdownReason::HostQmpQuit),
         display: std::sync::Mutex::new(None),
         cdrom: std::sync::Mutex::new(None),
+        usb: std::sync::Mutex::new(None),
     });
     let vm: Arc<dyn VmControl> = bridge.clone();
     let server = QmpServer::start_with_events(path, vm, events)

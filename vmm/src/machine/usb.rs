@@ -1,0 +1,581 @@
+//! USB in the machine: the xHCI controller of each boot, the devices plugged into it, and
+//! hot-plug, all of which outlive the boots.
+//!
+//! Data flow: [`Usb`] is made once per helper run with what vm.ron (or `--usb`) plugs in:
+//! the emulated tablet and keyboard and the host devices the user switched on. Every boot
+//! [`Usb::attach`] puts a fresh xHCI (1b36:000d) on PCI with its MSI-X vectors (KVM irqfds)
+//! and, on the Q35 platform, its INTA# line, plugs every device in, points the input router
+//! at the new tablet and keyboard, and starts the controller's completion worker: the
+//! thread that locks the controller whenever a device finished a transfer from another
+//! thread (a key press, a host device's bulk read). When the boot ends the worker stops and
+//! the host devices, still open, wait for the next boot's controller.
+//!
+//! Hot-plug (QMP `device_add`/`device_del`, which `hospesctl usb` and the app's switches
+//! send) goes through [`Usb::add`] and [`Usb::remove`]. A host device that leaves the host
+//! raises its gone signal; the hot-plug thread then takes it off its port (the guest sees a
+//! disconnect, the VM keeps running) and keeps it switched on: when a device it names
+//! comes back (the host's arrival watch), it is opened and plugged in again. A device
+//! passed as a file descriptor (the Flatpak portal) cannot be reopened by the helper; it is
+//! removed and DEVICE_DELETED tells the app.
+//!
+//! Lock order: the device list ([`Usb`]'s state), then the controller. vCPU threads take
+//! only the controller; completions and gone signals take neither (they queue).
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use hospes_core::config::UsbDevice as UsbId;
+use hospes_core::control::usb::{
+    UsbDeviceSpec, UsbDriver, UsbHostAddr, UsbHostSpec, UsbInfo, UsbSpeed as QmpSpeed,
+};
+use hospes_core::control::{ControlError, Event, EventSender};
+use hospes_devices::bus::lock;
+use hospes_devices::input::InputRouter;
+use hospes_devices::legacy::IrqLine;
+use hospes_devices::usb::hid::{UsbKeyboard, UsbTablet};
+use hospes_devices::usb::passthrough::HostUsb;
+use hospes_devices::usb::xhci::{CompletionWaiter, Xhci, XhciInterrupts};
+use hospes_devices::usb::{UsbDevice, UsbSpeed};
+
+use super::pci::PciSetup;
+use super::storage::PciIntx;
+use super::{Machine, MachineError};
+use crate::backends::usbfs::{self, ArrivalWatch, HostDevice, UsbSelector, UsbfsDevice};
+use crate::vstate::pci_kvm::KvmMsixVectors;
+
+/// MSI-X vectors of the controller (one per interrupter).
+const XHCI_VECTORS: u16 = 16;
+/// Ids of the devices vm.ron and `--usb` plug in.
+pub const TABLET_ID: &str = "tablet";
+pub const KEYBOARD_ID: &str = "keyboard";
+
+/// What is plugged into a port.
+enum Kind {
+    Tablet,
+    Keyboard,
+    Host {
+        /// How to find it again after it left the host; None for a portal descriptor.
+        selector: Option<UsbSelector>,
+        /// Open while it is on the host.
+        device: Option<Arc<UsbfsDevice>>,
+    },
+}
+
+struct Plugged {
+    id: String,
+    kind: Kind,
+    /// The controller port of this boot, while plugged in.
+    port: Option<u8>,
+    /// Told apart from an earlier opening of the same device, for gone signals.
+    generation: u64,
+}
+
+/// The controller of the boot in progress.
+struct Booted {
+    xhci: Arc<Mutex<Xhci>>,
+    waiter: CompletionWaiter,
+    worker: Option<JoinHandle<()>>,
+}
+
+struct State {
+    devices: Vec<Plugged>,
+    boot: Option<Booted>,
+    generation: u64,
+}
+
+/// What the hot-plug thread hears about.
+enum HotplugEvent {
+    Gone { id: String, generation: u64 },
+    Arrived(HostDevice),
+}
+
+/// Errors plugging in a device.
+#[derive(Debug, thiserror::Error)]
+pub enum UsbError {
+    #[error(transparent)]
+    Host(#[from] usbfs::UsbfsError),
+    #[error("cannot pass {0} through")]
+    Passthrough(
+        String,
+        #[source] hospes_devices::usb::passthrough::HostUsbError,
+    ),
+    #[error("the USB controller has no free port for {0}")]
+    NoPort(String, #[source] hospes_devices::usb::xhci::XhciError),
+    #[error("a USB device with id {0:?} is already plugged in")]
+    DuplicateId(String),
+    #[error("the USB controller cannot start")]
+    Controller(#[source] hospes_devices::usb::xhci::XhciError),
+    #[error("cannot start the USB hot-plug thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The VM's USB: see the module docs.
+pub struct Usb {
+    state: Mutex<State>,
+    input: Option<Arc<InputRouter>>,
+    hotplug: Sender<HotplugEvent>,
+    events: Mutex<Option<EventSender>>,
+    _arrivals: Mutex<Option<ArrivalWatch>>,
+}
+
+impl Usb {
+    /// USB with the tablet and keyboard (their input comes through `input`) and the host
+    /// devices `host` names; a host device that is not plugged in yet is plugged in when
+    /// it arrives. Starts the hot-plug thread.
+    pub fn new(input: Option<Arc<InputRouter>>, host: &[UsbId]) -> Result<Arc<Usb>, UsbError> {
+        let (tx, rx) = channel();
+        let usb = Arc::new(Usb {
+            state: Mutex::new(State {
+                devices: Vec::new(),
+                boot: None,
+                generation: 0,
+            }),
+            input,
+            hotplug: tx.clone(),
+            events: Mutex::new(None),
+            _arrivals: Mutex::new(None),
+        });
+        {
+            let mut state = lock(&usb.state);
+            for (id, kind) in [(TABLET_ID, Kind::Tablet), (KEYBOARD_ID, Kind::Keyboard)] {
+                state.devices.push(Plugged {
+                    id: id.into(),
+                    kind,
+                    port: None,
+                    generation: 0,
+                });
+            }
+        }
+        for (n, id) in host.iter().enumerate() {
+            let selector = UsbSelector::Id(*id);
+            // A device switched on but not plugged into the host waits for it.
+            if let Err(e) = usb.add_host(format!("usb{n}"), Some(selector), None) {
+                log::warn!("USB device {id}: {}", hospes_core::error_chain(&e));
+            }
+        }
+        let weak = Arc::downgrade(&usb);
+        std::thread::Builder::new()
+            .name("usb-hotplug".into())
+            .spawn(move || hotplug_loop(&weak, &rx))
+            .map_err(UsbError::Thread)?;
+        match usbfs::watch_arrivals(move |device| {
+            let _ = tx.send(HotplugEvent::Arrived(device));
+        }) {
+            Ok(watch) => *lock(&usb._arrivals) = Some(watch),
+            Err(e) => log::info!(
+                "USB devices that come back are not plugged in again: {}",
+                hospes_core::error_chain(&e)
+            ),
+        }
+        Ok(usb)
+    }
+
+    /// Where DEVICE_DELETED goes.
+    pub fn set_events(&self, events: EventSender) {
+        *lock(&self.events) = Some(events);
+    }
+
+    /// The device registration step of a boot: the controller on PCI, every device in a
+    /// port, the worker started; undone when the boot ends.
+    pub fn attach(
+        self: &Arc<Self>,
+        machine: &mut Machine,
+        pci: &mut PciSetup,
+    ) -> Result<(), MachineError> {
+        let setup = |what: &str, e: &dyn std::fmt::Display| {
+            MachineError::Setup(format!("USB controller: {what}: {e}"))
+        };
+        let router = pci
+            .router
+            .clone()
+            .ok_or_else(|| setup("MSI-X", &"no MSI routing"))?;
+        let vectors = Arc::new(
+            KvmMsixVectors::new(&machine.vm_fd, router, XHCI_VECTORS)
+                .map_err(|e| setup("MSI-X", &e))?,
+        );
+        // Direct kernel boot routes no PCI interrupts (its DSDT has no _PRT): MSI-X only.
+        let intx = machine
+            .chipset
+            .as_ref()
+            .map(|platform| Arc::new(PciIntx::new(machine.vm_fd.clone(), platform.lpc.clone())));
+        let line: Arc<dyn IrqLine> = match &intx {
+            Some(intx) => intx.clone(),
+            None => Arc::new(NoLine),
+        };
+        let xhci = Xhci::new(
+            machine.guest_memory.clone(),
+            XhciInterrupts {
+                msix: vectors.clone(),
+                routes: vectors,
+                intx: line,
+            },
+        )
+        .map_err(|e| setup("create", &e))?;
+        let xhci = Arc::new(Mutex::new(xhci));
+        let slot = pci.add_device(xhci.clone()).map_err(|e| setup("PCI", &e))?;
+        if let Some(intx) = intx {
+            intx.connect(slot);
+        }
+        let waiter = lock(&xhci).completion_waiter();
+        let worker = spawn_worker(&xhci, waiter.clone()).map_err(|e| setup("worker", &e))?;
+        let mut state = lock(&self.state);
+        state.boot = Some(Booted {
+            xhci,
+            waiter,
+            worker: Some(worker),
+        });
+        self.plug_all(&mut state);
+        drop(state);
+        let usb = self.clone();
+        machine.on_boot_end(move || usb.end_boot());
+        Ok(())
+    }
+
+    /// Plugs every device that is not in a port yet into this boot's controller.
+    fn plug_all(&self, state: &mut State) {
+        let Some(boot) = &state.boot else { return };
+        let xhci = boot.xhci.clone();
+        let mut keyboard = None;
+        let mut tablet = None;
+        for entry in state.devices.iter_mut().filter(|d| d.port.is_none()) {
+            let device: Box<dyn UsbDevice> = match &entry.kind {
+                Kind::Tablet => {
+                    let t = UsbTablet::new();
+                    tablet.get_or_insert(t.handle());
+                    Box::new(t)
+                }
+                Kind::Keyboard => {
+                    let k = UsbKeyboard::new();
+                    keyboard.get_or_insert(k.handle());
+                    Box::new(k)
+                }
+                Kind::Host {
+                    device: Some(host), ..
+                } => match self.passthrough(host, &entry.id, entry.generation) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        log::warn!("{}", hospes_core::error_chain(&e));
+                        continue;
+                    }
+                },
+                Kind::Host { device: None, .. } => continue,
+            };
+            match lock(&xhci).attach(device) {
+                Ok(port) => entry.port = Some(port),
+                Err(e) => log::warn!("USB device {}: {e}", entry.id),
+            }
+        }
+        if let Some(input) = &self.input
+            && (keyboard.is_some() || tablet.is_some())
+        {
+            input.set_usb(keyboard, tablet);
+        }
+    }
+
+    /// The guest's view of `host`, reporting its leaving to the hot-plug thread.
+    fn passthrough(
+        &self,
+        host: &Arc<UsbfsDevice>,
+        id: &str,
+        generation: u64,
+    ) -> Result<Box<dyn UsbDevice>, UsbError> {
+        let device = host
+            .passthrough()
+            .map_err(|e| UsbError::Passthrough(id.to_owned(), e))?;
+        let tx = self.hotplug.clone();
+        let id = id.to_owned();
+        device.on_gone(move || {
+            let _ = tx.send(HotplugEvent::Gone { id, generation });
+        });
+        Ok(Box::new(device))
+    }
+
+    /// The boot ended: its controller and worker go, the devices wait for the next one.
+    fn end_boot(&self) {
+        let mut state = lock(&self.state);
+        if let Some(mut boot) = state.boot.take() {
+            boot.waiter.stop();
+            if let Some(worker) = boot.worker.take() {
+                drop(state);
+                let _ = worker.join();
+                state = lock(&self.state);
+            }
+        }
+        for entry in &mut state.devices {
+            entry.port = None;
+        }
+        if let Some(input) = &self.input {
+            input.set_usb(None, None);
+        }
+    }
+
+    /// Opens a host device and plugs it in (now if a boot runs, else at the next boot).
+    fn add_host(
+        &self,
+        id: String,
+        selector: Option<UsbSelector>,
+        fd: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), UsbError> {
+        let mut state = lock(&self.state);
+        if state.devices.iter().any(|d| d.id == id) {
+            return Err(UsbError::DuplicateId(id));
+        }
+        let device = match (fd, &selector) {
+            (Some(fd), _) => Some(UsbfsDevice::from_fd(fd)?),
+            (None, Some(selector)) => match UsbfsDevice::open(selector) {
+                Ok(d) => Some(d),
+                // Switched on at start but not on the host yet: plugged in on arrival.
+                Err(usbfs::UsbfsError::NotFound(_)) if state.boot.is_none() => None,
+                Err(e) => return Err(e.into()),
+            },
+            (None, None) => None,
+        };
+        state.generation += 1;
+        let generation = state.generation;
+        state.devices.push(Plugged {
+            id,
+            kind: Kind::Host { selector, device },
+            port: None,
+            generation,
+        });
+        self.plug_all(&mut state);
+        Ok(())
+    }
+
+    /// QMP `device_add` of a USB device.
+    pub fn add(&self, spec: UsbDeviceSpec) -> Result<(), ControlError> {
+        let failed = |e: UsbError| ControlError::Failed(hospes_core::error_chain(&e));
+        match spec.driver {
+            UsbDriver::Host(host) => {
+                let UsbHostSpec {
+                    vendor_product,
+                    bus_addr,
+                    fd,
+                } = host;
+                let selector = match (bus_addr, vendor_product) {
+                    (Some((bus, address)), _) => Some(UsbSelector::BusAddress { bus, address }),
+                    (None, Some((vendor, product))) => {
+                        Some(UsbSelector::Id(UsbId { vendor, product }))
+                    }
+                    (None, None) => None,
+                };
+                if fd.is_none() && selector.is_none() {
+                    return Err(ControlError::Failed(
+                        "usb-host needs vendorid and productid, hostbus and hostaddr, or fd".into(),
+                    ));
+                }
+                // A device given by descriptor is not reopened after it left.
+                let selector = if fd.is_some() { None } else { selector };
+                if lock(&self.state).boot.is_none() {
+                    return Err(ControlError::Failed("the VM is not running".into()));
+                }
+                self.add_host(spec.id, selector, fd).map_err(failed)
+            }
+            UsbDriver::Tablet | UsbDriver::Keyboard => {
+                let kind = match spec.driver {
+                    UsbDriver::Tablet => Kind::Tablet,
+                    _ => Kind::Keyboard,
+                };
+                let mut state = lock(&self.state);
+                if state.devices.iter().any(|d| d.id == spec.id) {
+                    return Err(failed(UsbError::DuplicateId(spec.id)));
+                }
+                state.devices.push(Plugged {
+                    id: spec.id,
+                    kind,
+                    port: None,
+                    generation: 0,
+                });
+                self.plug_all(&mut state);
+                Ok(())
+            }
+        }
+    }
+
+    /// QMP `device_del`: unplugs `id`, then emits DEVICE_DELETED.
+    pub fn remove(&self, id: &str) -> Result<(), ControlError> {
+        let mut state = lock(&self.state);
+        let at = state
+            .devices
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or_else(|| ControlError::DeviceNotFound(id.to_owned()))?;
+        let entry = state.devices.remove(at);
+        if let (Some(port), Some(boot)) = (entry.port, &state.boot) {
+            drop(lock(&boot.xhci).detach(port));
+        }
+        drop(state);
+        // The host device (closed with `entry`) goes back to its host driver.
+        drop(entry);
+        self.deleted(id);
+        Ok(())
+    }
+
+    fn deleted(&self, id: &str) {
+        if let Some(events) = &*lock(&self.events) {
+            events.emit(Event::DeviceDeleted {
+                device: id.to_owned(),
+            });
+        }
+    }
+
+    /// QMP `query-usb`: the devices in a port now.
+    pub fn query(&self) -> Vec<UsbInfo> {
+        let state = lock(&self.state);
+        state
+            .devices
+            .iter()
+            .filter_map(|d| {
+                let port = d.port?;
+                let (vendorid, productid, speed, description, host) = match &d.kind {
+                    Kind::Tablet => (
+                        hospes_devices::usb::hid::VENDOR_ID,
+                        hospes_devices::usb::hid::tablet::PRODUCT_ID,
+                        UsbSpeed::Full,
+                        "Hospes USB Tablet".to_owned(),
+                        None,
+                    ),
+                    Kind::Keyboard => (
+                        hospes_devices::usb::hid::VENDOR_ID,
+                        hospes_devices::usb::hid::keyboard::PRODUCT_ID,
+                        UsbSpeed::Full,
+                        "Hospes USB Keyboard".to_owned(),
+                        None,
+                    ),
+                    Kind::Host { device, .. } => {
+                        let device = device.as_ref()?;
+                        // idVendor and idProduct (USB 2.0 Table 9-8, offsets 8 and 10).
+                        let d = device.device_descriptor();
+                        let word = |at: usize| {
+                            d.get(at..at + 2)
+                                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+                        };
+                        (
+                            word(8),
+                            word(10),
+                            device.speed(),
+                            device.description(),
+                            device
+                                .bus_address()
+                                .map(|(bus, addr)| UsbHostAddr { bus, addr }),
+                        )
+                    }
+                };
+                Some(UsbInfo {
+                    id: d.id.clone(),
+                    port: port.to_string(),
+                    vendorid,
+                    productid,
+                    speed: match speed {
+                        UsbSpeed::Low => QmpSpeed::Low,
+                        UsbSpeed::Full => QmpSpeed::Full,
+                        UsbSpeed::High => QmpSpeed::High,
+                        UsbSpeed::Super => QmpSpeed::Super,
+                    },
+                    description,
+                    host,
+                })
+            })
+            .collect()
+    }
+
+    /// A host device left: off its port; reopened when it comes back, unless it was a
+    /// portal descriptor, which only the app can open again.
+    fn gone(&self, id: &str, generation: u64) {
+        let mut state = lock(&self.state);
+        let Some(at) = state
+            .devices
+            .iter()
+            .position(|d| d.id == id && d.generation == generation)
+        else {
+            return;
+        };
+        if let (Some(port), Some(boot)) = (state.devices[at].port, &state.boot) {
+            drop(lock(&boot.xhci).detach(port));
+        }
+        let entry = &mut state.devices[at];
+        entry.port = None;
+        log::info!("USB device {id} left the host");
+        match &mut entry.kind {
+            Kind::Host {
+                selector: Some(_),
+                device,
+            } => *device = None,
+            _ => {
+                state.devices.remove(at);
+                drop(state);
+                self.deleted(id);
+            }
+        }
+    }
+
+    /// A device arrived on the host: plugs in the switched-on device it is.
+    fn arrived(&self, found: &HostDevice) {
+        let mut state = lock(&self.state);
+        let mut reopened = false;
+        let mut generation = state.generation;
+        for entry in &mut state.devices {
+            if let Kind::Host {
+                selector: Some(selector),
+                device: device @ None,
+            } = &mut entry.kind
+                && selector.matches(found)
+            {
+                match UsbfsDevice::open(&UsbSelector::BusAddress {
+                    bus: found.bus,
+                    address: found.address,
+                }) {
+                    Ok(d) => {
+                        generation += 1;
+                        entry.generation = generation;
+                        *device = Some(d);
+                        reopened = true;
+                        log::info!("USB device {} is back", entry.id);
+                    }
+                    Err(e) => {
+                        log::warn!("USB device {}: {}", entry.id, hospes_core::error_chain(&e))
+                    }
+                }
+                break;
+            }
+        }
+        state.generation = generation;
+        if reopened {
+            self.plug_all(&mut state);
+        }
+    }
+}
+
+fn hotplug_loop(usb: &std::sync::Weak<Usb>, rx: &Receiver<HotplugEvent>) {
+    while let Ok(event) = rx.recv() {
+        let Some(usb) = usb.upgrade() else { return };
+        match event {
+            HotplugEvent::Gone { id, generation } => usb.gone(&id, generation),
+            HotplugEvent::Arrived(device) => usb.arrived(&device),
+        }
+    }
+}
+
+/// The controller's completion worker: locks it whenever devices finished transfers.
+fn spawn_worker(
+    xhci: &Arc<Mutex<Xhci>>,
+    waiter: CompletionWaiter,
+) -> std::io::Result<JoinHandle<()>> {
+    let xhci = xhci.clone();
+    std::thread::Builder::new()
+        .name("xhci".into())
+        .spawn(move || {
+            while waiter.wait() {
+                lock(&xhci).process_completions();
+            }
+        })
+}
+
+/// A line that goes nowhere.
+struct NoLine;
+
+impl IrqLine for NoLine {
+    fn trigger(&self) {}
+    fn set_level(&self, _high: bool) {}
+}
