@@ -1141,6 +1141,7 @@ mod tests {
             port: "3-1".into(),
             manufacturer: None,
             product: None,
+            bus_addr: None,
         };
         let devices = scanned();
         let selector = UsbSelector::from(&listed);
