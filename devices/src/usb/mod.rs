@@ -15,12 +15,14 @@
 //! completion only queues its result and wakes the controller's worker, so a device may
 //! complete inside [`UsbDevice::submit`] on the vCPU thread, or from any other thread.
 
-pub mod xhci;
-
-use std::fmt;
-
 pub mod hid;
 pub mod passthrough;
+pub mod xhci;
+
+#[cfg(test)]
+mod end_to_end;
+
+use std::fmt;
 
 /// How fast a device talks, as the port reports it (xHCI 1.2 §7.2.2.1.1 Protocol Speed ID
 /// defaults).
