@@ -53,6 +53,9 @@ struct RouterState {
     last: Option<(u32, u32)>,
     /// Tablet buttons last sent (RFB mask).
     buttons: u8,
+    /// Where keyboard and pointer input went last, for the log.
+    key_target: Option<&'static str>,
+    pointer_target: Option<&'static str>,
 }
 
 /// The helper's input sink; see the module docs.
@@ -77,6 +80,8 @@ impl InputRouter {
                 usb_tablet: None,
                 last: None,
                 buttons: 0,
+                key_target: None,
+                pointer_target: None,
             }),
         }
     }
@@ -111,6 +116,15 @@ impl InputRouter {
         let mut s = lock(&self.state);
         s.usb_keyboard = keyboard;
         s.usb_tablet = tablet;
+    }
+}
+
+/// Logs where `what` input goes when that changes (the guest's driver for a device came
+/// up, or a reboot went back to PS/2): the line that says which device a guest uses.
+fn note_target(last: &mut Option<&'static str>, target: &'static str, what: &str) {
+    if *last != Some(target) {
+        *last = Some(target);
+        log::info!("{what} input goes to the {target}");
     }
 }
 
@@ -159,7 +173,13 @@ impl InputSink for InputRouter {
         let Some(code) = xt.filter(|&c| c != 0).or_else(|| keysym_to_xt(keysym)) else {
             return;
         };
-        let s = lock(&self.state);
+        let mut s = lock(&self.state);
+        let target = match () {
+            _ if s.keyboard.as_ref().is_some_and(|k| k.ready()) => "virtio-input keyboard",
+            _ if s.usb_keyboard.as_ref().is_some_and(|k| k.is_active()) => "USB keyboard",
+            _ => "PS/2 keyboard",
+        };
+        note_target(&mut s.key_target, target, "keyboard");
         if let Some(k) = s.keyboard.as_ref().filter(|k| k.ready()) {
             if let Some(ev) = xt_to_evdev(code) {
                 k.send(&[InputEvent {
@@ -182,6 +202,12 @@ impl InputSink for InputRouter {
 
     fn pointer(&self, x: u32, y: u32, buttons: u8, width: u32, height: u32) {
         let mut s = lock(&self.state);
+        let target = match () {
+            _ if s.tablet.as_ref().is_some_and(|t| t.ready()) => "virtio-input tablet",
+            _ if s.usb_tablet.as_ref().is_some_and(|t| t.is_active()) => "USB tablet",
+            _ => "PS/2 mouse",
+        };
+        note_target(&mut s.pointer_target, target, "pointer");
         if let Some(t) = s.tablet.clone().filter(|t| t.ready()) {
             t.send(&tablet_events(x, y, width, height, buttons, s.buttons));
             s.buttons = buttons;

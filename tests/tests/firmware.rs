@@ -825,3 +825,63 @@ fn grub_shows_its_menu_from_an_install_cd_and_follows_the_keyboard_as_under_qemu
     assert_same_screen(&menu, &qemu_menu, tempfile::tempdir().unwrap());
     assert_same_screen(&moved, &qemu_moved, dir);
 }
+
+#[test]
+fn seabios_drives_the_usb_keyboard_on_the_xhci_and_grub_follows_it() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let iso = grub_iso(dir.path());
+    let (first, second) = ((600, 72), (600, 88));
+    const GREY: u32 = 0x00a8_a8a8;
+    let qmp = dir.path().join("qmp.sock");
+    let log = dir.path().join("helper.log");
+    let mut ours = KillOnDrop(
+        Command::new(vmm_binary())
+            .args([
+                "--bios",
+                SEABIOS,
+                "-m",
+                "256M",
+                "--no-rng",
+                "--display",
+                "std-vga",
+                "--usb",
+            ])
+            .arg("--cdrom")
+            .arg(&iso)
+            .args(["--serial", "none", "--qmp"])
+            .arg(format!("unix:{}", qmp.display()))
+            // The firmware's 0x402 log and the input router's choices, at info level.
+            .env("HOSPES_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn hospes-vmm"),
+    );
+    let mut screen = Screen::connect(&qmp, dir.path().join("hospes.png"), false);
+    screen.wait_for(first.0, first.1, GREY);
+    screen.key("down");
+    let (w, _, moved) = screen.wait_for(second.0, second.1, GREY);
+    assert_ne!(
+        moved[(first.1 * w + first.0) as usize],
+        GREY,
+        "the bar left entry 1"
+    );
+    let _ = screen.client.quit();
+    let _ = wait_timeout(&mut ours.0, TIMEOUT);
+    let log = std::fs::read_to_string(&log).unwrap();
+    for line in [
+        // SeaBIOS's own xHCI driver found the controller and both devices' ports.
+        "firmware: XHCI init",
+        "firmware: USB keyboard initialized",
+        // The key went to the USB keyboard SeaBIOS polls, not to the PS/2 one.
+        "keyboard input goes to the USB keyboard",
+    ] {
+        assert!(
+            log.contains(line),
+            "no {line:?} in the helper's log:\n{log}"
+        );
+    }
+}

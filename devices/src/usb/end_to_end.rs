@@ -71,7 +71,11 @@ fn a_passed_through_device_enumerates_configures_and_moves_bulk_data_through_the
     };
     d.control(slot, set_configuration, 0);
     assert_eq!(code(&transfer_event(&mut d)), CompletionCode::Success as u8);
-    assert_eq!(stick.claimed(), [0], "configuration 1 claims interface 0 on the host");
+    assert_eq!(
+        stick.claimed(),
+        [0],
+        "configuration 1 claims interface 0 on the host"
+    );
 
     assert_eq!(
         d.configure_endpoints(slot, &[(BULK_IN_DCI, ep_type::BULK_IN, 512)]),
@@ -101,7 +105,10 @@ fn a_device_leaving_the_host_fails_its_transfer_and_its_port_disconnects() {
     assert_eq!(code(&transfer_event(&mut d)), CompletionCode::Success as u8);
     d.configure_endpoints(slot, &[(BULK_IN_DCI, ep_type::BULK_IN, 512)]);
     d.normal(slot, BULK_IN_DCI, DATA, 512);
-    assert!(d.events().is_empty(), "nothing to read yet: the transfer waits");
+    assert!(
+        d.events().is_empty(),
+        "nothing to read yet: the transfer waits"
+    );
 
     stick.vanish();
     let e = transfer_event(&mut d);
@@ -113,7 +120,9 @@ fn a_device_leaving_the_host_fails_its_transfer_and_its_port_disconnects() {
     assert_eq!(gone, Some(true), "the model reports the device gone");
 
     // What the helper's hot-plug thread does on the gone signal.
-    let device = lock(&d.xhci).detach(port).expect("the device was in its port");
+    let device = lock(&d.xhci)
+        .detach(port)
+        .expect("the device was in its port");
     assert!(device.is_gone());
     let events = d.events();
     assert!(
