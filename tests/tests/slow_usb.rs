@@ -445,6 +445,46 @@ fn assert_modules_loaded(text: &str, report: &str) {
     );
 }
 
+/// Checks the last listing in `text`: xhci-pci bound the controller (Linux registered its
+/// root hubs), and each of `devices` (vendor, product, product string) enumerated with its
+/// ids and string, `usbhid` bound its interface, and an input device is named
+/// "`manufacturer` product", as Linux names USB HID inputs (hid-input may add a suffix for
+/// a second application collection).
+fn check_hid_devices(
+    text: &str,
+    manufacturer: &str,
+    devices: &[(u16, u16, &str)],
+) -> Result<(), String> {
+    let (usb, inputs) = last_listing(text);
+    if !usb.iter().any(|e| {
+        e.name.starts_with("usb")
+            && e.id
+                .as_deref()
+                .is_some_and(|id| id.starts_with(ROOT_HUB_VENDOR))
+    }) {
+        return Err(format!("no xHCI root hub: {usb:?}"));
+    }
+    for &(vendor, product, name) in devices {
+        let id = sysfs_id(vendor, product);
+        let device = usb
+            .iter()
+            .find(|e| e.id.as_deref() == Some(id.as_str()) && e.product.as_deref() == Some(name))
+            .ok_or_else(|| format!("the guest did not list {id} \"{name}\": {usb:?}"))?;
+        let interface = format!("{}:", device.name);
+        if !usb
+            .iter()
+            .any(|e| e.name.starts_with(&interface) && e.driver.as_deref() == Some("usbhid"))
+        {
+            return Err(format!("usbhid did not bind {name}'s interface: {usb:?}"));
+        }
+        let input = format!("{manufacturer} {name}");
+        if !inputs.iter().any(|n| n.starts_with(&input)) {
+            return Err(format!("no input device named '{input}': {inputs:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// The host's usbfs node of device `vendor:product`, checked to open read-write (what
 /// passing it through takes).
 fn host_usb_node(vendor: u16, product: u16) -> PathBuf {
@@ -512,38 +552,8 @@ fn linux_drives_the_xhci_and_binds_the_usb_tablet_and_keyboard() {
     let report = vm.report();
     assert!(text.contains(LINGER_OVER), "{report}");
     assert_modules_loaded(&text, &report);
-    let (usb, inputs) = last_listing(&text);
-
-    // xhci-pci bound the controller: Linux registered its root hubs.
-    assert!(
-        usb.iter().any(|e| e.name.starts_with("usb")
-            && e.id
-                .as_deref()
-                .is_some_and(|id| id.starts_with(ROOT_HUB_VENDOR))),
-        "no xHCI root hub: {usb:?}; {report}"
-    );
-    // The tablet and keyboard enumerated with their ids and product strings, and their HID
-    // interfaces went to usbhid.
-    for (vendor, product, name) in [TABLET, KEYBOARD] {
-        let id = sysfs_id(vendor, product);
-        let device = usb
-            .iter()
-            .find(|e| e.id.as_deref() == Some(id.as_str()))
-            .unwrap_or_else(|| panic!("the guest did not list {id} ({name}): {usb:?}; {report}"));
-        assert_eq!(device.product.as_deref(), Some(name), "{device:?}");
-        let interface = format!("{}:", device.name);
-        assert!(
-            usb.iter()
-                .any(|e| e.name.starts_with(&interface) && e.driver.as_deref() == Some("usbhid")),
-            "usbhid did not bind {name}'s interface: {usb:?}; {report}"
-        );
-        // Linux names a USB HID input "<manufacturer> <product>" (hid-input may add a
-        // suffix for a second application collection).
-        let input = format!("Hospes {name}");
-        assert!(
-            inputs.iter().any(|n| n.starts_with(&input)),
-            "no input device named '{input}': {inputs:?}; {report}"
-        );
+    if let Err(e) = check_hid_devices(&text, "Hospes", &[TABLET, KEYBOARD]) {
+        panic!("{e}; {report}");
     }
     assert!(text.contains(POWERING_OFF), "{report}");
     assert!(status.is_some_and(|s| s.success()), "{status:?}; {report}");
@@ -633,7 +643,9 @@ fn a_host_usb_device_hot_plugged_through_qmp_reaches_linux() {
 // ---------------------------------------------------------------------------------------
 // The pure parts, run with the normal tests.
 
-/// Debian 12's lines for the wanted modules (abridged), compressed as trixie ships them.
+/// Lines shaped like a distribution's `modules.dep` for the wanted modules (Debian 12's
+/// 6.1 has these without xhci-pci-renesas and ships plain `.ko`; newer kernels add that
+/// module and compress), and one unrelated line.
 const MODULES_DEP: &str = "\
 kernel/drivers/usb/host/xhci-pci.ko.xz: kernel/drivers/usb/host/xhci-pci-renesas.ko.xz kernel/drivers/usb/host/xhci-hcd.ko.xz kernel/drivers/usb/core/usbcore.ko.xz kernel/drivers/usb/common/usb-common.ko.xz
 kernel/drivers/usb/host/xhci-pci-renesas.ko.xz: kernel/drivers/usb/host/xhci-hcd.ko.xz kernel/drivers/usb/core/usbcore.ko.xz kernel/drivers/usb/common/usb-common.ko.xz
@@ -826,4 +838,60 @@ fn test_device_ids_parse_as_hex_vendor_and_product() {
     assert!(parse_vid_pid("046d:xyz").is_err());
     assert!(parse_vid_pid("12345:0001").is_err());
     assert_eq!(sysfs_id(0x46d, 0xc52b), "046d:c52b");
+}
+
+/// The end of what Debian 12's kernel (6.1.0-57-amd64, modules from this initramfs) printed
+/// on QEMU's q35 with qemu-xhci, usb-tablet and usb-kbd: Hospes' devices must read alike.
+const QEMU_TRANSCRIPT: &str = "\
+hospes-init: loaded 06-xhci-pci.ko
+hospes-init: lingering 10 s
+hospes-init: /sys/bus/usb/devices:
+hospes-init: usb usb1 1d6b:0002 usb xHCI Host Controller
+hospes-init: linger over
+hospes-init: /sys/bus/usb/devices:
+hospes-init: usb 1-2:1.0 - usbhid -
+hospes-init: usb usb1 1d6b:0002 usb xHCI Host Controller
+hospes-init: usb 1-1 0627:0001 usb QEMU USB Tablet
+hospes-init: usb usb2 1d6b:0003 usb xHCI Host Controller
+hospes-init: usb 1-0:1.0 - hub -
+hospes-init: usb 1-2 0627:0001 usb QEMU USB Keyboard
+hospes-init: usb 1-1:1.0 - usbhid -
+hospes-init: usb 2-0:1.0 - hub -
+hospes-init: input N: Name=\"AT Translated Set 2 keyboard\"
+hospes-init: input N: Name=\"QEMU QEMU USB Tablet\"
+hospes-init: input N: Name=\"QEMU QEMU USB Keyboard\"
+hospes-init: powering off
+[   12.567627] reboot: Power down
+";
+
+const QEMU_DEVICES: &[(u16, u16, &str)] = &[
+    (0x0627, 0x0001, "QEMU USB Tablet"),
+    (0x0627, 0x0001, "QEMU USB Keyboard"),
+];
+
+#[test]
+fn the_hid_check_accepts_what_linux_printed_for_qemus_tablet_and_keyboard() {
+    assert_eq!(
+        check_hid_devices(QEMU_TRANSCRIPT, "QEMU", QEMU_DEVICES),
+        Ok(())
+    );
+}
+
+#[test]
+fn the_hid_check_names_what_is_missing() {
+    // Hospes' devices are not in QEMU's transcript.
+    let err = check_hid_devices(QEMU_TRANSCRIPT, "Hospes", &[TABLET]).unwrap_err();
+    assert!(err.contains("1209:7701"), "{err}");
+    // The tablet's interface without a driver.
+    let unbound = QEMU_TRANSCRIPT.replace("usb 1-1:1.0 - usbhid -", "usb 1-1:1.0 - - -");
+    let err = check_hid_devices(&unbound, "QEMU", QEMU_DEVICES).unwrap_err();
+    assert!(err.contains("usbhid did not bind QEMU USB Tablet"), "{err}");
+    // No input device made of it.
+    let no_input = QEMU_TRANSCRIPT.replace("Name=\"QEMU QEMU USB Keyboard\"", "Name=\"x\"");
+    let err = check_hid_devices(&no_input, "QEMU", QEMU_DEVICES).unwrap_err();
+    assert!(err.contains("'QEMU QEMU USB Keyboard'"), "{err}");
+    // No root hub: xhci-pci never bound the controller.
+    let no_hub = "hospes-init: /sys/bus/usb/devices:\nhospes-init: powering off\n";
+    let err = check_hid_devices(no_hub, "QEMU", QEMU_DEVICES).unwrap_err();
+    assert!(err.contains("root hub"), "{err}");
 }
