@@ -38,10 +38,11 @@ test-gui:
 
 test: deps check-style check-resources test-rust test-gui
 
-# Opt-in slow tier: real kernels and firmware (e.g. HOSPES_LINUX_KERNEL=/boot/vmlinuz-...),
+# Opt-in slow tier: real kernels and firmware (e.g. HOSPES_LINUX_KERNEL=/boot/vmlinuz-...;
+# the USB hot-plug test also needs HOSPES_USB_TEST_DEVICE=VVVV:PPPP, see docs/usb.md),
 # meant for a laptop with VT-x/AMD-V; not part of `make test`.
 test-slow: build
-	$(CARGO) test -p hospes-tests --test slow_linux -- --ignored
+	$(CARGO) test -p hospes-tests --test slow_linux --test slow_uefi --test slow_usb -- --ignored
 
 bench: deps
 	./scripts/bench.sh
