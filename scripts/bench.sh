@@ -14,6 +14,10 @@ echo
 echo "== display: full 1080p frames/s and small-update latency to an RFB client, vs qemu -vga std"
 target/release/display_bench
 echo
+echo "== USB: xHCI bulk IN into guest memory vs memcpy, and the tablet's QMP event -> guest report latency vs QEMU"
+cargo bench -q -p hospes-devices --bench xhci --features test-support
+target/release/usb_bench
+echo
 echo "== network through passt (guest -> host) and the audio path's latency through PipeWire"
 target/release/bench_io
 echo
