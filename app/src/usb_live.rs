@@ -138,8 +138,10 @@ pub fn switch(
         client.query_usb().and_then(|plugged| {
             match plugged
                 .iter()
-                .find(|d| (d.vendorid, d.productid) == ids && d.host.is_some())
-            {
+                // A host device: on the host now, or switched on and waiting for it.
+                .find(|d| {
+                    (d.vendorid, d.productid) == ids && (d.host.is_some() || d.port.is_empty())
+                }) {
                 Some(found) => client.device_del(&found.id),
                 // Not plugged in (it failed to plug in earlier): nothing to take out.
                 None => Ok(()),

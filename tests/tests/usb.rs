@@ -329,3 +329,85 @@ fn hospes_xhci_tablet_reports_a_qmp_move_and_click_as_qemu_does() {
         (qpress.buttons, qrelease.buttons)
     );
 }
+
+/// QMP hot-plug on the real helper: an emulated tablet plugged into a free port and out
+/// again (DEVICE_DELETED), and a host device the host does not have refused with a reason
+/// that names it, the VM running on throughout.
+#[test]
+fn qmp_plugs_devices_into_the_running_helpers_xhci_and_out_again() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("xhci", GuestKind::Pvh);
+    let serial = g.dir.path().join("serial.txt");
+    let qmp = g.dir.path().join("qmp.sock");
+    let _vm = KillOnDrop(
+        Command::new(vmm_binary())
+            .arg("--kernel")
+            .arg(&g.path)
+            .args(["-m", "64M", "--usb"])
+            .arg("--serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("--qmp")
+            .arg(format!("unix:{}", qmp.display()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn hospes-vmm"),
+    );
+    let text = wait_for_text(&serial, "READY", TIMEOUT);
+    assert!(text.contains("READY"), "{text}");
+    let mut client = QmpClient::connect(&qmp).expect("QMP");
+    let ports = |client: &mut QmpClient| {
+        let mut v: Vec<(String, String)> = client
+            .query_usb()
+            .expect("query-usb")
+            .into_iter()
+            .map(|d| (d.id, d.port))
+            .collect();
+        v.sort();
+        v
+    };
+    // --usb: the tablet and keyboard in the first USB 2 ports.
+    assert_eq!(
+        ports(&mut client),
+        [
+            ("keyboard".into(), "6".into()),
+            ("tablet".into(), "5".into())
+        ]
+    );
+    client
+        .execute(
+            "device_add",
+            Some(json!({"driver": "usb-tablet", "id": "tab2"})),
+        )
+        .expect("device_add usb-tablet");
+    assert!(
+        ports(&mut client).contains(&("tab2".into(), "7".into())),
+        "the next free USB 2 port"
+    );
+    client
+        .execute("device_del", Some(json!({"id": "tab2"})))
+        .expect("device_del");
+    let deleted = client
+        .wait_event("DEVICE_DELETED", Duration::from_secs(10))
+        .expect("DEVICE_DELETED");
+    assert_eq!(deleted.data["device"], "tab2", "{deleted:?}");
+    assert!(!ports(&mut client).iter().any(|(id, _)| id == "tab2"));
+
+    let refused = client
+        .execute(
+            "device_add",
+            Some(json!({"driver": "usb-host", "vendorid": 0x1234, "productid": 0x5678})),
+        )
+        .expect_err("no such host device");
+    assert!(
+        refused.to_string().contains("1234:5678"),
+        "the reason names the device: {refused}"
+    );
+    assert_eq!(
+        client.query_status().expect("query-status").status,
+        hospes_core::control::RunState::Running
+    );
+    let _ = client.quit();
+}

@@ -107,7 +107,10 @@ fn main() {
         }
         rows.push((who, times.len(), median(times)));
     }
-    println!("{:<24} {:>5} {:>22}", "tablet latency", "runs", "median press->report ms");
+    println!(
+        "{:<24} {:>5} {:>22}",
+        "tablet latency", "runs", "median press->report ms"
+    );
     for (who, n, m) in rows {
         let shown = m.map_or_else(|| "-".to_owned(), |m| format!("{m:.2}"));
         println!("{who:<24} {n:>5} {shown:>22}");

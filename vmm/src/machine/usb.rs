@@ -147,10 +147,12 @@ impl Usb {
                 });
             }
         }
-        for (n, id) in host.iter().enumerate() {
+        for id in host {
             let selector = UsbSelector::Id(*id);
+            // The id hospesctl and the app give a device they plug in by vendor:product.
+            let name = format!("usb-{:04x}-{:04x}", id.vendor, id.product);
             // A device switched on but not plugged into the host waits for it.
-            if let Err(e) = usb.add_host(format!("usb{n}"), Some(selector), None) {
+            if let Err(e) = usb.add_host(name, Some(selector), None) {
                 log::warn!("USB device {id}: {}", hospes_core::error_chain(&e));
             }
         }
@@ -420,14 +422,32 @@ impl Usb {
         }
     }
 
-    /// QMP `query-usb`: the devices in a port now.
+    /// QMP `query-usb`: the devices in a port now, and the host devices switched on that
+    /// wait for the host to have them (port `""`, speed unknown), so they can be removed.
     pub fn query(&self) -> Vec<UsbInfo> {
         let state = lock(&self.state);
         state
             .devices
             .iter()
             .filter_map(|d| {
-                let port = d.port?;
+                let Some(port) = d.port else {
+                    let Kind::Host {
+                        selector: Some(UsbSelector::Id(id)),
+                        device: None,
+                    } = &d.kind
+                    else {
+                        return None;
+                    };
+                    return Some(UsbInfo {
+                        id: d.id.clone(),
+                        port: String::new(),
+                        vendorid: id.vendor,
+                        productid: id.product,
+                        speed: QmpSpeed::Unknown,
+                        description: format!("{id} (not plugged into the host)"),
+                        host: None,
+                    });
+                };
                 let (vendorid, productid, speed, description, host) = match &d.kind {
                     Kind::Tablet => (
                         hospes_devices::usb::hid::VENDOR_ID,
