@@ -761,22 +761,46 @@ impl Screen {
     }
 }
 
-#[test]
-fn grub_shows_its_menu_from_an_install_cd_and_follows_the_keyboard_as_under_qemu() {
-    if skip_without_kvm() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let iso = grub_iso(dir.path());
-    // GRUB's menu in 80x25 text: the highlight bar (grey, 0xa8a8a8) on the first entry's
-    // row (4: pixels 64..80), then on the second's (5) after the Down key; sampled right
-    // of the entries' text, where the bar is plain.
-    let (first, second) = ((600, 72), (600, 88));
-    const GREY: u32 = 0x00a8_a8a8;
+/// GRUB's menu in 80x25 text: the highlight bar (grey, 0xa8a8a8) on the first entry's row
+/// (4: pixels 64..80), then on the second's (5) after the Down key; sampled right of the
+/// entries' text, where the bar is plain.
+const MENU_FIRST: (u32, u32) = (600, 72);
+const MENU_SECOND: (u32, u32) = (600, 88);
+const MENU_GREY: u32 = 0x00a8_a8a8;
 
-    let qmp = dir.path().join("qmp.sock");
-    let mut ours = KillOnDrop(
+/// Drives GRUB's menu on the VM whose QMP socket is `qmp`: waits for it, presses Down,
+/// waits for the bar to move, quits the VM. Returns (width, height, the menu, the moved
+/// menu); screendumps go to `png` (`png_format`: QEMU's needs asking for PNG).
+fn grub_menu_and_down(
+    qmp: &Path,
+    png: std::path::PathBuf,
+    png_format: bool,
+) -> (u32, u32, Vec<u32>, Vec<u32>) {
+    let mut screen = Screen::connect(qmp, png, png_format);
+    let (w, h, menu) = screen.wait_for(MENU_FIRST.0, MENU_FIRST.1, MENU_GREY);
+    screen.key("down");
+    let (_, _, moved) = screen.wait_for(MENU_SECOND.0, MENU_SECOND.1, MENU_GREY);
+    assert_ne!(
+        moved[(MENU_FIRST.1 * w + MENU_FIRST.0) as usize],
+        MENU_GREY,
+        "the bar left entry 1"
+    );
+    let _ = screen.client.quit();
+    (w, h, menu, moved)
+}
+
+/// hospes-vmm booting SeaBIOS with std-VGA and `iso` in the CD drive, QMP at `qmp`, `extra`
+/// flags and `env` variables, stderr to `stderr`.
+fn spawn_bios_cdrom(
+    iso: &Path,
+    qmp: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> KillOnDrop {
+    KillOnDrop(
         Command::new(vmm_binary())
+            .envs(env.iter().copied())
             .args([
                 "--bios",
                 SEABIOS,
@@ -786,26 +810,30 @@ fn grub_shows_its_menu_from_an_install_cd_and_follows_the_keyboard_as_under_qemu
                 "--display",
                 "std-vga",
             ])
+            .args(extra)
             .arg("--cdrom")
-            .arg(&iso)
+            .arg(iso)
             .args(["--serial", "none", "--qmp"])
             .arg(format!("unix:{}", qmp.display()))
             .stdin(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn hospes-vmm"),
-    );
-    let mut screen = Screen::connect(&qmp, dir.path().join("hospes.png"), false);
-    let (w, h, menu) = screen.wait_for(first.0, first.1, GREY);
+    )
+}
+
+#[test]
+fn grub_shows_its_menu_from_an_install_cd_and_follows_the_keyboard_as_under_qemu() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let iso = grub_iso(dir.path());
+
+    let qmp = dir.path().join("qmp.sock");
+    let mut ours = spawn_bios_cdrom(&iso, &qmp, &[], &[], Stdio::null());
+    let (w, h, menu, moved) = grub_menu_and_down(&qmp, dir.path().join("hospes.png"), false);
     assert_eq!((w, h), (720, 400), "GRUB's menu is in VGA text mode");
-    screen.key("down");
-    let (_, _, moved) = screen.wait_for(second.0, second.1, GREY);
-    assert_ne!(
-        moved[(first.1 * w + first.0) as usize],
-        GREY,
-        "the bar left entry 1"
-    );
-    let _ = screen.client.quit();
     let _ = wait_timeout(&mut ours.0, TIMEOUT);
 
     let qqmp = dir.path().join("qqmp.sock");
@@ -815,11 +843,8 @@ fn grub_shows_its_menu_from_an_install_cd_and_follows_the_keyboard_as_under_qemu
     qemu.arg("-qmp")
         .arg(format!("unix:{},server,nowait", qqmp.display()));
     let mut qemu = KillOnDrop(qemu.spawn().expect(QEMU_MISSING));
-    let mut theirs = Screen::connect(&qqmp, dir.path().join("qemu.png"), true);
-    let (_, _, qemu_menu) = theirs.wait_for(first.0, first.1, GREY);
-    theirs.key("down");
-    let (_, _, qemu_moved) = theirs.wait_for(second.0, second.1, GREY);
-    let _ = theirs.client.quit();
+    let (_, _, qemu_menu, qemu_moved) =
+        grub_menu_and_down(&qqmp, dir.path().join("qemu.png"), true);
     let _ = wait_timeout(&mut qemu.0, TIMEOUT);
 
     assert_same_screen(&menu, &qemu_menu, tempfile::tempdir().unwrap());
@@ -833,43 +858,12 @@ fn seabios_drives_the_usb_keyboard_on_the_xhci_and_grub_follows_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let iso = grub_iso(dir.path());
-    let (first, second) = ((600, 72), (600, 88));
-    const GREY: u32 = 0x00a8_a8a8;
     let qmp = dir.path().join("qmp.sock");
     let log = dir.path().join("helper.log");
-    let mut ours = KillOnDrop(
-        Command::new(vmm_binary())
-            .args([
-                "--bios",
-                SEABIOS,
-                "-m",
-                "256M",
-                "--no-rng",
-                "--display",
-                "std-vga",
-                "--usb",
-            ])
-            .arg("--cdrom")
-            .arg(&iso)
-            .args(["--serial", "none", "--qmp"])
-            .arg(format!("unix:{}", qmp.display()))
-            // The firmware's 0x402 log and the input router's choices, at info level.
-            .env("HOSPES_LOG", "info")
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn hospes-vmm"),
-    );
-    let mut screen = Screen::connect(&qmp, dir.path().join("hospes.png"), false);
-    screen.wait_for(first.0, first.1, GREY);
-    screen.key("down");
-    let (w, _, moved) = screen.wait_for(second.0, second.1, GREY);
-    assert_ne!(
-        moved[(first.1 * w + first.0) as usize],
-        GREY,
-        "the bar left entry 1"
-    );
-    let _ = screen.client.quit();
+    let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
+    // The firmware's 0x402 log and the input router's choices, at info level.
+    let mut ours = spawn_bios_cdrom(&iso, &qmp, &["--usb"], &[("HOSPES_LOG", "info")], stderr);
+    grub_menu_and_down(&qmp, dir.path().join("hospes.png"), false);
     let _ = wait_timeout(&mut ours.0, TIMEOUT);
     let log = std::fs::read_to_string(&log).unwrap();
     for line in [
