@@ -12,10 +12,10 @@
 //! (SET_REPORT) is kept and readable through [`UsbKeyboardHandle::leds`].
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use super::{HidCore, HidIdentity, HidReports, MAX_QUEUED_REPORTS, SUBCLASS_BOOT};
-use crate::usb::{Completion, Transfer, UsbDevice, UsbSpeed};
+use super::{
+    HidCore, HidDevice, HidHandle, HidIdentity, HidReports, MAX_QUEUED_REPORTS, SUBCLASS_BOOT,
+};
 
 /// The keyboard's product id under [`super::VENDOR_ID`].
 pub const PRODUCT_ID: u16 = 0x7702;
@@ -277,49 +277,18 @@ impl UsbKeyboardHandle {
 }
 
 /// The keyboard in a port of the xHCI controller.
-pub struct UsbKeyboard {
-    handle: Arc<UsbKeyboardHandle>,
-}
+pub type UsbKeyboard = HidDevice<UsbKeyboardHandle>;
 
-impl Default for UsbKeyboard {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+impl HidHandle for UsbKeyboardHandle {
+    type Reports = KeyboardReports;
 
-impl UsbKeyboard {
-    pub fn new() -> Self {
+    fn create() -> Self {
         Self {
-            handle: Arc::new(UsbKeyboardHandle {
-                core: HidCore::new(&IDENTITY, KeyboardReports::new()),
-            }),
+            core: HidCore::new(&IDENTITY, KeyboardReports::new()),
         }
     }
 
-    /// The handle input goes through (give it to [`crate::input::InputRouter::set_usb`]).
-    pub fn handle(&self) -> Arc<UsbKeyboardHandle> {
-        self.handle.clone()
-    }
-}
-
-impl UsbDevice for UsbKeyboard {
-    fn speed(&self) -> UsbSpeed {
-        UsbSpeed::Full
-    }
-
-    fn reset(&mut self) {
-        self.handle.core.reset();
-    }
-
-    fn submit(&mut self, transfer: Transfer, done: Completion) {
-        self.handle.core.submit(transfer, done);
-    }
-
-    fn cancel(&mut self, endpoint: u8) {
-        self.handle.core.cancel(endpoint);
-    }
-
-    fn description(&self) -> String {
-        self.handle.core.identity().description.to_string()
+    fn core(&self) -> &HidCore<KeyboardReports> {
+        &self.core
     }
 }

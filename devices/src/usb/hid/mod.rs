@@ -26,14 +26,14 @@ pub mod tablet;
 pub(crate) mod tests;
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use keyboard::{UsbKeyboard, UsbKeyboardHandle, xt_to_hid};
 pub use tablet::{UsbTablet, UsbTabletHandle};
 
 use super::{
-    Completion, SetupPacket, Transfer, TransferKind, TransferResult, TransferStatus, descriptor,
-    request,
+    Completion, SetupPacket, Transfer, TransferKind, TransferResult, TransferStatus, UsbDevice,
+    UsbSpeed, descriptor, request,
 };
 use crate::bus::lock;
 
@@ -285,6 +285,62 @@ enum Reply {
     /// Done, no data back.
     Out,
     Stall,
+}
+
+/// The input side of a HID device ([`UsbTabletHandle`], [`UsbKeyboardHandle`]): what the
+/// router calls, around the [`HidCore`] it shares with the device in the port.
+pub trait HidHandle: Send + Sync + 'static {
+    type Reports: HidReports;
+    /// The handle of a fresh, unconfigured device.
+    fn create() -> Self;
+    fn core(&self) -> &HidCore<Self::Reports>;
+}
+
+/// A HID device in a port of the xHCI controller ([`UsbTablet`], [`UsbKeyboard`]): every
+/// request goes to the [`HidCore`] it shares with its handle.
+pub struct HidDevice<H> {
+    handle: Arc<H>,
+}
+
+impl<H: HidHandle> HidDevice<H> {
+    pub fn new() -> Self {
+        Self {
+            handle: Arc::new(H::create()),
+        }
+    }
+
+    /// The handle input goes through (give it to [`crate::input::InputRouter::set_usb`]).
+    pub fn handle(&self) -> Arc<H> {
+        self.handle.clone()
+    }
+}
+
+impl<H: HidHandle> Default for HidDevice<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H: HidHandle> UsbDevice for HidDevice<H> {
+    fn speed(&self) -> UsbSpeed {
+        UsbSpeed::Full
+    }
+
+    fn reset(&mut self) {
+        self.handle.core().reset();
+    }
+
+    fn submit(&mut self, transfer: Transfer, done: Completion) {
+        self.handle.core().submit(transfer, done);
+    }
+
+    fn cancel(&mut self, endpoint: u8) {
+        self.handle.core().cancel(endpoint);
+    }
+
+    fn description(&self) -> String {
+        self.handle.core().identity().description.to_string()
+    }
 }
 
 /// The core of a HID device: its identity and its state, shared between the device in

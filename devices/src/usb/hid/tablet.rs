@@ -10,10 +10,8 @@
 //! transfers on endpoint 0x81 take the reports (see [`super`]).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use super::{HidCore, HidIdentity, HidReports, MAX_QUEUED_REPORTS};
-use crate::usb::{Completion, Transfer, UsbDevice, UsbSpeed};
+use super::{HidCore, HidDevice, HidHandle, HidIdentity, HidReports, MAX_QUEUED_REPORTS};
 
 /// The tablet's product id under [`super::VENDOR_ID`].
 pub const PRODUCT_ID: u16 = 0x7701;
@@ -192,49 +190,18 @@ fn scale(v: u32, size: u32) -> u16 {
 }
 
 /// The tablet in a port of the xHCI controller.
-pub struct UsbTablet {
-    handle: Arc<UsbTabletHandle>,
-}
+pub type UsbTablet = HidDevice<UsbTabletHandle>;
 
-impl Default for UsbTablet {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+impl HidHandle for UsbTabletHandle {
+    type Reports = TabletReports;
 
-impl UsbTablet {
-    pub fn new() -> Self {
+    fn create() -> Self {
         Self {
-            handle: Arc::new(UsbTabletHandle {
-                core: HidCore::new(&IDENTITY, TabletReports::new()),
-            }),
+            core: HidCore::new(&IDENTITY, TabletReports::new()),
         }
     }
 
-    /// The handle input goes through (give it to [`crate::input::InputRouter::set_usb`]).
-    pub fn handle(&self) -> Arc<UsbTabletHandle> {
-        self.handle.clone()
-    }
-}
-
-impl UsbDevice for UsbTablet {
-    fn speed(&self) -> UsbSpeed {
-        UsbSpeed::Full
-    }
-
-    fn reset(&mut self) {
-        self.handle.core.reset();
-    }
-
-    fn submit(&mut self, transfer: Transfer, done: Completion) {
-        self.handle.core.submit(transfer, done);
-    }
-
-    fn cancel(&mut self, endpoint: u8) {
-        self.handle.core.cancel(endpoint);
-    }
-
-    fn description(&self) -> String {
-        self.handle.core.identity().description.to_string()
+    fn core(&self) -> &HidCore<TabletReports> {
+        &self.core
     }
 }
