@@ -6,6 +6,7 @@
 //! `bzimage.ld`) into a temporary directory; [`run_vmm`] spawns `hospes-vmm` on it, with
 //! stdout (COM1) and stderr captured, and kills it at a deadline.
 
+pub mod initramfs;
 pub mod peers;
 pub mod rfb;
 

@@ -233,57 +233,9 @@ fn sysfs_id(vendor: u16, product: u16) -> String {
 // ---------------------------------------------------------------------------------------
 // The boot.
 
-/// One `newc` cpio entry (what the kernel unpacks as an initramfs).
-fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-    let fields = [
-        0, // inode
-        mode,
-        0, // uid
-        0, // gid
-        1, // nlink
-        0, // mtime
-        u32::try_from(data.len()).expect("a cpio member is under 4 GiB"),
-        0, // dev major
-        0, // dev minor
-        rdev.0,
-        rdev.1,
-        u32::try_from(name.len() + 1).expect("a short name"),
-        0, // check
-    ];
-    out.extend_from_slice(b"070701");
-    for f in fields {
-        out.extend_from_slice(format!("{f:08x}").as_bytes());
-    }
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-    out.extend_from_slice(data);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-}
-
 /// The initramfs in `dir`: `/init` built from init.c, the USB modules of `modules` (a
 /// modules directory) under `/lib/m`, and `/mods` listing them in load order.
 fn initramfs(dir: &Path, modules: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/linux/init.c");
-    let init = dir.join("init");
-    let built = Command::new("gcc")
-        .args([
-            "-static",
-            "-nostdlib",
-            "-ffreestanding",
-            "-fno-stack-protector",
-        ])
-        .args(["-O2", "-o"])
-        .arg(&init)
-        .arg(&src)
-        .status()
-        .expect("run gcc");
-    assert!(built.success(), "gcc failed on {}", src.display());
-
     let read = |name: &str| std::fs::read_to_string(modules.join(name));
     let dep = read("modules.dep").unwrap_or_else(|e| {
         panic!(
@@ -297,27 +249,18 @@ fn initramfs(dir: &Path, modules: &Path) -> PathBuf {
         .load_order(WANTED_MODULES, &builtin)
         .unwrap_or_else(|e| panic!("{}: {e}", modules.display()));
 
-    let mut cpio = Vec::new();
-    for d in ["dev", "proc", "sys", "lib", "lib/m"] {
-        cpio_entry(&mut cpio, d, 0o040755, (0, 0), &[]);
-    }
-    cpio_entry(&mut cpio, "dev/console", 0o020600, (5, 1), &[]);
+    let mut extra = Vec::new();
     let mut list = String::new();
     for (i, file) in order.iter().enumerate() {
         let base = file.rsplit('/').next().unwrap_or(file);
         let name = format!("lib/m/{i:02}-{base}");
         let data = std::fs::read(modules.join(file))
             .unwrap_or_else(|e| panic!("{}/{file}: {e}", modules.display()));
-        cpio_entry(&mut cpio, &name, 0o100644, (0, 0), &data);
         list.push_str(&format!("/{name}\n"));
+        extra.push((name, 0o100644, data));
     }
-    cpio_entry(&mut cpio, "mods", 0o100644, (0, 0), list.as_bytes());
-    let init = std::fs::read(&init).expect("read the built /init");
-    cpio_entry(&mut cpio, "init", 0o100755, (0, 0), &init);
-    cpio_entry(&mut cpio, "TRAILER!!!", 0, (0, 0), &[]);
-    let path = dir.join("initramfs.cpio");
-    std::fs::write(&path, cpio).expect("write the initramfs");
-    path
+    extra.push(("mods".to_owned(), 0o100644, list.into_bytes()));
+    hospes_tests::initramfs::build(dir, &["lib", "lib/m"], &extra)
 }
 
 /// `hospes-vmm --usb` running the kernel, killed on drop; COM1 goes to `serial`, the
