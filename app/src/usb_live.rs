@@ -185,7 +185,7 @@ mod tests {
 
     use hospes_core::config::Size;
     use hospes_core::control::fake::FakeVm;
-    use hospes_core::control::{EventSender, QmpServer, QmpServerHandle, VmControl};
+    use hospes_core::control::{QmpServerHandle, VmControl};
     use hospes_core::library::{CreateRequest, HostResources, Library, Preset};
 
     fn id(text: &str) -> UsbDevice {
@@ -203,11 +203,7 @@ mod tests {
     fn running_vm() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("qmp.sock");
-        let events = EventSender::new();
-        let vm = Arc::new(FakeVm::new(events.clone()));
-        let server =
-            QmpServer::start_with_events(&socket, Arc::clone(&vm) as Arc<dyn VmControl>, events)
-                .unwrap();
+        let (vm, server) = FakeVm::serve(&socket).unwrap();
         let library = Library::open(dir.path().join("machines"))
             .unwrap()
             .with_host_resources(HostResources {

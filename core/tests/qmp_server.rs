@@ -28,10 +28,7 @@ struct Fixture {
 fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qmp.sock");
-    let events = EventSender::new();
-    let vm = Arc::new(FakeVm::new(events.clone()));
-    let server =
-        QmpServer::start_with_events(&path, Arc::clone(&vm) as Arc<dyn VmControl>, events).unwrap();
+    let (vm, server) = FakeVm::serve(&path).unwrap();
     Fixture {
         _dir: dir,
         path,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hospes_core::control::client::{ClientError, QmpClient, UsbAddRequest, UsbTarget};
 use hospes_core::control::fake::FakeVm;
 use hospes_core::control::usb::{UsbHostAddr, UsbSpeed};
-use hospes_core::control::{ErrorClass, EventSender, QmpServer, QmpServerHandle, VmControl};
+use hospes_core::control::{ErrorClass, QmpServerHandle, VmControl};
 use serde_json::json;
 
 struct Fixture {
@@ -24,10 +24,7 @@ struct Fixture {
 fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qmp.sock");
-    let events = EventSender::new();
-    let vm = Arc::new(FakeVm::new(events.clone()));
-    let server =
-        QmpServer::start_with_events(&path, Arc::clone(&vm) as Arc<dyn VmControl>, events).unwrap();
+    let (vm, server) = FakeVm::serve(&path).unwrap();
     Fixture {
         dir,
         path,

@@ -641,7 +641,6 @@ struct FakeRunning {
 
 impl FakeRunning {
     fn start(ctl: &Ctl, id: &str) -> FakeRunning {
-        use hospes_core::control::{EventSender, QmpServer, VmControl};
         use std::os::unix::process::CommandExt;
         let process = Command::new("sleep")
             .arg0(format!("hospes-vmm: {id}"))
@@ -651,14 +650,8 @@ impl FakeRunning {
         let runtime = ctl.path("run/hospes").join(id);
         fs::create_dir_all(&runtime).unwrap();
         fs::write(runtime.join("pid"), process.id().to_string()).unwrap();
-        let events = EventSender::new();
-        let vm = std::sync::Arc::new(hospes_core::control::fake::FakeVm::new(events.clone()));
-        let server = QmpServer::start_with_events(
-            &runtime.join("qmp.sock"),
-            std::sync::Arc::clone(&vm) as std::sync::Arc<dyn VmControl>,
-            events,
-        )
-        .unwrap();
+        let (vm, server) =
+            hospes_core::control::fake::FakeVm::serve(&runtime.join("qmp.sock")).unwrap();
         FakeRunning {
             process,
             vm,

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::block::{BlockInfo, CDROM_ID, open_disc_image};
-use super::server::{EventSender, QmpServer, ServerError};
+use super::server::{EventSender, QmpServer, QmpServerHandle, ServerError};
 use super::usb::{UsbDeviceSpec, UsbDriver, UsbHostAddr, UsbInfo, UsbSpeed};
 use super::{ControlError, Event, RunState, ShutdownReason, VmControl, parse_unix_endpoint};
 
@@ -110,6 +110,16 @@ impl FakeVm {
             host_usb: default_host_usb(),
             usb: Mutex::default(),
         }
+    }
+
+    /// A running fake VM serving QMP on a socket at `path`: the one set-up of the fake
+    /// helper and of every test that talks to it over a real socket.
+    pub fn serve(path: &Path) -> Result<(Arc<FakeVm>, QmpServerHandle), ServerError> {
+        let events = EventSender::new();
+        let vm = Arc::new(FakeVm::new(events.clone()));
+        let server =
+            QmpServer::start_with_events(path, Arc::clone(&vm) as Arc<dyn VmControl>, events)?;
+        Ok((vm, server))
     }
 
     fn usb(&self) -> MutexGuard<'_, Vec<FakeUsb>> {
@@ -435,9 +445,7 @@ pub fn run_fake_helper(args: impl IntoIterator<Item = OsString>) -> Result<(), F
     if let Some(serial) = &args.serial {
         start_echo_serial(serial.clone()).map_err(FakeError::Serial)?;
     }
-    let events = EventSender::new();
-    let vm = Arc::new(FakeVm::new(events.clone()));
-    let server = QmpServer::start_with_events(&qmp, Arc::clone(&vm) as Arc<dyn VmControl>, events)?;
+    let (vm, server) = FakeVm::serve(&qmp)?;
     log::info!("fake VM '{}' serving QMP on {}", args.name, qmp.display());
     loop {
         let requests = vm.wait_request(Duration::from_secs(3600));
