@@ -162,6 +162,17 @@ pub trait HostUsb: Send + Sync {
     /// (wTotalLength bytes each), in descriptor index order.
     fn configuration_descriptors(&self) -> &[Vec<u8>];
 
+    /// idVendor and idProduct from the device descriptor (offsets 8 and 10); 0 where the
+    /// descriptor is too short.
+    fn vendor_product(&self) -> (u16, u16) {
+        let d = self.device_descriptor();
+        let word = |at: usize| {
+            d.get(at..at + 2)
+                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+        };
+        (word(8), word(10))
+    }
+
     /// How fast the device is plugged in.
     fn speed(&self) -> UsbSpeed;
 

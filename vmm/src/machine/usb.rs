@@ -21,6 +21,7 @@
 //! Lock order: the device list ([`Usb`]'s state), then the controller. vCPU threads take
 //! only the controller; completions and gone signals take neither (they queue).
 
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,7 +34,7 @@ use hospes_core::control::{ControlError, Event, EventSender};
 use hospes_devices::bus::lock;
 use hospes_devices::input::InputRouter;
 use hospes_devices::legacy::IrqLine;
-use hospes_devices::usb::hid::{UsbKeyboard, UsbTablet};
+use hospes_devices::usb::hid::{self, UsbKeyboard, UsbKeyboardHandle, UsbTablet, UsbTabletHandle};
 use hospes_devices::usb::passthrough::HostUsb;
 use hospes_devices::usb::xhci::{CompletionWaiter, Xhci, XhciInterrupts};
 use hospes_devices::usb::{UsbDevice, UsbSpeed};
@@ -52,8 +53,9 @@ pub const KEYBOARD_ID: &str = "keyboard";
 
 /// What is plugged into a port.
 enum Kind {
-    Tablet,
-    Keyboard,
+    /// With the input handle of this boot's device, while it is in a port.
+    Tablet(Option<Arc<UsbTabletHandle>>),
+    Keyboard(Option<Arc<UsbKeyboardHandle>>),
     Host {
         /// How to find it again after it left the host; None for a portal descriptor.
         selector: Option<UsbSelector>,
@@ -138,7 +140,10 @@ impl Usb {
         });
         {
             let mut state = lock(&usb.state);
-            for (id, kind) in [(TABLET_ID, Kind::Tablet), (KEYBOARD_ID, Kind::Keyboard)] {
+            for (id, kind) in [
+                (TABLET_ID, Kind::Tablet(None)),
+                (KEYBOARD_ID, Kind::Keyboard(None)),
+            ] {
                 state.devices.push(Plugged {
                     id: id.into(),
                     kind,
@@ -238,18 +243,16 @@ impl Usb {
     fn plug_all(&self, state: &mut State) {
         let Some(boot) = &state.boot else { return };
         let xhci = boot.xhci.clone();
-        let mut keyboard = None;
-        let mut tablet = None;
         for entry in state.devices.iter_mut().filter(|d| d.port.is_none()) {
-            let device: Box<dyn UsbDevice> = match &entry.kind {
-                Kind::Tablet => {
+            let device: Box<dyn UsbDevice> = match &mut entry.kind {
+                Kind::Tablet(handle) => {
                     let t = UsbTablet::new();
-                    tablet.get_or_insert(t.handle());
+                    *handle = Some(t.handle());
                     Box::new(t)
                 }
-                Kind::Keyboard => {
+                Kind::Keyboard(handle) => {
                     let k = UsbKeyboard::new();
-                    keyboard.get_or_insert(k.handle());
+                    *handle = Some(k.handle());
                     Box::new(k)
                 }
                 Kind::Host {
@@ -268,11 +271,22 @@ impl Usb {
                 Err(e) => log::warn!("USB device {}: {e}", entry.id),
             }
         }
-        if let Some(input) = &self.input
-            && (keyboard.is_some() || tablet.is_some())
-        {
-            input.set_usb(keyboard, tablet);
-        }
+        self.route_input(state);
+    }
+
+    /// Points the input router at the first tablet and keyboard in a port.
+    fn route_input(&self, state: &State) {
+        let Some(input) = &self.input else { return };
+        let plugged = || state.devices.iter().filter(|d| d.port.is_some());
+        let tablet = plugged().find_map(|d| match &d.kind {
+            Kind::Tablet(handle) => handle.clone(),
+            _ => None,
+        });
+        let keyboard = plugged().find_map(|d| match &d.kind {
+            Kind::Keyboard(handle) => handle.clone(),
+            _ => None,
+        });
+        input.set_usb(keyboard, tablet);
     }
 
     /// The guest's view of `host`, reporting its leaving to the hot-plug thread.
@@ -306,13 +320,18 @@ impl Usb {
         }
         for entry in &mut state.devices {
             entry.port = None;
+            if let Kind::Tablet(handle) = &mut entry.kind {
+                *handle = None;
+            }
+            if let Kind::Keyboard(handle) = &mut entry.kind {
+                *handle = None;
+            }
         }
-        if let Some(input) = &self.input {
-            input.set_usb(None, None);
-        }
+        self.route_input(&state);
     }
 
-    /// Opens a host device and plugs it in (now if a boot runs, else at the next boot).
+    /// Opens a host device, from the portal's descriptor `fd` or else by `selector`, and
+    /// plugs it in (now if a boot runs, else at the next boot).
     fn add_host(
         &self,
         id: String,
@@ -320,9 +339,6 @@ impl Usb {
         fd: Option<std::os::fd::OwnedFd>,
     ) -> Result<(), UsbError> {
         let mut state = lock(&self.state);
-        if state.devices.iter().any(|d| d.id == id) {
-            return Err(UsbError::DuplicateId(id));
-        }
         let device = match (fd, &selector) {
             (Some(fd), _) => Some(UsbfsDevice::from_fd(fd)?),
             (None, Some(selector)) => match UsbfsDevice::open(selector) {
@@ -333,66 +349,61 @@ impl Usb {
             },
             (None, None) => None,
         };
+        self.push(&mut state, id, Kind::Host { selector, device })
+    }
+
+    /// Adds a device to the list and plugs it in if a boot runs.
+    fn push(&self, state: &mut State, id: String, kind: Kind) -> Result<(), UsbError> {
+        if state.devices.iter().any(|d| d.id == id) {
+            return Err(UsbError::DuplicateId(id));
+        }
         state.generation += 1;
         let generation = state.generation;
         state.devices.push(Plugged {
             id,
-            kind: Kind::Host { selector, device },
+            kind,
             port: None,
             generation,
         });
-        self.plug_all(&mut state);
+        self.plug_all(state);
         Ok(())
     }
 
     /// QMP `device_add` of a USB device.
     pub fn add(&self, spec: UsbDeviceSpec) -> Result<(), ControlError> {
         let failed = |e: UsbError| ControlError::Failed(hospes_core::error_chain(&e));
-        match spec.driver {
-            UsbDriver::Host(host) => {
-                let UsbHostSpec {
-                    vendor_product,
-                    bus_addr,
-                    fd,
-                } = host;
-                let selector = match (bus_addr, vendor_product) {
-                    (Some((bus, address)), _) => Some(UsbSelector::BusAddress { bus, address }),
-                    (None, Some((vendor, product))) => {
+        let kind = match spec.driver {
+            UsbDriver::Host(UsbHostSpec {
+                vendor_product,
+                bus_addr,
+                fd,
+            }) => {
+                let selector = match (&fd, bus_addr, vendor_product) {
+                    // A device given by descriptor is not reopened after it left.
+                    (Some(_), _, _) => None,
+                    (None, Some((bus, address)), _) => {
+                        Some(UsbSelector::BusAddress { bus, address })
+                    }
+                    (None, None, Some((vendor, product))) => {
                         Some(UsbSelector::Id(UsbId { vendor, product }))
                     }
-                    (None, None) => None,
+                    (None, None, None) => {
+                        return Err(ControlError::Failed(
+                            "usb-host needs vendorid and productid, hostbus and hostaddr, or fd"
+                                .into(),
+                        ));
+                    }
                 };
-                if fd.is_none() && selector.is_none() {
-                    return Err(ControlError::Failed(
-                        "usb-host needs vendorid and productid, hostbus and hostaddr, or fd".into(),
-                    ));
-                }
-                // A device given by descriptor is not reopened after it left.
-                let selector = if fd.is_some() { None } else { selector };
                 if lock(&self.state).boot.is_none() {
                     return Err(ControlError::Failed("the VM is not running".into()));
                 }
-                self.add_host(spec.id, selector, fd).map_err(failed)
+                return self.add_host(spec.id, selector, fd).map_err(failed);
             }
-            UsbDriver::Tablet | UsbDriver::Keyboard => {
-                let kind = match spec.driver {
-                    UsbDriver::Tablet => Kind::Tablet,
-                    _ => Kind::Keyboard,
-                };
-                let mut state = lock(&self.state);
-                if state.devices.iter().any(|d| d.id == spec.id) {
-                    return Err(failed(UsbError::DuplicateId(spec.id)));
-                }
-                state.devices.push(Plugged {
-                    id: spec.id,
-                    kind,
-                    port: None,
-                    generation: 0,
-                });
-                self.plug_all(&mut state);
-                Ok(())
-            }
-        }
+            UsbDriver::Tablet => Kind::Tablet(None),
+            UsbDriver::Keyboard => Kind::Keyboard(None),
+        };
+        let mut state = lock(&self.state);
+        self.push(&mut state, spec.id, kind).map_err(failed)
     }
 
     /// QMP `device_del`: unplugs `id`, then emits DEVICE_DELETED.
@@ -407,6 +418,7 @@ impl Usb {
         if let (Some(port), Some(boot)) = (entry.port, &state.boot) {
             drop(lock(&boot.xhci).detach(port));
         }
+        self.route_input(&state);
         drop(state);
         // The host device (closed with `entry`) goes back to its host driver.
         drop(entry);
@@ -426,6 +438,14 @@ impl Usb {
     /// wait for the host to have them (port `""`, speed unknown), so they can be removed.
     pub fn query(&self) -> Vec<UsbInfo> {
         let state = lock(&self.state);
+        // What the devices in the ports say of themselves.
+        let in_port: HashMap<u8, (UsbSpeed, String)> = match &state.boot {
+            Some(boot) => lock(&boot.xhci)
+                .ports()
+                .map(|(port, d)| (port, (d.speed(), d.description())))
+                .collect(),
+            None => HashMap::new(),
+        };
         state
             .devices
             .iter()
@@ -448,37 +468,16 @@ impl Usb {
                         host: None,
                     });
                 };
-                let (vendorid, productid, speed, description, host) = match &d.kind {
-                    Kind::Tablet => (
-                        hospes_devices::usb::hid::VENDOR_ID,
-                        hospes_devices::usb::hid::tablet::PRODUCT_ID,
-                        UsbSpeed::Full,
-                        "Hospes USB Tablet".to_owned(),
-                        None,
-                    ),
-                    Kind::Keyboard => (
-                        hospes_devices::usb::hid::VENDOR_ID,
-                        hospes_devices::usb::hid::keyboard::PRODUCT_ID,
-                        UsbSpeed::Full,
-                        "Hospes USB Keyboard".to_owned(),
-                        None,
-                    ),
+                let (speed, description) = in_port.get(&port)?.clone();
+                let ((vendorid, productid), host) = match &d.kind {
+                    Kind::Tablet(_) => ((hid::VENDOR_ID, hid::tablet::PRODUCT_ID), None),
+                    Kind::Keyboard(_) => ((hid::VENDOR_ID, hid::keyboard::PRODUCT_ID), None),
                     Kind::Host { device, .. } => {
                         let device = device.as_ref()?;
-                        // idVendor and idProduct (USB 2.0 Table 9-8, offsets 8 and 10).
-                        let d = device.device_descriptor();
-                        let word = |at: usize| {
-                            d.get(at..at + 2)
-                                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
-                        };
+                        let host = device.bus_address();
                         (
-                            word(8),
-                            word(10),
-                            device.speed(),
-                            device.description(),
-                            device
-                                .bus_address()
-                                .map(|(bus, addr)| UsbHostAddr { bus, addr }),
+                            device.vendor_product(),
+                            host.map(|(bus, addr)| UsbHostAddr { bus, addr }),
                         )
                     }
                 };
