@@ -102,12 +102,8 @@ pub enum UsbError {
         String,
         #[source] hospes_devices::usb::passthrough::HostUsbError,
     ),
-    #[error("the USB controller has no free port for {0}")]
-    NoPort(String, #[source] hospes_devices::usb::xhci::XhciError),
     #[error("a USB device with id {0:?} is already plugged in")]
     DuplicateId(String),
-    #[error("the USB controller cannot start")]
-    Controller(#[source] hospes_devices::usb::xhci::XhciError),
     #[error("cannot start the USB hot-plug thread")]
     Thread(#[source] std::io::Error),
 }
