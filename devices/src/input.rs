@@ -168,68 +168,82 @@ fn tablet_events(x: u32, y: u32, w: u32, h: u32, buttons: u8, old: u8) -> Vec<In
     ev
 }
 
+/// The device a keyboard or pointer event goes to, chosen once per event.
+enum Target<V, U> {
+    Virtio(V),
+    Usb(U),
+    Ps2,
+}
+
 impl InputSink for InputRouter {
     fn key(&self, keysym: u32, xt: Option<u16>, down: bool) {
         let Some(code) = xt.filter(|&c| c != 0).or_else(|| keysym_to_xt(keysym)) else {
             return;
         };
         let mut s = lock(&self.state);
-        let target = match () {
-            _ if s.keyboard.as_ref().is_some_and(|k| k.ready()) => "virtio-input keyboard",
-            _ if s.usb_keyboard.as_ref().is_some_and(|k| k.is_active()) => "USB keyboard",
-            _ => "PS/2 keyboard",
+        let (target, name) = if let Some(k) = s.keyboard.clone().filter(|k| k.ready()) {
+            (Target::Virtio(k), "virtio-input keyboard")
+        } else if let Some(k) = s.usb_keyboard.clone().filter(|k| k.is_active()) {
+            (Target::Usb(k), "USB keyboard")
+        } else {
+            (Target::Ps2, "PS/2 keyboard")
         };
-        note_target(&mut s.key_target, target, "keyboard");
-        if let Some(k) = s.keyboard.as_ref().filter(|k| k.ready()) {
-            if let Some(ev) = xt_to_evdev(code) {
-                k.send(&[InputEvent {
-                    kind: EV_KEY,
-                    code: ev,
-                    value: u32::from(down),
-                }]);
-            }
-            return;
-        }
-        let usb = s.usb_keyboard.clone().filter(|k| k.is_active());
-        let dev = s.ps2.clone();
+        note_target(&mut s.key_target, name, "keyboard");
+        let ps2 = s.ps2.clone();
         drop(s);
-        if let Some(k) = usb {
-            k.key(code, down);
-        } else if let Some(d) = dev {
-            lock(&d).key(code, down);
+        match target {
+            Target::Virtio(k) => {
+                if let Some(ev) = xt_to_evdev(code) {
+                    k.send(&[InputEvent {
+                        kind: EV_KEY,
+                        code: ev,
+                        value: u32::from(down),
+                    }]);
+                }
+            }
+            Target::Usb(k) => k.key(code, down),
+            Target::Ps2 => {
+                if let Some(d) = ps2 {
+                    lock(&d).key(code, down);
+                }
+            }
         }
     }
 
     fn pointer(&self, x: u32, y: u32, buttons: u8, width: u32, height: u32) {
         let mut s = lock(&self.state);
-        let target = match () {
-            _ if s.tablet.as_ref().is_some_and(|t| t.ready()) => "virtio-input tablet",
-            _ if s.usb_tablet.as_ref().is_some_and(|t| t.is_active()) => "USB tablet",
-            _ => "PS/2 mouse",
+        let (target, name) = if let Some(t) = s.tablet.clone().filter(|t| t.ready()) {
+            (Target::Virtio(t), "virtio-input tablet")
+        } else if let Some(t) = s.usb_tablet.clone().filter(|t| t.is_active()) {
+            (Target::Usb(t), "USB tablet")
+        } else {
+            (Target::Ps2, "PS/2 mouse")
         };
-        note_target(&mut s.pointer_target, target, "pointer");
-        if let Some(t) = s.tablet.clone().filter(|t| t.ready()) {
-            t.send(&tablet_events(x, y, width, height, buttons, s.buttons));
-            s.buttons = buttons;
-            return;
-        }
-        if let Some(t) = s.usb_tablet.clone().filter(|t| t.is_active()) {
-            drop(s);
-            t.pointer(x, y, buttons, width, height);
-            return;
-        }
-        let (dx, dy) = match s.last {
-            Some((lx, ly)) => (x as i32 - lx as i32, y as i32 - ly as i32),
-            None => (0, 0),
-        };
-        s.last = Some((x, y));
-        let dev = s.ps2.clone();
-        drop(s);
-        // RFB: bit 1 middle, bit 2 right; PS/2: bit 1 right, bit 2 middle.
-        let ps2_buttons = (buttons & 1) | ((buttons >> 1) & 2) | ((buttons << 1) & 4);
-        let wheel = i32::from(buttons & 8 != 0) - i32::from(buttons & 16 != 0);
-        if let Some(d) = dev {
-            lock(&d).mouse(dx, dy, ps2_buttons, wheel);
+        note_target(&mut s.pointer_target, name, "pointer");
+        match target {
+            Target::Virtio(t) => {
+                t.send(&tablet_events(x, y, width, height, buttons, s.buttons));
+                s.buttons = buttons;
+            }
+            Target::Usb(t) => {
+                drop(s);
+                t.pointer(x, y, buttons, width, height);
+            }
+            Target::Ps2 => {
+                let (dx, dy) = match s.last {
+                    Some((lx, ly)) => (x as i32 - lx as i32, y as i32 - ly as i32),
+                    None => (0, 0),
+                };
+                s.last = Some((x, y));
+                let dev = s.ps2.clone();
+                drop(s);
+                // RFB: bit 1 middle, bit 2 right; PS/2: bit 1 right, bit 2 middle.
+                let ps2_buttons = (buttons & 1) | ((buttons >> 1) & 2) | ((buttons << 1) & 4);
+                let wheel = i32::from(buttons & 8 != 0) - i32::from(buttons & 16 != 0);
+                if let Some(d) = dev {
+                    lock(&d).mouse(dx, dy, ps2_buttons, wheel);
+                }
+            }
         }
     }
 }
