@@ -14,6 +14,8 @@ packages=(
   gcc binutils qemu-system-x86 passt acpica-tools gvncviewer
   # firmware for BIOS and UEFI guests (and the VGA BIOS option ROM)
   seabios ovmf
+  # TPM 2.0 for Windows guests (one swtpm process per VM)
+  swtpm swtpm-tools
   # install media for the firmware tests: El Torito ISOs, and GRUB's (grub-mkrescue)
   xorriso grub-pc-bin grub-common mtools
   # a headless PipeWire daemon for the sound tests (dbus-run-session starts its bus)

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::config::{
-    self, Boot, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
-    MacAddress, MachineUuid, Network, OsKind, Problem, RebootAction, Resolution, Size, UsbDevice,
-    VmConfig,
+    self, Boot, Clock, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
+    MacAddress, MachineUuid, Network, NetworkCard, OsKind, Problem, RebootAction, Resolution, Size,
+    SoundCard, UsbDevice, VmConfig,
 };
 use crate::runtime::{self, Pid, RuntimeDir};
 
@@ -681,6 +681,7 @@ fn plan(req: &CreateRequest, host: &HostResources) -> Result<Plan, LibraryError>
         Preset::Windows11 => Boot::Uefi {
             firmware: None,
             tpm: true,
+            secure_boot: true,
         },
         Preset::Kernel => {
             let kernel = req.kernel.as_deref().ok_or(LibraryError::Missing {
@@ -750,6 +751,12 @@ fn plan(req: &CreateRequest, host: &HostResources) -> Result<Plan, LibraryError>
         Preset::Linux | Preset::Windows11 => Network::User {
             mac: random_mac(&req.name),
             forwards: Vec::new(),
+            // Windows has no inbox virtio-net driver, but one for Intel's 82574L.
+            card: if preset == Preset::Windows11 {
+                NetworkCard::E1000e
+            } else {
+                NetworkCard::Virtio
+            },
         },
     };
     let config = VmConfig {
@@ -765,9 +772,22 @@ fn plan(req: &CreateRequest, host: &HostResources) -> Result<Plan, LibraryError>
         boot,
         disks,
         cdrom: iso,
+        extra_cdroms: Vec::new(),
         display,
         network,
         sound: preset != Preset::Kernel,
+        // Windows has no inbox virtio-snd driver, but one for Intel HD Audio.
+        sound_card: if preset == Preset::Windows11 {
+            SoundCard::Hda
+        } else {
+            SoundCard::Virtio
+        },
+        // Windows keeps local time in the hardware clock.
+        clock: if preset == Preset::Windows11 {
+            Clock::Local
+        } else {
+            Clock::Utc
+        },
         usb: Vec::new(),
         on_reboot: if preset == Preset::Kernel {
             RebootAction::PowerOff

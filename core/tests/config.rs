@@ -5,9 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use hospes_core::config::{
-    self, Boot, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
-    MacAddress, MachineUuid, Network, OsKind, PortForward, Problem, Protocol, RebootAction,
-    Resolution, Size, UsbDevice, VmConfig,
+    self, Boot, Clock, ConfigError, Disk, DiskBus, DiskFormat, Display, DisplayDevice, HostLimits,
+    MacAddress, MachineUuid, Network, NetworkCard, OsKind, PortForward, Problem, Protocol,
+    RebootAction, Resolution, Size, SoundCard, UsbDevice, VmConfig,
 };
 
 const MINIMAL: &str = r#"(
@@ -27,18 +27,22 @@ const FULL: &str = r#"(
     os: Windows,
     cpus: 3,
     memory: "1536M",
-    boot: Uefi(firmware: Some("/opt/OVMF_CODE.fd"), tpm: true),
+    boot: Uefi(firmware: Some("/opt/OVMF_CODE.fd"), tpm: true, secure_boot: true),
     disks: [
         (path: "system.qcow2", format: Qcow2, read_only: false, bus: Sata),
         (path: "/srv/data.raw", format: Raw, read_only: true, bus: Virtio),
     ],
     cdrom: Some("/srv/win11.iso"),
+    extra_cdroms: ["/usr/share/virtio-win/virtio-win.iso"],
     display: (enabled: true, resolution: "1920x1080", follow_window: false, device: StdVga),
     network: User(
         mac: "52:54:00:ab:cd:ef",
         forwards: [(protocol: Tcp, host: 3389, guest: 3389), (protocol: Udp, host: 6000, guest: 60)],
+        card: E1000e,
     ),
     sound: true,
+    sound_card: Hda,
+    clock: Local,
     usb: ["046d:c52b", "1050:0407"],
     on_reboot: PowerOff,
     uuid: Some("0d475e6f-6592-51ec-a52f-7d556bdbdc48"),
@@ -55,6 +59,7 @@ fn full_expected() -> VmConfig {
         boot: Boot::Uefi {
             firmware: Some("/opt/OVMF_CODE.fd".into()),
             tpm: true,
+            secure_boot: true,
         },
         disks: vec![
             Disk {
@@ -71,6 +76,7 @@ fn full_expected() -> VmConfig {
             },
         ],
         cdrom: Some("/srv/win11.iso".into()),
+        extra_cdroms: vec!["/usr/share/virtio-win/virtio-win.iso".into()],
         display: Display {
             enabled: true,
             resolution: Resolution {
@@ -94,8 +100,11 @@ fn full_expected() -> VmConfig {
                     guest: 60,
                 },
             ],
+            card: NetworkCard::E1000e,
         },
         sound: true,
+        sound_card: SoundCard::Hda,
+        clock: Clock::Local,
         usb: vec![
             UsbDevice {
                 vendor: 0x046d,
@@ -183,6 +192,7 @@ fn each_field_is_read_from_the_text() {
             c.boot = Boot::Uefi {
                 firmware: None,
                 tpm: false,
+                secure_boot: false,
             }
         }),
         (
@@ -299,6 +309,7 @@ fn the_documented_example_loads() {
                     guest: 53
                 },
             ],
+            card: NetworkCard::Virtio,
         }
     );
     assert_eq!(cfg.usb.len(), 1);

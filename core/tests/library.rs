@@ -106,7 +106,8 @@ fn creates_windows_and_kernel_presets() {
         win.boot,
         Boot::Uefi {
             firmware: None,
-            tpm: true
+            tpm: true,
+            secure_boot: true,
         }
     );
     assert_eq!(win.display.device, DisplayDevice::StdVga);

@@ -357,7 +357,7 @@ pub fn uefi_vm(dir: &Path, cpus: u32, memory: &str) -> Command {
         &config,
         format!(
             "(version: 1, name: \"efi\", os: Linux, cpus: {cpus}, memory: \"{memory}\", \
-             boot: Uefi(firmware: None, tpm: false), network: None, display: (enabled: false))\n"
+             boot: Uefi(firmware: None, tpm: false, secure_boot: false), network: None, display: (enabled: false))\n"
         ),
     )
     .expect("write vm.ron");

@@ -245,7 +245,11 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     vga_rom: None,
                 });
             }
-            hospes_core::config::Boot::Uefi { firmware, tpm } => {
+            hospes_core::config::Boot::Uefi {
+                firmware,
+                tpm,
+                secure_boot: _,
+            } => {
                 if tpm {
                     log::warn!(
                         "{}: the VM asks for a TPM, which Hospes cannot give yet: it starts \

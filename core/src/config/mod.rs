@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 pub use atomic::write_atomic;
 pub use host::HostLimits;
 pub use schema::{
-    Boot, CURRENT_VERSION, Disk, DiskBus, DiskFormat, Display, DisplayDevice, MacAddress,
-    MachineUuid, Network, OsKind, PortForward, Protocol, RebootAction, Resolution, UsbDevice,
-    VmConfig,
+    Boot, CURRENT_VERSION, Clock, Disk, DiskBus, DiskFormat, Display, DisplayDevice, MacAddress,
+    MachineUuid, Network, NetworkCard, OsKind, PortForward, Protocol, RebootAction, Resolution,
+    SoundCard, UsbDevice, VmConfig,
 };
 pub use size::{BadSize, Size};
 

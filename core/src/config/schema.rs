@@ -38,6 +38,10 @@ pub struct VmConfig {
     /// An install or live image attached as a CD-ROM.
     #[serde(default)]
     pub cdrom: Option<PathBuf>,
+    /// More CD-ROM drives after the first, each with its image (the virtio-win drivers
+    /// disc of a Windows VM). Firmware boot only.
+    #[serde(default)]
+    pub extra_cdroms: Vec<PathBuf>,
     /// The screen.
     #[serde(default)]
     pub display: Display,
@@ -47,6 +51,13 @@ pub struct VmConfig {
     /// Whether the guest has a sound card (played through PipeWire).
     #[serde(default)]
     pub sound: bool,
+    /// The emulated sound card, when `sound` is on.
+    #[serde(default)]
+    pub sound_card: SoundCard,
+    /// What the guest's hardware clock (the CMOS RTC) keeps: UTC, or local time as
+    /// Windows expects.
+    #[serde(default)]
+    pub clock: Clock,
     /// Host USB devices handed to the guest.
     #[serde(default)]
     pub usb: Vec<UsbDevice>,
@@ -100,7 +111,41 @@ pub enum Boot {
         /// Give the guest a TPM 2.0 (backed by swtpm), as Windows 11 requires.
         #[serde(default)]
         tpm: bool,
+        /// Boot with UEFI Secure Boot on (OVMF's Secure Boot build, with SMM, and a
+        /// variable store with Microsoft's keys enrolled), as Windows 11 expects.
+        #[serde(default)]
+        secure_boot: bool,
     },
+}
+
+/// The emulated sound card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum SoundCard {
+    /// virtio-snd: Linux has the driver built in.
+    #[default]
+    Virtio,
+    /// Intel HD Audio (ICH9, 8086:293E) with a duplex codec: Windows has the driver inbox.
+    Hda,
+}
+
+/// What the guest's hardware clock keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Clock {
+    /// Coordinated Universal Time, as Linux expects.
+    #[default]
+    Utc,
+    /// The host's local time, as Windows expects.
+    Local,
+}
+
+/// The emulated network card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum NetworkCard {
+    /// virtio-net: fastest; Linux has the driver built in.
+    #[default]
+    Virtio,
+    /// Intel 82574L (e1000e, 8086:10D3): Windows has the driver inbox.
+    E1000e,
 }
 
 /// One disk image.
@@ -253,6 +298,9 @@ pub enum Network {
         /// Host ports forwarded to the guest.
         #[serde(default)]
         forwards: Vec<PortForward>,
+        /// The emulated network card.
+        #[serde(default)]
+        card: NetworkCard,
     },
 }
 
@@ -261,6 +309,7 @@ impl Default for Network {
         Network::User {
             mac: MacAddress::HOSPES_DEFAULT,
             forwards: Vec::new(),
+            card: NetworkCard::Virtio,
         }
     }
 }

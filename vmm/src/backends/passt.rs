@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hospes_core::config::{MacAddress, Network, PortForward, Protocol};
+use hospes_core::config::{MacAddress, Network, NetworkCard, PortForward, Protocol};
 use hospes_devices::bus::lock;
 use hospes_devices::virtio::VirtioDevice;
 use hospes_devices::virtio::net::{Connection, ConnectionSlot, Net};
@@ -326,6 +326,7 @@ impl Supervisor {
 pub struct UserNetwork {
     passt: Passt,
     mac: MacAddress,
+    card: NetworkCard,
 }
 
 impl UserNetwork {
@@ -333,17 +334,30 @@ impl UserNetwork {
     pub fn start(network: &Network) -> Result<Option<Self>, PasstError> {
         match network {
             Network::None => Ok(None),
-            Network::User { mac, forwards } => {
+            Network::User {
+                mac,
+                forwards,
+                card,
+            } => {
                 let passt = Passt::start(PasstConfig {
                     forwards: forwards.clone(),
                     ..PasstConfig::default()
                 })?;
-                Ok(Some(Self { passt, mac: *mac }))
+                Ok(Some(Self {
+                    passt,
+                    mac: *mac,
+                    card: *card,
+                }))
             }
         }
     }
 
-    /// A network card for one boot.
+    /// The emulated card vm.ron (or `--net ...,model=`) asks for.
+    pub fn card(&self) -> NetworkCard {
+        self.card
+    }
+
+    /// A virtio network card for one boot.
     pub fn device(&self) -> Box<dyn VirtioDevice> {
         Box::new(Net::new(self.mac, self.passt.slot()))
     }
@@ -356,7 +370,7 @@ impl UserNetwork {
 
 /// Parses `--net`: `none`, or `user` followed by QEMU-style options
 /// `,hostfwd=tcp:HOSTPORT-:GUESTPORT` / `,hostfwd=udp::HOSTPORT-:GUESTPORT` (repeatable)
-/// and `,mac=52:54:00:12:34:56`.
+/// , `,mac=52:54:00:12:34:56` and `,model=virtio|e1000e` (the card).
 pub fn parse_net_option(s: &str) -> Result<Network, String> {
     let mut parts = s.split(',');
     match parts.next() {
@@ -364,20 +378,32 @@ pub fn parse_net_option(s: &str) -> Result<Network, String> {
         Some("user") => {}
         _ => {
             return Err(format!(
-                "'{s}' is not `none` or `user[,hostfwd=...][,mac=...]`"
+                "'{s}' is not `none` or `user[,hostfwd=...][,mac=...][,model=...]`"
             ));
         }
     }
     let mut mac = MacAddress::HOSPES_DEFAULT;
     let mut forwards = Vec::new();
+    let mut card = NetworkCard::Virtio;
     for opt in parts {
         match opt.split_once('=') {
             Some(("hostfwd", spec)) => forwards.push(parse_hostfwd(spec)?),
             Some(("mac", m)) => mac = m.parse()?,
+            Some(("model", "virtio" | "virtio-net-pci")) => card = NetworkCard::Virtio,
+            Some(("model", "e1000e")) => card = NetworkCard::E1000e,
+            Some(("model", other)) => {
+                return Err(format!(
+                    "unknown network card `{other}` (model=virtio or model=e1000e)"
+                ));
+            }
             _ => return Err(format!("unknown network option `{opt}`")),
         }
     }
-    Ok(Network::User { mac, forwards })
+    Ok(Network::User {
+        mac,
+        forwards,
+        card,
+    })
 }
 
 /// `tcp:[127.0.0.1]:HOSTPORT-[ADDR]:GUESTPORT`, QEMU's spelling; the colon after the
@@ -470,14 +496,23 @@ mod tests {
             parse_net_option("user"),
             Ok(Network::User {
                 mac: MacAddress::HOSPES_DEFAULT,
-                forwards: vec![]
+                forwards: vec![],
+                card: NetworkCard::Virtio,
             })
         );
         let n = parse_net_option(
             "user,hostfwd=tcp:8080-:80,hostfwd=udp::5353-:53,hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22,mac=52:54:00:aa:bb:cc",
         )
         .unwrap();
-        let Network::User { mac, forwards } = n else {
+        assert!(matches!(
+            parse_net_option("user,model=e1000e"),
+            Ok(Network::User {
+                card: NetworkCard::E1000e,
+                ..
+            })
+        ));
+        assert!(parse_net_option("user,model=rtl8139").is_err());
+        let Network::User { mac, forwards, .. } = n else {
             panic!("not user networking");
         };
         assert_eq!(mac.to_string(), "52:54:00:aa:bb:cc");
