@@ -21,15 +21,16 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::arch::x86_64::hyperv as arch_hyperv;
 use crate::arch::x86_64::{acpi, layout, regs};
 use crate::boot::{self, BootInputs};
 use crate::vstate::vcpu::{self, ExitBuses, RunControl, VcpuEvent, VcpuStart};
 use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
-use crate::vstate::{memory, vm};
+use crate::vstate::{hyperv, memory, vm};
 use hospes_devices::bus::{Bus, BusError, lock};
 use hospes_devices::legacy::debug_port::DebugPort;
 use hospes_devices::legacy::i8042::I8042;
@@ -70,6 +71,8 @@ pub enum MachineError {
     Firmware(#[from] firmware::FirmwareError),
     #[error(transparent)]
     Uefi(#[from] uefi::UefiError),
+    #[error(transparent)]
+    Hyperv(#[from] hyperv::HypervError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] BusError),
     #[error("{requested} bytes of guest memory is more than this host's {host} bytes of RAM")]
@@ -127,6 +130,33 @@ pub struct MachineConfig {
     pub no_reboot: bool,
     /// Boot firmware (SeaBIOS or OVMF on the Q35 platform) instead of `kernel`.
     pub firmware: Option<firmware::FirmwareConfig>,
+    /// Offer Hyper-V enlightenments (Windows guests), where KVM supports them.
+    pub hyperv: bool,
+}
+
+/// Adds the Hyper-V leaves to `cpuid` where KVM supports them, and says in the log what
+/// the guest gets; returns whether the vCPUs need KVM's SynIC.
+fn enlighten(kvm: &Kvm, cpuid: &mut CpuId) -> Result<bool, MachineError> {
+    let Some(supported) = hyperv::supported_leaves(kvm)? else {
+        log::warn!(
+            "this KVM offers no Hyper-V interface (KVM_CAP_SYS_HYPERV_CPUID): Windows runs \
+             without enlightenments, which costs it speed"
+        );
+        return Ok(false);
+    };
+    let mut entries = cpuid.as_slice().to_vec();
+    let Some(on) = arch_hyperv::enlighten(&mut entries, &supported) else {
+        log::warn!("KVM reports no usable Hyper-V interface: no enlightenments");
+        return Ok(false);
+    };
+    *cpuid = CpuId::from_entries(&entries).map_err(|_| {
+        MachineError::Setup(format!(
+            "{} CPUID entries are more than KVM takes",
+            entries.len()
+        ))
+    })?;
+    log::info!("Hyper-V enlightenments: {}", on.names().join(", "));
+    Ok(on.synic())
 }
 
 /// Events that end a boot.
@@ -464,14 +494,21 @@ impl Machine {
         rx: &Receiver<MachineEvent>,
         control: &Arc<RunControl>,
     ) -> Result<MachineEvent, MachineError> {
-        let cpuid = self
+        let mut cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(MachineError::Cpuid)?;
+        let synic = match self.config.hyperv {
+            true => enlighten(&self.kvm, &mut cpuid)?,
+            false => false,
+        };
         let count = self.config.cpus;
         let mut vcpus = Vec::new();
         for index in 0..count {
             let fd = vcpu::create(&self.vm_fd, index)?;
+            if synic {
+                hyperv::enable_synic(&fd, index)?;
+            }
             let start = match (index, &self.boot) {
                 (0, Some(entry)) => VcpuStart::Kernel(entry),
                 (0, None) => VcpuStart::ResetVector,

@@ -84,6 +84,10 @@ struct Args {
     /// Leave out the virtio-rng entropy device.
     #[arg(long)]
     no_rng: bool,
+    /// Offer Hyper-V enlightenments, as for Windows guests (on for `os: Windows` in
+    /// vm.ron), where KVM supports them.
+    #[arg(long)]
+    hyperv: bool,
     /// Network card: `user[,hostfwd=tcp:HOSTPORT-:GUESTPORT,...][,mac=MAC]` (NAT through
     /// passt, forwards listen on 127.0.0.1) or `none` (the default without --config).
     #[arg(long, value_name = "user[,hostfwd=...]|none", value_parser = parse_net_option)]
@@ -192,6 +196,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         serial: args.serial,
         no_reboot: args.no_reboot,
         firmware: None,
+        hyperv: args.hyperv,
     };
     let mut extras = Extras {
         disks: Vec::new(),
@@ -275,6 +280,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         }
         cfg.memory = vm.memory.bytes();
         cfg.cpus = vm.cpus;
+        cfg.hyperv |= vm.os == hospes_core::config::OsKind::Windows;
         cfg.no_reboot |= vm.on_reboot == hospes_core::config::RebootAction::PowerOff;
         extras.name.get_or_insert(vm.name);
         extras.network = vm.network;

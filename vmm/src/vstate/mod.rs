@@ -9,6 +9,7 @@
 
 pub mod fb_slot;
 pub mod flash;
+pub mod hyperv;
 pub mod memory;
 pub mod pci_kvm;
 pub mod rom;

@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod acpi_loader;
 pub mod cpuid;
 pub mod e820;
+pub mod hyperv;
 pub mod layout;
 pub mod msr;
 pub mod regs;
