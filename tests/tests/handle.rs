@@ -25,6 +25,7 @@ fn powerbutton_vmm(cpus: u32, no_reboot: bool) -> (hospes_tests::Guest, std::pat
         no_reboot,
         firmware: None,
         hyperv: false,
+        rtc_local: false,
     };
     let vmm = Vmm::new(cfg).unwrap();
     (g, console, vmm)

@@ -51,7 +51,9 @@ fn a_windows_guest_sees_microsoft_hv_where_kvm_offers_it() {
             out.stdout
         );
         assert!(
-            lines.get(1).is_some_and(|l| l.starts_with("40000100: KVMKVMKVM... max 4000010")),
+            lines
+                .get(1)
+                .is_some_and(|l| l.starts_with("40000100: KVMKVMKVM... max 4000010")),
             "{}",
             out.stdout
         );
@@ -71,7 +73,9 @@ fn a_windows_guest_sees_microsoft_hv_where_kvm_offers_it() {
             out.stderr
         );
         assert!(
-            lines.first().is_some_and(|l| l.starts_with("40000000: KVMKVMKVM...")),
+            lines
+                .first()
+                .is_some_and(|l| l.starts_with("40000000: KVMKVMKVM...")),
             "{}",
             out.stdout
         );

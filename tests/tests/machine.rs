@@ -269,3 +269,55 @@ fn every_cpu_starts_with_its_own_apic_id() {
     lines.sort_unstable();
     assert_eq!(lines, ["ap: apic id 1", "ap: apic id 2", "ap: apic id 3"]);
 }
+
+/// The guest's "rtc HH:MM" with the helper in time zone `tz`, and the UTC minute of day
+/// just before and after the run.
+fn rtc_reading(tz: &str, local: bool) -> (u32, u32, u32) {
+    let g = build_guest("rtc", GuestKind::Pvh);
+    let utc_minute = || {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        ((secs / 60) % (24 * 60)) as u32
+    };
+    let mut cmd = std::process::Command::new(hospes_tests::vmm_binary());
+    cmd.args(["--kernel", g.path.to_str().unwrap(), "-m", "32M"])
+        .env("TZ", tz);
+    if local {
+        cmd.arg("--rtc-local");
+    }
+    let before = utc_minute();
+    let out = cmd.output().unwrap();
+    let after = utc_minute();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let time = stdout.trim().strip_prefix("rtc ").expect("rtc line");
+    let (h, m) = time.split_once(':').unwrap();
+    let guest = h.parse::<u32>().unwrap() * 60 + m.parse::<u32>().unwrap();
+    (before, guest, after)
+}
+
+#[test]
+fn the_cmos_clock_keeps_utc_or_the_hosts_local_time() {
+    if skip_without_kvm() {
+        return;
+    }
+    // POSIX TZ strings need no zoneinfo files: "HOS-5" is five hours east of Greenwich.
+    for (tz, local, ahead) in [
+        ("HOS-5", false, 0),
+        ("HOS-5", true, 5 * 60),
+        ("HOS+3:30", true, 24 * 60 - 210),
+    ] {
+        let (before, guest, after) = rtc_reading(tz, local);
+        let expected = |utc: u32| (utc + ahead) % (24 * 60);
+        assert!(
+            guest == expected(before) || guest == expected(after),
+            "TZ={tz} local={local}: guest clock at minute {guest}, UTC minute {before}..{after}"
+        );
+    }
+}

@@ -132,6 +132,22 @@ pub struct MachineConfig {
     pub firmware: Option<firmware::FirmwareConfig>,
     /// Offer Hyper-V enlightenments (Windows guests), where KVM supports them.
     pub hyperv: bool,
+    /// The CMOS clock keeps the host's local time instead of UTC (Windows guests).
+    pub rtc_local: bool,
+}
+
+/// The host's offset from UTC now, in seconds (east positive), from its time zone.
+fn host_utc_offset() -> i64 {
+    // SAFETY: time(NULL) reads the clock; localtime_r fills the tm it is given and keeps
+    // no pointer to it.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return 0;
+        }
+        tm.tm_gmtoff
+    }
 }
 
 /// Adds the Hyper-V leaves to `cpuid` where KVM supports them, and says in the log what
@@ -627,6 +643,9 @@ impl Vmm {
             console::spawn_input(input, serial.clone())?;
         }
         let mut rtc = Rtc::new();
+        if config.rtc_local {
+            rtc.set_utc_offset(host_utc_offset());
+        }
         let (below_4g, above_4g) = match config.firmware {
             Some(_) => {
                 let low = layout::firmware_low_ram(config.memory);

@@ -88,6 +88,9 @@ struct Args {
     /// vm.ron), where KVM supports them.
     #[arg(long)]
     hyperv: bool,
+    /// The CMOS clock keeps the host's local time (as Windows expects) instead of UTC.
+    #[arg(long)]
+    rtc_local: bool,
     /// Network card: `user[,hostfwd=tcp:HOSTPORT-:GUESTPORT,...][,mac=MAC]` (NAT through
     /// passt, forwards listen on 127.0.0.1) or `none` (the default without --config).
     #[arg(long, value_name = "user[,hostfwd=...]|none", value_parser = parse_net_option)]
@@ -197,6 +200,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         no_reboot: args.no_reboot,
         firmware: None,
         hyperv: args.hyperv,
+        rtc_local: args.rtc_local,
     };
     let mut extras = Extras {
         disks: Vec::new(),
@@ -281,6 +285,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         cfg.memory = vm.memory.bytes();
         cfg.cpus = vm.cpus;
         cfg.hyperv |= vm.os == hospes_core::config::OsKind::Windows;
+        cfg.rtc_local |= vm.clock == hospes_core::config::Clock::Local;
         cfg.no_reboot |= vm.on_reboot == hospes_core::config::RebootAction::PowerOff;
         extras.name.get_or_insert(vm.name);
         extras.network = vm.network;

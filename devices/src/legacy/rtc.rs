@@ -152,6 +152,12 @@ impl Rtc {
         }
     }
 
+    /// Keeps the clock `seconds` ahead of the host's UTC: the host's offset from UTC for a
+    /// guest that keeps local time in its hardware clock (Windows).
+    pub fn set_utc_offset(&mut self, seconds: i64) {
+        self.offset = seconds;
+    }
+
     /// Fills the CMOS bytes PC firmware (SeaBIOS, OVMF) reads for the memory size and CPU
     /// count, as QEMU lays them out (`hw/i386/pc.c`): base memory in KiB, at most 640
     /// (0x15/0x16); memory from 1 MiB up in KiB, capped at 0xFFFF (0x17/0x18 and 0x30/0x31);
@@ -348,6 +354,19 @@ mod tests {
         r.write(0x70, 0, &[REG_B]);
         r.write(0x70, 1, &[0]);
         assert_eq!(reg(&mut r, 0x04), 0x80 | 0x11);
+    }
+
+    #[test]
+    fn local_time_runs_the_hosts_offset_ahead_of_utc() {
+        // Central European Summer Time: UTC+2; 23:45 UTC is 01:45 the next day.
+        let mut r = Rtc::with_clock(fixed);
+        r.set_utc_offset(2 * 3600);
+        assert_eq!(reg(&mut r, 0x04), 0x01);
+        assert_eq!(reg(&mut r, 0x02), 0x45);
+        assert_eq!(reg(&mut r, 0x07), 0x22);
+        // West of Greenwich the day is still the 21st.
+        r.set_utc_offset(-5 * 3600);
+        assert_eq!((reg(&mut r, 0x04), reg(&mut r, 0x07)), (0x18, 0x21));
     }
 
     #[test]
