@@ -879,3 +879,50 @@ fn seabios_drives_the_usb_keyboard_on_the_xhci_and_grub_follows_it() {
         );
     }
 }
+
+#[test]
+fn a_second_cd_drive_holds_the_drivers_disc_and_the_install_cd_still_boots_first() {
+    if skip_without_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = boot_disk(dir.path(), &[]);
+    let iso = boot_iso(dir.path(), &[]);
+    // The drivers disc needs no boot image: it is only read by the installed guest.
+    let drivers = dir.path().join("drivers.iso");
+    std::fs::write(&drivers, vec![0u8; 1 << 20]).unwrap();
+    let (disk_arg, iso_arg) = (disk.display().to_string(), iso.display().to_string());
+    let drivers_arg = drivers.display().to_string();
+    let (ok, stdout, stderr) = run_logged(&[
+        "--bios",
+        SEABIOS,
+        "--sata",
+        &disk_arg,
+        "--cdrom",
+        &iso_arg,
+        "--extra-cdrom",
+        &drivers_arg,
+        "-m",
+        "256M",
+        "--no-rng",
+        "--serial",
+        "stdio",
+    ]);
+    assert!(ok, "the guest powers itself off: {stdout}\n{stderr}");
+    // The install CD boots (0xe0, the first CD drive), not the drivers disc or the disk.
+    assert!(stdout.contains("BOOT drive=E0"), "{stdout}");
+    let registered: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split_once("firmware: ").map(|(_, m)| m))
+        .filter(|m| m.contains("registering"))
+        .collect();
+    assert_eq!(
+        registered,
+        [
+            "AHCI/0: registering: \"AHCI/0: HOSPES HARDDISK ATA-8 Hard-Disk (1 MiBytes)\"",
+            "AHCI/1: registering: \"DVD/CD [AHCI/1: HOSPES DVD-ROM ATAPI-8 DVD/CD]\"",
+            "AHCI/2: registering: \"DVD/CD [AHCI/2: HOSPES DVD-ROM ATAPI-8 DVD/CD]\"",
+        ],
+        "{stderr}"
+    );
+}

@@ -75,6 +75,10 @@ struct Args {
     /// An ISO image in the CD-ROM drive on the SATA controller (firmware boot).
     #[arg(long, value_name = "FILE")]
     cdrom: Option<PathBuf>,
+    /// Another CD-ROM drive with this ISO image, after the first (repeatable; firmware
+    /// boot), e.g. the virtio-win drivers disc.
+    #[arg(long, value_name = "FILE")]
+    extra_cdrom: Vec<PathBuf>,
     /// QMP control socket, unix:PATH (QEMU's ",server,nowait" suffixes are accepted).
     #[arg(long, value_name = "unix:PATH", value_parser = parse_qmp)]
     qmp: Option<PathBuf>,
@@ -177,6 +181,8 @@ struct Extras {
     sata: Vec<DiskSpec>,
     /// The CD-ROM drive's image (firmware boot).
     cdrom: Option<PathBuf>,
+    /// More CD-ROM drives, each with its image (the drivers disc; firmware boot).
+    extra_cdroms: Vec<PathBuf>,
     qmp: Option<PathBuf>,
     name: Option<String>,
     rng: bool,
@@ -206,6 +212,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         disks: Vec::new(),
         sata: Vec::new(),
         cdrom: None,
+        extra_cdroms: Vec::new(),
         qmp: args.qmp,
         name: args.name,
         rng: !args.no_rng,
@@ -307,6 +314,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             }
         }
         extras.cdrom = vm.cdrom.map(|c| dir.join(c));
+        extras.extra_cdroms = vm.extra_cdroms.iter().map(|c| dir.join(c)).collect();
         extras.usb = true;
         extras.usb_devices = vm.usb;
     }
@@ -346,13 +354,19 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     if args.cdrom.is_some() {
         extras.cdrom = args.cdrom;
     }
-    if cfg.firmware.is_none() && (!extras.sata.is_empty() || extras.cdrom.is_some()) {
+    if !args.extra_cdrom.is_empty() {
+        extras.extra_cdroms = args.extra_cdrom;
+    }
+    if cfg.firmware.is_none()
+        && (!extras.sata.is_empty() || extras.cdrom.is_some() || !extras.extra_cdroms.is_empty())
+    {
         // Direct kernel boot has no SATA controller (its DSDT routes no PCI interrupts).
         log::warn!(
-            "direct kernel boot: SATA disks are attached as virtio-blk, the CD-ROM is left out"
+            "direct kernel boot: SATA disks are attached as virtio-blk, CD-ROMs are left out"
         );
         extras.disks.append(&mut extras.sata);
         extras.cdrom = None;
+        extras.extra_cdroms.clear();
     }
     if let Some(n) = args.net {
         extras.network = n;
@@ -526,6 +540,7 @@ fn main() -> ExitCode {
                     &mut pci,
                     &extras.sata,
                     cdrom.as_ref(),
+                    &extras.extra_cdroms,
                     extras.disks.len(),
                 )?;
             }

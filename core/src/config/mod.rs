@@ -528,6 +528,9 @@ fn check_schema(cfg: &VmConfig, at: &Locator<'_>) -> Result<(), ConfigError> {
     if let Some(cdrom) = &cfg.cdrom {
         empty_path_check(cdrom, "cdrom", at)?;
     }
+    for (i, cdrom) in cfg.extra_cdroms.iter().enumerate() {
+        empty_path_check(cdrom, &format!("extra_cdroms[{i}]"), at)?;
+    }
     if let Network::User { forwards, .. } = &cfg.network {
         check_forwards(forwards, at)?;
     }
@@ -596,6 +599,9 @@ fn check_files(cfg: &VmConfig, vm_dir: &Path, at: &Locator<'_>) -> Result<(), Co
     }
     if let Some(cdrom) = &cfg.cdrom {
         files.push(("cdrom".into(), cdrom));
+    }
+    for (i, cdrom) in cfg.extra_cdroms.iter().enumerate() {
+        files.push((format!("extra_cdroms[{i}]"), cdrom));
     }
     for (field, path) in files {
         let resolved = VmConfig::resolve(vm_dir, path);

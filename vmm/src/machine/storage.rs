@@ -122,6 +122,8 @@ pub struct AhciSetup {
     pub disk_ports: Vec<usize>,
     /// Port of the CD-ROM drive.
     pub cdrom_port: Option<usize>,
+    /// Ports of the extra CD-ROM drives (vm.ron's `extra_cdroms`), in order.
+    pub extra_cd_ports: Vec<usize>,
     pub device: Arc<Mutex<Ahci>>,
 }
 
@@ -136,17 +138,18 @@ fn open(path: &Path, read_only: bool) -> Result<File, StorageError> {
         })
 }
 
-/// Puts an AHCI controller holding `disks` and, if `cdrom` is `Some`, a CD-ROM drive
-/// (with the disc, or empty for `Some(None)`) into `pci`. Nothing is added when there
-/// is nothing to hold.
+/// Puts an AHCI controller holding `disks`, if `cdrom` is `Some`, a CD-ROM drive (with
+/// the disc, or empty for `Some(None)`), and one more CD-ROM drive per `extra_cds` image
+/// (the drivers disc) into `pci`. Nothing is added when there is nothing to hold.
 pub fn attach_ahci(
     pci: &mut PciSetup,
     mem: &vm_memory::GuestMemoryMmap,
     intx: Arc<PciIntx>,
     disks: &[DiskSpec],
     cdrom: Option<Option<File>>,
+    extra_cds: &[PathBuf],
 ) -> Result<Option<AhciSetup>, StorageError> {
-    let drives = disks.len() + usize::from(cdrom.is_some());
+    let drives = disks.len() + usize::from(cdrom.is_some()) + extra_cds.len();
     if drives == 0 {
         return Ok(None);
     }
@@ -171,6 +174,21 @@ pub fn attach_ahci(
         }
         None => None,
     };
+    let mut extra_cd_ports = Vec::new();
+    for (i, path) in extra_cds.iter().enumerate() {
+        let port = disks.len() + usize::from(cdrom_port.is_some()) + i;
+        // vm.ron's check found the image at start; one deleted since leaves its drive empty.
+        let disc = open_disc_image(path)
+            .inspect_err(|e| {
+                log::warn!(
+                    "the CD image {} cannot be opened ({e}): its drive is empty",
+                    path.display()
+                )
+            })
+            .ok();
+        ahci.attach(port, Drive::cdrom(disc, &format!("HOSPES-CD{port}")))?;
+        extra_cd_ports.push(port);
+    }
     let device = Arc::new(Mutex::new(ahci));
     let slot = pci.add_device(device.clone())?;
     intx.connect(slot);
@@ -178,19 +196,21 @@ pub fn attach_ahci(
         slot,
         disk_ports,
         cdrom_port,
+        extra_cd_ports,
         device,
     }))
 }
 
 /// The firmware-boot storage step: the AHCI controller with `sata` disks and, with a
-/// `cdrom` tray, the CD-ROM drive holding the tray's disc; and the boot order over them
-/// and the first `virtio_disks` virtio devices (the disks, which the registration step
-/// places first).
+/// `cdrom` tray, the CD-ROM drive holding the tray's disc, then a drive per `extra_cds`
+/// image; and the boot order over them and the first `virtio_disks` virtio devices (the
+/// disks, which the registration step places first).
 pub fn attach_for_firmware(
     machine: &mut Machine,
     pci: &mut PciSetup,
     sata: &[DiskSpec],
     cdrom: Option<&Arc<CdTray>>,
+    extra_cds: &[PathBuf],
     virtio_disks: usize,
 ) -> Result<(), MachineError> {
     let Some(q35) = &machine.chipset else {
@@ -200,8 +220,10 @@ pub fn attach_for_firmware(
     let fw_cfg = q35.fw_cfg.clone();
     let mem = machine.guest_memory.clone();
     let ahci = match cdrom {
-        Some(tray) => tray.load_for_boot(|disc| attach_ahci(pci, &mem, intx, sata, Some(disc))),
-        None => attach_ahci(pci, &mem, intx, sata, None),
+        Some(tray) => {
+            tray.load_for_boot(|disc| attach_ahci(pci, &mem, intx, sata, Some(disc), extra_cds))
+        }
+        None => attach_ahci(pci, &mem, intx, sata, None, extra_cds),
     }
     .map_err(|e| MachineError::Setup(error_chain(&e)))?;
     if let Some(tray) = cdrom {
@@ -426,6 +448,7 @@ mod tests {
                 slot: 1,
                 disk_ports: Vec::new(),
                 cdrom_port: Some(0),
+                extra_cd_ports: Vec::new(),
                 device: Arc::new(Mutex::new(ahci)),
             }))
         })?;
