@@ -205,6 +205,9 @@ pub struct CreateRequest {
     pub disk_format: DiskFormat,
     /// An install image to attach as CD-ROM.
     pub iso: Option<PathBuf>,
+    /// The Windows drivers disc (virtio-win) to attach as a second CD-ROM (windows11
+    /// preset); `None` looks where distributions install it ([`VIRTIO_WIN_ISOS`]).
+    pub drivers_iso: Option<PathBuf>,
     /// Kernel for direct boot (kernel preset).
     pub kernel: Option<PathBuf>,
     /// Initrd for direct boot.
@@ -671,10 +674,34 @@ struct Plan {
     disk: Option<(PathBuf, Size, DiskFormat)>,
 }
 
+/// Where distributions (Fedora's and Arch's `virtio-win` packages) put the Windows drivers
+/// disc, also as the Flatpak sees the host's /usr.
+pub const VIRTIO_WIN_ISOS: [&str; 2] = [
+    "/usr/share/virtio-win/virtio-win.iso",
+    "/run/host/usr/share/virtio-win/virtio-win.iso",
+];
+
+/// The first of `candidates` that exists.
+pub fn find_drivers_iso(candidates: &[&str]) -> Option<PathBuf> {
+    candidates.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
 /// Works out a new VM's settings from a request, its preset and the host.
 fn plan(req: &CreateRequest, host: &HostResources) -> Result<Plan, LibraryError> {
     let preset = req.preset;
     let iso = req.iso.as_deref().map(absolute_input).transpose()?;
+    // Windows has no inbox virtio drivers: the drivers disc lets the user install them.
+    let drivers = match (preset, &req.drivers_iso) {
+        (Preset::Windows11, Some(path)) => Some(absolute_input(path)?),
+        (Preset::Windows11, None) => find_drivers_iso(&VIRTIO_WIN_ISOS),
+        (_, Some(_)) => {
+            return Err(LibraryError::Missing {
+                preset: "windows11",
+                what: "to be chosen for a drivers disc (--preset windows11)",
+            });
+        }
+        (_, None) => None,
+    };
     let boot = match preset {
         // SeaBIOS boots every Linux installer's CD (El Torito) and disk.
         Preset::Linux => Boot::Bios { firmware: None },
@@ -772,7 +799,7 @@ fn plan(req: &CreateRequest, host: &HostResources) -> Result<Plan, LibraryError>
         boot,
         disks,
         cdrom: iso,
-        extra_cdroms: Vec::new(),
+        extra_cdroms: drivers.into_iter().collect(),
         display,
         network,
         sound: preset != Preset::Kernel,
@@ -1103,6 +1130,19 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_first_drivers_disc_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("virtio-win.iso");
+        std::fs::write(&there, b"iso").unwrap();
+        let missing = dir.path().join("nowhere/virtio-win.iso");
+        let (missing, there) = (missing.to_str().unwrap(), there.to_str().unwrap());
+        assert_eq!(find_drivers_iso(&[missing, there]), Some(there.into()));
+        assert_eq!(find_drivers_iso(&[missing]), None);
+        // A folder of that name is not a disc.
+        assert_eq!(find_drivers_iso(&[dir.path().to_str().unwrap()]), None);
+    }
 
     #[test]
     fn slugs_names_into_folder_names() {

@@ -6,8 +6,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use hospes_core::config::{
-    self, Boot, DiskBus, DiskFormat, DisplayDevice, HostLimits, Network, OsKind, RebootAction,
-    Size, UsbDevice,
+    self, Boot, Clock, DiskBus, DiskFormat, DisplayDevice, HostLimits, Network, NetworkCard,
+    OsKind, RebootAction, Size, SoundCard, UsbDevice,
 };
 use hospes_core::library::{
     CreateRequest, HostResources, ImportMode, Library, LibraryError, Preset,
@@ -119,6 +119,38 @@ fn creates_windows_and_kernel_presets() {
         64 << 30
     );
     assert_eq!(win.cdrom, Some(iso.canonicalize().unwrap()));
+    // Devices Windows drives with its inbox drivers, and the clock it keeps.
+    assert!(matches!(
+        win.network,
+        Network::User {
+            card: NetworkCard::E1000e,
+            ..
+        }
+    ));
+    assert!(win.sound);
+    assert_eq!(win.sound_card, SoundCard::Hda);
+    assert_eq!(win.clock, Clock::Local);
+
+    // The drivers disc goes in a second drive.
+    let drivers = tmp.path().join("virtio-win.iso");
+    fs::write(&drivers, b"drivers").unwrap();
+    let mut request = CreateRequest::new("Windows drivers", Preset::Windows11);
+    request.drivers_iso = Some(drivers.clone());
+    let win = lib.create(&request).unwrap().config.unwrap();
+    assert_eq!(win.extra_cdroms, [drivers.canonicalize().unwrap()]);
+    // ... for Windows only.
+    let mut request = CreateRequest::new("Linux drivers", Preset::Linux);
+    request.drivers_iso = Some(drivers.clone());
+    let err = lib.create(&request).unwrap_err().to_string();
+    assert!(err.contains("windows11"), "{err}");
+    let linux = lib
+        .create(&CreateRequest::new("Linux", Preset::Linux))
+        .unwrap()
+        .config
+        .unwrap();
+    assert!(linux.extra_cdroms.is_empty());
+    assert_eq!(linux.sound_card, SoundCard::Virtio);
+    assert_eq!(linux.clock, Clock::Utc);
 
     let kernel = tmp.path().join("bzImage");
     fs::write(&kernel, b"kernel").unwrap();

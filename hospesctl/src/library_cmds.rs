@@ -87,6 +87,10 @@ pub struct CreateArgs {
     /// An install image to attach as CD-ROM
     #[arg(long, value_name = "FILE")]
     pub iso: Option<PathBuf>,
+    /// The Windows drivers disc (virtio-win.iso) as a second CD-ROM (windows11 preset;
+    /// default: /usr/share/virtio-win/virtio-win.iso if installed)
+    #[arg(long, value_name = "FILE")]
+    pub drivers_iso: Option<PathBuf>,
     /// A Linux kernel to boot directly (kernel preset)
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
@@ -299,6 +303,7 @@ fn create(library: &Library, args: CreateArgs, out: &Output) -> Result<(), CtlEr
             FormatArg::Qcow2 => DiskFormat::Qcow2,
         },
         iso: args.iso,
+        drivers_iso: args.drivers_iso,
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
