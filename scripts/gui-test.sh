@@ -292,6 +292,8 @@ mkdir -p "$isos"
 win_iso="$isos/Win11_23H2_English_x64.iso"
 : >"$win_iso"
 : >"$isos/debian-12.iso"
+drivers_iso="$isos/virtio-win.iso"
+: >"$drivers_iso"
 start_app "$work/chooser"
 echo "gui-test: the assistant's file chooser picks an install image"
 check --expect "No virtual machines yet" --keys ctrl+n
@@ -302,12 +304,17 @@ check --title "New Virtual Machine" --text "Path to the file" "$win_iso" \
   --screenshot "$out/assistant-chosen.png"
 check --title "New Virtual Machine" --click Next --expect "Operating System" \
   --expect "Windows 11" --text "Name" "Windows 11" --absent "Linux"
+# Windows gets a field for the virtio-win drivers disc, put in a second CD drive.
+check --title "New Virtual Machine" --set-text "Windows Drivers Disc" "$drivers_iso" \
+  --screenshot "$out/assistant-windows-settings.png"
 check --title "New Virtual Machine" --click Next --expect "Summary" --expect "$win_iso" \
-  --expect "Windows 11" --screenshot "$out/assistant-chosen-summary.png"
+  --expect "Windows 11" --expect "$drivers_iso" \
+  --screenshot "$out/assistant-chosen-summary.png"
 check --title "New Virtual Machine" --click Create
 check --expect "Windows 11" --contains "Windows · "
 chooser_ron="$work/chooser/hospes/machines/windows-11/vm.ron"
-if ! grep -q "cdrom: Some(\"$win_iso\")" "$chooser_ron" || ! grep -q "os: Windows" "$chooser_ron"
+if ! grep -q "cdrom: Some(\"$win_iso\")" "$chooser_ron" || ! grep -q "os: Windows" "$chooser_ron" \
+  || ! grep -qF "\"$drivers_iso\"" "$chooser_ron"
 then
   echo "gui-test: the VM made from the chosen image is not a Windows VM with that CD-ROM:" >&2
   cat "$chooser_ron" >&2 || true

@@ -59,6 +59,9 @@ pub struct Assistant {
     name: String,
     name_error: Option<String>,
     preset: Preset,
+    /// The Windows drivers disc's path as typed (windows11 preset).
+    drivers: String,
+    drivers_error: Option<String>,
     memory_mib: u64,
     cpus: u32,
     disk_gib: u64,
@@ -86,6 +89,8 @@ pub enum AssistantInput {
     NameChanged(String),
     /// The OS drop-down changed.
     PresetChanged(u32),
+    /// The drivers disc entry changed.
+    DriversChanged(String),
     /// A spin button changed.
     MemoryChanged(u64),
     /// A spin button changed.
@@ -289,6 +294,28 @@ impl Component for Assistant {
                                 },
                             },
 
+                            #[name = "drivers_row"]
+                            adw::EntryRow {
+                                set_title: &gettext("Windows Drivers Disc (virtio-win, optional)"),
+                                #[watch]
+                                set_visible: model.preset == Preset::Windows11,
+                                connect_changed[sender] => move |row| {
+                                    sender.input(AssistantInput::DriversChanged(row.text().into()));
+                                },
+                            },
+
+                            gtk::Label {
+                                set_xalign: 0.0,
+                                set_wrap: true,
+                                set_margin_top: 6,
+                                set_margin_bottom: 6,
+                                add_css_class: "error",
+                                #[watch]
+                                set_visible: model.preset == Preset::Windows11 && model.drivers_error.is_some(),
+                                #[watch]
+                                set_label: model.drivers_error.as_deref().unwrap_or_default(),
+                            },
+
                             adw::ActionRow {
                                 set_title: &gettext("Memory (MiB)"),
                                 set_activatable_widget: Some(&memory_spin),
@@ -346,6 +373,13 @@ impl Component for Assistant {
                                 set_title: &gettext("Operating System"),
                                 #[watch]
                                 set_subtitle: &preset_label(model.preset),
+                            },
+                            adw::ActionRow {
+                                set_title: &gettext("Drivers Disc"),
+                                #[watch]
+                                set_visible: model.preset == Preset::Windows11,
+                                #[watch]
+                                set_subtitle: &drivers_label(&model.drivers),
                             },
                             adw::ActionRow {
                                 set_title: &gettext("Memory"),
@@ -423,6 +457,8 @@ impl Component for Assistant {
             name: String::new(),
             name_error: None,
             preset: Preset::Linux,
+            drivers: String::new(),
+            drivers_error: None,
             memory_mib: 2048,
             cpus: 2,
             disk_gib: 32,
@@ -440,6 +476,7 @@ impl Component for Assistant {
         a11y::set_label(&widgets.disk_check, &gettext("Existing Disk Image"));
         a11y::set_label(&widgets.file_entry, &gettext("Path to the file"));
         a11y::set_label(&widgets.choose_button, &gettext("Choose a File"));
+        a11y::set_label(&widgets.drivers_row, &gettext("Windows Drivers Disc"));
         // The spin buttons are named by their rows (activatable widgets).
         a11y::set_label(&widgets.progress, &gettext("Progress"));
         root.set_default_widget(Some(&widgets.next_button));
@@ -484,8 +521,13 @@ impl Component for Assistant {
                     .unwrap_or(Preset::Linux);
                 if preset != self.preset {
                     self.preset = preset;
+                    offer_drivers(preset, widgets);
                     request_defaults(preset, &sender);
                 }
+            }
+            AssistantInput::DriversChanged(path) => {
+                self.drivers = path;
+                self.drivers_error = None;
             }
             AssistantInput::MemoryChanged(mib) => self.memory_mib = mib,
             AssistantInput::CpusChanged(cpus) => self.cpus = cpus,
@@ -579,6 +621,7 @@ impl Assistant {
                 let index = PRESETS.iter().position(|p| *p == preset).unwrap_or(0);
                 self.preset = preset;
                 widgets.os_row.set_selected(index as u32);
+                offer_drivers(preset, widgets);
                 if self.name.is_empty() {
                     widgets
                         .name_row
@@ -589,6 +632,19 @@ impl Assistant {
                 widgets.name_row.grab_focus();
             }
             Step::Settings => {
+                let drivers = self.drivers.trim();
+                if self.preset == Preset::Windows11
+                    && !drivers.is_empty()
+                    && !Path::new(drivers).is_file()
+                {
+                    self.drivers_error = Some(gettext_f(
+                        // Translators: {path} is a file path the person typed.
+                        "There is no file at {path}",
+                        &[("path", drivers)],
+                    ));
+                    widgets.drivers_row.grab_focus();
+                    return;
+                }
                 self.step = Step::Summary;
                 widgets.next_button.grab_focus();
             }
@@ -618,6 +674,9 @@ impl Assistant {
             } else {
                 0
             },
+            drivers: Some(self.drivers.trim())
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
         }
     }
 
@@ -675,6 +734,25 @@ fn pulse_while_visible(progress: &gtk::ProgressBar) {
             glib::ControlFlow::Break
         }
     });
+}
+
+/// Fills the drivers disc entry with the one installed on this computer when Windows is
+/// chosen and the entry is still empty.
+fn offer_drivers(preset: Preset, widgets: &AssistantWidgets) {
+    if preset == Preset::Windows11
+        && widgets.drivers_row.text().is_empty()
+        && let Some(found) = assistant_model::installed_drivers_iso()
+    {
+        widgets.drivers_row.set_text(&found.to_string_lossy());
+    }
+}
+
+/// The summary's line for the drivers disc.
+fn drivers_label(path: &str) -> String {
+    match path.trim() {
+        "" => gettext("None (install virtio-win to have one found)"),
+        path => path.to_owned(),
+    }
 }
 
 fn preset_label(preset: Preset) -> String {

@@ -40,6 +40,14 @@ pub struct Plan {
     pub cpus: u32,
     /// Size of the new disk in GiB; 0 for none.
     pub disk_gib: u64,
+    /// The Windows drivers disc for a second CD drive (windows11 preset); `None` lets the
+    /// library look where distributions install it.
+    pub drivers: Option<PathBuf>,
+}
+
+/// The Windows drivers disc installed on this computer, if any, to offer in the assistant.
+pub fn installed_drivers_iso() -> Option<PathBuf> {
+    library::find_drivers_iso(&library::VIRTIO_WIN_ISOS)
 }
 
 /// Known distribution names in install image file names, and how to write them.
@@ -161,6 +169,9 @@ pub fn create_in(library: &Library, plan: &Plan) -> Result<String, CreateError> 
     request.memory = Some(Size::mib(plan.memory_mib));
     request.cpus = Some(plan.cpus);
     request.disk_size = Some(Size::gib(plan.disk_gib));
+    if plan.preset == Preset::Windows11 {
+        request.drivers_iso = plan.drivers.clone();
+    }
     match plan.source {
         Source::Iso => request.iso = Some(plan.file.clone()),
         Source::Kernel => request.kernel = Some(plan.file.clone()),
@@ -255,6 +266,7 @@ mod tests {
             memory_mib: 256,
             cpus: 1,
             disk_gib: 0,
+            drivers: None,
         };
         let id = create_in(&library, &plan).unwrap();
         let vm = library.find(&id).unwrap().config.unwrap();
