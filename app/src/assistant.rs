@@ -296,12 +296,23 @@ impl Component for Assistant {
 
                             #[name = "drivers_row"]
                             adw::EntryRow {
-                                set_title: &gettext("Windows Drivers Disc (virtio-win, optional)"),
+                                set_title: &gettext("Windows Drivers Disc"),
                                 #[watch]
                                 set_visible: model.preset == Preset::Windows11,
                                 connect_changed[sender] => move |row| {
                                     sender.input(AssistantInput::DriversChanged(row.text().into()));
                                 },
+                            },
+
+                            gtk::Label {
+                                set_xalign: 0.0,
+                                set_wrap: true,
+                                set_margin_top: 6,
+                                add_css_class: "dim-label",
+                                add_css_class: "caption",
+                                set_label: &gettext("Optional: the virtio-win ISO, put in a second CD drive, to install faster disk, network and display drivers in Windows."),
+                                #[watch]
+                                set_visible: model.preset == Preset::Windows11,
                             },
 
                             gtk::Label {
@@ -476,7 +487,6 @@ impl Component for Assistant {
         a11y::set_label(&widgets.disk_check, &gettext("Existing Disk Image"));
         a11y::set_label(&widgets.file_entry, &gettext("Path to the file"));
         a11y::set_label(&widgets.choose_button, &gettext("Choose a File"));
-        a11y::set_label(&widgets.drivers_row, &gettext("Windows Drivers Disc"));
         // The spin buttons are named by their rows (activatable widgets).
         a11y::set_label(&widgets.progress, &gettext("Progress"));
         root.set_default_widget(Some(&widgets.next_button));
