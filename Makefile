@@ -39,10 +39,10 @@ test-gui:
 test: deps check-style check-resources test-rust test-gui
 
 # Opt-in slow tier: real kernels and firmware (e.g. HOSPES_LINUX_KERNEL=/boot/vmlinuz-...;
-# the USB hot-plug test also needs HOSPES_USB_TEST_DEVICE=VVVV:PPPP, see docs/usb.md),
-# meant for a laptop with VT-x/AMD-V; not part of `make test`.
+# the USB hot-plug test also needs HOSPES_USB_TEST_DEVICE=VVVV:PPPP, see docs/usb.md; the
+# Windows one HOSPES_WINDOWS_ISO=/path/Win11.iso, see docs/windows.md), meant for a laptop with VT-x/AMD-V; not part of `make test`.
 test-slow: build
-	$(CARGO) test -p hospes-tests --test slow_linux --test slow_uefi --test slow_usb -- --ignored
+	$(CARGO) test -p hospes-tests --test slow_linux --test slow_uefi --test slow_usb --test slow_windows -- --ignored
 
 bench: deps
 	./scripts/bench.sh
