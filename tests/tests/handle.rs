@@ -24,6 +24,7 @@ fn powerbutton_vmm(cpus: u32, no_reboot: bool) -> (hospes_tests::Guest, std::pat
         serial: SerialConfig::File(console.clone()),
         no_reboot,
         firmware: None,
+        tpm: false,
     };
     let vmm = Vmm::new(cfg).unwrap();
     (g, console, vmm)

@@ -45,6 +45,7 @@ pub mod firmware;
 pub mod pci;
 pub mod qmp;
 pub mod storage;
+pub mod tpm;
 pub mod uefi;
 pub mod usb;
 
@@ -127,6 +128,8 @@ pub struct MachineConfig {
     pub no_reboot: bool,
     /// Boot firmware (SeaBIOS or OVMF on the Q35 platform) instead of `kernel`.
     pub firmware: Option<firmware::FirmwareConfig>,
+    /// The machine has a TPM: the ACPI tables describe it (`machine::tpm` places it).
+    pub tpm: bool,
 }
 
 /// Events that end a boot.
@@ -412,6 +415,7 @@ impl Machine {
                     mmio: &mut mmio,
                     pm: &pm,
                     power,
+                    tpm: config.tpm,
                 })?);
                 pm
             }
@@ -534,7 +538,7 @@ fn load_kernel(
     guest_memory
         .write_slice(&gdt, GuestAddress(layout::BOOT_GDT))
         .map_err(MachineError::GuestMemory)?;
-    let tables = acpi::build(config.cpus, config.memory)?;
+    let tables = acpi::build(config.cpus, config.memory, config.tpm)?;
     guest_memory
         .write_slice(&tables.blob, GuestAddress(tables.base))
         .map_err(MachineError::GuestMemory)?;
