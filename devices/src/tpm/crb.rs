@@ -70,8 +70,9 @@ pub const INT_STS_START: u32 = 1 << 0;
 
 /// INTF_ID's low half: InterfaceType 1 (CRB active), InterfaceVersion 1 (CRB),
 /// CapLocality 0 (locality 0 only), CapCRBIdleBypass 0, CapDataXferSizeSupport 3 (64
-/// bytes), CapFIFO 0, CapCRB 1, InterfaceSelector 1 (CRB) locked (IntfSelLock), RID 0.
-pub const INTF_ID_LOW_VALUE: u32 = 1 | (1 << 4) | (3 << 11) | (1 << 14) | (1 << 17) | (1 << 19);
+/// bytes), CapFIFO 0, CapCRB 1, InterfaceSelector 1 (CRB), IntfSelLock 0, RID 0: the
+/// value QEMU's tpm-crb shows, which Windows and OVMF are known to take.
+pub const INTF_ID_LOW_VALUE: u32 = 1 | (1 << 4) | (3 << 11) | (1 << 14) | (1 << 17);
 /// INTF_ID's high half: vendor 0x1014 (IBM, whose swtpm is behind it), device 1.
 pub const INTF_ID_HIGH_VALUE: u32 = 0x1014 | (1 << 16);
 

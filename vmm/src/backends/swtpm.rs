@@ -15,8 +15,9 @@
 //!
 //! Supervision: swtpm's stderr becomes `swtpm: ...` log lines; it gets SIGTERM when the
 //! watcher thread (alive as long as [`Swtpm`]) ends (parent-death signal), and dropping
-//! [`Swtpm`] shuts it down (CMD_SHUTDOWN, then a kill if it lingers). If swtpm dies while
-//! the VM runs, the watcher logs it once and marks the channel dead: from then on every
+//! [`Swtpm`] stops it (SIGTERM, on which swtpm saves its state, then SIGKILL if it
+//! lingers). If swtpm dies while the VM runs, the watcher logs it once (also when the
+//! death is only found as the VM ends) and marks the channel dead: from then on every
 //! command fails at once and the guest's TPM answers TPM_RC_FAILURE; the VM runs on.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -39,17 +40,15 @@ use hospes_devices::tpm::{CRB_BUFFER_SIZE, TPM_HEADER_LEN, TpmBackend, TpmBacken
 /// Control channel commands (`tpm_ioctl.h`, "Commands used by the non-CUSE TPMs").
 const CMD_GET_CAPABILITY: u32 = 1;
 const CMD_INIT: u32 = 2;
-const CMD_SHUTDOWN: u32 = 3;
 const CMD_STOP: u32 = 14;
 const CMD_SET_DATAFD: u32 = 16;
 const CMD_SET_BUFFERSIZE: u32 = 17;
 /// Capability bits CMD_GET_CAPABILITY reports, of the commands Hospes sends.
 const CAP_INIT: u64 = 1;
-const CAP_SHUTDOWN: u64 = 1 << 1;
 const CAP_STOP: u64 = 1 << 10;
 const CAP_SET_DATAFD: u64 = 1 << 12;
 const CAP_SET_BUFFERSIZE: u64 = 1 << 13;
-const CAPS_NEEDED: u64 = CAP_INIT | CAP_SHUTDOWN | CAP_STOP | CAP_SET_DATAFD | CAP_SET_BUFFERSIZE;
+const CAPS_NEEDED: u64 = CAP_INIT | CAP_STOP | CAP_SET_DATAFD | CAP_SET_BUFFERSIZE;
 
 /// The largest response accepted from swtpm (its own largest buffer).
 const MAX_RESPONSE: usize = 4096;
@@ -57,7 +56,7 @@ const MAX_RESPONSE: usize = 4096;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a control command may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long swtpm may take to exit after CMD_SHUTDOWN before it is killed.
+/// How long swtpm may take to exit after SIGTERM before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Errors starting or driving swtpm.
@@ -302,11 +301,7 @@ impl Swtpm {
 
 impl Drop for Swtpm {
     fn drop(&mut self) {
-        if !self.is_dead() {
-            // Best effort: swtpm saves its state and exits; the watcher reaps it.
-            let mut ch = lock(&self.channel);
-            let _ = ch.control(CMD_SHUTDOWN, &[], 0);
-        }
+        // The watcher ends swtpm (SIGTERM: it saves its state and exits) and reaps it.
         self.stop.take();
         if let Some(t) = self.thread.take()
             && t.join().is_err()
@@ -395,12 +390,7 @@ impl Watcher {
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => {
-                    self.dead.store(true, Ordering::Relaxed);
-                    log::error!(
-                        "tpm: swtpm (pid {}) exited ({status}); the guest's TPM fails every \
-                         command from now on, the VM runs on",
-                        child.id()
-                    );
+                    self.died(&child, status);
                     // The owner may still be waiting to stop us.
                     let _ = self.stop.recv();
                     return;
@@ -412,24 +402,46 @@ impl Watcher {
                     return;
                 }
             }
-            match self.stop.recv_timeout(Duration::from_millis(50)) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => {
-                    // Told to stop: swtpm was sent CMD_SHUTDOWN; give it a moment.
-                    self.dead.store(true, Ordering::Relaxed);
-                    let deadline = Instant::now() + EXIT_GRACE;
-                    while Instant::now() < deadline {
-                        if let Ok(Some(_)) = child.try_wait() {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
+            if let Err(RecvTimeoutError::Timeout) =
+                self.stop.recv_timeout(Duration::from_millis(50))
+            {
+                continue;
             }
+            // Told to stop. Exited already: nothing asked it to, so it died.
+            if let Ok(Some(status)) = child.try_wait() {
+                self.died(&child, status);
+                return;
+            }
+            self.dead.store(true, Ordering::Relaxed);
+            self.terminate(&mut child);
+            return;
         }
+    }
+
+    fn died(&self, child: &Child, status: std::process::ExitStatus) {
+        self.dead.store(true, Ordering::Relaxed);
+        log::error!(
+            "tpm: swtpm (pid {}) exited ({status}); the guest's TPM fails every command \
+             from now on, the VM runs on",
+            child.id()
+        );
+    }
+
+    /// SIGTERM, a moment to save the state and exit, then SIGKILL.
+    fn terminate(&self, child: &mut Child) {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on our own child, not reaped yet (so the pid is still its).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + EXIT_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
