@@ -9,6 +9,9 @@
 //!   is reset with it, so the second boot's Startup succeeds as well. With `loop`, the test kills swtpm
 //!   while the guest sends GetRandom after GetRandom: the helper logs the death once, the
 //!   guest gets TPM_RC_FAILURE (0x101) with CTRL_STS.tpmSts set, and runs on to power off.
+//! - `hospes_seabios_*`: SeaBIOS under `hospes-vmm --bios --tpm` finds the TPM through
+//!   the firmware's ACPI tables (TPM2, with its log area) and sends Startup and PCR
+//!   extends, which the helper's debug log shows.
 //! - `qemu_*`: the same guest under QEMU's `tpm-crb` with a swtpm of the test's own: the
 //!   lines that describe the interface (TPM2 table, INTF_ID, LOC_STATE, the buffer) and
 //!   the GetRandom answer's shape must match Hospes'. QEMU runs SeaBIOS, which sends
@@ -22,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hospes_tests::peers::{LiveVm, process_name, require_program};
-use hospes_tests::{GuestKind, build_guest, run_vmm, skip_without_kvm, wait_for_text};
+use hospes_tests::{GuestKind, build_guest, run_vmm, skip_without_kvm, vmm_binary, wait_for_text};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
@@ -204,6 +207,41 @@ fn hospes_logs_a_dead_swtpm_once_and_the_guest_gets_failures_and_runs_on() {
         .filter(|l| l.contains(&format!("swtpm (pid {}) exited", swtpm[0])))
         .count();
     assert_eq!(deaths, 1, "the death is logged once: {stderr}");
+}
+
+#[test]
+fn hospes_seabios_finds_the_tpm_through_the_firmware_acpi_tables_and_measures_into_it() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("swtpm", "swtpm");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("helper.log");
+    let _vm = KillOnDrop(
+        Command::new(vmm_binary())
+            .args(["--bios", SEABIOS, "--tpm", "-m", "64M", "--serial", "none"])
+            .env("HOSPES_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn hospes-vmm"),
+    );
+    // SeaBIOS finds the TPM2 table, starts the TPM and extends PCRs with its measurements
+    // (TPM2_PCR_Extend, 0x182), logging them in the table's log area.
+    let text = wait_for_text(&log, "tpm: command 0x182 answered 0x0", TIMEOUT);
+    assert!(
+        text.contains("tpm: command 0x144 answered 0x0"),
+        "TPM2_Startup first: {text}"
+    );
+    assert!(
+        text.contains("tpm: command 0x182 answered 0x0"),
+        "measurements: {text}"
+    );
+    assert!(
+        text.contains("table(324d5054)"),
+        "SeaBIOS saw the TPM2 table: {text}"
+    );
 }
 
 /// The guest's console under QEMU's tpm-crb with a swtpm of our own, up to the GetRandom

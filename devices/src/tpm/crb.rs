@@ -253,7 +253,14 @@ fn run_worker(shared: &Shared, backend: &SharedBackend, jobs: &Receiver<Vec<u8>>
         };
         let mut regs = lock(&shared.regs);
         match response {
-            Ok(r) => regs.complete(&r),
+            Ok(r) => {
+                log::debug!(
+                    "tpm: command {:#x} answered {:#x}",
+                    code(&command),
+                    code(&r)
+                );
+                regs.complete(&r)
+            }
             Err(why) => {
                 guest_warn!("tpm: command failed, answered with TPM_RC_FAILURE: {why}");
                 regs.error = true;
@@ -261,6 +268,14 @@ fn run_worker(shared: &Shared, backend: &SharedBackend, jobs: &Receiver<Vec<u8>>
             }
         }
     }
+}
+
+/// The command or response code of a message whose header is there (0 otherwise).
+fn code(message: &[u8]) -> u32 {
+    message
+        .get(6..10)
+        .and_then(|c| <[u8; 4]>::try_from(c).ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 impl BusDevice for TpmCrb {
