@@ -66,20 +66,15 @@ fn random_bytes(console: &str) -> Vec<u8> {
     bytes
 }
 
-fn run_hospes(tpm_flag: &str, guest: &Path) -> String {
-    let out = run_vmm(
-        &[
-            "--kernel",
-            guest.to_str().unwrap(),
-            "-m",
-            "32M",
-            tpm_flag,
-            "--serial",
-            "stdio",
-        ],
-        TIMEOUT,
-    );
+/// The guest's console under `hospes-vmm --kernel guest -m 32M --serial stdio flags...`,
+/// which must power off by itself.
+fn run_hospes(guest: &Path, flags: &[&str]) -> String {
+    let mut args = vec!["--kernel", guest.to_str().unwrap(), "-m", "32M"];
+    args.extend_from_slice(&["--serial", "stdio"]);
+    args.extend_from_slice(flags);
+    let out = run_vmm(&args, TIMEOUT);
     assert!(out.success(), "{out:?}");
+    assert!(!out.stderr.contains("swtpm"), "{}", out.stderr);
     out.stdout
 }
 
@@ -90,14 +85,14 @@ fn hospes_tpm_answers_startup_and_get_random_with_fresh_bytes_each_run() {
     }
     require_program("swtpm", "swtpm");
     let g = build_guest("tpm", GuestKind::Pvh);
-    let first = run_hospes("--tpm", &g.path);
+    let first = run_hospes(&g.path, &["--tpm"]);
     for line in INTERFACE_LINES {
         assert!(first.lines().any(|l| l == line), "{line}: {first}");
     }
     assert!(first.lines().any(|l| l == "startup rc 00000000"), "{first}");
     let state = g.dir.path().join("tpm-state");
     let flag = format!("--tpm={}", state.display());
-    let second = run_hospes(&flag, &g.path);
+    let second = run_hospes(&g.path, &[&flag]);
     assert!(
         second.lines().any(|l| l == "startup rc 00000000"),
         "{second}"
@@ -113,7 +108,7 @@ fn hospes_tpm_answers_startup_and_get_random_with_fresh_bytes_each_run() {
         "swtpm kept the TPM's state in --tpm=DIR"
     );
     // The same state again: the TPM starts from it.
-    let third = run_hospes(&flag, &g.path);
+    let third = run_hospes(&g.path, &[&flag]);
     random_bytes(&third);
 }
 
@@ -124,22 +119,8 @@ fn hospes_resets_the_tpm_with_the_machine_so_the_next_boot_starts_it_again() {
     }
     require_program("swtpm", "swtpm");
     let g = build_guest("tpm", GuestKind::Pvh);
-    let out = run_vmm(
-        &[
-            "--kernel",
-            g.path.to_str().unwrap(),
-            "-m",
-            "32M",
-            "--tpm",
-            "--cmdline",
-            "reset",
-            "--serial",
-            "stdio",
-        ],
-        TIMEOUT,
-    );
-    assert!(out.success(), "{out:?}");
-    let lines: Vec<&str> = out.stdout.lines().collect();
+    let out = run_hospes(&g.path, &["--tpm", "--cmdline", "reset"]);
+    let lines: Vec<&str> = out.lines().collect();
     let boots: Vec<&[&str]> = lines.split(|l| *l == "resetting").collect();
     assert_eq!(boots.len(), 2, "one reset: {lines:?}");
     for boot in &boots {
@@ -151,7 +132,6 @@ fn hospes_resets_the_tpm_with_the_machine_so_the_next_boot_starts_it_again() {
         );
     }
     assert_eq!(boots[1].last(), Some(&"second boot"), "{lines:?}");
-    assert!(!out.stderr.contains("swtpm"), "{}", out.stderr);
 }
 
 #[test]
@@ -316,7 +296,7 @@ fn qemu_tpm_crb_shows_the_interface_hospes_shows() {
     random_bytes(&qemu);
 
     let g = build_guest("tpm", GuestKind::Pvh);
-    let hospes = run_hospes("--tpm", &g.path);
+    let hospes = run_hospes(&g.path, &["--tpm"]);
     let interface = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| !l.starts_with("startup rc") && !l.starts_with("random rc"))

@@ -23,7 +23,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::child::inherit_fd_and_die_with_thread;
 use hospes_core::control::fdpass::send_with_fd;
 use hospes_devices::bus::lock;
 use hospes_devices::tpm::crb::SharedBackend;
@@ -351,28 +351,9 @@ impl Watcher {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls (fcntl, sigprocmask, prctl) on values it owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                // swtpm inherits its end of the control channel.
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The helper blocks its quit signals in every thread; swtpm must not
-                // inherit that mask (it saves its state on SIGTERM).
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // swtpm ends with this thread (the watcher, alive as long as the VM).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // swtpm inherits its end of the control channel and ends with this thread (the
+        // watcher, alive as long as the VM).
+        inherit_fd_and_die_with_thread(&mut cmd, fd);
         let mut child = cmd.spawn().map_err(|source| SwtpmError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,
