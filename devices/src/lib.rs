@@ -22,5 +22,6 @@ pub mod legacy;
 pub mod logger;
 pub mod pci;
 pub mod pflash;
+pub mod tpm;
 pub mod usb;
 pub mod virtio;

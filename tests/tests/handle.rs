@@ -26,6 +26,7 @@ fn powerbutton_vmm(cpus: u32, no_reboot: bool) -> (hospes_tests::Guest, std::pat
         firmware: None,
         hyperv: false,
         rtc_local: false,
+        tpm: false,
     };
     let vmm = Vmm::new(cfg).unwrap();
     (g, console, vmm)

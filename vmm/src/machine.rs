@@ -46,6 +46,7 @@ pub mod firmware;
 pub mod pci;
 pub mod qmp;
 pub mod storage;
+pub mod tpm;
 pub mod uefi;
 pub mod usb;
 
@@ -134,6 +135,8 @@ pub struct MachineConfig {
     pub hyperv: bool,
     /// The CMOS clock keeps the host's local time instead of UTC (Windows guests).
     pub rtc_local: bool,
+    /// The machine has a TPM: the ACPI tables describe it (`machine::tpm` places it).
+    pub tpm: bool,
 }
 
 /// The host's offset from UTC now, in seconds (east positive), from its time zone.
@@ -458,6 +461,7 @@ impl Machine {
                     mmio: &mut mmio,
                     pm: &pm,
                     power,
+                    tpm: config.tpm,
                 })?);
                 pm
             }
@@ -587,7 +591,7 @@ fn load_kernel(
     guest_memory
         .write_slice(&gdt, GuestAddress(layout::BOOT_GDT))
         .map_err(MachineError::GuestMemory)?;
-    let tables = acpi::build(config.cpus, config.memory)?;
+    let tables = acpi::build(config.cpus, config.memory, config.tpm)?;
     guest_memory
         .write_slice(&tables.blob, GuestAddress(tables.base))
         .map_err(MachineError::GuestMemory)?;

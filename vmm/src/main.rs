@@ -20,6 +20,7 @@ use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
 use hospes_vmm::machine::firmware::{FirmwareConfig, FirmwareKind};
 use hospes_vmm::machine::pci::{DiskSpec, attach_pci_to_machine};
 use hospes_vmm::machine::storage;
+use hospes_vmm::machine::tpm::{Tpm, TpmState};
 use hospes_vmm::machine::uefi;
 use hospes_vmm::machine::usb::Usb;
 use hospes_vmm::machine::{MachineConfig, MachineError, SerialConfig, Vmm, qmp};
@@ -118,6 +119,11 @@ struct Args {
     /// The VNC password, first line of this file (required with --vnc HOST:PORT).
     #[arg(long, value_name = "FILE")]
     vnc_password_file: Option<PathBuf>,
+    /// A TPM 2.0 (CRB) backed by swtpm; its state lives in DIR (`--tpm=DIR`) or, with a
+    /// bare `--tpm`, in a temporary folder removed when the VM ends.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true,
+          default_missing_value = "")]
+    tpm: Option<String>,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -193,6 +199,8 @@ struct Extras {
     usb: bool,
     /// Host USB devices handed to the guest (vm.ron's `usb`).
     usb_devices: Vec<hospes_core::config::UsbDevice>,
+    /// The TPM's state, if the VM has one.
+    tpm: Option<TpmState>,
 }
 
 fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
@@ -207,6 +215,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         firmware: None,
         hyperv: args.hyperv,
         rtc_local: args.rtc_local,
+        tpm: false,
     };
     let mut extras = Extras {
         disks: Vec::new(),
@@ -231,6 +240,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         },
         usb: false,
         usb_devices: Vec::new(),
+        tpm: None,
     };
     if let Some(path) = &args.config {
         let vm = hospes_core::config::load(path).map_err(|e| e.to_string())?;
@@ -267,12 +277,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                 secure_boot: _,
             } => {
                 if tpm {
-                    log::warn!(
-                        "{}: the VM asks for a TPM, which Hospes cannot give yet: it starts \
-                         without one (a guest that requires a TPM, like Windows 11, will \
-                         refuse to install)",
-                        path.display()
-                    );
+                    extras.tpm = Some(TpmState::of_vm(dir));
                 }
                 let chosen = firmware.map(|f| dir.join(f));
                 let image = hospes_core::firmware::locate(Image::OvmfCode, chosen.as_deref())
@@ -380,6 +385,10 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     if let Some(on) = args.usb {
         extras.usb = on;
     }
+    if let Some(t) = &args.tpm {
+        extras.tpm = Some(TpmState::from_flag(t));
+    }
+    cfg.tpm = extras.tpm.is_some();
     extras.display.name = extras.name.clone().unwrap_or_else(|| "hospes".into());
     if let Some(fw) = &mut cfg.firmware {
         if let Some(uuid) = args.uuid {
@@ -480,6 +489,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tpm = match extras.tpm.as_ref().map(Tpm::start).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("hospes-vmm: tpm: {}", hospes_core::error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     let sound = extras
         .sound
         .then(|| start_sound(extras.name.as_deref().unwrap_or("vm")))
@@ -546,6 +562,9 @@ fn main() -> ExitCode {
             }
             if let Some(d) = &display {
                 d.attach(machine, &mut pci)?;
+            }
+            if let Some(t) = &tpm {
+                t.attach(machine)?;
             }
             match &usb {
                 Some(u) => u.attach(machine, &mut pci),
@@ -652,5 +671,38 @@ mod tests {
         assert_eq!(fw.vars, Some(dir.path().join("OVMF_VARS.fd")));
         assert_eq!(cfg.memory, 512 << 20);
         assert_eq!(cfg.cpus, 2);
+        assert!(cfg.tpm, "tpm: true gives the VM a TPM");
+    }
+
+    #[test]
+    fn a_uefi_vm_with_a_tpm_keeps_its_state_in_its_folder() {
+        let (dir, path) = uefi_vm("Uefi(firmware: Some(\"CODE.fd\"), tpm: true)");
+        std::fs::write(dir.path().join("CODE.fd"), b"x").unwrap();
+        let (cfg, extras) = from_config(&path).unwrap();
+        assert!(cfg.tpm);
+        assert_eq!(extras.tpm, Some(TpmState::Dir(dir.path().join("tpm"))));
+        let (dir, path) = uefi_vm("Uefi(firmware: Some(\"CODE.fd\"), tpm: false)");
+        std::fs::write(dir.path().join("CODE.fd"), b"x").unwrap();
+        let (cfg, extras) = from_config(&path).unwrap();
+        assert!(!cfg.tpm);
+        assert_eq!(extras.tpm, None);
+    }
+
+    #[test]
+    fn the_tpm_flag_takes_an_optional_state_folder() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["hospes-vmm", "--kernel", "k"];
+            argv.extend_from_slice(flags);
+            machine_config(Args::parse_from(argv)).unwrap()
+        };
+        let (cfg, extras) = parse(&["--tpm"]);
+        assert!(cfg.tpm);
+        assert_eq!(extras.tpm, Some(TpmState::Temporary));
+        let (cfg, extras) = parse(&["--tpm=/s/tpm"]);
+        assert!(cfg.tpm);
+        assert_eq!(extras.tpm, Some(TpmState::Dir("/s/tpm".into())));
+        let (cfg, extras) = parse(&[]);
+        assert!(!cfg.tpm);
+        assert_eq!(extras.tpm, None);
     }
 }

@@ -14,7 +14,6 @@
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -23,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::child::inherit_fd_and_die_with_thread;
 use hospes_core::config::{MacAddress, Network, NetworkCard, PortForward, Protocol};
 use hospes_devices::bus::lock;
 use hospes_devices::virtio::VirtioDevice;
@@ -238,28 +238,9 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls (fcntl, sigprocmask, prctl) on values it owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                // passt inherits its end of the socket pair.
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The helper blocks its quit signals in every thread; passt must not
-                // inherit that mask.
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // passt ends with this thread (the supervisor, alive as long as the VM).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // passt inherits its end of the socket pair and ends with this thread (the
+        // supervisor, alive as long as the VM).
+        inherit_fd_and_die_with_thread(&mut cmd, fd);
         let mut child = cmd.spawn().map_err(|source| PasstError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,

@@ -181,6 +181,8 @@ pub struct PlatformParts<'a> {
     /// The ICH9 ACPI PM block, placed where the firmware programs PMBASE.
     pub pm: &'a Arc<Mutex<PmBlock>>,
     pub power: Arc<dyn PowerEvents>,
+    /// The machine has a TPM (the ACPI tables describe it).
+    pub tpm: bool,
 }
 
 impl Platform {
@@ -214,7 +216,15 @@ impl Platform {
         }));
 
         let mut cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
-        add_acpi_tables(&mut cfg, p.cpus, p.memory, window, &ecam)?;
+        let platform = Q35Platform {
+            cpus: p.cpus,
+            memory: p.memory,
+            window,
+            ecam: ecam.range(),
+            pm_base: layout::PM_BASE,
+            tpm: p.tpm,
+        };
+        add_acpi_tables(&mut cfg, platform, &ecam)?;
         let cfg = Arc::new(Mutex::new(cfg));
         let mut pio = p.pio.write().unwrap_or_else(|e| e.into_inner());
         pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
@@ -240,21 +250,18 @@ impl Platform {
 /// ([`acpi_loader`]), generated when the guest first reads them so that the MCFG and the
 /// root bridge's `_CRS` follow the ECAM window the firmware programmed into PCIEXBAR.
 /// The PM block is described at 0x600, where SeaBIOS (when `etc/table-loader` exists) and
-/// OVMF put PMBASE.
+/// OVMF put PMBASE. With a TPM, its event log area goes with them.
 fn add_acpi_tables(
     cfg: &mut FwCfg,
-    cpus: u32,
-    memory: u64,
-    window: (u64, u64),
+    platform: Q35Platform,
     ecam: &Arc<EcamOverlay>,
 ) -> Result<(), FirmwareError> {
-    let platform = Q35Platform {
-        cpus,
-        memory,
-        window,
-        ecam: ecam.range(),
-        pm_base: layout::PM_BASE,
-    };
+    if platform.tpm {
+        cfg.add_file(
+            acpi_loader::TPM_LOG_FILE,
+            vec![0; acpi_loader::TPM_LOG_LEN as usize],
+        )?;
+    }
     // Built once now, so that a machine the tables cannot describe fails to start
     // instead of booting without ACPI; later builds differ only in the ECAM window.
     acpi_loader::build(&platform)?;

@@ -15,7 +15,8 @@
 use acpi_tables::Aml;
 use acpi_tables::aml::Device as AmlDevice;
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, EISAName, IO, Interrupt, Name, Package, ResourceTemplate,
+    AddressSpace, AddressSpaceCacheable, EISAName, IO, Interrupt, Memory32Fixed, Method, Name,
+    Package, ResourceTemplate, Return,
 };
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -26,6 +27,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 
 use super::layout;
+use hospes_devices::tpm::{CRB_BASE, CRB_CTRL_AREA_OFFSET, CRB_SIZE};
 
 pub(super) const OEM_ID: [u8; 6] = *b"HOSPES";
 pub(super) const OEM_TABLE_ID: [u8; 8] = *b"HOSPESVM";
@@ -72,8 +74,9 @@ pub(super) fn power_button() -> Vec<u8> {
     ))
 }
 
-/// The DSDT: `_S5`, the PCI root bridge, the power button, COM1.
-pub fn dsdt(mem: u64) -> Vec<u8> {
+/// The DSDT: `_S5`, the PCI root bridge, the power button, COM1, and the TPM when the
+/// machine has one.
+pub fn dsdt(mem: u64, tpm: bool) -> Vec<u8> {
     let last_bus = ((layout::PCI_ECAM_SIZE >> 20) - 1) as u16;
     let buses = AddressSpace::new_bus_number(0u16, last_bus);
     let cf8 = IO::new(0xcf8, 0xcf8, 1, 8);
@@ -110,8 +113,64 @@ pub fn dsdt(mem: u64) -> Vec<u8> {
             &Name::new("_CRS".into(), &com1_crs),
         ],
     )));
+    if tpm {
+        body.extend(tpm_device());
+    }
 
     dsdt_of(&body)
+}
+
+/// `\_SB.TPM`: the TPM 2.0 (`MSFT0101`, the id Windows and Linux bind their CRB drivers
+/// to) and its CRB page.
+pub(super) fn tpm_device() -> Vec<u8> {
+    let page = Memory32Fixed::new(true, CRB_BASE as u32, CRB_SIZE as u32);
+    let crs = ResourceTemplate::new(vec![&page]);
+    to_bytes(&AmlDevice::new(
+        "_SB_.TPM_".into(),
+        vec![
+            &Name::new("_HID".into(), &"MSFT0101"),
+            &Name::new("_STR".into(), &"TPM 2.0 Device"),
+            &Name::new("_UID".into(), &1u8),
+            &Method::new("_STA".into(), 0, false, vec![&Return::new(&0x0fu8)]),
+            &Name::new("_CRS".into(), &crs),
+        ],
+    ))
+}
+
+/// The TPM2 table's revision: 4 has the log area fields (TCG ACPI Specification).
+const TPM2_REVISION: u8 = 4;
+/// Its length at revision 4.
+const TPM2_LEN: u32 = 76;
+/// Fields: platform class, the CRB control area's address, start method, log area
+/// minimum length and start address.
+const TPM2_PLATFORM_CLASS: usize = 36;
+const TPM2_CONTROL_AREA: usize = 40;
+const TPM2_START_METHOD: usize = 48;
+const TPM2_LAML: usize = 64;
+/// Where the table holds the log area's address (a pointer the firmware patches).
+pub const TPM2_LASA: u32 = 68;
+/// Platform class 0: a client platform (PC Client Platform TPM Profile).
+const TPM2_CLIENT: u16 = 0;
+/// Start method 7: the Command Response Buffer interface.
+const TPM2_START_METHOD_CRB: u32 = 7;
+
+/// The TPM2 table of the CRB TPM, its event log area `log_len` bytes at `log_addr` (0
+/// and 0: none).
+pub fn tpm2(log_len: u32, log_addr: u64) -> Vec<u8> {
+    let mut sdt = Sdt::new(
+        *b"TPM2",
+        TPM2_LEN,
+        TPM2_REVISION,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    );
+    sdt.write_u16(TPM2_PLATFORM_CLASS, TPM2_CLIENT);
+    sdt.write_u64(TPM2_CONTROL_AREA, CRB_BASE + CRB_CTRL_AREA_OFFSET);
+    sdt.write_u32(TPM2_START_METHOD, TPM2_START_METHOD_CRB);
+    sdt.write_u32(TPM2_LAML, log_len);
+    sdt.write_u64(TPM2_LASA as usize, log_addr);
+    sdt.as_slice().to_vec()
 }
 
 /// `\_SB.PCI0`: the PCI Express root bridge (PNP0A08, compatible with PNP0A03) of segment
@@ -255,9 +314,10 @@ fn mcfg() -> Vec<u8> {
     )
 }
 
-/// Builds every table for a machine of `cpus` vCPUs and `mem` bytes of RAM, laid out from
+/// Builds every table for a machine of `cpus` vCPUs and `mem` bytes of RAM (and a TPM if
+/// `tpm`: its DSDT device and a TPM2 table without an event log), laid out from
 /// [`layout::ACPI_START`].
-pub fn build(cpus: u32, mem: u64) -> Result<AcpiTables, AcpiError> {
+pub fn build(cpus: u32, mem: u64, tpm: bool) -> Result<AcpiTables, AcpiError> {
     let base = layout::ACPI_START;
     let mut blob = Vec::new();
     let place = |blob: &mut Vec<u8>, table: &[u8], align: usize| -> u64 {
@@ -269,12 +329,16 @@ pub fn build(cpus: u32, mem: u64) -> Result<AcpiTables, AcpiError> {
     // The RSDP goes first; its XSDT address is patched in at the end.
     blob.resize(Rsdp::len(), 0);
     let facs_addr = place(&mut blob, &to_bytes(&FACS::new()), 64);
-    let dsdt_addr = place(&mut blob, &dsdt(mem), 8);
+    let dsdt_addr = place(&mut blob, &dsdt(mem, tpm), 8);
     let fadt_addr = place(&mut blob, &fadt(dsdt_addr, facs_addr), 8);
     let madt_addr = place(&mut blob, &madt(cpus)?, 8);
     let mcfg_addr = place(&mut blob, &mcfg(), 8);
+    let mut listed = vec![fadt_addr, madt_addr, mcfg_addr];
+    if tpm {
+        listed.push(place(&mut blob, &tpm2(0, 0), 8));
+    }
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for a in [fadt_addr, madt_addr, mcfg_addr] {
+    for a in listed {
         xsdt.add_entry(a);
     }
     let xsdt_addr = place(&mut blob, &to_bytes(&xsdt), 8);
@@ -314,7 +378,7 @@ mod tests {
 
     #[test]
     fn every_table_is_reachable_from_the_rsdp_with_good_checksums() {
-        let t = build(4, 256 << 20).unwrap();
+        let t = build(4, 256 << 20, false).unwrap();
         let rsdp = &t.blob[..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(sum(&rsdp[..20]), 0);
@@ -333,7 +397,7 @@ mod tests {
 
     #[test]
     fn fadt_names_the_pm_block_sci_and_reset_register() {
-        let t = build(1, 64 << 20).unwrap();
+        let t = build(1, 64 << 20, false).unwrap();
         let rsdp = &t.blob[..36];
         let xsdt = table_at(&t, u64_at(rsdp, 24));
         let fadt = table_at(&t, u64_at(xsdt, 36));
@@ -353,6 +417,33 @@ mod tests {
         let facs = table_at(&t, u64::from(u32_at(fadt, 36)));
         assert_eq!(&facs[..4], b"FACS");
         assert_eq!(u32_at(fadt, 36) % 64, 0);
+    }
+
+    #[test]
+    fn a_machine_with_a_tpm_lists_a_tpm2_table_and_describes_the_crb_page() {
+        let t = build(1, 64 << 20, true).unwrap();
+        let xsdt = table_at(&t, u64_at(&t.blob[..36], 24));
+        let entries = (xsdt.len() - 36) / 8;
+        let tpm2 = table_at(&t, u64_at(xsdt, 36 + (entries - 1) * 8));
+        assert_eq!(&tpm2[..4], b"TPM2");
+        assert_eq!(tpm2.len(), 76);
+        assert_eq!(tpm2[8], 4, "revision 4");
+        assert_eq!(sum(tpm2), 0);
+        assert_eq!(u16::from_le_bytes([tpm2[36], tpm2[37]]), 0, "client");
+        assert_eq!(u64_at(tpm2, 40), 0xfed4_0040, "CRB control area");
+        assert_eq!(u32_at(tpm2, 48), 7, "start method: CRB");
+        let fadt = table_at(&t, u64_at(xsdt, 36));
+        let dsdt = table_at(&t, u64_at(fadt, 140));
+        assert!(dsdt.windows(8).any(|w| w == b"MSFT0101"));
+        // Memory32Fixed (0x86, length 9, read-write) at 0xfed40000, 0x1000 bytes.
+        let mut crs = vec![0x86, 9, 0, 1];
+        crs.extend(0xfed4_0000u32.to_le_bytes());
+        crs.extend(0x1000u32.to_le_bytes());
+        assert!(dsdt.windows(crs.len()).any(|w| w == crs));
+        // Without a TPM, neither.
+        let t = build(1, 64 << 20, false).unwrap();
+        assert!(!t.blob.windows(4).any(|w| w == b"TPM2"));
+        assert!(!t.blob.windows(8).any(|w| w == b"MSFT0101"));
     }
 
     #[test]
@@ -379,7 +470,7 @@ mod iasl {
     #[test]
     fn acpica_disassembles_every_table_without_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let t = build(2, 512 << 20).unwrap();
+        let t = build(2, 512 << 20, true).unwrap();
         let facs_free = |sig: &[u8]| sig != b"FACS";
         let mut off = 36usize.next_multiple_of(64);
         let mut seen = Vec::new();
@@ -413,6 +504,6 @@ mod iasl {
             }
             off = (off + len).next_multiple_of(8);
         }
-        assert_eq!(seen, ["DSDT", "FACP", "APIC", "MCFG", "XSDT"]);
+        assert_eq!(seen, ["DSDT", "FACP", "APIC", "MCFG", "TPM2", "XSDT"]);
     }
 }

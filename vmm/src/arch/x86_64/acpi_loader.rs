@@ -30,7 +30,10 @@
 //! [`q35_pirq`]); the LPC bridge `PCI0.ISA` at 00:1f.0 holding the RTC, the i8042
 //! keyboard and mouse and COM1; the GSI link devices `\_SB.GSIA`..`GSIH` the `_PRT`
 //! names (PIRQ A..H fixed at GSI 16..23, level, active high); the power button. The
-//! `_PRT` is the APIC-mode one only: there is no `_PIC` switch to PIC-mode links.
+//! `_PRT` is the APIC-mode one only: there is no `_PIC` switch to PIC-mode links. With
+//! a TPM, the DSDT has its device (`\_SB.TPM`, MSFT0101) and the tables a TPM2 table
+//! whose event log area is the fw_cfg file [`TPM_LOG_FILE`], allocated and pointed at
+//! through the loader as the tables are.
 
 use std::sync::Arc;
 
@@ -59,6 +62,13 @@ pub const TABLES_FILE: &str = "etc/acpi/tables";
 pub const LOADER_FILE: &str = "etc/table-loader";
 /// The three files, in the order [`FirmwareAcpi::into_blobs`] returns them.
 pub const FILES: [&str; 3] = [RSDP_FILE, TABLES_FILE, LOADER_FILE];
+/// The TPM's event log area (a fixed file of zeros the firmware allocates and fills; the
+/// TPM2 table points at it), present with a TPM only.
+pub const TPM_LOG_FILE: &str = "etc/tpm/log";
+/// Its size: the TCG's minimum log area for a client platform.
+pub const TPM_LOG_LEN: u32 = 0x1_0000;
+/// Its alignment.
+const TPM_LOG_ALIGN: u32 = 16;
 
 /// The RSDP's alignment in the F-segment (ACPI 6.5 §5.2.5.1: 16-byte boundary).
 const RSDP_ALIGN: u32 = 16;
@@ -138,6 +148,9 @@ pub struct Q35Platform {
     pub ecam: Option<(u64, u64)>,
     /// The ICH9 PM block's base (PMBASE; 0x600 as SeaBIOS and OVMF program it).
     pub pm_base: u16,
+    /// A TPM at `hospes_devices::tpm::CRB_BASE`: a DSDT device and a TPM2 table whose
+    /// log area is [`TPM_LOG_FILE`].
+    pub tpm: bool,
 }
 
 /// The three fw_cfg files.
@@ -212,7 +225,17 @@ pub fn build(p: &Q35Platform) -> Result<FirmwareAcpi, AcpiLoaderError> {
     f.checksum(madt)?;
     let mcfg = f.place(&mcfg(p.ecam))?;
     f.checksum(mcfg)?;
-    let listed = [fadt, madt, mcfg];
+    let mut listed = vec![fadt, madt, mcfg];
+    if p.tpm {
+        f.loader
+            .allocate(TPM_LOG_FILE, TPM_LOG_ALIGN, AllocZone::High)?;
+        let tpm2 = f.place(&acpi::tpm2(TPM_LOG_LEN, 0))?;
+        // LASA holds the log's offset in its file (0): the firmware adds its address.
+        f.loader
+            .add_pointer(TABLES_FILE, TPM_LOG_FILE, tpm2.at + acpi::TPM2_LASA, 8)?;
+        f.checksum(tpm2)?;
+        listed.push(tpm2);
+    }
 
     let rsdt = f.place(&root_table(*b"RSDT", 4, listed.len()))?;
     for (i, t) in listed.iter().enumerate() {
@@ -593,6 +616,9 @@ fn dsdt(p: &Q35Platform) -> Vec<u8> {
     body.extend(gsi_links());
     body.extend(acpi::pci_root(&crs, &[&prt, &lpc]));
     body.extend(acpi::power_button());
+    if p.tpm {
+        body.extend(acpi::tpm_device());
+    }
     acpi::dsdt_of(&body)
 }
 

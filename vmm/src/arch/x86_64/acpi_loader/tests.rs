@@ -25,6 +25,7 @@ fn seabios_q35() -> Q35Platform {
         window: (0x8000_0000, layout::FW_PCI_MMIO_END),
         ecam: Some((0xb000_0000, 0x1000_0000)),
         pm_base: 0x600,
+        tpm: false,
     }
 }
 
@@ -125,6 +126,7 @@ impl Loaded {
         let mut map = BTreeMap::new();
         map.insert(RSDP_FILE, files.rsdp.clone());
         map.insert(TABLES_FILE, files.tables.clone());
+        map.insert(TPM_LOG_FILE, vec![0; TPM_LOG_LEN as usize]);
         Self::run(&files.loader, &map)
     }
 
@@ -196,6 +198,36 @@ fn the_rsdp_reaches_every_table_through_rsdt_and_xsdt_with_good_checksums() {
     let facs = mem.table(u32_at(fadt, 36));
     assert_eq!(&facs[..4], b"FACS");
     assert_eq!(facs.len(), 64);
+}
+
+#[test]
+fn a_tpm_gets_a_tpm2_table_pointing_at_its_log_area_and_a_dsdt_device() {
+    let p = Q35Platform {
+        tpm: true,
+        ..seabios_q35()
+    };
+    let mem = Loaded::of(&build(&p).unwrap());
+    let xsdt = u64_at(mem.rsdp(), 24);
+    let rsdt = u32_at(mem.rsdp(), 16);
+    assert_eq!(mem.entries(xsdt, 8), mem.entries(rsdt, 4));
+    let tpm2 = mem.find(b"TPM2");
+    assert_eq!(tpm2.len(), 76);
+    assert_eq!(tpm2[8], 4, "revision 4");
+    assert_eq!(sum(tpm2), 0, "checksum after the pointer was patched");
+    assert_eq!(u64_at(tpm2, 40), 0xfed4_0040, "CRB control area");
+    assert_eq!(u32_at(tpm2, 48), 7, "start method: CRB");
+    assert_eq!(u32_at(tpm2, 64), u64::from(TPM_LOG_LEN));
+    let (log_at, log) = &mem.blobs[TPM_LOG_FILE];
+    assert_eq!(
+        u64_at(tpm2, 68),
+        *log_at,
+        "LASA: where the log was allocated"
+    );
+    assert_eq!(log.len(), TPM_LOG_LEN as usize);
+    let dsdt = mem.table(u32_at(mem.find(b"FACP"), 40));
+    assert!(dsdt.windows(8).any(|w| w == b"MSFT0101"));
+    let plain = Loaded::of(&build(&seabios_q35()).unwrap());
+    assert!(!plain.blobs.contains_key(TPM_LOG_FILE), "no TPM, no log");
 }
 
 #[test]
@@ -531,6 +563,22 @@ mod iasl {
         let fadt = &dsl["FACP"];
         assert!(fadt.contains("Reset Register"), "{fadt}");
         assert!(fadt.contains("0000000000000CF9"), "{fadt}");
+    }
+
+    #[test]
+    fn acpica_reads_the_tpm2_table_and_the_tpm_device() {
+        let dsl = disassemble(&Q35Platform {
+            tpm: true,
+            ..seabios_q35()
+        });
+        let tpm2 = &dsl["TPM2"];
+        assert!(tpm2.contains("00000000FED40040"), "{tpm2}");
+        let dsdt = &dsl["DSDT"];
+        assert!(dsdt.contains("\"MSFT0101\""), "{dsdt}");
+        assert!(
+            dsdt.contains("Memory32Fixed (ReadWrite,\n                0xFED40000,"),
+            "{dsdt}"
+        );
     }
 
     #[test]
