@@ -40,6 +40,10 @@ struct Args {
     /// kernel; it boots the disks.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     bios: Option<PathBuf>,
+    /// Give the --bios machine System Management Mode (SMRAM, SMIs from port 0xB2), as the
+    /// Secure Boot build of OVMF needs; the host's KVM must offer SMM.
+    #[arg(long, requires = "bios")]
+    smm: bool,
     /// Initial ramdisk.
     #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
@@ -243,12 +247,14 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     uuid: machine_uuid,
                     product: vm.name.clone(),
                     vga_rom: None,
+                    smm: false,
+                    secure_boot: false,
                 });
             }
             hospes_core::config::Boot::Uefi {
                 firmware,
                 tpm,
-                secure_boot: _,
+                secure_boot,
             } => {
                 if tpm {
                     log::warn!(
@@ -259,7 +265,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     );
                 }
                 let chosen = firmware.map(|f| dir.join(f));
-                let image = hospes_core::firmware::locate(Image::OvmfCode, chosen.as_deref())
+                let (image, smm) = uefi::ovmf_code(chosen.as_deref(), secure_boot)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 cfg.firmware = Some(FirmwareConfig {
                     kind: FirmwareKind::Uefi,
@@ -270,6 +276,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     uuid: machine_uuid,
                     product: vm.name.clone(),
                     vga_rom: None,
+                    smm,
+                    secure_boot,
                 });
             }
         }
@@ -312,6 +320,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             uuid: vm_uuid(&extras.name.clone().unwrap_or_default()),
             product: extras.name.clone().unwrap_or_else(|| "hospes".into()),
             vga_rom: None,
+            smm: args.smm,
+            secure_boot: false,
         });
     }
     if args.initrd.is_some() {
