@@ -42,7 +42,7 @@ struct Args {
     bios: Option<PathBuf>,
     /// Give the --bios machine System Management Mode (SMRAM, SMIs from port 0xB2), as the
     /// Secure Boot build of OVMF needs; the host's KVM must offer SMM.
-    #[arg(long, requires = "bios")]
+    #[arg(long)]
     smm: bool,
     /// Initial ramdisk.
     #[arg(long, value_name = "FILE")]
@@ -310,6 +310,13 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     if let Some(k) = args.kernel {
         cfg.kernel = k;
         cfg.firmware = None;
+    }
+    if args.smm && args.bios.is_none() {
+        return Err(
+            "--smm gives SMM to the --bios machine: name the ROM with --bios (for \
+                    OVMF's Secure Boot build, set secure_boot in vm.ron)"
+                .into(),
+        );
     }
     if let Some(image) = args.bios {
         cfg.firmware = Some(FirmwareConfig {
@@ -622,6 +629,37 @@ mod tests {
             !dir.path().join("OVMF_VARS.fd").exists(),
             "the store is made when the VM starts, not when its settings are read"
         );
+    }
+
+    #[test]
+    fn secure_boot_takes_the_secure_boot_build_with_smm() {
+        let (dir, path) = uefi_vm("Uefi(firmware: None, tpm: false, secure_boot: true)");
+        let result = from_config(&path);
+        match hospes_core::firmware::locate(Image::OvmfCodeSecureBoot, None) {
+            Ok(code) => {
+                let fw = result.unwrap().0.firmware.expect("firmware boot");
+                assert_eq!(fw.image, code);
+                assert!(fw.smm && fw.secure_boot);
+                assert_eq!(fw.vars, Some(dir.path().join("OVMF_VARS.fd")));
+            }
+            Err(_) => {
+                let err = result.err().unwrap();
+                assert!(err.contains("apt install ovmf"), "{err}");
+            }
+        }
+        // Without Secure Boot: the plain build, no SMM.
+        let (_dir, path) = uefi_vm("Uefi(firmware: None, tpm: false, secure_boot: false)");
+        if let Ok((cfg, _)) = from_config(&path) {
+            let fw = cfg.firmware.unwrap();
+            assert!(!fw.smm && !fw.secure_boot);
+        }
+        // --smm belongs to --bios.
+        let args = Args::parse_from(["hospes-vmm", "--kernel", "k", "--smm"]);
+        let err = machine_config(args).err().unwrap();
+        assert!(err.contains("--bios"), "{err}");
+        let args = Args::parse_from(["hospes-vmm", "--bios", "rom.bin", "--smm"]);
+        let (cfg, _) = machine_config(args).unwrap();
+        assert!(cfg.firmware.unwrap().smm);
     }
 
     #[test]
