@@ -49,6 +49,8 @@ pub struct SmiRegs {
     en: AtomicU32,
     sts: AtomicU32,
     reset_en: u32,
+    /// GEN_PMCON_1.SMI_LOCK: GBL_SMI_EN keeps its value until reset.
+    gbl_locked: AtomicBool,
 }
 
 impl SmiRegs {
@@ -58,6 +60,7 @@ impl SmiRegs {
             en: AtomicU32::new(reset_en),
             sts: AtomicU32::new(0),
             reset_en,
+            gbl_locked: AtomicBool::new(false),
         }
     }
 
@@ -65,8 +68,19 @@ impl SmiRegs {
         self.en.load(Ordering::SeqCst)
     }
 
+    /// A write of SMI_EN; GBL_SMI_EN keeps its value once locked.
     pub fn set_enable(&self, v: u32) {
+        let v = if self.gbl_locked.load(Ordering::SeqCst) {
+            (v & !SMI_EN_GBL_SMI_EN) | (self.enable() & SMI_EN_GBL_SMI_EN)
+        } else {
+            v
+        };
         self.en.store(v, Ordering::SeqCst);
+    }
+
+    /// GEN_PMCON_1.SMI_LOCK was set: GBL_SMI_EN is frozen until reset.
+    pub fn lock_gbl_smi_en(&self) {
+        self.gbl_locked.store(true, Ordering::SeqCst);
     }
 
     pub fn status(&self) -> u32 {
@@ -84,6 +98,7 @@ impl SmiRegs {
 
     /// Back to power-on values.
     pub fn reset(&self) {
+        self.gbl_locked.store(false, Ordering::SeqCst);
         self.set_enable(self.reset_en);
         self.sts.store(0, Ordering::SeqCst);
     }
@@ -268,6 +283,18 @@ mod tests {
         assert!(rec.take().is_empty());
         r.regs.reset();
         assert_eq!(r.regs.enable(), SMI_EN_APMC_EN);
+    }
+
+    #[test]
+    fn smi_lock_freezes_gbl_smi_en_until_reset() {
+        let regs = SmiRegs::new(SMI_EN_APMC_EN);
+        regs.set_enable(SMI_EN_GBL_SMI_EN | SMI_EN_APMC_EN);
+        regs.lock_gbl_smi_en();
+        regs.set_enable(0);
+        assert_eq!(regs.enable(), SMI_EN_GBL_SMI_EN, "APMC_EN still writable");
+        regs.reset();
+        regs.set_enable(0);
+        assert_eq!(regs.enable(), 0);
     }
 
     #[test]

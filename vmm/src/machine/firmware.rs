@@ -233,11 +233,12 @@ impl Platform {
         let window = (low.max(FW_PCI_WINDOW_MIN), layout::FW_PCI_MMIO_END);
         let ecam = Arc::new(EcamOverlay::new(window));
         let mut host = Q35Host::new(low, ecam.clone(), Arc::new(shadow));
-        let lpc = Ich9Lpc::new(Arc::new(PmMover {
+        let mut lpc = Ich9Lpc::new(Arc::new(PmMover {
             pio: p.pio.clone(),
             pm: p.pm.clone(),
             at: Mutex::new(None),
         }));
+        lpc.set_smi_regs(lock(p.pm).smi_regs());
 
         let mut cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
         add_acpi_tables(&mut cfg, p.cpus, p.memory, window, &ecam)?;
