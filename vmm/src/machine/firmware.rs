@@ -29,7 +29,7 @@ use crate::arch::x86_64::layout;
 use crate::arch::x86_64::smbios::{EntryPoint, SmbiosInfo, smbios_tables};
 use crate::vstate::rom;
 use crate::vstate::shadow::KvmShadow;
-use crate::vstate::smram::{KvmSmram, SmramError};
+use crate::vstate::smram::{self, KvmSmram, SmramError};
 use crate::vstate::vcpu::SmiPending;
 use hospes_devices::bus::{Bus, BusDevice, BusError, SharedDevice, lock};
 use hospes_devices::chipset::shadow::{BIOS_AREA_LEN, BIOS_AREA_START, ShadowArea};
@@ -214,6 +214,12 @@ impl Platform {
     /// block, reset control, APM ports) and the firmware's devices (fw_cfg, the 0x402
     /// log).
     pub fn build(p: PlatformParts<'_>) -> Result<Self, FirmwareError> {
+        // Before anything maps into the SMM address space, which such a KVM refuses.
+        if let Some(smm) = &p.smm
+            && !smram::supported(smm.kvm)
+        {
+            return Err(SmramError::NoSmm.into());
+        }
         p.rom.map(p.vm, p.mmio)?;
         let area = Arc::new(Mutex::new(ShadowArea::new(
             p.guest_memory.clone(),

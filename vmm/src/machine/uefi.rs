@@ -159,6 +159,8 @@ pub struct OvmfFlash {
     code_len: u64,
     vars_len: u64,
     layout: FlashLayout,
+    /// A machine with SMM: both flashes are mapped in the SMM address space too.
+    smm: bool,
 }
 
 impl OvmfFlash {
@@ -197,6 +199,7 @@ impl OvmfFlash {
             code_len,
             vars_len,
             layout,
+            smm: gate == WriteGate::SmmOnly,
         })
     }
 
@@ -225,8 +228,11 @@ impl OvmfFlash {
             ),
         ];
         for (flash, mem, slot, at, len) in images {
-            let mapping = KvmFlashSlot::new(vm.clone(), slot, at, mem.clone(), len)
+            let mut mapping = KvmFlashSlot::new(vm.clone(), slot, at, mem.clone(), len)
                 .map_err(FirmwareError::Map)?;
+            if self.smm {
+                mapping = mapping.mirror_for_smm().map_err(FirmwareError::Map)?;
+            }
             lock(flash).set_mapping(Arc::new(mapping));
             mmio.insert(flash.clone(), at, len)?;
         }

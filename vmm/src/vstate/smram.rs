@@ -6,9 +6,10 @@
 //! [`SmramMapper::set`] with the new [`SmramView`]; [`KvmSmram`] turns it into slots:
 //!
 //! - Address space 1 mirrors every RAM slot of address space 0 for good (made once in
-//!   [`KvmSmram::new`]), so SMM code sees all RAM, TSEG included. What has no slot there
-//!   (the flashes, the BIOS area, the VGA window) exits as MMIO and reaches the same bus
-//!   devices as outside SMM, which is slower but the same memory.
+//!   [`KvmSmram::new`]), so SMM code sees all RAM, TSEG included; OVMF's flashes follow
+//!   their read-array mode there too (`flash::KvmFlashSlot::mirror_for_smm`). What has no
+//!   slot there (a `--bios` ROM, the BIOS area, the VGA window) exits as MMIO and reaches
+//!   the same bus devices as outside SMM: the same data, but no code runs from it in SMM.
 //! - TSEG, the top `tseg_len` bytes of RAM below 4 GiB: the address-space-0 slot holding
 //!   them is deleted and made again `tseg_len` bytes shorter, so code outside SMM reaches
 //!   nothing there (reads all-ones, writes dropped, as unclaimed MMIO); set back whole
@@ -37,7 +38,7 @@ use hospes_devices::framebuffer::FbMemory;
 /// The legacy SMRAM's slot number (in either address space), after the flashes' slots.
 pub const ASEG_SLOT: u32 = 40;
 /// KVM's address space for SMM.
-const SMM_SPACE: u32 = 1;
+pub const SMM_SPACE: u32 = 1;
 
 /// Errors setting up SMM.
 #[derive(Debug, thiserror::Error)]
