@@ -335,13 +335,15 @@ pub fn run(
     result
 }
 
-/// Whether `kvm_run.flags` (read through `flags`, a pointer into this vCPU's kvm_run
-/// mapping) says the last exit happened in SMM.
-fn exit_in_smm(flags: *const u16) -> bool {
-    // SAFETY: `flags` points into the kvm_run mapping of the vCPU this thread runs, which
-    // lives as long as the VcpuFd the caller holds; KVM wrote it before KVM_RUN returned and
-    // does not touch it until the next KVM_RUN, and the exit data borrowed from the VcpuFd
-    // does not cover this field.
+/// Whether `kvm_run.flags`, read through `flags`, says the last exit happened in SMM.
+///
+/// # Safety
+///
+/// `flags` must point at the `flags` field of the kvm_run mapping of a live VcpuFd whose
+/// `KVM_RUN` has returned on this thread.
+unsafe fn exit_in_smm(flags: *const u16) -> bool {
+    // SAFETY: the caller's promise: a live mapping, which KVM wrote before KVM_RUN returned
+    // and leaves alone until the next KVM_RUN on this thread.
     let flags = unsafe { std::ptr::read_volatile(flags) };
     u32::from(flags) & kvm_bindings::KVM_RUN_X86_SMM != 0
 }
@@ -365,9 +367,13 @@ fn run_loop(
         }
         match vcpu.run() {
             Ok(exit) => {
+                // SAFETY: `flags` points into `vcpu`'s kvm_run mapping, alive for this
+                // loop; KVM_RUN just returned on this thread; the exit data borrowed from
+                // `vcpu` does not cover the flags field.
+                let smm = unsafe { exit_in_smm(flags) };
                 set_initiator(Initiator {
                     vcpu: Some(index),
-                    smm: exit_in_smm(flags),
+                    smm,
                 });
                 let internal = matches!(exit, VcpuExit::InternalError);
                 if let Some(ev) = handle_exit(exit, index, buses) {
