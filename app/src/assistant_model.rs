@@ -293,11 +293,34 @@ mod tests {
             memory_mib: 1024,
             cpus: 2,
             disk_gib: 32,
+            drivers: None,
         };
         let id = create_in(&library, &plan).unwrap();
         let vm = library.find(&id).unwrap().config.unwrap();
         assert_eq!(vm.disks.len(), 1);
         assert_eq!(vm.disks[0].path, image);
         assert_eq!(vm.disks[0].format, DiskFormat::Qcow2);
+    }
+
+    #[test]
+    fn a_windows_vm_gets_the_chosen_drivers_disc_in_a_second_drive() {
+        let (dir, library) = library();
+        let iso = dir.path().join("Win11.iso");
+        let drivers = dir.path().join("virtio-win.iso");
+        std::fs::write(&iso, b"").unwrap();
+        std::fs::write(&drivers, b"").unwrap();
+        let plan = Plan {
+            source: Source::Iso,
+            file: iso,
+            name: "Windows".into(),
+            preset: Preset::Windows11,
+            memory_mib: 4096,
+            cpus: 2,
+            disk_gib: 1,
+            drivers: Some(drivers.clone()),
+        };
+        let id = create_in(&library, &plan).unwrap();
+        let vm = library.find(&id).unwrap().config.unwrap();
+        assert_eq!(vm.extra_cdroms, [drivers.canonicalize().unwrap()]);
     }
 }

@@ -1,6 +1,7 @@
 //! Where the firmware images a VM boots live: SeaBIOS for `Boot::Bios`, OVMF (code and
-//! a variable-store template) for `Boot::Uefi`, and the VGA BIOS the std-VGA adapter's
-//! option ROM holds.
+//! a variable-store template) for `Boot::Uefi`, OVMF's Secure Boot build (which needs SMM)
+//! and a variable store with Microsoft's keys enrolled for `Boot::Uefi { secure_boot:
+//! true }`, and the VGA BIOS the std-VGA adapter's option ROM holds.
 //!
 //! Lookup: a path from vm.ron (`firmware: Some(..)`) is used as given. Otherwise the
 //! helper looks in the Flatpak's `/app/share/hospes/firmware`, then the distribution's
@@ -21,6 +22,11 @@ pub enum Image {
     OvmfCode,
     /// OVMF's empty variable store, copied into each UEFI VM's folder.
     OvmfVars,
+    /// OVMF's Secure Boot build (SECURE_BOOT_ENABLE + SMM_REQUIRE), 4 MiB flash layout.
+    OvmfCodeSecureBoot,
+    /// A variable store with Microsoft's Secure Boot keys (PK, KEK, db, dbx) enrolled, for
+    /// the Secure Boot build.
+    OvmfVarsMs,
 }
 
 impl Image {
@@ -31,6 +37,13 @@ impl Image {
             Image::VgaBiosStdVga => &["vgabios-stdvga.bin"],
             Image::OvmfCode => &["OVMF_CODE_4M.fd", "OVMF_CODE.fd", "edk2-x86_64-code.fd"],
             Image::OvmfVars => &["OVMF_VARS_4M.fd", "OVMF_VARS.fd", "edk2-i386-vars.fd"],
+            Image::OvmfCodeSecureBoot => &[
+                "OVMF_CODE_4M.secboot.fd",
+                "OVMF_CODE.secboot.fd",
+                "edk2-x86_64-secure-code.fd",
+            ],
+            // QEMU's edk2-i386-vars.fd has no keys enrolled: not a candidate.
+            Image::OvmfVarsMs => &["OVMF_VARS_4M.ms.fd", "OVMF_VARS.ms.fd"],
         }
     }
 
@@ -38,7 +51,7 @@ impl Image {
     fn system_dirs(self) -> &'static [&'static str] {
         match self {
             Image::SeaBios | Image::VgaBiosStdVga => &["/usr/share/seabios", "/usr/share/qemu"],
-            Image::OvmfCode | Image::OvmfVars => &[
+            Image::OvmfCode | Image::OvmfVars | Image::OvmfCodeSecureBoot | Image::OvmfVarsMs => &[
                 "/usr/share/OVMF",
                 "/usr/share/ovmf",
                 "/usr/share/edk2/ovmf",
@@ -51,7 +64,9 @@ impl Image {
     pub fn package(self) -> &'static str {
         match self {
             Image::SeaBios | Image::VgaBiosStdVga => "seabios",
-            Image::OvmfCode | Image::OvmfVars => "ovmf",
+            Image::OvmfCode | Image::OvmfVars | Image::OvmfCodeSecureBoot | Image::OvmfVarsMs => {
+                "ovmf"
+            }
         }
     }
 
@@ -62,6 +77,8 @@ impl Image {
             Image::VgaBiosStdVga => "the std-VGA BIOS",
             Image::OvmfCode => "the OVMF UEFI firmware",
             Image::OvmfVars => "OVMF's variable store template",
+            Image::OvmfCodeSecureBoot => "the OVMF UEFI firmware with Secure Boot",
+            Image::OvmfVarsMs => "OVMF's variable store template with Microsoft's keys",
         }
     }
 }
@@ -148,6 +165,32 @@ mod tests {
         assert_eq!(
             locate_in(Image::OvmfCode, &dirs).unwrap(),
             b.path().join("OVMF_CODE.fd")
+        );
+    }
+
+    #[test]
+    fn secure_boot_takes_the_secboot_code_and_the_store_with_microsofts_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let dirs = [dir.path().to_path_buf()];
+        let err = locate_in(Image::OvmfCodeSecureBoot, &dirs).unwrap_err();
+        assert!(err.to_string().contains("apt install ovmf"), "{err}");
+        assert!(
+            locate_in(Image::OvmfVarsMs, &dirs).is_err(),
+            "keyless store refused"
+        );
+        for name in ["OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(
+            locate_in(Image::OvmfCodeSecureBoot, &dirs).unwrap(),
+            dir.path().join("OVMF_CODE_4M.secboot.fd")
+        );
+        assert_eq!(
+            locate_in(Image::OvmfVarsMs, &dirs).unwrap(),
+            dir.path().join("OVMF_VARS_4M.ms.fd")
         );
     }
 

@@ -6,7 +6,15 @@
 //!
 //! Devices are shared behind `Arc<Mutex<_>>` because several vCPU threads can reach the same
 //! device; a device that must not block a vCPU hands slow work to a worker thread.
+//!
+//! Who made an access ([`Initiator`]: which vCPU, whether it was in System Management
+//! Mode) is not part of the address: the vCPU thread records it with [`set_initiator`]
+//! before it dispatches an exit, and the few devices that care (the APM port raising an
+//! SMI on the vCPU that wrote it, the secure flash taking writes from SMM only) read it
+//! with [`initiator`]. An access from any other thread (a worker, a test) has the default:
+//! no vCPU, not in SMM.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -109,6 +117,29 @@ impl Bus {
         lock(&entry.device).write(base, addr - base, data);
         true
     }
+}
+
+/// Who makes the bus access in progress on this thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Initiator {
+    /// The vCPU whose exit this is; None off a vCPU thread.
+    pub vcpu: Option<u32>,
+    /// The vCPU was in System Management Mode (KVM_RUN_X86_SMM on the exit).
+    pub smm: bool,
+}
+
+thread_local! {
+    static INITIATOR: Cell<Initiator> = const { Cell::new(Initiator { vcpu: None, smm: false }) };
+}
+
+/// Records who makes the accesses this thread dispatches from now on.
+pub fn set_initiator(who: Initiator) {
+    INITIATOR.with(|c| c.set(who));
+}
+
+/// Who makes the access in progress on this thread (see the module header).
+pub fn initiator() -> Initiator {
+    INITIATOR.with(Cell::get)
 }
 
 /// Locks a device, recovering from a poisoned lock: a device that panicked mid-access is in

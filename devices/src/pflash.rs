@@ -109,6 +109,18 @@ pub enum Access {
     ReadWrite,
 }
 
+/// Who may change a writable image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteGate {
+    /// Any access (a machine without SMM).
+    Anyone,
+    /// Only accesses made in System Management Mode ([`crate::bus::Initiator::smm`]),
+    /// as QEMU's `secure=on`: the variable store of a Secure Boot firmware, which only
+    /// its SMM code may write. Other writes are dropped (with a rate-limited warning) and
+    /// other reads see the array, whatever mode SMM code left the flash in.
+    SmmOnly,
+}
+
 /// What the helper does when the flash enters or leaves read-array mode: map the image
 /// ([`Pflash::memory`]) as a read-only KVM memory slot at the flash's base while `on`, and
 /// remove the slot while off, so command-mode reads (status, CFI) reach the device.
@@ -172,6 +184,7 @@ pub struct Pflash {
     unsynced: bool,
     mapping: Option<Arc<dyn FlashMapping>>,
     cfi: [u8; CFI_LEN],
+    gate: WriteGate,
 }
 
 impl Pflash {
@@ -197,7 +210,19 @@ impl Pflash {
             unsynced: false,
             mapping: None,
             cfi: cfi_table(len),
+            gate: WriteGate::Anyone,
         })
+    }
+
+    /// Sets who may access the device beyond reading the array (see [`WriteGate`]).
+    pub fn set_write_gate(&mut self, gate: WriteGate) {
+        self.gate = gate;
+    }
+
+    /// Whether the access in progress is refused commands: made outside SMM on a flash
+    /// only SMM may drive.
+    fn outsider(&self) -> bool {
+        self.gate == WriteGate::SmmOnly && !crate::bus::initiator().smm
     }
 
     /// Tells `mapping` about every later change into or out of read-array mode.
@@ -344,7 +369,12 @@ impl BusDevice for Pflash {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         // A read is where the guest learns an operation finished.
         self.flush();
-        match self.mode {
+        let mode = if self.outsider() {
+            Mode::Array
+        } else {
+            self.mode
+        };
+        match mode {
             Mode::Array => match self.span(offset, data.len()) {
                 Some(start) => self.mem.read(start, data),
                 None => data.fill(0xff),
@@ -374,6 +404,13 @@ impl BusDevice for Pflash {
         let Some(&cmd) = data.first() else {
             return;
         };
+        if self.outsider() {
+            crate::guest_warn!(
+                "pflash: write {cmd:#04x} at {offset:#x} from outside SMM to the secure \
+                 variable store dropped"
+            );
+            return;
+        }
         match self.mode {
             Mode::ProgramSetup => {
                 self.program(offset, data);
@@ -722,6 +759,33 @@ mod tests {
         assert_eq!(rd(&mut f, 0x1ffc), img[0x1ffc]);
         drop(f);
         assert!(std::fs::read(tmp.path()).unwrap() == img, "file unchanged");
+    }
+
+    #[test]
+    fn a_secure_store_takes_writes_from_smm_only() {
+        use crate::bus::{Initiator, set_initiator};
+        let (mut f, file) = open(&image(2 * BLOCK_SIZE), Access::ReadWrite);
+        f.set_write_gate(WriteGate::SmmOnly);
+        let before = rd(&mut f, 0x10);
+        // Outside SMM: the program sequence is dropped, nothing reaches memory or file.
+        wr(&mut f, 0x10, 0x10);
+        wr(&mut f, 0x10, 0x5a);
+        assert!(f.in_array_mode());
+        assert_eq!(rd(&mut f, 0x10), before);
+        assert_eq!(std::fs::read(file.path()).unwrap()[0x10], before);
+        // In SMM: programmed, and the flash sits in status mode ...
+        set_initiator(Initiator {
+            vcpu: Some(0),
+            smm: true,
+        });
+        wr(&mut f, 0x10, 0x10);
+        wr(&mut f, 0x10, 0x5a);
+        assert_eq!(rd(&mut f, 0), SR_READY);
+        // ... which code outside SMM does not see: it reads the array.
+        set_initiator(Initiator::default());
+        assert_eq!(rd(&mut f, 0x10), 0x5a);
+        assert_eq!(std::fs::read(file.path()).unwrap()[0x10], 0x5a);
+        assert!(!f.in_array_mode(), "an outsider's read changes no mode");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum GuestKind {
     BzImage,
     /// A 512-byte boot sector for firmware (16-bit, loaded at 0x7c00).
     BootSector,
+    /// The top 64 KiB of a system ROM (16-bit, entered at the reset vector in segment
+    /// 0xf000); see [`rom_image`] for a whole image to pass with `--bios`.
+    Rom,
 }
 
 /// A built guest and the directory holding it.
@@ -87,13 +90,14 @@ pub fn build_guest_with(name: &str, kind: GuestKind, defines: &[&str]) -> Guest 
         GuestKind::Pvh => ("pvh.ld", dir.path().join(format!("{name}.elf"))),
         GuestKind::BzImage => ("bzimage.ld", dir.path().join(format!("{name}.bzImage"))),
         GuestKind::BootSector => ("bootsector.ld", dir.path().join(format!("{name}.bin"))),
+        GuestKind::Rom => ("rom.ld", dir.path().join(format!("{name}.top"))),
     };
     let emulation = match kind {
-        GuestKind::BootSector => "elf_i386",
+        GuestKind::BootSector | GuestKind::Rom => "elf_i386",
         _ => "elf_x86_64",
     };
     let word = match kind {
-        GuestKind::BootSector => "-m32",
+        GuestKind::BootSector | GuestKind::Rom => "-m32",
         _ => "-m64",
     };
     let run = |cmd: &mut Command| {
@@ -120,6 +124,18 @@ pub fn build_guest_with(name: &str, kind: GuestKind, defines: &[&str]) -> Guest 
         .arg("-o")
         .arg(&out));
     Guest { dir, path: out }
+}
+
+/// A 128 KiB system ROM image at `guest.dir/<name>.rom`: 64 KiB of 0xff, then the
+/// [`GuestKind::Rom`] guest, so that its reset vector ends the image.
+pub fn rom_image(guest: &Guest) -> PathBuf {
+    let top = std::fs::read(&guest.path).expect("read the ROM guest");
+    assert_eq!(top.len(), 0x1_0000, "a ROM guest is 64 KiB (.org 0x10000)");
+    let mut image = vec![0xffu8; 0x1_0000];
+    image.extend_from_slice(&top);
+    let path = guest.path.with_extension("rom");
+    std::fs::write(&path, image).expect("write the ROM image");
+    path
 }
 
 /// What a helper run produced.
@@ -352,12 +368,17 @@ pub fn boot_iso(dir: &Path, defines: &[&str]) -> PathBuf {
 /// display or network; its variable store is made there on start), with the firmware log
 /// on stderr (`HOSPES_LOG=info`) and both output streams piped.
 pub fn uefi_vm(dir: &Path, cpus: u32, memory: &str) -> Command {
+    uefi_vm_with(dir, cpus, memory, false)
+}
+
+/// [`uefi_vm`] with `secure_boot` in its vm.ron.
+pub fn uefi_vm_with(dir: &Path, cpus: u32, memory: &str, secure_boot: bool) -> Command {
     let config = dir.join("vm.ron");
     std::fs::write(
         &config,
         format!(
             "(version: 1, name: \"efi\", os: Linux, cpus: {cpus}, memory: \"{memory}\", \
-             boot: Uefi(firmware: None, tpm: false, secure_boot: false), network: None, display: (enabled: false))\n"
+             boot: Uefi(firmware: None, tpm: false, secure_boot: {secure_boot}), network: None, display: (enabled: false))\n"
         ),
     )
     .expect("write vm.ron");

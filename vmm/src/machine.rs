@@ -383,6 +383,8 @@ pub struct Machine {
     boot: Option<boot::BootEntry>,
     /// The firmware images mapped into this boot (kept as long as the VM).
     _rom: Option<uefi::FirmwareImages>,
+    /// SMIs waiting for their vCPU, on a machine with SMM.
+    smi: Option<Arc<vcpu::SmiPending>>,
     serial: Arc<Mutex<SerialDevice>>,
     /// The VM's kernel side (the PIT), still being set up while devices are added.
     setup: vm::VmSetup,
@@ -422,6 +424,12 @@ impl Machine {
         };
 
         let vm_fd = setup.irqchip()?;
+        // SMIs raised on a machine with SMM, injected by each vCPU before it runs.
+        let smi = config
+            .firmware
+            .as_ref()
+            .filter(|fw| fw.smm)
+            .map(|_| Arc::new(vcpu::SmiPending::new(config.cpus)));
         let power: Arc<dyn PowerEvents> = Arc::new(EventSink(events.clone()));
         let mut pio = Bus::new();
         pio.insert(persistent.serial.clone(), u64::from(layout::COM1_PORT), 8)?;
@@ -462,6 +470,11 @@ impl Machine {
                     pm: &pm,
                     power,
                     tpm: config.tpm,
+                    smm: smi.as_ref().map(|smi| firmware::SmmParts {
+                        kvm: &kvm,
+                        smi: smi.clone(),
+                        ram_hole: bios_area,
+                    }),
                 })?);
                 pm
             }
@@ -494,6 +507,7 @@ impl Machine {
             kvm,
             boot,
             _rom: rom,
+            smi,
             serial: persistent.serial.clone(),
             setup,
             end_hooks: Vec::new(),
@@ -539,9 +553,13 @@ impl Machine {
         }
         vcpu::install_kick_handler()?;
         self.setup.finish()?;
+        if let Some(smi) = &self.smi {
+            smi.attach(control.clone());
+        }
         let buses = ExitBuses {
             pio: self.pio_bus.clone(),
             mmio: self.mmio_bus.clone(),
+            smi: self.smi.clone(),
         };
         let mut threads = Vec::new();
         control.begin();

@@ -41,6 +41,10 @@ struct Args {
     /// kernel; it boots the disks.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     bios: Option<PathBuf>,
+    /// Give the --bios machine System Management Mode (SMRAM, SMIs from port 0xB2), as the
+    /// Secure Boot build of OVMF needs; the host's KVM must offer SMM.
+    #[arg(long)]
+    smm: bool,
     /// Initial ramdisk.
     #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
@@ -269,18 +273,20 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     uuid: machine_uuid,
                     product: vm.name.clone(),
                     vga_rom: None,
+                    smm: false,
+                    secure_boot: false,
                 });
             }
             hospes_core::config::Boot::Uefi {
                 firmware,
                 tpm,
-                secure_boot: _,
+                secure_boot,
             } => {
                 if tpm {
                     extras.tpm = Some(TpmState::of_vm(dir));
                 }
                 let chosen = firmware.map(|f| dir.join(f));
-                let image = hospes_core::firmware::locate(Image::OvmfCode, chosen.as_deref())
+                let (image, smm) = uefi::ovmf_code(chosen.as_deref(), secure_boot)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 cfg.firmware = Some(FirmwareConfig {
                     kind: FirmwareKind::Uefi,
@@ -291,6 +297,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
                     uuid: machine_uuid,
                     product: vm.name.clone(),
                     vga_rom: None,
+                    smm,
+                    secure_boot,
                 });
             }
         }
@@ -327,6 +335,13 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         cfg.kernel = k;
         cfg.firmware = None;
     }
+    if args.smm && args.bios.is_none() {
+        return Err(
+            "--smm gives SMM to the --bios machine: name the ROM with --bios (for \
+                    OVMF's Secure Boot build, set secure_boot in vm.ron)"
+                .into(),
+        );
+    }
     if let Some(image) = args.bios {
         cfg.firmware = Some(FirmwareConfig {
             kind: FirmwareKind::Bios,
@@ -336,6 +351,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             uuid: vm_uuid(&extras.name.clone().unwrap_or_default()),
             product: extras.name.clone().unwrap_or_else(|| "hospes".into()),
             vga_rom: None,
+            smm: args.smm,
+            secure_boot: false,
         });
     }
     if args.initrd.is_some() {
@@ -657,6 +674,37 @@ mod tests {
             !dir.path().join("OVMF_VARS.fd").exists(),
             "the store is made when the VM starts, not when its settings are read"
         );
+    }
+
+    #[test]
+    fn secure_boot_takes_the_secure_boot_build_with_smm() {
+        let (dir, path) = uefi_vm("Uefi(firmware: None, tpm: false, secure_boot: true)");
+        let result = from_config(&path);
+        match hospes_core::firmware::locate(Image::OvmfCodeSecureBoot, None) {
+            Ok(code) => {
+                let fw = result.unwrap().0.firmware.expect("firmware boot");
+                assert_eq!(fw.image, code);
+                assert!(fw.smm && fw.secure_boot);
+                assert_eq!(fw.vars, Some(dir.path().join("OVMF_VARS.fd")));
+            }
+            Err(_) => {
+                let err = result.err().unwrap();
+                assert!(err.contains("apt install ovmf"), "{err}");
+            }
+        }
+        // Without Secure Boot: the plain build, no SMM.
+        let (_dir, path) = uefi_vm("Uefi(firmware: None, tpm: false, secure_boot: false)");
+        if let Ok((cfg, _)) = from_config(&path) {
+            let fw = cfg.firmware.unwrap();
+            assert!(!fw.smm && !fw.secure_boot);
+        }
+        // --smm belongs to --bios.
+        let args = Args::parse_from(["hospes-vmm", "--kernel", "k", "--smm"]);
+        let err = machine_config(args).err().unwrap();
+        assert!(err.contains("--bios"), "{err}");
+        let args = Args::parse_from(["hospes-vmm", "--bios", "rom.bin", "--smm"]);
+        let (cfg, _) = machine_config(args).unwrap();
+        assert!(cfg.firmware.unwrap().smm);
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The APM control and status ports 0xB2/0xB3 (ICH9 datasheet 316972, §13.4: APM_CNT and
 //! APM_STS; PIIX4 has the same pair).
 //!
-//! A write to APM_CNT (0xB2) raises an SMI on real hardware when SMI_EN.APMC_EN is set;
-//! firmware uses it to call its SMM handler, APM_STS (0xB3) being scratch space the two
-//! sides share. Hospes has no SMM yet: both bytes are stored and read back, and **no SMI is
-//! injected**. SeaBIOS only waits on 0xB3 when SMI_EN.APMC_EN is clear, which the ICH9 PM
-//! block presets ([`crate::legacy::pm::PmLayout::Ich9`]), so it skips its SMM setup.
+//! A write to APM_CNT (0xB2) raises an SMI when SMI_EN allows it; firmware uses it to call
+//! its SMM handler, APM_STS (0xB3) being scratch space the two sides share. Both bytes are
+//! stored and read back. On a machine with SMM the port holds an [`SmiRoute`] and every
+//! byte written to APM_CNT goes to [`SmiRoute::command`], which decides (SMI_EN, the
+//! negotiated broadcast) and raises the SMI; without one no SMI is ever raised. SeaBIOS
+//! only waits on 0xB3 when SMI_EN.APMC_EN is clear, which the ICH9 PM block presets
+//! ([`crate::legacy::pm::PmLayout::Ich9`]), so it skips its SMM setup.
 //! Insert at 0xB2 with length 2.
 
+use super::smi::SmiRoute;
 use crate::bus::BusDevice;
 
 /// The port of APM_CNT; APM_STS follows it.
@@ -16,14 +19,24 @@ pub const APM_CNT_PORT: u64 = 0xb2;
 pub const APM_LEN: u64 = 2;
 
 /// APM_CNT and APM_STS.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Apm {
     regs: [u8; 2],
+    smi: Option<SmiRoute>,
 }
 
 impl Apm {
+    /// The ports of a machine without SMM: storage only.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The ports of a machine with SMM: APM_CNT writes raise SMIs through `route`.
+    pub fn with_smi(route: SmiRoute) -> Self {
+        Self {
+            regs: [0; 2],
+            smi: Some(route),
+        }
     }
 
     /// The last value written to APM_CNT (the command an SMI handler would read).
@@ -53,9 +66,16 @@ impl BusDevice for Apm {
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         for (i, v) in data.iter().enumerate() {
-            if let Some(b) = index(offset, i).and_then(|r| self.regs.get_mut(r)) {
+            let reg = index(offset, i);
+            if let Some(b) = reg.and_then(|r| self.regs.get_mut(r)) {
                 *b = *v;
             }
+        }
+        // After both bytes are stored: a word write to 0xB2 sets APM_STS for the handler.
+        if index(offset, 0) == Some(0)
+            && let (Some(route), Some(&cmd)) = (&self.smi, data.first())
+        {
+            route.command(cmd);
         }
     }
 }
@@ -86,6 +106,36 @@ mod tests {
         assert_eq!(s, [0x00]);
         apm.lock().unwrap().reset();
         assert_eq!(apm.lock().unwrap().control(), 0);
+    }
+
+    #[test]
+    fn a_write_to_apm_cnt_raises_an_smi_when_smi_en_allows_it() {
+        use crate::chipset::smi::testing::route;
+        use crate::chipset::smi::{SMI_EN_APMC_EN, SMI_EN_GBL_SMI_EN, SmiTarget};
+        let (r, rec) = route(SMI_EN_APMC_EN);
+        let regs = r.regs.clone();
+        let mut pio = Bus::new();
+        pio.insert(
+            Arc::new(Mutex::new(Apm::with_smi(r))),
+            APM_CNT_PORT,
+            APM_LEN,
+        )
+        .unwrap();
+        assert!(pio.write(0xb2, &[0x00]));
+        assert!(
+            rec.take().is_empty(),
+            "GBL_SMI_EN clear (the power-on value)"
+        );
+        regs.set_enable(SMI_EN_GBL_SMI_EN | SMI_EN_APMC_EN);
+        // A status write alone raises nothing; a command does, a word write too.
+        assert!(pio.write(0xb3, &[0x11]));
+        assert!(rec.take().is_empty());
+        assert!(pio.write(0xb2, &[0x42]));
+        assert!(pio.write(0xb2, &[0x43, 0x22]));
+        assert_eq!(rec.take(), [SmiTarget::Vcpu(0), SmiTarget::Vcpu(0)]);
+        let mut b = [0u8; 2];
+        assert!(pio.read(0xb2, &mut b));
+        assert_eq!(b, [0x43, 0x22]);
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //!   steered to (bit 7 set = not routed). Stored and answered by [`Ich9Lpc::pirq_route`];
 //!   Hospes' interrupt wiring reads them, the register itself routes nothing.
 //! - **GEN_PMCON_1..3, GEN_PMCON_LOCK** (0xA0-0xA6) and **RCBA** (0xF0): stored and read
-//!   back. The root complex register block RCBA names is not decoded, and
-//!   GEN_PMCON_1.SMI_LOCK does not lock SMI_EN.GBL_SMI_EN in the PM block (there is no SMM
-//!   for it to protect yet).
+//!   back. The root complex register block RCBA names is not decoded. GEN_PMCON_1.SMI_LOCK
+//!   (bit 4, which OVMF sets once it enabled SMIs) sticks until reset and, on a bridge given
+//!   the PM block's [`SmiRegs`], freezes SMI_EN.GBL_SMI_EN, so an OS cannot switch SMIs
+//!   off under the firmware's SMM.
 //!
 //! The SCI IRQ select in ACPI_CNTL bits 2:0 is stored but not acted on (the SCI is fixed at
 //! IRQ 9 by the ACPI tables). Header type bit 7 is set, as on QEMU's 00:1f.0, whose
@@ -24,6 +25,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::regs::{ChipsetConfig, ChipsetFunction, touches};
+use super::smi::SmiRegs;
 use super::{SUBCLASS_ISA_BRIDGE, bridge_ids};
 
 /// Device id of the ICH9 LPC interface (the desktop part QEMU models).
@@ -62,6 +64,8 @@ pub const GEN_PMCON_1: usize = 0xa0;
 pub const GEN_PMCON_2: usize = 0xa2;
 pub const GEN_PMCON_3: usize = 0xa4;
 pub const GEN_PMCON_LOCK: usize = 0xa6;
+/// GEN_PMCON_1 bit 4: SMI_EN.GBL_SMI_EN locked until reset.
+const GEN_PMCON_1_SMI_LOCK: u8 = 1 << 4;
 
 /// RCBA: root complex base address (bits 31:14) and enable (bit 0).
 pub const RCBA: usize = 0xf0;
@@ -86,6 +90,8 @@ pub struct Ich9Lpc {
     pm: Arc<dyn PmRelocator>,
     /// The PM block base as last reported to `pm`.
     pm_now: Option<u16>,
+    /// SMI_EN, which SMI_LOCK locks.
+    smi: Option<Arc<SmiRegs>>,
 }
 
 /// Configuration space at power-on.
@@ -111,7 +117,13 @@ impl Ich9Lpc {
             config: power_on_config(),
             pm,
             pm_now: None,
+            smi: None,
         }
+    }
+
+    /// Lets GEN_PMCON_1.SMI_LOCK lock GBL_SMI_EN in `regs` (the PM block's).
+    pub fn set_smi_regs(&mut self, regs: Arc<SmiRegs>) {
+        self.smi = Some(regs);
     }
 
     /// Back to power-on values (platform reset); a decoded PM block is reported gone.
@@ -167,6 +179,16 @@ impl ChipsetFunction for Ich9Lpc {
     fn after_write(&mut self, written: &Range<usize>) {
         if touches(written, PMBASE, 4) || touches(written, ACPI_CNTL, 1) {
             self.sync_pm();
+        }
+        let pmcon1 = self.config.regs.byte(GEN_PMCON_1);
+        if touches(written, GEN_PMCON_1, 1) && pmcon1 & GEN_PMCON_1_SMI_LOCK != 0 {
+            // Sticky until reset.
+            self.config
+                .regs
+                .set_wmask(GEN_PMCON_1, &[!GEN_PMCON_1_SMI_LOCK]);
+            if let Some(smi) = &self.smi {
+                smi.lock_gbl_smi_en();
+            }
         }
     }
 }
@@ -284,6 +306,7 @@ mod tests {
     fn power_management_and_rcba_registers_are_stored() {
         let (pio, lpc, rec) = setup();
         write(&pio, SLOT, 0xa0, 2, 0x0010);
+        write(&pio, SLOT, 0xa0, 1, 0x00);
         write(&pio, SLOT, 0xa2, 1, 0x01);
         write(&pio, SLOT, 0xa4, 2, 0x1234);
         write(&pio, SLOT, 0xa6, 1, 0x06);
@@ -295,6 +318,27 @@ mod tests {
         write(&pio, SLOT, 0xf0, 4, 0xfed1_c000);
         assert_eq!(lpc.lock().unwrap().rcba(), None, "not enabled");
         assert!(rec.take().is_empty());
+    }
+
+    #[test]
+    fn smi_lock_sticks_and_freezes_gbl_smi_en() {
+        use crate::chipset::smi::{SMI_EN_APMC_EN, SMI_EN_GBL_SMI_EN};
+        let (pio, lpc, _) = setup();
+        let regs = Arc::new(SmiRegs::new(SMI_EN_APMC_EN));
+        lpc.lock().unwrap().set_smi_regs(regs.clone());
+        // OVMF: enable SMIs, then lock.
+        regs.set_enable(SMI_EN_GBL_SMI_EN | SMI_EN_APMC_EN);
+        write(&pio, SLOT, 0xa0, 1, 0x10);
+        regs.set_enable(SMI_EN_APMC_EN);
+        assert_eq!(regs.enable(), SMI_EN_GBL_SMI_EN | SMI_EN_APMC_EN);
+        write(&pio, SLOT, 0xa0, 1, 0x00);
+        assert_eq!(
+            read(&pio, SLOT, 0xa0, 1),
+            0x10,
+            "SMI_LOCK sticks until reset"
+        );
+        lpc.lock().unwrap().reset();
+        assert_eq!(read(&pio, SLOT, 0xa0, 1), 0x00);
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //!   goes to [`ShadowMemory::set_segment`]. SeaBIOS writes 0x30/0x33 to copy itself into
 //!   shadow RAM and 0x10/0x11 to write-protect it again.
 //! - **SMRAM/ESMRAMC/EXT_TSEG_MB** (0x9D, 0x9E, 0x50): the SMM memory controls OVMF's SMM
-//!   builds use. Hospes offers no SMM yet, so these are stored with their write masks and
-//!   lock (SMRAM.D_LCK freezes both) but have **no effect on memory**.
+//!   builds use, stored with their write masks and lock (SMRAM.D_LCK freezes both and
+//!   clears D_OPEN). On a machine with SMM (one given an [`SmramMapper`]) every change of
+//!   what they show ([`super::smram::smram_view`]) goes to [`SmramMapper::set`]; without
+//!   one they have no effect on memory.
 //!
 //! TOLUD (0xB0) is read-only and says where low RAM ends; every other device-specific byte
 //! is plain storage. Data flow: configuration write -> [`ChipsetConfig`] (masked merge) ->
@@ -25,6 +27,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::regs::{ChipsetConfig, ChipsetFunction, touches};
+use super::smram::{SmramMapper, SmramView, smram_view};
 use super::{SUBCLASS_HOST_BRIDGE, bridge_ids};
 
 /// Device id of the 82P35 MCH, the Q35 variant without integrated graphics (QEMU's choice).
@@ -72,11 +75,9 @@ pub const F_SMBASE: usize = 0x9c;
 pub const SMRAM: usize = 0x9d;
 /// Power-on value: C_BASE_SEG hard-wired to 010 (SMRAM at 0xA0000).
 pub const SMRAM_DEFAULT: u8 = 0x02;
-const SMRAM_D_OPEN: u8 = 1 << 6;
-const SMRAM_D_CLS: u8 = 1 << 5;
 /// SMRAM.D_LCK: once set, SMRAM and ESMRAMC are frozen until reset (D_CLS excepted).
-pub const SMRAM_D_LCK: u8 = 1 << 4;
-const SMRAM_G_SMRAME: u8 = 1 << 3;
+pub use super::smram::SMRAM_D_LCK;
+use super::smram::{SMRAM_D_CLS, SMRAM_D_OPEN, SMRAM_G_SMRAME};
 const SMRAM_WMASK: u8 = SMRAM_D_OPEN | SMRAM_D_CLS | SMRAM_D_LCK | SMRAM_G_SMRAME;
 const SMRAM_WMASK_LOCKED: u8 = SMRAM_D_CLS;
 
@@ -234,6 +235,10 @@ pub struct Q35Host {
     /// The window and segment modes as last reported to the traits.
     ecam_now: Option<EcamRange>,
     pam_now: [PamMode; PAM_SEGMENTS],
+    /// Where SMRAM changes go, on a machine with SMM.
+    smram: Option<Arc<dyn SmramMapper>>,
+    /// The SMRAM view as last reported.
+    smram_now: SmramView,
 }
 
 /// Decodes a PCIEXBAR value into the window it enables.
@@ -267,7 +272,26 @@ impl Q35Host {
             shadow,
             ecam_now: None,
             pam_now: [PamMode::Off; PAM_SEGMENTS],
+            smram: None,
+            smram_now: SmramView::default(),
         }
+    }
+
+    /// Makes the SMRAM registers take effect through `mapper` (a machine with SMM). The
+    /// mapper starts from [`SmramView::default`], the power-on view.
+    pub fn set_smram_mapper(&mut self, mapper: Arc<dyn SmramMapper>) {
+        self.smram = Some(mapper);
+        self.smram_now = SmramView::default();
+        self.sync_smram();
+    }
+
+    /// What the SMRAM registers show now.
+    pub fn smram_view(&self) -> SmramView {
+        smram_view(
+            self.config.regs.byte(SMRAM),
+            self.config.regs.byte(ESMRAMC),
+            EXT_TSEG_MB_SIZE,
+        )
     }
 
     /// Back to power-on values (platform reset): the ECAM window goes away and every PAM
@@ -276,6 +300,7 @@ impl Q35Host {
         self.config = power_on_config(self.low_ram_end);
         self.sync_ecam();
         self.sync_pam();
+        self.sync_smram();
     }
 
     /// The ECAM window as decoded now.
@@ -301,6 +326,16 @@ impl Q35Host {
         if window != self.ecam_now {
             self.ecam_now = window;
             self.ecam.set(window);
+        }
+    }
+
+    fn sync_smram(&mut self) {
+        let view = self.smram_view();
+        if let Some(mapper) = &self.smram
+            && view != self.smram_now
+        {
+            self.smram_now = view;
+            mapper.set(view);
         }
     }
 
@@ -362,6 +397,9 @@ impl ChipsetFunction for Q35Host {
             self.config.regs.set(SMRAM, &[smram]);
             self.config.regs.set_wmask(SMRAM, &[SMRAM_WMASK_LOCKED]);
             self.config.regs.set_wmask(ESMRAMC, &[0]);
+        }
+        if touches(written, SMRAM, 2) {
+            self.sync_smram();
         }
         if touches(written, PCIEXBAR, PCIEXBAR_LEN) {
             self.sync_ecam();
@@ -641,6 +679,99 @@ mod tests {
         assert!(!host.lock().unwrap().smram_locked());
         write(&pio, 0, 0x9e, 1, 0);
         assert_eq!(read(&pio, 0, 0x9e, 1), 0x38, "unlocked again after reset");
+    }
+
+    #[derive(Default)]
+    struct SmramRecorder(Mutex<Vec<SmramView>>);
+
+    impl SmramMapper for SmramRecorder {
+        fn set(&self, view: SmramView) {
+            self.0.lock().unwrap().push(view);
+        }
+    }
+
+    impl SmramRecorder {
+        fn take(&self) -> Vec<SmramView> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    #[test]
+    fn ovmf_tseg_setup_hides_tseg_and_the_lock_keeps_it_hidden() {
+        let (pio, host, _) = setup();
+        let smram = Arc::new(SmramRecorder::default());
+        host.lock().unwrap().set_smram_mapper(smram.clone());
+        assert!(smram.take().is_empty(), "power-on view: nothing to report");
+        // OVMF's SmmAccessPei: ask for the extended TSEG size, pick it, enable TSEG...
+        write(&pio, 0, 0x50, 2, 0xffff);
+        assert_eq!(read(&pio, 0, 0x50, 2), 16);
+        write(&pio, 0, 0x9e, 1, 0x38 | 0b110 | 1);
+        assert!(
+            smram.take().is_empty(),
+            "T_EN without G_SMRAME hides nothing"
+        );
+        // ... then turn SMRAM on (legacy window closed): TSEG goes to SMM.
+        write(&pio, 0, 0x9d, 1, u32::from(0x02 | SMRAM_G_SMRAME));
+        let locked_view = SmramView {
+            aseg_open: false,
+            aseg_smm: true,
+            tseg_len: 16 << 20,
+        };
+        assert_eq!(smram.take(), [locked_view]);
+        // The same value again changes nothing and is not reported.
+        write(&pio, 0, 0x9d, 1, u32::from(0x02 | SMRAM_G_SMRAME));
+        assert!(smram.take().is_empty());
+        // D_LCK: afterwards nothing a guest writes can show TSEG or the window again.
+        write(
+            &pio,
+            0,
+            0x9d,
+            1,
+            u32::from(0x02 | SMRAM_G_SMRAME | SMRAM_D_LCK),
+        );
+        assert!(smram.take().is_empty(), "locking alone changes no range");
+        write(&pio, 0, 0x9e, 1, 0x38);
+        write(&pio, 0, 0x9d, 1, u32::from(SMRAM_D_OPEN));
+        assert!(smram.take().is_empty());
+        assert_eq!(host.lock().unwrap().smram_view(), locked_view);
+        // Reset: back to no SMRAM, reported once.
+        host.lock().unwrap().reset();
+        assert_eq!(smram.take(), [SmramView::default()]);
+    }
+
+    #[test]
+    fn d_open_shows_the_legacy_window_until_locked() {
+        let (pio, host, _) = setup();
+        let smram = Arc::new(SmramRecorder::default());
+        host.lock().unwrap().set_smram_mapper(smram.clone());
+        write(
+            &pio,
+            0,
+            0x9d,
+            1,
+            u32::from(0x02 | SMRAM_G_SMRAME | SMRAM_D_OPEN),
+        );
+        let open = SmramView {
+            aseg_open: true,
+            aseg_smm: true,
+            tseg_len: 0,
+        };
+        assert_eq!(smram.take(), [open]);
+        // Setting D_LCK together with D_OPEN closes the window (D_LCK clears D_OPEN).
+        write(
+            &pio,
+            0,
+            0x9d,
+            1,
+            u32::from(0x02 | SMRAM_G_SMRAME | SMRAM_D_OPEN | SMRAM_D_LCK),
+        );
+        assert_eq!(
+            smram.take(),
+            [SmramView {
+                aseg_open: false,
+                ..open
+            }]
+        );
     }
 
     #[test]

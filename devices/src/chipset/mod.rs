@@ -21,6 +21,8 @@ pub mod mch;
 pub mod regs;
 pub mod reset_control;
 pub mod shadow;
+pub mod smi;
+pub mod smram;
 
 pub use apm::Apm;
 pub use lpc::{Ich9Lpc, PmRelocator};

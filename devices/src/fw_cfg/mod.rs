@@ -120,10 +120,16 @@ pub enum FwCfgError {
 /// Generator of a group of lazy files: returns one blob per name, in the order given.
 pub type LazyGenerator = Box<dyn FnMut() -> Vec<Vec<u8>> + Send>;
 
+/// Rebuilds a file's content each time the guest selects it, from the device's other
+/// files (e.g. what the guest wrote into a writable one).
+pub type SelectHook = Box<dyn FnMut(&FwCfg) -> Vec<u8> + Send>;
+
 /// A named blob listed in the directory.
 struct File {
     name: String,
     data: Vec<u8>,
+    /// Runs on every select of this file and replaces its content.
+    on_select: Option<SelectHook>,
     /// For files the guest may write: the content to restore at reset.
     pristine: Option<Vec<u8>>,
     /// Index of the lazy group producing this file.
@@ -236,6 +242,24 @@ impl FwCfg {
         self.insert_file(name, data, true, None)
     }
 
+    /// Adds a read-only file whose content `hook` rebuilds each time the guest selects it
+    /// (`data` until then). The hook should keep the size `data` has, which the directory
+    /// announces.
+    pub fn add_file_on_select(
+        &mut self,
+        name: &str,
+        data: Vec<u8>,
+        hook: SelectHook,
+    ) -> Result<(), FwCfgError> {
+        self.insert_file(name, data, false, None)?;
+        if let Ok(i) = self.find_file(name)
+            && let Some(f) = self.files.get_mut(i)
+        {
+            f.on_select = Some(hook);
+        }
+        Ok(())
+    }
+
     /// Adds files whose content `generate` builds on demand (see the module doc): it runs
     /// when the guest first selects the directory or one of these files, and once more
     /// when the guest first selects one of these files after reading the directory. It
@@ -313,6 +337,7 @@ impl FwCfg {
             File {
                 name: name.to_owned(),
                 data,
+                on_select: None,
                 pristine,
                 lazy,
             },
@@ -375,6 +400,15 @@ impl FwCfg {
                 .is_some_and(|g| g.state != LazyState::Final)
         {
             self.generate(g, LazyState::Final);
+        }
+        if let Some(i) = Self::file_index(self.selector)
+            && let Some(mut hook) = self.files.get_mut(i).and_then(|f| f.on_select.take())
+        {
+            let data = hook(self);
+            if let Some(f) = self.files.get_mut(i) {
+                f.data = data;
+                f.on_select = Some(hook);
+            }
         }
     }
 

@@ -666,3 +666,38 @@ fn add_item_refuses_keys_of_the_device_and_its_files() {
         "architecture keys are not files"
     );
 }
+
+#[test]
+fn smi_features_negotiate_the_way_ovmf_does() {
+    use crate::chipset::smi::{SMI_F_BROADCAST, SmiFeatures};
+    let features = Arc::new(SmiFeatures::new(SMI_F_BROADCAST));
+    let f = features.clone();
+    let g = Guest::new(move |fw| f.add_to(fw).unwrap());
+    // OVMF's NegotiateSmiFeatures: read supported, write requested, select features-ok.
+    let supported = g.key_of("etc/smi/supported-features");
+    let requested = g.key_of("etc/smi/requested-features");
+    let ok = g.key_of("etc/smi/features-ok");
+    g.select(supported);
+    assert_eq!(g.read_port(8), SMI_F_BROADCAST.to_le_bytes());
+    // A request beyond what is offered: features-ok reads 0, nothing in force.
+    g.mem
+        .write_slice(&0b11u64.to_le_bytes(), GuestAddress(BUF))
+        .unwrap();
+    let write = (u32::from(requested) << 16) | CTL_SELECT | CTL_WRITE;
+    assert_eq!(g.dma(write, 8, BUF), 0);
+    g.select(ok);
+    assert_eq!(g.read_port(1), [0]);
+    assert!(!features.broadcast());
+    // Broadcast alone: accepted.
+    g.mem
+        .write_slice(&SMI_F_BROADCAST.to_le_bytes(), GuestAddress(BUF))
+        .unwrap();
+    assert_eq!(g.dma(write, 8, BUF), 0);
+    g.select(ok);
+    assert_eq!(g.read_port(1), [1]);
+    assert!(features.broadcast());
+    assert_eq!(
+        g.dev.lock().unwrap().file_data("etc/smi/features-ok"),
+        Some(&[1u8][..])
+    );
+}

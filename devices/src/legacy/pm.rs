@@ -20,14 +20,17 @@
 //! RESET_REG resets. [`PmBlock::press_power_button`] sets PWRBTN_STS; the SCI (a level
 //! interrupt on IRQ 9) is high while any enabled status bit is set and SCI_EN is on.
 //! SMI_EN starts with APMC_EN set, as QEMU leaves it when there is no SMM: SeaBIOS reads
-//! that as "SMM already set up" and does not wait for an SMI handler. SMI_EN and SMI_STS are
-//! storage only; no SMI is ever raised.
+//! that as "SMM already set up" and does not wait for an SMI handler. SMI_EN and SMI_STS
+//! live in a [`SmiRegs`] shared with the APM port, which raises an SMI by them on a machine
+//! with SMM (GBL_SMI_EN and APMC_EN both set: [`crate::chipset::smi`]); the preset leaves
+//! GBL_SMI_EN clear, so SeaBIOS's 0xB2 writes raise nothing.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{IrqLine, PowerEvent, PowerEvents};
 use crate::bus::BusDevice;
+use crate::chipset::smi::SmiRegs;
 
 /// Value written to the reset register to reset.
 pub const RESET_VALUE: u8 = 0x6;
@@ -149,8 +152,8 @@ pub struct PmBlock {
     pm1_cnt: u16,
     gpe0_sts: u64,
     gpe0_en: u64,
-    smi_en: u32,
-    smi_sts: u32,
+    /// SMI_EN and SMI_STS, shared with the APM port ([`crate::chipset::smi`]).
+    smi: Arc<SmiRegs>,
     start: Instant,
     sci: Arc<dyn IrqLine>,
     power: Arc<dyn PowerEvents>,
@@ -182,13 +185,17 @@ impl PmBlock {
             pm1_cnt: SCI_EN,
             gpe0_sts: 0,
             gpe0_en: 0,
-            smi_en: SMI_EN_APMC_EN,
-            smi_sts: 0,
+            smi: Arc::new(SmiRegs::new(SMI_EN_APMC_EN)),
             start: Instant::now(),
             sci,
             power,
             sci_level: false,
         }
+    }
+
+    /// SMI_EN and SMI_STS, for the APM port that raises SMIs by them.
+    pub fn smi_regs(&self) -> Arc<SmiRegs> {
+        self.smi.clone()
     }
 
     /// The layout this block decodes.
@@ -204,8 +211,7 @@ impl PmBlock {
         self.pm1_cnt = SCI_EN;
         self.gpe0_sts = 0;
         self.gpe0_en = 0;
-        self.smi_en = SMI_EN_APMC_EN;
-        self.smi_sts = 0;
+        self.smi.reset();
         self.update_sci();
     }
 
@@ -251,10 +257,10 @@ impl PmBlock {
         }
         if let Some(smi) = self.layout.smi_offset() {
             if let Some(i) = byte_in(off, smi, SMI_REG_LEN) {
-                return byte_of(self.smi_en.into(), i);
+                return byte_of(self.smi.enable().into(), i);
             }
             if let Some(i) = byte_in(off, smi + SMI_REG_LEN, SMI_REG_LEN) {
-                return byte_of(self.smi_sts.into(), i);
+                return byte_of(self.smi.status().into(), i);
             }
         }
         0
@@ -279,11 +285,13 @@ impl PmBlock {
         }
         if let Some(smi) = self.layout.smi_offset() {
             if let Some(i) = byte_in(off, smi, SMI_REG_LEN) {
-                self.smi_en = with_byte(self.smi_en.into(), i, b) as u32;
+                self.smi
+                    .set_enable(with_byte(self.smi.enable().into(), i, b) as u32);
                 return;
             }
             if let Some(i) = byte_in(off, smi + SMI_REG_LEN, SMI_REG_LEN) {
-                self.smi_sts = clear_byte(self.smi_sts.into(), i, b) as u32;
+                self.smi
+                    .clear_status(u32::from(b).checked_shl(i * 8).unwrap_or(0));
                 return;
             }
         }

@@ -11,11 +11,16 @@
 //! about the machine ([`fw_cfg`]) and the 0x402 log. The PCI registration step puts the
 //! MCH and LPC on bus 0 (`machine::pci`); the vCPU starts at the reset vector 0xffff_fff0
 //! inside the ROM. For OVMF, [`super::uefi`] maps its two flash images in the ROM's place.
+//!
+//! With SMM (`FirmwareConfig::smm`, the Secure Boot build) [`Platform::build`] also gives
+//! the MCH a `vstate::smram::KvmSmram` for its SMRAM registers, the APM port an SMI route
+//! (SMI_EN from the PM block, the vCPUs' `SmiPending`, the broadcast negotiated through
+//! the `etc/smi` fw_cfg files) and refuses to start when KVM offers no SMM.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use super::uefi::FirmwareImages;
@@ -24,8 +29,11 @@ use crate::arch::x86_64::layout;
 use crate::arch::x86_64::smbios::{EntryPoint, SmbiosInfo, smbios_tables};
 use crate::vstate::rom;
 use crate::vstate::shadow::KvmShadow;
+use crate::vstate::smram::{self, KvmSmram, SmramError};
+use crate::vstate::vcpu::SmiPending;
 use hospes_devices::bus::{Bus, BusDevice, BusError, SharedDevice, lock};
 use hospes_devices::chipset::shadow::{BIOS_AREA_LEN, BIOS_AREA_START, ShadowArea};
+use hospes_devices::chipset::smi::{SMI_F_BROADCAST, SmiFeatures, SmiRoute};
 use hospes_devices::chipset::{Apm, Ich9Lpc, PmRelocator, Q35Host, ResetControl};
 use hospes_devices::framebuffer::FbMemory;
 use hospes_devices::fw_cfg::{E820_RAM, E820_RESERVED, FwCfg, FwCfgError, e820_table};
@@ -63,6 +71,12 @@ pub struct FirmwareConfig {
     /// The std-VGA adapter's VGA BIOS (Debian's vgabios-stdvga.bin), handed to the
     /// firmware as the adapter's option ROM; None without a std-VGA adapter.
     pub vga_rom: Option<PathBuf>,
+    /// Give the machine System Management Mode: SMRAM behind the MCH's registers, SMIs
+    /// from port 0xB2, the `etc/smi` files, a VARS flash only SMM may write. The Secure
+    /// Boot build of OVMF requires it (SMM_REQUIRE); the host's KVM must offer it.
+    pub smm: bool,
+    /// OVMF with Secure Boot: the VM's store comes from the template with Microsoft's keys.
+    pub secure_boot: bool,
 }
 
 /// Smallest system ROM accepted (SeaBIOS's smallest build is 128 KiB).
@@ -98,6 +112,8 @@ pub enum FirmwareError {
     FwCfg(#[from] FwCfgError),
     #[error("cannot build the ACPI tables for the firmware")]
     Acpi(#[from] AcpiLoaderError),
+    #[error(transparent)]
+    Smm(#[from] SmramError),
 }
 
 /// How long SeaBIOS waits before trying again when nothing boots (ms).
@@ -183,6 +199,16 @@ pub struct PlatformParts<'a> {
     pub power: Arc<dyn PowerEvents>,
     /// The machine has a TPM (the ACPI tables describe it).
     pub tpm: bool,
+    /// With SMM: the host's KVM (to check it offers SMM), where SMIs go, and the hole
+    /// guest RAM's slots leave (see `memory::register`).
+    pub smm: Option<SmmParts<'a>>,
+}
+
+/// What a machine with SMM adds to [`PlatformParts`].
+pub struct SmmParts<'a> {
+    pub kvm: &'a Kvm,
+    pub smi: Arc<SmiPending>,
+    pub ram_hole: Option<(u64, u64)>,
 }
 
 impl Platform {
@@ -190,6 +216,12 @@ impl Platform {
     /// block, reset control, APM ports) and the firmware's devices (fw_cfg, the 0x402
     /// log).
     pub fn build(p: PlatformParts<'_>) -> Result<Self, FirmwareError> {
+        // Before anything maps into the SMM address space, which such a KVM refuses.
+        if let Some(smm) = &p.smm
+            && !smram::supported(smm.kvm)
+        {
+            return Err(SmramError::NoSmm.into());
+        }
         p.rom.map(p.vm, p.mmio)?;
         let area = Arc::new(Mutex::new(ShadowArea::new(
             p.guest_memory.clone(),
@@ -208,12 +240,13 @@ impl Platform {
         let low = layout::firmware_low_ram(p.memory);
         let window = (low.max(FW_PCI_WINDOW_MIN), layout::FW_PCI_MMIO_END);
         let ecam = Arc::new(EcamOverlay::new(window));
-        let host = Q35Host::new(low, ecam.clone(), Arc::new(shadow));
-        let lpc = Ich9Lpc::new(Arc::new(PmMover {
+        let mut host = Q35Host::new(low, ecam.clone(), Arc::new(shadow));
+        let mut lpc = Ich9Lpc::new(Arc::new(PmMover {
             pio: p.pio.clone(),
             pm: p.pm.clone(),
             at: Mutex::new(None),
         }));
+        lpc.set_smi_regs(lock(p.pm).smi_regs());
 
         let mut cfg = fw_cfg(p.fw, p.cpus, p.memory, p.guest_memory)?;
         let platform = Q35Platform {
@@ -225,6 +258,22 @@ impl Platform {
             tpm: p.tpm,
         };
         add_acpi_tables(&mut cfg, platform, &ecam)?;
+        let apm = match &p.smm {
+            Some(smm) => {
+                let smram =
+                    KvmSmram::new(smm.kvm, p.vm.clone(), p.guest_memory, smm.ram_hole, low)?;
+                host.set_smram_mapper(Arc::new(smram));
+                let features = Arc::new(SmiFeatures::new(SMI_F_BROADCAST));
+                features.add_to(&mut cfg)?;
+                log::info!("SMM on: SMRAM under the MCH's registers, SMIs from port 0xb2");
+                Apm::with_smi(SmiRoute {
+                    regs: lock(p.pm).smi_regs(),
+                    features,
+                    sink: smm.smi.clone(),
+                })
+            }
+            None => Apm::new(),
+        };
         let cfg = Arc::new(Mutex::new(cfg));
         let mut pio = p.pio.write().unwrap_or_else(|e| e.into_inner());
         pio.insert(cfg.clone(), FW_CFG_PORT_SEL, FW_CFG_PORT_SEL_LEN)?;
@@ -234,7 +283,7 @@ impl Platform {
             u64::from(layout::FW_DEBUG_PORT),
             1,
         )?;
-        pio.insert(Arc::new(Mutex::new(Apm::new())), APM_PORT, APM_LEN)?;
+        pio.insert(Arc::new(Mutex::new(apm)), APM_PORT, APM_LEN)?;
         Ok(Self {
             host: Arc::new(Mutex::new(host)),
             lpc: Arc::new(Mutex::new(lpc)),
@@ -420,6 +469,8 @@ mod tests {
             uuid: [7; 16],
             product: "Test".into(),
             vga_rom: None,
+            smm: false,
+            secure_boot: false,
         }
     }
 

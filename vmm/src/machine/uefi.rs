@@ -11,6 +11,14 @@
 //! (`vstate::flash`). OVMF's variable writes go through the VARS flash to the file. The
 //! chipset's low alias at 0xe0000 shows CODE's last 128 KiB, as it shows a BIOS's.
 //!
+//! Secure Boot (`FirmwareConfig::secure_boot`): the store is made from the template with
+//! Microsoft's keys enrolled (Debian's `OVMF_VARS_4M.ms.fd`), and the machine has SMM, so
+//! the VARS flash takes writes from SMM only (`WriteGate::SmmOnly`): the firmware's SMM
+//! code alone can change authenticated variables. A store that already exists is kept
+//! as it is; if it has no Platform Key (made earlier without Secure Boot) the start is
+//! refused with a message naming the file, because the firmware would silently boot with
+//! Secure Boot off. Deleting the file makes a fresh one with the keys on the next start.
+//!
 //! fw_cfg: what `firmware::fw_cfg` gives (`etc/e820`, the CPU count, SMBIOS) is all the
 //! QEMU build of OVMF needs from Hospes today; the ACPI tables (`etc/table-loader`) and
 //! `bootorder` come from their own modules. Left out on purpose, each with its default
@@ -20,7 +28,8 @@
 //! - `etc/reserved-memory-end`: only for memory hotplug, which Hospes has not.
 //! - `opt/ovmf/X-PciMmio64Mb`: OVMF's own 64-bit MMIO aperture is large enough for the
 //!   devices Hospes has (no device with multi-GiB BARs).
-//! - `etc/smi/*`: only SMM builds read them; the plain `OVMF_CODE_4M.fd` has no SMM.
+//! - `etc/smi/*`: given on a machine with SMM (`firmware::Platform::build`); the plain
+//!   `OVMF_CODE_4M.fd` has no SMM and never reads them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -37,7 +46,7 @@ use hospes_devices::bus::{Bus, lock};
 use hospes_devices::chipset::shadow::{BIOS_AREA_LEN, BIOS_AREA_START, ROM_ALIAS_START};
 use hospes_devices::framebuffer::FbMemory;
 use hospes_devices::pflash::{
-    Access, BLOCK_SIZE, FlashLayout, MAX_IMAGE_LEN, Pflash, PflashError, ovmf_layout,
+    Access, BLOCK_SIZE, FlashLayout, MAX_IMAGE_LEN, Pflash, PflashError, WriteGate, ovmf_layout,
 };
 
 /// The VM's variable store, in its folder.
@@ -83,6 +92,12 @@ pub enum UefiError {
          number of {BLOCK_SIZE}-byte blocks up to {MAX_IMAGE_LEN} bytes (is it the right file?)"
     )]
     BadTemplate { path: PathBuf, len: u64 },
+    #[error(
+        "the VM's variable store {path} was made without Secure Boot keys, so the firmware \
+         would start with Secure Boot off: delete {path} (the firmware makes its boot \
+         entries again) to get a store with Microsoft's keys, or set secure_boot: false"
+    )]
+    StoreWithoutKeys { path: PathBuf },
 }
 
 /// What a firmware boot maps below 4 GiB: SeaBIOS's system ROM, or OVMF's two flashes.
@@ -99,8 +114,13 @@ impl FirmwareImages {
             FirmwareKind::Bios => Ok(Self::Rom(SystemRom::load(&fw.image)?)),
             FirmwareKind::Uefi => {
                 let vars = fw.vars.as_deref().ok_or(UefiError::NoVars)?;
-                prepare_vars(&fw.image, vars)?;
-                Ok(Self::Ovmf(OvmfFlash::open(&fw.image, vars)?))
+                prepare_vars(&fw.image, vars, fw.secure_boot)?;
+                let gate = if fw.smm {
+                    WriteGate::SmmOnly
+                } else {
+                    WriteGate::Anyone
+                };
+                Ok(Self::Ovmf(OvmfFlash::open(&fw.image, vars, gate)?))
             }
         }
     }
@@ -139,11 +159,14 @@ pub struct OvmfFlash {
     code_len: u64,
     vars_len: u64,
     layout: FlashLayout,
+    /// A machine with SMM: both flashes are mapped in the SMM address space too.
+    smm: bool,
 }
 
 impl OvmfFlash {
-    /// Opens CODE read-only and VARS read-write (its changes go to the file).
-    pub fn open(code: &Path, vars: &Path) -> Result<Self, UefiError> {
+    /// Opens CODE read-only and VARS read-write (its changes go to the file), VARS
+    /// changed by those `gate` allows.
+    pub fn open(code: &Path, vars: &Path, gate: WriteGate) -> Result<Self, UefiError> {
         let open = |path: &Path, access| -> Result<Pflash, UefiError> {
             let file = OpenOptions::new()
                 .read(true)
@@ -159,7 +182,8 @@ impl OvmfFlash {
             })
         };
         let code = open(code, Access::ReadOnly)?;
-        let vars = open(vars, Access::ReadWrite)?;
+        let mut vars = open(vars, Access::ReadWrite)?;
+        vars.set_write_gate(gate);
         let (code_len, vars_len) = (code.len() as u64, vars.len() as u64);
         let layout = ovmf_layout(code_len, vars_len)
             .filter(|_| code_len + vars_len <= MAX_ROM)
@@ -175,6 +199,7 @@ impl OvmfFlash {
             code_len,
             vars_len,
             layout,
+            smm: gate == WriteGate::SmmOnly,
         })
     }
 
@@ -203,8 +228,11 @@ impl OvmfFlash {
             ),
         ];
         for (flash, mem, slot, at, len) in images {
-            let mapping = KvmFlashSlot::new(vm.clone(), slot, at, mem.clone(), len)
+            let mut mapping = KvmFlashSlot::new(vm.clone(), slot, at, mem.clone(), len)
                 .map_err(FirmwareError::Map)?;
+            if self.smm {
+                mapping = mapping.mirror_for_smm().map_err(FirmwareError::Map)?;
+            }
             lock(flash).set_mapping(Arc::new(mapping));
             mmio.insert(flash.clone(), at, len)?;
         }
@@ -219,18 +247,54 @@ impl OvmfFlash {
     }
 }
 
+/// The OVMF code image a VM boots and whether it needs SMM: `chosen` (from vm.ron) or the
+/// installed build, the Secure Boot one for `secure_boot`. SMM is on whenever the image is
+/// a Secure Boot build (Debian's `*.secboot.fd`, QEMU's `*-secure-code.fd`), which stops
+/// early without it, even when vm.ron names one with `secure_boot: false`.
+pub fn ovmf_code(
+    chosen: Option<&Path>,
+    secure_boot: bool,
+) -> Result<(PathBuf, bool), hospes_core::firmware::FirmwareError> {
+    let image = if secure_boot {
+        Image::OvmfCodeSecureBoot
+    } else {
+        Image::OvmfCode
+    };
+    let path = locate(image, chosen)?;
+    let smm = secure_boot || is_smm_build(&path);
+    Ok((path, smm))
+}
+
+/// Whether the file name says the image is a Secure Boot (SMM_REQUIRE) build.
+fn is_smm_build(code: &Path) -> bool {
+    code.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains(".secboot") || n.contains("secure-code") || n.contains(".ms."))
+}
+
 /// Makes sure the VM's variable store `vars` exists: on the first start it becomes a copy
-/// of the template that belongs with `code` (see [`vars_template`]). True when it was
-/// created now. An existing store is never touched: it holds the VM's boot entries.
-pub fn prepare_vars(code: &Path, vars: &Path) -> Result<bool, UefiError> {
+/// of the template that belongs with `code` (see [`vars_template`]), for `secure_boot` the
+/// one with Microsoft's keys ([`secure_vars_template`]). True when it was created now. An
+/// existing store is never touched: it holds the VM's boot entries (with `secure_boot`, one
+/// without a Platform Key is refused, see the module header).
+pub fn prepare_vars(code: &Path, vars: &Path, secure_boot: bool) -> Result<bool, UefiError> {
     let exists = vars.try_exists().map_err(|source| UefiError::Open {
         path: vars.to_path_buf(),
         source,
     })?;
     if exists {
+        if secure_boot && !has_platform_key(vars)? {
+            return Err(UefiError::StoreWithoutKeys {
+                path: vars.to_path_buf(),
+            });
+        }
         return Ok(false);
     }
-    let template = vars_template(code)?;
+    let template = if secure_boot {
+        secure_vars_template(code)?
+    } else {
+        vars_template(code)?
+    };
     copy_vars(&template, vars)?;
     log::info!(
         "created the UEFI variable store {} from {}",
@@ -259,6 +323,39 @@ pub fn vars_template(code: &Path) -> Result<PathBuf, hospes_core::firmware::Firm
         Some(path) => Ok(path),
         None => locate(Image::OvmfVars, None),
     }
+}
+
+/// The variable store with Microsoft's keys of the same build as `code`: beside it, named
+/// with VARS for CODE and `.ms` for `.secboot` (Debian's `OVMF_CODE_4M.secboot.fd` and
+/// `OVMF_VARS_4M.ms.fd`), else the installed one.
+pub fn secure_vars_template(code: &Path) -> Result<PathBuf, hospes_core::firmware::FirmwareError> {
+    let sibling = code
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|name| name.contains("CODE") && name.contains(".secboot"))
+        .map(|name| {
+            code.with_file_name(
+                name.replacen("CODE", "VARS", 1)
+                    .replacen(".secboot", ".ms", 1),
+            )
+        })
+        .filter(|p| p.is_file());
+    match sibling {
+        Some(path) => Ok(path),
+        None => locate(Image::OvmfVarsMs, None),
+    }
+}
+
+/// Whether the store at `vars` holds a Platform Key: the variable name "PK" (UTF-16,
+/// NUL-terminated) appears in it. A store made from a keyless template has none until a
+/// guest enrolls one.
+fn has_platform_key(vars: &Path) -> Result<bool, UefiError> {
+    let bytes = fs::read(vars).map_err(|source| UefiError::Open {
+        path: vars.to_path_buf(),
+        source,
+    })?;
+    const PK: [u8; 6] = [b'P', 0, b'K', 0, 0, 0];
+    Ok(bytes.windows(PK.len()).any(|w| w == PK))
 }
 
 /// Copies `template` to `vars` atomically: into a temporary file (mode 0600) in the same
@@ -352,7 +449,7 @@ mod tests {
     fn the_first_start_copies_the_template_with_mode_0600() {
         let (fw, code, vm) = folders();
         let vars = vm.path().join(VARS_FILE);
-        assert!(prepare_vars(&code, &vars).unwrap(), "created now");
+        assert!(prepare_vars(&code, &vars, false).unwrap(), "created now");
         assert_eq!(
             fs::read(&vars).unwrap(),
             fs::read(fw.path().join("OVMF_VARS_4M.fd")).unwrap()
@@ -365,12 +462,15 @@ mod tests {
     fn a_later_start_keeps_the_vms_own_variables() {
         let (_fw, code, vm) = folders();
         let vars = vm.path().join(VARS_FILE);
-        prepare_vars(&code, &vars).unwrap();
+        prepare_vars(&code, &vars, false).unwrap();
         // The guest stored a boot entry.
         let mut mine = fs::read(&vars).unwrap();
         mine[0x1000..0x1008].copy_from_slice(b"BootOrdr");
         fs::write(&vars, &mine).unwrap();
-        assert!(!prepare_vars(&code, &vars).unwrap(), "not created again");
+        assert!(
+            !prepare_vars(&code, &vars, false).unwrap(),
+            "not created again"
+        );
         assert_eq!(fs::read(&vars).unwrap(), mine);
     }
 
@@ -403,6 +503,49 @@ mod tests {
     }
 
     #[test]
+    fn secure_boot_stores_come_with_keys_and_a_keyless_one_is_refused() {
+        let (fw, _code, vm) = folders();
+        let code = fw.path().join("OVMF_CODE_4M.secboot.fd");
+        fs::write(&code, vec![0xc0u8; CODE_LEN]).unwrap();
+        let mut keyed = vec![0xffu8; VARS_LEN];
+        let pk: Vec<u8> = "PK\0".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        keyed[0x100..0x100 + pk.len()].copy_from_slice(&pk);
+        fs::write(fw.path().join("OVMF_VARS_4M.ms.fd"), &keyed).unwrap();
+        let vars = vm.path().join(VARS_FILE);
+        assert!(prepare_vars(&code, &vars, true).unwrap());
+        assert_eq!(
+            fs::read(&vars).unwrap(),
+            keyed,
+            "made from the .ms template"
+        );
+        assert!(
+            !prepare_vars(&code, &vars, true).unwrap(),
+            "kept on the next start"
+        );
+        // A store made earlier without Secure Boot: refused, naming the file.
+        let plain = vm.path().join("plain.fd");
+        prepare_vars(&fw.path().join("OVMF_CODE_4M.fd"), &plain, false).unwrap();
+        let err = prepare_vars(&code, &plain, true).unwrap_err();
+        assert!(matches!(err, UefiError::StoreWithoutKeys { .. }), "{err}");
+        assert!(err.to_string().contains("plain.fd"), "{err}");
+        // Without Secure Boot any store is fine.
+        assert!(!prepare_vars(&code, &plain, false).unwrap());
+    }
+
+    #[test]
+    fn secure_boot_builds_get_smm_whatever_vm_ron_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = dir.path().join("OVMF_CODE_4M.secboot.fd");
+        let plain = dir.path().join("OVMF_CODE_4M.fd");
+        for p in [&sb, &plain] {
+            fs::write(p, b"c").unwrap();
+        }
+        assert_eq!(ovmf_code(Some(&sb), false).unwrap(), (sb.clone(), true));
+        assert_eq!(ovmf_code(Some(&sb), true).unwrap(), (sb, true));
+        assert_eq!(ovmf_code(Some(&plain), false).unwrap(), (plain, false));
+    }
+
+    #[test]
     fn the_template_is_the_one_beside_the_code_image() {
         let dir = tempfile::tempdir().unwrap();
         let code = dir.path().join("MY_CODE.fd");
@@ -421,8 +564,8 @@ mod tests {
     fn opens_code_read_only_and_vars_where_ovmf_expects_them() {
         let (_fw, code, vm) = folders();
         let vars = vm.path().join(VARS_FILE);
-        prepare_vars(&code, &vars).unwrap();
-        let flash = OvmfFlash::open(&code, &vars).unwrap();
+        prepare_vars(&code, &vars, false).unwrap();
+        let flash = OvmfFlash::open(&code, &vars, WriteGate::Anyone).unwrap();
         assert_eq!(flash.layout().vars_base, 0xffc0_0000);
         assert_eq!(flash.layout().code_base, 0xffc8_4000);
         let images = FirmwareImages::Ovmf(flash);
@@ -437,7 +580,9 @@ mod tests {
         fs::write(&code, vec![0u8; 16 << 20]).unwrap();
         let vars = vm.path().join(VARS_FILE);
         fs::write(&vars, vec![0u8; VARS_LEN]).unwrap();
-        let err = OvmfFlash::open(&code, &vars).err().unwrap();
+        let err = OvmfFlash::open(&code, &vars, WriteGate::Anyone)
+            .err()
+            .unwrap();
         assert!(matches!(err, UefiError::TooLarge { .. }), "{err}");
     }
 
@@ -452,6 +597,8 @@ mod tests {
             uuid: [0; 16],
             product: "t".into(),
             vga_rom: None,
+            smm: false,
+            secure_boot: false,
         };
         assert!(matches!(FirmwareImages::load(&fw), Err(UefiError::NoVars)));
     }
@@ -469,6 +616,8 @@ mod tests {
             uuid: [0; 16],
             product: "t".into(),
             vga_rom: None,
+            smm: false,
+            secure_boot: false,
         };
         let images = FirmwareImages::load(&fw).unwrap();
         assert!(vars.is_file(), "the first load made the VM's store");

@@ -8,7 +8,9 @@
 //! the flash calls [`FlashMapping::set_array_mode`]`(false)` and the slot goes, so the
 //! next reads (status, CFI query) exit to the device too; back in read-array mode the
 //! slot returns. Adding and deleting a slot are both KVM_SET_USER_MEMORY_REGION (a size
-//! of 0 deletes).
+//! of 0 deletes). On a machine with SMM ([`KvmFlashSlot::mirror_for_smm`]) the same slot
+//! comes and goes in the SMM address space too, so SMM code (OVMF's variable driver)
+//! reads the image at memory speed as well.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +23,7 @@ use hospes_devices::framebuffer::FbMemory;
 use hospes_devices::pflash::FlashMapping;
 
 use super::shadow::SHADOW_SLOT_BASE;
+use super::smram::SMM_SPACE;
 
 /// The first flash slot, after the BIOS area's 13 shadow slots: OVMF's VARS image.
 pub const FLASH_SLOT_BASE: u32 = SHADOW_SLOT_BASE + PAM_SEGMENTS as u32;
@@ -37,6 +40,8 @@ pub struct KvmFlashSlot {
     mem: Arc<FbMemory>,
     len: u64,
     mapped: Mutex<bool>,
+    /// Also in KVM's SMM address space (1).
+    smm: bool,
 }
 
 impl KvmFlashSlot {
@@ -56,10 +61,20 @@ impl KvmFlashSlot {
             len: len.min(mem.len() as u64),
             mem,
             mapped: Mutex::new(false),
+            smm: false,
         };
         flash.apply(flash.region(true))?;
         *lock(&flash.mapped) = true;
         Ok(flash)
+    }
+
+    /// Maps the slot in KVM's SMM address space too, now and on every later change.
+    pub fn mirror_for_smm(mut self) -> Result<Self, kvm_ioctls::Error> {
+        self.smm = true;
+        if self.is_mapped() {
+            self.apply_in(SMM_SPACE, self.region(true))?;
+        }
+        Ok(self)
     }
 
     /// Whether the slot maps the image now.
@@ -83,7 +98,21 @@ impl KvmFlashSlot {
         }
     }
 
+    /// `region` in address space 0 and, on a machine with SMM, 1.
     fn apply(&self, region: kvm_userspace_memory_region) -> Result<(), kvm_ioctls::Error> {
+        self.apply_in(0, region)?;
+        if self.smm {
+            self.apply_in(SMM_SPACE, region)?;
+        }
+        Ok(())
+    }
+
+    fn apply_in(
+        &self,
+        space: u32,
+        mut region: kvm_userspace_memory_region,
+    ) -> Result<(), kvm_ioctls::Error> {
+        region.slot |= space << 16;
         // SAFETY: a mapped range lies inside `self.mem`'s mapping, which this struct keeps
         // alive and which Drop unmaps from the VM before releasing it; KVM only reads it
         // (the slot is read-only). A size of 0 deletes the slot.

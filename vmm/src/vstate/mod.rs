@@ -4,7 +4,8 @@
 //! irqfds and ioeventfds for PCI devices ([`pci_kvm`]), the framebuffer's memory slot with
 //! dirty-page logging ([`fb_slot`]), firmware images as read-only slots ([`rom`]), the BIOS
 //! area under the chipset's PAM registers ([`shadow`]), the CFI flash's image slots that
-//! follow its read-array mode ([`flash`]). This is the only module of Hospes that calls
+//! follow its read-array mode ([`flash`]), the SMM address space and SMRAM slots behind the
+//! Q35 SMRAM registers ([`smram`]). This is the only module of Hospes that calls
 //! KVM.
 
 pub mod fb_slot;
@@ -14,5 +15,6 @@ pub mod memory;
 pub mod pci_kvm;
 pub mod rom;
 pub mod shadow;
+pub mod smram;
 pub mod vcpu;
 pub mod vm;

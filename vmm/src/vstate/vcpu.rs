@@ -6,8 +6,15 @@
 //! shared [`RunControl`] and sending [`kick_signal`] (SIGRTMIN): its handler sets this thread's
 //! `immediate_exit`, so `KVM_RUN` returns at once even when the signal lands just before
 //! the vCPU enters the guest.
+//!
+//! Before dispatching an exit the thread records who makes the access
+//! (`hospes_devices::bus::set_initiator`: its index, and whether `kvm_run.flags` says it
+//! was in SMM). An SMI a device raises ([`SmiPending`], the KVM side of `SmiSink`) is
+//! recorded per vCPU and injected with `KVM_SMI` by that vCPU's own thread right before
+//! its next `KVM_RUN`; an SMI for another vCPU kicks it so that it gets there at once.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -20,7 +27,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::x86_64::{cpuid, layout, msr, regs};
 use crate::boot::BootEntry;
-use hospes_devices::bus::{Bus, lock};
+use hospes_devices::bus::{Bus, Initiator, lock, set_initiator};
+use hospes_devices::chipset::smi::{SmiSink, SmiTarget};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +160,13 @@ impl RunControl {
         self.cond.notify_all();
     }
 
+    /// Kicks the vCPU thread `index` of the current boot, if it runs.
+    fn kick_one(&self, index: usize) {
+        if let Some(&t) = lock(&self.state).threads.get(index) {
+            kick(t);
+        }
+    }
+
     /// Whether a pause was asked for.
     pub fn is_paused(&self) -> bool {
         lock(&self.state).paused
@@ -172,11 +187,64 @@ impl RunControl {
     }
 }
 
-/// The buses a vCPU dispatches exits to.
+/// The buses a vCPU dispatches exits to, and the SMIs waiting for it.
 #[derive(Clone)]
 pub struct ExitBuses {
     pub pio: Arc<RwLock<Bus>>,
     pub mmio: Arc<RwLock<Bus>>,
+    /// On a machine with SMM.
+    pub smi: Option<Arc<SmiPending>>,
+}
+
+/// SMIs raised and not yet injected, one flag per vCPU (see the module header).
+pub struct SmiPending {
+    pending: Vec<AtomicBool>,
+    control: Mutex<Option<Arc<RunControl>>>,
+}
+
+impl SmiPending {
+    /// No SMI pending for any of `count` vCPUs.
+    pub fn new(count: u32) -> Self {
+        Self {
+            pending: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            control: Mutex::new(None),
+        }
+    }
+
+    /// The run control whose threads are kicked for an SMI on another vCPU.
+    pub fn attach(&self, control: Arc<RunControl>) {
+        *lock(&self.control) = Some(control);
+    }
+
+    /// Takes vCPU `index`'s pending SMI.
+    fn take(&self, index: u32) -> bool {
+        self.pending
+            .get(index as usize)
+            .is_some_and(|p| p.swap(false, Ordering::SeqCst))
+    }
+
+    fn mark(&self, index: usize, me: Option<u32>) {
+        if let Some(p) = self.pending.get(index) {
+            p.store(true, Ordering::SeqCst);
+            // The raising vCPU injects before its next entry anyway; others may sit in
+            // KVM_RUN (or halted) and need the kick.
+            if me != Some(index as u32)
+                && let Some(c) = lock(&self.control).as_ref()
+            {
+                c.kick_one(index);
+            }
+        }
+    }
+}
+
+impl SmiSink for SmiPending {
+    fn raise(&self, target: SmiTarget) {
+        let me = hospes_devices::bus::initiator().vcpu;
+        match target {
+            SmiTarget::Vcpu(i) => self.mark(i as usize, me),
+            SmiTarget::All => (0..self.pending.len()).for_each(|i| self.mark(i, me)),
+        }
+    }
 }
 
 /// Sets up vCPU `index` of `count`: CPUID, MSRs, LAPIC LINTs; the boot vCPU (index 0) gets
@@ -263,7 +331,21 @@ pub fn run(
     IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
     let result = run_loop(&mut vcpu, index, buses, control);
     IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    set_initiator(Initiator::default());
     result
+}
+
+/// Whether `kvm_run.flags`, read through `flags`, says the last exit happened in SMM.
+///
+/// # Safety
+///
+/// `flags` must point at the `flags` field of the kvm_run mapping of a live VcpuFd whose
+/// `KVM_RUN` has returned on this thread.
+unsafe fn exit_in_smm(flags: *const u16) -> bool {
+    // SAFETY: the caller's promise: a live mapping, which KVM wrote before KVM_RUN returned
+    // and leaves alone until the next KVM_RUN on this thread.
+    let flags = unsafe { std::ptr::read_volatile(flags) };
+    u32::from(flags) & kvm_bindings::KVM_RUN_X86_SMM != 0
 }
 
 fn run_loop(
@@ -272,12 +354,27 @@ fn run_loop(
     buses: &ExitBuses,
     control: &RunControl,
 ) -> Option<VcpuEvent> {
+    let flags = std::ptr::addr_of!(vcpu.get_kvm_run().flags);
     loop {
         if !control.checkpoint() {
             return None;
         }
+        if let Some(smi) = &buses.smi
+            && smi.take(index)
+            && let Err(e) = vcpu.smi()
+        {
+            hospes_devices::guest_warn!("vCPU {index}: cannot inject an SMI: {e}");
+        }
         match vcpu.run() {
             Ok(exit) => {
+                // SAFETY: `flags` points into `vcpu`'s kvm_run mapping, alive for this
+                // loop; KVM_RUN just returned on this thread; the exit data borrowed from
+                // `vcpu` does not cover the flags field.
+                let smm = unsafe { exit_in_smm(flags) };
+                set_initiator(Initiator {
+                    vcpu: Some(index),
+                    smm,
+                });
                 let internal = matches!(exit, VcpuExit::InternalError);
                 if let Some(ev) = handle_exit(exit, index, buses) {
                     return Some(match ev {
