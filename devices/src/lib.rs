@@ -15,6 +15,7 @@ pub mod ahci;
 pub mod bus;
 pub mod chipset;
 pub mod display;
+pub mod e1000e;
 pub mod framebuffer;
 pub mod fw_cfg;
 pub mod input;
