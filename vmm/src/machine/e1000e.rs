@@ -34,8 +34,7 @@ pub fn attach(
         .clone()
         .ok_or_else(|| setup("MSI-X", &"no MSI routing"))?;
     let vectors = Arc::new(
-        KvmMsixVectors::new(&machine.vm_fd, router, INTERRUPTS)
-            .map_err(|e| setup("MSI-X", &e))?,
+        KvmMsixVectors::new(&machine.vm_fd, router, INTERRUPTS).map_err(|e| setup("MSI-X", &e))?,
     );
     // Direct kernel boot routes no PCI interrupts (its DSDT has no _PRT): MSI-X and MSI.
     let intx = machine
