@@ -177,14 +177,21 @@ impl Core {
         if cmd & CMD_DEXT == 0 {
             let len = usize::from(d.u16_at(8));
             self.tx.extended = false;
-            return self.tx_data(d.addr(), len, cmd, 0, send, |core, frame| {
-                if cmd & CMD_IC != 0 {
-                    let (cso, css) = (usize::from(d.0[10]), usize::from(d.0[13]));
-                    insert_checksum(frame, css, 0, cso, false)?;
-                }
-                core.insert_vlan(frame, cmd, d.u16_at(14));
-                Ok(())
-            });
+            return self.tx_data(
+                d.addr(),
+                (len, d.u16_at(14)),
+                cmd,
+                0,
+                send,
+                |core, frame| {
+                    if cmd & CMD_IC != 0 {
+                        let (cso, css) = (usize::from(d.0[10]), usize::from(d.0[13]));
+                        insert_checksum(frame, css, 0, cso, false)?;
+                    }
+                    core.insert_vlan(frame, cmd, d.u16_at(14));
+                    Ok(())
+                },
+            );
         }
         match (d.dword2() >> 20) & 0xf {
             DTYP_CONTEXT => {
@@ -205,11 +212,18 @@ impl Core {
                 let len = (d.dword2() & 0xf_ffff) as usize;
                 self.tx.extended = true;
                 let special = d.u16_at(14);
-                self.tx_data(d.addr(), len, cmd, d.0[13], send, |core, frame| {
-                    core.offload(frame)?;
-                    core.insert_vlan(frame, cmd, special);
-                    Ok(())
-                })
+                self.tx_data(
+                    d.addr(),
+                    (len, special),
+                    cmd,
+                    d.0[13],
+                    send,
+                    |core, frame| {
+                        core.offload(frame)?;
+                        core.insert_vlan(frame, cmd, special);
+                        Ok(())
+                    },
+                )
             }
             t => {
                 self.tx.failed = self.tx.started;
@@ -221,12 +235,13 @@ impl Core {
         }
     }
 
-    /// Appends a buffer to the packet; at EOP finishes it (`finish` runs on a single frame,
-    /// segmentation runs instead when the packet asked for TSO).
+    /// Appends a buffer of `len` bytes to the packet; at EOP finishes it (`finish` runs on
+    /// a single frame, segmentation runs instead when the packet asked for TSO; `special`
+    /// is the VLAN tag of the EOP descriptor).
     fn tx_data(
         &mut self,
         addr: u64,
-        len: usize,
+        (len, special): (usize, u16),
         cmd: u8,
         popts: u8,
         send: &mut dyn FnMut(&[u8]),
@@ -254,7 +269,7 @@ impl Core {
             return result;
         }
         let sent = if tse {
-            self.segment(&packet, cmd, send)
+            self.segment(&packet, (cmd, special), send)
         } else {
             finish(self, &mut packet).and_then(|()| self.send_frame(&packet, send))
         };
@@ -307,7 +322,7 @@ impl Core {
     fn segment(
         &mut self,
         packet: &[u8],
-        cmd: u8,
+        (cmd, special): (u8, u16),
         send: &mut dyn FnMut(&[u8]),
     ) -> Result<(), TxError> {
         let c = self.tx.ctx;
@@ -369,7 +384,6 @@ impl Core {
                 put16(&mut frame, c.tucso, add_ones_complement(seed, l4len));
                 insert_checksum(&mut frame, c.tucss, 0, c.tucso, false)?;
             }
-            let special = 0;
             self.insert_vlan(&mut frame, cmd, special);
             self.send_frame(&frame, send)?;
             self.stat(TSCTC, 1, false);
