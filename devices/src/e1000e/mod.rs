@@ -231,15 +231,22 @@ impl BusDevice for E1000e {
         data.fill(0);
         match self.config.bar_for_address(base).map(|b| b.0) {
             Some(BAR_REGS) => {
+                // Registers are dwords; narrower or wider reads take the bytes of the
+                // dwords they cover (each dword read once: ICR and statistics clear).
                 let mut core = lock(&self.core);
-                for (i, chunk) in data.chunks_mut(4).enumerate() {
-                    let at = offset + 4 * i as u64;
-                    if at & 3 != 0 {
-                        crate::guest_warn!("e1000e: unaligned read at {at:#x}");
-                        return;
-                    }
-                    let v = core.read(at).to_le_bytes();
-                    chunk.copy_from_slice(&v[..chunk.len()]);
+                let mut cached: Option<(u64, [u8; 4])> = None;
+                for (i, b) in data.iter_mut().enumerate() {
+                    let at = offset + i as u64;
+                    let dword = at & !3;
+                    let bytes = match cached {
+                        Some((d, v)) if d == dword => v,
+                        _ => {
+                            let v = core.read(dword).to_le_bytes();
+                            cached = Some((dword, v));
+                            v
+                        }
+                    };
+                    *b = bytes[(at & 3) as usize];
                 }
             }
             Some(BAR_MSIX) => {

@@ -361,6 +361,11 @@ fn reset_loads_the_mac_into_ra0_and_reports_a_gigabit_link() {
     d.write(IMS, 0xffff);
     d.write(CTRL, CTRL_RST);
     assert_eq!(d.read(CTRL) & CTRL_RST, 0, "RST clears itself");
+    // A byte read takes the byte of its dword.
+    let mut b = [0u8; 2];
+    d.dev.read(BAR0, RA + 4 + 1, &mut b[..1]);
+    d.dev.read(BAR0, RA + 4 + 2, &mut b[1..]);
+    assert_eq!(b, [0x56, 0]);
     assert_eq!(d.read(RA), 0x1200_5452);
     assert_eq!(d.read(RA + 4), 0x5634 | RAH_AV);
     assert_eq!(d.read(IMS), 0, "reset masks every cause");
