@@ -181,23 +181,14 @@ _start:
 	call puts
 	mov ICR(%ebx), %eax		/* forget the link change */
 
-	/* DHCPDISCOVER with our MAC. */
-	mov $dhcp_frame, %esi
-	mov mac, %eax
-	mov %eax, 6(%esi)
-	mov %eax, 70(%esi)
-	movw mac+4, %ax
-	movw %ax, 10(%esi)
-	movw %ax, 74(%esi)
-	lea 14(%esi), %esi
-	call ip_checksum
-	mov $dhcp_frame, %esi
+	/* DHCPDISCOVER from our MAC. */
+	mov $mac, %edi
+	call dhcp_discover		/* %esi = frame, %ecx = length */
+	mov %ecx, TXD+8			/* length; CSO 0 */
 	mov $TXBUF, %edi
-	mov $dhcp_end - dhcp_frame, %ecx
 	rep movsb
 	movl $TXBUF, TXD
 	movl $0, TXD+4
-	movl $(dhcp_end - dhcp_frame), TXD+8	/* length; CSO 0 */
 	movb $0x0b, TXD+11		/* CMD: EOP, IFCS, RS */
 	movl $0, TXD+12
 	movl $1, TDT(%ebx)
@@ -234,37 +225,8 @@ _start:
 	je 18f
 17:	call rx_return
 	jmp 15b
-18:	movzwl 8(%edi), %eax
-	mov %eax, rx_len
-	mov 58(%esi), %eax		/* yiaddr */
-	mov %eax, my_ip
-	lea 282(%esi), %edx		/* options after the magic cookie: find 3 */
-	mov rx_len, %ebp
-	add %esi, %ebp
-19:	cmp %ebp, %edx
-	jae 22f
-	movzbl (%edx), %eax
-	cmp $255, %eax
-	je 22f
-	test %eax, %eax
-	jnz 20f
-	inc %edx
-	jmp 19b
-20:	cmp $3, %eax
-	jne 21f
-	mov 2(%edx), %eax
-	mov %eax, router
-21:	movzbl 1(%edx), %eax
-	lea 2(%edx,%eax), %edx
-	jmp 19b
-22:	mov $s_offer, %esi
-	call puts
-	mov $my_ip, %esi
-	call put_ip
-	mov $s_router, %esi
-	call puts
-	mov $router, %esi
-	call put_ip
+18:	movzwl 8(%edi), %ecx		/* the offer's length */
+	call dhcp_offer
 	mov $s_status, %esi
 	call puts
 	movzbl 12(%edi), %eax
@@ -373,52 +335,6 @@ cfg_write:
 	pop %edx
 	ret
 
-/* ip_checksum: fills the checksum of the 20-byte IPv4 header at %esi. */
-ip_checksum:
-	push %ecx
-	push %edx
-	push %eax
-	movw $0, 10(%esi)
-	xor %edx, %edx
-	xor %ecx, %ecx
-1:	movzwl (%esi,%ecx,2), %eax
-	xchg %al, %ah
-	add %eax, %edx
-	inc %ecx
-	cmp $10, %ecx
-	jb 1b
-	mov %edx, %eax
-	shr $16, %eax
-	and $0xffff, %edx
-	add %eax, %edx
-	mov %edx, %eax
-	shr $16, %eax
-	add %eax, %edx
-	not %edx
-	xchg %dl, %dh
-	movw %dx, 10(%esi)
-	pop %eax
-	pop %edx
-	pop %ecx
-	ret
-
-/* put_ip: prints the IPv4 address at %esi as A.B.C.D. */
-put_ip:
-	push %ecx
-	push %eax
-	mov $4, %ecx
-1:	movzbl (%esi), %eax
-	call putdec
-	inc %esi
-	dec %ecx
-	jz 2f
-	mov $'.', %al
-	call putc
-	jmp 1b
-2:	pop %eax
-	pop %ecx
-	ret
-
 /* fail: prints "FAILED: " and the string at %esi, then halts. */
 fail:
 	push %esi
@@ -430,39 +346,14 @@ fail:
 	hlt
 	jmp 1b
 
+#include "dhcp.S"
 #include "hex.S"
 #include "lib.S"
 
 	.data
 	.align 4
-/* DHCPDISCOVER: Ethernet, IPv4 (checksum filled in), UDP 68 -> 67 (no checksum), BOOTP. */
-dhcp_frame:
-	.byte 0xff, 0xff, 0xff, 0xff, 0xff, 0xff	/* to everyone */
-	.byte 0, 0, 0, 0, 0, 0			/* from us (filled in) */
-	.byte 0x08, 0x00
-	.byte 0x45, 0x00, 0x01, 0x48		/* IPv4, 328 bytes */
-	.byte 0x00, 0x00, 0x00, 0x00
-	.byte 0x40, 0x11, 0x00, 0x00		/* TTL 64, UDP */
-	.byte 0, 0, 0, 0
-	.byte 255, 255, 255, 255
-	.byte 0x00, 0x44, 0x00, 0x43		/* 68 -> 67 */
-	.byte 0x01, 0x34, 0x00, 0x00		/* 308 bytes */
-	.byte 1, 1, 6, 0			/* BOOTREQUEST, Ethernet */
-	.byte 0x48, 0x6f, 0x73, 0x70		/* xid */
-	.byte 0, 0, 0x80, 0			/* broadcast reply */
-	.space 16				/* ciaddr yiaddr siaddr giaddr */
-	.space 16				/* chaddr (filled in) */
-	.space 192				/* sname, file */
-	.byte 99, 130, 83, 99			/* magic cookie */
-	.byte 53, 1, 1				/* DHCPDISCOVER */
-	.byte 255
-	.space 56				/* pad BOOTP to 300 bytes */
-dhcp_end:
 
 mac:		.space 8
-my_ip:		.long 0
-router:		.long 0
-rx_len:		.long 0
 icr_seen:	.long 0
 rx_next:	.byte 0
 
@@ -474,9 +365,7 @@ s_phy:		.asciz "phy id "
 s_link:		.asciz "link up\n"
 s_sent:		.asciz "sent, tdh "
 s_txdw:		.asciz " txdw "
-s_offer:	.asciz "dhcp offer "
-s_router:	.asciz " router "
-s_status:	.asciz "\nrx status "
+s_status:	.asciz "rx status "
 s_rxt0:		.asciz " rxt0 "
 s_gprc:		.asciz " gprc>0 "
 s_gptc:		.asciz " gptc "

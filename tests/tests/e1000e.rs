@@ -13,36 +13,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use hospes_tests::peers::{LiveVm, require_program};
+use hospes_tests::peers::{LiveVm, host_ipv4, require_program};
 use hospes_tests::{GuestKind, build_guest, skip_without_kvm, wait_for_text};
 
 const BOOT: Duration = Duration::from_secs(60);
 const MAC: &str = "52:54:00:ab:cd:ef";
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
-
-/// The host's IPv4 addresses and default gateway, as `ip` reports them; passt hands the
-/// guest the same ones.
-fn host_ipv4() -> (Vec<String>, Option<String>) {
-    let run = |args: &[&str]| {
-        let o = Command::new("ip").args(args).output().expect("run ip(8)");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let addrs = run(&["-4", "-o", "addr", "show"])
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
-            w.nth(1)
-                .and_then(|a| a.split('/').next())
-                .map(str::to_owned)
-        })
-        .collect();
-    let gw = run(&["-4", "route", "show", "default"])
-        .split_whitespace()
-        .skip_while(|w| *w != "via")
-        .nth(1)
-        .map(str::to_owned);
-    (addrs, gw)
-}
 
 /// The offer's two addresses, from "dhcp offer A.B.C.D router E.F.G.H".
 fn offer(lines: &[String]) -> (String, String) {
@@ -89,6 +65,14 @@ fn hospes_lines(args: &[&str]) -> Vec<String> {
     out
 }
 
+/// The guest under `hospes-vmm --net user,model=e1000e,mac=MAC`.
+fn hospes_flag_lines() -> Vec<String> {
+    let g = build_guest("e1000e", GuestKind::Pvh);
+    let net = format!("user,model=e1000e,mac={MAC}");
+    let kernel = g.path.to_str().unwrap();
+    hospes_lines(&["--kernel", kernel, "-m", "64M", "--no-rng", "--net", &net])
+}
+
 /// The offer from passt is the host's address and gateway.
 fn assert_passt_offer(lines: &[String]) {
     let (addr, router) = offer(lines);
@@ -105,17 +89,7 @@ fn hospes_e1000e_gets_a_dhcp_offer_from_passt() {
         return;
     }
     require_program("passt", "passt");
-    let g = build_guest("e1000e", GuestKind::Pvh);
-    let net = format!("user,model=e1000e,mac={MAC}");
-    let lines = hospes_lines(&[
-        "--kernel",
-        g.path.to_str().unwrap(),
-        "-m",
-        "64M",
-        "--no-rng",
-        "--net",
-        &net,
-    ]);
+    let lines = hospes_flag_lines();
     assert_eq!(structure(&lines), EXPECTED, "{lines:?}");
     assert_passt_offer(&lines);
 }
@@ -216,17 +190,7 @@ fn hospes_e1000e_prints_what_qemus_e1000e_prints() {
         return;
     }
     require_program("passt", "passt");
-    let g = build_guest("e1000e", GuestKind::Pvh);
-    let net = format!("user,model=e1000e,mac={MAC}");
-    let ours = hospes_lines(&[
-        "--kernel",
-        g.path.to_str().unwrap(),
-        "-m",
-        "64M",
-        "--no-rng",
-        "--net",
-        &net,
-    ]);
+    let ours = hospes_flag_lines();
     let theirs = qemu_lines();
     assert_eq!(
         structure(&ours),
