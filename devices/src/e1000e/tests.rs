@@ -868,6 +868,19 @@ fn the_worker_moves_frames_between_the_rings_and_the_peer_socket() {
         "the link to drop",
         Box::new(|| !counters.link_up.load(Ordering::Relaxed)),
     );
+    assert_ne!(d.read(ICR) & ICR_LSC, 0, "the guest hears of it");
+    // A new peer (passt restarted): the link comes back and frames flow again.
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    slot.put(Connection::new(ours, 2).unwrap());
+    wait(
+        "the link to return",
+        Box::new(|| counters.link_up.load(Ordering::Relaxed)),
+    );
+    d.push_tx(legacy_tx(TX_BUF, 100, EOP | RS, 0, 0));
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(got[4..], f[..]);
 }
 
 #[test]
