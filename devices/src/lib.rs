@@ -6,8 +6,8 @@
 //! /dev/kvm. What belongs here: the address-decoded buses ([`bus`]), legacy PC devices
 //! ([`legacy`]), PCI ([`pci`]), virtio ([`virtio`]), display devices ([`display`]) and the
 //! framebuffer they draw into ([`framebuffer`]), input routing ([`input`]) and the
-//! rate-limited guest log ([`logger`]); the coming chipset, fw_cfg, AHCI, VGA, xHCI, HDA,
-//! e1000e and TPM models too, and USB ([`usb`]). What must not: kvm-ioctls (the helper implements the traits
+//! rate-limited guest log ([`logger`]); the coming chipset, fw_cfg, AHCI, VGA, xHCI, HDA
+//! and TPM models too, USB ([`usb`]) and the e1000e network card ([`e1000e`]). What must not: kvm-ioctls (the helper implements the traits
 //! on KVM in `hospes-vmm`'s `vstate`), host services such as passt or PipeWire (they sit
 //! behind a device's backend trait), and anything of the app.
 
@@ -15,6 +15,7 @@ pub mod ahci;
 pub mod bus;
 pub mod chipset;
 pub mod display;
+pub mod e1000e;
 pub mod framebuffer;
 pub mod fw_cfg;
 pub mod input;

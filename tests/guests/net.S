@@ -88,18 +88,9 @@ _start:
 	movw %cx, rx_avail
 	movw $0, 0x3000(%ebx)		/* notify queue 0 */
 
-	/* DHCPDISCOVER: our MAC as the source and in chaddr. */
-	mov $dhcp_frame, %esi
-	mov mac, %eax
-	mov %eax, 6(%esi)
-	mov %eax, 70(%esi)
-	movw mac+4, %ax
-	movw %ax, 10(%esi)
-	movw %ax, 74(%esi)
-	lea 14(%esi), %esi
-	call ip_checksum
-	mov $dhcp_frame, %esi
-	mov $dhcp_end - dhcp_frame, %ecx
+	/* DHCPDISCOVER from our MAC. */
+	mov $mac, %edi
+	call dhcp_discover
 	call send_frame
 
 	/* Wait for the offer: a UDP frame to port 68. */
@@ -117,38 +108,8 @@ _start:
 	mov %eax, peer_mac
 	movw 10(%esi), %ax
 	movw %ax, peer_mac+4
-	mov 58(%esi), %eax		/* yiaddr */
-	mov %eax, my_ip
-	/* Options after the magic cookie: find 3 (router). */
-	lea 282(%esi), %edx
-	lea (%esi,%ecx), %ebp
-7:	cmp %ebp, %edx
-	jae 9f
-	movzbl (%edx), %eax
-	cmp $255, %eax
-	je 9f
-	test %eax, %eax
-	jnz 8f
-	inc %edx
-	jmp 7b
-8:	cmp $3, %eax
-	jne 10f
-	mov 2(%edx), %eax
-	mov %eax, router
-10:	movzbl 1(%edx), %eax
-	lea 2(%edx,%eax), %edx
-	jmp 7b
-9:	call repost
-	mov $s_offer, %esi
-	call puts
-	mov $my_ip, %esi
-	call put_ip
-	mov $s_router, %esi
-	call puts
-	mov $router, %esi
-	call put_ip
-	mov $'\n', %al
-	call putc
+	call dhcp_offer
+	call repost
 
 #ifdef BENCH_PORT
 	jmp bench
@@ -231,9 +192,9 @@ bench:
 	movw %ax, 16(%edi)
 	movl $0x00000000, 18(%edi)	/* id 0, flags 0 */
 	movl $0x00001140, 22(%edi)	/* TTL 64, UDP, checksum 0 for now */
-	mov my_ip, %eax
+	mov offer_ip, %eax
 	mov %eax, 26(%edi)
-	mov router, %eax
+	mov offer_router, %eax
 	mov %eax, 30(%edi)
 	movw $0x1027, 34(%edi)		/* source port 10000 */
 	mov $BENCH_PORT, %eax
@@ -291,35 +252,6 @@ bench:
 	call putc
 	jmp acpi_poweroff
 #endif
-
-/* ip_checksum: fills the checksum of the 20-byte IPv4 header at %esi. */
-ip_checksum:
-	push %ecx
-	push %edx
-	push %eax
-	movw $0, 10(%esi)
-	xor %edx, %edx
-	xor %ecx, %ecx
-1:	movzwl (%esi,%ecx,2), %eax
-	xchg %al, %ah
-	add %eax, %edx
-	inc %ecx
-	cmp $10, %ecx
-	jb 1b
-	mov %edx, %eax
-	shr $16, %eax
-	and $0xffff, %edx
-	add %eax, %edx
-	mov %edx, %eax
-	shr $16, %eax
-	add %eax, %edx
-	not %edx
-	xchg %dl, %dh
-	movw %dx, 10(%esi)
-	pop %eax
-	pop %edx
-	pop %ecx
-	ret
 
 /* send_frame: sends the %ecx-byte frame at %esi (copied behind a zero header unless it
  * is already at TXBUF+HDR) through transmit entry 0, and waits until the device used it. */
@@ -392,56 +324,15 @@ repost:
 	pop %eax
 	ret
 
-/* put_ip: prints the IPv4 address at %esi as A.B.C.D. */
-put_ip:
-	push %ecx
-	push %eax
-	mov $4, %ecx
-1:	movzbl (%esi), %eax
-	call putdec
-	inc %esi
-	dec %ecx
-	jz 2f
-	mov $'.', %al
-	call putc
-	jmp 1b
-2:	pop %eax
-	pop %ecx
-	ret
-
+#include "dhcp.S"
 #include "virtio.S"
 #include "lib.S"
 
 	.data
 	.align 4
-/* DHCPDISCOVER: Ethernet, IPv4 (checksum filled in), UDP 68 -> 67 (no checksum), BOOTP. */
-dhcp_frame:
-	.byte 0xff, 0xff, 0xff, 0xff, 0xff, 0xff	/* to everyone */
-	.byte 0, 0, 0, 0, 0, 0			/* from us (filled in) */
-	.byte 0x08, 0x00
-	.byte 0x45, 0x00, 0x01, 0x48		/* IPv4, 328 bytes */
-	.byte 0x00, 0x00, 0x00, 0x00
-	.byte 0x40, 0x11, 0x00, 0x00		/* TTL 64, UDP */
-	.byte 0, 0, 0, 0
-	.byte 255, 255, 255, 255
-	.byte 0x00, 0x44, 0x00, 0x43		/* 68 -> 67 */
-	.byte 0x01, 0x34, 0x00, 0x00		/* 308 bytes */
-	.byte 1, 1, 6, 0			/* BOOTREQUEST, Ethernet */
-	.byte 0x48, 0x6f, 0x73, 0x70		/* xid */
-	.byte 0, 0, 0x80, 0			/* broadcast reply */
-	.space 16				/* ciaddr yiaddr siaddr giaddr */
-	.space 16				/* chaddr (filled in) */
-	.space 192				/* sname, file */
-	.byte 99, 130, 83, 99			/* magic cookie */
-	.byte 53, 1, 1				/* DHCPDISCOVER */
-	.byte 255
-	.space 56				/* pad BOOTP to 300 bytes */
-dhcp_end:
 
 mac:		.space 8
 peer_mac:	.space 8
-my_ip:		.long 0
-router:		.long 0
 tx_avail:	.long 0
 rx_avail:	.word 0
 rx_seen:	.word 0
@@ -450,8 +341,6 @@ rx_id:		.long 0
 	.section .rodata
 s_nonet:	.asciz "no virtio-net card\n"
 s_feat:		.asciz "features refused\n"
-s_offer:	.asciz "dhcp offer "
-s_router:	.asciz " router "
 s_ready:	.asciz "ready\n"
 s_echo:		.asciz "echo "
 s_bye:		.asciz "bye\n"

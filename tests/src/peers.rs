@@ -15,6 +15,30 @@ use std::time::{Duration, Instant};
 
 use crate::{vmm_binary, wait_timeout};
 
+/// The host's IPv4 addresses and default gateway, as `ip` reports them; passt hands the
+/// guest the same ones.
+pub fn host_ipv4() -> (Vec<String>, Option<String>) {
+    let run = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().expect("run ip(8)");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let addrs = run(&["-4", "-o", "addr", "show"])
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
+            w.nth(1)
+                .and_then(|a| a.split('/').next())
+                .map(str::to_owned)
+        })
+        .collect();
+    let gw = run(&["-4", "route", "show", "default"])
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .map(str::to_owned);
+    (addrs, gw)
+}
+
 /// Panics with the install step unless `program` runs (`program --version`, or `--help`).
 pub fn require_program(program: &str, package: &str) {
     let found = Command::new(program)

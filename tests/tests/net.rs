@@ -3,37 +3,12 @@
 //! The guest is `tests/guests/net.S`, a polling virtio-net driver.
 
 use std::net::UdpSocket;
-use std::process::Command;
 use std::time::Duration;
 
-use hospes_tests::peers::{LiveVm, free_udp_port, process_name, require_program};
+use hospes_tests::peers::{LiveVm, free_udp_port, host_ipv4, process_name, require_program};
 use hospes_tests::{Guest, GuestKind, build_guest, skip_without_kvm};
 
 const BOOT: Duration = Duration::from_secs(30);
-
-/// The host's IPv4 addresses and default gateway, as `ip` reports them; passt hands the
-/// guest the same ones.
-fn host_ipv4() -> (Vec<String>, Option<String>) {
-    let run = |args: &[&str]| {
-        let o = Command::new("ip").args(args).output().expect("run ip(8)");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let addrs = run(&["-4", "-o", "addr", "show"])
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
-            w.nth(1)
-                .and_then(|a| a.split('/').next())
-                .map(str::to_owned)
-        })
-        .collect();
-    let gw = run(&["-4", "route", "show", "default"])
-        .split_whitespace()
-        .skip_while(|w| *w != "via")
-        .nth(1)
-        .map(str::to_owned);
-    (addrs, gw)
-}
 
 /// Sends `payload` to 127.0.0.1:`port` until the same bytes come back (up to 10 tries).
 fn echo(sock: &UdpSocket, port: u16, payload: &[u8]) -> Option<Vec<u8>> {

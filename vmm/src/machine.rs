@@ -42,6 +42,7 @@ use hospes_devices::legacy::{PowerEvent, PowerEvents};
 
 pub mod console;
 pub mod display;
+pub mod e1000e;
 pub mod firmware;
 pub mod pci;
 pub mod qmp;

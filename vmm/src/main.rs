@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hospes_core::config::{DiskBus, MachineUuid, Network};
+use hospes_core::config::{DiskBus, MachineUuid, Network, NetworkCard};
 use hospes_core::firmware::Image;
 use hospes_devices::virtio::VirtioDevice;
 use hospes_devices::virtio::snd::Snd;
@@ -17,6 +17,7 @@ use hospes_vmm::arch::x86_64::smbios::vm_uuid;
 use hospes_vmm::backends::passt::{UserNetwork, parse_net_option};
 use hospes_vmm::backends::pipewire::PipeWire;
 use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
+use hospes_vmm::machine::e1000e;
 use hospes_vmm::machine::firmware::{FirmwareConfig, FirmwareKind};
 use hospes_vmm::machine::pci::{DiskSpec, attach_pci_to_machine};
 use hospes_vmm::machine::storage;
@@ -100,8 +101,9 @@ struct Args {
     /// The CMOS clock keeps the host's local time (as Windows expects) instead of UTC.
     #[arg(long)]
     rtc_local: bool,
-    /// Network card: `user[,hostfwd=tcp:HOSTPORT-:GUESTPORT,...][,mac=MAC]` (NAT through
-    /// passt, forwards listen on 127.0.0.1) or `none` (the default without --config).
+    /// Network card: `user[,hostfwd=tcp:HOSTPORT-:GUESTPORT,...][,mac=MAC][,model=virtio|e1000e]`
+    /// (NAT through passt, forwards listen on 127.0.0.1) or `none` (the default without
+    /// --config).
     #[arg(long, value_name = "user[,hostfwd=...]|none", value_parser = parse_net_option)]
     net: Option<Network>,
     /// Sound card played and recorded through PipeWire: on or off (the default without
@@ -558,8 +560,11 @@ fn main() -> ExitCode {
             if let Some(b) = &bridge {
                 b.on_boot(boots);
             }
-            let mut extra: Vec<Box<dyn VirtioDevice>> =
-                network.iter().map(|n| n.device()).collect();
+            let mut extra: Vec<Box<dyn VirtioDevice>> = network
+                .iter()
+                .filter(|n| n.card() == NetworkCard::Virtio)
+                .map(|n| n.device())
+                .collect();
             if let Some(pw) = &sound {
                 extra.push(Box::new(Snd::new(pw.clone())));
             }
@@ -582,6 +587,9 @@ fn main() -> ExitCode {
             }
             if let Some(t) = &tpm {
                 t.attach(machine)?;
+            }
+            if let Some(n) = network.as_ref().filter(|n| n.card() == NetworkCard::E1000e) {
+                e1000e::attach(machine, &mut pci, n)?;
             }
             match &usb {
                 Some(u) => u.attach(machine, &mut pci),

@@ -338,6 +338,16 @@ impl UserNetwork {
         self.card
     }
 
+    /// The card's MAC address.
+    pub fn mac(&self) -> MacAddress {
+        self.mac
+    }
+
+    /// Where a card finds passt's connection (each boot's card takes it in turn).
+    pub fn slot(&self) -> Arc<ConnectionSlot> {
+        self.passt.slot()
+    }
+
     /// A virtio network card for one boot.
     pub fn device(&self) -> Box<dyn VirtioDevice> {
         Box::new(Net::new(self.mac, self.passt.slot()))
