@@ -171,7 +171,8 @@ pub enum Preset {
     /// A Linux desktop: UEFI, virtio-gpu, virtio disk, network and sound.
     #[default]
     Linux,
-    /// Windows 11: UEFI with TPM, std-VGA, SATA disk, at least 4 GiB where the host allows.
+    /// Windows 11: UEFI with Secure Boot and TPM, SATA disk and the drivers disc, e1000e,
+    /// HD Audio, std-VGA, local time, at least 4 GiB where the host allows.
     Windows11,
     /// Direct kernel boot for kernel testing: serial console, no display, no disk.
     Kernel,

@@ -13,7 +13,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use super::{CtlError, Output, config_error_json};
-use hospes_core::config::{self, Boot, DiskFormat, HostLimits, Network, Size, VmConfig};
+use hospes_core::config::{
+    self, Boot, DiskFormat, HostLimits, Network, NetworkCard, Size, SoundCard, VmConfig,
+};
 use hospes_core::library::{CreateRequest, Deleted, ImportMode, Library, Machine, Preset};
 
 /// Library subcommands.
@@ -105,9 +107,9 @@ pub struct CreateArgs {
 /// `--preset` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PresetArg {
-    /// A Linux desktop: UEFI, virtio-gpu, network, sound
+    /// A Linux desktop: BIOS (SeaBIOS), std-VGA, virtio disk, network, sound
     Linux,
-    /// Windows 11: UEFI with TPM, std-VGA, SATA disk
+    /// Windows 11: UEFI with Secure Boot and TPM, SATA disk, e1000e, HD Audio, std-VGA
     Windows11,
     /// Direct kernel boot: serial console, no display, no disk
     Kernel,
@@ -267,8 +269,15 @@ fn summary(machine: &Machine, cfg: &VmConfig) -> String {
     let boot = match &cfg.boot {
         Boot::Kernel { kernel, .. } => format!("kernel {}", kernel.display()),
         Boot::Bios { .. } => "BIOS".to_owned(),
-        Boot::Uefi { tpm: true, .. } => "UEFI with TPM".to_owned(),
-        Boot::Uefi { .. } => "UEFI".to_owned(),
+        Boot::Uefi {
+            tpm, secure_boot, ..
+        } => match (secure_boot, tpm) {
+            (true, true) => "UEFI with Secure Boot and TPM",
+            (true, false) => "UEFI with Secure Boot",
+            (false, true) => "UEFI with TPM",
+            (false, false) => "UEFI",
+        }
+        .to_owned(),
     };
     let _ = writeln!(text, "  boot:    {boot}");
     for disk in &cfg.disks {
@@ -285,8 +294,22 @@ fn summary(machine: &Machine, cfg: &VmConfig) -> String {
     if let Some(cdrom) = &cfg.cdrom {
         let _ = writeln!(text, "  cd-rom:  {}", cdrom.display());
     }
-    if let Network::User { mac, .. } = &cfg.network {
-        let _ = writeln!(text, "  network: user (passt), MAC {mac}");
+    for cdrom in &cfg.extra_cdroms {
+        let _ = writeln!(text, "  cd-rom:  {}", cdrom.display());
+    }
+    if let Network::User { mac, card, .. } = &cfg.network {
+        let card = match card {
+            NetworkCard::Virtio => "virtio-net",
+            NetworkCard::E1000e => "e1000e",
+        };
+        let _ = writeln!(text, "  network: user (passt), {card}, MAC {mac}");
+    }
+    if cfg.sound {
+        let card = match cfg.sound_card {
+            SoundCard::Virtio => "virtio-snd",
+            SoundCard::Hda => "Intel HD Audio",
+        };
+        let _ = writeln!(text, "  sound:   {card} (PipeWire)");
     }
     text
 }

@@ -768,3 +768,46 @@ fn usb_on_a_stopped_vm_edits_vm_ron_only() {
     let text = fs::read_to_string(&vm_ron).unwrap();
     assert!(text.contains(r#"usb: ["0781:5581"]"#), "{text}");
 }
+
+#[test]
+fn creates_a_windows_vm_with_its_devices_and_the_drivers_disc() {
+    let ctl = Ctl::new();
+    let iso = ctl.path("Win11.iso");
+    let drivers = ctl.path("virtio-win.iso");
+    std::fs::write(&iso, b"").unwrap();
+    std::fs::write(&drivers, b"").unwrap();
+    let run = ctl.ok(&[
+        "create",
+        "Win",
+        "--preset",
+        "windows11",
+        "--memory",
+        "4G",
+        "--disk-size",
+        "1G",
+        "--iso",
+        iso.to_str().unwrap(),
+        "--drivers-iso",
+        drivers.to_str().unwrap(),
+    ]);
+    for line in [
+        "boot:    UEFI with Secure Boot and TPM",
+        &format!("cd-rom:  {}", iso.canonicalize().unwrap().display()),
+        &format!("cd-rom:  {}", drivers.canonicalize().unwrap().display()),
+        "network: user (passt), e1000e, MAC 52:54:00:",
+        "sound:   Intel HD Audio (PipeWire)",
+    ] {
+        assert!(run.stdout.contains(line), "{line}: {}", run.stdout);
+    }
+    // A drivers disc is for Windows only: a usage mistake, said plainly.
+    let run = ctl.run(&[
+        "create",
+        "Lin",
+        "--preset",
+        "linux",
+        "--drivers-iso",
+        drivers.to_str().unwrap(),
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("windows11"), "{}", run.stderr);
+}
