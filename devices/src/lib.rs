@@ -12,12 +12,14 @@
 //! behind a device's backend trait), and anything of the app.
 
 pub mod ahci;
+pub mod audio;
 pub mod bus;
 pub mod chipset;
 pub mod display;
 pub mod e1000e;
 pub mod framebuffer;
 pub mod fw_cfg;
+pub mod hda;
 pub mod input;
 pub mod legacy;
 pub mod logger;

@@ -51,6 +51,7 @@ const ROM_MAX_SIZE: u64 = 16 << 20;
 
 /// Capability ids this crate places.
 pub const CAP_ID_VENDOR: u8 = 0x09;
+pub const CAP_ID_MSI: u8 = 0x05;
 pub const CAP_ID_MSIX: u8 = 0x11;
 
 /// First byte capabilities may use (the standard header ends at 0x40).

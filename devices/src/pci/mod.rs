@@ -11,12 +11,14 @@
 pub mod alloc;
 pub mod config;
 pub mod interrupt;
+pub mod msi;
 pub mod msix;
 pub mod root;
 
 pub use alloc::BarAllocator;
 pub use config::{BarChange, BarKind, PciConfig, PciIds};
 pub use interrupt::{IoEventRegistrar, MsiRoutes, MsixInterrupt};
+pub use msi::MsiCap;
 pub use msix::MsixState;
 pub use root::{BarRelocator, HostBridge, PciConfigIo, PciConfigMmio, PciDevice, PciRoot};
 

@@ -1,4 +1,4 @@
-//! PipeWire, where the virtio-snd card plays and records.
+//! PipeWire, where the sound cards (virtio-snd, Intel HD Audio) play and record.
 //!
 //! Data flow: [`PipeWire::start`] starts a thread that connects to the user's PipeWire
 //! daemon and runs PipeWire's main loop. The device worker calls the [`AudioBackend`]
@@ -7,7 +7,7 @@
 //! a node named after the VM (`node.name` `hospes.<vm>.playback` / `.capture`,
 //! description "<vm>"), visible in pavucontrol and `pw-top`. Its process callback runs on
 //! PipeWire's real-time thread and only copies between PipeWire's buffer and the stream's
-//! [`PcmBuffer`], which never waits (see `devices::virtio::snd::pcm`). If no daemon is
+//! [`PcmBuffer`], which never waits (see `devices::audio::pcm`). If no daemon is
 //! reachable, [`PipeWire::start`] fails and the helper runs without a sound card.
 
 use std::cell::RefCell;
@@ -22,7 +22,7 @@ use pw::spa;
 use pw::spa::param::audio::{AudioFormat, AudioInfoRaw};
 use pw::spa::pod::Pod;
 
-use hospes_devices::virtio::snd::{
+use hospes_devices::audio::{
     AudioBackend, AudioError, Direction, PcmBuffer, PcmParams, SampleFormat,
 };
 

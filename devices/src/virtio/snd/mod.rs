@@ -14,11 +14,11 @@
 
 pub mod control;
 mod handler;
-pub mod pcm;
 
 use std::sync::Arc;
 
-pub use pcm::{PcmBuffer, PcmParams, SampleFormat};
+pub use crate::audio::pcm;
+pub use crate::audio::{AudioBackend, AudioError, Direction, PcmBuffer, PcmParams, SampleFormat};
 
 use super::{Activation, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError};
 use control::StreamState;
@@ -32,41 +32,6 @@ pub const TX_QUEUE: usize = 2;
 pub const RX_QUEUE: usize = 3;
 /// Stream 0 plays, stream 1 records.
 pub const STREAMS: usize = 2;
-
-/// A stream's direction, as virtio-snd numbers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Output = 0,
-    Input = 1,
-}
-
-/// Errors of an audio backend.
-#[derive(Debug, thiserror::Error)]
-pub enum AudioError {
-    #[error("audio backend unavailable: {0}")]
-    Unavailable(String),
-    #[error("cannot create the stream buffer")]
-    Buffer(#[source] std::io::Error),
-}
-
-/// Where the streams' sound goes. Called from the device worker; implementations hand
-/// the work to their own thread and return at once.
-pub trait AudioBackend: Send + Sync {
-    /// Opens stream `id` with `params`; its samples move through `buffer`.
-    fn open(
-        &self,
-        id: u32,
-        direction: Direction,
-        params: PcmParams,
-        buffer: Arc<PcmBuffer>,
-    ) -> Result<(), AudioError>;
-    /// Starts moving samples.
-    fn start(&self, id: u32);
-    /// Pauses (the stream stays open).
-    fn stop(&self, id: u32);
-    /// Closes the stream.
-    fn close(&self, id: u32);
-}
 
 /// One stream's state as the device keeps it.
 pub struct StreamSlot {

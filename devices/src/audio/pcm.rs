@@ -167,6 +167,23 @@ impl PcmBuffer {
         true
     }
 
+    /// Worker side, playback: bytes that fit now.
+    pub fn room(&self) -> usize {
+        self.capacity - self.len().min(self.capacity)
+    }
+
+    /// Worker side, capture: takes up to `out.len()` bytes, whole frames only. Returns
+    /// how many.
+    pub fn take_up_to(&self, out: &mut [u8]) -> usize {
+        let mut ring = crate::bus::lock(&self.ring);
+        let n = ring.len().min(out.len());
+        let n = n - n % self.frame;
+        for (o, b) in out.iter_mut().zip(ring.drain(..n)) {
+            *o = b;
+        }
+        n
+    }
+
     /// Drops everything queued (stream released).
     pub fn clear(&self) {
         crate::bus::lock(&self.ring).clear();
@@ -260,6 +277,19 @@ mod tests {
         assert!(b.take_exact(&mut out));
         assert_eq!(out, [1, 2, 3, 4, 5, 6]);
         assert!(!b.take_exact(&mut out));
+    }
+
+    #[test]
+    fn partial_takes_keep_whole_frames_and_room_shrinks_as_the_ring_fills() {
+        let b = PcmBuffer::new(8, 2).unwrap();
+        assert_eq!(b.room(), 8);
+        b.record_from(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!(b.room(), 2);
+        let mut out = [0u8; 5];
+        assert_eq!(b.take_up_to(&mut out), 4, "half a frame stays in the ring");
+        assert_eq!(out[..4], [1, 2, 3, 4]);
+        assert_eq!(b.take_up_to(&mut out), 2);
+        assert_eq!(b.take_up_to(&mut out), 0);
     }
 
     #[test]
