@@ -44,6 +44,7 @@ pub mod console;
 pub mod display;
 pub mod e1000e;
 pub mod firmware;
+pub mod hda;
 pub mod pci;
 pub mod qmp;
 pub mod storage;

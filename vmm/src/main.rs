@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hospes_core::config::{DiskBus, MachineUuid, Network, NetworkCard};
+use hospes_core::config::{DiskBus, MachineUuid, Network, NetworkCard, SoundCard};
 use hospes_core::firmware::Image;
 use hospes_devices::virtio::VirtioDevice;
 use hospes_devices::virtio::snd::Snd;
@@ -19,6 +19,7 @@ use hospes_vmm::backends::pipewire::PipeWire;
 use hospes_vmm::machine::display::{DisplayKind, DisplayOptions, DisplayStack};
 use hospes_vmm::machine::e1000e;
 use hospes_vmm::machine::firmware::{FirmwareConfig, FirmwareKind};
+use hospes_vmm::machine::hda;
 use hospes_vmm::machine::pci::{DiskSpec, attach_pci_to_machine};
 use hospes_vmm::machine::storage;
 use hospes_vmm::machine::tpm::{Tpm, TpmState};
@@ -107,9 +108,10 @@ struct Args {
     #[arg(long, value_name = "user[,hostfwd=...]|none", value_parser = parse_net_option)]
     net: Option<Network>,
     /// Sound card played and recorded through PipeWire: on or off (the default without
-    /// --config). Without a reachable PipeWire the VM runs without one.
-    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
-    sound: Option<bool>,
+    /// --config), or the card: virtio (virtio-snd, the default) or hda (Intel HD Audio,
+    /// for Windows). Without a reachable PipeWire the VM runs without one.
+    #[arg(long, value_name = "on|off|virtio|hda", value_parser = hda::parse_sound_flag)]
+    sound: Option<hda::SoundFlag>,
     /// Display adapter: std-vga, virtio-gpu or none (std-vga when --vnc is given).
     #[arg(long, value_name = "std-vga|virtio-gpu|none")]
     display: Option<DisplayKind>,
@@ -200,6 +202,7 @@ struct Extras {
     rng: bool,
     network: Network,
     sound: bool,
+    sound_card: SoundCard,
     display: DisplayOptions,
     /// The xHCI with its tablet and keyboard.
     usb: bool,
@@ -233,6 +236,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         rng: !args.no_rng,
         network: Network::None,
         sound: false,
+        sound_card: SoundCard::Virtio,
         display: DisplayOptions {
             kind: if args.vnc.is_some() {
                 DisplayKind::StdVga
@@ -312,6 +316,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         extras.name.get_or_insert(vm.name);
         extras.network = vm.network;
         extras.sound = vm.sound;
+        extras.sound_card = vm.sound_card;
         extras.display.resolution = (vm.display.resolution.width, vm.display.resolution.height);
         extras.display.kind = match (vm.display.enabled, vm.display.device) {
             (false, _) => DisplayKind::None,
@@ -395,8 +400,8 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
     if let Some(n) = args.net {
         extras.network = n;
     }
-    if let Some(on) = args.sound {
-        extras.sound = on;
+    if let Some(flag) = args.sound {
+        hda::apply_sound_flag(flag, &mut extras.sound, &mut extras.sound_card);
     }
     if let Some(d) = args.display {
         extras.display.kind = d;
@@ -565,7 +570,9 @@ fn main() -> ExitCode {
                 .filter(|n| n.card() == NetworkCard::Virtio)
                 .map(|n| n.device())
                 .collect();
-            if let Some(pw) = &sound {
+            if let Some(pw) = &sound
+                && extras.sound_card == SoundCard::Virtio
+            {
                 extra.push(Box::new(Snd::new(pw.clone())));
             }
             if let Some(d) = &display {
@@ -590,6 +597,11 @@ fn main() -> ExitCode {
             }
             if let Some(n) = network.as_ref().filter(|n| n.card() == NetworkCard::E1000e) {
                 e1000e::attach(machine, &mut pci, n)?;
+            }
+            if let Some(pw) = &sound
+                && extras.sound_card == SoundCard::Hda
+            {
+                hda::attach(machine, &mut pci, pw.clone())?;
             }
             match &usb {
                 Some(u) => u.attach(machine, &mut pci),

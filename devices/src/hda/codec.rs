@@ -64,10 +64,11 @@ const PINCAP_IN: u32 = 1 << 5;
 /// Amplifier: mute capable, 1 dB steps (field 3), 74 steps, 0 dB at step 74.
 pub const AMP_STEPS: u8 = 0x4a;
 pub const AMP_CAPS: u32 = (1 << 31) | (3 << 16) | (AMP_STEPS as u32) << 8 | AMP_STEPS as u32;
-/// Configuration defaults: a green 1/8" line-out jack (association 1) and a blue 1/8"
-/// line-in jack (association 2), both on the back panel.
-pub const CONFIG_LINE_OUT: u32 = 0x0101_4010;
-pub const CONFIG_LINE_IN: u32 = 0x0081_3020;
+/// Configuration defaults, as QEMU's `hda-duplex` answers (the values Windows' inbox
+/// driver is known to take): a green line-out jack (association 1) and a red line-in
+/// jack (association 2).
+pub const CONFIG_LINE_OUT: u32 = 0x0000_4010;
+pub const CONFIG_LINE_IN: u32 = 0x0080_5020;
 /// Pin widget control: out enable, in enable.
 const PIN_OUT_EN: u8 = 0x40;
 const PIN_IN_EN: u8 = 0x20;

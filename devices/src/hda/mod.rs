@@ -396,8 +396,9 @@ impl Hda {
         self.update_irq(answered);
     }
 
+    /// RINTFL is the response interrupt: set only while RINTCTL enables it.
     fn raise_rintfl(&mut self) {
-        if self.rirb_count > 0 {
+        if self.rirb_count > 0 && self.rirb_ctl & RIRBCTL_RINTCTL != 0 {
             self.rirb_sts |= RIRBSTS_RINTFL;
             self.rirb_count = 0;
         }

@@ -588,7 +588,7 @@ fn spawn_worker(
 }
 
 /// A line that goes nowhere.
-struct NoLine;
+pub(super) struct NoLine;
 
 impl IrqLine for NoLine {
     fn trigger(&self) {}
