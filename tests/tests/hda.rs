@@ -2,7 +2,7 @@
 //! (`tests/guests/hda.S`) resets the controller, talks to the codec through the CORB and
 //! RIRB, plays a 1 kHz square wave through an output stream that `pw-record` picks up
 //! from the sink, and records a 1 kHz sine that `pw-play` plays into the sink through an
-//! input stream. The same guest under QEMU (`ich9-intel-hda` + `hda-duplex`) must see
+//! input stream; the first codec answer arrives as an MSI. The same guest under QEMU (`ich9-intel-hda` + `hda-duplex`) must see
 //! the same controller and codec.
 
 use std::io::{BufRead, BufReader};
@@ -51,7 +51,7 @@ fn identity(lines: &[String]) -> Vec<String> {
     lines
         .iter()
         .filter(|l| {
-            ["hda gcap", "codec vendor", "afg nodes", "widget"]
+            ["hda gcap", "msi:", "codec vendor", "afg nodes", "widget"]
                 .iter()
                 .any(|p| l.starts_with(p))
         })
@@ -83,6 +83,13 @@ fn guest_tone_reaches_pipewire_at_its_frequency_through_the_hda_output_stream() 
     assert_eq!(
         vm.wait_line("hda gcap", RUN).as_deref(),
         Some("hda gcap 4401 statests 0001"),
+        "{:?}",
+        vm.seen
+    );
+    // The first verb's answer arrives as an MSI (a KVM route and irqfd).
+    assert_eq!(
+        vm.wait_line("msi:", RUN).as_deref(),
+        Some("msi: rirb interrupt on vector 0x25"),
         "{:?}",
         vm.seen
     );

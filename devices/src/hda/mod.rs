@@ -371,7 +371,7 @@ impl Hda {
                 break;
             }
             let rp = (self.corb_rp + 1) % entries;
-            let at = self.corb_base + u64::from(rp) * 4;
+            let at = self.corb_base.wrapping_add(u64::from(rp) * 4);
             let verb = match self.mem.read_obj::<u32>(GuestAddress(at)) {
                 Ok(v) => v,
                 Err(_) => {
@@ -408,7 +408,7 @@ impl Hda {
     fn push_response(&mut self, response: u32) -> bool {
         let entries = Self::ring_entries(self.rirb_size);
         let wp = (self.rirb_wp + 1) % entries;
-        let at = self.rirb_base + u64::from(wp) * 8;
+        let at = self.rirb_base.wrapping_add(u64::from(wp) * 8);
         // Extended word: codec address 0, solicited.
         let mut entry = [0u8; 8];
         entry[..4].copy_from_slice(&response.to_le_bytes());
@@ -832,7 +832,7 @@ impl Hda {
         if self.dpbase & u64::from(DPLBASE_ENABLE) == 0 {
             return;
         }
-        let at = (self.dpbase & !0x7f) + i as u64 * 8;
+        let at = (self.dpbase & !0x7f).wrapping_add(i as u64 * 8);
         if self
             .mem
             .write_obj(self.streams[i].lpib, GuestAddress(at))

@@ -187,7 +187,9 @@ impl Stream {
 
     /// The current BDL entry: buffer address, length, IOC.
     fn read_entry(&self, mem: &GuestMemoryMmap) -> Result<(u64, u32, bool), StreamError> {
-        let at = self.bdl_base() + u64::from(self.entry) * BDL_ENTRY;
+        let at = self
+            .bdl_base()
+            .wrapping_add(u64::from(self.entry) * BDL_ENTRY);
         let mut raw = [0u8; 16];
         mem.read_slice(&mut raw, GuestAddress(at))
             .map_err(|_| StreamError::Bdl(self.entry))?;

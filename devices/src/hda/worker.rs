@@ -101,8 +101,10 @@ enum Action {
     Stop(usize),
 }
 
-/// Opens, starts and pauses backend streams to match the streams' RUN bits.
-fn sync_backend(hda: &Arc<Mutex<Hda>>) {
+/// Opens, starts and pauses backend streams to match the streams' RUN bits: one round
+/// of the bookkeeping the worker does before each [`Hda::service`] pass (public for
+/// tests and the fuzz target, which drive the controller without the thread).
+pub fn sync_backend(hda: &Arc<Mutex<Hda>>) {
     let (backend, actions) = {
         let mut h = lock(hda);
         let mut actions = Vec::new();
@@ -212,10 +214,4 @@ fn close_all(hda: &Arc<Mutex<Hda>>) {
         link.fmt = None;
         link.started = false;
     }
-}
-
-/// One round of backend bookkeeping, as the worker does it before a service pass.
-#[cfg(test)]
-pub(crate) fn sync_for_test(hda: &Arc<Mutex<Hda>>) {
-    sync_backend(hda);
 }
