@@ -19,7 +19,8 @@
  * prints "played N periods". With -DMARK=M the buffer holds silence until M completions
  * have passed; then the whole buffer becomes the square wave and "tone" is printed (the
  * benchmark's latency mark). With -DCAPTURE it records through input stream 0 (mono S16
- * at 8 kHz, 10 ms entries), skips silent periods and over the next PERIODS periods
+ * at 8 kHz, 10 ms entries; the entries behind LPIB are the new ones), skips silent
+ * periods and over the next PERIODS periods
  * counts zero crossings with hysteresis, the periods with 19..21 of them and the peak:
  * "captured N periods crossings C clean K peak P". Then ACPI power-off.
  *
@@ -374,14 +375,23 @@ msi_done:
 3:	movb $4, SD+SD_STS(%ebp)
 	mov INTSTS(%ebp), %eax		/* read, not needed: status is polled */
 #ifdef CAPTURE
-	/* The entry just completed is the one before the DMA's position. */
-	mov %edi, %esi
-	and $3, %esi
-	imul $PERIOD, %esi
+	/* Every entry wholly behind the DMA's position is new (one BCIS may stand for
+	 * several entries completed in one pass). */
+	mov SD+SD_LPIB(%ebp), %eax
+	xor %edx, %edx
+	mov $PERIOD, %ecx
+	div %ecx			/* the entry the DMA is in */
+	mov %eax, cur
+8:	mov next, %eax
+	cmp cur, %eax
+	je 1b
+	imul $PERIOD, %eax, %esi
 	add $BUF, %esi
+	incl next
+	andl $3, next
 	call analyse
 	cmp $1000, %edx
-	jb 5f				/* silence: not counted */
+	jb 8b				/* silence: not counted */
 	add %eax, crossings
 	inc %ebx
 	cmp $19, %eax
@@ -392,9 +402,8 @@ msi_done:
 4:	cmp peak, %edx
 	jbe 5f
 	mov %edx, peak
-5:	inc %edi
-	cmp $PERIODS, %ebx
-	jb 1b
+5:	cmp $PERIODS, %ebx
+	jb 8b
 #else
 	inc %edi
 #ifdef MARK
@@ -532,51 +541,12 @@ node_verb:
 	jmp verb
 
 #ifdef CAPTURE
-/* analyse: zero crossings in the period at %esi into %eax, with hysteresis (a crossing
- * is a swing from above +1000 to below -1000 or back; the state carries across
- * periods), and the largest magnitude into %edx. */
-analyse:
-	push %ecx
-	push %ebx
-	push %edi
-	push %ebp
-	xor %eax, %eax
-	xor %edx, %edx
-	mov hstate, %ebx		/* 0 unknown, 1 above, 2 below */
-	xor %ecx, %ecx
-1:	movswl (%esi,%ecx,2), %edi
-	mov %edi, %ebp
-	test %ebp, %ebp
-	jns 2f
-	neg %ebp
-2:	cmp %edx, %ebp
-	jbe 3f
-	mov %ebp, %edx
-3:	cmp $1000, %edi
-	jle 4f
-	cmp $2, %ebx
-	jne 5f
-	inc %eax
-5:	mov $1, %ebx
-	jmp 6f
-4:	cmp $-1000, %edi
-	jge 6f
-	cmp $1, %ebx
-	jne 7f
-	inc %eax
-7:	mov $2, %ebx
-6:	inc %ecx
-	cmp $(PERIOD / 2), %ecx
-	jb 1b
-	mov %ebx, hstate
-	pop %ebp
-	pop %edi
-	pop %ebx
-	pop %ecx
-	ret
+#include "tone.S"
 #else
-/* fill_square: the cyclic buffer (4 periods) as a 1 kHz square wave at 48 kHz. */
+/* fill_square: the cyclic buffer (4 periods) as a 1 kHz square wave at 48 kHz; keeps
+ * every register. */
 fill_square:
+	pusha
 	mov $BUF, %edi
 	mov $(4 * PERIOD / 96), %edx	/* 48-sample square periods */
 1:	mov $24, %ecx
@@ -587,6 +557,7 @@ fill_square:
 	rep stosw
 	dec %edx
 	jnz 1b
+	popa
 	ret
 #endif
 
@@ -695,6 +666,8 @@ peak:		.long 0
 hstate:		.long 0
 vendor:		.long 0
 got_msi:	.long 0
+cur:		.long 0
+next:		.long 0
 
 	.bss
 	.align 16

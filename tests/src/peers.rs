@@ -163,6 +163,15 @@ pub fn process_name(pid: u32) -> String {
         .to_owned()
 }
 
+/// Ends a client (`pw-record`, `pw-play`) the way Ctrl-C would, so it finishes its file.
+pub fn interrupt(mut child: Child) {
+    // SAFETY: kill(2) on a child the caller started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
+        let _ = child.kill();
+    }
+}
+
 /// A headless PipeWire daemon with WirePlumber, on a D-Bus session bus of its own, in a
 /// temporary `XDG_RUNTIME_DIR`, with one null sink (`hospes-test-sink`) as the default
 /// output. Everything it started ends when it is dropped.
@@ -250,6 +259,45 @@ impl PipeWireDaemon {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Makes sure capture node `node` records the test sink: WirePlumber links a capture
+    /// stream with no source to the default sink's monitor within a few seconds; should
+    /// a policy not, this links it by hand.
+    pub fn link_capture_to_sink(&self, node: &str) {
+        let input = format!("{node}:input");
+        let linked = || {
+            let out = self.command("pw-link").arg("-l").output().expect("pw-link");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut lines = text.lines().peekable();
+            while let Some(l) = lines.next() {
+                if l.starts_with(&input)
+                    && lines
+                        .peek()
+                        .is_some_and(|n| n.trim_start().starts_with("|<-"))
+                {
+                    return true;
+                }
+            }
+            false
+        };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !linked() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if linked() {
+            return;
+        }
+        let out = self.command("pw-link").arg("-i").output().expect("pw-link");
+        for port in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&input))
+        {
+            let _ = self
+                .command("pw-link")
+                .args([&format!("{TEST_SINK}:monitor_FL"), port])
+                .status();
         }
     }
 

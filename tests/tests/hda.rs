@@ -6,13 +6,13 @@
 //! the same controller and codec.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hospes_tests::peers::{
-    LiveVm, PipeWireDaemon, TEST_SINK, read_wav_samples, require_program, tone_frequency,
-    write_sine_wav,
+    LiveVm, PipeWireDaemon, TEST_SINK, interrupt, read_wav_samples, require_program,
+    tone_frequency, write_sine_wav,
 };
 use hospes_tests::{Guest, GuestKind, build_guest_with, skip_without_kvm, wait_timeout};
 
@@ -24,15 +24,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Ends a PipeWire client the way Ctrl-C would, so it finishes its file.
-fn interrupt(mut child: Child) {
-    // SAFETY: kill(2) on a child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
-        let _ = child.kill();
-    }
 }
 
 /// The hda guest with an HD Audio card, as VM `name`.
@@ -165,39 +156,7 @@ fn a_tone_played_on_the_host_reaches_the_hda_input_stream() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start pw-play");
-    // WirePlumber links a capture stream with no source to the default sink's monitor;
-    // should a policy not, the test links it by hand.
-    let linked = || {
-        let out = pw.command("pw-link").arg("-l").output().expect("pw-link");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines = text.lines().peekable();
-        while let Some(l) = lines.next() {
-            if l.starts_with("hospes.mic.capture:input")
-                && lines
-                    .peek()
-                    .is_some_and(|n| n.trim_start().starts_with("|<-"))
-            {
-                return true;
-            }
-        }
-        false
-    };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !linked() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if !linked() {
-        let out = pw.command("pw-link").arg("-i").output().expect("pw-link");
-        for port in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("hospes.mic.capture:input"))
-        {
-            let _ = pw
-                .command("pw-link")
-                .args([&format!("{TEST_SINK}:monitor_FL"), port])
-                .status();
-        }
-    }
+    pw.link_capture_to_sink("hospes.mic.capture");
     let line = vm.wait_line("captured ", RUN);
     interrupt(player);
     let (status, out, err) = vm.finish(RUN);
@@ -281,4 +240,46 @@ fn controller_and_codec_answer_as_qemus_ich9_hda_with_hda_duplex() {
     let ours = identity(&ours);
     assert!(ours.len() >= 7, "{ours:?}");
     assert_eq!(ours, identity(&qemu));
+}
+
+#[test]
+fn seabios_finds_the_controller_on_the_q35_platform_and_the_machine_boots() {
+    if skip_without_kvm() {
+        return;
+    }
+    let _one = serial();
+    require_program("qemu-system-x86_64", "qemu-system-x86");
+    assert!(
+        std::path::Path::new(SEABIOS).exists(),
+        "{SEABIOS} is missing: install the Debian package seabios"
+    );
+    let pw = PipeWireDaemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = hospes_tests::boot_disk(dir.path(), &[]);
+    let disk_arg = disk.display().to_string();
+    let (k, v) = pw.env();
+    let vm = LiveVm::spawn(
+        &[
+            "--bios", SEABIOS, "--disk", &disk_arg, "-m", "256M", "--no-rng", "--serial", "stdio",
+            "--sound", "hda", "--name", "fw",
+        ],
+        &[(k, &v), ("HOSPES_LOG", "info")],
+    );
+    let (status, out, err) = vm.finish(RUN);
+    assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
+    assert!(out.iter().any(|l| l == "DONE"), "{out:?}");
+    // SeaBIOS enumerated it and placed its 16 KiB BAR (below 4 GiB: it is small).
+    let bdf = err
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(" id=8086:293e")?
+                .rsplit_once("bdf=")
+                .map(|x| x.1)
+        })
+        .unwrap_or_else(|| panic!("SeaBIOS did not see 8086:293e: {err}"));
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&format!("bdf={bdf}  bar 0")) && l.contains("size 00004000")),
+        "{err}"
+    );
 }

@@ -3,17 +3,15 @@
 //! sink, and records a 1 kHz sine that `pw-play` plays into the sink; without a daemon the
 //! VM runs without a sound card.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hospes_tests::peers::{
-    LiveVm, PipeWireDaemon, TEST_SINK, read_wav_samples, require_program, tone_frequency,
-    write_sine_wav,
+    LiveVm, PipeWireDaemon, TEST_SINK, interrupt, read_wav_samples, require_program,
+    tone_frequency, write_sine_wav,
 };
-use hospes_tests::{
-    Guest, GuestKind, build_guest, build_guest_with, skip_without_kvm, wait_timeout,
-};
+use hospes_tests::{Guest, GuestKind, build_guest, build_guest_with, skip_without_kvm};
 
 const RUN: Duration = Duration::from_secs(60);
 
@@ -23,15 +21,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Ends a PipeWire client the way Ctrl-C would, so it finishes its file.
-fn interrupt(mut child: Child) {
-    // SAFETY: kill(2) on a child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
-        let _ = child.kill();
-    }
 }
 
 /// The snd guest with a sound card, as VM `name`.
@@ -124,39 +113,7 @@ fn a_tone_played_on_the_host_reaches_the_guest_capture_stream() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start pw-play");
-    // WirePlumber links a capture stream with no source to the default sink's monitor;
-    // should a policy not, the test links it by hand.
-    let linked = || {
-        let out = pw.command("pw-link").arg("-l").output().expect("pw-link");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines = text.lines().peekable();
-        while let Some(l) = lines.next() {
-            if l.starts_with("hospes.mic.capture:input")
-                && lines
-                    .peek()
-                    .is_some_and(|n| n.trim_start().starts_with("|<-"))
-            {
-                return true;
-            }
-        }
-        false
-    };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !linked() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if !linked() {
-        let out = pw.command("pw-link").arg("-i").output().expect("pw-link");
-        for port in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("hospes.mic.capture:input"))
-        {
-            let _ = pw
-                .command("pw-link")
-                .args([&format!("{TEST_SINK}:monitor_FL"), port])
-                .status();
-        }
-    }
+    pw.link_capture_to_sink("hospes.mic.capture");
     let line = vm.wait_line("captured ", RUN);
     interrupt(player);
     let (status, out, err) = vm.finish(RUN);

@@ -48,7 +48,7 @@ pub const INPUT_STREAMS: usize = 4;
 pub const OUTPUT_STREAMS: usize = 4;
 pub const STREAMS: usize = INPUT_STREAMS + OUTPUT_STREAMS;
 /// Playback runs this far ahead of the host; capture keeps this much for a slow guest.
-pub const PLAYBACK_RING_MS: u32 = 40;
+pub const PLAYBACK_RING_MS: u32 = 20;
 pub const CAPTURE_RING_MS: u32 = 200;
 
 /// Global registers (offsets in the BAR).

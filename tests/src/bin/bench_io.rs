@@ -12,7 +12,7 @@
 //! program; the latency is the time from reading "tone" to the first loud sample arriving,
 //! so it covers the guest's 4 x 10 ms ring, the PipeWire graph and pw-record's own buffer.
 //! The same run with the Intel HD Audio card (`tests/guests/hda.S` with `MARK`, `--sound
-//! hda`) covers the controller's 40 ms read-ahead instead of the guest's ring.
+//! hda`) covers the controller's 20 ms read-ahead instead of the guest's ring.
 
 use std::io::Read;
 use std::net::UdpSocket;
@@ -153,7 +153,7 @@ fn audio_latency() {
         (
             "hda",
             "hda",
-            "HD Audio, cyclic buffer 4 x 10 ms, 40 ms read-ahead",
+            "HD Audio, cyclic buffer 4 x 10 ms, 20 ms read-ahead",
         ),
     ] {
         let g = build_guest_with(guest, GuestKind::Pvh, &["MARK=50", "PERIODS=100"]);
