@@ -212,6 +212,8 @@ impl Codec {
                 return 0;
             }
             0xf20 => return if nid == NID_AFG { self.subsystem } else { 0 },
+            // Converter channel count: stereo converters carry two channels (count - 1).
+            0xf2d => return u32::from(self.converter(nid).is_some()),
             0x720..=0x723 => {
                 if nid == NID_AFG {
                     let shift = (id12 - 0x720) * 8;
@@ -404,6 +406,7 @@ mod tests {
         let mut c = Codec::new();
         c.verb(NID_DAC, 0x70651);
         assert_eq!(c.verb(NID_DAC, 0xf0600), 0x51);
+        assert_eq!(c.verb(NID_DAC, 0xf2d00), 1, "two channels");
         assert!(c.converter_for(true, 5).is_some());
         assert!(c.converter_for(false, 5).is_none());
         c.verb(NID_DAC, 0x24011);

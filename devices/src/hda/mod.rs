@@ -525,7 +525,16 @@ impl Hda {
             let s = &self.streams[i];
             return match reg {
                 SD_CTL => s.ctl,
-                SD_STS => u32::from(s.sts | if s.running() { STS_FIFORDY } else { 0 }),
+                // The FIFO is always ready (as QEMU's controller reports it, which
+                // Windows' driver is known to accept), except while the stream is in reset.
+                SD_STS => u32::from(
+                    s.sts
+                        | if s.ctl & stream::CTL_SRST == 0 {
+                            STS_FIFORDY
+                        } else {
+                            0
+                        },
+                ),
                 SD_LPIB => s.lpib,
                 SD_CBL => s.cbl,
                 SD_LVI => u32::from(s.lvi),

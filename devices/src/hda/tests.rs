@@ -352,10 +352,17 @@ fn playback_walks_the_bdl_raises_ioc_and_wraps_at_cbl() {
     let mut more = vec![0u8; 960];
     ring.play_into(&mut more, true);
     d.pump();
-    assert_eq!(
-        d.r32(Driver::sd(out, SD_LPIB)) as usize,
-        (lpib as usize + 960) % 1920
-    );
+    let lpib2 = d.r32(Driver::sd(out, SD_LPIB));
+    assert_eq!(lpib2 as usize, (lpib as usize + 960) % 1920);
+    assert_eq!(d.r8(Driver::sd(out, SD_STS)) & 0x20, 0x20, "FIFORDY");
+    // Stopping keeps the position and drops the stale sound; in reset, FIFORDY clears.
+    d.w8(Driver::sd(out, SD_CTL), 0);
+    d.pump();
+    assert!(ring.is_empty());
+    assert_eq!(d.r32(Driver::sd(out, SD_LPIB)), lpib2);
+    d.w8(Driver::sd(out, SD_CTL), CTL_SRST as u8);
+    assert_eq!(d.r8(Driver::sd(out, SD_STS)) & 0x20, 0);
+    assert_eq!(d.r32(Driver::sd(out, SD_LPIB)), 0);
 }
 
 #[test]

@@ -149,10 +149,12 @@ pub fn sync_backend(hda: &Arc<Mutex<Hda>>) {
             Action::Stop(id) => {
                 let mut h = lock(hda);
                 h.links[id].started = false;
-                if h.links[id].buffer.is_some()
-                    && let Some(b) = &backend
-                {
-                    b.stop(id as u32);
+                if let Some(ring) = &h.links[id].buffer {
+                    // A stopped stream's sound is stale by its next start.
+                    ring.clear();
+                    if let Some(b) = &backend {
+                        b.stop(id as u32);
+                    }
                 }
             }
         }

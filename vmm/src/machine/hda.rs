@@ -10,11 +10,9 @@ use std::sync::{Arc, Mutex};
 use hospes_core::config::SoundCard;
 use hospes_devices::audio::AudioBackend;
 use hospes_devices::hda::{Hda, HdaInterrupts, worker};
-use hospes_devices::legacy::IrqLine;
 
 use super::pci::PciSetup;
 use super::storage::PciIntx;
-use super::usb::NoLine;
 use super::{Machine, MachineError};
 use crate::vstate::pci_kvm::KvmMsixVectors;
 
@@ -67,14 +65,7 @@ pub fn attach(
     let msi =
         Arc::new(KvmMsixVectors::new(&machine.vm_fd, router, 1).map_err(|e| setup("MSI", &e))?);
     // Direct kernel boot routes no PCI interrupts (its DSDT has no _PRT): MSI only.
-    let intx = machine
-        .chipset
-        .as_ref()
-        .map(|platform| Arc::new(PciIntx::new(machine.vm_fd.clone(), platform.lpc.clone())));
-    let line: Arc<dyn IrqLine> = match &intx {
-        Some(intx) => intx.clone(),
-        None => Arc::new(NoLine),
-    };
+    let (intx, line) = PciIntx::for_function(machine);
     let hda = Hda::new(
         machine.guest_memory.clone(),
         Some(backend),

@@ -65,6 +65,14 @@ pub enum StorageError {
     Locked,
 }
 
+/// A line that goes nowhere.
+struct NoLine;
+
+impl IrqLine for NoLine {
+    fn trigger(&self) {}
+    fn set_level(&self, _high: bool) {}
+}
+
 /// A PCI function's INTx line: a level on its PIRQ, which the ICH9 drives into the
 /// IOAPIC (GSI 16 + PIRQ, what an APIC-mode guest uses through `_PRT`) and, while the
 /// firmware has routed the PIRQ, into that ISA IRQ of the PIC (what the BIOS and a
@@ -81,6 +89,20 @@ impl PciIntx {
             vm,
             lpc,
             pirq: AtomicUsize::new(UNCONNECTED),
+        }
+    }
+
+    /// The INTA# of a function about to be placed in `machine`: on the Q35 platform a
+    /// line to connect once the slot is known, and that line as the device sees it;
+    /// under direct kernel boot (its DSDT routes no PCI interrupts) none, and a line that
+    /// goes nowhere.
+    pub fn for_function(machine: &Machine) -> (Option<Arc<PciIntx>>, Arc<dyn IrqLine>) {
+        match &machine.chipset {
+            Some(platform) => {
+                let intx = Arc::new(PciIntx::new(machine.vm_fd.clone(), platform.lpc.clone()));
+                (Some(intx.clone()), intx)
+            }
+            None => (None, Arc::new(NoLine)),
         }
     }
 

@@ -33,7 +33,6 @@ use hospes_core::control::usb::{
 use hospes_core::control::{ControlError, Event, EventSender};
 use hospes_devices::bus::lock;
 use hospes_devices::input::InputRouter;
-use hospes_devices::legacy::IrqLine;
 use hospes_devices::usb::hid::{self, UsbKeyboard, UsbKeyboardHandle, UsbTablet, UsbTabletHandle};
 use hospes_devices::usb::passthrough::HostUsb;
 use hospes_devices::usb::xhci::{CompletionWaiter, Xhci, XhciInterrupts};
@@ -198,14 +197,7 @@ impl Usb {
                 .map_err(|e| setup("MSI-X", &e))?,
         );
         // Direct kernel boot routes no PCI interrupts (its DSDT has no _PRT): MSI-X only.
-        let intx = machine
-            .chipset
-            .as_ref()
-            .map(|platform| Arc::new(PciIntx::new(machine.vm_fd.clone(), platform.lpc.clone())));
-        let line: Arc<dyn IrqLine> = match &intx {
-            Some(intx) => intx.clone(),
-            None => Arc::new(NoLine),
-        };
+        let (intx, line) = PciIntx::for_function(machine);
         let xhci = Xhci::new(
             machine.guest_memory.clone(),
             XhciInterrupts {
@@ -585,12 +577,4 @@ fn spawn_worker(
                 lock(&xhci).process_completions();
             }
         })
-}
-
-/// A line that goes nowhere.
-pub(super) struct NoLine;
-
-impl IrqLine for NoLine {
-    fn trigger(&self) {}
-    fn set_level(&self, _high: bool) {}
 }
