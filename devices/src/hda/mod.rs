@@ -31,7 +31,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::audio::{AudioBackend, PcmBuffer};
 use crate::bus::BusDevice;
 use crate::legacy::IrqLine;
-use crate::pci::config::{BarChange, BarKind, COMMAND_BUS_MASTER, PciConfig, PciIds};
+use crate::pci::config::{
+    BarChange, BarKind, COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, PciConfig, PciIds,
+};
 use crate::pci::{MsiCap, MsiRoutes, MsixInterrupt, PciDevice, PciError};
 use codec::Codec;
 use stream::{Format, STS_DESE, STS_FIFORDY, Stream, StreamError};
@@ -155,6 +157,8 @@ pub struct Hda {
     msi: MsiCap,
     intx: Arc<dyn IrqLine>,
     intx_level: bool,
+    /// The level as of the last MSI decision (a message goes out when it rises).
+    msi_level: bool,
     mem: GuestMemoryMmap,
     pub(crate) backend: Option<Arc<dyn AudioBackend>>,
     codec: Codec,
@@ -219,6 +223,7 @@ impl Hda {
             msi,
             intx: interrupts.intx,
             intx_level: false,
+            msi_level: false,
             mem,
             backend,
             codec: Codec::new(),
@@ -330,23 +335,16 @@ impl Hda {
     /// while it was already up.
     fn update_irq(&mut self, event: bool) {
         let level = self.intctl & INTCTL_GIE != 0 && self.intsts() & INTCTL_GIE != 0;
-        let rose = level && !self.intx_level;
-        if self.msi.enabled() {
-            if self.intx_level && !level {
-                self.intx_level = false;
-            }
-            if level && (rose || event) {
-                self.msi.signal();
-            }
-            self.intx_level = level;
-            self.intx.set_level(false);
-            return;
+        let msi = self.msi.enabled();
+        let intx = level && !msi && self.config.command() & COMMAND_INTX_DISABLE == 0;
+        if intx != self.intx_level {
+            self.intx_level = intx;
+            self.intx.set_level(intx);
         }
-        let level = level && self.config.command() & (1 << 10) == 0;
-        if level != self.intx_level {
-            self.intx_level = level;
-            self.intx.set_level(level);
+        if msi && level && (!self.msi_level || event) {
+            self.msi.signal();
         }
+        self.msi_level = msi && level;
     }
 
     fn ring_entries(size: u8) -> u16 {

@@ -268,6 +268,15 @@ fn msi_replaces_intx_once_enabled() {
     d.verbs(&[0x000f_0000]);
     assert_eq!(d.irqs.msi.load(Ordering::SeqCst), 1);
     assert!(!*d.irqs.level.lock().unwrap());
+    // A new answer while the first is unacknowledged is a new message; a register write
+    // that changes nothing is not.
+    d.verbs(&[0x000f_0000]);
+    assert_eq!(d.irqs.msi.load(Ordering::SeqCst), 2);
+    d.w32(INTCTL, INTCTL_GIE | INTCTL_CIE | 0xff);
+    assert_eq!(d.irqs.msi.load(Ordering::SeqCst), 2);
+    d.w8(RIRBSTS, RIRBSTS_RINTFL);
+    d.verbs(&[0x000f_0000]);
+    assert_eq!(d.irqs.msi.load(Ordering::SeqCst), 3, "the level rose again");
 }
 
 #[test]
@@ -548,4 +557,19 @@ fn random_register_traffic_over_random_memory_never_panics_or_hangs() {
         d.init();
         assert_eq!(d.verbs(&[0x000f_0000]), [VENDOR_ID], "round {round}");
     }
+}
+
+#[test]
+fn intx_disable_in_the_command_register_holds_the_line_low() {
+    let mut d = Driver::new();
+    d.init();
+    d.hda.lock().unwrap().write_config(1, 0, &[0x06, 0x04]);
+    d.verbs(&[0x000f_0000]);
+    assert_eq!(d.r32(INTSTS) & INTCTL_GIE, INTCTL_GIE);
+    assert!(!*d.irqs.level.lock().unwrap());
+    d.hda.lock().unwrap().write_config(1, 0, &[0x06, 0x00]);
+    assert!(
+        *d.irqs.level.lock().unwrap(),
+        "pending status shows once enabled"
+    );
 }

@@ -35,7 +35,7 @@ pub const COMMAND_IO: u16 = 1 << 0;
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 const COMMAND_SERR: u16 = 1 << 8;
-const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 const STATUS_CAP_LIST: u32 = 1 << 4;
 
 /// The BAR index that names the expansion ROM BAR in [`BarChange`] and the BAR accessors
