@@ -283,3 +283,50 @@ fn seabios_finds_the_controller_on_the_q35_platform_and_the_machine_boots() {
         "{err}"
     );
 }
+
+#[test]
+fn vm_ron_sound_card_hda_attaches_it_and_the_sound_flag_picks_the_card() {
+    if skip_without_kvm() {
+        return;
+    }
+    let _one = serial();
+    let pw = PipeWireDaemon::start();
+    let g = build_guest_with("hda", GuestKind::Pvh, &["PERIODS=5"]);
+    let ron = g.dir.path().join("vm.ron");
+    let kernel = g.path.file_name().unwrap().to_str().unwrap();
+    std::fs::write(
+        &ron,
+        format!(
+            "(version: 1, name: \"ron\", os: Windows, cpus: 1, memory: \"64M\",\n \
+             boot: Kernel(kernel: \"{kernel}\"), network: None,\n \
+             sound: true, sound_card: Hda)\n"
+        ),
+    )
+    .unwrap();
+    let (k, v) = pw.env();
+    let ron = ron.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--config", ron, "--no-rng"];
+        args.extend_from_slice(extra);
+        let (status, out, err) = LiveVm::spawn(&args, &[(k, &v)]).finish(RUN);
+        assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
+        out
+    };
+    // vm.ron's card, and `--sound on` keeps it.
+    for extra in [&[][..], &["--sound", "on"]] {
+        let out = run(extra);
+        assert!(
+            out.iter().any(|l| l == "played 5 periods"),
+            "{extra:?}: {out:?}"
+        );
+    }
+    // `--sound virtio` and `--sound off` take it away.
+    for extra in [["--sound", "virtio"], ["--sound", "off"]] {
+        let out = run(&extra);
+        assert_eq!(
+            out.last().map(String::as_str),
+            Some("FAILED: no hda 8086:293e on bus 0"),
+            "{extra:?}"
+        );
+    }
+}
