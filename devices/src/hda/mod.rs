@@ -213,6 +213,9 @@ impl Hda {
         });
         config.add_bar(0, BAR_SIZE, BarKind::Mem64, false)?;
         config.set_interrupt_pin(1);
+        // HDCTL, TCSEL, DCKCTL/DCKSTS (drivers clear TCSEL at 0x44): plain storage, and
+        // MSI at 0x60 as on ICH9 and QEMU.
+        config.add_device_specific(0x60);
         let msi = MsiCap::add(&mut config, interrupts.msi, interrupts.routes)?;
         let wake = EventFd::new(EFD_NONBLOCK).map_err(|e| PciError::Kvm {
             what: "eventfd",

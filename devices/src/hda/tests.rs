@@ -218,6 +218,13 @@ fn identity_and_global_registers_after_reset() {
     assert_eq!(h.config().vendor_device(), (0x8086, 0x293e));
     assert_eq!(h.config().read_reg(2) >> 8, 0x040300, "class 0x0403");
     assert_eq!(h.config().read_reg(11), 0x1100_1af4);
+    assert_eq!(h.msi.offset(), 0x60, "MSI where ICH9 has it");
+    drop(h);
+    // TCSEL (0x44) is storage of its own, not the MSI address.
+    let mut h = d.hda.lock().unwrap();
+    h.write_config(0x44 / 4, 0, &[0x07]);
+    assert_eq!(h.config().read_reg(0x44 / 4) & 0xff, 0x07);
+    assert_eq!(h.config().read_reg(0x64 / 4), 0);
     drop(h);
     assert_eq!(d.r16(GCAP), 0x4401, "4 out, 4 in, 64-bit");
     assert_eq!((d.r8(VMIN), d.r8(VMAJ)), (0, 1));

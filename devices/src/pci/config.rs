@@ -297,6 +297,17 @@ impl PciConfig {
         self.regs[REG_INTERRUPT] = (self.regs[REG_INTERRUPT] & !0xff00) | u32::from(pin) << 8;
     }
 
+    /// Keeps the bytes from the next free capability byte up to `end` for device-specific
+    /// registers the guest may read and write (ICH9 functions keep 0x40..0x60 so, and
+    /// drivers write them): capabilities go after them.
+    pub fn add_device_specific(&mut self, end: usize) {
+        let end = end.min(CONVENTIONAL_SIZE);
+        for reg in self.cap_next_free.div_ceil(4)..end / 4 {
+            self.wmask[reg] = !0;
+        }
+        self.cap_next_free = self.cap_next_free.max(end);
+    }
+
     /// Appends a capability: `body` is the capability without its id and next-pointer bytes.
     /// `writable` gives, per byte of the whole capability (id and next included), the bits a
     /// guest may change. Returns the capability's offset in configuration space.
