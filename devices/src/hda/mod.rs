@@ -129,6 +129,15 @@ pub const DPLBASE_ENABLE: u32 = 1 << 0;
 /// WALCLK counts at 24 MHz.
 const WALCLK_HZ: u128 = 24_000_000;
 
+/// Errors building the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum HdaError {
+    #[error("cannot lay out its PCI configuration space")]
+    Pci(#[from] PciError),
+    #[error("cannot create its worker's eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
 /// How the controller reaches the machine.
 pub struct HdaInterrupts {
     /// MSI vector 0 and its route (KVM irqfd and GSI route in the helper).
@@ -151,18 +160,8 @@ pub(crate) struct Link {
     pub clock: Option<(Instant, u64)>,
 }
 
-/// The controller.
-pub struct Hda {
-    config: PciConfig,
-    msi: MsiCap,
-    intx: Arc<dyn IrqLine>,
-    intx_level: bool,
-    /// The level as of the last MSI decision (a message goes out when it rises).
-    msi_level: bool,
-    mem: GuestMemoryMmap,
-    pub(crate) backend: Option<Arc<dyn AudioBackend>>,
-    codec: Codec,
-    created: Instant,
+/// The global registers (all but the streams'), at their power-on values by default.
+struct Regs {
     gctl: u32,
     wakeen: u16,
     statests: u16,
@@ -187,50 +186,11 @@ pub struct Hda {
     irii: u32,
     ics: u16,
     dpbase: u64,
-    pub(crate) streams: [Stream; STREAMS],
-    pub(crate) links: [Link; STREAMS],
-    /// Tells the worker that a stream started or stopped.
-    wake: Arc<EventFd>,
 }
 
-impl Hda {
-    /// A controller in reset, its DMA in guest memory `mem`, its sound through `backend`
-    /// (None: clock-paced silence).
-    pub fn new(
-        mem: GuestMemoryMmap,
-        backend: Option<Arc<dyn AudioBackend>>,
-        interrupts: HdaInterrupts,
-    ) -> Result<Hda, PciError> {
-        let mut config = PciConfig::new(PciIds {
-            vendor: VENDOR,
-            device: DEVICE,
-            revision: 3,
-            class: 0x04,
-            subclass: 0x03,
-            prog_if: 0,
-            subsystem_vendor: SUBSYSTEM_VENDOR,
-            subsystem: SUBSYSTEM,
-        });
-        config.add_bar(0, BAR_SIZE, BarKind::Mem64, false)?;
-        config.set_interrupt_pin(1);
-        // HDCTL, TCSEL, DCKCTL/DCKSTS (drivers clear TCSEL at 0x44): plain storage, and
-        // MSI at 0x60 as on ICH9 and QEMU.
-        config.add_device_specific(0x60);
-        let msi = MsiCap::add(&mut config, interrupts.msi, interrupts.routes)?;
-        let wake = EventFd::new(EFD_NONBLOCK).map_err(|e| PciError::Kvm {
-            what: "eventfd",
-            source: e,
-        })?;
-        Ok(Hda {
-            config,
-            msi,
-            intx: interrupts.intx,
-            intx_level: false,
-            msi_level: false,
-            mem,
-            backend,
-            codec: Codec::new(),
-            created: Instant::now(),
+impl Default for Regs {
+    fn default() -> Self {
+        Regs {
             gctl: 0,
             wakeen: 0,
             statests: 0,
@@ -254,6 +214,65 @@ impl Hda {
             irii: 0,
             ics: 0,
             dpbase: 0,
+        }
+    }
+}
+
+/// The controller.
+pub struct Hda {
+    config: PciConfig,
+    msi: MsiCap,
+    intx: Arc<dyn IrqLine>,
+    intx_level: bool,
+    /// The level as of the last MSI decision (a message goes out when it rises).
+    msi_level: bool,
+    mem: GuestMemoryMmap,
+    pub(crate) backend: Option<Arc<dyn AudioBackend>>,
+    codec: Codec,
+    created: Instant,
+    regs: Regs,
+    pub(crate) streams: [Stream; STREAMS],
+    pub(crate) links: [Link; STREAMS],
+    /// Tells the worker that a stream started or stopped.
+    wake: Arc<EventFd>,
+}
+
+impl Hda {
+    /// A controller in reset, its DMA in guest memory `mem`, its sound through `backend`
+    /// (None: clock-paced silence).
+    pub fn new(
+        mem: GuestMemoryMmap,
+        backend: Option<Arc<dyn AudioBackend>>,
+        interrupts: HdaInterrupts,
+    ) -> Result<Hda, HdaError> {
+        let mut config = PciConfig::new(PciIds {
+            vendor: VENDOR,
+            device: DEVICE,
+            revision: 3,
+            class: 0x04,
+            subclass: 0x03,
+            prog_if: 0,
+            subsystem_vendor: SUBSYSTEM_VENDOR,
+            subsystem: SUBSYSTEM,
+        });
+        config.add_bar(0, BAR_SIZE, BarKind::Mem64, false)?;
+        config.set_interrupt_pin(1);
+        // HDCTL, TCSEL, DCKCTL/DCKSTS (drivers clear TCSEL at 0x44): plain storage, and
+        // MSI at 0x60 as on ICH9 and QEMU.
+        config.add_device_specific(0x60);
+        let msi = MsiCap::add(&mut config, interrupts.msi, interrupts.routes)?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(HdaError::EventFd)?;
+        Ok(Hda {
+            config,
+            msi,
+            intx: interrupts.intx,
+            intx_level: false,
+            msi_level: false,
+            mem,
+            backend,
+            codec: Codec::new(),
+            created: Instant::now(),
+            regs: Regs::default(),
             streams: std::array::from_fn(|i| Stream::new(i >= INPUT_STREAMS)),
             links: std::array::from_fn(|_| Link::default()),
             wake: Arc::new(wake),
@@ -278,29 +297,7 @@ impl Hda {
     /// Controller reset (GCTL.CRST cleared): everything but the PCI side to power-on
     /// values; streams stop.
     fn controller_reset(&mut self) {
-        self.gctl = 0;
-        self.wakeen = 0;
-        self.statests = 0;
-        self.intctl = 0;
-        self.ssync = 0;
-        self.corb_base = 0;
-        self.corb_wp = 0;
-        self.corb_rp = 0;
-        self.corb_rp_reset = false;
-        self.corb_ctl = 0;
-        self.corb_sts = 0;
-        self.corb_size = RING_SIZE_CAP | 2;
-        self.rirb_base = 0;
-        self.rirb_wp = 0;
-        self.rintcnt = 0;
-        self.rirb_ctl = 0;
-        self.rirb_sts = 0;
-        self.rirb_size = RING_SIZE_CAP | 2;
-        self.rirb_count = 0;
-        self.icoi = 0;
-        self.irii = 0;
-        self.ics = 0;
-        self.dpbase = 0;
+        self.regs = Regs::default();
         for s in &mut self.streams {
             s.reset();
         }
@@ -321,13 +318,14 @@ impl Hda {
                 sts |= 1 << i;
             }
         }
-        let cis = (self.rirb_sts & RIRBSTS_RINTFL != 0 && self.rirb_ctl & RIRBCTL_RINTCTL != 0)
-            || (self.rirb_sts & RIRBSTS_OIS != 0 && self.rirb_ctl & RIRBCTL_OIC != 0)
-            || (self.corb_sts & CORBSTS_CMEI != 0 && self.corb_ctl & CORBCTL_CMEIE != 0);
+        let cis = (self.regs.rirb_sts & RIRBSTS_RINTFL != 0
+            && self.regs.rirb_ctl & RIRBCTL_RINTCTL != 0)
+            || (self.regs.rirb_sts & RIRBSTS_OIS != 0 && self.regs.rirb_ctl & RIRBCTL_OIC != 0)
+            || (self.regs.corb_sts & CORBSTS_CMEI != 0 && self.regs.corb_ctl & CORBCTL_CMEIE != 0);
         if cis {
             sts |= INTCTL_CIE;
         }
-        if sts & self.intctl & !INTCTL_GIE != 0 {
+        if sts & self.regs.intctl & !INTCTL_GIE != 0 {
             sts |= INTCTL_GIE;
         }
         sts
@@ -337,7 +335,7 @@ impl Hda {
     /// message goes out when the level rises, or when `event` brought a new condition
     /// while it was already up.
     fn update_irq(&mut self, event: bool) {
-        let level = self.intctl & INTCTL_GIE != 0 && self.intsts() & INTCTL_GIE != 0;
+        let level = self.regs.intctl & INTCTL_GIE != 0 && self.intsts() & INTCTL_GIE != 0;
         let msi = self.msi.enabled();
         let intx = level && !msi && self.config.command() & COMMAND_INTX_DISABLE == 0;
         if intx != self.intx_level {
@@ -360,29 +358,29 @@ impl Hda {
 
     /// Runs the verbs between CORBRP and CORBWP, answering each in the RIRB.
     fn process_corb(&mut self) {
-        if self.corb_ctl & CORBCTL_RUN == 0 || self.rirb_ctl & RIRBCTL_DMAEN == 0 {
+        if self.regs.corb_ctl & CORBCTL_RUN == 0 || self.regs.rirb_ctl & RIRBCTL_DMAEN == 0 {
             return;
         }
-        let entries = Self::ring_entries(self.corb_size);
-        let wp = self.corb_wp % entries;
+        let entries = Self::ring_entries(self.regs.corb_size);
+        let wp = self.regs.corb_wp % entries;
         let mut answered = false;
         // At most one lap: a write pointer past the ring's size wraps.
         for _ in 0..entries {
-            if self.corb_rp % entries == wp {
+            if self.regs.corb_rp % entries == wp {
                 break;
             }
-            let rp = (self.corb_rp + 1) % entries;
-            let at = self.corb_base.wrapping_add(u64::from(rp) * 4);
+            let rp = (self.regs.corb_rp + 1) % entries;
+            let at = self.regs.corb_base.wrapping_add(u64::from(rp) * 4);
             let verb = match self.mem.read_obj::<u32>(GuestAddress(at)) {
                 Ok(v) => v,
                 Err(_) => {
                     crate::guest_warn!("hda: CORB entry at {at:#x} is outside guest memory");
-                    self.corb_sts |= CORBSTS_CMEI;
-                    self.corb_ctl &= !CORBCTL_RUN;
+                    self.regs.corb_sts |= CORBSTS_CMEI;
+                    self.regs.corb_ctl &= !CORBCTL_RUN;
                     break;
                 }
             };
-            self.corb_rp = rp;
+            self.regs.corb_rp = rp;
             if let Some(response) = self.command(verb) {
                 if !self.push_response(response) {
                     break;
@@ -390,7 +388,7 @@ impl Hda {
                 answered = true;
             }
         }
-        if answered && self.corb_rp % entries == wp {
+        if answered && self.regs.corb_rp % entries == wp {
             // The CORB is drained: tell the guest even short of RINTCNT.
             self.raise_rintfl();
         }
@@ -399,33 +397,33 @@ impl Hda {
 
     /// RINTFL is the response interrupt: set only while RINTCTL enables it.
     fn raise_rintfl(&mut self) {
-        if self.rirb_count > 0 && self.rirb_ctl & RIRBCTL_RINTCTL != 0 {
-            self.rirb_sts |= RIRBSTS_RINTFL;
-            self.rirb_count = 0;
+        if self.regs.rirb_count > 0 && self.regs.rirb_ctl & RIRBCTL_RINTCTL != 0 {
+            self.regs.rirb_sts |= RIRBSTS_RINTFL;
+            self.regs.rirb_count = 0;
         }
     }
 
     /// Writes one response to the RIRB; false if the RIRB is unusable.
     fn push_response(&mut self, response: u32) -> bool {
-        let entries = Self::ring_entries(self.rirb_size);
-        let wp = (self.rirb_wp + 1) % entries;
-        let at = self.rirb_base.wrapping_add(u64::from(wp) * 8);
+        let entries = Self::ring_entries(self.regs.rirb_size);
+        let wp = (self.regs.rirb_wp + 1) % entries;
+        let at = self.regs.rirb_base.wrapping_add(u64::from(wp) * 8);
         // Extended word: codec address 0, solicited.
         let mut entry = [0u8; 8];
         entry[..4].copy_from_slice(&response.to_le_bytes());
         if self.mem.write_slice(&entry, GuestAddress(at)).is_err() {
             crate::guest_warn!("hda: RIRB entry at {at:#x} is outside guest memory");
-            self.rirb_ctl &= !RIRBCTL_DMAEN;
-            self.corb_sts |= CORBSTS_CMEI;
+            self.regs.rirb_ctl &= !RIRBCTL_DMAEN;
+            self.regs.corb_sts |= CORBSTS_CMEI;
             return false;
         }
-        self.rirb_wp = wp;
-        self.rirb_count += 1;
-        let limit = match self.rintcnt & 0xff {
+        self.regs.rirb_wp = wp;
+        self.regs.rirb_count += 1;
+        let limit = match self.regs.rintcnt & 0xff {
             0 => 256,
             n => n,
         };
-        if self.rirb_count >= limit {
+        if self.regs.rirb_count >= limit {
             self.raise_rintfl();
         }
         true
@@ -435,7 +433,7 @@ impl Hda {
     fn command(&mut self, verb: u32) -> Option<u32> {
         let cad = verb >> 28;
         let nid = ((verb >> 20) & 0x7f) as u8;
-        if cad != 0 || self.gctl & GCTL_CRST == 0 {
+        if cad != 0 || self.regs.gctl & GCTL_CRST == 0 {
             return None;
         }
         Some(self.codec.verb(nid, verb & 0xf_ffff))
@@ -553,32 +551,34 @@ impl Hda {
             VMAJ => 1,
             OUTPAY => 0x3c,
             INPAY => 0x1d,
-            GCTL => self.gctl,
-            WAKEEN => u32::from(self.wakeen),
-            STATESTS => u32::from(self.statests),
-            INTCTL => self.intctl,
+            GCTL => self.regs.gctl,
+            WAKEEN => u32::from(self.regs.wakeen),
+            STATESTS => u32::from(self.regs.statests),
+            INTCTL => self.regs.intctl,
             INTSTS => self.intsts(),
             WALCLK => self.wallclock(),
-            SSYNC | SSYNC_OLD => self.ssync,
-            CORBLBASE => self.corb_base as u32,
-            CORBUBASE => (self.corb_base >> 32) as u32,
-            CORBWP => u32::from(self.corb_wp),
-            CORBRP => u32::from(self.corb_rp) | if self.corb_rp_reset { 0x8000 } else { 0 },
-            CORBCTL => u32::from(self.corb_ctl),
-            CORBSTS => u32::from(self.corb_sts),
-            CORBSIZE => u32::from(self.corb_size),
-            RIRBLBASE => self.rirb_base as u32,
-            RIRBUBASE => (self.rirb_base >> 32) as u32,
-            RIRBWP => u32::from(self.rirb_wp),
-            RINTCNT => u32::from(self.rintcnt),
-            RIRBCTL => u32::from(self.rirb_ctl),
-            RIRBSTS => u32::from(self.rirb_sts),
-            RIRBSIZE => u32::from(self.rirb_size),
-            ICOI => self.icoi,
-            IRII => self.irii,
-            ICS => u32::from(self.ics),
-            DPLBASE => self.dpbase as u32,
-            DPUBASE => (self.dpbase >> 32) as u32,
+            SSYNC | SSYNC_OLD => self.regs.ssync,
+            CORBLBASE => self.regs.corb_base as u32,
+            CORBUBASE => (self.regs.corb_base >> 32) as u32,
+            CORBWP => u32::from(self.regs.corb_wp),
+            CORBRP => {
+                u32::from(self.regs.corb_rp) | if self.regs.corb_rp_reset { 0x8000 } else { 0 }
+            }
+            CORBCTL => u32::from(self.regs.corb_ctl),
+            CORBSTS => u32::from(self.regs.corb_sts),
+            CORBSIZE => u32::from(self.regs.corb_size),
+            RIRBLBASE => self.regs.rirb_base as u32,
+            RIRBUBASE => (self.regs.rirb_base >> 32) as u32,
+            RIRBWP => u32::from(self.regs.rirb_wp),
+            RINTCNT => u32::from(self.regs.rintcnt),
+            RIRBCTL => u32::from(self.regs.rirb_ctl),
+            RIRBSTS => u32::from(self.regs.rirb_sts),
+            RIRBSIZE => u32::from(self.regs.rirb_size),
+            ICOI => self.regs.icoi,
+            IRII => self.regs.irii,
+            ICS => u32::from(self.regs.ics),
+            DPLBASE => self.regs.dpbase as u32,
+            DPUBASE => (self.regs.dpbase >> 32) as u32,
             _ => 0,
         }
     }
@@ -590,116 +590,118 @@ impl Hda {
             self.write_stream(i, reg, value, mask);
             return;
         }
-        let in_reset = self.gctl & GCTL_CRST == 0;
+        let in_reset = self.regs.gctl & GCTL_CRST == 0;
         match base {
             GCTL => {
-                let new = merge(self.gctl) & (GCTL_CRST | GCTL_UNSOL | 2);
+                let new = merge(self.regs.gctl) & (GCTL_CRST | GCTL_UNSOL | 2);
                 if new & GCTL_CRST == 0 {
                     self.controller_reset();
                 } else {
                     if in_reset {
                         // Out of reset: the codec at address 0 reports in.
-                        self.statests |= 1;
+                        self.regs.statests |= 1;
                     }
                     // FCNTRL (bit 1) flushes nothing here: it reads back as written.
-                    self.gctl = new;
+                    self.regs.gctl = new;
                 }
             }
             _ if in_reset => {} // everything else ignores writes while in reset
-            WAKEEN => self.wakeen = merge(u32::from(self.wakeen)) as u16 & 0x7fff,
-            STATESTS => self.statests &= !((value & mask) as u16),
+            WAKEEN => self.regs.wakeen = merge(u32::from(self.regs.wakeen)) as u16 & 0x7fff,
+            STATESTS => self.regs.statests &= !((value & mask) as u16),
             INTCTL => {
-                self.intctl = merge(self.intctl) & (INTCTL_GIE | INTCTL_CIE | 0xff);
+                self.regs.intctl = merge(self.regs.intctl) & (INTCTL_GIE | INTCTL_CIE | 0xff);
                 self.update_irq(false);
             }
-            SSYNC | SSYNC_OLD => self.ssync = merge(self.ssync) & 0xff,
+            SSYNC | SSYNC_OLD => self.regs.ssync = merge(self.regs.ssync) & 0xff,
             CORBLBASE => {
-                self.corb_base = (self.corb_base & !0xffff_ffff)
-                    | u64::from(merge(self.corb_base as u32) & !0x7f)
+                self.regs.corb_base = (self.regs.corb_base & !0xffff_ffff)
+                    | u64::from(merge(self.regs.corb_base as u32) & !0x7f)
             }
             CORBUBASE => {
-                self.corb_base = (self.corb_base & 0xffff_ffff)
-                    | u64::from(merge((self.corb_base >> 32) as u32)) << 32
+                self.regs.corb_base = (self.regs.corb_base & 0xffff_ffff)
+                    | u64::from(merge((self.regs.corb_base >> 32) as u32)) << 32
             }
             CORBWP => {
-                self.corb_wp = merge(u32::from(self.corb_wp)) as u16 & 0xff;
+                self.regs.corb_wp = merge(u32::from(self.regs.corb_wp)) as u16 & 0xff;
                 self.process_corb();
             }
             CORBRP => {
-                let v = merge(u32::from(self.corb_rp)) as u16;
-                self.corb_rp_reset = v & CORBRP_RST != 0;
-                if self.corb_rp_reset {
-                    self.corb_rp = 0;
+                let v = merge(u32::from(self.regs.corb_rp)) as u16;
+                self.regs.corb_rp_reset = v & CORBRP_RST != 0;
+                if self.regs.corb_rp_reset {
+                    self.regs.corb_rp = 0;
                 }
             }
             CORBCTL => {
-                self.corb_ctl =
-                    merge(u32::from(self.corb_ctl)) as u8 & (CORBCTL_RUN | CORBCTL_CMEIE);
+                self.regs.corb_ctl =
+                    merge(u32::from(self.regs.corb_ctl)) as u8 & (CORBCTL_RUN | CORBCTL_CMEIE);
                 self.process_corb();
                 self.update_irq(false);
             }
             CORBSTS => {
-                self.corb_sts &= !((value & mask) as u8);
+                self.regs.corb_sts &= !((value & mask) as u8);
                 self.update_irq(false);
             }
             CORBSIZE => {
-                self.corb_size = RING_SIZE_CAP | (merge(u32::from(self.corb_size)) as u8 & 3)
+                self.regs.corb_size =
+                    RING_SIZE_CAP | (merge(u32::from(self.regs.corb_size)) as u8 & 3)
             }
             RIRBLBASE => {
-                self.rirb_base = (self.rirb_base & !0xffff_ffff)
-                    | u64::from(merge(self.rirb_base as u32) & !0x7f)
+                self.regs.rirb_base = (self.regs.rirb_base & !0xffff_ffff)
+                    | u64::from(merge(self.regs.rirb_base as u32) & !0x7f)
             }
             RIRBUBASE => {
-                self.rirb_base = (self.rirb_base & 0xffff_ffff)
-                    | u64::from(merge((self.rirb_base >> 32) as u32)) << 32
+                self.regs.rirb_base = (self.regs.rirb_base & 0xffff_ffff)
+                    | u64::from(merge((self.regs.rirb_base >> 32) as u32)) << 32
             }
             RIRBWP if (value & mask) as u16 & RIRBWP_RST != 0 => {
-                self.rirb_wp = 0;
-                self.rirb_count = 0;
+                self.regs.rirb_wp = 0;
+                self.regs.rirb_count = 0;
             }
-            RINTCNT => self.rintcnt = merge(u32::from(self.rintcnt)) as u16 & 0xff,
+            RINTCNT => self.regs.rintcnt = merge(u32::from(self.regs.rintcnt)) as u16 & 0xff,
             RIRBCTL => {
-                self.rirb_ctl = merge(u32::from(self.rirb_ctl)) as u8
+                self.regs.rirb_ctl = merge(u32::from(self.regs.rirb_ctl)) as u8
                     & (RIRBCTL_RINTCTL | RIRBCTL_DMAEN | RIRBCTL_OIC);
                 self.process_corb();
                 self.update_irq(false);
             }
             RIRBSTS => {
-                self.rirb_sts &= !((value & mask) as u8 & (RIRBSTS_RINTFL | RIRBSTS_OIS));
+                self.regs.rirb_sts &= !((value & mask) as u8 & (RIRBSTS_RINTFL | RIRBSTS_OIS));
                 self.update_irq(false);
             }
             RIRBSIZE => {
-                self.rirb_size = RING_SIZE_CAP | (merge(u32::from(self.rirb_size)) as u8 & 3)
+                self.regs.rirb_size =
+                    RING_SIZE_CAP | (merge(u32::from(self.regs.rirb_size)) as u8 & 3)
             }
-            ICOI => self.icoi = merge(self.icoi),
+            ICOI => self.regs.icoi = merge(self.regs.icoi),
             ICS => {
-                let v = merge(u32::from(self.ics)) as u16;
+                let v = merge(u32::from(self.regs.ics)) as u16;
                 // IRV is write-one-to-clear.
                 if (value & mask) as u16 & ICS_VALID != 0 {
-                    self.ics &= !ICS_VALID;
+                    self.regs.ics &= !ICS_VALID;
                 }
                 if v & ICS_BUSY != 0
-                    && self.ics & ICS_BUSY == 0
-                    && let Some(r) = self.command(self.icoi)
+                    && self.regs.ics & ICS_BUSY == 0
+                    && let Some(r) = self.command(self.regs.icoi)
                 {
-                    self.irii = r;
-                    self.ics |= ICS_VALID;
+                    self.regs.irii = r;
+                    self.regs.ics |= ICS_VALID;
                 }
             }
             DPLBASE => {
-                self.dpbase =
-                    (self.dpbase & !0xffff_ffff) | u64::from(merge(self.dpbase as u32) & !0x7e)
+                self.regs.dpbase = (self.regs.dpbase & !0xffff_ffff)
+                    | u64::from(merge(self.regs.dpbase as u32) & !0x7e)
             }
             DPUBASE => {
-                self.dpbase =
-                    (self.dpbase & 0xffff_ffff) | u64::from(merge((self.dpbase >> 32) as u32)) << 32
+                self.regs.dpbase = (self.regs.dpbase & 0xffff_ffff)
+                    | u64::from(merge((self.regs.dpbase >> 32) as u32)) << 32
             }
             _ => {}
         }
     }
 
     fn write_stream(&mut self, i: usize, reg: u64, value: u32, mask: u32) {
-        if self.gctl & GCTL_CRST == 0 {
+        if self.regs.gctl & GCTL_CRST == 0 {
             return;
         }
         let merge = |old: u32| (old & !mask) | (value & mask);
@@ -839,17 +841,17 @@ impl Hda {
 
     /// The DMA position buffer: LPIB of stream `i` at DPBASE + 8 * i.
     fn write_position(&mut self, i: usize) {
-        if self.dpbase & u64::from(DPLBASE_ENABLE) == 0 {
+        if self.regs.dpbase & u64::from(DPLBASE_ENABLE) == 0 {
             return;
         }
-        let at = (self.dpbase & !0x7f).wrapping_add(i as u64 * 8);
+        let at = (self.regs.dpbase & !0x7f).wrapping_add(i as u64 * 8);
         if self
             .mem
             .write_obj(self.streams[i].lpib, GuestAddress(at))
             .is_err()
         {
             crate::guest_warn!("hda: position buffer at {at:#x} is outside guest memory");
-            self.dpbase &= !u64::from(DPLBASE_ENABLE);
+            self.regs.dpbase &= !u64::from(DPLBASE_ENABLE);
         }
     }
 }

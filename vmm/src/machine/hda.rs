@@ -75,7 +75,7 @@ pub fn attach(
             intx: line,
         },
     )
-    .map_err(|e| setup("create", &e))?;
+    .map_err(|e| setup("create", &hospes_core::error_chain(&e)))?;
     let hda = Arc::new(Mutex::new(hda));
     let slot = pci.add_device(hda.clone()).map_err(|e| setup("PCI", &e))?;
     if let Some(intx) = intx {
