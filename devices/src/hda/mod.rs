@@ -612,7 +612,12 @@ impl Hda {
                 self.regs.intctl = merge(self.regs.intctl) & (INTCTL_GIE | INTCTL_CIE | 0xff);
                 self.update_irq(false);
             }
-            SSYNC | SSYNC_OLD => self.regs.ssync = merge(self.regs.ssync) & 0xff,
+            SSYNC | SSYNC_OLD => {
+                // Streams whose bit is set hold still until it clears: guests start
+                // several streams at once so.
+                self.regs.ssync = merge(self.regs.ssync) & 0xff;
+                self.wake_worker();
+            }
             CORBLBASE => {
                 self.regs.corb_base = (self.regs.corb_base & !0xffff_ffff)
                     | u64::from(merge(self.regs.corb_base as u32) & !0x7f)
@@ -738,6 +743,11 @@ impl Hda {
         }
     }
 
+    /// Whether stream `i` moves data: RUN set, out of reset, not held by SSYNC.
+    pub(crate) fn active(&self, i: usize) -> bool {
+        self.streams[i].running() && self.regs.ssync & (1 << i) == 0
+    }
+
     /// Stream `i` stops with a descriptor error.
     fn stream_failed(&mut self, i: usize, e: StreamError) {
         crate::guest_warn!("hda: stream {i} stopped: {e}");
@@ -756,7 +766,7 @@ impl Hda {
         let mut event = false;
         let bus_master = self.config.command() & COMMAND_BUS_MASTER != 0;
         for i in 0..STREAMS {
-            if !self.streams[i].running() || !bus_master {
+            if !self.active(i) || !bus_master {
                 continue;
             }
             match self.service_stream(i) {

@@ -382,6 +382,26 @@ fn playback_walks_the_bdl_raises_ioc_and_wraps_at_cbl() {
 }
 
 #[test]
+fn ssync_holds_a_running_stream_until_it_clears() {
+    let mut d = Driver::new();
+    d.init();
+    d.verbs(&[0x0027_0610, 0x0022_0010]);
+    let out = INPUT_STREAMS;
+    d.program_stream(out, &[256], 0x0010, 1);
+    d.w32(SSYNC, 1 << out);
+    d.run(out);
+    d.pump();
+    assert_eq!(d.r32(Driver::sd(out, SD_LPIB)), 0, "held");
+    assert!(
+        d.rings.0.lock().unwrap().is_empty(),
+        "not opened while held"
+    );
+    d.w32(SSYNC, 0);
+    d.pump();
+    assert_ne!(d.r32(Driver::sd(out, SD_LPIB)), 0, "started");
+}
+
+#[test]
 fn the_converter_amp_scales_and_mutes_playback() {
     let mut d = Driver::new();
     d.init();

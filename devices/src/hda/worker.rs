@@ -109,8 +109,8 @@ pub fn sync_backend(hda: &Arc<Mutex<Hda>>) {
         let mut h = lock(hda);
         let mut actions = Vec::new();
         for i in 0..STREAMS {
-            let s = &h.streams[i];
-            let (running, fmt, output) = (s.running(), s.fmt, s.output);
+            let running = h.active(i);
+            let (fmt, output) = (h.streams[i].fmt, h.streams[i].output);
             let link = &mut h.links[i];
             if running {
                 if link.fmt != Some(fmt) {
