@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use hospes_devices::e1000e::worker::E1000eWorker;
 use hospes_devices::e1000e::{E1000e, E1000eInterrupts, INTERRUPTS};
-use hospes_devices::legacy::IrqLine;
 
 use super::pci::PciSetup;
 use super::storage::PciIntx;
@@ -37,14 +36,7 @@ pub fn attach(
         KvmMsixVectors::new(&machine.vm_fd, router, INTERRUPTS).map_err(|e| setup("MSI-X", &e))?,
     );
     // Direct kernel boot routes no PCI interrupts (its DSDT has no _PRT): MSI-X and MSI.
-    let intx = machine
-        .chipset
-        .as_ref()
-        .map(|platform| Arc::new(PciIntx::new(machine.vm_fd.clone(), platform.lpc.clone())));
-    let line: Arc<dyn IrqLine> = match &intx {
-        Some(intx) => intx.clone(),
-        None => Arc::new(NoLine),
-    };
+    let (intx, line) = PciIntx::for_function(machine);
     let card = E1000e::new(
         machine.guest_memory.clone(),
         network.mac().0,
@@ -65,12 +57,4 @@ pub fn attach(
         E1000eWorker::spawn(core, doorbell, network.slot()).map_err(|e| setup("worker", &e))?;
     machine.on_boot_end(move || drop(worker));
     Ok(())
-}
-
-/// A line that goes nowhere.
-struct NoLine;
-
-impl IrqLine for NoLine {
-    fn trigger(&self) {}
-    fn set_level(&self, _high: bool) {}
 }
