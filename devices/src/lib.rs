@@ -7,7 +7,9 @@
 //! ([`legacy`]), PCI ([`pci`]), virtio ([`virtio`]), display devices ([`display`]) and the
 //! framebuffer they draw into ([`framebuffer`]), input routing ([`input`]) and the
 //! rate-limited guest log ([`logger`]); the coming chipset, fw_cfg, AHCI, VGA, xHCI, HDA
-//! and TPM models too, USB ([`usb`]) and the e1000e network card ([`e1000e`]). What must not: kvm-ioctls (the helper implements the traits
+//! and TPM models too, USB ([`usb`]), the e1000e network card ([`e1000e`]), the Intel HD
+//! Audio card ([`hda`]) and what both sound cards share ([`audio`]). What must not:
+//! kvm-ioctls (the helper implements the traits
 //! on KVM in `hospes-vmm`'s `vstate`), host services such as passt or PipeWire (they sit
 //! behind a device's backend trait), and anything of the app.
 
