@@ -27,6 +27,9 @@ use hospes_devices::pci::{
     PciRoot,
 };
 use hospes_devices::virtio::block::{Block, BlockError};
+use hospes_core::config::DiskFormat;
+
+use crate::backends::qcow2::{DiskOpenError, open_disk};
 use hospes_devices::virtio::pci::{TransportParts, VirtioPciDevice};
 use hospes_devices::virtio::rng::Rng;
 use hospes_devices::virtio::{
@@ -40,11 +43,13 @@ pub const LPC_SLOT: usize = 0x1f;
 pub const CONFIG_IO_PORT: u64 = 0xcf8;
 pub const CONFIG_IO_LEN: u64 = 8;
 
-/// A disk given on the command line: `PATH[,readonly]`.
+/// A disk given on the command line: `PATH[,readonly][,format=raw|qcow2]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The image format (raw unless said otherwise).
+    pub format: DiskFormat,
 }
 
 impl FromStr for DiskSpec {
@@ -57,15 +62,19 @@ impl FromStr for DiskSpec {
             .filter(|p| !p.is_empty())
             .ok_or("empty disk path")?;
         let mut read_only = false;
+        let mut format = DiskFormat::Raw;
         for opt in parts {
             match opt {
                 "readonly" | "ro" => read_only = true,
+                "format=raw" => format = DiskFormat::Raw,
+                "format=qcow2" => format = DiskFormat::Qcow2,
                 other => return Err(format!("unknown disk option `{other}`")),
             }
         }
         Ok(Self {
             path: PathBuf::from(path),
             read_only,
+            format,
         })
     }
 }
@@ -133,6 +142,8 @@ pub enum PciSetupError {
     Virtio(#[from] VirtioError),
     #[error("cannot attach a disk")]
     Disk(#[from] BlockError),
+    #[error(transparent)]
+    DiskImage(#[from] DiskOpenError),
     #[error("bus placement failed")]
     Bus(#[from] BusError),
 }
@@ -164,7 +175,11 @@ pub fn attach_pci(
             .map(|vm| Arc::new(KvmIoEvents::new(vm.clone())) as Arc<dyn IoEventRegistrar>);
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, d) in p.disks.iter().enumerate() {
-        let blk = Block::open(&d.path, d.read_only, &format!("hospes-disk{i}"))?;
+        let id = format!("hospes-disk{i}");
+        let blk = match open_disk(&d.path, d.format, d.read_only)? {
+            Some(image) => Block::from_image(image, d.read_only, &id),
+            None => Block::open(&d.path, d.read_only, &id)?,
+        };
         models.push(Box::new(blk));
     }
     if p.rng {
@@ -373,12 +388,16 @@ mod tests {
             "a.img".parse::<DiskSpec>().unwrap(),
             DiskSpec {
                 path: "a.img".into(),
-                read_only: false
+                read_only: false,
+                format: DiskFormat::Raw,
             }
         );
         assert!("/x/b.img,readonly".parse::<DiskSpec>().unwrap().read_only);
         assert!("b.img,ro".parse::<DiskSpec>().unwrap().read_only);
         assert!("b.img,cache=none".parse::<DiskSpec>().is_err());
+        let q = "c.qcow2,format=qcow2,ro".parse::<DiskSpec>().unwrap();
+        assert_eq!((q.format, q.read_only), (DiskFormat::Qcow2, true));
+        assert!("c.img,format=vmdk".parse::<DiskSpec>().is_err());
         assert!(",ro".parse::<DiskSpec>().is_err());
     }
 
@@ -391,6 +410,7 @@ mod tests {
         let disks = [DiskSpec {
             path: img.path().to_owned(),
             read_only: true,
+            format: DiskFormat::Raw,
         }];
         let setup = attach_pci(&mut pio, &mut mmio, test_params(&disks, true)).unwrap();
         assert_eq!(
@@ -522,6 +542,7 @@ mod tests {
         let disks = [DiskSpec {
             path: "/nonexistent/disk.img".into(),
             read_only: false,
+            format: DiskFormat::Raw,
         }];
         let err = attach_pci(
             &mut pio,

@@ -27,6 +27,7 @@ use hospes_core::control::block::{BlockInfo, open_disc_image};
 use kvm_ioctls::VmFd;
 
 use super::pci::{DiskSpec, PciSetup};
+use crate::backends::qcow2::open_disk;
 use super::{Machine, MachineError};
 use hospes_core::error_chain;
 use hospes_devices::ahci::{Ahci, Drive, TrayState};
@@ -53,6 +54,8 @@ pub enum StorageError {
     Ahci(#[from] hospes_devices::ahci::AhciError),
     #[error("cannot put the SATA controller on PCI")]
     Pci(#[from] hospes_devices::pci::PciError),
+    #[error(transparent)]
+    Image(#[from] crate::backends::qcow2::DiskOpenError),
     #[error("{0} SATA drives do not fit the controller's 6 ports")]
     TooManyDrives(usize),
     #[error("cannot open the CD image {path}")]
@@ -181,11 +184,12 @@ pub fn attach_ahci(
     let mut ahci = Ahci::new(mem.clone(), intx.clone())?;
     let mut disk_ports = Vec::new();
     for (port, d) in disks.iter().enumerate() {
-        let file = open(&d.path, d.read_only)?;
-        ahci.attach(
-            port,
-            Drive::disk(file, d.read_only, &format!("HOSPES-SATA{port}")),
-        )?;
+        let serial = format!("HOSPES-SATA{port}");
+        let drive = match open_disk(&d.path, d.format, d.read_only)? {
+            Some(image) => Drive::disk_image(image, d.read_only, &serial),
+            None => Drive::disk(open(&d.path, d.read_only)?, d.read_only, &serial),
+        };
+        ahci.attach(port, drive)?;
         disk_ports.push(port);
     }
     let cdrom_port = match cdrom {

@@ -12,6 +12,9 @@ pub mod request;
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::disk_image::{DiskImage, RawImage};
 
 use super::worker::Worker;
 use super::{
@@ -108,8 +111,15 @@ impl Block {
         Ok(Self::from_file(file, len / SECTOR_SIZE, read_only, id))
     }
 
-    /// A device over an open file of `sectors` sectors.
+    /// A device over an open raw file of `sectors` sectors.
     pub fn from_file(file: File, sectors: u64, read_only: bool, id: &str) -> Self {
+        let image = RawImage::with_size(file, sectors * SECTOR_SIZE);
+        Self::from_image(Arc::new(image), read_only, id)
+    }
+
+    /// A device over `image` (any format), its size rounded down to whole sectors.
+    pub fn from_image(image: Arc<dyn DiskImage>, read_only: bool, id: &str) -> Self {
+        let sectors = image.size() / SECTOR_SIZE;
         let mut serial = [0u8; 20];
         let n = id.len().min(serial.len());
         serial[..n].copy_from_slice(&id.as_bytes()[..n]);
@@ -125,7 +135,7 @@ impl Block {
         put(52, &MAX_DISCARD_SEG.to_le_bytes());
         put(56, &[1]);
         Self {
-            disk: Disk::new(file, sectors, read_only, serial),
+            disk: Disk::new(image, sectors, read_only, serial),
             config,
             worker: None,
         }
