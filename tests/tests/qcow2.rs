@@ -135,12 +135,33 @@ fn virtio_blk_guest_writes_the_top_of_a_backing_chain() {
     std::fs::write(&base, &before).unwrap();
     before[..SECTOR].copy_from_slice(&sector0());
     let mid = dir.join("mid.qcow2");
-    qemu_img(&["create", "-f", "qcow2", "-b", "base.img", "-F", "raw", mid.to_str().unwrap()]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.img",
+        "-F",
+        "raw",
+        mid.to_str().unwrap(),
+    ]);
     let sector0_file = dir.join("s0.bin");
     std::fs::write(&sector0_file, sector0()).unwrap();
-    qemu_io(&mid, &format!("write -q -s {} 0 512", sector0_file.display()));
+    qemu_io(
+        &mid,
+        &format!("write -q -s {} 0 512", sector0_file.display()),
+    );
     let top = dir.join("top.qcow2");
-    qemu_img(&["create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", top.to_str().unwrap()]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+    ]);
     let base_before = std::fs::read(&base).unwrap();
     let mid_before = std::fs::read(&mid).unwrap();
 
@@ -148,8 +169,14 @@ fn virtio_blk_guest_writes_the_top_of_a_backing_chain() {
     assert_eq!(out.stdout, GUEST_OUTPUT, "stderr: {}", out.stderr);
     assert!(out.success(), "{out:?}");
     assert!(qemu_img_bytes(&top) == expected_after(&before));
-    assert!(std::fs::read(&base).unwrap() == base_before, "the backing file changed");
-    assert!(std::fs::read(&mid).unwrap() == mid_before, "the middle image changed");
+    assert!(
+        std::fs::read(&base).unwrap() == base_before,
+        "the backing file changed"
+    );
+    assert!(
+        std::fs::read(&mid).unwrap() == mid_before,
+        "the middle image changed"
+    );
 }
 
 #[test]
@@ -162,19 +189,36 @@ fn a_missing_backing_file_or_a_bad_header_fails_at_start_with_the_path() {
     let base = dir.join("base.img");
     make_raw(&base);
     let top = dir.join("top.qcow2");
-    qemu_img(&["create", "-f", "qcow2", "-b", "base.img", "-F", "raw", top.to_str().unwrap()]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.img",
+        "-F",
+        "raw",
+        top.to_str().unwrap(),
+    ]);
     std::fs::remove_file(&base).unwrap();
     let out = run_guest(&g.path, &format!("{},format=qcow2", top.display()));
     assert!(!out.success(), "{out:?}");
     assert!(out.stdout.is_empty(), "the guest must not run: {out:?}");
-    assert!(out.stderr.contains(&top.display().to_string()), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&top.display().to_string()),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("base.img"), "{}", out.stderr);
 
     let bad = dir.join("bad.qcow2");
     make_raw(&bad);
     let out = run_guest(&g.path, &format!("{},format=qcow2", bad.display()));
     assert!(!out.success(), "{out:?}");
-    assert!(out.stderr.contains(&bad.display().to_string()), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&bad.display().to_string()),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -197,7 +241,9 @@ fn seabios_boots_a_qcow2_disk_on_the_sata_controller() {
     std::fs::remove_file(&raw).unwrap();
     let disk_arg = format!("{},format=qcow2", qcow2.display());
     let run = run_vmm(
-        &["--bios", SEABIOS, "--no-rng", "--serial", "stdio", "--sata", &disk_arg, "-m", "128M"],
+        &[
+            "--bios", SEABIOS, "--no-rng", "--serial", "stdio", "--sata", &disk_arg, "-m", "128M",
+        ],
         TIMEOUT,
     );
     assert!(run.success(), "the guest powers itself off: {run:?}");

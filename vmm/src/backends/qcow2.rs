@@ -32,7 +32,9 @@ pub enum DiskOpenError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is not a usable qcow2 image (or one of its backing files is missing or damaged)")]
+    #[error(
+        "{path} is not a usable qcow2 image (or one of its backing files is missing or damaged)"
+    )]
     Qcow2 {
         path: PathBuf,
         #[source]
@@ -114,7 +116,11 @@ impl DiskImage for Qcow2Image {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.size, offset, usize::try_from(len).unwrap_or(usize::MAX))?;
+        check_range(
+            self.size,
+            offset,
+            usize::try_from(len).unwrap_or(usize::MAX),
+        )?;
         self.access.write_zeroes(offset, len)
     }
 }

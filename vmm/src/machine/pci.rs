@@ -18,6 +18,7 @@ use crate::arch::x86_64::layout;
 use crate::machine::firmware::Platform;
 use crate::machine::{Machine, MachineError};
 use crate::vstate::pci_kvm::{KvmGsiRouter, KvmIoEvents, KvmMsixVectors};
+use hospes_core::config::DiskFormat;
 use hospes_core::error_chain;
 use hospes_devices::bus::{Bus, BusDevice, BusError, SharedDevice, lock};
 use hospes_devices::pci::config::{COMMAND_BUS_MASTER, COMMAND_MEMORY, REG_COMMAND_STATUS};
@@ -27,7 +28,6 @@ use hospes_devices::pci::{
     PciRoot,
 };
 use hospes_devices::virtio::block::{Block, BlockError};
-use hospes_core::config::DiskFormat;
 
 use crate::backends::qcow2::{DiskOpenError, open_disk};
 use hospes_devices::virtio::pci::{TransportParts, VirtioPciDevice};

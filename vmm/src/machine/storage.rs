@@ -27,8 +27,8 @@ use hospes_core::control::block::{BlockInfo, open_disc_image};
 use kvm_ioctls::VmFd;
 
 use super::pci::{DiskSpec, PciSetup};
-use crate::backends::qcow2::open_disk;
 use super::{Machine, MachineError};
+use crate::backends::qcow2::open_disk;
 use hospes_core::error_chain;
 use hospes_devices::ahci::{Ahci, Drive, TrayState};
 use hospes_devices::bus::lock;

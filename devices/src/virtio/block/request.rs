@@ -685,8 +685,7 @@ fn transfer_image(
             image.write_at(buf, offset)
         } else {
             // SAFETY: as above; this is the only view of those guest bytes while it lives.
-            let buf =
-                unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) };
+            let buf = unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) };
             image.read_at(buf, offset)
         }
         .map_err(RequestError::Io)?;
