@@ -186,3 +186,130 @@ pub fn open_raw(path: &Path, read_only: bool) -> Result<RawImage, DiskOpenError>
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hospes_core::snapshots::create_qcow2;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn reads_writes_and_keeps_data_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.qcow2");
+        create_qcow2(&path, MIB, None).unwrap();
+        {
+            let img = Qcow2Image::open(&path, false).unwrap();
+            assert_eq!(img.size(), MIB);
+            let mut buf = [0xffu8; 4096];
+            img.read_at(&mut buf, 0).unwrap();
+            assert!(buf.iter().all(|&b| b == 0), "a new image reads as zeroes");
+            img.write_at(&[0xab; 1000], 70_000).unwrap();
+            img.flush().unwrap();
+            // The last byte of the disk is addressable; one past it is not.
+            img.write_at(&[1], MIB - 1).unwrap();
+            assert!(img.read_at(&mut [0u8; 2], MIB - 1).is_err());
+            assert!(img.write_at(&[0u8; 2], MIB - 1).is_err());
+            assert!(img.read_at(&mut [0u8; 1], u64::MAX).is_err());
+        }
+        let img = Qcow2Image::open(&path, true).unwrap();
+        let mut buf = vec![0u8; 1002];
+        img.read_at(&mut buf, 69_999).unwrap();
+        assert_eq!(buf[0], 0);
+        assert!(buf[1..1001].iter().all(|&b| b == 0xab));
+        assert_eq!(buf[1001], 0);
+        let mut last = [0u8];
+        img.read_at(&mut last, MIB - 1).unwrap();
+        assert_eq!(last, [1]);
+        img.write_zeroes(70_000, 10).unwrap_err(); // read-only
+    }
+
+    #[test]
+    fn write_zeroes_clears_a_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.qcow2");
+        create_qcow2(&path, MIB, None).unwrap();
+        let img = Qcow2Image::open(&path, false).unwrap();
+        img.write_at(&[7; 8192], 0).unwrap();
+        img.write_zeroes(512, 4096).unwrap();
+        let mut buf = vec![0u8; 8192];
+        img.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..512].iter().all(|&b| b == 7));
+        assert!(buf[512..4608].iter().all(|&b| b == 0));
+        assert!(buf[4608..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn reads_through_a_backing_chain_and_writes_only_the_top() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        let top = dir.path().join("top.qcow2");
+        create_qcow2(&base, MIB, None).unwrap();
+        Qcow2Image::open(&base, false)
+            .unwrap()
+            .write_at(&[0x42; 512], 0)
+            .unwrap();
+        // The backing name is relative: imago finds it next to the top image.
+        create_qcow2(&top, MIB, Some("base.qcow2")).unwrap();
+        {
+            let img = Qcow2Image::open(&top, false).unwrap();
+            let mut buf = [0u8; 512];
+            img.read_at(&mut buf, 0).unwrap();
+            assert_eq!(buf, [0x42; 512]);
+            img.write_at(&[0x43; 256], 256).unwrap();
+            img.flush().unwrap();
+            img.read_at(&mut buf, 0).unwrap();
+            assert_eq!(buf[..256], [0x42; 256]);
+            assert_eq!(buf[256..], [0x43; 256]);
+        }
+        let mut buf = [0u8; 512];
+        Qcow2Image::open(&base, true)
+            .unwrap()
+            .read_at(&mut buf, 0)
+            .unwrap();
+        assert_eq!(buf, [0x42; 512], "the backing image is never written");
+    }
+
+    #[test]
+    fn a_missing_backing_file_or_a_bad_header_names_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_qcow2(&top, MIB, Some("gone.qcow2")).unwrap();
+        let err = Qcow2Image::open(&top, false).unwrap_err();
+        assert!(matches!(err, DiskOpenError::Qcow2 { .. }), "{err:?}");
+        let chain = format!("{err}: {:?}", std::error::Error::source(&err));
+        assert!(
+            chain.contains("top.qcow2") && chain.contains("gone.qcow2"),
+            "{chain}"
+        );
+
+        let raw = dir.path().join("raw.img");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        let err = Qcow2Image::open(&raw, false).unwrap_err();
+        assert!(err.to_string().contains("raw.img"), "{err}");
+        let err = Qcow2Image::open(&dir.path().join("none.qcow2"), false).unwrap_err();
+        assert!(matches!(err, DiskOpenError::Open { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_writable_image_is_locked_against_a_second_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.qcow2");
+        create_qcow2(&path, MIB, None).unwrap();
+        let _first = Qcow2Image::open(&path, false).unwrap();
+        let err = Qcow2Image::open(&path, false).unwrap_err();
+        assert!(matches!(err, DiskOpenError::Locked { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn open_disk_leaves_raw_images_to_the_controllers() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("r.img");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        assert!(open_disk(&raw, DiskFormat::Raw, false).unwrap().is_none());
+        let img = open_raw(&raw, false).unwrap();
+        assert_eq!(img.size(), 4096);
+        assert!(img.raw_file().is_some());
+    }
+}

@@ -30,6 +30,7 @@ use hospes_devices::pci::{
 use hospes_devices::virtio::block::{Block, BlockError};
 
 use crate::backends::qcow2::{DiskOpenError, open_disk};
+use hospes_devices::disk_image::DiskImage;
 use hospes_devices::virtio::pci::{TransportParts, VirtioPciDevice};
 use hospes_devices::virtio::rng::Rng;
 use hospes_devices::virtio::{
@@ -111,6 +112,8 @@ pub struct PciSetup {
     /// Where BARs live and where the next one goes, for [`PciSetup::add_device`].
     bar_bus: Arc<RwLock<Bus>>,
     alloc: BarAllocator,
+    /// Disk images that are not plain files (qcow2), flushed when the boot ends.
+    pub images: Vec<Arc<dyn DiskImage>>,
 }
 
 impl PciSetup {
@@ -174,10 +177,14 @@ pub fn attach_pci(
         p.vm.as_ref()
             .map(|vm| Arc::new(KvmIoEvents::new(vm.clone())) as Arc<dyn IoEventRegistrar>);
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut images = Vec::new();
     for (i, d) in p.disks.iter().enumerate() {
         let id = format!("hospes-disk{i}");
         let blk = match open_disk(&d.path, d.format, d.read_only)? {
-            Some(image) => Block::from_image(image, d.read_only, &id),
+            Some(image) => {
+                images.push(image.clone());
+                Block::from_image(image, d.read_only, &id)
+            }
             None => Block::open(&d.path, d.read_only, &id)?,
         };
         models.push(Box::new(blk));
@@ -272,6 +279,7 @@ pub fn attach_pci(
         router,
         bar_bus,
         alloc,
+        images,
     })
 }
 
@@ -337,26 +345,43 @@ pub fn attach_pci_to_machine(
     rng: bool,
     extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<PciSetup, MachineError> {
-    let high = layout::high_mmio_start(machine.config.memory);
-    let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
-    let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
-    attach_pci(
-        &mut pio,
-        &mut mmio,
-        PciParams {
-            mem: machine.guest_memory.clone(),
-            vm: Some(machine.vm_fd.clone()),
-            mmio_window: (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
-            // The windows the DSDT's root bridge _CRS announces, where a guest may move BARs.
-            high_mmio_window: Some((high, high + layout::HIGH_MMIO_SIZE)),
-            ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
-            platform: machine.chipset.as_ref(),
-            disks,
-            rng,
-            extra,
-        },
-    )
-    .map_err(|e| MachineError::Setup(error_chain(&e)))
+    let setup = {
+        let high = layout::high_mmio_start(machine.config.memory);
+        let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
+        let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
+        attach_pci(
+            &mut pio,
+            &mut mmio,
+            PciParams {
+                mem: machine.guest_memory.clone(),
+                vm: Some(machine.vm_fd.clone()),
+                mmio_window: (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
+                // The windows the DSDT's root bridge _CRS announces, where a guest may move BARs.
+                high_mmio_window: Some((high, high + layout::HIGH_MMIO_SIZE)),
+                ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
+                platform: machine.chipset.as_ref(),
+                disks,
+                rng,
+                extra,
+            },
+        )
+        .map_err(|e| MachineError::Setup(error_chain(&e)))?
+    };
+    flush_at_boot_end(machine, &setup.images);
+    Ok(setup)
+}
+
+/// Has the boot's end write what `images` still cache (a guest that powers off without
+/// flushing its disk must not leave a qcow2 image with stale metadata).
+pub fn flush_at_boot_end(machine: &mut Machine, images: &[Arc<dyn DiskImage>]) {
+    for image in images {
+        let image = image.clone();
+        machine.on_boot_end(move || {
+            if let Err(e) = image.flush() {
+                log::error!("cannot write the disk image {image:?} back: {e}");
+            }
+        });
+    }
 }
 
 /// Parameters for tests: 1 MiB of guest memory, no KVM, the x86 layout's windows.

@@ -186,7 +186,10 @@ pub fn attach_ahci(
     for (port, d) in disks.iter().enumerate() {
         let serial = format!("HOSPES-SATA{port}");
         let drive = match open_disk(&d.path, d.format, d.read_only)? {
-            Some(image) => Drive::disk_image(image, d.read_only, &serial),
+            Some(image) => {
+                pci.images.push(image.clone());
+                Drive::disk_image(image, d.read_only, &serial)
+            }
             None => Drive::disk(open(&d.path, d.read_only)?, d.read_only, &serial),
         };
         ahci.attach(port, drive)?;
@@ -245,6 +248,7 @@ pub fn attach_for_firmware(
     let intx = Arc::new(PciIntx::new(machine.vm_fd.clone(), q35.lpc.clone()));
     let fw_cfg = q35.fw_cfg.clone();
     let mem = machine.guest_memory.clone();
+    let images_before = pci.images.len();
     let ahci = match cdrom {
         Some(tray) => {
             tray.load_for_boot(|disc| attach_ahci(pci, &mem, intx, sata, Some(disc), extra_cds))
@@ -252,6 +256,7 @@ pub fn attach_for_firmware(
         None => attach_ahci(pci, &mem, intx, sata, None, extra_cds),
     }
     .map_err(|e| MachineError::Setup(error_chain(&e)))?;
+    super::pci::flush_at_boot_end(machine, &pci.images[images_before..]);
     if let Some(tray) = cdrom {
         let tray = tray.clone();
         machine.on_boot_end(move || tray.end_boot());
