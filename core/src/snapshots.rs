@@ -522,3 +522,147 @@ pub fn delete(vm_dir: &Path, name: &str, progress: Progress<'_>) -> Result<(), S
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u64 = 4 << 20;
+
+    /// A VM folder with one qcow2 disk, `disk.qcow2`.
+    fn vm() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        create_qcow2(&dir.path().join("disk.qcow2"), SIZE, None).unwrap();
+        let text = r#"(version: 1, name: "t", os: Linux, cpus: 1, memory: "256M", boot: Bios(), disks: [(path: "disk.qcow2", format: Qcow2)])"#;
+        std::fs::write(dir.path().join(config::FILE_NAME), text).unwrap();
+        dir
+    }
+
+    fn active(dir: &Path) -> PathBuf {
+        let (_, cfg) = load_config(dir).unwrap();
+        VmConfig::resolve(dir, &cfg.disks[0].path)
+    }
+
+    fn write(dir: &Path, byte: u8, offset: u64) {
+        let img = open_qcow2(&active(dir), true).unwrap();
+        img.write(&[byte; 4096][..], offset).unwrap();
+        img.flush().unwrap();
+    }
+
+    fn contents(dir: &Path) -> Vec<u8> {
+        let img = open_qcow2(&active(dir), false).unwrap();
+        let mut buf = vec![0u8; SIZE as usize];
+        img.read(&mut buf[..], 0).unwrap();
+        buf
+    }
+
+    fn none() -> impl FnMut(&str, u64, u64) {
+        |_, _, _| {}
+    }
+
+    #[test]
+    fn revert_and_delete_keep_every_state_they_promise() {
+        let vm = vm();
+        let dir = vm.path();
+        write(dir, 1, 0);
+        let at1 = contents(dir);
+        create(dir, "s1", false, &mut none()).unwrap();
+        assert_eq!(active(dir), dir.join("disk.s1.qcow2"));
+        write(dir, 2, 8192);
+        let at2 = contents(dir);
+        create(dir, "s2", false, &mut none()).unwrap();
+        write(dir, 3, 0);
+        let at3 = contents(dir);
+        create(dir, "s3", false, &mut none()).unwrap();
+        write(dir, 4, 1 << 20);
+        let now = contents(dir);
+        assert!(at1 != at2 && at2 != at3 && at3 != now);
+        assert!(matches!(
+            create(dir, "s2", false, &mut none()),
+            Err(SnapshotError::Exists(_))
+        ));
+
+        // Deleting the middle snapshot merges it away and keeps the others.
+        delete(dir, "s2", &mut none()).unwrap();
+        assert!(contents(dir) == now);
+        let names: Vec<String> = list(dir).unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["s1", "s3"]);
+        revert(dir, "s3").unwrap();
+        assert!(contents(dir) == at3);
+        // Reverting to the first drops the later one; it can be reverted to again.
+        assert_eq!(revert(dir, "s1").unwrap(), ["s3"]);
+        assert!(contents(dir) == at1);
+        write(dir, 9, 0);
+        revert(dir, "s1").unwrap();
+        assert!(contents(dir) == at1);
+        // Deleting the last one leaves the merged image as the disk.
+        write(dir, 5, 4096);
+        let now = contents(dir);
+        delete(dir, "s1", &mut none()).unwrap();
+        assert!(contents(dir) == now);
+        assert!(list(dir).unwrap().is_empty());
+        // Only the disk image is left.
+        let mut images: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".qcow2"))
+            .collect();
+        images.sort();
+        assert_eq!(images, [active(dir).file_name().unwrap().to_str().unwrap()]);
+        assert!(matches!(revert(dir, "s1"), Err(SnapshotError::NotFound(_))));
+    }
+
+    #[test]
+    fn refuses_bad_names_and_disks_it_did_not_make() {
+        let vm = vm();
+        let dir = vm.path();
+        for bad in ["", "a/b", "..", ".x", "a b"] {
+            assert!(
+                matches!(
+                    create(dir, bad, false, &mut none()),
+                    Err(SnapshotError::BadName(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        create(dir, "one", false, &mut none()).unwrap();
+        // Someone pointed vm.ron at another image: nothing is removed or merged.
+        let text = r#"(version: 1, name: "t", os: Linux, cpus: 1, memory: "256M", boot: Bios(), disks: [(path: "disk.qcow2", format: Qcow2)])"#;
+        std::fs::write(dir.join(config::FILE_NAME), text).unwrap();
+        assert!(matches!(
+            revert(dir, "one"),
+            Err(SnapshotError::Mismatch(_))
+        ));
+        assert!(matches!(
+            delete(dir, "one", &mut none()),
+            Err(SnapshotError::Mismatch(_))
+        ));
+        assert!(dir.join("disk.one.qcow2").exists());
+    }
+
+    #[test]
+    fn a_raw_disk_is_converted_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = vec![0u8; SIZE as usize];
+        bytes[3 << 20..(3 << 20) + 100].fill(0x77);
+        std::fs::write(dir.path().join("disk.raw"), &bytes).unwrap();
+        let text = r#"(version: 1, name: "t", os: Linux, cpus: 1, memory: "256M", boot: Bios(), disks: [(path: "disk.raw")])"#;
+        std::fs::write(dir.path().join(config::FILE_NAME), text).unwrap();
+        let err = create(dir.path(), "s", false, &mut none()).unwrap_err();
+        assert!(matches!(err, SnapshotError::RawDisk(..)), "{err:?}");
+        assert!(err.to_string().contains("--convert"));
+        let mut last = 0;
+        create(dir.path(), "s", true, &mut |_, done, total| {
+            assert!(done > last && done <= total);
+            last = done;
+        })
+        .unwrap();
+        assert_eq!(last, SIZE);
+        assert!(contents(dir.path()) == bytes);
+        assert_eq!(
+            std::fs::read(dir.path().join("disk.raw")).unwrap(),
+            bytes,
+            "the raw file is kept"
+        );
+    }
+}

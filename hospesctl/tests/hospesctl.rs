@@ -910,6 +910,13 @@ fn snapshots_revert_the_disk_bytes_and_delete_without_loss() {
     assert!(disk_head(&active_disk(&ctl, "snap")) == now);
     let list = ctl.ok(&["--json", "snapshot", "snap", "list"]).json();
     assert!(list["snapshots"].as_array().unwrap().is_empty());
+    // What imago wrote is a consistent image to qemu-img too.
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(active_disk(&ctl, "snap"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
     let run = ctl.run(&["snapshot", "snap", "revert", "two"]);
     assert_eq!(run.code, 3, "{}", run.stderr);
 }
