@@ -174,6 +174,8 @@ struct Scratch {
     writable: Vec<Seg>,
     iovecs: Vec<libc::iovec>,
     view: HostView,
+    /// Bounce buffer for images that are not plain files.
+    bounce: Vec<u8>,
 }
 
 // SAFETY: the raw pointers in `iovecs` and `view` point into the guest memory held by the
@@ -485,7 +487,7 @@ fn execute(
         T_IN => {
             let offset = data_range(disk, sector, data_w)?;
             build_iovecs(mem, &mut s.view, &s.writable, 0, data_w, &mut s.iovecs)?;
-            transfer(disk, &mut s.iovecs, offset, false)?;
+            transfer(disk, &mut s.iovecs, &mut s.bounce, offset, false)?;
             Ok(data_w)
         }
         T_OUT => {
@@ -502,7 +504,7 @@ fn execute(
                 len,
                 &mut s.iovecs,
             )?;
-            transfer(disk, &mut s.iovecs, offset, true)?;
+            transfer(disk, &mut s.iovecs, &mut s.bounce, offset, true)?;
             Ok(0)
         }
         T_FLUSH => {
@@ -621,11 +623,12 @@ fn build_iovecs(
 fn transfer(
     disk: &Disk,
     iovecs: &mut [libc::iovec],
+    bounce: &mut Vec<u8>,
     mut offset: u64,
     write: bool,
 ) -> Result<(), RequestError> {
     let Some(file) = disk.image.raw_file() else {
-        return transfer_image(&*disk.image, iovecs, offset, write);
+        return transfer_image(&*disk.image, iovecs, bounce, offset, write);
     };
     let mut iov = iovecs;
     let fd = file.as_raw_fd();
@@ -669,27 +672,36 @@ fn transfer(
     Ok(())
 }
 
-/// [`transfer`] for an image that is not a plain file: one call per guest buffer.
+/// [`transfer`] for an image that is not a plain file: each guest buffer is copied
+/// through `bounce` (the image's code never holds a reference into guest memory, which
+/// the guest may change at any time).
 fn transfer_image(
     image: &dyn DiskImage,
     iovecs: &[libc::iovec],
+    bounce: &mut Vec<u8>,
     mut offset: u64,
     write: bool,
 ) -> Result<(), RequestError> {
     for v in iovecs {
-        if write {
-            // SAFETY: the iovec points into guest memory that `build_iovecs` checked and
-            // that the handler keeps mapped, `iov_len` bytes long; nothing writes it while
-            // this shared view lives (guest RAM is not aliased by Rust references).
-            let buf = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
-            image.write_at(buf, offset)
-        } else {
-            // SAFETY: as above; this is the only view of those guest bytes while it lives.
-            let buf = unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) };
-            image.read_at(buf, offset)
+        let len = v.iov_len;
+        if bounce.len() < len {
+            bounce.resize(len, 0);
         }
-        .map_err(RequestError::Io)?;
-        offset += v.iov_len as u64;
+        let buf = &mut bounce[..len];
+        if write {
+            // SAFETY: the iovec points at `len` bytes of guest memory that `build_iovecs`
+            // checked and the handler keeps mapped; `buf` is a distinct host buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), buf.as_mut_ptr(), len)
+            };
+            image.write_at(buf, offset).map_err(RequestError::Io)?;
+        } else {
+            image.read_at(buf, offset).map_err(RequestError::Io)?;
+            // SAFETY: as above; the destination is those `len` guest bytes, which no Rust
+            // reference aliases.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), v.iov_base.cast::<u8>(), len) };
+        }
+        offset += len as u64;
     }
     Ok(())
 }
