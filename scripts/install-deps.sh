@@ -18,6 +18,8 @@ packages=(
   swtpm swtpm-tools
   # install media for the firmware tests: El Torito ISOs, and GRUB's (grub-mkrescue)
   xorriso grub-pc-bin grub-common mtools
+  # qemu-img and qemu-io: qcow2 disks (hospesctl create --disk-format qcow2) and the qcow2 tests
+  qemu-utils
   # a headless PipeWire daemon for the sound tests (dbus-run-session starts its bus)
   pipewire-bin wireplumber dbus-bin
   # headless GUI tests and desktop-integration checks

@@ -19,6 +19,7 @@ pub mod keycodes;
 pub mod launch;
 pub mod library;
 pub mod runtime;
+pub mod snapshots;
 pub mod usb_host;
 
 /// An error and its causes, outermost first, joined with ": " (a cause whose words the

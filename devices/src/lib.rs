@@ -17,6 +17,7 @@ pub mod ahci;
 pub mod audio;
 pub mod bus;
 pub mod chipset;
+pub mod disk_image;
 pub mod display;
 pub mod e1000e;
 pub mod framebuffer;

@@ -12,6 +12,7 @@
 
 mod library_cmds;
 mod media_cmds;
+mod snapshot_cmds;
 mod usb_cmds;
 mod vm_cmds;
 
@@ -90,6 +91,9 @@ pub enum Command {
     /// Host USB devices: usb NAME list|attach DEV|detach DEV.
     #[command(flatten)]
     Usb(usb_cmds::UsbCommand),
+    /// Disk snapshots: snapshot NAME create|list|revert|delete [SNAP].
+    #[command(flatten)]
+    Snapshot(snapshot_cmds::SnapshotCommand),
 }
 
 /// Why a command failed.
@@ -177,6 +181,9 @@ pub enum CtlError {
         #[source]
         source: ClientError,
     },
+    /// A snapshot operation failed.
+    #[error(transparent)]
+    Snapshot(#[from] hospes_core::snapshots::SnapshotError),
     /// The running VM did not change its disc.
     #[error("{name}'s CD drive")]
     Cdrom {
@@ -230,6 +237,16 @@ impl CtlError {
                 ..
             } => exit::INVALID,
             CtlError::Cdrom { .. } => exit::FAILED,
+            CtlError::Snapshot(error) => {
+                use hospes_core::snapshots::SnapshotError as S;
+                match error {
+                    S::Running(_) => exit::WRONG_STATE,
+                    S::NotFound(_) => exit::NOT_FOUND,
+                    S::Config(error) => config_exit_code(error),
+                    S::Io { .. } | S::List(_) => exit::FAILED,
+                    _ => exit::INVALID,
+                }
+            }
         }
     }
 
@@ -366,6 +383,7 @@ pub fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Vm(command) => vm_cmds::run(command, &out),
         Command::Media(command) => media_cmds::run(command, &out),
         Command::Usb(command) => usb_cmds::run(command, &out),
+        Command::Snapshot(command) => snapshot_cmds::run(command, &out),
     }
 }
 

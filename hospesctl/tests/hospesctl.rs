@@ -811,3 +811,163 @@ fn creates_a_windows_vm_with_its_devices_and_the_drivers_disc() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("windows11"), "{}", run.stderr);
 }
+
+/// Runs a qemu-io command on the image `image` (Debian package qemu-utils).
+fn qemu_io(image: &Path, format: &str, command: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-f", format, "-c", command])
+        .arg(image)
+        .output()
+        .expect("qemu-io runs");
+    assert!(out.status.success(), "qemu-io {command}: {out:?}");
+}
+
+/// The first MiB of the virtual disk `image` as qemu-img reads it.
+fn disk_head(image: &Path) -> Vec<u8> {
+    let raw = image.with_extension("head.raw");
+    let out = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .output()
+        .expect("qemu-img runs");
+    assert!(out.status.success(), "{out:?}");
+    let mut bytes = fs::read(&raw).unwrap();
+    fs::remove_file(&raw).unwrap();
+    bytes.truncate(1 << 20);
+    bytes
+}
+
+/// The active disk image of VM `id`, from its vm.ron.
+fn active_disk(ctl: &Ctl, id: &str) -> PathBuf {
+    let dir = ctl.machines().join(id);
+    let cfg = hospes_core::config::load(&dir.join("vm.ron")).unwrap();
+    dir.join(&cfg.disks[0].path)
+}
+
+#[test]
+fn snapshots_revert_the_disk_bytes_and_delete_without_loss() {
+    let ctl = Ctl::new();
+    ctl.ok(&[
+        "create",
+        "snap",
+        "--preset",
+        "linux",
+        "--memory",
+        "256M",
+        "--disk-size",
+        "16M",
+        "--disk-format",
+        "qcow2",
+    ]);
+    let disk = active_disk(&ctl, "snap");
+    qemu_io(&disk, "qcow2", "write -P 0x11 0 64k");
+    let first = disk_head(&disk);
+    let run = ctl.ok(&["--json", "snapshot", "snap", "create", "one"]);
+    assert_eq!(run.json()["snapshot"]["name"], "one");
+    let overlay = active_disk(&ctl, "snap");
+    assert_ne!(overlay, disk, "vm.ron names the new overlay");
+    assert!(disk_head(&overlay) == first);
+    qemu_io(&overlay, "qcow2", "write -P 0x22 4096 8k");
+    let second = disk_head(&overlay);
+    assert_ne!(second, first);
+    ctl.ok(&["snapshot", "snap", "create", "two"]);
+    qemu_io(&active_disk(&ctl, "snap"), "qcow2", "write -P 0x33 0 512");
+    let third = disk_head(&active_disk(&ctl, "snap"));
+
+    let list = ctl.ok(&["--json", "snapshot", "snap", "list"]).json();
+    let names: Vec<&str> = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+
+    // Revert to two, twice: the bytes are two's each time.
+    ctl.ok(&["snapshot", "snap", "revert", "two"]);
+    assert!(disk_head(&active_disk(&ctl, "snap")) == second);
+    qemu_io(&active_disk(&ctl, "snap"), "qcow2", "write -P 0x44 0 512");
+    ctl.ok(&["snapshot", "snap", "revert", "two"]);
+    assert!(disk_head(&active_disk(&ctl, "snap")) == second);
+    let _ = third;
+
+    // Deleting one merges; the current bytes and two's stay.
+    qemu_io(
+        &active_disk(&ctl, "snap"),
+        "qcow2",
+        "write -P 0x55 8192 512",
+    );
+    let now = disk_head(&active_disk(&ctl, "snap"));
+    ctl.ok(&["snapshot", "snap", "delete", "one"]);
+    assert!(disk_head(&active_disk(&ctl, "snap")) == now);
+    ctl.ok(&["snapshot", "snap", "revert", "two"]);
+    assert!(disk_head(&active_disk(&ctl, "snap")) == second);
+    // Deleting the newest: vm.ron names the merged image, bytes unchanged.
+    qemu_io(&active_disk(&ctl, "snap"), "qcow2", "write -P 0x66 0 512");
+    let now = disk_head(&active_disk(&ctl, "snap"));
+    ctl.ok(&["snapshot", "snap", "delete", "two"]);
+    assert!(disk_head(&active_disk(&ctl, "snap")) == now);
+    let list = ctl.ok(&["--json", "snapshot", "snap", "list"]).json();
+    assert!(list["snapshots"].as_array().unwrap().is_empty());
+    // What imago wrote is a consistent image to qemu-img too.
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(active_disk(&ctl, "snap"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let run = ctl.run(&["snapshot", "snap", "revert", "two"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+}
+
+#[test]
+fn snapshot_of_a_raw_disk_needs_convert() {
+    let ctl = Ctl::new();
+    ctl.ok(&[
+        "create",
+        "raw",
+        "--preset",
+        "linux",
+        "--memory",
+        "256M",
+        "--disk-size",
+        "16M",
+    ]);
+    let disk = active_disk(&ctl, "raw");
+    qemu_io(&disk, "raw", "write -P 0x5a 65536 4k");
+    let before = disk_head(&disk);
+    let run = ctl.run(&["snapshot", "raw", "create", "s"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("--convert"), "{}", run.stderr);
+    assert!(active_disk(&ctl, "raw") == disk);
+    let run = ctl.ok(&["snapshot", "raw", "create", "s", "--convert"]);
+    assert!(run.stderr.contains("100%"), "progress: {}", run.stderr);
+    let active = active_disk(&ctl, "raw");
+    assert_ne!(active, disk);
+    assert!(
+        disk_head(&active) == before,
+        "bytes kept through the conversion"
+    );
+}
+
+#[test]
+fn snapshot_refuses_a_running_vm() {
+    let ctl = Ctl::new();
+    ctl.ok(&[
+        "create",
+        "busy",
+        "--preset",
+        "linux",
+        "--memory",
+        "256M",
+        "--disk-size",
+        "16M",
+        "--disk-format",
+        "qcow2",
+    ]);
+    let _running = FakeRunning::start(&ctl, "busy");
+    let run = ctl.run(&["snapshot", "busy", "create", "s"]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("stop it first"), "{}", run.stderr);
+}

@@ -68,12 +68,12 @@ struct Args {
     /// Read the VM's settings from a vm.ron file (flags given too take precedence).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// A disk image as virtio-blk on PCI, FILE[,readonly] (repeatable).
-    #[arg(long, value_name = "FILE[,readonly]")]
+    /// A disk image as virtio-blk on PCI, FILE[,readonly][,format=raw|qcow2] (repeatable).
+    #[arg(long, value_name = "FILE[,readonly][,format=qcow2]")]
     disk: Vec<DiskSpec>,
-    /// A disk image on the SATA (AHCI) controller, FILE[,readonly] (repeatable; firmware
-    /// boot).
-    #[arg(long, value_name = "FILE[,readonly]")]
+    /// A disk image on the SATA (AHCI) controller, FILE[,readonly][,format=raw|qcow2]
+    /// (repeatable; firmware boot).
+    #[arg(long, value_name = "FILE[,readonly][,format=qcow2]")]
     sata: Vec<DiskSpec>,
     /// The machine's UUID as firmware reports it (SMBIOS), e.g.
     /// 0d475e6f-6592-51ec-a52f-7d556bdbdc48 (default: derived from the VM's id or name).
@@ -327,6 +327,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
             let spec = DiskSpec {
                 path: dir.join(&d.path),
                 read_only: d.read_only,
+                format: d.format,
             };
             match d.bus {
                 DiskBus::Virtio => extras.disks.push(spec),

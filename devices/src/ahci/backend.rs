@@ -7,8 +7,9 @@
 //! fixed when the medium is inserted, and every access is checked against it first.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use crate::disk_image::{DiskImage, RawImage};
 
 use super::AhciError;
 use super::prdt::Transfer;
@@ -29,8 +30,10 @@ pub enum DriveKind {
 #[derive(Debug)]
 pub struct Drive {
     pub kind: DriveKind,
-    /// The image; `None` is an empty CD tray (a disk must have one).
+    /// The image file (raw); `None` is an empty CD tray, or a disk given as `image`.
     pub file: Option<File>,
+    /// A disk image of any format, used when `file` is `None`.
+    pub image: Option<Arc<dyn DiskImage>>,
     /// Refuse writes. Always true in effect for a CD.
     pub read_only: bool,
     /// The serial number IDENTIFY reports (first 20 ASCII bytes used).
@@ -43,6 +46,18 @@ impl Drive {
         Self {
             kind: DriveKind::Disk,
             file: Some(file),
+            image: None,
+            read_only,
+            serial: serial.to_owned(),
+        }
+    }
+
+    /// A hard disk over `image` (any format).
+    pub fn disk_image(image: Arc<dyn DiskImage>, read_only: bool, serial: &str) -> Self {
+        Self {
+            kind: DriveKind::Disk,
+            file: None,
+            image: Some(image),
             read_only,
             serial: serial.to_owned(),
         }
@@ -53,6 +68,7 @@ impl Drive {
         Self {
             kind: DriveKind::Cdrom,
             file,
+            image: None,
             read_only: true,
             serial: serial.to_owned(),
         }
@@ -62,21 +78,32 @@ impl Drive {
 /// An image inserted in a drive, with its size fixed at insertion.
 #[derive(Debug)]
 pub struct Medium {
-    file: File,
+    image: Arc<dyn DiskImage>,
+    /// The file of a raw image, given back on eject.
+    file: Option<File>,
     bytes: u64,
     read_only: bool,
 }
 
 impl Medium {
-    /// Wraps `file`, measuring it by seeking to its end (which works for block devices,
-    /// whose metadata length is zero).
-    pub fn new(mut file: File, read_only: bool) -> Result<Self, AhciError> {
-        let bytes = file.seek(SeekFrom::End(0)).map_err(AhciError::Image)?;
-        Ok(Self {
-            file,
-            bytes,
+    /// Wraps the raw image `file`, measuring it by seeking to its end (which works for
+    /// block devices, whose metadata length is zero).
+    pub fn new(file: File, read_only: bool) -> Result<Self, AhciError> {
+        let keep = file.try_clone().map_err(AhciError::Image)?;
+        let image = RawImage::new(file).map_err(AhciError::Image)?;
+        let mut m = Self::from_image(Arc::new(image), read_only);
+        m.file = Some(keep);
+        Ok(m)
+    }
+
+    /// Wraps `image` (any format).
+    pub fn from_image(image: Arc<dyn DiskImage>, read_only: bool) -> Self {
+        Self {
+            bytes: image.size(),
+            image,
+            file: None,
             read_only,
-        })
+        }
     }
 
     /// Whole sectors of `sector_size` bytes the image holds (a partial last sector is
@@ -91,9 +118,7 @@ impl Medium {
 
     /// Fills `buf` from byte `offset`; the caller checked the range against [`Self::sectors`].
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), AhciError> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(AhciError::Image)
+        self.image.read_at(buf, offset).map_err(AhciError::Image)
     }
 
     /// Writes `buf` at byte `offset`; refused on a read-only medium.
@@ -101,9 +126,7 @@ impl Medium {
         if self.read_only {
             return Err(AhciError::ReadOnly);
         }
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(AhciError::Image)
+        self.image.write_at(buf, offset).map_err(AhciError::Image)
     }
 
     /// Makes written data durable (FLUSH CACHE).
@@ -111,7 +134,7 @@ impl Medium {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_data().map_err(AhciError::Image)
+        self.image.flush().map_err(AhciError::Image)
     }
 
     /// Streams `bytes` from byte `offset` of the image into guest memory through `xfer`.
@@ -161,8 +184,8 @@ impl Medium {
         Ok(())
     }
 
-    /// Gives the file back (an ejected disc).
-    pub fn into_file(self) -> File {
+    /// Gives the file back (an ejected disc); `None` for an image that is not a raw file.
+    pub fn into_file(self) -> Option<File> {
         self.file
     }
 }

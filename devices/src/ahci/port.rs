@@ -186,11 +186,12 @@ impl AhciPort {
     pub fn attach(&mut self, drive: Drive) -> Result<(), AhciError> {
         let device = match drive.kind {
             DriveKind::Disk => {
-                let file = drive.file.ok_or(AhciError::NoImage)?;
-                Device::Disk(AtaDisk::new(
-                    Medium::new(file, drive.read_only)?,
-                    &drive.serial,
-                ))
+                let medium = match (drive.file, drive.image) {
+                    (Some(file), _) => Medium::new(file, drive.read_only)?,
+                    (None, Some(image)) => Medium::from_image(image, drive.read_only),
+                    (None, None) => return Err(AhciError::NoImage),
+                };
+                Device::Disk(AtaDisk::new(medium, &drive.serial))
             }
             DriveKind::Cdrom => {
                 let medium = drive.file.map(|f| Medium::new(f, true)).transpose()?;
@@ -209,7 +210,7 @@ impl AhciPort {
             return Err(AhciError::NotCdrom);
         };
         let medium = Medium::new(file, true)?;
-        Ok(cd.insert(medium).map(Medium::into_file))
+        Ok(cd.insert(medium).and_then(Medium::into_file))
     }
 
     /// Takes the disc out of the CD drive (a running guest sees a unit attention).
@@ -217,7 +218,7 @@ impl AhciPort {
         let Some(Device::Cdrom(cd)) = &mut self.device else {
             return Err(AhciError::NotCdrom);
         };
-        Ok(cd.eject().map(Medium::into_file))
+        Ok(cd.eject().and_then(Medium::into_file))
     }
 
     /// Whether the CD drive holds a disc with its tray closed (false for a disk or empty

@@ -481,6 +481,33 @@ fn written_sectors_read_back_and_reach_the_image() {
 }
 
 #[test]
+fn a_disk_given_as_an_image_reads_and_writes_through_it() {
+    // The path qcow2 disks take: a DiskImage, not a file, behind the port.
+    let file = image(ATA_DISK_SECTORS * 512);
+    let mut check = file.try_clone().unwrap();
+    let img = crate::disk_image::RawImage::new(file).unwrap();
+    let mut d = Driver::new(vec![(
+        0,
+        Drive::disk_image(std::sync::Arc::new(img), false, "I"),
+    )]);
+    d.start(0);
+    let payload: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
+    d.mem.write_slice(&payload, GuestAddress(DATA)).unwrap();
+    let mut write = Cmd::ata(h2d(0x35, 9, 2), &[(DATA, 1024)]);
+    write.write = true;
+    assert_eq!(d.issue(0, &write) & IS_TFES, 0);
+    assert_eq!(d.issue(0, &Cmd::ata(h2d(0xea, 0, 0), &[])) & IS_TFES, 0);
+    let mut on_disk = vec![0u8; 1024];
+    check.seek(SeekFrom::Start(9 * 512)).unwrap();
+    check.read_exact(&mut on_disk).unwrap();
+    assert_eq!(on_disk, payload);
+    d.mem.write_slice(&[0u8; 512], GuestAddress(DATA)).unwrap();
+    d.issue(0, &Cmd::ata(h2d(0xc8, 5, 1), &[(DATA, 512)]));
+    let want: Vec<u8> = (5 * 512..6 * 512).map(pattern).collect();
+    assert_eq!(d.data(512), want);
+}
+
+#[test]
 fn write_to_a_read_only_disk_is_aborted() {
     let mut d = Driver::new(vec![(0, Drive::disk(image(64 * 512), true, "RO"))]);
     d.start(0);

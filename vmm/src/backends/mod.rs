@@ -4,5 +4,6 @@
 pub mod child;
 pub mod passt;
 pub mod pipewire;
+pub mod qcow2;
 pub mod swtpm;
 pub mod usbfs;

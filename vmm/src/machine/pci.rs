@@ -18,6 +18,7 @@ use crate::arch::x86_64::layout;
 use crate::machine::firmware::Platform;
 use crate::machine::{Machine, MachineError};
 use crate::vstate::pci_kvm::{KvmGsiRouter, KvmIoEvents, KvmMsixVectors};
+use hospes_core::config::DiskFormat;
 use hospes_core::error_chain;
 use hospes_devices::bus::{Bus, BusDevice, BusError, SharedDevice, lock};
 use hospes_devices::pci::config::{COMMAND_BUS_MASTER, COMMAND_MEMORY, REG_COMMAND_STATUS};
@@ -27,6 +28,9 @@ use hospes_devices::pci::{
     PciRoot,
 };
 use hospes_devices::virtio::block::{Block, BlockError};
+
+use crate::backends::qcow2::{DiskOpenError, open_disk};
+use hospes_devices::disk_image::DiskImage;
 use hospes_devices::virtio::pci::{TransportParts, VirtioPciDevice};
 use hospes_devices::virtio::rng::Rng;
 use hospes_devices::virtio::{
@@ -40,11 +44,13 @@ pub const LPC_SLOT: usize = 0x1f;
 pub const CONFIG_IO_PORT: u64 = 0xcf8;
 pub const CONFIG_IO_LEN: u64 = 8;
 
-/// A disk given on the command line: `PATH[,readonly]`.
+/// A disk given on the command line: `PATH[,readonly][,format=raw|qcow2]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The image format (raw unless said otherwise).
+    pub format: DiskFormat,
 }
 
 impl FromStr for DiskSpec {
@@ -57,15 +63,19 @@ impl FromStr for DiskSpec {
             .filter(|p| !p.is_empty())
             .ok_or("empty disk path")?;
         let mut read_only = false;
+        let mut format = DiskFormat::Raw;
         for opt in parts {
             match opt {
                 "readonly" | "ro" => read_only = true,
+                "format=raw" => format = DiskFormat::Raw,
+                "format=qcow2" => format = DiskFormat::Qcow2,
                 other => return Err(format!("unknown disk option `{other}`")),
             }
         }
         Ok(Self {
             path: PathBuf::from(path),
             read_only,
+            format,
         })
     }
 }
@@ -102,6 +112,8 @@ pub struct PciSetup {
     /// Where BARs live and where the next one goes, for [`PciSetup::add_device`].
     bar_bus: Arc<RwLock<Bus>>,
     alloc: BarAllocator,
+    /// Disk images that are not plain files (qcow2), flushed when the boot ends.
+    pub images: Vec<Arc<dyn DiskImage>>,
 }
 
 impl PciSetup {
@@ -133,6 +145,8 @@ pub enum PciSetupError {
     Virtio(#[from] VirtioError),
     #[error("cannot attach a disk")]
     Disk(#[from] BlockError),
+    #[error(transparent)]
+    DiskImage(#[from] DiskOpenError),
     #[error("bus placement failed")]
     Bus(#[from] BusError),
 }
@@ -163,8 +177,16 @@ pub fn attach_pci(
         p.vm.as_ref()
             .map(|vm| Arc::new(KvmIoEvents::new(vm.clone())) as Arc<dyn IoEventRegistrar>);
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut images = Vec::new();
     for (i, d) in p.disks.iter().enumerate() {
-        let blk = Block::open(&d.path, d.read_only, &format!("hospes-disk{i}"))?;
+        let id = format!("hospes-disk{i}");
+        let blk = match open_disk(&d.path, d.format, d.read_only)? {
+            Some(image) => {
+                images.push(image.clone());
+                Block::from_image(image, d.read_only, &id)
+            }
+            None => Block::open(&d.path, d.read_only, &id)?,
+        };
         models.push(Box::new(blk));
     }
     if p.rng {
@@ -257,6 +279,7 @@ pub fn attach_pci(
         router,
         bar_bus,
         alloc,
+        images,
     })
 }
 
@@ -322,26 +345,43 @@ pub fn attach_pci_to_machine(
     rng: bool,
     extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<PciSetup, MachineError> {
-    let high = layout::high_mmio_start(machine.config.memory);
-    let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
-    let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
-    attach_pci(
-        &mut pio,
-        &mut mmio,
-        PciParams {
-            mem: machine.guest_memory.clone(),
-            vm: Some(machine.vm_fd.clone()),
-            mmio_window: (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
-            // The windows the DSDT's root bridge _CRS announces, where a guest may move BARs.
-            high_mmio_window: Some((high, high + layout::HIGH_MMIO_SIZE)),
-            ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
-            platform: machine.chipset.as_ref(),
-            disks,
-            rng,
-            extra,
-        },
-    )
-    .map_err(|e| MachineError::Setup(error_chain(&e)))
+    let setup = {
+        let high = layout::high_mmio_start(machine.config.memory);
+        let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
+        let mut mmio = machine.mmio_bus.write().unwrap_or_else(|e| e.into_inner());
+        attach_pci(
+            &mut pio,
+            &mut mmio,
+            PciParams {
+                mem: machine.guest_memory.clone(),
+                vm: Some(machine.vm_fd.clone()),
+                mmio_window: (layout::PCI_MMIO_START, layout::PCI_MMIO_END),
+                // The windows the DSDT's root bridge _CRS announces, where a guest may move BARs.
+                high_mmio_window: Some((high, high + layout::HIGH_MMIO_SIZE)),
+                ecam: Some((layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)),
+                platform: machine.chipset.as_ref(),
+                disks,
+                rng,
+                extra,
+            },
+        )
+        .map_err(|e| MachineError::Setup(error_chain(&e)))?
+    };
+    flush_at_boot_end(machine, &setup.images);
+    Ok(setup)
+}
+
+/// Has the boot's end write what `images` still cache (a guest that powers off without
+/// flushing its disk must not leave a qcow2 image with stale metadata).
+pub fn flush_at_boot_end(machine: &mut Machine, images: &[Arc<dyn DiskImage>]) {
+    for image in images {
+        let image = image.clone();
+        machine.on_boot_end(move || {
+            if let Err(e) = image.flush() {
+                log::error!("cannot write the disk image {image:?} back: {e}");
+            }
+        });
+    }
 }
 
 /// Parameters for tests: 1 MiB of guest memory, no KVM, the x86 layout's windows.
@@ -373,12 +413,16 @@ mod tests {
             "a.img".parse::<DiskSpec>().unwrap(),
             DiskSpec {
                 path: "a.img".into(),
-                read_only: false
+                read_only: false,
+                format: DiskFormat::Raw,
             }
         );
         assert!("/x/b.img,readonly".parse::<DiskSpec>().unwrap().read_only);
         assert!("b.img,ro".parse::<DiskSpec>().unwrap().read_only);
         assert!("b.img,cache=none".parse::<DiskSpec>().is_err());
+        let q = "c.qcow2,format=qcow2,ro".parse::<DiskSpec>().unwrap();
+        assert_eq!((q.format, q.read_only), (DiskFormat::Qcow2, true));
+        assert!("c.img,format=vmdk".parse::<DiskSpec>().is_err());
         assert!(",ro".parse::<DiskSpec>().is_err());
     }
 
@@ -391,6 +435,7 @@ mod tests {
         let disks = [DiskSpec {
             path: img.path().to_owned(),
             read_only: true,
+            format: DiskFormat::Raw,
         }];
         let setup = attach_pci(&mut pio, &mut mmio, test_params(&disks, true)).unwrap();
         assert_eq!(
@@ -522,6 +567,7 @@ mod tests {
         let disks = [DiskSpec {
             path: "/nonexistent/disk.img".into(),
             read_only: false,
+            format: DiskFormat::Raw,
         }];
         let err = attach_pci(
             &mut pio,

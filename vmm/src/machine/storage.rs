@@ -28,6 +28,7 @@ use kvm_ioctls::VmFd;
 
 use super::pci::{DiskSpec, PciSetup};
 use super::{Machine, MachineError};
+use crate::backends::qcow2::open_disk;
 use hospes_core::error_chain;
 use hospes_devices::ahci::{Ahci, Drive, TrayState};
 use hospes_devices::bus::lock;
@@ -53,6 +54,8 @@ pub enum StorageError {
     Ahci(#[from] hospes_devices::ahci::AhciError),
     #[error("cannot put the SATA controller on PCI")]
     Pci(#[from] hospes_devices::pci::PciError),
+    #[error(transparent)]
+    Image(#[from] crate::backends::qcow2::DiskOpenError),
     #[error("{0} SATA drives do not fit the controller's 6 ports")]
     TooManyDrives(usize),
     #[error("cannot open the CD image {path}")]
@@ -181,11 +184,15 @@ pub fn attach_ahci(
     let mut ahci = Ahci::new(mem.clone(), intx.clone())?;
     let mut disk_ports = Vec::new();
     for (port, d) in disks.iter().enumerate() {
-        let file = open(&d.path, d.read_only)?;
-        ahci.attach(
-            port,
-            Drive::disk(file, d.read_only, &format!("HOSPES-SATA{port}")),
-        )?;
+        let serial = format!("HOSPES-SATA{port}");
+        let drive = match open_disk(&d.path, d.format, d.read_only)? {
+            Some(image) => {
+                pci.images.push(image.clone());
+                Drive::disk_image(image, d.read_only, &serial)
+            }
+            None => Drive::disk(open(&d.path, d.read_only)?, d.read_only, &serial),
+        };
+        ahci.attach(port, drive)?;
         disk_ports.push(port);
     }
     let cdrom_port = match cdrom {
@@ -241,6 +248,7 @@ pub fn attach_for_firmware(
     let intx = Arc::new(PciIntx::new(machine.vm_fd.clone(), q35.lpc.clone()));
     let fw_cfg = q35.fw_cfg.clone();
     let mem = machine.guest_memory.clone();
+    let images_before = pci.images.len();
     let ahci = match cdrom {
         Some(tray) => {
             tray.load_for_boot(|disc| attach_ahci(pci, &mem, intx, sata, Some(disc), extra_cds))
@@ -248,6 +256,7 @@ pub fn attach_for_firmware(
         None => attach_ahci(pci, &mem, intx, sata, None, extra_cds),
     }
     .map_err(|e| MachineError::Setup(error_chain(&e)))?;
+    super::pci::flush_at_boot_end(machine, &pci.images[images_before..]);
     if let Some(tray) = cdrom {
         let tray = tray.clone();
         machine.on_boot_end(move || tray.end_boot());

@@ -339,6 +339,7 @@ mod tests {
             let disks = [DiskSpec {
                 path: img.path().to_owned(),
                 read_only: false,
+                format: hospes_core::config::DiskFormat::Raw,
             }];
             let setup = attach_pci(
                 &mut pio,

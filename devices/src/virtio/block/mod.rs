@@ -12,6 +12,9 @@ pub mod request;
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::disk_image::{DiskImage, RawImage};
 
 use super::worker::Worker;
 use super::{
@@ -108,8 +111,15 @@ impl Block {
         Ok(Self::from_file(file, len / SECTOR_SIZE, read_only, id))
     }
 
-    /// A device over an open file of `sectors` sectors.
+    /// A device over an open raw file of `sectors` sectors.
     pub fn from_file(file: File, sectors: u64, read_only: bool, id: &str) -> Self {
+        let image = RawImage::with_size(file, sectors * SECTOR_SIZE);
+        Self::from_image(Arc::new(image), read_only, id)
+    }
+
+    /// A device over `image` (any format), its size rounded down to whole sectors.
+    pub fn from_image(image: Arc<dyn DiskImage>, read_only: bool, id: &str) -> Self {
+        let sectors = image.size() / SECTOR_SIZE;
         let mut serial = [0u8; 20];
         let n = id.len().min(serial.len());
         serial[..n].copy_from_slice(&id.as_bytes()[..n]);
@@ -125,7 +135,7 @@ impl Block {
         put(52, &MAX_DISCARD_SEG.to_le_bytes());
         put(56, &[1]);
         Self {
-            disk: Disk::new(file, sectors, read_only, serial),
+            disk: Disk::new(image, sectors, read_only, serial),
             config,
             worker: None,
         }
@@ -383,6 +393,82 @@ mod tests {
         assert_eq!(segment_request(&mut d, T_DISCARD, 16, 8), S_OK);
         assert_eq!(f.as_file().metadata().unwrap().len(), SECTORS * 512);
         assert_eq!(segment_request(&mut d, T_DISCARD, SECTORS - 1, 2), S_IOERR);
+    }
+
+    /// An image that is not a plain file to the device (no [`DiskImage::raw_file`]): the
+    /// requests take the per-buffer path that qcow2 images take. Counts flushes.
+    #[derive(Debug)]
+    struct Opaque {
+        raw: RawImage,
+        flushes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl DiskImage for Opaque {
+        fn size(&self) -> u64 {
+            self.raw.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.raw.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.raw.write_at(buf, offset)
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.raw.flush()
+        }
+    }
+
+    #[test]
+    fn an_image_that_is_not_a_file_serves_reads_writes_flushes_and_zeroes() {
+        let f = image();
+        let opaque = Arc::new(Opaque {
+            raw: RawImage::new(f.reopen().unwrap()).unwrap(),
+            flushes: Default::default(),
+        });
+        let blk = Block::from_image(opaque.clone(), false, "serial-123");
+        let mut d = MockDriver::started(Box::new(blk), 16);
+        let mut b = [0u8; 8];
+        d.read(crate::virtio::pci::DEVICE_OFFSET, &mut b);
+        assert_eq!(u64::from_le_bytes(b), SECTORS);
+        // A read split over two descriptors.
+        header(&d, T_IN, 10);
+        let (_, used) = d.submit(&[
+            (HDR, 16, false),
+            (BUF, 512, true),
+            (BUF + 0x4000, 1024, true),
+            (STATUS, 1, true),
+        ]);
+        assert_eq!((used, status(&d)), (1537, S_OK));
+        let mut got = vec![0u8; 1024];
+        d.mem
+            .read_slice(&mut got, GuestAddress(BUF + 0x4000))
+            .unwrap();
+        assert_eq!(&got[..512], &[11u8; 512][..]);
+        assert_eq!(&got[512..], &[12u8; 512][..]);
+        assert_eq!(d.mem.read_obj::<u8>(GuestAddress(BUF)).unwrap(), 10);
+        // A write lands in the image.
+        d.mem.write_slice(&[0x5a; 1024], GuestAddress(BUF)).unwrap();
+        assert_eq!(rw(&mut d, T_OUT, 7, 1024), (1, S_OK));
+        assert_eq!(sector_of_file(&f, 7), vec![0x5a; 512]);
+        assert_eq!(sector_of_file(&f, 8), vec![0x5a; 512]);
+        assert_eq!(sector_of_file(&f, 9), vec![9; 512]);
+        // Flush reaches the image.
+        header(&d, T_FLUSH, 0);
+        let (_, used) = d.submit(&[(HDR, 16, false), (STATUS, 1, true)]);
+        assert_eq!((used, status(&d)), (1, S_OK));
+        assert_eq!(opaque.flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Write-zeroes goes through the image; discard is a hint it may ignore.
+        assert_eq!(segment_request(&mut d, T_WRITE_ZEROES, 2, 2), S_OK);
+        assert_eq!(sector_of_file(&f, 2), vec![0; 512]);
+        assert_eq!(sector_of_file(&f, 3), vec![0; 512]);
+        assert_eq!(sector_of_file(&f, 4), vec![4; 512]);
+        assert_eq!(segment_request(&mut d, T_DISCARD, 16, 8), S_OK);
+        assert_eq!(sector_of_file(&f, 16), vec![16; 512]);
+        // Past the end: an error for that request, and the device goes on.
+        assert_eq!(rw(&mut d, T_IN, SECTORS, 512).1, S_IOERR);
+        assert_eq!(rw(&mut d, T_IN, SECTORS - 1, 512), (513, S_OK));
     }
 
     #[test]

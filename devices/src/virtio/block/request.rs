@@ -23,6 +23,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use super::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
+use crate::disk_image::DiskImage;
 use crate::virtio::worker::{MAX_POLL, drain_heads_polling};
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 
@@ -108,18 +109,22 @@ fn for_ranges(
     }
 }
 
-/// The disk side: the file and what the device offers.
+/// The disk side: the image and what the device offers.
 pub struct Disk {
-    file: File,
+    /// The image; when it is raw ([`DiskImage::raw_file`]), data moves with
+    /// `preadv`/`pwritev` straight between its file and guest memory, and discards become
+    /// `fallocate`.
+    image: Arc<dyn DiskImage>,
     sectors: u64,
     read_only: bool,
     id: [u8; 20],
 }
 
 impl Disk {
-    pub fn new(file: File, sectors: u64, read_only: bool, id: [u8; 20]) -> Self {
+    /// A disk over `image`, of `sectors` sectors.
+    pub fn new(image: Arc<dyn DiskImage>, sectors: u64, read_only: bool, id: [u8; 20]) -> Self {
         Self {
-            file,
+            image,
             sectors,
             read_only,
             id,
@@ -132,7 +137,7 @@ impl Disk {
 
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
-            file: self.file.try_clone()?,
+            image: self.image.clone(),
             ..*self
         })
     }
@@ -148,29 +153,17 @@ impl Disk {
         Ok(start)
     }
 
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         };
-        // SAFETY: fallocate only reads its integer arguments; the fd is owned by `self.file`.
-        let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
+        // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file`.
+        let ret = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
         if ret == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
         }
-    }
-
-    fn write_zeroes_slow(&self, mut offset: u64, mut len: u64) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        static ZEROES: [u8; 4096] = [0; 4096];
-        while len > 0 {
-            let n = len.min(ZEROES.len() as u64) as usize;
-            self.file.write_all_at(&ZEROES[..n], offset)?;
-            offset += n as u64;
-            len -= n as u64;
-        }
-        Ok(())
     }
 }
 
@@ -181,6 +174,8 @@ struct Scratch {
     writable: Vec<Seg>,
     iovecs: Vec<libc::iovec>,
     view: HostView,
+    /// Bounce buffer for images that are not plain files.
+    bounce: Vec<u8>,
 }
 
 // SAFETY: the raw pointers in `iovecs` and `view` point into the guest memory held by the
@@ -492,7 +487,7 @@ fn execute(
         T_IN => {
             let offset = data_range(disk, sector, data_w)?;
             build_iovecs(mem, &mut s.view, &s.writable, 0, data_w, &mut s.iovecs)?;
-            transfer(disk, &mut s.iovecs, offset, false)?;
+            transfer(disk, &mut s.iovecs, &mut s.bounce, offset, false)?;
             Ok(data_w)
         }
         T_OUT => {
@@ -509,12 +504,12 @@ fn execute(
                 len,
                 &mut s.iovecs,
             )?;
-            transfer(disk, &mut s.iovecs, offset, true)?;
+            transfer(disk, &mut s.iovecs, &mut s.bounce, offset, true)?;
             Ok(0)
         }
         T_FLUSH => {
             if !disk.read_only {
-                disk.file.sync_data().map_err(RequestError::Io)?;
+                disk.image.flush().map_err(RequestError::Io)?;
             }
             Ok(0)
         }
@@ -567,18 +562,26 @@ fn data_range(disk: &Disk, sector: u64, len: u64) -> Result<u64, RequestError> {
 }
 
 fn discard_or_zero(disk: &Disk, discard: bool, offset: u64, len: u64) -> Result<(), RequestError> {
+    let Some(file) = disk.image.raw_file() else {
+        let done = if discard {
+            disk.image.discard(offset, len)
+        } else {
+            disk.image.write_zeroes(offset, len)
+        };
+        return done.map_err(RequestError::Io);
+    };
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     if discard {
         // Discard is a hint: a file system without hole punching just keeps the data.
-        return match disk.fallocate(punch, offset, len) {
+        return match Disk::fallocate(file, punch, offset, len) {
             Err(e) if e.raw_os_error() != Some(libc::EOPNOTSUPP) => Err(RequestError::Io(e)),
             _ => Ok(()),
         };
     }
     let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-    disk.fallocate(zero, offset, len)
-        .or_else(|_| disk.fallocate(punch, offset, len))
-        .or_else(|_| disk.write_zeroes_slow(offset, len))
+    Disk::fallocate(file, zero, offset, len)
+        .or_else(|_| Disk::fallocate(file, punch, offset, len))
+        .or_else(|_| disk.image.write_zeroes(offset, len))
         .map_err(RequestError::Io)
 }
 
@@ -620,11 +623,15 @@ fn build_iovecs(
 fn transfer(
     disk: &Disk,
     iovecs: &mut [libc::iovec],
+    bounce: &mut Vec<u8>,
     mut offset: u64,
     write: bool,
 ) -> Result<(), RequestError> {
+    let Some(file) = disk.image.raw_file() else {
+        return transfer_image(&*disk.image, iovecs, bounce, offset, write);
+    };
     let mut iov = iovecs;
-    let fd = disk.file.as_raw_fd();
+    let fd = file.as_raw_fd();
     while !iov.is_empty() {
         let count = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
         let off = libc::off_t::try_from(offset).map_err(|_| RequestError::OutOfRange)?;
@@ -661,6 +668,40 @@ fn transfer(
             done -= first.iov_len;
             iov = &mut iov[1..];
         }
+    }
+    Ok(())
+}
+
+/// [`transfer`] for an image that is not a plain file: each guest buffer is copied
+/// through `bounce` (the image's code never holds a reference into guest memory, which
+/// the guest may change at any time).
+fn transfer_image(
+    image: &dyn DiskImage,
+    iovecs: &[libc::iovec],
+    bounce: &mut Vec<u8>,
+    mut offset: u64,
+    write: bool,
+) -> Result<(), RequestError> {
+    for v in iovecs {
+        let len = v.iov_len;
+        if bounce.len() < len {
+            bounce.resize(len, 0);
+        }
+        let buf = &mut bounce[..len];
+        if write {
+            // SAFETY: the iovec points at `len` bytes of guest memory that `build_iovecs`
+            // checked and the handler keeps mapped; `buf` is a distinct host buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), buf.as_mut_ptr(), len)
+            };
+            image.write_at(buf, offset).map_err(RequestError::Io)?;
+        } else {
+            image.read_at(buf, offset).map_err(RequestError::Io)?;
+            // SAFETY: as above; the destination is those `len` guest bytes, which no Rust
+            // reference aliases.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), v.iov_base.cast::<u8>(), len) };
+        }
+        offset += len as u64;
     }
     Ok(())
 }
