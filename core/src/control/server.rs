@@ -360,6 +360,49 @@ impl Shared {
     }
 }
 
+/// One client's protocol state as its reader thread keeps it (the [`Framer`] and the
+/// session), fed without a socket or threads: for the fuzz target. Bytes go through the same
+/// framing, dispatch and after-reply actions as in the reader thread; descriptors are not
+/// passed.
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug, Default)]
+pub struct ClientState {
+    framer: Framer,
+    session: Session,
+    texts: Vec<Vec<u8>>,
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl ClientState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes read from the client; returns the encoded replies. An error is what
+    /// makes the server send one error reply and close the connection.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        vm: &dyn VmControl,
+    ) -> Result<Vec<Vec<u8>>, protocol::ProtocolError> {
+        self.framer.push(data, &mut self.texts)?;
+        let mut replies = Vec::new();
+        for text in self.texts.drain(..) {
+            let handled = self.session.handle(&text, vm);
+            replies.push(protocol::encode(&handled.reply));
+            if let Some(action) = handled.after_reply {
+                action(vm);
+            }
+        }
+        Ok(replies)
+    }
+
+    /// True once `qmp_capabilities` succeeded.
+    pub fn negotiated(&self) -> bool {
+        self.session.negotiated()
+    }
+}
+
 fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>) {
     while let Ok(msg) = rx.recv() {
         match msg {

@@ -51,6 +51,19 @@ pub fn spawn(
     slot: Arc<ConnectionSlot>,
     counters: Arc<NetCounters>,
 ) -> Result<DeviceThread, VirtioError> {
+    let (mut h, rx_event, tx_event) = handler(a, slot, counters)?;
+    let thread = DeviceThread::spawn("hospes-net", move |stop| {
+        h.run(&[stop, rx_event, tx_event]);
+    })?;
+    Ok(thread)
+}
+
+/// The worker's state for activation `a`, with the receive and transmit kicks.
+fn handler(
+    a: Activation,
+    slot: Arc<ConnectionSlot>,
+    counters: Arc<NetCounters>,
+) -> Result<(Handler, EventFd, EventFd), VirtioError> {
     let got = a.queues.len();
     let mut queues = a.queues.into_iter();
     let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
@@ -59,7 +72,7 @@ pub fn spawn(
     if usize::from(rx.index) != RX_QUEUE || usize::from(tx.index) != TX_QUEUE {
         return Err(VirtioError::QueueCount { got, want: 2 });
     }
-    let mut h = Handler {
+    let h = Handler {
         mem: a.mem,
         interrupt: a.interrupt,
         rx: rx.queue,
@@ -72,11 +85,34 @@ pub fn spawn(
         counters,
         rx_blocked: false,
     };
-    let (rx_event, tx_event) = (rx.event, tx.event);
-    let thread = DeviceThread::spawn("hospes-net", move |stop| {
-        h.run(&[stop, rx_event, tx_event]);
-    })?;
-    Ok(thread)
+    Ok((h, rx.event, tx.event))
+}
+
+/// The worker without its thread, for the fuzz target: each [`SteppedWorker::service`] is
+/// one pass of the worker's loop (transmit, receive, link state), on the caller's thread.
+#[cfg(any(test, feature = "test-support"))]
+pub struct SteppedWorker(Handler);
+
+#[cfg(any(test, feature = "test-support"))]
+impl SteppedWorker {
+    /// The worker for activation `a`, holding the connection waiting in `slot` (if any).
+    pub fn new(
+        a: Activation,
+        slot: Arc<ConnectionSlot>,
+        counters: Arc<NetCounters>,
+    ) -> Result<Self, VirtioError> {
+        let (mut h, _, _) = handler(a, slot, counters)?;
+        h.conn = h.slot.take();
+        Ok(Self(h))
+    }
+
+    /// One pass; `rx_kick` as when the guest kicked the receive queue (new buffers).
+    pub fn service(&mut self, rx_kick: bool) {
+        if rx_kick {
+            self.0.rx_blocked = false;
+        }
+        self.0.service();
+    }
 }
 
 struct Handler {
@@ -179,6 +215,8 @@ impl Handler {
 
     fn transmit(&mut self) {
         let mut used_any = false;
+        // The avail index moved after the ring looked empty: look once more.
+        let mut looked_again = false;
         loop {
             if self.conn.as_ref().is_some_and(|c| c.writer.is_full()) {
                 // Make room; chains left in the ring wait for POLLOUT (no kick comes).
@@ -193,7 +231,17 @@ impl Handler {
             }
             let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) else {
                 match self.tx.enable_notification(&self.mem) {
-                    Ok(true) => continue,
+                    // A chain published just before notifications came back on.
+                    Ok(true) if !looked_again => {
+                        looked_again = true;
+                        continue;
+                    }
+                    Ok(true) => {
+                        // Still nothing to take although the index moved: it is more than a
+                        // ring ahead. Wait for the driver's next kick instead of spinning.
+                        crate::guest_warn!("net: transmit avail index is more than a ring ahead");
+                        break;
+                    }
                     Ok(false) => break,
                     Err(_) => {
                         crate::guest_warn!("net: transmit ring is not in guest memory");
@@ -201,6 +249,7 @@ impl Handler {
                     }
                 }
             };
+            looked_again = false;
             let head = chain.head_index();
             match send_chain(&self.mem, self.conn.as_mut(), self.host_csum, chain) {
                 Ok(Some(len)) => {

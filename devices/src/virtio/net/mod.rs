@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use backend::{Connection, ConnectionSlot};
+#[cfg(any(test, feature = "test-support"))]
+pub use handler::SteppedWorker;
 
 use super::{Activation, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError};
 use hospes_core::config::MacAddress;

@@ -368,3 +368,51 @@ fn activation_with_one_queue_is_refused() {
         .err();
     assert!(matches!(err, Some(VirtioError::QueueCount { got: 1, .. })));
 }
+
+#[test]
+fn a_transmit_avail_index_far_ahead_does_not_stall_the_worker() {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let slot = Arc::new(ConnectionSlot::new().unwrap());
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    slot.put(Connection::new(ours, 1).unwrap());
+    let (_rx, rxq) = Ring::new(&mem, RX_RINGS);
+    let (_tx, txq) = Ring::new(&mem, TX_RINGS);
+    // The driver claims 0x35 chains in a 16-entry ring: virtio-queue refuses to pop any,
+    // while the index still differs from the device's position.
+    mem.write_obj(0x35u16, GuestAddress(TX_RINGS + 0x802))
+        .unwrap();
+    let mut worker = SteppedWorker::new(
+        Activation {
+            mem: mem.clone(),
+            interrupt: Arc::new(Irq::default()),
+            queues: vec![
+                ActiveQueue {
+                    index: 0,
+                    queue: rxq,
+                    event: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+                },
+                ActiveQueue {
+                    index: 1,
+                    queue: txq,
+                    event: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+                },
+            ],
+            acked_features: ALL,
+        },
+        slot,
+        Arc::default(),
+    )
+    .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    // On its own thread: a worker that spins never returns, and the test must still end.
+    std::thread::spawn(move || {
+        worker.service(true);
+        let _ = done.send(());
+    });
+    assert!(
+        finished.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the worker spins on an avail index more than a ring ahead"
+    );
+    let used_idx: u16 = mem.read_obj(GuestAddress(TX_RINGS + 0x1002)).unwrap();
+    assert_eq!(used_idx, 0, "nothing was taken from the broken ring");
+}
