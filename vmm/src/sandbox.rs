@@ -319,9 +319,17 @@ const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_dup2, "dup2"),
     (libc::SYS_dup3, "dup3"),
     (libc::SYS_pipe2, "pipe2"),
-    // OVMF_VARS.fd made atomically (link), the serial socket replaced, the temporary TPM
-    // folder removed.
+    // OVMF_VARS.fd made atomically (a copy renamed or linked into place), the serial
+    // socket replaced, the temporary TPM folder removed.
     (libc::SYS_linkat, "linkat"),
+    (libc::SYS_rename, "rename"),
+    (libc::SYS_renameat, "renameat"),
+    (libc::SYS_renameat2, "renameat2"),
+    (libc::SYS_mkdir, "mkdir"),
+    (libc::SYS_mkdirat, "mkdirat"),
+    // std::fs::copy (the VARS template).
+    (libc::SYS_copy_file_range, "copy_file_range"),
+    (libc::SYS_sendfile, "sendfile"),
     (libc::SYS_unlink, "unlink"),
     (libc::SYS_unlinkat, "unlinkat"),
     (libc::SYS_rmdir, "rmdir"),
