@@ -153,6 +153,12 @@ fn qmp_inserts_a_disc_from_an_allowed_folder_and_not_from_another() {
             .spawn()
             .expect("spawn hospes-vmm");
         let mut client = qmp_when_up(&qmp);
+        // The CD drive joins QMP just after the server starts.
+        let deadline = Instant::now() + TIMEOUT;
+        while client.query_block().map_or(true, |b| b.is_empty()) {
+            assert!(Instant::now() < deadline, "no CD drive in QMP");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let from_beside = change_cd(&mut client, &beside);
         let from_outside = change_cd(&mut client, &outside);
         let block = client.execute("query-block", None).expect("query-block");
