@@ -65,7 +65,9 @@ fn a_running_helper_is_confined_and_refuses_a_system_call_outside_its_list() {
             .filter(|c| std::fs::read_to_string(c).is_ok_and(|n| n.starts_with("vcpu")))
             .map(|c| {
                 let status = std::fs::read_to_string(c.with_file_name("status")).unwrap();
+                // The process filters (2) plus the vCPU threads' own.
                 status.lines().any(|l| l == "Seccomp:\t2")
+                    && status.lines().any(|l| l == "Seccomp_filters:\t3")
             })
             .collect::<Vec<_>>();
         child.kill().unwrap();
@@ -78,7 +80,7 @@ fn a_running_helper_is_confined_and_refuses_a_system_call_outside_its_list() {
             assert!(!vcpu_seccomp.is_empty(), "no vCPU thread found");
             assert!(
                 vcpu_seccomp.iter().all(|&f| f),
-                "a vCPU thread runs unfiltered"
+                "a vCPU thread runs without its own filter"
             );
             assert!(text.contains("sandbox: Landlock"), "{text}");
             // unshare(0) changes nothing and succeeds unconfined: the filter refused it,

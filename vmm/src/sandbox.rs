@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::machine::{MachineConfig, SerialConfig};
 use landlock::{
@@ -45,6 +46,9 @@ pub const ENV: &str = "HOSPES_SANDBOX";
 /// itself and logs the result. No client of the helper can make it call anything outside
 /// the list, so a test needs this to see the filter refuse a call in a running helper.
 pub const PROBE_ENV: &str = "HOSPES_SANDBOX_PROBE";
+
+/// Set once [`Sandbox::confine`] succeeded: vCPU threads then add [`vcpu_filter`].
+static CONFINED: AtomicBool = AtomicBool::new(false);
 
 /// Errors setting up the sandbox (the helper does not start unconfined after one).
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +215,7 @@ impl Sandbox {
         let (filter, syscalls) = filter()?;
         seccompiler::apply_filter(&no_clone3()?)?;
         seccompiler::apply_filter(&filter)?;
+        CONFINED.store(true, Ordering::SeqCst);
         let confined = Confined {
             landlock_abi,
             landlock,
@@ -356,6 +361,8 @@ const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_getuid, "getuid"),
     (libc::SYS_geteuid, "geteuid"),
     (libc::SYS_prctl, "prctl"),
+    // Only ever narrows: each vCPU thread stacks its own filter (confine_vcpu_thread).
+    (libc::SYS_seccomp, "seccomp"),
     (libc::SYS_prlimit64, "prlimit64"),
     (libc::SYS_arch_prctl, "arch_prctl"),
     (libc::SYS_exit, "exit"),
@@ -431,6 +438,54 @@ fn filter() -> Result<(BpfProgram, usize), SandboxError> {
         TargetArch::x86_64,
     )?;
     Ok((filter.try_into()?, count))
+}
+
+/// Calls a vCPU thread (and the device workers it starts) never needs: opening, making
+/// or removing files, new sockets. Guest-driven device code runs in these threads.
+const VCPU_FORBIDDEN: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept4,
+    libc::SYS_linkat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_rmdir,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_chmod,
+    libc::SYS_fchmod,
+    libc::SYS_copy_file_range,
+    libc::SYS_sendfile,
+    libc::SYS_getdents64,
+];
+
+/// The vCPU threads' own filter, stacked on the process filter: [`VCPU_FORBIDDEN`] trap.
+fn vcpu_filter() -> Result<BpfProgram, SandboxError> {
+    let rules = VCPU_FORBIDDEN.iter().map(|nr| (*nr, Vec::new())).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Trap,
+        TargetArch::x86_64,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// Narrows the calling vCPU thread's system calls further (see [`VCPU_FORBIDDEN`]) when
+/// the helper is confined; a no-op with `--sandbox off`.
+pub fn confine_vcpu_thread() {
+    if !CONFINED.load(Ordering::SeqCst) {
+        return;
+    }
+    if let Err(e) = vcpu_filter().and_then(|f| Ok(seccompiler::apply_filter(&f)?)) {
+        log::warn!("sandbox: the vCPU filter is not installed: {e}");
+    }
 }
 
 /// `clone3` fails with `ENOSYS`, so that glibc starts threads with `clone`, whose flags
@@ -579,6 +634,13 @@ mod tests {
         let (_, count) = filter().unwrap();
         assert!(count > 50, "{count}");
         no_clone3().unwrap();
+        vcpu_filter().unwrap();
+        for nr in VCPU_FORBIDDEN {
+            assert!(
+                ALLOWED.iter().any(|(a, _)| a == nr),
+                "{nr} is not allowed anyway"
+            );
+        }
         for forbidden in [
             libc::SYS_execve,
             libc::SYS_execveat,
