@@ -12,5 +12,6 @@ pub mod arch;
 pub mod backends;
 pub mod boot;
 pub mod machine;
+pub mod sandbox;
 pub mod vnc;
 pub mod vstate;

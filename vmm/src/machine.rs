@@ -570,6 +570,7 @@ impl Machine {
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    crate::sandbox::confine_vcpu_thread();
                     let _notice = PanicNotice(events.clone(), index);
                     let ev = vcpu::run(fd, index as u32, &buses, &ctl);
                     let _ = events.send(match ev {

@@ -26,6 +26,7 @@ use hospes_vmm::machine::tpm::{Tpm, TpmState};
 use hospes_vmm::machine::uefi;
 use hospes_vmm::machine::usb::Usb;
 use hospes_vmm::machine::{MachineConfig, MachineError, SerialConfig, Vmm, qmp};
+use hospes_vmm::sandbox::Sandbox;
 use hospes_vmm::vnc::VncListen;
 
 /// Runs one virtual machine on KVM.
@@ -132,6 +133,10 @@ struct Args {
     #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true,
           default_missing_value = "")]
     tpm: Option<String>,
+    /// Confine the helper once it is set up (Landlock, seccomp, no new privileges): on
+    /// (the default) or off, for debugging; HOSPES_SANDBOX=off does the same.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    sandbox: Option<bool>,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -210,6 +215,10 @@ struct Extras {
     usb_devices: Vec<hospes_core::config::UsbDevice>,
     /// The TPM's state, if the VM has one.
     tpm: Option<TpmState>,
+    /// The VM's folder (with --config): disks, OVMF_VARS.fd, tpm/.
+    vm_dir: Option<PathBuf>,
+    /// Whether the helper confines itself after set-up.
+    sandbox: bool,
 }
 
 fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
@@ -251,11 +260,14 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         usb: false,
         usb_devices: Vec::new(),
         tpm: None,
+        vm_dir: None,
+        sandbox: hospes_vmm::sandbox::enabled(args.sandbox),
     };
     if let Some(path) = &args.config {
         let vm = hospes_core::config::load(path).map_err(|e| e.to_string())?;
         // Paths in vm.ron are relative to the VM's folder.
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        extras.vm_dir = Some(dir.to_path_buf());
         let machine_uuid = vm.uuid.map_or_else(|| vm_uuid(&vm_id(path)), |u| u.0);
         match vm.boot {
             hospes_core::config::Boot::Kernel {
@@ -477,6 +489,48 @@ fn quit_on_signals(handle: hospes_vmm::machine::VmHandle, bridge: Option<Arc<qmp
     }
 }
 
+/// What the confined helper may open besides [`Sandbox::for_machine`]'s files: the VM's
+/// folder, the disks, the CD images and their folders (QMP may insert another disc from
+/// there by name), the sockets' folders, the VNC password, host USB, a temporary TPM
+/// folder. Docs: docs/sandbox.md.
+fn sandbox_for(cfg: &MachineConfig, extras: &Extras, tpm: Option<&Tpm>) -> Sandbox {
+    let mut s = Sandbox::for_machine(cfg);
+    if let Some(dir) = &extras.vm_dir {
+        s.write(dir);
+    }
+    for d in extras.disks.iter().chain(&extras.sata) {
+        match d.read_only {
+            true => s.read(&d.path),
+            false => s.write(&d.path),
+        };
+        // A qcow2 disk's backing files are opened (read-only) at every boot too.
+        if d.format == hospes_core::config::DiskFormat::Qcow2 {
+            for backing in hospes_vmm::backends::qcow2::backing_chain(&d.path) {
+                s.read(backing);
+            }
+        }
+    }
+    for cd in extras.cdrom.iter().chain(&extras.extra_cdroms) {
+        s.read_with_folder(cd);
+    }
+    if let Some(q) = &extras.qmp {
+        s.create_beside(q);
+    }
+    if let Some(VncListen::Unix(v)) = &extras.display.vnc {
+        s.create_beside(v);
+    }
+    if let Some(p) = &extras.display.vnc_password_file {
+        s.read(p);
+    }
+    if extras.usb {
+        s.usb_host();
+    }
+    if let Some(dir) = tpm.and_then(Tpm::temporary_dir) {
+        s.write(dir).remove_dir(dir);
+    }
+    s
+}
+
 /// Connects to PipeWire for the sound card; without it the VM runs with no sound card.
 fn start_sound(vm_name: &str) -> Option<Arc<PipeWire>> {
     match PipeWire::start(vm_name) {
@@ -525,6 +579,17 @@ fn main() -> ExitCode {
         .sound
         .then(|| start_sound(extras.name.as_deref().unwrap_or("vm")))
         .flatten();
+    // Peers and PipeWire run; everything started from here on (the VM, its sockets and
+    // threads) is confined.
+    if extras.sandbox
+        && let Err(e) =
+            hospes_vmm::sandbox::confine_or_log(&sandbox_for(&cfg, &extras, tpm.as_ref()))
+    {
+        eprintln!("hospes-vmm: sandbox: {}", hospes_core::error_chain(&e));
+        return ExitCode::FAILURE;
+    } else if !extras.sandbox {
+        log::info!("sandbox: off, the helper runs unconfined");
+    }
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
     let result = Vmm::new(cfg).and_then(|mut vmm| {

@@ -171,6 +171,52 @@ pub fn open_disk(
     }
 }
 
+/// Deepest backing chain [`backing_chain`] follows.
+const MAX_CHAIN: usize = 16;
+/// Longest backing file name a qcow2 header may hold.
+const MAX_BACKING_NAME: u32 = 1023;
+
+/// The files below the qcow2 image at `path`: its backing file, that one's, and so on,
+/// each resolved as the image's driver resolves it (relative to the image's folder). For
+/// the sandbox, which must let the helper open them at every boot. A file that is not
+/// qcow2 (a raw base) ends the chain; an unreadable one is left for the open to report.
+pub fn backing_chain(path: &Path) -> Vec<PathBuf> {
+    let mut chain = Vec::new();
+    let mut current = path.to_path_buf();
+    while chain.len() < MAX_CHAIN {
+        let Some(next) = backing_file(&current) else {
+            break;
+        };
+        chain.push(next.clone());
+        current = next;
+    }
+    chain
+}
+
+/// The backing file a qcow2 header names, resolved; `None` for none or not qcow2.
+fn backing_file(image: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(image).ok()?;
+    let mut header = [0u8; 20];
+    file.read_exact_at(&mut header, 0).ok()?;
+    if header[..4] != *b"QFI\xfb" {
+        return None;
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().ok()?);
+    let len = u32::from_be_bytes(header[16..20].try_into().ok()?);
+    if offset == 0 || len == 0 || len > MAX_BACKING_NAME {
+        return None;
+    }
+    let mut name = vec![0u8; len as usize];
+    file.read_exact_at(&mut name, offset).ok()?;
+    let name =
+        PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name));
+    Some(match image.parent() {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name,
+    })
+}
+
 /// Opens a raw image as a [`DiskImage`] (for tests and tools that want the trait).
 pub fn open_raw(path: &Path, read_only: bool) -> Result<RawImage, DiskOpenError> {
     let file = OpenOptions::new()
@@ -269,6 +315,25 @@ mod tests {
             .read_at(&mut buf, 0)
             .unwrap();
         assert_eq!(buf, [0x42; 512], "the backing image is never written");
+    }
+
+    #[test]
+    fn lists_the_backing_chain_the_sandbox_must_let_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let base = other.path().join("base.qcow2");
+        let mid = dir.path().join("mid.qcow2");
+        let top = dir.path().join("top.qcow2");
+        create_qcow2(&base, MIB, None).unwrap();
+        // An absolute backing name in another folder, then a relative one.
+        create_qcow2(&mid, MIB, Some(base.to_str().unwrap())).unwrap();
+        create_qcow2(&top, MIB, Some("mid.qcow2")).unwrap();
+        assert_eq!(backing_chain(&top), [mid.clone(), base.clone()]);
+        assert!(backing_chain(&base).is_empty());
+        // A raw file is no qcow2: no chain, no error.
+        let raw = dir.path().join("disk.raw");
+        std::fs::write(&raw, [0u8; 4096]).unwrap();
+        assert!(backing_chain(&raw).is_empty());
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub struct Tpm {
 }
 
 impl Tpm {
+    /// The temporary state folder of a bare `--tpm`, removed when the VM ends (the
+    /// sandbox lets the helper remove it).
+    pub fn temporary_dir(&self) -> Option<&std::path::Path> {
+        self._temp.as_ref().map(|t| t.0.as_path())
+    }
+
     /// Starts swtpm on the state `state` names.
     pub fn start(state: &TpmState) -> Result<Self, TpmError> {
         let (dir, temp) = match state {
