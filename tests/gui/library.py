@@ -286,7 +286,8 @@ def qmp_screendump_size(qmp_socket, png):
 def wait_for_guest_to_fill_screen(app, args):
     """Waits until the guest's resolution (a QMP screendump) is the size of the shown
     `args.screen`, then takes that as `args.guest_size`."""
-    png = os.path.join(os.path.dirname(os.path.abspath(args.screenshot)), "qmp-screendump.png")
+    # Next to the QMP socket: the helper's sandbox lets it write only in its own folders.
+    png = os.path.join(os.path.dirname(os.path.abspath(args.qmp)), "qmp-screendump.png")
     sizes = {}
 
     def filled():
