@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::core::Core;
 use super::rx::Rx;
 use crate::bus::lock;
-use crate::virtio::net::{Connection, ConnectionSlot};
+use crate::virtio::net::{Connection, ConnectionSlot, pollfd};
 
 /// Transmit descriptors handled per lock of the card.
 const TX_BATCH: usize = 64;
@@ -92,14 +92,7 @@ impl Worker {
                 pollfd(self.slot.ready_event().as_raw_fd(), libc::POLLIN),
             ];
             if let Some(c) = &self.conn {
-                let mut ev = 0;
-                if !self.rx_blocked {
-                    ev |= libc::POLLIN;
-                }
-                if c.writer.has_pending() {
-                    ev |= libc::POLLOUT;
-                }
-                fds.push(pollfd(c.stream.as_raw_fd(), ev));
+                fds.push(c.pollfd(self.rx_blocked));
             }
             // SAFETY: `fds` is a live array of `fds.len()` initialised pollfd structs the
             // kernel may write `revents` into during the call.
@@ -197,13 +190,5 @@ impl Worker {
                 Rx::NoRoom => self.rx_blocked = true,
             }
         }
-    }
-}
-
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
     }
 }

@@ -36,6 +36,30 @@ impl Connection {
             generation,
         })
     }
+
+    /// The poll entry for the stream: readable while the device can take a frame
+    /// (`!rx_blocked`), writable while frames wait to be sent. Shared by the network cards'
+    /// workers.
+    pub fn pollfd(&self, rx_blocked: bool) -> libc::pollfd {
+        use std::os::fd::AsRawFd;
+        let mut events = 0;
+        if !rx_blocked {
+            events |= libc::POLLIN;
+        }
+        if self.writer.has_pending() {
+            events |= libc::POLLOUT;
+        }
+        pollfd(self.stream.as_raw_fd(), events)
+    }
+}
+
+/// A poll entry for `fd` waiting for `events`.
+pub fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
 }
 
 /// Holds the current connection until the device worker takes it.

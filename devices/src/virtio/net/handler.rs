@@ -13,7 +13,7 @@ use super::csum::finish_checksum;
 use super::stream::MAX_FRAME;
 use super::{
     Connection, ConnectionSlot, F_CSUM, F_GUEST_CSUM, F_MRG_RXBUF, HDR_F_DATA_VALID,
-    HDR_F_NEEDS_CSUM, HDR_GSO_NONE, HDR_LEN, NetCounters, RX_QUEUE, TX_QUEUE,
+    HDR_F_NEEDS_CSUM, HDR_GSO_NONE, HDR_LEN, NetCounters, RX_QUEUE, TX_QUEUE, pollfd,
 };
 use crate::virtio::worker::DeviceThread;
 use crate::virtio::{Activation, GuestMemory, VirtioError, VirtioInterrupt};
@@ -144,14 +144,7 @@ impl Handler {
                 pollfd(self.slot.ready_event().as_raw_fd(), libc::POLLIN),
             ];
             if let Some(c) = &self.conn {
-                let mut ev = 0;
-                if !self.rx_blocked {
-                    ev |= libc::POLLIN;
-                }
-                if c.writer.has_pending() {
-                    ev |= libc::POLLOUT;
-                }
-                fds.push(pollfd(c.stream.as_raw_fd(), ev));
+                fds.push(c.pollfd(self.rx_blocked));
             }
             // SAFETY: `fds` is a live array of `fds.len()` initialised pollfd structs the
             // kernel may write `revents` into during the call.
@@ -359,14 +352,6 @@ fn send_chain(
         Ok::<(), TxError>(())
     })?;
     Ok(Some(len))
-}
-
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
 }
 
 /// Puts `frame` behind a virtio-net header into the receive queue: one chain, or as many

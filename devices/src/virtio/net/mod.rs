@@ -24,7 +24,7 @@ pub mod stream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-pub use backend::{Connection, ConnectionSlot};
+pub use backend::{Connection, ConnectionSlot, pollfd};
 #[cfg(any(test, feature = "test-support"))]
 pub use handler::SteppedWorker;
 
