@@ -28,6 +28,7 @@ pub mod legacy;
 pub mod logger;
 pub mod pci;
 pub mod pflash;
+pub mod state;
 pub mod tpm;
 pub mod usb;
 pub mod virtio;

@@ -39,6 +39,7 @@ use hospes_devices::legacy::port92::Port92;
 use hospes_devices::legacy::rtc::Rtc;
 use hospes_devices::legacy::serial::SerialDevice;
 use hospes_devices::legacy::{PowerEvent, PowerEvents};
+use hospes_devices::state::StateRegistry;
 
 pub mod console;
 pub mod display;
@@ -380,6 +381,9 @@ pub struct Machine {
     pub i8042: Arc<Mutex<I8042>>,
     /// The Q35 chipset of a firmware boot, for the PCI registration step.
     pub chipset: Option<firmware::Platform>,
+    /// The devices whose state a save takes (`hospes_devices::state`): each device
+    /// family adds its devices as it attaches them, or names them as not savable yet.
+    pub states: StateRegistry,
     kvm: Kvm,
     /// The loaded kernel's entry (direct kernel boot); None: firmware boot.
     boot: Option<boot::BootEntry>,
@@ -498,10 +502,24 @@ impl Machine {
         slot.block = Some(pm);
         drop(slot);
 
+        let mut states = StateRegistry::default();
+        for what in [
+            "serial port",
+            "CMOS clock",
+            "keyboard controller",
+            "power management block",
+        ] {
+            states.unsupported(what);
+        }
+        if chipset.is_some() {
+            // The MCH (PAM, SMRAM), the LPC bridge, fw_cfg, and OVMF's flashes.
+            states.unsupported("Q35 chipset and firmware devices");
+        }
         Ok(Self {
             pio_bus,
             mmio_bus: Arc::new(RwLock::new(mmio)),
             chipset,
+            states,
             vm_fd,
             guest_memory,
             config: config.clone(),

@@ -151,6 +151,9 @@ impl DisplayStack {
     /// ports), its refresh thread, and PS/2 input.
     pub fn attach(&self, machine: &mut Machine, pci: &mut PciSetup) -> Result<(), MachineError> {
         let ps2: Arc<Mutex<dyn Ps2Input>> = machine.i8042.clone();
+        if self.kind == DisplayKind::StdVga {
+            machine.states.unsupported("display adapter");
+        }
         self.input.set_ps2(Some(ps2));
         if self.kind != DisplayKind::StdVga {
             return Ok(());

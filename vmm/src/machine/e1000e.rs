@@ -28,6 +28,7 @@ pub fn attach(
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         MachineError::Setup(format!("e1000e network card: {what}: {e}"))
     };
+    machine.states.unsupported("e1000e network card");
     let router = pci
         .router
         .clone()

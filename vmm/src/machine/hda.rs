@@ -58,6 +58,7 @@ pub fn attach(
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         MachineError::Setup(format!("HD Audio: {what}: {e}"))
     };
+    machine.states.unsupported("HD Audio card");
     let router = pci
         .router
         .clone()

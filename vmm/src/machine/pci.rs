@@ -368,6 +368,10 @@ pub fn attach_pci_to_machine(
         .map_err(|e| MachineError::Setup(error_chain(&e)))?
     };
     flush_at_boot_end(machine, &setup.images);
+    machine.states.unsupported("PCI bus");
+    if !setup.devices.is_empty() {
+        machine.states.unsupported("virtio devices");
+    }
     Ok(setup)
 }
 

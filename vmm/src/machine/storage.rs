@@ -257,6 +257,9 @@ pub fn attach_for_firmware(
     }
     .map_err(|e| MachineError::Setup(error_chain(&e)))?;
     super::pci::flush_at_boot_end(machine, &pci.images[images_before..]);
+    if ahci.is_some() {
+        machine.states.unsupported("SATA (AHCI) controller");
+    }
     if let Some(tray) = cdrom {
         let tray = tray.clone();
         machine.on_boot_end(move || tray.end_boot());

@@ -77,6 +77,7 @@ impl Tpm {
 
     /// Resets the TPM for a new boot and places this boot's CRB device.
     pub fn attach(&self, machine: &mut Machine) -> Result<(), MachineError> {
+        machine.states.unsupported("TPM");
         match self.swtpm.reset() {
             Ok(()) => {}
             // Its death was logged when it happened.

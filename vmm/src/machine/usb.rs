@@ -188,6 +188,7 @@ impl Usb {
         let setup = |what: &str, e: &dyn std::fmt::Display| {
             MachineError::Setup(format!("USB controller: {what}: {e}"))
         };
+        machine.states.unsupported("xHCI USB controller");
         let router = pci
             .router
             .clone()
