@@ -19,6 +19,7 @@ pub mod keycodes;
 pub mod launch;
 pub mod library;
 pub mod runtime;
+pub mod saved_state;
 pub mod snapshots;
 pub mod usb_host;
 
