@@ -317,6 +317,30 @@ pub fn stop(runtime: &RuntimeDir, timeout: Duration) -> Result<StopOutcome, Laun
     kill(runtime)
 }
 
+/// Saves the VM to its saved-state file (`hospes-save`) and waits until the helper has
+/// exited; `progress` gets (bytes of RAM written, bytes to write). The next start resumes
+/// it. Returns the helper's report; a VM that cannot be saved (a device without saved
+/// state, no file to write) gets the helper's reason and keeps running.
+pub fn save(
+    runtime: &RuntimeDir,
+    progress: impl FnMut(u64, u64),
+) -> Result<crate::control::client::SaveReport, LaunchError> {
+    let Some(pid) = live_helper(runtime)? else {
+        return Err(LaunchError::Qmp(ClientError::Closed));
+    };
+    let mut client = QmpClient::connect_with_timeout(&runtime.qmp_socket(), SAVE_QUIET)?;
+    let report = client.save(SAVE_QUIET, progress)?;
+    if !wait_exit(pid, SAVE_QUIET) {
+        log::warn!("the helper did not exit after saving; killing it");
+        kill(runtime)?;
+    }
+    runtime.clear_runtime_files()?;
+    Ok(report)
+}
+
+/// How long a save may stay silent before its caller gives up.
+const SAVE_QUIET: Duration = Duration::from_secs(30);
+
 fn press_power_button(client: &mut QmpClient) -> Result<(), ClientError> {
     if client.query_status()?.status == RunState::Paused {
         client.cont()?;

@@ -45,6 +45,24 @@ pub fn path_in(vm_dir: &Path) -> PathBuf {
     vm_dir.join(FILE_NAME)
 }
 
+/// The saved state of the VM in `vm_dir`, if it has one: its meta, or why it cannot be
+/// read (another version, damaged).
+pub fn find(vm_dir: &Path) -> Option<Result<Meta, SaveFileError>> {
+    let path = path_in(vm_dir);
+    path.exists().then(|| read_meta(&path))
+}
+
+/// Deletes the saved state of the VM in `vm_dir` (the next start boots afresh); false
+/// when it had none.
+pub fn discard(vm_dir: &Path) -> io::Result<bool> {
+    let _ = std::fs::remove_file(partial_path(&path_in(vm_dir)));
+    match std::fs::remove_file(path_in(vm_dir)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Errors writing or reading a saved state.
 #[derive(Debug, thiserror::Error)]
 pub enum SaveFileError {
@@ -355,10 +373,12 @@ impl SavedFile {
                 });
             };
             for piece in slice.chunks_mut(RAM_CHUNK) {
-                self.file.read_exact(piece).map_err(|source| SaveFileError::Read {
-                    path: self.path.clone(),
-                    source,
-                })?;
+                self.file
+                    .read_exact(piece)
+                    .map_err(|source| SaveFileError::Read {
+                        path: self.path.clone(),
+                        source,
+                    })?;
                 crc.update(piece);
                 done += piece.len() as u64;
                 progress(done, total);
@@ -521,7 +541,10 @@ mod tests {
         let (path, ram) = sample(dir.path());
         assert!(!partial_path(&path).exists());
         let meta = read_meta(&path).unwrap();
-        assert_eq!((meta.memory, meta.cpus, meta.ram_stored), (1 << 30, 2, 8192));
+        assert_eq!(
+            (meta.memory, meta.cpus, meta.ram_stored),
+            (1 << 30, 2, 8192)
+        );
         let saved = open(&path).unwrap();
         assert_eq!(saved.section("serial"), Some(&[1u8, 2, 3][..]));
         assert_eq!(saved.runs, vec![(0x1000, 4096), (0x10_0000, 4096)]);

@@ -60,6 +60,17 @@ pub enum ClientError {
     Command(QmpError),
 }
 
+/// What a finished save reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveReport {
+    /// The saved-state file.
+    pub file: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// Milliseconds from the command to the file in place.
+    pub ms: u64,
+}
+
 /// An event received from the server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceivedEvent {
@@ -287,6 +298,36 @@ impl QmpClient {
             Ok(_) | Err(ClientError::Closed) => Ok(()),
             Err(ClientError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// `hospes-save`: saves the VM and waits until its state is written. `progress`
+    /// gets (bytes of RAM written, bytes to write) as the helper reports them; the wait
+    /// gives up when nothing arrives for `quiet` (a save reports at least every 32 MiB).
+    pub fn save(
+        &mut self,
+        quiet: Duration,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<SaveReport, ClientError> {
+        self.execute("hospes-save", None)?;
+        loop {
+            let event = self.next_event(quiet)?;
+            let num = |key: &str| event.data.get(key).and_then(Value::as_u64).unwrap_or(0);
+            match event.name.as_str() {
+                "SAVE_PROGRESS" => progress(num("done"), num("total")),
+                "SAVE_COMPLETED" => {
+                    return Ok(SaveReport {
+                        file: event.data["file"].as_str().unwrap_or_default().into(),
+                        bytes: num("bytes"),
+                        ms: num("ms"),
+                    });
+                }
+                "SAVE_FAILED" => {
+                    let error = event.data["error"].as_str().unwrap_or("unknown error");
+                    return Err(ClientError::Command(QmpError::generic(error)));
+                }
+                _ => {}
+            }
         }
     }
 

@@ -95,6 +95,7 @@ const COMMANDS: &[CommandSpec] = &[
     command!(fds "device_add", usb::DeviceAddArgs, usb::device_add),
     command!("device_del", usb::DeviceDelArgs, usb::device_del),
     command!("query-usb", NoArgs, usb::query_usb),
+    command!("hospes-save", NoArgs, save),
 ];
 
 /// Arguments of `qmp_capabilities`.
@@ -150,6 +151,10 @@ fn system_powerdown(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
 
 fn system_reset(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
     vm_result(vm.reset())
+}
+
+fn save(vm: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {
+    vm_result(vm.save())
 }
 
 fn empty_reply(_: &dyn VmControl, _: NoArgs) -> Result<Value, QmpError> {

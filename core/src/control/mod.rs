@@ -161,6 +161,13 @@ pub enum Event {
         /// Its id.
         device: String,
     },
+    /// A save (`hospes-save`) wrote `done` of `total` bytes of guest RAM.
+    SaveProgress { done: u64, total: u64 },
+    /// A save finished: the state is in `file` (`bytes` long, `ms` milliseconds from the
+    /// command to the file in place); the helper quits next.
+    SaveCompleted { file: String, bytes: u64, ms: u64 },
+    /// A save failed after it began; `error` says why.
+    SaveFailed { error: String },
 }
 
 impl Event {
@@ -173,6 +180,9 @@ impl Event {
             Self::Resume => "RESUME",
             Self::Powerdown => "POWERDOWN",
             Self::DeviceDeleted { .. } => "DEVICE_DELETED",
+            Self::SaveProgress { .. } => "SAVE_PROGRESS",
+            Self::SaveCompleted { .. } => "SAVE_COMPLETED",
+            Self::SaveFailed { .. } => "SAVE_FAILED",
         }
     }
 
@@ -186,6 +196,11 @@ impl Event {
             Self::DeviceDeleted { device } => {
                 Some(json!({ "device": device, "path": format!("/machine/peripheral/{device}") }))
             }
+            Self::SaveProgress { done, total } => Some(json!({ "done": done, "total": total })),
+            Self::SaveCompleted { file, bytes, ms } => {
+                Some(json!({ "file": file, "bytes": bytes, "ms": ms }))
+            }
+            Self::SaveFailed { error } => Some(json!({ "error": error })),
             Self::Stop | Self::Resume | Self::Powerdown => None,
         }
     }
@@ -255,6 +270,13 @@ pub trait VmControl: Send + Sync + 'static {
     /// The USB devices plugged into the VM (`query-usb`).
     fn query_usb(&self) -> Vec<usb::UsbInfo> {
         Vec::new()
+    }
+    /// Saves the VM to its saved-state file and quits (`hospes-save`): checks that it
+    /// can (every device can be saved, there is a file to write) and returns; the save
+    /// itself reports [`Event::SaveProgress`], then [`Event::SaveCompleted`] (and the
+    /// helper exits) or [`Event::SaveFailed`].
+    fn save(&self) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported)
     }
 }
 
