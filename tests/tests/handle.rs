@@ -27,6 +27,7 @@ fn powerbutton_vmm(cpus: u32, no_reboot: bool) -> (hospes_tests::Guest, std::pat
         hyperv: false,
         rtc_local: false,
         tpm: false,
+        save_file: None,
     };
     let vmm = Vmm::new(cfg).unwrap();
     (g, console, vmm)

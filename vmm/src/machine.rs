@@ -30,7 +30,7 @@ use crate::arch::x86_64::{acpi, layout, regs};
 use crate::boot::{self, BootInputs};
 use crate::vstate::vcpu::{self, ExitBuses, RunControl, VcpuEvent, VcpuStart};
 use crate::vstate::vm::{EventFdIrq, KvmIrqLine};
-use crate::vstate::{hyperv, memory, vm};
+use crate::vstate::{hyperv, memory, save as kvm_save, vm};
 use hospes_devices::bus::{Bus, BusError, lock};
 use hospes_devices::legacy::debug_port::DebugPort;
 use hospes_devices::legacy::i8042::I8042;
@@ -48,6 +48,7 @@ pub mod firmware;
 pub mod hda;
 pub mod pci;
 pub mod qmp;
+pub mod save;
 pub mod storage;
 pub mod tpm;
 pub mod uefi;
@@ -105,6 +106,8 @@ pub enum MachineError {
     Guest(String),
     #[error("device setup failed: {0}")]
     Setup(String),
+    #[error(transparent)]
+    Save(#[from] save::SaveError),
 }
 
 /// Where COM1 goes.
@@ -140,6 +143,9 @@ pub struct MachineConfig {
     pub rtc_local: bool,
     /// The machine has a TPM: the ACPI tables describe it (`machine::tpm` places it).
     pub tpm: bool,
+    /// Where QMP `hospes-save` writes the VM's state (the VM folder's saved state for a
+    /// VM started from its vm.ron); None: this VM cannot be saved.
+    pub save_file: Option<PathBuf>,
 }
 
 /// The host's offset from UTC now, in seconds (east positive), from its time zone.
@@ -188,6 +194,10 @@ pub enum MachineEvent {
     PowerOff,
     Quit,
     Error(String),
+    /// Save the machine's state and end (`hospes-save`).
+    Save(save::SaveRequest),
+    /// The machine's state was saved.
+    Saved,
 }
 
 /// How a run of [`Vmm::run`] ended.
@@ -199,6 +209,8 @@ pub enum Exit {
     Reset,
     /// [`VmHandle::quit`].
     Quit,
+    /// The VM was saved to its saved-state file ([`VmHandle::save`]).
+    Saved,
 }
 
 /// Device power requests forwarded into the machine's event channel.
@@ -260,6 +272,8 @@ pub enum HandleError {
     NotRunning,
     #[error("the vCPUs did not stop in time")]
     PauseTimeout,
+    #[error("{0}")]
+    CannotSave(String),
 }
 
 struct HandleInner {
@@ -267,6 +281,8 @@ struct HandleInner {
     events: Sender<MachineEvent>,
     pm: Mutex<PmSlot>,
     state: Mutex<RunState>,
+    /// Why the boot in progress cannot be saved (None: it can).
+    save_blocker: Mutex<Option<String>>,
 }
 
 /// The power-management block of the boot in progress, if any, and a power-button press
@@ -301,6 +317,7 @@ impl VmHandle {
                 events,
                 pm: Mutex::new(PmSlot::default()),
                 state: Mutex::new(RunState::Prelaunch),
+                save_blocker: Mutex::new(Some("the VM has not started yet".into())),
             }),
         }
     }
@@ -357,6 +374,24 @@ impl VmHandle {
         let _ = self.inner.events.send(MachineEvent::Quit);
     }
 
+    /// Saves the VM to its saved-state file and ends it (see [`save`]): refused at once
+    /// when the running machine cannot be saved (a device without saved state, no file to
+    /// write); the rest goes to `reporter`.
+    pub fn save(&self, reporter: Arc<dyn save::SaveReporter>) -> Result<(), HandleError> {
+        if !matches!(self.status(), RunState::Running | RunState::Paused) {
+            return Err(HandleError::NotRunning);
+        }
+        if let Some(why) = lock(&self.inner.save_blocker).clone() {
+            return Err(HandleError::CannotSave(why));
+        }
+        let request = save::SaveRequest {
+            reporter,
+            started: std::time::Instant::now(),
+        };
+        let _ = self.inner.events.send(MachineEvent::Save(request));
+        Ok(())
+    }
+
     fn set_state(&self, s: RunState) {
         *lock(&self.inner.state) = s;
     }
@@ -411,6 +446,7 @@ impl Machine {
         persistent: &Persistent,
         events: &Sender<MachineEvent>,
         handle: &VmHandle,
+        restoring: bool,
     ) -> Result<Self, MachineError> {
         let kvm = vm::open_kvm()?;
         let guest_memory = match config.firmware {
@@ -426,6 +462,8 @@ impl Machine {
 
         let (boot, rom) = match &config.firmware {
             Some(fw) => (None, Some(uefi::FirmwareImages::load(fw)?)),
+            // A restored machine's RAM comes from its saved state.
+            None if restoring => (None, None),
             None => (Some(load_kernel(config, &guest_memory)?), None),
         };
 
@@ -547,6 +585,7 @@ impl Machine {
         events: &Sender<MachineEvent>,
         rx: &Receiver<MachineEvent>,
         control: &Arc<RunControl>,
+        mut restore: Option<Resume>,
     ) -> Result<MachineEvent, MachineError> {
         let mut cpuid = self
             .kvm
@@ -573,6 +612,9 @@ impl Machine {
         }
         vcpu::install_kick_handler()?;
         self.setup.finish()?;
+        if let Some(r) = restore.as_mut() {
+            r.apply(&self.vm_fd, &self.states, &vcpus)?;
+        }
         if let Some(smi) = &self.smi {
             smi.attach(control.clone());
         }
@@ -588,15 +630,17 @@ impl Machine {
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    let mut fd = fd;
                     crate::sandbox::confine_vcpu_thread();
                     let _notice = PanicNotice(events.clone(), index);
-                    let ev = vcpu::run(fd, index as u32, &buses, &ctl);
+                    let ev = vcpu::run(&mut fd, index as u32, &buses, &ctl);
                     let _ = events.send(match ev {
                         Some(VcpuEvent::Reset) => MachineEvent::Reset,
                         Some(VcpuEvent::PowerOff) => MachineEvent::PowerOff,
                         Some(VcpuEvent::Error(e)) => MachineEvent::Error(e),
-                        None => return,
+                        None => return Some(fd),
                     });
+                    None
                 });
             match spawned {
                 Ok(t) => threads.push(t),
@@ -607,17 +651,106 @@ impl Machine {
             }
         }
         control.attach(threads.iter().map(|t| t.as_pthread_t()).collect());
+        if let Some(path) = restore.and_then(|r| r.consume) {
+            // Resumed: the file must not be resumed again, the disks move on from here.
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("cannot remove the resumed state {}: {e}", path.display());
+            }
+        }
         // A sender is held by this function, so recv only fails if every sender is gone.
         let event = rx.recv().unwrap_or(MachineEvent::Quit);
         control.stop();
-        for t in threads {
-            let _ = t.join();
-        }
+        let fds: Vec<_> = threads
+            .into_iter()
+            .filter_map(|t| t.join().ok().flatten())
+            .collect();
+        let event = match event {
+            MachineEvent::Save(request) => save_boot(
+                &save::Parts {
+                    kvm: &self.kvm,
+                    vm: &self.vm_fd,
+                    vcpus: &fds,
+                    memory: &self.guest_memory,
+                    config: &self.config,
+                    states: &self.states,
+                },
+                &request,
+            ),
+            other => other,
+        };
         for hook in std::mem::take(&mut self.end_hooks) {
             hook();
         }
         lock(&self.serial).flush();
         Ok(event)
+    }
+}
+
+/// Saves a stopped boot (vCPUs out of the guest for good) to the configured file,
+/// reporting to the request's reporter; the VM ends either way.
+fn save_boot(parts: &save::Parts<'_>, request: &save::SaveRequest) -> MachineEvent {
+    let Some(path) = &parts.config.save_file else {
+        request
+            .reporter
+            .failed(&save::SaveError::NoFile.to_string());
+        return MachineEvent::Error(save::SaveError::NoFile.to_string());
+    };
+    match save::save(parts, path, request.reporter.as_ref()) {
+        Ok(bytes) => {
+            let ms = request.started.elapsed().as_millis() as u64;
+            request.reporter.completed(path, bytes, ms);
+            MachineEvent::Saved
+        }
+        Err(e) => {
+            let msg = hospes_core::error_chain(&e);
+            request.reporter.failed(&msg);
+            MachineEvent::Error(format!("save failed: {msg}"))
+        }
+    }
+}
+
+/// A saved state's KVM and device parts, put into a boot before its vCPUs run (guest RAM
+/// is already back by then).
+struct Resume {
+    vm: kvm_save::VmState,
+    vcpus: Vec<kvm_save::VcpuState>,
+    devices: Vec<(String, Vec<u8>)>,
+    /// The file to delete once the vCPUs run.
+    consume: Option<PathBuf>,
+}
+
+impl Resume {
+    /// Checks `restore` against the freshly built `machine` and loads its RAM.
+    fn prepare(restore: save::Restore, machine: &Machine) -> Result<Self, MachineError> {
+        restore.check_machine(&machine.config, &machine.states)?;
+        let (vm, vcpus) = restore.kvm_state(machine.config.cpus)?;
+        let devices = restore.device_sections();
+        let consume = restore.consume.then(|| restore.path().to_path_buf());
+        restore.load_ram(&machine.guest_memory)?;
+        Ok(Self {
+            vm,
+            vcpus,
+            devices,
+            consume,
+        })
+    }
+
+    /// The irqchip, PIT and clock, then the devices in order, then the vCPUs.
+    fn apply(
+        &self,
+        vm: &VmFd,
+        states: &StateRegistry,
+        vcpus: &[kvm_ioctls::VcpuFd],
+    ) -> Result<(), MachineError> {
+        kvm_save::restore_vm(vm, &self.vm).map_err(save::SaveError::from)?;
+        states
+            .restore(&self.devices)
+            .map_err(save::SaveError::from)?;
+        for (i, (fd, state)) in vcpus.iter().zip(&self.vcpus).enumerate() {
+            kvm_save::restore_vcpu(fd, i as u32, state).map_err(save::SaveError::from)?;
+        }
+        log::info!("resumed the saved state");
+        Ok(())
     }
 }
 
@@ -653,6 +786,8 @@ pub struct Vmm {
     events: Sender<MachineEvent>,
     rx: Receiver<MachineEvent>,
     persistent: Persistent,
+    /// A saved state the first boot resumes.
+    restore: Option<save::Restore>,
     /// Restores the terminal when the VM ends.
     _terminal: Option<console::RawTerminal>,
 }
@@ -714,8 +849,14 @@ impl Vmm {
             events,
             rx,
             persistent,
+            restore: None,
             _terminal: terminal,
         })
+    }
+
+    /// Makes the first boot resume `restore` instead of starting afresh.
+    pub fn resume_from(&mut self, restore: save::Restore) {
+        self.restore = Some(restore);
     }
 
     /// The remote control for this VM.
@@ -732,16 +873,30 @@ impl Vmm {
     ) -> Result<Exit, MachineError> {
         let control = self.handle.inner.control.clone();
         let result = loop {
-            let mut machine =
-                match Machine::new(&self.config, &self.persistent, &self.events, &self.handle) {
-                    Ok(m) => m,
-                    Err(e) => break Err(e),
-                };
+            let restore = self.restore.take();
+            let mut machine = match Machine::new(
+                &self.config,
+                &self.persistent,
+                &self.events,
+                &self.handle,
+                restore.is_some(),
+            ) {
+                Ok(m) => m,
+                Err(e) => break Err(e),
+            };
             if let Err(e) = setup(&mut machine) {
                 break Err(e);
             }
+            let resume = match restore.map(|r| Resume::prepare(r, &machine)).transpose() {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
+            *lock(&self.handle.inner.save_blocker) = match &self.config.save_file {
+                None => Some(save::SaveError::NoFile.to_string()),
+                Some(_) => machine.states.check().err().map(|e| e.to_string()),
+            };
             self.handle.set_state(RunState::Running);
-            let event = match machine.run(&self.events, &self.rx, &control) {
+            let event = match machine.run(&self.events, &self.rx, &control, resume) {
                 Ok(ev) => ev,
                 Err(e) => break Err(e),
             };
@@ -750,12 +905,20 @@ impl Vmm {
             let mut quit = false;
             while let Ok(stale) = self.rx.try_recv() {
                 quit |= matches!(stale, MachineEvent::Quit);
+                if let MachineEvent::Save(request) = stale {
+                    request
+                        .reporter
+                        .failed("the VM reset or stopped before it could be saved");
+                }
             }
             lock(&self.handle.inner.pm).block = None;
             match event {
                 MachineEvent::Reset if quit => break Ok(Exit::Quit),
                 MachineEvent::PowerOff => break Ok(Exit::PowerOff),
                 MachineEvent::Quit => break Ok(Exit::Quit),
+                MachineEvent::Saved => break Ok(Exit::Saved),
+                // Machine::run answers a save itself.
+                MachineEvent::Save(_) => break Ok(Exit::Quit),
                 MachineEvent::Error(e) => break Err(MachineError::Guest(e)),
                 MachineEvent::Reset if self.config.no_reboot => break Ok(Exit::Reset),
                 MachineEvent::Reset => log::info!("guest reset: rebooting"),

@@ -234,6 +234,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         hyperv: args.hyperv,
         rtc_local: args.rtc_local,
         tpm: false,
+        save_file: None,
     };
     let mut extras = Extras {
         disks: Vec::new(),
@@ -268,6 +269,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         // Paths in vm.ron are relative to the VM's folder.
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         extras.vm_dir = Some(dir.to_path_buf());
+        cfg.save_file = Some(hospes_vmm::machine::save::default_path(dir));
         let machine_uuid = vm.uuid.map_or_else(|| vm_uuid(&vm_id(path)), |u| u.0);
         match vm.boot {
             hospes_core::config::Boot::Kernel {
@@ -592,7 +594,13 @@ fn main() -> ExitCode {
     }
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
+    let saved = cfg.save_file.clone().filter(|p| p.exists());
     let result = Vmm::new(cfg).and_then(|mut vmm| {
+        // A VM saved with hospes-save resumes where it was (the file goes once resumed).
+        if let Some(path) = &saved {
+            log::info!("resuming the saved state {}", path.display());
+            vmm.resume_from(hospes_vmm::machine::save::Restore::open(path, true)?);
+        }
         let display = match extras.display.kind {
             // USB input needs the input router even without a screen.
             DisplayKind::None if extras.display.vnc.is_none() && !extras.usb => None,

@@ -337,6 +337,8 @@ const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_sendfile, "sendfile"),
     (libc::SYS_unlink, "unlink"),
     (libc::SYS_unlinkat, "unlinkat"),
+    // A save finds the guest pages ever touched (machine::save).
+    (libc::SYS_mincore, "mincore"),
     (libc::SYS_rmdir, "rmdir"),
     (libc::SYS_chmod, "chmod"),
     (libc::SYS_fchmod, "fchmod"),

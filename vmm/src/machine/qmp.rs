@@ -23,6 +23,7 @@ use hospes_core::error_chain;
 use hospes_devices::bus::lock;
 
 use super::display::DisplayStack;
+use super::save::SaveReporter;
 use super::storage::CdTray;
 use super::usb::Usb;
 use super::{Exit, HandleError, MachineError, RunState, VmHandle};
@@ -105,6 +106,7 @@ impl QmpBridge {
             Ok(Exit::PowerOff) => (true, ShutdownReason::GuestShutdown),
             Ok(Exit::Reset) => (true, ShutdownReason::GuestReset),
             Ok(Exit::Quit) => (false, *lock(&self.quit_reason)),
+            Ok(Exit::Saved) => (false, ShutdownReason::HostQmpQuit),
             Err(_) => (false, ShutdownReason::HostError),
         };
         Event::Shutdown { guest, reason }
@@ -119,7 +121,9 @@ impl VmControl for QmpBridge {
     fn pause(&self) -> Result<(), ControlError> {
         self.handle.pause().map_err(|e| match e {
             HandleError::NotRunning => ControlError::InvalidState(self.status()),
-            HandleError::PauseTimeout => ControlError::Failed(e.to_string()),
+            HandleError::PauseTimeout | HandleError::CannotSave(_) => {
+                ControlError::Failed(e.to_string())
+            }
         })?;
         self.events.emit(Event::Stop);
         Ok(())
@@ -152,6 +156,14 @@ impl VmControl for QmpBridge {
     fn quit(&self) {
         *lock(&self.quit_reason) = ShutdownReason::HostQmpQuit;
         self.handle.quit();
+    }
+
+    fn save(&self) -> Result<(), ControlError> {
+        let reporter = Arc::new(QmpSaveReporter(self.events.clone()));
+        self.handle.save(reporter).map_err(|e| match e {
+            HandleError::NotRunning => ControlError::InvalidState(self.status()),
+            e => ControlError::Failed(e.to_string()),
+        })
     }
 
     fn screendump(&self, filename: &Path) -> Result<(), ControlError> {
@@ -200,6 +212,31 @@ impl VmControl for QmpBridge {
 }
 
 /// A running QMP server and its bridge.
+/// A save's progress as QMP events.
+struct QmpSaveReporter(EventSender);
+
+impl SaveReporter for QmpSaveReporter {
+    fn progress(&self, done: u64, total: u64) {
+        self.0.emit(Event::SaveProgress { done, total });
+    }
+
+    fn completed(&self, file: &Path, bytes: u64, ms: u64) {
+        log::info!("saved to {} ({bytes} bytes) in {ms} ms", file.display());
+        self.0.emit(Event::SaveCompleted {
+            file: file.display().to_string(),
+            bytes,
+            ms,
+        });
+    }
+
+    fn failed(&self, error: &str) {
+        log::error!("save failed: {error}");
+        self.0.emit(Event::SaveFailed {
+            error: error.to_string(),
+        });
+    }
+}
+
 pub struct Qmp {
     pub bridge: Arc<QmpBridge>,
     server: QmpServerHandle,

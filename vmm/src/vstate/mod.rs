@@ -14,6 +14,7 @@ pub mod hyperv;
 pub mod memory;
 pub mod pci_kvm;
 pub mod rom;
+pub mod save;
 pub mod shadow;
 pub mod smram;
 pub mod vcpu;

@@ -321,16 +321,26 @@ pub fn create(vm: &VmFd, index: u32) -> Result<VcpuFd, VcpuError> {
 }
 
 /// Runs a vCPU until it must stop; returns why, or None when stopped from outside.
+///
+/// Before it returns, an I/O or MMIO exit the devices have answered is completed inside
+/// KVM (one `KVM_RUN` with `immediate_exit` set: KVM finishes the instruction and returns
+/// at once), so the registers read afterwards (a save) hold the instruction's result.
 pub fn run(
-    mut vcpu: VcpuFd,
+    vcpu: &mut VcpuFd,
     index: u32,
     buses: &ExitBuses,
     control: &RunControl,
 ) -> Option<VcpuEvent> {
     let immediate_exit = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
     IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
-    let result = run_loop(&mut vcpu, index, buses, control);
+    let result = run_loop(vcpu, index, buses, control);
     IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    if result.is_none() {
+        vcpu.set_kvm_immediate_exit(1);
+        // EINTR is the expected answer; the exit it would report (none) does not matter.
+        let _ = vcpu.run();
+        vcpu.set_kvm_immediate_exit(0);
+    }
     set_initiator(Initiator::default());
     result
 }
