@@ -10,9 +10,11 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::worker::{QueueHandler, Worker, drain_queue};
+use crate::state::StateError;
+
 use super::{
-    Activation, GuestMemory, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice,
-    VirtioError, VirtioInterrupt,
+    Activation, GuestMemory, QueuePosition, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    VirtioDevice, VirtioError, VirtioInterrupt,
 };
 
 /// Virtio device id of an entropy source.
@@ -68,6 +70,36 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn state_name(&self) -> &str {
+        "virtio-rng"
+    }
+
+    fn can_save(&self) -> bool {
+        true
+    }
+
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, StateError> {
+        super::pause_worker("virtio-rng", &mut self.worker, |h: &RngHandler| {
+            vec![QueuePosition::of(h.index, &h.queue)]
+        })
+    }
+
+    /// Entropy has no state of its own.
+    fn save_device_state(&mut self) -> Result<Vec<u8>, StateError> {
+        Ok(Vec::new())
+    }
+
+    fn restore_device_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(StateError::mismatch(
+                "virtio-rng",
+                "unexpected device state",
+            ))
+        }
     }
 }
 
