@@ -503,12 +503,9 @@ impl Machine {
         drop(slot);
 
         let mut states = StateRegistry::default();
-        for what in [
-            "serial port",
-            "CMOS clock",
-            "keyboard controller",
-            "power management block",
-        ] {
+        states.add("serial", persistent.serial.clone());
+        states.add("rtc", persistent.rtc.clone());
+        for what in ["keyboard controller", "power management block"] {
             states.unsupported(what);
         }
         if chipset.is_some() {
