@@ -624,4 +624,39 @@ mod tests {
         .unwrap();
         assert!(error_chain(&err).contains("/nonexistent/disk.img"));
     }
+
+    #[test]
+    fn bus_zero_is_saved_per_function_and_a_moved_bar_comes_back_on_restore() {
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let setup = attach_pci(&mut pio, &mut mmio, test_params(&[], true)).unwrap();
+        let mut states = StateRegistry::default();
+        setup.register_states(&mut states);
+        assert_eq!(
+            states.names().collect::<Vec<_>>(),
+            ["pci/config-address", "pci/00:00.0", "pci/00:01.0"]
+        );
+        // The guest moves virtio-rng's BAR0 and leaves 0xCF8 pointing at its command
+        // register.
+        let ecam = |reg: u64| 0xe000_0000 + (1 << 15) + reg;
+        mmio.write(ecam(0x10), &0xd000_0000u32.to_le_bytes());
+        pio.write(0xcf8, &0x8000_0804u32.to_le_bytes());
+        let saved = states.save().unwrap();
+
+        let mut pio2 = Bus::new();
+        let mut mmio2 = Bus::new();
+        let fresh = attach_pci(&mut pio2, &mut mmio2, test_params(&[], true)).unwrap();
+        let mut states2 = StateRegistry::default();
+        fresh.register_states(&mut states2);
+        let mut n = [0u8; 2];
+        assert!(mmio2.read(0xc000_0012, &mut n), "the fresh boot's place");
+        states2.restore(&saved).unwrap();
+        assert!(mmio2.read(0xd000_0012, &mut n));
+        assert_eq!(u16::from_le_bytes(n), 1, "virtio-rng's queue count, at the moved BAR");
+        mmio2.read(0xc000_0012, &mut n);
+        assert_eq!(n, [0xff, 0xff]);
+        let mut cmd = [0u8; 4];
+        pio2.read(0xcfc, &mut cmd);
+        assert_eq!(cmd[0] & 0x6, 0x6, "the latch still selects 00:01.0's command register");
+    }
 }
