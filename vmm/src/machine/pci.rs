@@ -652,11 +652,19 @@ mod tests {
         assert!(mmio2.read(0xc000_0012, &mut n), "the fresh boot's place");
         states2.restore(&saved).unwrap();
         assert!(mmio2.read(0xd000_0012, &mut n));
-        assert_eq!(u16::from_le_bytes(n), 1, "virtio-rng's queue count, at the moved BAR");
+        assert_eq!(
+            u16::from_le_bytes(n),
+            1,
+            "virtio-rng's queue count, at the moved BAR"
+        );
         mmio2.read(0xc000_0012, &mut n);
         assert_eq!(n, [0xff, 0xff]);
         let mut cmd = [0u8; 4];
         pio2.read(0xcfc, &mut cmd);
-        assert_eq!(cmd[0] & 0x6, 0x6, "the latch still selects 00:01.0's command register");
+        assert_eq!(
+            cmd[0] & 0x6,
+            0x6,
+            "the latch still selects 00:01.0's command register"
+        );
     }
 }

@@ -201,4 +201,32 @@ mod tests {
         let (_, used) = d.submit(&[(DATA, 16, true)]);
         assert_eq!(used, 16);
     }
+
+    #[test]
+    fn a_restored_rng_serves_the_next_request_with_the_used_index_going_on() {
+        use crate::state::Snapshot;
+        let mut d = MockDriver::started(Box::new(Rng::new()), 16);
+        for _ in 0..3 {
+            d.submit(&[(DATA, 32, true)]);
+        }
+        d.save_and_restore(Box::new(Rng::new())).unwrap();
+        assert!(d.stays_idle());
+        let (_, used) = d.submit(&[(DATA + 0x1000, 64, true)]);
+        assert_eq!(used, 64);
+        assert_eq!(d.used_idx(), 4);
+        d.wait_interrupt();
+        assert!(
+            d.irq.fired.lock().unwrap().contains(&0),
+            "vector 0 still routed"
+        );
+
+        let state = d.dev.lock().unwrap().save_state();
+        assert!(state.is_ok());
+        let mut fresh = MockDriver::new(Box::new(Rng::new()));
+        let mut garbage = state.unwrap();
+        garbage.truncate(garbage.len() / 2);
+        assert!(fresh.dev.lock().unwrap().restore_state(&garbage).is_err());
+        fresh = fresh.start(16);
+        assert_eq!(fresh.submit(&[(DATA, 8, true)]).1, 8);
+    }
 }
