@@ -151,9 +151,6 @@ impl DisplayStack {
     /// ports), its refresh thread, and PS/2 input.
     pub fn attach(&self, machine: &mut Machine, pci: &mut PciSetup) -> Result<(), MachineError> {
         let ps2: Arc<Mutex<dyn Ps2Input>> = machine.i8042.clone();
-        if self.kind == DisplayKind::StdVga {
-            machine.states.unsupported("display adapter");
-        }
         self.input.set_ps2(Some(ps2));
         if self.kind != DisplayKind::StdVga {
             return Ok(());
@@ -184,6 +181,8 @@ impl DisplayStack {
         let legacy = vga.vga();
         let vga = Arc::new(Mutex::new(vga));
         pci.add_device(vga.clone()).map_err(setup_error)?;
+        // One adapter per machine: its name needs no slot.
+        machine.states.add("display/stdvga", vga.clone());
         let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
         pio.insert(vga.clone(), DISPI_PORT, DISPI_PORT_LEN)?;
         if machine.chipset.is_none() {
