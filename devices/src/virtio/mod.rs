@@ -117,6 +117,20 @@ impl QueuePosition {
     }
 }
 
+/// Stops a [`worker::Worker`] whose handler is an `H` for a save and reads the queue
+/// positions from the handler (`positions`); an error when there is no running worker.
+pub fn pause_worker<H: 'static>(
+    device: &str,
+    worker: &mut Option<worker::Worker>,
+    positions: impl FnOnce(&H) -> Vec<QueuePosition>,
+) -> Result<Vec<QueuePosition>, StateError> {
+    let handler = worker
+        .take()
+        .and_then(|mut w| w.stop_and_take::<H>())
+        .ok_or_else(|| StateError::device(device, "its worker was not running"))?;
+    Ok(positions(&handler))
+}
+
 /// A virtio device model, independent of transport.
 ///
 /// Saved state: the transport saves what the driver programmed (features, status, queue
