@@ -20,12 +20,12 @@
 //! framebuffer, and the 0xA0000 window then reaches the framebuffer through the 64 KiB
 //! bank of DISPI register 5 (VBE banked modes), as on QEMU.
 //!
-//! Saved state ([`Snapshot`]): the DISPI registers and index, the legacy VGA's
-//! ([`super::vga::VgaState`]), and the framebuffer's pages that are not all zero. The PCI
-//! configuration (where BAR0 sits) is the PCI layer's state; a restore maps the
-//! framebuffer slot where BAR0 decodes when it runs, and the BAR write path
-//! ([`PciDevice::write_config`]) moves it whenever the BAR moves later. The restored mode
-//! is published at once (a whole-screen damage, so VNC clients redraw without a guest
+//! Saved state ([`Snapshot`]): the PCI configuration (BARs, command), the DISPI registers
+//! and index, the legacy VGA's ([`super::vga::VgaState`]), and the framebuffer's pages
+//! that are not all zero. The machine registers the adapter wrapped in
+//! [`crate::pci::root::PciSaved`], which moves restored BARs on the bus; the restore maps
+//! the framebuffer slot where BAR0 decodes, and publishes the restored mode at once (a
+//! whole-screen damage, so VNC clients redraw without a guest
 //! write); a VGA text or graphics screen is drawn by the next refresh.
 
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ use super::{DisplayDeviceError, FbSlot};
 use crate::bus::{BusDevice, lock};
 use crate::framebuffer::fbmem::SavedPage;
 use crate::framebuffer::{Display, FbMemory, MAX_HEIGHT, MAX_WIDTH, Rect, Surface, edid};
-use crate::pci::config::{BarChange, ROM_SLOT};
+use crate::pci::config::{BarChange, PciConfigState, ROM_SLOT};
 use crate::pci::{BarKind, PciConfig, PciDevice, PciIds};
 use crate::state::{Snapshot, StateError, decode, encode};
 
@@ -409,6 +409,7 @@ impl StdVga {
 /// The adapter in saved state.
 #[derive(Serialize, Deserialize)]
 struct StdVgaState {
+    pci: PciConfigState,
     regs: [u16; NB_REGS],
     index: u16,
     line_offset: u32,
@@ -421,6 +422,7 @@ impl Snapshot for StdVga {
     fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
         // No thread of the adapter writes guest memory: the refresh thread only reads.
         let state = StdVgaState {
+            pci: self.config.save(),
             regs: self.regs,
             index: self.index,
             line_offset: self.line_offset,
@@ -437,6 +439,10 @@ impl Snapshot for StdVga {
             |what: &str, e: String| StateError::mismatch(STATE_NAME, format!("{what}: {e}"));
         crate::framebuffer::fbmem::check_pages(&s.vram, self.vram.len())
             .map_err(|e| mismatch("framebuffer", e))?;
+        Vga::check(&s.vga).map_err(|e| mismatch("VGA", e))?;
+        // The last step that can fail; it changes nothing when it does. The BAR moves it
+        // returns are the bus's (PciSaved); the framebuffer slot is mapped below.
+        self.config.restore(STATE_NAME, &s.pci)?;
         lock(&self.vga)
             .restore(&s.vga)
             .map_err(|e| mismatch("VGA", e))?;
@@ -535,7 +541,7 @@ impl BusDevice for StdVga {
 mod tests {
     use super::*;
     use crate::display::vga::testing::{MODE_3, program};
-    use crate::pci::config::{COMMAND_MEMORY, REG_COMMAND_STATUS, REG_ROM};
+    use crate::pci::config::{COMMAND_MEMORY, REG_BAR0, REG_COMMAND_STATUS, REG_ROM};
 
     #[derive(Default)]
     struct FakeSlot {
@@ -924,6 +930,8 @@ mod tests {
     fn a_restored_adapter_shows_the_same_lfb_picture_and_reads_the_same() {
         let (mut v, display, _) = vga();
         place_bars(&mut v);
+        // The guest moved the framebuffer BAR away from where the machine put it.
+        cfg32(&mut v, REG_BAR0, 0xd000_0000);
         lfb_picture(&mut v);
         let before = picture(&display);
         let png_before = crate::framebuffer::png::encode(&display.surface().unwrap()).unwrap();
@@ -935,7 +943,14 @@ mod tests {
         place_bars(&mut w);
         maps.lock().unwrap().clear();
         w.restore_state(&saved).unwrap();
-        assert_eq!(*maps.lock().unwrap(), vec![Some(0xc000_0000)]);
+        assert_eq!(*maps.lock().unwrap(), vec![Some(0xd000_0000)]);
+        for reg in 0..64 {
+            assert_eq!(
+                w.config.read_reg(reg),
+                v.config.read_reg(reg),
+                "config {reg}"
+            );
+        }
         let s = display2.surface().unwrap();
         assert_eq!(
             (s.width, s.height, s.stride, s.offset),

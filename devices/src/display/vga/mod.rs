@@ -208,6 +208,13 @@ impl Vga {
         }
     }
 
+    /// Whether `s` would [`restore`](Self::restore) (Err with the reason when not).
+    pub fn check(s: &VgaState) -> Result<(), String> {
+        Regs::restore(&s.regs)?;
+        Planes::restore(&s.planes)?;
+        Ok(())
+    }
+
     /// Takes back a [`save`](Self::save)d state (Err, and nothing changed, when it does not
     /// fit); the whole picture is drawn at the next [`refresh`](Self::refresh). Who has
     /// the display is the std-VGA's business ([`set_scanout`](Self::set_scanout)).
