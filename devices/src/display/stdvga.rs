@@ -1011,6 +1011,40 @@ mod tests {
     }
 
     #[test]
+    fn the_refresh_thread_shows_a_restored_text_screen_to_a_waiting_client() {
+        let (mut v, display, _) = vga();
+        text_mode(&mut v);
+        load_glyph(&mut v, b'A');
+        v.write(VGA_WINDOW_BASE, 0x1_8000 + 162, b"A\x1f");
+        lock(&v.vga()).refresh();
+        let before = picture(&display);
+        let saved = v.save_state().unwrap();
+
+        let (mut w, display2, _) = vga();
+        let w_vga = w.vga();
+        // The fresh adapter has drawn its blank power-on screen already.
+        lock(&w_vga).refresh();
+        assert!(!lock(&w_vga).needs_refresh());
+        let slot = w.slot();
+        super::super::refresh::spawn_with_vga(
+            display2.clone(),
+            Arc::downgrade(&slot),
+            Arc::downgrade(&w_vga),
+        )
+        .unwrap();
+        w.restore_state(&saved).unwrap();
+        // A client waits for damage, as a VNC client does; no guest write follows.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seq = 0;
+        while display2.surface().map(|_| picture(&display2)) != Some(before.clone()) {
+            assert!(std::time::Instant::now() < deadline, "never shown");
+            seq = display2
+                .wait_damage(seq, std::time::Duration::from_millis(200))
+                .seq;
+        }
+    }
+
+    #[test]
     fn a_restore_in_vga_mode_after_dispi_was_on_gives_the_display_to_the_vga() {
         let (mut v, display, _) = vga();
         lfb_picture(&mut v);
