@@ -19,15 +19,30 @@
 //! ([`super::refresh::spawn_with_vga`]); enabling DISPI takes the display back for the
 //! framebuffer, and the 0xA0000 window then reaches the framebuffer through the 64 KiB
 //! bank of DISPI register 5 (VBE banked modes), as on QEMU.
+//!
+//! Saved state ([`Snapshot`]): the PCI configuration (BARs, command), the DISPI registers
+//! and index, the legacy VGA's ([`super::vga::VgaState`]), and the framebuffer's pages
+//! that are not all zero. The machine registers the adapter wrapped in
+//! [`crate::pci::root::PciSaved`], which moves restored BARs on the bus; the restore maps
+//! the framebuffer slot where BAR0 decodes, and publishes the restored mode at once (a
+//! whole-screen damage, so VNC clients redraw without a guest
+//! write); a VGA text or graphics screen is drawn by the next refresh.
 
 use std::sync::{Arc, Mutex};
 
-use super::vga::{VGA_MONO_PORT_BASE, VGA_PORT_BASE, VGA_WINDOW_BASE, Vga};
+use serde::{Deserialize, Serialize};
+
+use super::vga::{VGA_MONO_PORT_BASE, VGA_PORT_BASE, VGA_WINDOW_BASE, Vga, VgaState};
 use super::{DisplayDeviceError, FbSlot};
 use crate::bus::{BusDevice, lock};
+use crate::framebuffer::fbmem::SavedPage;
 use crate::framebuffer::{Display, FbMemory, MAX_HEIGHT, MAX_WIDTH, Rect, Surface, edid};
-use crate::pci::config::{BarChange, ROM_SLOT};
+use crate::pci::config::{BarChange, PciConfigState, ROM_SLOT};
 use crate::pci::{BarKind, PciConfig, PciDevice, PciIds};
+use crate::state::{Snapshot, StateError, decode, encode};
+
+/// The name the adapter's saved state goes by (in errors).
+const STATE_NAME: &str = "std-vga";
 
 /// Framebuffer (BAR0) size.
 pub const VRAM_SIZE: usize = 16 << 20;
@@ -391,6 +406,65 @@ impl StdVga {
     }
 }
 
+/// The adapter in saved state.
+#[derive(Serialize, Deserialize)]
+struct StdVgaState {
+    pci: PciConfigState,
+    regs: [u16; NB_REGS],
+    index: u16,
+    line_offset: u32,
+    start: u32,
+    vga: VgaState,
+    vram: Vec<SavedPage>,
+}
+
+impl Snapshot for StdVga {
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        // No thread of the adapter writes guest memory: the refresh thread only reads.
+        let state = StdVgaState {
+            pci: self.config.save(),
+            regs: self.regs,
+            index: self.index,
+            line_offset: self.line_offset,
+            start: self.start,
+            vga: lock(&self.vga).save(),
+            vram: self.vram.save_pages(),
+        };
+        encode(STATE_NAME, &state)
+    }
+
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let s: StdVgaState = decode(STATE_NAME, bytes)?;
+        let mismatch =
+            |what: &str, e: String| StateError::mismatch(STATE_NAME, format!("{what}: {e}"));
+        crate::framebuffer::fbmem::check_pages(&s.vram, self.vram.len())
+            .map_err(|e| mismatch("framebuffer", e))?;
+        Vga::check(&s.vga).map_err(|e| mismatch("VGA", e))?;
+        // The last step that can fail; it changes nothing when it does. The BAR moves it
+        // returns are the bus's (PciSaved); the framebuffer slot is mapped below.
+        self.config.restore(STATE_NAME, &s.pci)?;
+        lock(&self.vga)
+            .restore(&s.vga)
+            .map_err(|e| mismatch("VGA", e))?;
+        self.vram
+            .restore_pages(&s.vram)
+            .map_err(|e| mismatch("framebuffer", e))?;
+        self.regs = s.regs;
+        self.index = s.index;
+        self.line_offset = s.line_offset;
+        self.start = s.start;
+        // The derived geometry again from the registers, under the same limits a guest's
+        // writes meet (a no-op for a state this adapter saved).
+        self.fixup();
+        lock(&self.slot).map(self.config.bar_mapped(0));
+        self.publish();
+        if let Some(surface) = self.display.surface() {
+            self.display.add_damage(&[surface.full()]);
+        }
+        Ok(())
+    }
+}
+
 /// The VGA port a BAR2 offset in the VGA ports block stands for.
 fn vga_port(offset: u64) -> u16 {
     (VGA_PORT_BASE + (offset - MMIO_VGA)) as u16
@@ -467,7 +541,7 @@ impl BusDevice for StdVga {
 mod tests {
     use super::*;
     use crate::display::vga::testing::{MODE_3, program};
-    use crate::pci::config::{COMMAND_MEMORY, REG_COMMAND_STATUS, REG_ROM};
+    use crate::pci::config::{COMMAND_MEMORY, REG_BAR0, REG_COMMAND_STATUS, REG_ROM};
 
     #[derive(Default)]
     struct FakeSlot {
@@ -766,6 +840,275 @@ mod tests {
         let mut d = [0x77u8; 2];
         v.read(0xc200_0000, 0, &mut d);
         assert_eq!(d, [0x77, 0x77]);
+    }
+
+    /// BAR0 and BAR2 placed and memory decoding on, as the machine's BAR assignment does.
+    fn place_bars(v: &mut StdVga) {
+        v.config.set_bar_address(0, 0xc000_0000).unwrap();
+        v.config.set_bar_address(2, 0xc100_0000).unwrap();
+        v.write_config(REG_COMMAND_STATUS, 0, &COMMAND_MEMORY.to_le_bytes());
+    }
+
+    /// The shown picture: size and every pixel's bytes.
+    fn picture(display: &Display) -> (u32, u32, Vec<u8>) {
+        let s = display.surface().expect("a surface");
+        let mut px = Vec::new();
+        s.read_rect(s.full(), &mut px);
+        (s.width, s.height, px)
+    }
+
+    /// Everything a guest can read back: the DISPI and VGA index registers first, then
+    /// every DISPI, sequencer, graphics, CRTC, attribute and DAC register, and the window.
+    fn register_reads(v: &mut StdVga) -> Vec<u16> {
+        let mut r = vec![in16(v, 0x1ce)];
+        r.extend((0..=0xa).map(|i| get(v, i)));
+        for p in [
+            0x3c0, 0x3c4, 0x3c6, 0x3c7, 0x3c8, 0x3ca, 0x3cc, 0x3ce, 0x3d4,
+        ] {
+            r.push(u16::from(vga_in(v, p)));
+        }
+        for (index, data, n) in [(0x3c4, 0x3c5, 5), (0x3ce, 0x3cf, 9), (0x3d4, 0x3d5, 0x19)] {
+            for i in 0..n {
+                vga_out(v, index, i);
+                r.push(u16::from(vga_in(v, data)));
+            }
+        }
+        for i in 0..0x15 {
+            vga_in(v, 0x3da);
+            vga_out(v, 0x3c0, i | 0x20);
+            r.push(u16::from(vga_in(v, 0x3c1)));
+        }
+        r.push(u16::from(vga_in(v, 0x3da)));
+        vga_out(v, 0x3c7, 0);
+        r.extend((0..768).map(|_| u16::from(vga_in(v, 0x3c9))));
+        let mut w = [0u8; 64];
+        v.read(VGA_WINDOW_BASE, 0x1_8000, &mut w);
+        r.extend(w.iter().map(|&b| u16::from(b)));
+        r
+    }
+
+    /// An 8x16 'A' in plane 2 for character `ch`, loaded as a VGA BIOS loads its font.
+    fn load_glyph(v: &mut StdVga, ch: u8) {
+        const GLYPH_A: [u8; 16] = [
+            0x00, 0x00, 0x10, 0x38, 0x6c, 0xc6, 0xc6, 0xfe, 0xc6, 0xc6, 0xc6, 0xc6, 0x00, 0x00,
+            0x00, 0x00,
+        ];
+        v.write(VGA_PORT_BASE, 4, &[2, 0x04]);
+        v.write(VGA_PORT_BASE, 4, &[4, 0x07]);
+        v.write(VGA_PORT_BASE, 0xe, &[4, 0x02]);
+        v.write(VGA_PORT_BASE, 0xe, &[5, 0x00]);
+        v.write(VGA_PORT_BASE, 0xe, &[6, 0x04]);
+        v.write(VGA_WINDOW_BASE, u64::from(ch) * 32, &GLYPH_A);
+        v.write(VGA_PORT_BASE, 4, &[2, 0x03]);
+        v.write(VGA_PORT_BASE, 4, &[4, 0x02]);
+        v.write(VGA_PORT_BASE, 0xe, &[4, 0x00]);
+        v.write(VGA_PORT_BASE, 0xe, &[5, 0x10]);
+        v.write(VGA_PORT_BASE, 0xe, &[6, 0x0e]);
+    }
+
+    /// An 800x600x32 mode on a 1024-pixel-wide virtual screen panned down 8 rows, a
+    /// gradient drawn through the BAR (the memory slot) and a patch through VBE bank 3.
+    fn lfb_picture(v: &mut StdVga) {
+        text_mode(v);
+        dispi(v, 1, 800);
+        dispi(v, 2, 600);
+        dispi(v, 3, 32);
+        dispi(v, 4, 0x41);
+        dispi(v, 6, 1024);
+        dispi(v, 9, 8);
+        dispi(v, 5, 3);
+        for y in 0..608u32 {
+            let row: Vec<u8> = (0..800u32)
+                .flat_map(|x| ((x * 3) ^ (y * 7) ^ 0x00a0_0000).to_le_bytes())
+                .collect();
+            v.vram.write(y as usize * 4096, &row);
+        }
+        v.write(VGA_WINDOW_BASE, 0x100, &[0x11; 256]);
+    }
+
+    #[test]
+    fn a_restored_adapter_shows_the_same_lfb_picture_and_reads_the_same() {
+        let (mut v, display, _) = vga();
+        place_bars(&mut v);
+        // The guest moved the framebuffer BAR away from where the machine put it.
+        cfg32(&mut v, REG_BAR0, 0xd000_0000);
+        lfb_picture(&mut v);
+        let before = picture(&display);
+        let png_before = crate::framebuffer::png::encode(&display.surface().unwrap()).unwrap();
+        let saved = v.save_state().unwrap();
+        // Sparse: the picture's pages, not the 16 MiB.
+        assert!(saved.len() < 4 << 20, "{} bytes saved", saved.len());
+
+        let (mut w, display2, maps) = vga();
+        place_bars(&mut w);
+        maps.lock().unwrap().clear();
+        w.restore_state(&saved).unwrap();
+        assert_eq!(*maps.lock().unwrap(), vec![Some(0xd000_0000)]);
+        for reg in 0..64 {
+            assert_eq!(
+                w.config.read_reg(reg),
+                v.config.read_reg(reg),
+                "config {reg}"
+            );
+        }
+        let s = display2.surface().unwrap();
+        assert_eq!(
+            (s.width, s.height, s.stride, s.offset),
+            (800, 600, 4096, 8 * 4096)
+        );
+        assert_eq!(picture(&display2), before);
+        assert_eq!(
+            crate::framebuffer::png::encode(&s).unwrap(),
+            png_before,
+            "the same PNG"
+        );
+        // The whole screen is damage for clients already connected.
+        assert_eq!(display2.damage_since(0).rects, vec![s.full()]);
+        assert_eq!(register_reads(&mut v), register_reads(&mut w));
+
+        // The next guest accesses behave the same: the bank window, a pan.
+        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+        v.read(VGA_WINDOW_BASE, 0xfc, &mut a);
+        w.read(VGA_WINDOW_BASE, 0xfc, &mut b);
+        assert_eq!(a, b);
+        // Bank 3 + 0xfc: row 48, pixel 63 of the gradient, then the patch.
+        assert_eq!(b, [0xed, 0x01, 0xa0, 0x00, 0x11, 0x11, 0x11, 0x11]);
+        dispi(&mut v, 9, 2);
+        dispi(&mut w, 9, 2);
+        assert_eq!(picture(&display), picture(&display2));
+    }
+
+    #[test]
+    fn a_restored_text_screen_is_drawn_the_same() {
+        let (mut v, display, _) = vga();
+        text_mode(&mut v);
+        load_glyph(&mut v, b'A');
+        // "AA" white on blue at row 1, a grey-on-black 'A' at the end of the last row, the
+        // cursor at row 24, column 3.
+        v.write(VGA_WINDOW_BASE, 0x1_8000 + 160, b"AA");
+        v.write(VGA_WINDOW_BASE, 0x1_8000 + 24 * 160 + 158, b"A");
+        v.write(VGA_PORT_BASE, 0x14, &[0x0e, 0x07]);
+        v.write(VGA_PORT_BASE, 0x14, &[0x0f, 0xd3]);
+        lock(&v.vga()).refresh();
+        let before = picture(&display);
+        assert_eq!((before.0, before.1), (720, 400));
+        let s = display.surface().unwrap();
+        assert_eq!(s.pixel(0, 16), 0xa8, "the blue background of the first 'A'");
+        let saved = v.save_state().unwrap();
+
+        let (mut w, display2, _) = vga();
+        w.restore_state(&saved).unwrap();
+        assert!(lock(&w.vga()).needs_refresh());
+        lock(&w.vga()).refresh();
+        assert_eq!(picture(&display2), before);
+        assert_eq!(register_reads(&mut v), register_reads(&mut w));
+        // The restored VGA goes on like the original: the same character written to both.
+        for x in [&mut v, &mut w] {
+            x.write(VGA_WINDOW_BASE, 0x1_8000 + 10 * 160, b"AN");
+            lock(&x.vga()).refresh();
+        }
+        assert_eq!(picture(&display), picture(&display2));
+    }
+
+    #[test]
+    fn the_refresh_thread_shows_a_restored_text_screen_to_a_waiting_client() {
+        let (mut v, display, _) = vga();
+        text_mode(&mut v);
+        load_glyph(&mut v, b'A');
+        v.write(VGA_WINDOW_BASE, 0x1_8000 + 162, b"A\x1f");
+        lock(&v.vga()).refresh();
+        let before = picture(&display);
+        let saved = v.save_state().unwrap();
+
+        let (mut w, display2, _) = vga();
+        let w_vga = w.vga();
+        // The fresh adapter has drawn its blank power-on screen already.
+        lock(&w_vga).refresh();
+        assert!(!lock(&w_vga).needs_refresh());
+        let slot = w.slot();
+        super::super::refresh::spawn_with_vga(
+            display2.clone(),
+            Arc::downgrade(&slot),
+            Arc::downgrade(&w_vga),
+        )
+        .unwrap();
+        w.restore_state(&saved).unwrap();
+        // A client waits for damage, as a VNC client does; no guest write follows.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seq = 0;
+        while display2.surface().map(|_| picture(&display2)) != Some(before.clone()) {
+            assert!(std::time::Instant::now() < deadline, "never shown");
+            seq = display2
+                .wait_damage(seq, std::time::Duration::from_millis(200))
+                .seq;
+        }
+    }
+
+    #[test]
+    fn a_restore_in_vga_mode_after_dispi_was_on_gives_the_display_to_the_vga() {
+        let (mut v, display, _) = vga();
+        lfb_picture(&mut v);
+        dispi(&mut v, 4, 0);
+        load_glyph(&mut v, b'A');
+        v.write(VGA_WINDOW_BASE, 0x1_8000, b"A");
+        lock(&v.vga()).refresh();
+        let before = picture(&display);
+        let saved = v.save_state().unwrap();
+        let (mut w, display2, _) = vga();
+        // The fresh adapter had a DISPI mode up (say the firmware's) before the restore.
+        dispi(&mut w, 1, 640);
+        dispi(&mut w, 2, 480);
+        dispi(&mut w, 3, 32);
+        dispi(&mut w, 4, 0x41);
+        w.restore_state(&saved).unwrap();
+        lock(&w.vga()).refresh();
+        assert_eq!(picture(&display2), before);
+        // The framebuffer came back too: DISPI on again shows the old picture.
+        dispi(&mut v, 4, 0xc1);
+        dispi(&mut w, 4, 0xc1);
+        assert_eq!(picture(&display2), picture(&display));
+    }
+
+    #[test]
+    fn truncated_or_garbage_state_is_refused_and_the_adapter_goes_on() {
+        let (mut v, _, _) = vga();
+        lfb_picture(&mut v);
+        let saved = v.save_state().unwrap();
+        // `w` takes the bad states; `x`, driven the same, does not.
+        let busy = |v: &mut StdVga| {
+            dispi(v, 1, 640);
+            dispi(v, 2, 480);
+            dispi(v, 3, 32);
+            dispi(v, 4, 0x41);
+            v.vram.write(0, &[0x5a; 16]);
+        };
+        let (mut w, display2, _) = vga();
+        let (mut x, display3, _) = vga();
+        busy(&mut w);
+        busy(&mut x);
+
+        let mut bad_page: StdVgaState = decode(STATE_NAME, &saved).unwrap();
+        bad_page.vram.push(SavedPage {
+            index: (VRAM_SIZE / 4096) as u32,
+            bytes: vec![1; 4096],
+        });
+        let bad_page = encode(STATE_NAME, &bad_page).unwrap();
+        let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 131 % 251) as u8).collect();
+        for bad in [
+            &saved[..saved.len() / 2],
+            &saved[..3],
+            &[][..],
+            &garbage[..],
+            &bad_page[..],
+        ] {
+            let err = w.restore_state(bad).unwrap_err();
+            assert!(matches!(err, StateError::Mismatch { .. }), "{err}");
+        }
+        assert_eq!(register_reads(&mut w), register_reads(&mut x));
+        assert_eq!(picture(&display2), picture(&display3));
+        // Still a working adapter.
+        dispi(&mut w, 1, 800);
+        assert_eq!(display2.surface().unwrap().width, 800);
     }
 
     #[test]

@@ -5,11 +5,78 @@
 //! The guest may write while the host reads, so the host never makes a Rust reference to
 //! these bytes: every access is a raw copy (as vm-memory does for guest RAM), and a torn
 //! pixel is at worst one stale frame.
+//!
+//! Saved state: a device that owns framebuffer memory saves it as [`SavedPage`]s, the
+//! pages that are not all zero ([`FbMemory::save_pages`]), and restores them over a
+//! cleared mapping ([`FbMemory::restore_pages`]); a 16 MiB VRAM showing one small mode
+//! saves only the pages the guest drew in. [`sparse_pages`] / [`apply_pages`] do the same
+//! for a device's ordinary buffers.
 
 use std::io;
 use std::os::fd::AsRawFd;
 
+use serde::{Deserialize, Serialize};
+
 use super::DisplayError;
+
+/// The page size of saved memory.
+pub const PAGE_SIZE: usize = 4096;
+
+/// One page of device-owned memory that is not all zero, in saved state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedPage {
+    /// Page number (byte offset / [`PAGE_SIZE`]).
+    pub index: u32,
+    /// Exactly [`PAGE_SIZE`] bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The pages of `bytes` that are not all zero (a short last page is padded with zeroes).
+pub fn sparse_pages(bytes: &[u8]) -> Vec<SavedPage> {
+    bytes
+        .chunks(PAGE_SIZE)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|&b| b != 0))
+        .map(|(i, c)| {
+            let mut page = c.to_vec();
+            page.resize(PAGE_SIZE, 0);
+            SavedPage {
+                index: i as u32,
+                bytes: page,
+            }
+        })
+        .collect()
+}
+
+/// Checks that `pages` fit a buffer of `len` bytes: each page whole, inside it, once.
+pub fn check_pages(pages: &[SavedPage], len: usize) -> Result<(), String> {
+    let count = len.div_ceil(PAGE_SIZE);
+    let mut seen = vec![false; count];
+    for p in pages {
+        if p.bytes.len() != PAGE_SIZE {
+            return Err(format!("page {} has {} bytes", p.index, p.bytes.len()));
+        }
+        match seen.get_mut(p.index as usize) {
+            Some(s) if !*s => *s = true,
+            Some(_) => return Err(format!("page {} saved twice", p.index)),
+            None => return Err(format!("page {} is past the end ({count} pages)", p.index)),
+        }
+    }
+    Ok(())
+}
+
+/// Zeroes `target` and writes `pages` into it (checked first: on error `target` is
+/// untouched). Bytes of a page past the end of `target` are dropped.
+pub fn apply_pages(target: &mut [u8], pages: &[SavedPage]) -> Result<(), String> {
+    check_pages(pages, target.len())?;
+    target.fill(0);
+    for p in pages {
+        let at = p.index as usize * PAGE_SIZE;
+        let n = PAGE_SIZE.min(target.len() - at);
+        target[at..at + n].copy_from_slice(&p.bytes[..n]);
+    }
+    Ok(())
+}
 
 /// A page-aligned, zero-filled mapping of `len` bytes.
 pub struct FbMemory {
@@ -115,6 +182,46 @@ impl FbMemory {
     }
 }
 
+impl FbMemory {
+    /// The pages that are not all zero, for saved state.
+    pub fn save_pages(&self) -> Vec<SavedPage> {
+        let mut page = vec![0u8; PAGE_SIZE];
+        let mut out = Vec::new();
+        for index in 0..self.len / PAGE_SIZE {
+            self.read(index * PAGE_SIZE, &mut page);
+            if page.iter().any(|&b| b != 0) {
+                out.push(SavedPage {
+                    index: index as u32,
+                    bytes: page.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Makes the whole mapping zero again.
+    pub fn clear(&self) {
+        // SAFETY: `ptr`/`len` are this live mapping; MADV_REMOVE on a shared anonymous
+        // mapping frees its pages, which then read as zero (KVM sees the change through
+        // its MMU notifier). No Rust reference into the mapping exists.
+        let rc = unsafe { libc::madvise(self.ptr.cast(), self.len, libc::MADV_REMOVE) };
+        if rc != 0 {
+            self.fill32(0, self.len, 0);
+        }
+    }
+
+    /// Clears the mapping and writes `pages` back (checked first: on error the memory
+    /// is untouched).
+    pub fn restore_pages(&self, pages: &[SavedPage]) -> Result<(), String> {
+        check_pages(pages, self.len)?;
+        self.clear();
+        for p in pages {
+            self.write(p.index as usize * PAGE_SIZE, &p.bytes);
+        }
+        Ok(())
+    }
+}
+
 impl Drop for FbMemory {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are the mapping made in `new`, unmapped once here. Anyone
@@ -126,6 +233,55 @@ impl Drop for FbMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_pages_skip_zero_pages_and_restore_over_old_contents() {
+        let m = FbMemory::new(16 * PAGE_SIZE).unwrap();
+        m.write(5 * PAGE_SIZE + 17, &[1, 2, 3]);
+        m.write(15 * PAGE_SIZE + PAGE_SIZE - 1, &[9]);
+        let pages = m.save_pages();
+        assert_eq!(
+            pages.iter().map(|p| p.index).collect::<Vec<_>>(),
+            vec![5, 15]
+        );
+        let n = FbMemory::new(16 * PAGE_SIZE).unwrap();
+        n.write(0, &[0xee; 64]);
+        n.restore_pages(&pages).unwrap();
+        for i in 0..16 * PAGE_SIZE / 64 {
+            let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+            m.read(i * 64, &mut a);
+            n.read(i * 64, &mut b);
+            assert_eq!(a, b, "bytes at {:#x}", i * 64);
+        }
+    }
+
+    #[test]
+    fn saved_pages_out_of_range_short_or_repeated_are_refused() {
+        let m = FbMemory::new(4 * PAGE_SIZE).unwrap();
+        m.write(0, &[7]);
+        let page = |index, len| SavedPage {
+            index,
+            bytes: vec![1; len],
+        };
+        for bad in [
+            vec![page(4, PAGE_SIZE)],
+            vec![page(1, PAGE_SIZE - 1)],
+            vec![page(2, PAGE_SIZE), page(2, PAGE_SIZE)],
+            vec![page(u32::MAX, PAGE_SIZE)],
+        ] {
+            assert!(m.restore_pages(&bad).is_err(), "{bad:?}");
+        }
+        let mut b = [0u8];
+        m.read(0, &mut b);
+        assert_eq!(b, [7], "a refused restore leaves the memory as it was");
+        let mut buf = vec![3u8; PAGE_SIZE + 10];
+        assert!(apply_pages(&mut buf, &[page(2, PAGE_SIZE)]).is_err());
+        assert_eq!(buf[0], 3);
+        let saved = sparse_pages(&buf);
+        let mut back = vec![0u8; PAGE_SIZE + 10];
+        apply_pages(&mut back, &saved).unwrap();
+        assert_eq!(back, buf);
+    }
 
     #[test]
     fn reads_back_writes_and_clips_at_the_end() {

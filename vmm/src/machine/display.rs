@@ -27,6 +27,7 @@ use hospes_devices::display::vga::{
 use hospes_devices::display::{FbSlot, refresh};
 use hospes_devices::framebuffer::{Display, FbMemory};
 use hospes_devices::input::{InputRouter, InputSink, Ps2Input, qcode_to_xt};
+use hospes_devices::pci::root::PciSaved;
 use hospes_devices::virtio::VirtioDevice;
 use hospes_devices::virtio::gpu::Gpu;
 use hospes_devices::virtio::input::{InputKind, VirtioInput};
@@ -151,9 +152,6 @@ impl DisplayStack {
     /// ports), its refresh thread, and PS/2 input.
     pub fn attach(&self, machine: &mut Machine, pci: &mut PciSetup) -> Result<(), MachineError> {
         let ps2: Arc<Mutex<dyn Ps2Input>> = machine.i8042.clone();
-        if self.kind == DisplayKind::StdVga {
-            machine.states.unsupported("display adapter");
-        }
         self.input.set_ps2(Some(ps2));
         if self.kind != DisplayKind::StdVga {
             return Ok(());
@@ -184,6 +182,12 @@ impl DisplayStack {
         let legacy = vga.vga();
         let vga = Arc::new(Mutex::new(vga));
         pci.add_device(vga.clone()).map_err(setup_error)?;
+        // One adapter per machine: its name needs no slot. Its state holds its PCI
+        // configuration; PciSaved moves restored BARs on the bus.
+        machine.states.add(
+            "display/stdvga",
+            Arc::new(PciSaved::new(vga.clone(), pci.relocator())),
+        );
         let mut pio = machine.pio_bus.write().unwrap_or_else(|e| e.into_inner());
         pio.insert(vga.clone(), DISPI_PORT, DISPI_PORT_LEN)?;
         if machine.chipset.is_none() {

@@ -15,6 +15,8 @@
 //! The planes are stored as one `u32` per offset, plane n in byte n, so the latch logic
 //! works on all four planes with one word operation.
 
+use crate::framebuffer::fbmem::{SavedPage, apply_pages, sparse_pages};
+
 /// Offsets in one plane (64 KiB).
 pub const PLANE_SIZE: usize = 0x1_0000;
 
@@ -84,12 +86,42 @@ fn splat(v: u8) -> u32 {
     u32::from(v) * 0x0101_0101
 }
 
+/// The planes in saved state: the pages of the interleaved memory (plane n in byte n of
+/// each little-endian word) that are not all zero, and the latches.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanesState {
+    pages: Vec<SavedPage>,
+    latch: u32,
+}
+
 impl Planes {
     pub fn new() -> Self {
         Self {
             mem: vec![0; PLANE_SIZE],
             latch: 0,
         }
+    }
+
+    /// The planes as saved state.
+    pub fn save(&self) -> PlanesState {
+        let bytes: Vec<u8> = self.mem.iter().flat_map(|w| w.to_le_bytes()).collect();
+        PlanesState {
+            pages: sparse_pages(&bytes),
+            latch: self.latch,
+        }
+    }
+
+    /// Planes from saved state; Err when a page does not fit.
+    pub fn restore(s: &PlanesState) -> Result<Self, String> {
+        let mut bytes = vec![0u8; PLANE_SIZE * 4];
+        apply_pages(&mut bytes, &s.pages)?;
+        Ok(Self {
+            mem: bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            latch: s.latch,
+        })
     }
 
     /// The byte of `plane` (0-3) at `offset` (wrapped to the plane).

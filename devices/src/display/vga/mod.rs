@@ -16,6 +16,10 @@
 //! While the DISPI (VBE) interface is enabled, [`super::stdvga::StdVga`] owns the display
 //! and this device stops publishing ([`Vga::set_scanout`]); switching back republishes the
 //! VGA picture.
+//!
+//! Saved state ([`VgaState`]): the registers, the planes (pages that are not all zero) and
+//! the latches. The shadow of the last frame is not saved: a restored VGA draws its whole
+//! picture at the next refresh.
 
 mod memory;
 mod regs;
@@ -29,8 +33,15 @@ pub use render::{GraphicsMode, Mode, TextMode};
 
 use crate::bus::BusDevice;
 use crate::framebuffer::{Display, DisplayError};
-use memory::{Access, GR_MISC, Planes, SR_MAP_MASK, SR_MEMORY_MODE};
-use regs::{AR_MODE, Change, Regs};
+use memory::{Access, GR_MISC, Planes, PlanesState, SR_MAP_MASK, SR_MEMORY_MODE};
+use regs::{AR_MODE, Change, Regs, RegsState};
+
+/// The legacy VGA in saved state (part of the std-VGA's).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VgaState {
+    regs: RegsState,
+    planes: PlanesState,
+}
 
 /// Ports 0x3C0..0x3DF: attribute, misc, sequencer, DAC, graphics, colour CRTC, status.
 pub const VGA_PORT_BASE: u64 = 0x3c0;
@@ -187,6 +198,34 @@ impl Vga {
         self.screen.render(&self.regs, &self.planes, self.full);
         self.dirty = false;
         self.full = false;
+    }
+
+    /// The registers and video memory as saved state.
+    pub fn save(&self) -> VgaState {
+        VgaState {
+            regs: self.regs.save(),
+            planes: self.planes.save(),
+        }
+    }
+
+    /// Whether `s` would [`restore`](Self::restore) (Err with the reason when not).
+    pub fn check(s: &VgaState) -> Result<(), String> {
+        Regs::restore(&s.regs)?;
+        Planes::restore(&s.planes)?;
+        Ok(())
+    }
+
+    /// Takes back a [`save`](Self::save)d state (Err, and nothing changed, when it does not
+    /// fit); the whole picture is drawn at the next [`refresh`](Self::refresh). Who has
+    /// the display is the std-VGA's business ([`set_scanout`](Self::set_scanout)).
+    pub fn restore(&mut self, s: &VgaState) -> Result<(), String> {
+        let regs = Regs::restore(&s.regs)?;
+        let planes = Planes::restore(&s.planes)?;
+        self.regs = regs;
+        self.planes = planes;
+        self.dirty = true;
+        self.full = true;
+        Ok(())
     }
 
     /// The mode the registers describe now.

@@ -55,6 +55,29 @@ pub const AR_MODE: usize = 0x10;
 pub const AR_PLANE_ENABLE: usize = 0x12;
 pub const AR_COLOR_SELECT: usize = 0x14;
 
+/// The register file in saved state (the DAC as a `Vec`: serde has no 768-byte arrays).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegsState {
+    misc: u8,
+    feature: u8,
+    st01: u8,
+    seq_index: u8,
+    seq: [u8; SEQ_REGS],
+    gc_index: u8,
+    gc: [u8; GC_REGS],
+    crtc_index: u8,
+    crtc: [u8; CRTC_REGS],
+    attr_index: u8,
+    attr_data_next: bool,
+    attr: [u8; ATTR_REGS],
+    dac_mask: u8,
+    dac_read_index: u8,
+    dac_write_index: u8,
+    dac_component: u8,
+    dac_reading: bool,
+    dac: Vec<u8>,
+}
+
 /// What a register write means for the picture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Change {
@@ -115,6 +138,62 @@ impl Default for Regs {
 }
 
 impl Regs {
+    /// The registers as saved state.
+    pub fn save(&self) -> RegsState {
+        RegsState {
+            misc: self.misc,
+            feature: self.feature,
+            st01: self.st01,
+            seq_index: self.seq_index,
+            seq: self.seq,
+            gc_index: self.gc_index,
+            gc: self.gc,
+            crtc_index: self.crtc_index,
+            crtc: self.crtc,
+            attr_index: self.attr_index,
+            attr_data_next: self.attr_data_next,
+            attr: self.attr,
+            dac_mask: self.dac_mask,
+            dac_read_index: self.dac_read_index,
+            dac_write_index: self.dac_write_index,
+            dac_component: self.dac_component,
+            dac_reading: self.dac_reading,
+            dac: self.dac.to_vec(),
+        }
+    }
+
+    /// Registers from saved state; Err for values no guest write can produce.
+    pub fn restore(s: &RegsState) -> Result<Self, String> {
+        let dac: [u8; DAC_ENTRIES * 3] = s
+            .dac
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("a DAC of {} bytes", s.dac.len()))?;
+        if s.dac_component >= 3 {
+            return Err(format!("DAC component {}", s.dac_component));
+        }
+        Ok(Self {
+            misc: s.misc,
+            feature: s.feature,
+            st01: s.st01,
+            seq_index: s.seq_index,
+            seq: s.seq,
+            gc_index: s.gc_index,
+            gc: s.gc,
+            crtc_index: s.crtc_index,
+            crtc: s.crtc,
+            attr_index: s.attr_index,
+            attr_data_next: s.attr_data_next,
+            attr: s.attr,
+            dac_mask: s.dac_mask,
+            dac_read_index: s.dac_read_index,
+            dac_write_index: s.dac_write_index,
+            dac_component: s.dac_component,
+            dac_reading: s.dac_reading,
+            dac,
+        })
+    }
+
     fn color(&self) -> bool {
         self.misc & MISC_COLOR != 0
     }

@@ -13,8 +13,15 @@
 //!
 //! Everything runs on the device's worker thread; a malformed request gets an error
 //! response (or is dropped when it has no room for one), never a panic.
+//!
+//! Saved state ([`state`]): pausing stops the worker and takes its resources back; the
+//! saved state holds each resource (id, format, size, the host copy's non-zero pages, the
+//! backing page list), the scanout, the cursor image and the configuration events. A
+//! restore rebuilds them, shows the scanout at once, and hands them to the worker that
+//! the transport's activation starts.
 
 mod protocol;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -28,13 +35,14 @@ use vm_memory::{Bytes, GuestAddress};
 use self::protocol::*;
 use super::worker::{QueueHandler, Worker, drain_queue};
 use super::{
-    Activation, GuestMemory, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError,
+    Activation, GuestMemory, QueuePosition, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError,
     VirtioInterrupt,
 };
 use crate::bus::lock;
 use crate::framebuffer::{
     BYTES_PER_PIXEL, Cursor, Display, FbMemory, MAX_HEIGHT, MAX_WIDTH, Rect, Surface, edid,
 };
+use crate::state::StateError;
 
 /// Virtio device id of a GPU.
 pub const DEVICE_TYPE: u16 = 16;
@@ -56,6 +64,9 @@ pub struct Gpu {
     shared: Arc<Shared>,
     display: Arc<Display>,
     worker: Option<Worker>,
+    /// The resources while no worker holds them: taken back by a pause for the save, or
+    /// restored and waiting for the activation.
+    held: Option<GpuState>,
 }
 
 impl Gpu {
@@ -79,6 +90,18 @@ impl Gpu {
             shared,
             display,
             worker: None,
+            held: None,
+        }
+    }
+
+    /// No resources, nothing shown.
+    fn empty_state(&self) -> GpuState {
+        GpuState {
+            resources: HashMap::new(),
+            used_bytes: 0,
+            scanout: None,
+            display: self.display.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -150,13 +173,7 @@ impl VirtioDevice for Gpu {
             mem,
             interrupt,
             queues: [control, cursor],
-            state: GpuState {
-                resources: HashMap::new(),
-                used_bytes: 0,
-                scanout: None,
-                display: self.display.clone(),
-                shared: self.shared.clone(),
-            },
+            state: self.held.take().unwrap_or_else(|| self.empty_state()),
         };
         self.worker = Some(Worker::spawn("hospes-gpu", events, handler)?);
         Ok(())
@@ -164,11 +181,41 @@ impl VirtioDevice for Gpu {
 
     fn reset(&mut self) {
         self.worker = None;
+        self.held = None;
         *lock(&self.shared.interrupt) = None;
         self.shared.events_read.store(0, Ordering::SeqCst);
         self.display.set_surface(None);
         self.display.set_cursor(None);
     }
+
+    fn state_name(&self) -> &str {
+        state::NAME
+    }
+
+    fn can_save(&self) -> bool {
+        true
+    }
+
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, StateError> {
+        self.pause_worker()
+    }
+
+    fn save_device_state(&mut self) -> Result<Vec<u8>, StateError> {
+        self.save()
+    }
+
+    fn restore_device_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.restore(state)
+    }
+}
+
+/// Whether a resource of `format`, `width` x `height` may be created.
+fn valid_resource(format: u32, width: u32, height: u32) -> bool {
+    matches!(
+        format,
+        FORMAT_B8G8R8A8 | FORMAT_B8G8R8X8 | FORMAT_R8G8B8A8 | FORMAT_R8G8B8X8
+    ) && (1..=16384).contains(&width)
+        && (1..=16384).contains(&height)
 }
 
 /// A 2D resource: host pixels plus the guest pages backing them.
@@ -183,6 +230,20 @@ struct Resource {
 impl Resource {
     fn stride(&self) -> u32 {
         self.width * BYTES_PER_PIXEL
+    }
+
+    /// Host bytes it takes (what counts against [`MAX_RESOURCE_BYTES`]).
+    fn bytes(&self) -> usize {
+        self.width as usize * self.height as usize * BYTES_PER_PIXEL as usize
+    }
+
+    /// The surface showing `r` of it, when `r` is a non-empty part of it.
+    fn surface(&self, r: &Rect) -> Option<Surface> {
+        if !rect_inside(r, self.width, self.height) || r.is_empty() {
+            return None;
+        }
+        let offset = r.y as usize * self.stride() as usize + (r.x * BYTES_PER_PIXEL) as usize;
+        Surface::new(self.mem.clone(), offset, r.w, r.h, self.stride())
     }
 }
 
@@ -338,14 +399,7 @@ impl GpuState {
         if id == 0 || self.resources.contains_key(&id) {
             return Err(RESP_ERR_INVALID_RESOURCE_ID);
         }
-        if !matches!(
-            format,
-            FORMAT_B8G8R8A8 | FORMAT_B8G8R8X8 | FORMAT_R8G8B8A8 | FORMAT_R8G8B8X8
-        ) || width == 0
-            || height == 0
-            || width > 16384
-            || height > 16384
-        {
+        if !valid_resource(format, width, height) {
             return Err(bad);
         }
         let bytes = width as usize * height as usize * BYTES_PER_PIXEL as usize;
@@ -373,7 +427,7 @@ impl GpuState {
             .resources
             .remove(&id)
             .ok_or(RESP_ERR_INVALID_RESOURCE_ID)?;
-        self.used_bytes -= r.width as usize * r.height as usize * BYTES_PER_PIXEL as usize;
+        self.used_bytes -= r.bytes();
         if self.scanout.is_some_and(|(sid, _)| sid == id) {
             self.scanout = None;
             self.display.set_surface(None);
@@ -397,11 +451,7 @@ impl GpuState {
             .resources
             .get(&id)
             .ok_or(RESP_ERR_INVALID_RESOURCE_ID)?;
-        if !rect_inside(&r, res.width, res.height) || r.is_empty() {
-            return Err(bad);
-        }
-        let offset = r.y as usize * res.stride() as usize + (r.x * BYTES_PER_PIXEL) as usize;
-        let surface = Surface::new(res.mem.clone(), offset, r.w, r.h, res.stride()).ok_or(bad)?;
+        let surface = res.surface(&r).ok_or(bad)?;
         self.scanout = Some((id, r));
         self.display.set_surface(Some(surface));
         Ok(CtrlHeader::response(RESP_OK_NODATA))
