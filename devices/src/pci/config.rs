@@ -13,7 +13,10 @@
 //! while both its enable bit and the command register's memory-space bit are set (PCI Local
 //! Bus 3.0 §6.2.5.2). Its [`BarChange`]s carry `bar: ROM_SLOT`.
 
+use serde::{Deserialize, Serialize};
+
 use super::PciError;
+use crate::state::StateError;
 
 /// Dwords in the extended (ECAM) configuration space: 4 KiB.
 pub const CONFIG_DWORDS: usize = 1024;
@@ -95,6 +98,13 @@ pub struct BarChange {
     pub old: Option<u64>,
     pub new: Option<u64>,
     pub len: u64,
+}
+
+/// The saved configuration space of one function ([`PciConfig::save`]): the registers up to
+/// the last non-zero one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciConfigState {
+    pub regs: Vec<u32>,
 }
 
 /// The configuration space of one type-0 function.
@@ -418,6 +428,53 @@ impl PciConfig {
         changes
     }
 
+    /// The guest-visible state of this space for a saved VM: every register as the guest
+    /// left it (BAR addresses, command, capability registers, device-specific bytes).
+    pub fn save(&self) -> PciConfigState {
+        let used = self
+            .regs
+            .iter()
+            .rposition(|r| *r != 0)
+            .map_or(0, |last| last + 1);
+        PciConfigState {
+            regs: self.regs[..used].to_vec(),
+        }
+    }
+
+    /// Takes back a [`PciConfigState`] on a space built as for a fresh boot of the same
+    /// device (`device` names it in errors). Only the bits a guest may write are taken
+    /// from `state`; the identity must match. Returns the BARs whose decoded placement
+    /// changed, which the owner applies as it does after a guest's write (the relocator).
+    /// On error the space is unchanged.
+    pub fn restore(
+        &mut self,
+        device: &str,
+        state: &PciConfigState,
+    ) -> Result<Vec<BarChange>, StateError> {
+        if state.regs.len() > CONFIG_DWORDS {
+            return Err(StateError::mismatch(
+                device,
+                format!("{} configuration dwords", state.regs.len()),
+            ));
+        }
+        let saved = |reg: usize| state.regs.get(reg).copied().unwrap_or(0);
+        if saved(REG_ID) != self.regs[REG_ID] {
+            return Err(StateError::mismatch(
+                device,
+                format!(
+                    "saved PCI id {:#010x}, this device is {:#010x}",
+                    saved(REG_ID),
+                    self.regs[REG_ID]
+                ),
+            ));
+        }
+        for reg in 0..CONFIG_DWORDS {
+            let mask = self.wmask[reg];
+            self.regs[reg] = (self.regs[reg] & !mask) | (saved(reg) & mask);
+        }
+        Ok(self.update_mappings())
+    }
+
     /// Whether BAR `index` was declared prefetchable.
     pub fn bar_prefetchable(&self, index: usize) -> bool {
         self.bars
@@ -653,5 +710,57 @@ mod tests {
         c.add_bar(0, 0x1000, BarKind::Mem64, false).unwrap();
         assert!(c.add_bar(1, 0x1000, BarKind::Mem32, false).is_err());
         assert!(c.set_bar_address(0, 0x1800).is_err());
+    }
+
+    #[test]
+    fn a_saved_space_restores_into_a_fresh_one_with_its_bars_decoded() {
+        let fresh = || {
+            let mut c = rom_config(0x8000);
+            c.add_capability(CAP_ID_MSIX, &[0; 10], &[0, 0, 0, 0xc0])
+                .unwrap();
+            c
+        };
+        let mut c = fresh();
+        write32(&mut c, REG_BAR0, 0xe000_1000);
+        write32(&mut c, REG_ROM, 0xe001_0001);
+        write32(&mut c, REG_COMMAND_STATUS, 0x0406);
+        write32(&mut c, REG_INTERRUPT, 0x0000_000b);
+        c.write_reg(0x40 / 4, 2, &[0, 0xc0]);
+        let state = c.save();
+
+        let mut r = fresh();
+        let changes = r.restore("t", &state).unwrap();
+        assert_eq!(
+            changes.iter().map(|c| (c.bar, c.new)).collect::<Vec<_>>(),
+            vec![(0, Some(0xe000_1000)), (ROM_SLOT as u8, Some(0xe001_0000))]
+        );
+        for reg in 0..CONFIG_DWORDS {
+            assert_eq!(r.read_reg(reg), c.read_reg(reg), "register {reg}");
+        }
+        assert_eq!(r.bar_for_address(0xe000_1004), Some((0, 4)));
+        // Read-only bits come from the fresh device, never from the state.
+        let mut forged = state.clone();
+        forged.regs[REG_CLASS_REVISION] = 0x0300_0000;
+        let mut r = fresh();
+        r.restore("t", &forged).unwrap();
+        assert_eq!(r.read_reg(REG_CLASS_REVISION), 0x0100_0001);
+    }
+
+    #[test]
+    fn a_state_of_another_device_or_size_is_refused_and_changes_nothing() {
+        let mut c = rom_config(0x8000);
+        write32(&mut c, REG_BAR0, 0xe000_1000);
+        let mut state = c.save();
+        state.regs[REG_ID] = 0x1234_5678;
+        let mut r = rom_config(0x8000);
+        assert!(r.restore("t", &state).is_err());
+        assert_eq!(r.read_reg(REG_BAR0), 0);
+        let too_long = PciConfigState {
+            regs: vec![0; CONFIG_DWORDS + 1],
+        };
+        assert!(r.restore("t", &too_long).is_err());
+        let ch = write32(&mut r, REG_BAR0, 0xe000_2000);
+        assert!(ch.is_empty());
+        assert_eq!(r.read_reg(REG_BAR0), 0xe000_2000);
     }
 }

@@ -16,10 +16,10 @@ pub mod msix;
 pub mod root;
 
 pub use alloc::BarAllocator;
-pub use config::{BarChange, BarKind, PciConfig, PciIds};
+pub use config::{BarChange, BarKind, PciConfig, PciConfigState, PciIds};
 pub use interrupt::{IoEventRegistrar, MsiRoutes, MsixInterrupt};
 pub use msi::MsiCap;
-pub use msix::MsixState;
+pub use msix::{MsixSaved, MsixState};
 pub use root::{BarRelocator, HostBridge, PciConfigIo, PciConfigMmio, PciDevice, PciRoot};
 
 use crate::bus::BusError;

@@ -11,8 +11,21 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::config::{CAP_ID_MSIX, PciConfig};
 use super::{MsiRoutes, MsixInterrupt, PciError};
+use crate::state::StateError;
+
+/// The saved MSI-X table and pending bits ([`MsixState::save`]): per vector address low,
+/// address high, data and vector control.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixSaved {
+    pub enabled: bool,
+    pub function_mask: bool,
+    pub table: Vec<[u32; 4]>,
+    pub pending: Vec<bool>,
+}
 
 /// Message Control bit 15 (byte 3 of the capability, bit 7): MSI-X Enable.
 pub const MSIX_ENABLE: u8 = 0x80;
@@ -208,6 +221,55 @@ impl MsixState {
         }
     }
 
+    /// The table, pending bits and control bits for a saved VM.
+    pub fn save(&self) -> MsixSaved {
+        MsixSaved {
+            enabled: self.enabled,
+            function_mask: self.function_mask,
+            table: self
+                .table
+                .iter()
+                .map(|e| [e.addr_lo, e.addr_hi, e.data, e.control])
+                .collect(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Takes back a saved table on a fresh one of the same size, and programs every
+    /// vector's route again through [`MsiRoutes`] as a guest's table writes do. Pending
+    /// bits stay pending (they fire when the guest unmasks, as before the save).
+    pub fn restore(&mut self, device: &str, saved: &MsixSaved) -> Result<(), StateError> {
+        if saved.table.len() != self.table.len() || saved.pending.len() != self.pending.len() {
+            return Err(StateError::mismatch(
+                device,
+                format!(
+                    "{} saved MSI-X vectors, this device has {}",
+                    saved.table.len(),
+                    self.table.len()
+                ),
+            ));
+        }
+        for (v, (e, w)) in self.table.iter_mut().zip(&saved.table).enumerate() {
+            *e = MsixEntry {
+                addr_lo: w[0],
+                addr_hi: w[1],
+                data: w[2],
+                control: w[3] & 1,
+            };
+            self.routes.update(
+                v as u16,
+                u64::from(e.addr_hi) << 32 | u64::from(e.addr_lo),
+                e.data,
+                e.masked(),
+            );
+        }
+        self.pending.copy_from_slice(&saved.pending);
+        self.enabled = saved.enabled;
+        self.function_mask = saved.function_mask;
+        self.deliver_pending();
+        Ok(())
+    }
+
     /// Back to power-on state: every entry masked and cleared, nothing pending, disabled.
     pub fn reset(&mut self) {
         for (e, p) in self.table.iter_mut().zip(self.pending.iter_mut()) {
@@ -266,5 +328,41 @@ mod tests {
         m.write_table(3, &[1, 2]);
         m.signal(9);
         assert_eq!(fired.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_saved_table_restores_its_routes_and_pending_bits() {
+        let fired = Arc::new(Fired::default());
+        let mut m = MsixState::new(2, fired.clone(), fired.clone());
+        m.set_control(true, false);
+        m.write_table(0, &0xfee0_0000u32.to_le_bytes());
+        m.write_table(8, &0x41u32.to_le_bytes());
+        m.write_table(12, &0u32.to_le_bytes());
+        m.signal(1);
+        let saved = m.save();
+
+        let fired2 = Arc::new(Fired::default());
+        let mut r = MsixState::new(2, fired2.clone(), fired2.clone());
+        r.restore("t", &saved).unwrap();
+        assert_eq!(
+            *fired2.0.lock().unwrap(),
+            vec![1000, 1001],
+            "both routed again"
+        );
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        m.read_table(0, &mut a);
+        r.read_table(0, &mut b);
+        assert_eq!(a, b);
+        let mut pba = [0u8; 1];
+        r.read_pba(0, &mut pba);
+        assert_eq!(pba[0], 0b10, "vector 1 still pending");
+        r.write_table(16 + 12, &0u32.to_le_bytes());
+        assert_eq!(fired2.0.lock().unwrap().last(), Some(&1));
+        r.signal(0);
+        assert_eq!(fired2.0.lock().unwrap().last(), Some(&0));
+
+        let mut small = MsixState::new(1, fired.clone(), fired);
+        assert!(small.restore("t", &saved).is_err());
+        assert!(!small.enabled());
     }
 }

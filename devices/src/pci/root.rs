@@ -44,6 +44,68 @@ pub trait BarRelocator: Send + Sync {
     fn relocate(&self, device: SharedDevice, change: BarChange) -> Result<(), PciError>;
 }
 
+/// A PCI function in a machine's [`crate::state::StateRegistry`]: its own
+/// [`crate::state::Snapshot`] restores its configuration space ([`PciConfig::restore`]);
+/// this wrapper then moves every BAR whose decoded place changed on the bus, through the
+/// same [`BarRelocator`] a guest's BAR write takes, with no device lock held.
+pub struct PciSaved<T> {
+    device: Arc<Mutex<T>>,
+    relocator: Arc<dyn BarRelocator>,
+}
+
+impl<T> PciSaved<T>
+where
+    T: PciDevice + BusDevice + crate::state::Snapshot + 'static,
+{
+    pub fn new(device: Arc<Mutex<T>>, relocator: Arc<dyn BarRelocator>) -> Self {
+        Self { device, relocator }
+    }
+}
+
+/// BAR slots including the expansion ROM.
+const BAR_SLOTS: usize = super::config::ROM_SLOT + 1;
+
+fn decoded_bars(config: &PciConfig) -> [(Option<u64>, u64); BAR_SLOTS] {
+    std::array::from_fn(|i| (config.bar_mapped(i), config.bar_size(i).unwrap_or(0)))
+}
+
+impl<T> crate::state::SavedState for PciSaved<T>
+where
+    T: PciDevice + BusDevice + crate::state::Snapshot + 'static,
+{
+    fn save(&self) -> Result<Vec<u8>, crate::state::StateError> {
+        lock(&self.device).save_state()
+    }
+
+    fn restore(&self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let mut dev = lock(&self.device);
+        let before = decoded_bars(dev.config());
+        dev.restore_state(state)?;
+        let after = decoded_bars(dev.config());
+        drop(dev);
+        let shared: SharedDevice = self.device.clone();
+        for (bar, (old, new)) in before.iter().zip(after).enumerate() {
+            if old.0 != new.0 {
+                let change = BarChange {
+                    bar: bar as u8,
+                    old: old.0,
+                    new: new.0,
+                    len: new.1,
+                };
+                self.relocator
+                    .relocate(shared.clone(), change)
+                    .map_err(|e| {
+                        crate::state::StateError::device(
+                            "PCI function",
+                            format!("cannot place BAR{bar}: {e}"),
+                        )
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A BAR move handed to the relocator, with the device it belongs to.
 pub struct PendingMove {
     pub device: SharedDevice,
@@ -268,6 +330,20 @@ impl BusDevice for PciConfigIo {
     }
 }
 
+/// The address register is the only state of the access device: a guest may have written
+/// 0xCF8 and not yet touched 0xCFC when it is saved.
+impl crate::state::Snapshot for PciConfigIo {
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        crate::state::encode("PCI configuration ports", &self.address)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let address: u32 = crate::state::decode("PCI configuration ports", state)?;
+        self.address = address & 0x80ff_fffc;
+        Ok(())
+    }
+}
+
 /// ECAM: 4 KiB of configuration space per function at `bus << 20 | dev << 15 | fn << 12`.
 /// Insert on the MMIO bus at the machine's ECAM base, 1 MiB per bus decoded.
 pub struct PciConfigMmio {
@@ -473,6 +549,18 @@ impl PciDevice for HostBridge {
     }
 }
 
+/// The host bridge's configuration space (command bits, latency timer) is all it has.
+impl crate::state::Snapshot for HostBridge {
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        crate::state::encode("PCI host bridge", &self.config.save())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let saved: super::config::PciConfigState = crate::state::decode("PCI host bridge", state)?;
+        self.config.restore("PCI host bridge", &saved).map(drop)
+    }
+}
+
 impl BusDevice for HostBridge {
     fn read(&mut self, _base: u64, _offset: u64, _data: &mut [u8]) {}
     fn write(&mut self, _base: u64, _offset: u64, _data: &[u8]) {}
@@ -535,6 +623,16 @@ mod tests {
         }
         fn write(&mut self, base: u64, offset: u64, _data: &[u8]) {
             self.last_write = Some((base, offset));
+        }
+    }
+
+    impl crate::state::Snapshot for Dummy {
+        fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+            crate::state::encode("dummy", &self.config.save())
+        }
+        fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+            let s: super::super::config::PciConfigState = crate::state::decode("dummy", state)?;
+            self.config.restore("dummy", &s).map(drop)
         }
     }
 
@@ -737,5 +835,57 @@ mod tests {
         io_write32(&pio, 3, REG_BAR0 as u32, 0xe000_4000);
         assert!(!reloc.read().unwrap().write(0xe000_0004, &[1]));
         assert!(reloc.read().unwrap().write(0xe000_4004, &[1]));
+    }
+
+    #[test]
+    fn a_restored_function_decodes_its_bars_where_the_guest_had_moved_them() {
+        use crate::state::SavedState;
+        let (pio, _, reloc, dummy) = setup();
+        io_write32(&pio, 3, 4, 0xe000_4000);
+        io_write32(&pio, 3, 6, 0x0020_0000);
+        io_write32(&pio, 3, 7, 0x1);
+        io_write32(&pio, 3, REG_COMMAND_STATUS as u32, 0x6);
+        let r: Arc<dyn BarRelocator> = reloc.clone();
+        let saved = PciSaved::new(dummy.clone(), r).save().unwrap();
+        // A 0xCF8 latch left pointing at 00:03.0 register 1.
+        cf8(&pio, 3, 1);
+        let io = PciConfigIo::new(Arc::new(Mutex::new(PciRoot::new())), None);
+        let mut io = io;
+        use crate::state::Snapshot;
+        io.address = 0x8000_1804;
+        let latch = io.save_state().unwrap();
+
+        // A fresh boot of the same machine: the firmware-style placement differs.
+        let (pio2, _, reloc2, dummy2) = setup();
+        io_write32(&pio2, 3, 4, 0xc000_0000);
+        io_write32(&pio2, 3, REG_COMMAND_STATUS as u32, 0x2);
+        assert!(reloc2.read().unwrap().write(0xc000_0004, &[1]));
+        let r2: Arc<dyn BarRelocator> = reloc2.clone();
+        PciSaved::new(dummy2.clone(), r2).restore(&saved).unwrap();
+        assert!(
+            !reloc2.read().unwrap().write(0xc000_0004, &[1]),
+            "the boot-time place is gone"
+        );
+        assert!(reloc2.read().unwrap().write(0xe000_4004, &[1]));
+        assert_eq!(lock(&dummy2).last_write, Some((0xe000_4000, 4)));
+        assert!(reloc2.read().unwrap().write(0x1_0020_0008, &[1]));
+        assert_eq!(io_read32(&pio2, 3, REG_COMMAND_STATUS as u32) & 0xffff, 0x6);
+        assert_eq!(io_read32(&pio2, 3, 4), io_read32(&pio, 3, 4));
+
+        let mut io2 = PciConfigIo::new(Arc::new(Mutex::new(PciRoot::new())), None);
+        io2.restore_state(&latch).unwrap();
+        assert_eq!(io2.address, 0x8000_1804);
+        assert!(io2.restore_state(&[0xff]).is_err());
+        assert_eq!(io2.address, 0x8000_1804);
+
+        // Garbage is refused and the function keeps working where it was.
+        let r3: Arc<dyn BarRelocator> = reloc2.clone();
+        assert!(
+            PciSaved::new(dummy2.clone(), r3.clone())
+                .restore(&saved[..3])
+                .is_err()
+        );
+        assert!(PciSaved::new(dummy2, r3).restore(&[0xff; 9]).is_err());
+        assert!(reloc2.read().unwrap().write(0xe000_4004, &[1]));
     }
 }
