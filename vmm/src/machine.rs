@@ -454,7 +454,8 @@ impl Machine {
         pio.insert(i8042.clone(), 0x64, 1)?;
         pio.insert(persistent.rtc.clone(), 0x70, 2)?;
         pio.insert(Arc::new(Mutex::new(DebugPort::new())), 0x80, 1)?;
-        pio.insert(Arc::new(Mutex::new(Port92::new(power.clone()))), 0x92, 1)?;
+        let port92 = Arc::new(Mutex::new(Port92::new(power.clone())));
+        pio.insert(port92.clone(), 0x92, 1)?;
         let sci = Arc::new(KvmIrqLine::new(vm_fd.clone(), layout::SCI_IRQ));
         let mut mmio = Bus::new();
         let pio_bus;
@@ -499,18 +500,15 @@ impl Machine {
         if std::mem::take(&mut slot.button_latched) {
             lock(&pm).press_power_button();
         }
-        slot.block = Some(pm);
+        slot.block = Some(pm.clone());
         drop(slot);
 
         let mut states = StateRegistry::default();
-        for what in [
-            "serial port",
-            "CMOS clock",
-            "keyboard controller",
-            "power management block",
-        ] {
-            states.unsupported(what);
-        }
+        states.add("serial", persistent.serial.clone());
+        states.add("rtc", persistent.rtc.clone());
+        states.add("i8042", i8042.clone());
+        states.add("pm", pm);
+        states.add("port92", port92);
         if let Some(platform) = &chipset {
             // The MCH (PAM, SMRAM), the LPC bridge, RST_CNT, APM, fw_cfg, OVMF's flashes.
             platform.register_states(&mut states, rom.as_ref());

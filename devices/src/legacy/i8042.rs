@@ -357,6 +357,92 @@ impl Ps2Input for I8042 {
     }
 }
 
+/// The saved controller with its keyboard and mouse: registers, the command waiting for
+/// its data byte, and the bytes queued for the guest (an interrupt for the first of them
+/// is raised again on restore).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct I8042Saved {
+    config: u8,
+    output_port: u8,
+    status_cmd: bool,
+    pending: u8,
+    queue: Vec<(u8, bool)>,
+    scanning: bool,
+    leds: u8,
+    kbd_arg: Option<u8>,
+    mouse_reporting: bool,
+    mouse_arg_for: Option<u8>,
+    mouse_sample_rate: u8,
+    mouse_resolution: u8,
+    mouse_buttons: u8,
+}
+
+const PENDING_KINDS: [Pending; 6] = [
+    Pending::Keyboard,
+    Pending::Config,
+    Pending::OutputPort,
+    Pending::AuxLoopback,
+    Pending::KbdLoopback,
+    Pending::ToAux,
+];
+
+impl crate::state::Snapshot for I8042 {
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        let pending = PENDING_KINDS
+            .iter()
+            .position(|p| *p == self.pending)
+            .unwrap_or(0) as u8;
+        crate::state::encode(
+            "keyboard controller",
+            &I8042Saved {
+                config: self.config,
+                output_port: self.output_port,
+                status_cmd: self.status_cmd,
+                pending,
+                queue: self.queue.iter().copied().collect(),
+                scanning: self.scanning,
+                leds: self.leds,
+                kbd_arg: self.kbd_arg,
+                mouse_reporting: self.mouse.reporting,
+                mouse_arg_for: self.mouse.arg_for,
+                mouse_sample_rate: self.mouse.sample_rate,
+                mouse_resolution: self.mouse.resolution,
+                mouse_buttons: self.mouse.buttons,
+            },
+        )
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let s: I8042Saved = crate::state::decode("keyboard controller", state)?;
+        let refuse = |why: &str| crate::state::StateError::mismatch("keyboard controller", why);
+        let pending = *PENDING_KINDS
+            .get(usize::from(s.pending))
+            .ok_or_else(|| refuse("unknown pending command"))?;
+        if s.queue.len() > QUEUE_MAX {
+            return Err(refuse("output queue longer than the controller's"));
+        }
+        self.config = s.config;
+        self.output_port = s.output_port;
+        self.status_cmd = s.status_cmd;
+        self.pending = pending;
+        self.queue = s.queue.into_iter().collect();
+        self.scanning = s.scanning;
+        self.leds = s.leds;
+        self.kbd_arg = s.kbd_arg;
+        self.mouse = Mouse {
+            reporting: s.mouse_reporting,
+            arg_for: s.mouse_arg_for,
+            sample_rate: s.mouse_sample_rate,
+            resolution: s.mouse_resolution,
+            buttons: s.mouse_buttons & 7,
+        };
+        if let Some(&(_, aux)) = self.queue.front() {
+            self.raise(aux);
+        }
+        Ok(())
+    }
+}
+
 impl BusDevice for I8042 {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
         let Some(b) = data.first_mut() else { return };
@@ -503,5 +589,52 @@ mod tests {
         d.write(0x64, 0, &[0xd1]);
         d.write(0x60, 0, &[0xfe]);
         assert_eq!(*p.events.lock().unwrap(), [PowerEvent::Reset]);
+    }
+
+    #[test]
+    fn a_restored_controller_hands_out_the_queued_bytes_and_keeps_its_modes() {
+        use crate::state::Snapshot;
+        let (mut d, _, _) = dev();
+        d.set_aux_irq(Arc::new(RecordingIrq::default()));
+        // Mouse on with interrupts, LEDs set, a key and a mouse packet queued, and a
+        // config write waiting for its data byte.
+        d.write(0x64, 0, &[0x60]);
+        d.write(0x60, 0, &[0x47]);
+        d.write(0x64, 0, &[0xa8]);
+        d.write(0x64, 0, &[0xd4]);
+        d.write(0x60, 0, &[0xf4]);
+        d.write(0x60, 0, &[0xed]);
+        d.write(0x60, 0, &[0x04]);
+        drain(&mut d);
+        d.key(0x1e, true);
+        d.mouse(3, 0, 1, 0);
+        d.write(0x64, 0, &[0x60]);
+        let state = d.save_state().unwrap();
+
+        let (mut r, _, irq) = dev();
+        let aux = Arc::new(RecordingIrq::default());
+        r.set_aux_irq(aux.clone());
+        r.restore_state(&state).unwrap();
+        assert_eq!(
+            *irq.edges.lock().unwrap(),
+            1,
+            "the key byte interrupts again"
+        );
+        assert_eq!(r.leds(), 0x04);
+        assert_eq!(inb(&mut r, 0x64), inb(&mut d, 0x64));
+        assert_eq!(drain(&mut r), drain(&mut d));
+        // The pending config write takes the next data byte, in both.
+        r.write(0x60, 0, &[0x43]);
+        r.write(0x64, 0, &[0x20]);
+        assert_eq!(drain(&mut r), vec![0x43]);
+        r.mouse(0, 2, 0, 0);
+        assert_eq!(drain(&mut r).len(), 3, "mouse still reporting");
+
+        assert!(r.restore_state(&state[..state.len() - 1]).is_err());
+        let mut bad = state.clone();
+        bad[3] = 9;
+        assert!(r.restore_state(&bad).is_err());
+        r.key(0x1e, true);
+        assert_eq!(drain(&mut r), vec![0x1e], "still a working keyboard");
     }
 }

@@ -336,6 +336,74 @@ impl PmBlock {
     }
 }
 
+/// The saved PM block. The timer is saved as its count and goes on counting from there;
+/// the SCI level is raised again when status and enable bits say so (the power button
+/// latched, a GPE). SMI_EN rides along; SMI_STS and the SMI lock belong to the chipset's
+/// state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct PmSaved {
+    ich9: bool,
+    pm1_sts: u16,
+    pm1_en: u16,
+    pm1_cnt: u16,
+    gpe0_sts: u64,
+    gpe0_en: u64,
+    smi_en: u32,
+    timer_ns: u64,
+}
+
+impl crate::state::Snapshot for PmBlock {
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        crate::state::encode(
+            "power management block",
+            &PmSaved {
+                ich9: self.layout == PmLayout::Ich9,
+                pm1_sts: self.pm1_sts,
+                pm1_en: self.pm1_en,
+                pm1_cnt: self.pm1_cnt,
+                gpe0_sts: self.gpe0_sts,
+                gpe0_en: self.gpe0_en,
+                smi_en: self.smi.enable(),
+                timer_ns: self.start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
+            },
+        )
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let s: PmSaved = crate::state::decode("power management block", state)?;
+        if s.ich9 != (self.layout == PmLayout::Ich9) {
+            return Err(crate::state::StateError::mismatch(
+                "power management block",
+                "saved with the other chipset's layout",
+            ));
+        }
+        let gpe_mask = match self.layout.gpe0_len() / 2 {
+            8.. => u64::MAX,
+            n => (1u64 << (n * 8)) - 1,
+        };
+        self.pm1_sts = s.pm1_sts;
+        self.pm1_en = s.pm1_en;
+        self.pm1_cnt = (s.pm1_cnt & !SLP_EN) | SCI_EN;
+        self.gpe0_sts = s.gpe0_sts & gpe_mask;
+        self.gpe0_en = s.gpe0_en & gpe_mask;
+        if self.layout.smi_offset().is_some() {
+            self.smi.set_enable(s.smi_en);
+        }
+        let elapsed = std::time::Duration::from_nanos(s.timer_ns);
+        self.start = Instant::now().checked_sub(elapsed).unwrap_or_else(|| {
+            // A host up for less time than the guest's timer count: keep the low bits the
+            // guest sees modulo the 32-bit wrap instead.
+            let wrap = std::time::Duration::from_nanos(
+                ((1u128 << 32) * 1_000_000_000 / PM_TIMER_HZ) as u64,
+            );
+            let rem = std::time::Duration::from_nanos(s.timer_ns % wrap.as_nanos() as u64);
+            Instant::now().checked_sub(rem).unwrap_or_else(Instant::now)
+        });
+        self.update_sci();
+        Ok(())
+    }
+}
+
 impl BusDevice for PmBlock {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
@@ -506,5 +574,55 @@ mod tests {
         let mut b = [0u8; 4];
         d.read(0x600, PM_TMR, &mut b);
         assert!(u32::from_le_bytes(b) > u32::from_le_bytes(a));
+    }
+
+    #[test]
+    fn a_restored_block_keeps_its_registers_timer_and_latched_button() {
+        use crate::state::Snapshot;
+        for layout in [PmLayout::Hospes, PmLayout::Ich9] {
+            let irq = Arc::new(RecordingIrq::default());
+            let power = Arc::new(RecordingPower::default());
+            let mut d = PmBlock::with_layout(layout, irq.clone(), power.clone());
+            d.write(0, PM1_EN, &PWRBTN.to_le_bytes());
+            let gpe0 = layout.gpe0_offset();
+            let half = layout.gpe0_len() / 2;
+            d.write(0, gpe0 + half, &[0x05]);
+            d.press_power_button();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let t0 = read32(&mut d, PM_TMR);
+            let state = d.save_state().unwrap();
+
+            let irq2 = Arc::new(RecordingIrq::default());
+            let mut r = PmBlock::with_layout(layout, irq2.clone(), power.clone());
+            r.restore_state(&state).unwrap();
+            assert!(
+                *irq2.level.lock().unwrap(),
+                "SCI raised again for the button"
+            );
+            for off in [PM1_STS, PM1_EN, PM1_CNT, gpe0, gpe0 + half] {
+                assert_eq!(read16(&mut r, off), read16(&mut d, off), "offset {off:#x}");
+            }
+            let t1 = read32(&mut r, PM_TMR);
+            assert!(
+                t1 >= t0 && t1 - t0 < PM_TIMER_HZ as u32,
+                "timer goes on: {t0} -> {t1}"
+            );
+            // The guest acknowledges: the SCI drops.
+            r.write(0, PM1_STS, &PWRBTN.to_le_bytes());
+            assert!(!*irq2.level.lock().unwrap());
+
+            let other = match layout {
+                PmLayout::Hospes => PmLayout::Ich9,
+                PmLayout::Ich9 => PmLayout::Hospes,
+            };
+            let mut o = PmBlock::with_layout(other, irq2.clone(), power.clone());
+            assert!(o.restore_state(&state).is_err());
+            assert!(r.restore_state(&state[..state.len() - 1]).is_err());
+            assert_eq!(
+                read16(&mut r, PM1_STS) & PWRBTN,
+                0,
+                "unchanged by a refused state"
+            );
+        }
     }
 }

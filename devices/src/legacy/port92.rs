@@ -28,6 +28,19 @@ impl Port92 {
     }
 }
 
+/// The A20 bit is the whole state.
+impl crate::state::Snapshot for Port92 {
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        crate::state::encode("port 0x92", &self.value)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let value: u8 = crate::state::decode("port 0x92", state)?;
+        self.value = value & A20;
+        Ok(())
+    }
+}
+
 impl BusDevice for Port92 {
     fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -75,5 +88,25 @@ mod tests {
         p.read(0x92, 0, &mut b);
         assert_eq!(b[0], A20, "the reset bit reads back as 0");
         assert_eq!(*events.0.lock().unwrap(), [PowerEvent::Reset]);
+    }
+
+    #[test]
+    fn a_restored_port_reads_back_the_a20_bit() {
+        use crate::state::Snapshot;
+        let events = Arc::new(Events::default());
+        let mut p = Port92::new(events.clone());
+        p.write(0x92, 0, &[0]);
+        let state = p.save_state().unwrap();
+        let mut r = Port92::new(events.clone());
+        r.restore_state(&state).unwrap();
+        let mut b = [0xffu8];
+        r.read(0x92, 0, &mut b);
+        assert_eq!(b[0], 0, "A20 off as saved");
+        assert!(r.restore_state(&[]).is_err());
+        assert!(r.restore_state(&[2, 0]).is_err());
+        assert!(
+            events.0.lock().unwrap().is_empty(),
+            "restore resets nothing"
+        );
     }
 }

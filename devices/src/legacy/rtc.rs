@@ -290,6 +290,40 @@ impl Rtc {
     }
 }
 
+/// The saved RTC: the index latch, the 128 CMOS bytes and the clock as an offset from the
+/// host's UTC. Like a real RTC on its battery, the restored clock keeps counting while the
+/// VM was saved: it reads the host's time at restore plus the guest's offset.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RtcSaved {
+    index: u8,
+    cmos: Vec<u8>,
+    offset: i64,
+}
+
+impl crate::state::Snapshot for Rtc {
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        crate::state::encode(
+            "CMOS clock",
+            &RtcSaved {
+                index: self.index,
+                cmos: self.cmos.to_vec(),
+                offset: self.offset,
+            },
+        )
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let s: RtcSaved = crate::state::decode("CMOS clock", state)?;
+        let cmos: [u8; 128] = s.cmos.as_slice().try_into().map_err(|_| {
+            crate::state::StateError::mismatch("CMOS clock", format!("{} CMOS bytes", s.cmos.len()))
+        })?;
+        self.index = s.index & 0x7f;
+        self.cmos = cmos;
+        self.offset = s.offset;
+        Ok(())
+    }
+}
+
 impl BusDevice for Rtc {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         let Some(b) = data.first_mut() else { return };
@@ -474,5 +508,52 @@ mod tests {
         r.write(0x70, 0, &[0x80 | 0x40]);
         r.write(0x70, 1, &[0xab]);
         assert_eq!(reg(&mut r, 0x40), 0xab);
+    }
+
+    #[test]
+    fn a_restored_clock_keeps_the_guest_time_and_cmos_bytes() {
+        use crate::state::Snapshot;
+        let mut r = Rtc::with_clock(fixed);
+        r.set_machine_info(512 << 20, 0, 2);
+        // The guest sets the clock one hour back and binary mode, and leaves the index on
+        // the minutes register.
+        r.write(0x70, 0, &[REG_B]);
+        r.write(0x70, 1, &[B_24H | B_BINARY]);
+        r.write(0x70, 0, &[0x04]);
+        r.write(0x70, 1, &[22]);
+        r.write(0x70, 0, &[0x40]);
+        r.write(0x70, 1, &[0x99]);
+        r.write(0x70, 0, &[0x02]);
+        let state = r.save_state().unwrap();
+
+        let mut n = Rtc::with_clock(fixed);
+        n.restore_state(&state).unwrap();
+        let mut b = [0u8];
+        n.read(0x70, 1, &mut b);
+        assert_eq!(b[0], 45, "the index latch survives");
+        for reg_index in [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, REG_B, 0x15, 0x2e, 0x40] {
+            assert_eq!(
+                reg(&mut n, reg_index),
+                reg(&mut r, reg_index),
+                "register {reg_index:#x}"
+            );
+        }
+        assert_eq!(reg(&mut n, 0x04), 22);
+
+        // Restored later on the host's clock: the guest's time went on meanwhile.
+        fn later() -> (i64, u32) {
+            (1_795_304_706 + 120, 0)
+        }
+        let mut l = Rtc::with_clock(later);
+        l.restore_state(&state).unwrap();
+        assert_eq!(reg(&mut l, 0x02), 47);
+        assert_eq!(reg(&mut l, 0x04), 22);
+
+        assert!(l.restore_state(&state[..state.len() - 1]).is_err());
+        assert!(
+            l.restore_state(&[0, 3, 1, 2, 3, 0]).is_err(),
+            "3 CMOS bytes"
+        );
+        assert_eq!(reg(&mut l, 0x04), 22, "unchanged");
     }
 }

@@ -103,12 +103,28 @@ const MSR: u8 = 6;
 /// The 16550 on the bus.
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, LineBuffer>,
+    irq: Arc<dyn IrqLine>,
+}
+
+/// The UART's registers and receive FIFO for a saved VM (vm-superio's `SerialState`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SerialSaved {
+    divisor: [u8; 2],
+    ier: u8,
+    iir: u8,
+    lcr: u8,
+    lsr: u8,
+    mcr: u8,
+    msr: u8,
+    scratch: u8,
+    rx_fifo: Vec<u8>,
 }
 
 impl SerialDevice {
     pub fn new(irq: Arc<dyn IrqLine>, out: SerialOut) -> Self {
         Self {
-            uart: Serial::new(IrqTrigger(irq), LineBuffer::new(out)),
+            uart: Serial::new(IrqTrigger(irq.clone()), LineBuffer::new(out)),
+            irq,
         }
     }
 
@@ -145,6 +161,74 @@ impl SerialDevice {
     /// Writes out pending output.
     pub fn flush(&mut self) {
         let _ = self.uart.writer_mut().push_out();
+    }
+}
+
+/// Output the guest wrote goes out at save (it belongs to the host side); the registers,
+/// the receive FIFO and a pending interrupt come back at restore, the output sink stays
+/// the one this process opened.
+impl crate::state::Snapshot for SerialDevice {
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        self.flush();
+        let s = self.uart.state();
+        crate::state::encode(
+            "serial port",
+            &SerialSaved {
+                divisor: [s.baud_divisor_low, s.baud_divisor_high],
+                ier: s.interrupt_enable,
+                iir: s.interrupt_identification,
+                lcr: s.line_control,
+                lsr: s.line_status,
+                mcr: s.modem_control,
+                msr: s.modem_status,
+                scratch: s.scratch,
+                rx_fifo: s.in_buffer,
+            },
+        )
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let s: SerialSaved = crate::state::decode("serial port", state)?;
+        let fifo = Serial::new(IrqTrigger(Arc::new(super::NoIrq)), std::io::sink()).fifo_capacity();
+        if s.rx_fifo.len() > fifo {
+            return Err(crate::state::StateError::mismatch(
+                "serial port",
+                format!("{} bytes in a {fifo}-byte FIFO", s.rx_fifo.len()),
+            ));
+        }
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.divisor[0],
+            baud_divisor_high: s.divisor[1],
+            interrupt_enable: s.ier,
+            interrupt_identification: s.iir,
+            line_control: s.lcr,
+            line_status: s.lsr,
+            modem_control: s.mcr,
+            modem_status: s.msr,
+            scratch: s.scratch,
+            in_buffer: s.rx_fifo,
+        };
+        let placeholder = Serial::new(
+            IrqTrigger(Arc::new(super::NoIrq)),
+            LineBuffer::new(Box::new(std::io::sink())),
+        );
+        let out = std::mem::replace(&mut self.uart, placeholder).into_writer();
+        // Raises the interrupt again when one was pending.
+        match Serial::from_state(
+            &state,
+            IrqTrigger(self.irq.clone()),
+            vm_superio::serial::NoEvents,
+            out,
+        ) {
+            Ok(uart) => {
+                self.uart = uart;
+                Ok(())
+            }
+            Err(e) => Err(crate::state::StateError::device(
+                "serial port",
+                format!("{e:?}"),
+            )),
+        }
     }
 }
 
@@ -251,5 +335,56 @@ mod tests {
         let mut rbr = [0u8];
         s.read(0x3f8, 0, &mut rbr);
         assert_eq!(rbr[0], b'x');
+    }
+
+    #[test]
+    fn a_restored_uart_reads_back_the_same_and_raises_its_pending_interrupt() {
+        use crate::state::Snapshot;
+        let mut s = SerialDevice::new(Arc::new(crate::legacy::NoIrq), Box::new(std::io::sink()));
+        s.write(0x3f8, 3, &[0x80]);
+        s.write(0x3f8, 0, &[0x0c]);
+        s.write(0x3f8, 3, &[0x03]);
+        s.write(0x3f8, 7, &[0x5a]);
+        s.write(0x3f8, 4, &[0x0b]);
+        s.write(0x3f8, 1, &[0x01]);
+        assert_eq!(s.enqueue(b"ok"), 2);
+        let state = s.save_state().unwrap();
+
+        let irq = Arc::new(RecordingIrq::default());
+        let out = Shared::default();
+        let mut r = SerialDevice::new(irq.clone(), Box::new(out.clone()));
+        r.restore_state(&state).unwrap();
+        assert!(
+            *irq.edges.lock().unwrap() >= 1,
+            "receive interrupt pending again"
+        );
+        for reg in [1u64, 2, 3, 4, 5, 6, 7] {
+            let (mut a, mut b) = ([0u8], [0u8]);
+            s.read(0x3f8, reg, &mut a);
+            r.read(0x3f8, reg, &mut b);
+            assert_eq!(a, b, "register {reg}");
+        }
+        let mut rbr = [0u8];
+        r.read(0x3f8, 0, &mut rbr);
+        assert_eq!(rbr[0], b'o');
+        r.read(0x3f8, 0, &mut rbr);
+        assert_eq!(rbr[0], b'k');
+        r.write(0x3f8, 3, &[0x80]);
+        r.read(0x3f8, 0, &mut rbr);
+        assert_eq!(rbr[0], 0x0c, "divisor latch");
+        r.write(0x3f8, 3, &[0x03]);
+        for &b in b"on\n" {
+            r.write(0x3f8, 0, &[b]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"on\n");
+
+        assert!(r.restore_state(&state[..state.len() - 1]).is_err());
+        let mut long = state.clone();
+        long.push(0);
+        assert!(r.restore_state(&long).is_err());
+        r.write(0x3f8, 7, &[0x11]);
+        let mut scr = [0u8];
+        r.read(0x3f8, 7, &mut scr);
+        assert_eq!(scr[0], 0x11, "still a working UART");
     }
 }

@@ -28,11 +28,13 @@ pub mod testing;
 use std::io;
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use crate::pci::{IoEventRegistrar, MsiRoutes, MsixInterrupt};
+use crate::state::StateError;
 
 /// Feature bits of the transport and ring that every device shares.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
@@ -94,7 +96,54 @@ impl Activation {
     }
 }
 
+/// Where a queue a device was serving stood when it was paused for a save: the next
+/// avail entry it would take and the next used entry it would write. The transport puts
+/// the queue back at these positions when it activates the restored device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePosition {
+    pub index: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    /// The position of `queue`, which the device served as queue `index`.
+    pub fn of(index: u16, queue: &Queue) -> Self {
+        Self {
+            index,
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+        }
+    }
+}
+
+/// Stops a [`worker::Worker`] whose handler is an `H` for a save and reads the queue
+/// positions from the handler (`positions`); an error when there is no running worker.
+pub fn pause_worker<H: 'static>(
+    device: &str,
+    worker: &mut Option<worker::Worker>,
+    positions: impl FnOnce(&H) -> Vec<QueuePosition>,
+) -> Result<Vec<QueuePosition>, StateError> {
+    let handler = worker
+        .take()
+        .and_then(|mut w| w.stop_and_take::<H>())
+        .ok_or_else(|| StateError::device(device, "its worker was not running"))?;
+    Ok(positions(&handler))
+}
+
 /// A virtio device model, independent of transport.
+///
+/// Saved state: the transport saves what the driver programmed (features, status, queue
+/// addresses, vectors) itself. A device that can be saved overrides [`can_save`],
+/// [`pause`], [`save_device_state`] and [`restore_device_state`]; the defaults refuse, so a
+/// device with state nobody wrote the code for is never saved silently (the machine marks
+/// it unsupported when `can_save` is false, and the defaults return
+/// [`StateError::Unsupported`]).
+///
+/// [`can_save`]: VirtioDevice::can_save
+/// [`pause`]: VirtioDevice::pause
+/// [`save_device_state`]: VirtioDevice::save_device_state
+/// [`restore_device_state`]: VirtioDevice::restore_device_state
 pub trait VirtioDevice: Send {
     /// Virtio device id (2 = block, 4 = entropy).
     fn device_type(&self) -> u16;
@@ -112,6 +161,35 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError>;
     /// Stops the device and drops its queues; it may be activated again.
     fn reset(&mut self);
+
+    /// Short name for saved-state errors ("virtio-blk").
+    fn state_name(&self) -> &str {
+        "virtio device"
+    }
+
+    /// Whether this device implements the saved-state hooks below.
+    fn can_save(&self) -> bool {
+        false
+    }
+
+    /// For a save (the VM ends after it): stops the device's threads so that nothing
+    /// touches guest memory or raises an interrupt any more, and returns where each queue
+    /// it was activated with stands. Only called on an activated device.
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, StateError> {
+        Err(StateError::Unsupported(self.state_name().to_string()))
+    }
+
+    /// The device's own state (configuration space, backend parameters, requests it
+    /// holds), after [`pause`](Self::pause) when it was active.
+    fn save_device_state(&mut self) -> Result<Vec<u8>, StateError> {
+        Err(StateError::Unsupported(self.state_name().to_string()))
+    }
+
+    /// Takes back [`save_device_state`](Self::save_device_state)'s state on a freshly
+    /// built device, before the transport activates it again with the saved queues.
+    fn restore_device_state(&mut self, _state: &[u8]) -> Result<(), StateError> {
+        Err(StateError::Unsupported(self.state_name().to_string()))
+    }
 }
 
 /// Copies the bytes `[offset, offset + data.len())` of a device's configuration structure;

@@ -27,11 +27,13 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{
     Activation, ActiveQueue, GuestMemory, IoEventRegistrar, MsiRoutes, MsixInterrupt,
-    VIRTIO_F_VERSION_1, VirtioDevice, VirtioError, VirtioInterrupt,
+    QueuePosition, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError, VirtioInterrupt,
 };
 use crate::bus::{BusDevice, lock};
+use crate::pci::config::PciConfigState;
 use crate::pci::config::{BarChange, BarKind, CAP_ID_VENDOR, PciConfig, PciIds};
-use crate::pci::{MsixState, PciDevice, PciError};
+use crate::pci::{MsixSaved, MsixState, PciDevice, PciError};
+use crate::state::{Snapshot, StateError};
 
 pub const BAR_SIZE: u64 = 0x8000;
 pub const COMMON_OFFSET: u64 = 0x0000;
@@ -596,6 +598,170 @@ impl BusDevice for VirtioPciDevice {
         if self.config.bar_mapped(0) == Some(base) {
             self.bar_write(offset, data);
         }
+    }
+}
+
+/// One queue's registers as the driver programmed them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct QueueRegs {
+    size: u16,
+    ready: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    vector: u16,
+}
+
+/// The transport's saved state, with the device's own state inside.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct TransportState {
+    config: PciConfigState,
+    msix: MsixSaved,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_generation: u8,
+    queue_select: u16,
+    isr: u8,
+    config_vector: u16,
+    queues: Vec<QueueRegs>,
+    /// Set when the device was running: it is activated again with its queues here.
+    positions: Option<Vec<QueuePosition>>,
+    device: Vec<u8>,
+}
+
+impl VirtioPciDevice {
+    /// Whether the device behind the transport implements saved state.
+    pub fn can_save(&self) -> bool {
+        self.device.can_save()
+    }
+
+    /// The device's name in saved-state messages ("virtio-blk").
+    pub fn device_name(&self) -> String {
+        self.device.state_name().to_string()
+    }
+
+    fn state_name(&self) -> String {
+        self.device_name()
+    }
+}
+
+/// Saving pauses the device (its workers stop for good: a save ends the VM), restoring
+/// redoes what the driver's writes did: BAR0 placement and its notify ioeventfds, MSI-X
+/// routes, and activation with the queues at their saved positions.
+impl Snapshot for VirtioPciDevice {
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        if !self.device.can_save() {
+            return Err(StateError::Unsupported(self.state_name()));
+        }
+        let positions = if self.active {
+            Some(self.device.pause()?)
+        } else {
+            None
+        };
+        let device = self.device.save_device_state()?;
+        let queues = self
+            .queues
+            .iter()
+            .zip(self.queue_vectors.iter())
+            .map(|(q, v)| QueueRegs {
+                size: q.size(),
+                ready: q.ready(),
+                desc: q.desc_table(),
+                avail: q.avail_ring(),
+                used: q.used_ring(),
+                vector: v.load(Ordering::Acquire),
+            })
+            .collect();
+        let state = TransportState {
+            config: self.config.save(),
+            msix: lock(&self.msix).save(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            queue_select: self.queue_select,
+            isr: self.isr.load(Ordering::SeqCst),
+            config_vector: self.config_vector.load(Ordering::Acquire),
+            queues,
+            positions,
+            device,
+        };
+        crate::state::encode(&self.state_name(), &state)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let name = self.state_name();
+        let s: TransportState = crate::state::decode(&name, state)?;
+        if s.queues.len() != self.queues.len() {
+            return Err(StateError::mismatch(
+                &name,
+                format!(
+                    "{} saved queues, the device has {}",
+                    s.queues.len(),
+                    self.queues.len()
+                ),
+            ));
+        }
+        if s.msix.table.len() != usize::from(self.msix_vectors()) {
+            return Err(StateError::mismatch(&name, "MSI-X table size"));
+        }
+        let id = s.config.regs.first().copied().unwrap_or(0);
+        if id != self.config.read_reg(crate::pci::config::REG_ID) {
+            return Err(StateError::mismatch(
+                &name,
+                format!("saved PCI id {id:#010x}"),
+            ));
+        }
+        if self.active {
+            self.reset();
+        }
+        self.device.restore_device_state(&s.device)?;
+        let changes = self.config.restore(&name, &s.config)?;
+        lock(&self.msix).restore(&name, &s.msix)?;
+        for c in &changes {
+            if c.bar == 0 {
+                self.bar0_moved(c.new);
+            }
+        }
+        self.device_feature_select = s.device_feature_select;
+        self.driver_feature_select = s.driver_feature_select;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        self.queue_select = s.queue_select;
+        self.isr.store(s.isr, Ordering::SeqCst);
+        let config_vector = self.valid_vector(s.config_vector);
+        self.config_vector.store(config_vector, Ordering::Release);
+        for (i, r) in s.queues.iter().enumerate() {
+            let vector = self.valid_vector(r.vector);
+            self.queue_vectors[i].store(vector, Ordering::Release);
+            let q = &mut self.queues[i];
+            q.reset();
+            // Values a driver could not have written are refused here as there.
+            let _ = q.try_set_size(r.size);
+            let _ = q.try_set_desc_table_address(GuestAddress(r.desc));
+            let _ = q.try_set_avail_ring_address(GuestAddress(r.avail));
+            let _ = q.try_set_used_ring_address(GuestAddress(r.used));
+            q.set_ready(r.ready);
+        }
+        if let Some(positions) = s.positions {
+            for p in positions {
+                let Some(q) = self.queues.get_mut(usize::from(p.index)) else {
+                    return Err(StateError::mismatch(
+                        &name,
+                        "queue position past the queues",
+                    ));
+                };
+                q.set_next_avail(p.next_avail);
+                q.set_next_used(p.next_used);
+            }
+            self.activate()
+                .map_err(|e| StateError::device(&name, format!("cannot start it again: {e}")))?;
+        }
+        Ok(())
     }
 }
 

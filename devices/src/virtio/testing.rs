@@ -25,6 +25,7 @@ use crate::pci::PciDevice;
 use crate::pci::config::{
     CAP_ID_MSIX, COMMAND_BUS_MASTER, COMMAND_MEMORY, REG_BAR0, REG_CAP_POINTER, REG_COMMAND_STATUS,
 };
+use crate::state::{Snapshot, StateError};
 
 pub const BAR: u64 = 0xc000_0000;
 pub const MEM_SIZE: usize = 4 << 20;
@@ -186,6 +187,61 @@ impl MockDriver {
             kicked_at: 0,
             irq_seen: 0,
         }
+    }
+
+    /// Saves the device behind the transport (which pauses it), then goes on with
+    /// [`MockDriver::restore_into`] a fresh `device`, as a VM's save and restore do.
+    pub fn save_and_restore(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), StateError> {
+        let state = self.dev.lock().unwrap().save_state()?;
+        self.restore_into(device, &state)
+    }
+
+    /// Builds a fresh transport around `device` on the same guest memory, with BAR0 first
+    /// where a fresh boot's firmware might put it ([`BAR`] + 1 MiB), restores `state` into
+    /// it, moves BAR0 on the bus where the restored configuration decodes it, and drives
+    /// that device from now on (new interrupt and route recorders). On error the driver
+    /// keeps the fresh device, unrestored.
+    pub fn restore_into(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+        state: &[u8],
+    ) -> Result<(), StateError> {
+        let irq = Arc::new(RecordingInterrupt::default());
+        let routes = Arc::new(RecordingRoutes::default());
+        let dev = VirtioPciDevice::new(
+            device,
+            TransportParts {
+                mem: self.mem.clone(),
+                msix: irq.clone(),
+                routes: routes.clone(),
+                ioevents: None,
+            },
+        )
+        .unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let mut bus = Bus::new();
+        let boot = BAR + 0x10_0000;
+        {
+            let mut d = dev.lock().unwrap();
+            d.write_config(REG_BAR0, 0, &(boot as u32).to_le_bytes());
+            let cmd = (COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes();
+            let changes = d.write_config(REG_COMMAND_STATUS, 0, &cmd);
+            bus.insert(dev.clone(), boot, changes[0].len).unwrap();
+        }
+        self.dev = dev.clone();
+        self.irq = irq;
+        self.routes = routes;
+        self.irq_seen = 0;
+        let result = dev.lock().unwrap().restore_state(state);
+        let now = dev.lock().unwrap().config().bar_mapped(0);
+        if now != Some(boot) {
+            bus.remove(boot).unwrap();
+            if let Some(at) = now {
+                bus.insert(dev.clone(), at, super::pci::BAR_SIZE).unwrap();
+            }
+        }
+        self.bus = bus;
+        result
     }
 
     /// A driver that went through the whole handshake with queue 0 of size `qsize` live.

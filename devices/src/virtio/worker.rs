@@ -2,6 +2,7 @@
 //! and calls the device's [`QueueHandler`] for each queue the driver kicked. All guest I/O of
 //! a device happens here, never on a vCPU thread.
 
+use std::any::Any;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -19,10 +20,13 @@ pub trait QueueHandler: Send + 'static {
     fn process(&mut self, index: usize);
 }
 
+/// What a stopped thread hands back: its handler, for a device pausing for a save.
+type Returned = Box<dyn Any + Send>;
+
 /// A running worker; dropping it stops and joins the thread.
 pub struct Worker {
     stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Returned>>,
 }
 
 impl Worker {
@@ -37,7 +41,10 @@ impl Worker {
         let stop_thread = stop.try_clone().map_err(VirtioError::EventFd)?;
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(&stop_thread, &events, &mut handler))
+            .spawn(move || {
+                run(&stop_thread, &events, &mut handler);
+                Box::new(handler) as Returned
+            })
             .map_err(VirtioError::SpawnWorker)?;
         Ok(Self {
             stop,
@@ -47,14 +54,35 @@ impl Worker {
 
     /// Stops the thread and waits for it to finish the request it is serving.
     pub fn stop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            if let Err(e) = self.stop.write(1) {
-                log::error!("virtio worker: cannot signal stop: {e}");
-                return;
-            }
-            if thread.join().is_err() {
-                log::error!("virtio worker panicked");
-            }
+        let _ = stop_thread(&self.stop, &mut self.thread, "virtio worker");
+    }
+
+    /// Stops the thread as [`stop`](Self::stop) does and hands back its handler (a device
+    /// pausing for a save reads its queues' positions from it); `None` when the thread had
+    /// already stopped, panicked, or `H` is not the handler's type.
+    pub fn stop_and_take<H: 'static>(&mut self) -> Option<H> {
+        stop_thread(&self.stop, &mut self.thread, "virtio worker")?
+            .downcast::<H>()
+            .ok()
+            .map(|h| *h)
+    }
+}
+
+fn stop_thread(
+    stop: &EventFd,
+    thread: &mut Option<JoinHandle<Returned>>,
+    what: &str,
+) -> Option<Returned> {
+    let thread = thread.take()?;
+    if let Err(e) = stop.write(1) {
+        log::error!("{what}: cannot signal stop: {e}");
+        return None;
+    }
+    match thread.join() {
+        Ok(r) => Some(r),
+        Err(_) => {
+            log::error!("{what} panicked");
+            None
         }
     }
 }
@@ -108,21 +136,21 @@ fn run<H: QueueHandler>(stop: &EventFd, events: &[EventFd], handler: &mut H) {
 /// handle signals it and joins the thread.
 pub struct DeviceThread {
     stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Returned>>,
 }
 
 impl DeviceThread {
     /// Starts `run` on a thread named `name`; `run` must return once its eventfd is
-    /// readable.
-    pub fn spawn(
+    /// readable. What it returns comes back from [`DeviceThread::stop_and_take`].
+    pub fn spawn<R: Send + 'static>(
         name: &str,
-        run: impl FnOnce(EventFd) + Send + 'static,
+        run: impl FnOnce(EventFd) -> R + Send + 'static,
     ) -> Result<Self, VirtioError> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         let stop_thread = stop.try_clone().map_err(VirtioError::EventFd)?;
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(stop_thread))
+            .spawn(move || Box::new(run(stop_thread)) as Returned)
             .map_err(VirtioError::SpawnWorker)?;
         Ok(Self {
             stop,
@@ -131,17 +159,20 @@ impl DeviceThread {
     }
 }
 
+impl DeviceThread {
+    /// Stops the thread and hands back what its `run` returned (`None` when it had
+    /// already stopped, panicked, or returned another type).
+    pub fn stop_and_take<R: 'static>(&mut self) -> Option<R> {
+        stop_thread(&self.stop, &mut self.thread, "device thread")?
+            .downcast::<R>()
+            .ok()
+            .map(|r| *r)
+    }
+}
+
 impl Drop for DeviceThread {
     fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            if let Err(e) = self.stop.write(1) {
-                log::error!("device thread: cannot signal stop: {e}");
-                return;
-            }
-            if thread.join().is_err() {
-                log::error!("device thread panicked");
-            }
-        }
+        let _ = stop_thread(&self.stop, &mut self.thread, "device thread");
     }
 }
 

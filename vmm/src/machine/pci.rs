@@ -22,11 +22,12 @@ use hospes_core::config::DiskFormat;
 use hospes_core::error_chain;
 use hospes_devices::bus::{Bus, BusDevice, BusError, SharedDevice, lock};
 use hospes_devices::pci::config::{COMMAND_BUS_MASTER, COMMAND_MEMORY, REG_COMMAND_STATUS};
-use hospes_devices::pci::root::PciMmioWindow;
+use hospes_devices::pci::root::{PciMmioWindow, PciSaved};
 use hospes_devices::pci::{
     BarAllocator, BarRelocator, HostBridge, PciConfigIo, PciConfigMmio, PciDevice, PciError,
     PciRoot,
 };
+use hospes_devices::state::StateRegistry;
 use hospes_devices::virtio::block::{Block, BlockError};
 
 use crate::backends::qcow2::{DiskOpenError, open_disk};
@@ -114,6 +115,43 @@ pub struct PciSetup {
     alloc: BarAllocator,
     /// Disk images that are not plain files (qcow2), flushed when the boot ends.
     pub images: Vec<Arc<dyn DiskImage>>,
+    /// The i440FX host bridge of a direct boot (a Q35 chipset saves its own).
+    host_bridge: Option<Arc<Mutex<HostBridge>>>,
+    /// Ports 0xCF8..0xCFF, whose address latch is saved state.
+    config_io: Arc<Mutex<PciConfigIo>>,
+}
+
+impl PciSetup {
+    /// The moves of BARs go through here (a restored BAR too).
+    pub fn relocator(&self) -> Arc<dyn BarRelocator> {
+        self.bar_bus.clone()
+    }
+
+    /// Registers the saved state of bus 0 and its virtio devices, each function under
+    /// "pci/00:SS.0"; a virtio device without saved state is marked unsupported.
+    pub fn register_states(&self, states: &mut StateRegistry) {
+        states.add("pci/config-address", self.config_io.clone());
+        if let Some(host) = &self.host_bridge {
+            states.add(
+                "pci/00:00.0",
+                Arc::new(PciSaved::new(host.clone(), self.relocator())),
+            );
+        }
+        for (slot, dev) in &self.devices {
+            let (can_save, name) = {
+                let d = lock(dev);
+                (d.can_save(), d.device_name())
+            };
+            if can_save {
+                states.add(
+                    format!("pci/00:{slot:02x}.0"),
+                    Arc::new(PciSaved::new(dev.clone(), self.relocator())),
+                );
+            } else {
+                states.unsupported(format!("{name} at PCI 00:{slot:02x}.0"));
+            }
+        }
+    }
 }
 
 impl PciSetup {
@@ -198,12 +236,17 @@ pub fn attach_pci(
     let relocator: Arc<dyn BarRelocator> = bar_bus.clone();
     let mut root = PciRoot::new();
     let mmio_window = p.platform.map_or(p.mmio_window, |q35| q35.window);
+    let mut host_bridge = None;
     match p.platform {
         Some(q35) => {
             root.add_device(0, q35.host.clone())?;
             root.add_device(LPC_SLOT, q35.lpc.clone())?;
         }
-        None => root.add_device(0, Arc::new(Mutex::new(HostBridge::new())))?,
+        None => {
+            let host = Arc::new(Mutex::new(HostBridge::new()));
+            root.add_device(0, host.clone())?;
+            host_bridge = Some(host);
+        }
     }
     let mut alloc = BarAllocator::new(mmio_window.0, mmio_window.1.saturating_sub(mmio_window.0));
     let mut devices = Vec::new();
@@ -258,11 +301,8 @@ pub fn attach_pci(
     if let Some(q35) = p.platform {
         config_io = config_io.with_reset_control(q35.reset.clone());
     }
-    pio.insert(
-        Arc::new(Mutex::new(config_io)),
-        CONFIG_IO_PORT,
-        CONFIG_IO_LEN,
-    )?;
+    let config_io = Arc::new(Mutex::new(config_io));
+    pio.insert(config_io.clone(), CONFIG_IO_PORT, CONFIG_IO_LEN)?;
     if let (Some((base, len)), None) = (p.ecam, p.platform) {
         mmio.insert(
             Arc::new(Mutex::new(PciConfigMmio::new(
@@ -280,6 +320,8 @@ pub fn attach_pci(
         bar_bus,
         alloc,
         images,
+        host_bridge,
+        config_io,
     })
 }
 
@@ -368,10 +410,7 @@ pub fn attach_pci_to_machine(
         .map_err(|e| MachineError::Setup(error_chain(&e)))?
     };
     flush_at_boot_end(machine, &setup.images);
-    machine.states.unsupported("PCI bus");
-    if !setup.devices.is_empty() {
-        machine.states.unsupported("virtio devices");
-    }
+    setup.register_states(&mut machine.states);
     Ok(setup)
 }
 
@@ -584,5 +623,48 @@ mod tests {
         .err()
         .unwrap();
         assert!(error_chain(&err).contains("/nonexistent/disk.img"));
+    }
+
+    #[test]
+    fn bus_zero_is_saved_per_function_and_a_moved_bar_comes_back_on_restore() {
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let setup = attach_pci(&mut pio, &mut mmio, test_params(&[], true)).unwrap();
+        let mut states = StateRegistry::default();
+        setup.register_states(&mut states);
+        assert_eq!(
+            states.names().collect::<Vec<_>>(),
+            ["pci/config-address", "pci/00:00.0", "pci/00:01.0"]
+        );
+        // The guest moves virtio-rng's BAR0 and leaves 0xCF8 pointing at its command
+        // register.
+        let ecam = |reg: u64| 0xe000_0000 + (1 << 15) + reg;
+        mmio.write(ecam(0x10), &0xd000_0000u32.to_le_bytes());
+        pio.write(0xcf8, &0x8000_0804u32.to_le_bytes());
+        let saved = states.save().unwrap();
+
+        let mut pio2 = Bus::new();
+        let mut mmio2 = Bus::new();
+        let fresh = attach_pci(&mut pio2, &mut mmio2, test_params(&[], true)).unwrap();
+        let mut states2 = StateRegistry::default();
+        fresh.register_states(&mut states2);
+        let mut n = [0u8; 2];
+        assert!(mmio2.read(0xc000_0012, &mut n), "the fresh boot's place");
+        states2.restore(&saved).unwrap();
+        assert!(mmio2.read(0xd000_0012, &mut n));
+        assert_eq!(
+            u16::from_le_bytes(n),
+            1,
+            "virtio-rng's queue count, at the moved BAR"
+        );
+        mmio2.read(0xc000_0012, &mut n);
+        assert_eq!(n, [0xff, 0xff]);
+        let mut cmd = [0u8; 4];
+        pio2.read(0xcfc, &mut cmd);
+        assert_eq!(
+            cmd[0] & 0x6,
+            0x6,
+            "the latch still selects 00:01.0's command register"
+        );
     }
 }

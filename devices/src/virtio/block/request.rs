@@ -280,6 +280,11 @@ impl BlockHandler {
         }
     }
 
+    /// Where the queue stands (for a save, once the worker has stopped).
+    pub fn position(&self) -> crate::virtio::QueuePosition {
+        crate::virtio::QueuePosition::of(self.index, &self.queue)
+    }
+
     /// Serves every available request, interrupting the driver after each batch if it wants
     /// it, and watches the ring up to [`MAX_POLL`] for the driver's next requests.
     pub fn process_queue(&mut self) {
