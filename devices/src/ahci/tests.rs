@@ -999,7 +999,8 @@ fn a_controller_saved_after_a_read_dma_restores_its_registers_interrupt_and_goes
     let want: Vec<u8> = (10 * 512..14 * 512).map(pattern).collect();
     assert_eq!(d.data(2048), want);
     // The guest's PCI command (memory + bus master) and a BAR address.
-    d.hba.write_config(REG_BAR0 + ABAR_INDEX, 0, &0xfebf_0000u32.to_le_bytes());
+    d.hba
+        .write_config(REG_BAR0 + ABAR_INDEX, 0, &0xfebf_0000u32.to_le_bytes());
     d.hba.write_config(REG_COMMAND_STATUS, 0, &[0x06, 0x00]);
     let saved = d.hba.save_state().unwrap();
 
