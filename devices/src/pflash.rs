@@ -37,8 +37,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
 use crate::framebuffer::{DisplayError, FbMemory};
+use crate::state::{Snapshot, StateError, decode, encode};
 
 /// Erase block size: OVMF's FVB block size (`BLOCK_SIZE` = 0x1000 in
 /// `OvmfPkg/Include/Fdf/OvmfPkgDefines.fdf.inc`, `PcdOvmfFirmwareBlockSize`).
@@ -154,7 +157,7 @@ pub fn ovmf_layout(code_len: u64, vars_len: u64) -> Option<FlashLayout> {
 }
 
 /// What reads of the device return, and what the next write means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Mode {
     /// Reads return the image.
     Array,
@@ -431,6 +434,57 @@ impl BusDevice for Pflash {
             },
             _ => self.command(cmd, offset),
         }
+    }
+}
+
+/// The saved state of a flash: the command state machine only.
+///
+/// The image is not part of it. CODE is the firmware file, read-only, loaded again at
+/// every start. VARS is the VM's own variable store file (`OVMF_VARS.fd` in the VM's
+/// folder): every program and erase is written through to it and synced before the
+/// guest sees it done (and [`Snapshot::save_state`] syncs what is left), so the file the
+/// restored VM loads already holds the variables the saved guest wrote.
+#[derive(Debug, Serialize, Deserialize)]
+struct PflashState {
+    /// The image length, to refuse a state saved over another image.
+    len: u64,
+    mode: Mode,
+    status: u8,
+}
+
+/// The name a saved flash goes by in errors.
+const STATE_NAME: &str = "pflash";
+
+impl Snapshot for Pflash {
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        self.flush();
+        encode(
+            STATE_NAME,
+            &PflashState {
+                len: self.len as u64,
+                mode: self.mode,
+                status: self.status,
+            },
+        )
+    }
+
+    /// Puts the state machine back; a mode other than read-array takes the image's
+    /// memory slot away through [`FlashMapping::set_array_mode`], as the command that
+    /// entered it did.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let s: PflashState = decode(STATE_NAME, state)?;
+        if s.len != self.len as u64 {
+            return Err(StateError::mismatch(
+                STATE_NAME,
+                format!(
+                    "saved over a {}-byte image, this one is {}",
+                    s.len, self.len
+                ),
+            ));
+        }
+        self.status = s.status;
+        self.set_mode(s.mode);
+        Ok(())
     }
 }
 
@@ -725,6 +779,66 @@ mod tests {
             [false, true, false, true, false, true]
         );
         assert!(f.in_array_mode());
+    }
+
+    #[test]
+    fn a_flash_saved_mid_program_finishes_the_program_after_restore() {
+        let img = image(VARS_LEN);
+        let (mut f, tmp) = open(&img, Access::ReadWrite);
+        // OVMF's byte loop: program setup, then the VM is saved before the data cycle.
+        wr(&mut f, 0x100, CMD_PROGRAM);
+        let saved = f.save_state().unwrap();
+        drop(f);
+        // The restored VM opens the same VARS file, as a fresh start does.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(tmp.path())
+            .unwrap();
+        let mut r = Pflash::new(file, Access::ReadWrite).unwrap();
+        let rec = Arc::new(Recorder::default());
+        r.set_mapping(rec.clone());
+        r.restore_state(&saved).unwrap();
+        assert!(!r.in_array_mode());
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            [false],
+            "the slot goes, as on the command"
+        );
+        assert_eq!(rd(&mut r, 0), SR_READY, "status reads, not the image");
+        wr(&mut r, 0x100, 0x5a);
+        wr(&mut r, 0, CMD_READ_ARRAY);
+        assert_eq!(*rec.0.lock().unwrap(), [false, true]);
+        assert_eq!(rd(&mut r, 0x100), 0x5a);
+        drop(r);
+        assert_eq!(std::fs::read(tmp.path()).unwrap()[0x100], 0x5a);
+    }
+
+    #[test]
+    fn a_flash_in_read_array_mode_restores_without_touching_the_mapping() {
+        let (mut f, _tmp) = open(&image(0x2000), Access::ReadWrite);
+        wr(&mut f, 0, CMD_CLEAR_STATUS);
+        let saved = f.save_state().unwrap();
+        let (mut r, _tmp2) = open(&image(0x2000), Access::ReadWrite);
+        let rec = Arc::new(Recorder::default());
+        r.set_mapping(rec.clone());
+        r.restore_state(&saved).unwrap();
+        assert!(rec.0.lock().unwrap().is_empty());
+        wr(&mut r, 0, CMD_READ_STATUS);
+        assert_eq!(rd(&mut r, 0), 0, "Clear Status survived (OVMF's probe)");
+    }
+
+    #[test]
+    fn garbage_or_another_images_flash_state_is_refused() {
+        let (mut f, _tmp) = open(&image(0x2000), Access::ReadWrite);
+        wr(&mut f, 0, CMD_READ_STATUS);
+        let saved = f.save_state().unwrap();
+        let (mut other, _tmp2) = open(&image(0x3000), Access::ReadWrite);
+        assert!(other.restore_state(&saved).is_err());
+        assert!(other.restore_state(&saved[..saved.len() - 1]).is_err());
+        assert!(other.restore_state(&[0x80, 0x40, 9, 9]).is_err());
+        assert!(other.in_array_mode(), "unchanged");
+        assert_eq!(rd(&mut other, 1), image(0x3000)[1]);
     }
 
     #[test]

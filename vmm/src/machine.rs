@@ -547,9 +547,9 @@ impl Machine {
         states.add("i8042", i8042.clone());
         states.add("pm", pm);
         states.add("port92", port92);
-        if chipset.is_some() {
-            // The MCH (PAM, SMRAM), the LPC bridge, fw_cfg, and OVMF's flashes.
-            states.unsupported("Q35 chipset and firmware devices");
+        if let Some(platform) = &chipset {
+            // The MCH (PAM, SMRAM), the LPC bridge, RST_CNT, APM, fw_cfg, OVMF's flashes.
+            platform.register_states(&mut states, rom.as_ref());
         }
         Ok(Self {
             pio_bus,

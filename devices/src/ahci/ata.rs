@@ -214,7 +214,7 @@ impl Default for IdentifyData {
 }
 
 /// The transfer modes a guest selected with SET FEATURES (IDENTIFY words 63 and 88).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum XferMode {
     Pio,
     MultiwordDma(u8),
@@ -268,6 +268,24 @@ impl AtaDisk {
 
     pub fn sectors(&self) -> u64 {
         self.medium.sectors(SECTOR)
+    }
+
+    /// The settings a guest changed, for a saved VM.
+    pub(super) fn save(&self) -> super::state::DiskState {
+        super::state::DiskState {
+            write_cache: self.write_cache,
+            look_ahead: self.look_ahead,
+            multiple: self.multiple,
+            mode: self.mode,
+        }
+    }
+
+    /// Takes back saved settings.
+    pub(super) fn restore(&mut self, s: &super::state::DiskState) {
+        self.write_cache = s.write_cache;
+        self.look_ahead = s.look_ahead;
+        self.multiple = s.multiple;
+        self.mode = s.mode;
     }
 
     pub fn read_only(&self) -> bool {

@@ -92,7 +92,7 @@ const TOC_POINT_LAST_TRACK: u8 = 0xa1;
 const TOC_POINT_LEAD_OUT: u8 = 0xa2;
 
 /// Fixed-format sense data, as REQUEST SENSE returns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sense {
     pub key: u8,
     pub asc: u8,
@@ -218,6 +218,37 @@ impl Cdrom {
         self.unit_attention = true;
         self.event = EVENT_MEDIA_REMOVAL;
         old
+    }
+
+    /// The drive's state, for a saved VM.
+    pub(super) fn save(&self) -> super::state::CdromState {
+        super::state::CdromState {
+            medium: self.medium.is_some(),
+            tray_open: self.tray_open,
+            sense: self.sense,
+            unit_attention: self.unit_attention,
+            locked: self.locked,
+            event: self.event,
+            mode: self.mode,
+        }
+    }
+
+    /// Whether [`Cdrom::restore`] can take `s`: a disc the saved drive held must be here.
+    pub(super) fn can_restore(&self, s: &super::state::CdromState) -> bool {
+        !s.medium || self.medium.is_some()
+    }
+
+    /// Takes back a saved state; a disc the saved drive no longer held is taken out.
+    pub(super) fn restore(&mut self, s: &super::state::CdromState) {
+        if !s.medium {
+            self.medium = None;
+        }
+        self.tray_open = s.tray_open;
+        self.sense = s.sense;
+        self.unit_attention = s.unit_attention;
+        self.locked = s.locked;
+        self.event = s.event;
+        self.mode = s.mode;
     }
 
     /// A disc is in and the tray is closed.

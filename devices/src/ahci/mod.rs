@@ -23,6 +23,7 @@ pub mod backend;
 pub mod fis;
 pub mod port;
 pub mod prdt;
+mod state;
 
 #[cfg(test)]
 mod tests;
@@ -262,6 +263,52 @@ impl Ahci {
             _ => {}
         }
         self.update_irq();
+    }
+}
+
+/// The name a saved controller goes by in errors.
+const STATE_NAME: &str = "AHCI controller";
+
+impl crate::state::Snapshot for Ahci {
+    /// Commands complete on the vCPU thread that issued them, so nothing is in flight
+    /// here: the state is taken as it is (see [`state`]).
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        crate::state::encode(
+            STATE_NAME,
+            &state::AhciState {
+                config: self.config.save(),
+                ghc: self.ghc,
+                is: self.is,
+                ports: self.ports.iter().map(AhciPort::save).collect(),
+            },
+        )
+    }
+
+    /// Takes back the registers on a controller built from the same configuration; the
+    /// ABAR's move is the wrapper's ([`crate::pci::root::PciSaved`]). INTA# is set to
+    /// what the restored IS, GHC.IE and INTx disable say, as after a register write.
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), crate::state::StateError> {
+        use crate::state::StateError;
+        let s: state::AhciState = crate::state::decode(STATE_NAME, bytes)?;
+        if s.ports.len() != NUM_PORTS {
+            return Err(StateError::mismatch(
+                STATE_NAME,
+                format!("{} ports saved, {NUM_PORTS} here", s.ports.len()),
+            ));
+        }
+        for (i, (port, saved)) in self.ports.iter().zip(&s.ports).enumerate() {
+            if let Some(why) = port.restore_mismatch(saved) {
+                return Err(StateError::mismatch(STATE_NAME, format!("port {i}: {why}")));
+            }
+        }
+        self.config.restore(STATE_NAME, &s.config)?;
+        for (port, saved) in self.ports.iter_mut().zip(&s.ports) {
+            port.restore(saved);
+        }
+        self.ghc = GHC_AE | (s.ghc & GHC_IE);
+        self.is = s.is & PI_VALUE;
+        self.update_irq();
+        Ok(())
     }
 }
 

@@ -30,6 +30,7 @@ use super::fis::{
     H2dFis, HDR_PRDBC, HEADER_LEN, RFIS_D2H, RFIS_PIO_SETUP, TaskFile,
 };
 use super::prdt::Transfer;
+use super::state::{DeviceState, PortState};
 
 /// Port register offsets inside the port's 0x80-byte block (AHCI 1.3.1 §3.3).
 pub const PXCLB: u64 = 0x00;
@@ -237,6 +238,65 @@ impl AhciPort {
                 locked: cd.locked(),
             }),
             _ => None,
+        }
+    }
+
+    /// The port's registers and its device's settings, for a saved VM.
+    pub(super) fn save(&self) -> PortState {
+        PortState {
+            clb: self.clb,
+            fb: self.fb,
+            is: self.is,
+            ie: self.ie,
+            cmd: self.cmd,
+            tfd: self.tfd,
+            sig: self.sig,
+            ssts: self.ssts,
+            sctl: self.sctl,
+            serr: self.serr,
+            sact: self.sact,
+            ci: self.ci,
+            sig_pending: self.sig_pending,
+            halted: self.halted,
+            device: self.device.as_ref().map(|d| match d {
+                Device::Disk(disk) => DeviceState::Disk(disk.save()),
+                Device::Cdrom(cd) => DeviceState::Cdrom(cd.save()),
+            }),
+        }
+    }
+
+    /// Why `s` does not fit this port (a disk saved where a CD drive is, a disc saved
+    /// that this drive lacks), or `None`.
+    pub(super) fn restore_mismatch(&self, s: &PortState) -> Option<&'static str> {
+        match (&self.device, &s.device) {
+            (None, None) | (Some(Device::Disk(_)), Some(DeviceState::Disk(_))) => None,
+            (Some(Device::Cdrom(cd)), Some(DeviceState::Cdrom(c))) => {
+                (!cd.can_restore(c)).then_some("a disc was in the CD drive, none is now")
+            }
+            _ => Some("another kind of device was on the port"),
+        }
+    }
+
+    /// Takes back a saved state checked with [`AhciPort::restore_mismatch`].
+    pub(super) fn restore(&mut self, s: &PortState) {
+        self.clb = s.clb;
+        self.fb = s.fb;
+        self.is = s.is & IS_VALID;
+        self.ie = s.ie & IS_VALID;
+        self.cmd = s.cmd;
+        self.tfd = s.tfd;
+        self.sig = s.sig;
+        self.ssts = s.ssts;
+        self.sctl = s.sctl & SCTL_STORED;
+        self.serr = s.serr;
+        self.sact = s.sact;
+        self.ci = s.ci;
+        self.sig_pending = s.sig_pending;
+        self.halted = s.halted;
+        match (&mut self.device, &s.device) {
+            (Some(Device::Disk(d)), Some(DeviceState::Disk(saved))) => d.restore(saved),
+            (Some(Device::Cdrom(c)), Some(DeviceState::Cdrom(saved))) => c.restore(saved),
+            _ => {}
         }
     }
 

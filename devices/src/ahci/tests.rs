@@ -953,3 +953,146 @@ fn random_registers_and_command_tables_never_panic() {
     let want: Vec<u8> = (512..1024).map(pattern).collect();
     assert_eq!(d.data(512), want);
 }
+
+/// A controller as a restored VM builds it: same guest RAM, drives on the same images
+/// (`disk`, `cd`: handles on the files the saved one used), then `saved` restored.
+fn restored(from: &Driver, disk: &File, cd: &File, saved: &[u8]) -> Driver {
+    use crate::state::Snapshot;
+    let irq = Arc::new(RecordingIrq::default());
+    let mut hba = Ahci::new(from.mem.clone(), irq.clone()).unwrap();
+    hba.attach(0, Drive::disk(disk.try_clone().unwrap(), false, "DISK0"))
+        .unwrap();
+    hba.attach(1, Drive::cdrom(Some(cd.try_clone().unwrap()), "CD1"))
+        .unwrap();
+    hba.reset();
+    hba.restore_state(saved).unwrap();
+    Driver {
+        hba,
+        mem: from.mem.clone(),
+        irq,
+    }
+}
+
+fn driver_on(disk: &File, cd: &File) -> Driver {
+    Driver::new(vec![
+        (0, Drive::disk(disk.try_clone().unwrap(), false, "DISK0")),
+        (1, Drive::cdrom(Some(cd.try_clone().unwrap()), "CD1")),
+    ])
+}
+
+#[test]
+fn a_controller_saved_after_a_read_dma_restores_its_registers_interrupt_and_goes_on() {
+    use crate::state::Snapshot;
+    let (disk, cd) = (image(ATA_DISK_SECTORS * 512), image(ISO_SECTORS * 2048));
+    let mut d = driver_on(&disk, &cd);
+    d.start(0);
+    d.start(1);
+    // SET MULTIPLE MODE 4, then READ DMA of 4 sectors at LBA 10 left pending in PxIS.
+    assert_eq!(d.issue(0, &Cmd::ata(h2d(0xc6, 0, 4), &[])) & IS_TFES, 0);
+    d.pw(0, PXIE, IS_DHRS);
+    d.w(0x04, 1 << 31 | 2);
+    d.build(0, 3, &Cmd::ata(h2d(0xc8, 10, 4), &[(DATA, 2048)]), 5);
+    d.pw(0, PXCI, 1 << 3);
+    assert_eq!(d.pr(0, PXCI), 0, "completed at once");
+    assert_eq!(d.prdbc(0, 3), 2048);
+    assert!(d.level());
+    let want: Vec<u8> = (10 * 512..14 * 512).map(pattern).collect();
+    assert_eq!(d.data(2048), want);
+    // The guest's PCI command (memory + bus master) and a BAR address.
+    d.hba
+        .write_config(REG_BAR0 + ABAR_INDEX, 0, &0xfebf_0000u32.to_le_bytes());
+    d.hba.write_config(REG_COMMAND_STATUS, 0, &[0x06, 0x00]);
+    let saved = d.hba.save_state().unwrap();
+
+    let mut r = restored(&d, &disk, &cd, &saved);
+    assert!(r.level(), "INTA# asserted again");
+    assert_eq!(r.hba.config().bar_address(ABAR_INDEX), Some(0xfebf_0000));
+    assert_eq!(r.hba.config().command() & 0x6, 0x6);
+    for off in [0x04, 0x08] {
+        assert_eq!(r.r(off), d.r(off), "{off:#x}");
+    }
+    for port in 0..2 {
+        for reg in [
+            PXCLB, PXFB, PXIS, PXIE, PXCMD, PXTFD, PXSIG, PXSSTS, PXSCTL, PXSERR, PXSACT, PXCI,
+        ] {
+            assert_eq!(r.pr(port, reg), d.pr(port, reg), "port {port} reg {reg:#x}");
+        }
+    }
+    // The interrupt clears as on the original, and the next command works.
+    r.pw(0, PXIS, IS_DHRS);
+    r.w(0x08, 1);
+    assert!(!r.level());
+    r.mem.write_slice(&[0u8; 2048], GuestAddress(DATA)).unwrap();
+    let is = r.issue(0, &Cmd::ata(h2d(0xc8, 20, 4), &[(DATA, 2048)]));
+    assert_eq!(is & IS_TFES, 0);
+    let want: Vec<u8> = (20 * 512..24 * 512).map(pattern).collect();
+    assert_eq!(r.data(2048), want);
+    // SET MULTIPLE's count came back: IDENTIFY word 59 reports it.
+    r.issue(0, &Cmd::ata(h2d(0xec, 0, 0), &[(DATA, 512)]));
+    assert_eq!(word(&r.data(512), 59) & 0x1ff, 0x104);
+}
+
+#[test]
+fn cd_sense_after_an_eject_survives_restore_and_the_disc_stays_out() {
+    use crate::state::Snapshot;
+    let (disk, cd) = (image(ATA_DISK_SECTORS * 512), image(ISO_SECTORS * 2048));
+    let mut d = driver_on(&disk, &cd);
+    d.start(1);
+    d.hba.eject(1).unwrap();
+    // The next command fails with the unit attention, whose sense the guest has not read.
+    let (is, _) = d.packet([0; 12], 0x200);
+    assert_ne!(is & IS_TFES, 0);
+    d.restart(1);
+    let saved = d.hba.save_state().unwrap();
+
+    // The restored VM's configuration still names the ISO; the saved drive was empty.
+    let mut r = restored(&d, &disk, &cd, &saved);
+    assert!(!r.hba.port_mut(1).unwrap().media_present());
+    let sense = r.sense();
+    assert_eq!(sense, (6, 0x28, 0), "the unit attention");
+    assert_eq!(sense, d.sense(), "as on the original");
+    // Then the drive is empty: TEST UNIT READY fails with medium not present.
+    let (is, _) = r.packet([0; 12], 0x200);
+    assert_ne!(is & IS_TFES, 0);
+    r.restart(1);
+    assert_eq!(r.sense(), (2, 0x3a, 0));
+    // The media event still waits too, once.
+    let (_, ev) = r.packet([0x4a, 1, 0, 0, 0x10, 0, 0, 0, 8, 0, 0, 0], 8);
+    assert_eq!(ev[4], 3, "media removal");
+}
+
+#[test]
+fn garbage_or_mismatched_ahci_state_is_refused_and_the_controller_goes_on() {
+    use crate::state::Snapshot;
+    let (disk, cd) = (image(ATA_DISK_SECTORS * 512), image(ISO_SECTORS * 2048));
+    let mut d = driver_on(&disk, &cd);
+    d.start(0);
+    let saved = d.hba.save_state().unwrap();
+    // A controller with the CD and disk swapped, and one with an empty CD drive.
+    let mut swapped = Driver::new(vec![
+        (0, Drive::cdrom(Some(cd.try_clone().unwrap()), "CD0")),
+        (1, Drive::disk(disk.try_clone().unwrap(), false, "DISK1")),
+    ]);
+    assert!(swapped.hba.restore_state(&saved).is_err());
+    let mut fresh = driver_on(&disk, &cd);
+    fresh.start(1);
+    fresh.hba.eject(1).unwrap();
+    fresh.sense();
+    let empty_cd = fresh.hba.save_state().unwrap();
+    let mut other = driver_on(&disk, &cd);
+    other.hba.eject(1).unwrap();
+    assert!(other.hba.restore_state(&saved[..saved.len() - 2]).is_err());
+    assert!(other.hba.restore_state(&[0xff; 40]).is_err());
+    // Empty saved, disc here: accepted (the disc goes); disc saved, none here: refused.
+    let mut with_disc = driver_on(&disk, &cd);
+    with_disc.hba.restore_state(&empty_cd).unwrap();
+    let before = other.pr(0, PXCMD);
+    assert!(other.hba.restore_state(&saved).is_err());
+    assert_eq!(other.pr(0, PXCMD), before, "nothing changed");
+    // The refused controller still runs commands.
+    other.start(0);
+    let is = other.issue(0, &Cmd::ata(h2d(0xc8, 1, 1), &[(DATA, 512)]));
+    assert_eq!(is & IS_TFES, 0);
+    let want: Vec<u8> = (512..1024).map(pattern).collect();
+    assert_eq!(other.data(512), want);
+}

@@ -10,8 +10,11 @@
 //! ([`crate::legacy::pm::PmLayout::Ich9`]), so it skips its SMM setup.
 //! Insert at 0xB2 with length 2.
 
-use super::smi::SmiRoute;
+use serde::{Deserialize, Serialize};
+
+use super::smi::{SmiFeaturesState, SmiRoute};
 use crate::bus::BusDevice;
+use crate::state::{Snapshot, StateError, decode, encode};
 
 /// The port of APM_CNT; APM_STS follows it.
 pub const APM_CNT_PORT: u64 = 0xb2;
@@ -77,6 +80,50 @@ impl BusDevice for Apm {
         {
             route.command(cmd);
         }
+    }
+}
+
+/// The name saved APM ports go by in errors.
+const STATE_NAME: &str = "q35/apm";
+
+/// Saved state: both bytes and, on a machine with SMM, the broadcast negotiation the
+/// firmware made through fw_cfg (SMI_EN itself is saved with the LPC bridge).
+#[derive(Debug, Serialize, Deserialize)]
+struct ApmState {
+    regs: [u8; 2],
+    features: Option<SmiFeaturesState>,
+}
+
+impl Snapshot for Apm {
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        encode(
+            STATE_NAME,
+            &ApmState {
+                regs: self.regs,
+                features: self.smi.as_ref().map(|r| r.features.save()),
+            },
+        )
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let s: ApmState = decode(STATE_NAME, state)?;
+        match (&self.smi, &s.features) {
+            (Some(route), Some(f)) => route.features.restore(f).map_err(|asked| {
+                StateError::mismatch(
+                    STATE_NAME,
+                    format!("SMI features {asked:#x} negotiated, not offered here"),
+                )
+            })?,
+            (None, None) => {}
+            _ => {
+                return Err(StateError::mismatch(
+                    STATE_NAME,
+                    "saved on a machine with SMM, restored on one without, or the reverse",
+                ));
+            }
+        }
+        self.regs = s.regs;
+        Ok(())
     }
 }
 
@@ -147,5 +194,34 @@ mod tests {
         apm.read(APM_CNT_PORT, u64::MAX, &mut b);
         assert_eq!(b, [0xee, 0xee]);
         assert_eq!(apm.regs, [0, 0]);
+    }
+
+    #[test]
+    fn ports_and_the_negotiated_broadcast_survive_restore() {
+        use crate::bus::{Initiator, set_initiator};
+        use crate::chipset::smi::testing::route;
+        use crate::chipset::smi::{SMI_EN_APMC_EN, SMI_EN_GBL_SMI_EN, SMI_F_BROADCAST, SmiTarget};
+        let (r, _) = route(SMI_EN_APMC_EN);
+        assert!(r.features.negotiate(SMI_F_BROADCAST));
+        let mut apm = Apm::with_smi(r);
+        apm.write(APM_CNT_PORT, 1, &[0x5a]);
+        let saved = apm.save_state().unwrap();
+
+        let (r2, rec2) = route(SMI_EN_APMC_EN | SMI_EN_GBL_SMI_EN);
+        let mut fresh = Apm::with_smi(r2);
+        // A machine without SMM refuses the state; garbage too.
+        assert!(Apm::new().restore_state(&saved).is_err());
+        assert!(fresh.restore_state(&saved[..1]).is_err());
+        fresh.restore_state(&saved).unwrap();
+        let mut b = [0u8; 2];
+        fresh.read(APM_CNT_PORT, 0, &mut b);
+        assert_eq!(b, [0, 0x5a]);
+        // The broadcast negotiated before the save still holds: an SMI goes to all.
+        set_initiator(Initiator {
+            vcpu: Some(1),
+            ..Initiator::default()
+        });
+        fresh.write(APM_CNT_PORT, 0, &[0x42]);
+        assert_eq!(rec2.take(), [SmiTarget::All]);
     }
 }

@@ -24,9 +24,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::regs::{ChipsetConfig, ChipsetFunction, touches};
-use super::smi::SmiRegs;
+use serde::{Deserialize, Serialize};
+
+use super::regs::{ChipsetConfig, ChipsetConfigState, ChipsetFunction, touches};
+use super::smi::{SmiRegs, SmiRegsState};
 use super::{SUBCLASS_ISA_BRIDGE, bridge_ids};
+use crate::state::{Snapshot, StateError, decode, encode};
 
 /// Device id of the ICH9 LPC interface (the desktop part QEMU models).
 pub const DEVICE_ID: u16 = 0x2918;
@@ -190,6 +193,47 @@ impl ChipsetFunction for Ich9Lpc {
                 smi.lock_gbl_smi_en();
             }
         }
+    }
+}
+
+/// The name a saved LPC bridge goes by in errors.
+const STATE_NAME: &str = "q35/lpc";
+
+/// Saved state: the configuration space (PMBASE, ACPI_CNTL, PIRQ routing, GEN_PMCON with
+/// SMI_LOCK, RCBA) and, on a bridge given them, SMI_EN/SMI_STS with their lock.
+#[derive(Debug, Serialize, Deserialize)]
+struct LpcState {
+    config: ChipsetConfigState,
+    smi: Option<SmiRegsState>,
+}
+
+impl Snapshot for Ich9Lpc {
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        encode(
+            STATE_NAME,
+            &LpcState {
+                config: self.config.save(),
+                smi: self.smi.as_ref().map(|r| r.save()),
+            },
+        )
+    }
+
+    /// Restores the registers, then places the PM block through [`PmRelocator::set`]
+    /// as the guest's PMBASE/ACPI_EN writes did.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let s: LpcState = decode(STATE_NAME, state)?;
+        if s.smi.is_some() != self.smi.is_some() {
+            return Err(StateError::mismatch(
+                STATE_NAME,
+                "saved with and restored without SMI registers, or the reverse",
+            ));
+        }
+        self.config.restore(STATE_NAME, &s.config)?;
+        if let (Some(regs), Some(saved)) = (&self.smi, &s.smi) {
+            regs.restore(saved);
+        }
+        self.sync_pm();
+        Ok(())
     }
 }
 
@@ -372,5 +416,58 @@ mod tests {
         drop(l);
         assert_eq!(read(&pio, SLOT, 0x40, 4), 1);
         assert!(rec.take().is_empty());
+    }
+
+    #[test]
+    fn pm_base_pirq_routes_and_smi_lock_survive_restore() {
+        use crate::chipset::smi::{SMI_EN_APMC_EN, SMI_EN_GBL_SMI_EN};
+        let (pio, lpc, _) = setup();
+        let smi = Arc::new(SmiRegs::new(SMI_EN_APMC_EN));
+        lpc.lock().unwrap().set_smi_regs(smi.clone());
+        write(&pio, SLOT, 0x40, 4, 0x600);
+        write(&pio, SLOT, 0x44, 1, 0x80);
+        write(&pio, SLOT, 0x60, 4, 0x0b0a_0b0a);
+        write(&pio, SLOT, 0xf0, 4, 0xfed1_c001);
+        write(&pio, SLOT, 0x04, 2, 0x0007);
+        smi.set_enable(SMI_EN_APMC_EN | SMI_EN_GBL_SMI_EN);
+        write(&pio, SLOT, 0xa0, 1, 0x10); // SMI_LOCK (OVMF)
+        let saved = lpc.lock().unwrap().save_state().unwrap();
+
+        let (pio2, fresh, rec2) = setup();
+        let smi2 = Arc::new(SmiRegs::new(SMI_EN_APMC_EN));
+        fresh.lock().unwrap().set_smi_regs(smi2.clone());
+        fresh.lock().unwrap().restore_state(&saved).unwrap();
+        assert_eq!(rec2.take(), [Some(0x600)], "the PM block is placed again");
+        for off in [0x04, 0x40, 0x44, 0x60, 0x68, 0xa0, 0xf0] {
+            assert_eq!(
+                read(&pio2, SLOT, off, 4),
+                read(&pio, SLOT, off, 4),
+                "{off:#x}"
+            );
+        }
+        assert_eq!(fresh.lock().unwrap().pirq_route(0), Some(10));
+        assert_eq!(fresh.lock().unwrap().pirq_route(1), Some(11));
+        // SMI_LOCK still sticks and still freezes GBL_SMI_EN.
+        write(&pio2, SLOT, 0xa0, 1, 0x00);
+        assert_eq!(read(&pio2, SLOT, 0xa0, 1) & 0x10, 0x10);
+        smi2.set_enable(0);
+        assert_eq!(smi2.enable(), SMI_EN_GBL_SMI_EN);
+    }
+
+    #[test]
+    fn garbage_lpc_state_is_refused_and_changes_nothing() {
+        let (pio, lpc, rec) = setup();
+        write(&pio, SLOT, 0x40, 4, 0x600);
+        let saved = lpc.lock().unwrap().save_state().unwrap();
+        let mut l = lpc.lock().unwrap();
+        assert!(l.restore_state(&saved[..saved.len() - 1]).is_err());
+        assert!(l.restore_state(&[0; 3]).is_err());
+        // Saved without SMI registers: a bridge with them refuses it.
+        l.set_smi_regs(Arc::new(SmiRegs::new(0)));
+        assert!(l.restore_state(&saved).is_err());
+        drop(l);
+        assert!(rec.take().is_empty());
+        write(&pio, SLOT, 0x44, 1, 0x80);
+        assert_eq!(rec.take(), [Some(0x600)], "still works");
     }
 }

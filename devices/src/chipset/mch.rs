@@ -26,7 +26,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::regs::{ChipsetConfig, ChipsetFunction, touches};
+use super::regs::{ChipsetConfig, ChipsetConfigState, ChipsetFunction, touches};
 use super::smram::{SmramMapper, SmramView, smram_view};
 use super::{SUBCLASS_HOST_BRIDGE, bridge_ids};
 
@@ -410,6 +410,30 @@ impl ChipsetFunction for Q35Host {
     }
 }
 
+/// The name a saved MCH goes by in errors.
+const STATE_NAME: &str = "q35/mch";
+
+/// Saved state: the configuration space. Everything else the MCH holds (the ECAM window,
+/// the PAM modes, the SMRAM view as last reported) follows from it.
+impl crate::state::Snapshot for Q35Host {
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::state::StateError> {
+        crate::state::encode(STATE_NAME, &self.config.save())
+    }
+
+    /// Restores the registers, then reports what they decode to through the same
+    /// [`EcamWindow`], [`ShadowMemory`] and [`SmramMapper`] calls a guest's writes make:
+    /// the freshly built machine shows the power-on state, so every window, segment and
+    /// SMRAM range the saved guest had changed is set up again.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::state::StateError> {
+        let saved: ChipsetConfigState = crate::state::decode(STATE_NAME, state)?;
+        self.config.restore(STATE_NAME, &saved)?;
+        self.sync_smram();
+        self.sync_ecam();
+        self.sync_pam();
+        Ok(())
+    }
+}
+
 /// The PCI root's movable ECAM window follows PCIEXBAR.
 impl EcamWindow for crate::pci::root::EcamOverlay {
     fn set(&self, window: Option<EcamRange>) {
@@ -772,6 +796,80 @@ mod tests {
                 ..open
             }]
         );
+    }
+
+    #[test]
+    fn pam_pciexbar_and_smram_come_back_through_their_traits_after_restore() {
+        use crate::state::Snapshot;
+        let (pio, host, _) = setup();
+        let smram = Arc::new(SmramRecorder::default());
+        host.lock().unwrap().set_smram_mapper(smram.clone());
+        // SeaBIOS-style shadowing, then write-protect; OVMF-style ECAM and TSEG + lock.
+        write(&pio, 0, 0x90, 4, 0x3311_1110);
+        write(&pio, 0, 0x94, 4, 0x0033_2233);
+        write(&pio, 0, 0x60, 4, 0xe000_0001);
+        write(&pio, 0, 0x9e, 1, 0x38 | 0b110 | 1);
+        write(
+            &pio,
+            0,
+            0x9d,
+            1,
+            u32::from(0x02 | SMRAM_G_SMRAME | SMRAM_D_LCK),
+        );
+        write(&pio, 0, 0x04, 2, 0x0006);
+        let modes: Vec<PamMode> = pam_segments()
+            .into_iter()
+            .map(|s| host.lock().unwrap().pam_mode(s))
+            .collect();
+        let view = host.lock().unwrap().smram_view();
+        let saved = host.lock().unwrap().save_state().unwrap();
+
+        let (pio2, fresh, rec2) = setup();
+        let smram2 = Arc::new(SmramRecorder::default());
+        fresh.lock().unwrap().set_smram_mapper(smram2.clone());
+        fresh.lock().unwrap().restore_state(&saved).unwrap();
+        // Every non-Off segment was reported, in order, with one apply.
+        let expected: Vec<(usize, PamMode)> = modes
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, m)| *m != PamMode::Off)
+            .collect();
+        assert_eq!(rec2.take_pam(), expected);
+        assert_eq!(*rec2.applies.lock().unwrap(), 1);
+        assert_eq!(rec2.take_ecam(), [window(0xe000_0000, 256 << 20)]);
+        assert_eq!(smram2.take(), [view]);
+        assert_eq!(view.tseg_len, 16 << 20);
+        // The same register reads, the lock still holds, the command register is back.
+        for off in [0x04, 0x60, 0x64, 0x90, 0x94, 0x9c, 0xb0] {
+            assert_eq!(read(&pio2, 0, off, 4), read(&pio, 0, off, 4), "{off:#x}");
+        }
+        assert!(fresh.lock().unwrap().smram_locked());
+        write(&pio2, 0, 0x9e, 1, 0x38);
+        write(&pio2, 0, 0x9d, 1, u32::from(SMRAM_D_OPEN));
+        assert!(smram2.take().is_empty(), "locked: nothing reopens SMRAM");
+        assert_eq!(read(&pio2, 0, 0x9d, 2), read(&pio, 0, 0x9d, 2));
+        // The restored MCH goes on like the original: the next PAM write is one change.
+        write(&pio2, 0, 0x96, 1, 0x00);
+        assert_eq!(rec2.take_pam(), [(11, PamMode::Off), (12, PamMode::Off)]);
+    }
+
+    #[test]
+    fn garbage_mch_state_is_refused_and_changes_nothing() {
+        use crate::state::Snapshot;
+        let (pio, host, rec) = setup();
+        write(&pio, 0, 0x90, 1, 0x30);
+        rec.take_pam();
+        let saved = host.lock().unwrap().save_state().unwrap();
+        let mut h = host.lock().unwrap();
+        assert!(h.restore_state(&saved[..saved.len() - 3]).is_err());
+        assert!(h.restore_state(&[1, 2, 3]).is_err());
+        assert!(h.restore_state(&[]).is_err());
+        drop(h);
+        assert!(rec.take_pam().is_empty() && rec.take_ecam().is_empty());
+        assert_eq!(read(&pio, 0, 0x90, 1), 0x30);
+        write(&pio, 0, 0x90, 1, 0x10);
+        assert_eq!(rec.take_pam(), [(0, PamMode::ReadOnly)], "still works");
     }
 
     #[test]

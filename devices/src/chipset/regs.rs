@@ -11,9 +11,12 @@
 
 use std::ops::Range;
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
-use crate::pci::config::REG_HEADER;
+use crate::pci::config::{PciConfigState, REG_HEADER};
 use crate::pci::{BarChange, PciConfig, PciDevice, PciIds};
+use crate::state::StateError;
 
 /// First byte of the device-specific part of configuration space (PCI 3.0 §6.1: the type-0
 /// header is 64 bytes).
@@ -127,6 +130,16 @@ impl ConfigBytes {
     }
 }
 
+/// The saved configuration space of a chipset function ([`ChipsetConfig::save`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChipsetConfigState {
+    header: PciConfigState,
+    /// Bytes 0x40..0x100.
+    bytes: Vec<u8>,
+    /// Their write masks: a lock the guest set (SMRAM.D_LCK, SMI_LOCK) narrows them.
+    wmask: Vec<u8>,
+}
+
 /// Header type bit 7: the device has more functions than function 0 (PCI 3.0 §6.2.1).
 const HEADER_MULTIFUNCTION: u32 = 0x80 << 16;
 
@@ -173,6 +186,49 @@ impl ChipsetConfig {
             let _ = self.header.write_reg(reg, offset, data);
             None
         }
+    }
+}
+
+impl ChipsetConfig {
+    /// The space as the guest left it, for a saved VM.
+    pub fn save(&self) -> ChipsetConfigState {
+        ChipsetConfigState {
+            header: self.header.save(),
+            bytes: self.regs.bytes.to_vec(),
+            wmask: self.regs.wmask.to_vec(),
+        }
+    }
+
+    /// Takes back a saved space on one built as for a fresh boot (`device` names it in
+    /// errors). The header takes the bits a guest may write; the device-specific bytes take
+    /// the saved values except where neither this space nor the saved one let a guest
+    /// write (read-only registers such as TOLUD stay as this configuration sets them); a
+    /// saved write mask can only be narrower than the power-on one (a lock). Only the
+    /// register bytes change: the owner then reports what they drive through its traits.
+    /// On error nothing changes.
+    pub fn restore(&mut self, device: &str, state: &ChipsetConfigState) -> Result<(), StateError> {
+        let n = END - START;
+        if state.bytes.len() != n || state.wmask.len() != n {
+            return Err(StateError::mismatch(
+                device,
+                format!(
+                    "{} register bytes and {} masks saved, {n} expected",
+                    state.bytes.len(),
+                    state.wmask.len()
+                ),
+            ));
+        }
+        // No BARs: nothing can move.
+        let _ = self.header.restore(device, &state.header)?;
+        let regs = &mut self.regs;
+        for (i, (saved, saved_mask)) in state.bytes.iter().zip(&state.wmask).enumerate() {
+            if let (Some(b), Some(m)) = (regs.bytes.get_mut(i), regs.wmask.get_mut(i)) {
+                let fixed = !*m & !*saved_mask;
+                *b = (*b & fixed) | (saved & !fixed);
+                *m &= saved_mask;
+            }
+        }
+        Ok(())
     }
 }
 

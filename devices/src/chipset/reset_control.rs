@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::bus::BusDevice;
 use crate::legacy::{PowerEvent, PowerEvents};
+use crate::state::{Snapshot, StateError, decode, encode};
 
 pub use crate::pci::root::RESET_CONTROL_PORT;
 /// RST_CNT bits (ICH9 §13.7.5).
@@ -61,6 +62,23 @@ impl BusDevice for ResetControl {
         if b & RST_CPU != 0 {
             self.power.request(PowerEvent::Reset);
         }
+    }
+}
+
+/// The name a saved RST_CNT goes by in errors.
+const STATE_NAME: &str = "q35/reset";
+
+/// Saved state: the stored bits (SYS_RST, FULL_RST). RST_CPU is not state: it reads 0
+/// once the reset it asked for has been requested.
+impl Snapshot for ResetControl {
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        encode(STATE_NAME, &self.value)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let value: u8 = decode(STATE_NAME, state)?;
+        self.value = value & STORED;
+        Ok(())
     }
 }
 
@@ -120,5 +138,20 @@ mod tests {
         assert_eq!(b, [0x55], "undecoded offset left as the bus filled it");
         d.reset();
         assert_eq!(read(&mut d), 0);
+    }
+
+    #[test]
+    fn stored_bits_survive_restore_and_garbage_is_refused() {
+        let power = Arc::new(RecordingPower::default());
+        let mut rc = ResetControl::new(power.clone());
+        rc.write(RESET_CONTROL_PORT, 0, &[SYS_RST | FULL_RST]);
+        let saved = rc.save_state().unwrap();
+        let mut fresh = ResetControl::new(power);
+        assert!(fresh.restore_state(&[]).is_err());
+        assert!(fresh.restore_state(&[1, 2]).is_err());
+        fresh.restore_state(&saved).unwrap();
+        let mut b = [0u8];
+        fresh.read(RESET_CONTROL_PORT, 0, &mut b);
+        assert_eq!(b[0], SYS_RST | FULL_RST);
     }
 }

@@ -24,6 +24,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use serde::{Deserialize, Serialize};
+
 use crate::fw_cfg::{FwCfg, FwCfgError};
 
 /// SMI_EN bit 0: SMIs may happen at all.
@@ -96,12 +98,43 @@ impl SmiRegs {
         self.sts.fetch_or(bits, Ordering::SeqCst);
     }
 
+    /// SMI_EN, SMI_STS and the GBL_SMI_EN lock, for a saved VM.
+    pub fn save(&self) -> SmiRegsState {
+        SmiRegsState {
+            enable: self.enable(),
+            status: self.status(),
+            gbl_locked: self.gbl_locked.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Takes back [`SmiRegs::save`]'s values.
+    pub fn restore(&self, state: &SmiRegsState) {
+        self.en.store(state.enable, Ordering::SeqCst);
+        self.sts.store(state.status, Ordering::SeqCst);
+        self.gbl_locked.store(state.gbl_locked, Ordering::SeqCst);
+    }
+
     /// Back to power-on values.
     pub fn reset(&self) {
         self.gbl_locked.store(false, Ordering::SeqCst);
         self.set_enable(self.reset_en);
         self.sts.store(0, Ordering::SeqCst);
     }
+}
+
+/// The saved [`SmiRegs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmiRegsState {
+    pub enable: u32,
+    pub status: u32,
+    pub gbl_locked: bool,
+}
+
+/// The saved [`SmiFeatures`]: what the firmware negotiated (its offer is configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmiFeaturesState {
+    pub negotiated: u64,
+    pub ok: bool,
 }
 
 /// Where an SMI goes.
@@ -157,6 +190,25 @@ impl SmiFeatures {
     }
 
     /// Whether SMIs go to every vCPU.
+    /// The negotiation's outcome, for a saved VM.
+    pub fn save(&self) -> SmiFeaturesState {
+        SmiFeaturesState {
+            negotiated: self.negotiated.load(Ordering::SeqCst),
+            ok: self.ok.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Takes back a saved outcome; one asking for features this machine does not offer
+    /// is refused (`Err` with the features) and changes nothing.
+    pub fn restore(&self, state: &SmiFeaturesState) -> Result<(), u64> {
+        if state.negotiated & !self.supported != 0 {
+            return Err(state.negotiated);
+        }
+        self.negotiated.store(state.negotiated, Ordering::SeqCst);
+        self.ok.store(state.ok, Ordering::SeqCst);
+        Ok(())
+    }
+
     pub fn broadcast(&self) -> bool {
         self.negotiated.load(Ordering::SeqCst) & SMI_F_BROADCAST != 0
     }

@@ -40,6 +40,7 @@ mod bootorder;
 mod dma;
 mod e820;
 mod loader;
+mod state;
 #[cfg(test)]
 mod tests;
 

@@ -701,3 +701,103 @@ fn smi_features_negotiate_the_way_ovmf_does() {
         Some(&[1u8][..])
     );
 }
+
+/// The same machine as `setup` builds, fresh, with `from`'s saved state restored.
+fn restored(from: &Guest, setup: impl FnOnce(&mut FwCfg)) -> Guest {
+    use crate::state::Snapshot;
+    let saved = lock(&from.dev).save_state().unwrap();
+    let g = Guest::new(setup);
+    lock(&g.dev).restore_state(&saved).unwrap();
+    g
+}
+
+fn saved_state_machine(fw: &mut FwCfg) {
+    fw.add_file("etc/e820", (0..40).collect()).unwrap();
+    fw.add_file_writable("etc/vmgenid_addr", vec![0; 8])
+        .unwrap();
+    let (_, generator) = counting(vec![30]);
+    fw.add_lazy_files(&["etc/acpi/tables"], generator).unwrap();
+}
+
+#[test]
+fn a_half_read_file_goes_on_at_the_next_byte_after_restore() {
+    let g = Guest::new(saved_state_machine);
+    let key = g.key_of("etc/e820");
+    g.select(key);
+    assert_eq!(g.read_port(13), (0..13).collect::<Vec<u8>>());
+    let r = restored(&g, saved_state_machine);
+    assert_eq!(r.read_port(5), [13, 14, 15, 16, 17]);
+    assert_eq!(
+        g.read_port(5),
+        [13, 14, 15, 16, 17],
+        "the same as the original"
+    );
+}
+
+#[test]
+fn written_files_generated_tables_and_a_pending_dma_high_half_survive_restore() {
+    let g = Guest::new(saved_state_machine);
+    // The guest writes the writable file and reads the generated one for good (run 2).
+    let key = g.key_of("etc/vmgenid_addr");
+    g.mem.write_slice(&[7; 8], GuestAddress(BUF)).unwrap();
+    assert_eq!(
+        g.dma((u32::from(key) << 16) | CTL_SELECT | CTL_WRITE, 8, BUF),
+        0
+    );
+    let tables = g.key_of("etc/acpi/tables");
+    assert_eq!(
+        g.dma((u32::from(tables) << 16) | CTL_SELECT | CTL_READ, 30, BUF),
+        0
+    );
+    assert_eq!(g.mem_at(BUF, 30), [2; 30]);
+    // OVMF wrote the high half of a DMA address, then the VM was saved.
+    g.io.write(FW_CFG_PORT_DMA, &0u32.to_be_bytes());
+
+    let r = restored(&g, saved_state_machine);
+    assert_eq!(lock(&r.dev).file_data("etc/vmgenid_addr").unwrap(), [7; 8]);
+    // The tables are the ones the guest read, not a new run of the generator (which
+    // would give 1s in the fresh machine).
+    r.fill(BUF, 30, 0);
+    let ctl = (u32::from(FW_CFG_SIGNATURE) << 16) | CTL_SELECT | CTL_READ;
+    let mut s = [0u8; 16];
+    s[0..4].copy_from_slice(&ctl.to_be_bytes());
+    s[4..8].copy_from_slice(&4u32.to_be_bytes());
+    s[8..16].copy_from_slice(&BUF.to_be_bytes());
+    r.mem.write_slice(&s, GuestAddress(ACCESS)).unwrap();
+    r.io.write(FW_CFG_PORT_DMA + 4, &(ACCESS as u32).to_be_bytes());
+    assert_eq!(
+        r.control_at(ACCESS),
+        0,
+        "the saved high half (0) completes it"
+    );
+    assert_eq!(r.mem_at(BUF, 4), b"QEMU");
+    assert_eq!(
+        r.dma((u32::from(tables) << 16) | CTL_SELECT | CTL_READ, 30, BUF),
+        0
+    );
+    assert_eq!(r.mem_at(BUF, 30), [2; 30]);
+}
+
+#[test]
+fn garbage_or_foreign_fw_cfg_state_is_refused_and_the_device_goes_on() {
+    use crate::state::Snapshot;
+    let g = Guest::new(saved_state_machine);
+    g.select(g.key_of("etc/e820"));
+    g.read_port(3);
+    let saved = lock(&g.dev).save_state().unwrap();
+    let fresh = Guest::new(saved_state_machine);
+    let key = fresh.key_of("etc/e820");
+    fresh.select(key);
+    fresh.read_port(1);
+    assert!(
+        lock(&fresh.dev)
+            .restore_state(&saved[..saved.len() - 1])
+            .is_err()
+    );
+    assert!(lock(&fresh.dev).restore_state(&[0xff; 7]).is_err());
+    // A machine without the writable file does not take the state.
+    let other = Guest::new(|fw| fw.add_file("etc/e820", (0..40).collect()).unwrap());
+    assert!(lock(&other.dev).restore_state(&saved).is_err());
+    // The failed restores changed nothing: the cursor is where the guest left it.
+    assert_eq!(fresh.read_port(2), [1, 2]);
+}

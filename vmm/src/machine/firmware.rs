@@ -44,6 +44,7 @@ use hospes_devices::legacy::PowerEvents;
 use hospes_devices::legacy::firmware_log::{FirmwareLog, LogSink};
 use hospes_devices::legacy::pm::{PmBlock, S5_SLP_TYP};
 use hospes_devices::pci::root::EcamOverlay;
+use hospes_devices::state::StateRegistry;
 
 /// Which firmware a machine boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +175,10 @@ pub struct Platform {
     pub lpc: Arc<Mutex<Ich9Lpc>>,
     /// The reset control register at 0xcf9, inside the PCI configuration ports.
     pub reset: SharedDevice,
+    /// The same register, for its saved state.
+    reset_control: Arc<Mutex<ResetControl>>,
+    /// The APM ports 0xb2/0xb3.
+    apm: Arc<Mutex<Apm>>,
     /// ECAM where PCIEXBAR says, inside the 32-bit PCI window.
     pub ecam: Arc<EcamOverlay>,
     /// The 32-bit PCI window, `(start, end)`.
@@ -283,15 +288,38 @@ impl Platform {
             u64::from(layout::FW_DEBUG_PORT),
             1,
         )?;
-        pio.insert(Arc::new(Mutex::new(apm)), APM_PORT, APM_LEN)?;
+        let apm = Arc::new(Mutex::new(apm));
+        pio.insert(apm.clone(), APM_PORT, APM_LEN)?;
+        let reset_control = Arc::new(Mutex::new(ResetControl::new(p.power)));
         Ok(Self {
             host: Arc::new(Mutex::new(host)),
             lpc: Arc::new(Mutex::new(lpc)),
-            reset: Arc::new(Mutex::new(ResetControl::new(p.power))),
+            reset: reset_control.clone(),
+            reset_control,
+            apm,
             ecam,
             window,
             fw_cfg: cfg,
         })
+    }
+}
+
+impl Platform {
+    /// Adds the chipset and the firmware's devices to a machine's saved state, in the
+    /// order a restore must take them: the MCH first (ECAM window, PAM, SMRAM views), the
+    /// LPC bridge (PM block placement, SMI_EN), RST_CNT, the APM ports, fw_cfg, then
+    /// OVMF's two flashes (`images`: what this boot mapped). The 0x402 log has no state.
+    pub fn register_states(&self, states: &mut StateRegistry, images: Option<&FirmwareImages>) {
+        states.add("q35/mch", self.host.clone());
+        states.add("q35/lpc", self.lpc.clone());
+        states.add("q35/reset", self.reset_control.clone());
+        states.add("q35/apm", self.apm.clone());
+        states.add("fw_cfg", self.fw_cfg.clone());
+        if let Some(FirmwareImages::Ovmf(flash)) = images {
+            let (code, vars) = flash.flashes();
+            states.add("pflash/code", code);
+            states.add("pflash/vars", vars);
+        }
     }
 }
 

@@ -35,6 +35,7 @@ use hospes_devices::bus::lock;
 use hospes_devices::chipset::Ich9Lpc;
 use hospes_devices::fw_cfg::{ahci_path, bootorder, virtio_blk_path};
 use hospes_devices::legacy::IrqLine;
+use hospes_devices::pci::root::PciSaved;
 
 use crate::arch::x86_64::acpi_loader::{PIRQ_GSI_BASE, q35_pirq};
 
@@ -257,8 +258,13 @@ pub fn attach_for_firmware(
     }
     .map_err(|e| MachineError::Setup(error_chain(&e)))?;
     super::pci::flush_at_boot_end(machine, &pci.images[images_before..]);
-    if ahci.is_some() {
-        machine.states.unsupported("SATA (AHCI) controller");
+    if let Some(ahci) = &ahci {
+        // Its configuration space (the ABAR moves through the relocator on restore),
+        // HBA and port registers, disk settings and CD tray/sense state.
+        machine.states.add(
+            format!("pci/00:{:02x}.0", ahci.slot),
+            Arc::new(PciSaved::new(ahci.device.clone(), pci.relocator())),
+        );
     }
     if let Some(tray) = cdrom {
         let tray = tray.clone();

@@ -203,6 +203,11 @@ impl OvmfFlash {
         })
     }
 
+    /// The CODE and VARS flashes, for the machine's saved state.
+    pub fn flashes(&self) -> (Arc<Mutex<Pflash>>, Arc<Mutex<Pflash>>) {
+        (self.code.clone(), self.vars.clone())
+    }
+
     /// Where the two images go.
     pub fn layout(&self) -> FlashLayout {
         self.layout
