@@ -137,6 +137,21 @@ pub struct Core {
     link_up: bool,
     pub(crate) counters: Arc<E1000eCounters>,
     pub(crate) tx: TxState,
+    /// Saved for a VM's save: the rings are no longer run (see [`super::state`]).
+    pub(crate) frozen: bool,
+}
+
+/// The register file's saved state: the registers that are not zero, EEPROM, PHY, the
+/// packet being gathered and the link as the guest last saw it.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CoreSaved {
+    regs: Vec<(u32, u32)>,
+    eeprom: Vec<u16>,
+    phy: Vec<u16>,
+    link_up: bool,
+    tx: TxState,
+    msi: (bool, u64, u32),
+    intx_disabled: bool,
 }
 
 impl Core {
@@ -169,6 +184,7 @@ impl Core {
             link_up: false,
             counters,
             tx: TxState::default(),
+            frozen: false,
         };
         core.reset();
         core
@@ -486,6 +502,66 @@ impl Core {
     }
 
     /// The MSI-X table and PBA in BAR3.
+    /// The state [`Core::restore`] takes back.
+    pub(crate) fn save(&self) -> CoreSaved {
+        CoreSaved {
+            regs: (0u32..)
+                .zip(self.regs.iter())
+                .filter(|(_, v)| **v != 0)
+                .map(|(i, v)| (i, *v))
+                .collect(),
+            eeprom: self.eeprom.to_vec(),
+            phy: self.phy.to_vec(),
+            link_up: self.link_up,
+            tx: self.tx.clone(),
+            msi: (self.irq.msi.enabled, self.irq.msi.addr, self.irq.msi.data),
+            intx_disabled: self.irq.intx_disabled,
+        }
+    }
+
+    /// Checks a saved state before [`Core::restore`] takes it.
+    pub(crate) fn check(&self, s: &CoreSaved) -> Result<(), String> {
+        if s.eeprom.len() != EEPROM_WORDS || s.phy.len() != self.phy.len() {
+            return Err(format!(
+                "{} EEPROM words, {} PHY registers",
+                s.eeprom.len(),
+                s.phy.len()
+            ));
+        }
+        match s.regs.iter().find(|(i, _)| *i as usize >= self.regs.len()) {
+            Some((i, _)) => Err(format!("register {:#x} past BAR0", u64::from(*i) * 4)),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes back a state [`Core::check`] accepted. The link stays as the connection has
+    /// it now: if that differs from what the guest saw, the guest hears of the change.
+    pub(crate) fn restore(&mut self, s: &CoreSaved) {
+        self.regs.fill(0);
+        for &(i, v) in &s.regs {
+            if let Some(r) = self.regs.get_mut(i as usize) {
+                *r = v;
+            }
+        }
+        self.eeprom.copy_from_slice(&s.eeprom[..EEPROM_WORDS]);
+        self.phy.copy_from_slice(&s.phy[..32]);
+        self.tx = s.tx.clone();
+        let (enabled, addr, data) = s.msi;
+        self.irq.set_msi(Msi {
+            enabled,
+            addr,
+            data,
+        });
+        self.irq.intx_disabled = s.intx_disabled;
+        self.frozen = false;
+        let now = self.link_up;
+        self.link_up = s.link_up;
+        self.set_link(now);
+        self.update_intx();
+        // Descriptors the guest handed over before the save are run again by the worker.
+        self.ring();
+    }
+
     pub fn msix(&mut self) -> &mut MsixState {
         &mut self.irq.msix
     }

@@ -20,6 +20,7 @@
 pub mod core;
 pub mod regs;
 pub mod rx;
+mod state;
 pub mod tx;
 pub mod worker;
 

@@ -51,6 +51,10 @@ struct Checks {
 impl Core {
     /// Tries to put `frame` into the receive ring.
     pub fn receive(&mut self, frame: &[u8]) -> Rx {
+        // Saved: the frame waits in the connection (the VM's process ends).
+        if self.frozen {
+            return Rx::NoRoom;
+        }
         let rctl = self.get(RCTL);
         if rctl & RCTL_EN == 0 || frame.len() < 14 {
             self.rx_drop();

@@ -60,7 +60,7 @@ pub enum TxError {
 }
 
 /// The offload context the last context descriptor set.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Context {
     ipcss: usize,
     ipcso: usize,
@@ -73,8 +73,9 @@ pub(crate) struct Context {
     mss: usize,
 }
 
-/// The packet being gathered across descriptors.
-#[derive(Debug, Default)]
+/// The packet being gathered across descriptors (saved with the card: its first
+/// descriptors are already behind TDH).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TxState {
     ctx: Context,
     packet: Vec<u8>,
@@ -109,6 +110,9 @@ impl Core {
     /// Processes up to `budget` descriptors between TDH and TDT, handing each finished
     /// frame to `send`. Returns whether descriptors are left.
     pub fn transmit(&mut self, send: &mut dyn FnMut(&[u8]), budget: usize) -> bool {
+        if self.frozen {
+            return false;
+        }
         if self.get(TCTL) & TCTL_EN == 0 {
             return false;
         }

@@ -74,7 +74,7 @@ const PIN_OUT_EN: u8 = 0x40;
 const PIN_IN_EN: u8 = 0x20;
 
 /// One converter's settings, as the guest left them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Converter {
     /// Stream tag (1..15; 0 = none) and lowest channel.
     pub stream: u8,
@@ -109,8 +109,8 @@ impl Converter {
     }
 }
 
-/// The codec's state.
-#[derive(Debug, Clone)]
+/// The codec's state (saved with the controller as it is).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Codec {
     pub dac: Converter,
     pub adc: Converter,

@@ -19,6 +19,7 @@
 //! only `try_lock`s).
 
 pub mod codec;
+mod state;
 pub mod stream;
 pub mod worker;
 
@@ -161,6 +162,7 @@ pub(crate) struct Link {
 }
 
 /// The global registers (all but the streams'), at their power-on values by default.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Regs {
     gctl: u32,
     wakeen: u16,
@@ -235,6 +237,8 @@ pub struct Hda {
     pub(crate) links: [Link; STREAMS],
     /// Tells the worker that a stream started or stopped.
     wake: Arc<EventFd>,
+    /// Saved for a VM's save: no stream moves any more (see [`state`]).
+    frozen: bool,
 }
 
 impl Hda {
@@ -276,6 +280,7 @@ impl Hda {
             streams: std::array::from_fn(|i| Stream::new(i >= INPUT_STREAMS)),
             links: std::array::from_fn(|_| Link::default()),
             wake: Arc::new(wake),
+            frozen: false,
         })
     }
 
@@ -762,6 +767,9 @@ impl Hda {
     /// ring or the clock lets more through. Returns the time until the next clock-paced
     /// transfer is due (None: nothing clock-paced runs).
     pub fn service(&mut self) -> Option<Duration> {
+        if self.frozen {
+            return None;
+        }
         let mut next: Option<Duration> = None;
         let mut event = false;
         let bus_master = self.config.command() & COMMAND_BUS_MASTER != 0;

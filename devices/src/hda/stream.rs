@@ -56,7 +56,7 @@ pub struct Moved {
 }
 
 /// A stream's registers and DMA position.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stream {
     pub output: bool,
     pub ctl: u32,

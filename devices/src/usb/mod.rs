@@ -22,6 +22,7 @@ pub mod xhci;
 #[cfg(test)]
 mod end_to_end;
 
+use crate::state::StateError;
 use std::fmt;
 
 /// How fast a device talks, as the port reports it (xHCI 1.2 §7.2.2.1.1 Protocol Speed ID
@@ -270,6 +271,25 @@ pub trait UsbDevice: Send {
     /// devices never go.
     fn is_gone(&self) -> bool {
         false
+    }
+
+    /// The device's state for a saved VM (see [`crate::state`]); transfers it still holds
+    /// are left out: the controller hands them again after a restore. The default refuses:
+    /// a host device passed through keeps its state in the host, where a save cannot
+    /// take it.
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        Err(StateError::device(
+            &format!("USB device {}", self.description()),
+            "a device passed through from the host cannot be saved; unplug it first",
+        ))
+    }
+
+    /// Takes back what [`UsbDevice::save_state`] gave, on a device just reset.
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), StateError> {
+        Err(StateError::device(
+            &format!("USB device {}", self.description()),
+            "has no saved state",
+        ))
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use hospes_devices::e1000e::worker::E1000eWorker;
 use hospes_devices::e1000e::{E1000e, E1000eInterrupts, INTERRUPTS};
+use hospes_devices::pci::root::PciSaved;
 
 use super::pci::PciSetup;
 use super::storage::PciIntx;
@@ -28,7 +29,6 @@ pub fn attach(
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         MachineError::Setup(format!("e1000e network card: {what}: {e}"))
     };
-    machine.states.unsupported("e1000e network card");
     let router = pci
         .router
         .clone()
@@ -50,7 +50,12 @@ pub fn attach(
     .map_err(|e| setup("create", &e))?;
     let (core, doorbell) = (card.core(), card.doorbell());
     let card = Arc::new(Mutex::new(card));
-    let slot = pci.add_device(card).map_err(|e| setup("PCI", &e))?;
+    let slot = pci.add_device(card.clone()).map_err(|e| setup("PCI", &e))?;
+    // Its save freezes the register file: the worker stops running the rings.
+    machine.states.add(
+        format!("pci/00:{slot:02x}.0"),
+        Arc::new(PciSaved::new(card, pci.relocator())),
+    );
     if let Some(intx) = intx {
         intx.connect(slot);
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use hospes_core::config::SoundCard;
 use hospes_devices::audio::AudioBackend;
 use hospes_devices::hda::{Hda, HdaInterrupts, worker};
+use hospes_devices::pci::root::PciSaved;
 
 use super::pci::PciSetup;
 use super::storage::PciIntx;
@@ -58,7 +59,6 @@ pub fn attach(
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         MachineError::Setup(format!("HD Audio: {what}: {e}"))
     };
-    machine.states.unsupported("HD Audio card");
     let router = pci
         .router
         .clone()
@@ -82,6 +82,11 @@ pub fn attach(
     if let Some(intx) = intx {
         intx.connect(slot);
     }
+    // Its save freezes the streams: the worker moves no more sound.
+    machine.states.add(
+        format!("pci/00:{slot:02x}.0"),
+        Arc::new(PciSaved::new(hda.clone(), pci.relocator())),
+    );
     let worker = worker::spawn(&hda).map_err(|e| setup("worker", &e))?;
     log::info!("HD Audio controller at 00:{slot:02x}.0");
     machine.on_boot_end(move || drop(worker));

@@ -33,6 +33,7 @@ use hospes_core::control::usb::{
 use hospes_core::control::{ControlError, Event, EventSender};
 use hospes_devices::bus::lock;
 use hospes_devices::input::InputRouter;
+use hospes_devices::pci::root::PciSaved;
 use hospes_devices::usb::hid::{self, UsbKeyboard, UsbKeyboardHandle, UsbTablet, UsbTabletHandle};
 use hospes_devices::usb::passthrough::HostUsb;
 use hospes_devices::usb::xhci::{CompletionWaiter, Xhci, XhciInterrupts};
@@ -188,7 +189,6 @@ impl Usb {
         let setup = |what: &str, e: &dyn std::fmt::Display| {
             MachineError::Setup(format!("USB controller: {what}: {e}"))
         };
-        machine.states.unsupported("xHCI USB controller");
         let router = pci
             .router
             .clone()
@@ -209,6 +209,11 @@ impl Usb {
         )
         .map_err(|e| setup("create", &e))?;
         let xhci = Arc::new(Mutex::new(xhci));
+        // Its save freezes it: the worker's completions no longer reach the guest.
+        machine.states.add(
+            "usb/xhci",
+            Arc::new(PciSaved::new(xhci.clone(), pci.relocator())),
+        );
         let slot = pci.add_device(xhci.clone()).map_err(|e| setup("PCI", &e))?;
         if let Some(intx) = intx {
             intx.connect(slot);

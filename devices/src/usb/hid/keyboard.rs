@@ -160,6 +160,7 @@ pub fn xt_to_hid(xt: u16) -> Option<u8> {
 }
 
 /// The keys held, the LEDs set and the reports not yet sent.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct KeyboardReports {
     modifiers: u8,
     /// Non-modifier usages held, in the order they went down.

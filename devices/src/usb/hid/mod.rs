@@ -28,6 +28,9 @@ pub(crate) mod tests;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
 pub use keyboard::{UsbKeyboard, UsbKeyboardHandle, xt_to_hid};
 pub use tablet::{UsbTablet, UsbTabletHandle};
 
@@ -36,6 +39,7 @@ use super::{
     UsbSpeed, descriptor, request,
 };
 use crate::bus::lock;
+use crate::state::{self, StateError};
 
 /// pid.codes, the open-source vendor id (https://pid.codes); the product ids below are
 /// Hospes's within it.
@@ -242,8 +246,9 @@ impl HidIdentity {
     }
 }
 
-/// A device's reports: what it has to say and what the guest set.
-pub trait HidReports: Send {
+/// A device's reports: what it has to say and what the guest set (saved with the device
+/// as they are: their serde form is their saved state).
+pub trait HidReports: Send + Serialize + DeserializeOwned {
     /// The oldest report not yet sent, taken off the queue.
     fn next_report(&mut self) -> Option<Vec<u8>>;
     /// The input report for the state now (GET_REPORT input).
@@ -275,6 +280,20 @@ struct HidState<R> {
     /// SET_PROTOCOL: 0 boot, 1 report (HID 1.11 §7.2.6). Both send the same report here.
     protocol: u8,
     waiting: VecDeque<Waiting>,
+    reports: R,
+}
+
+/// A HID device's saved state: the guest's settings and the reports not sent yet. The
+/// interrupt transfers waiting for a report are not in it: the controller hands them
+/// again after a restore.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(serialize = "R: Serialize", deserialize = "R: DeserializeOwned"))]
+struct SavedHid<R> {
+    configured: bool,
+    polled: bool,
+    halted: bool,
+    idle: u8,
+    protocol: u8,
     reports: R,
 }
 
@@ -341,6 +360,14 @@ impl<H: HidHandle> UsbDevice for HidDevice<H> {
     fn description(&self) -> String {
         self.handle.core().identity().description.to_string()
     }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        self.handle.core().save_state()
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.handle.core().restore_state(state)
+    }
 }
 
 /// The core of a HID device: its identity and its state, shared between the device in
@@ -400,6 +427,37 @@ impl<R: HidReports> HidCore<R> {
         s.protocol = 1;
         s.waiting.clear();
         s.reports.reset();
+    }
+
+    /// The saved state (see [`SavedHid`]).
+    pub fn save_state(&self) -> Result<Vec<u8>, StateError> {
+        let s = lock(&self.state);
+        state::encode(
+            self.identity.description,
+            &SavedHid {
+                configured: s.configured,
+                polled: s.polled,
+                halted: s.halted,
+                idle: s.idle,
+                protocol: s.protocol,
+                reports: &s.reports,
+            },
+        )
+    }
+
+    /// Takes back a saved state; transfers waiting now are dropped (the controller hands
+    /// them again).
+    pub fn restore_state(&self, bytes: &[u8]) -> Result<(), StateError> {
+        let saved: SavedHid<R> = state::decode(self.identity.description, bytes)?;
+        let mut s = lock(&self.state);
+        s.configured = saved.configured;
+        s.polled = saved.polled;
+        s.halted = saved.halted;
+        s.idle = saved.idle;
+        s.protocol = saved.protocol;
+        s.reports = saved.reports;
+        s.waiting.clear();
+        Ok(())
     }
 
     /// Drops the transfers waiting on `endpoint`.

@@ -88,6 +88,7 @@ pub(super) static IDENTITY: HidIdentity = HidIdentity {
 };
 
 /// The pointer's state and the reports not yet sent.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct TabletReports {
     /// The report for the state now (wheel 0).
     now: [u8; REPORT_LEN],

@@ -37,6 +37,7 @@ pub mod context;
 pub mod port;
 pub mod regs;
 pub mod ring;
+mod state;
 pub mod transfer;
 pub mod trb;
 
@@ -223,6 +224,8 @@ pub struct Xhci {
     next_id: u64,
     /// Transfers handed to devices: id -> (slot, DCI).
     pub(crate) inflight: HashMap<u64, (u8, u8)>,
+    /// Saved for a VM's save: nothing more reaches guest memory (see [`state`]).
+    frozen: bool,
 }
 
 impl Xhci {
@@ -277,6 +280,7 @@ impl Xhci {
             }),
             next_id: 1,
             inflight: HashMap::new(),
+            frozen: false,
         };
         x.reset_controller();
         Ok(x)
@@ -292,6 +296,9 @@ impl Xhci {
     /// Applies every result devices have queued: data into guest memory, Transfer
     /// Events, interrupts; then goes on with transfer rings that waited for room.
     pub fn process_completions(&mut self) {
+        if self.frozen {
+            return;
+        }
         for _ in 0..64 {
             let results = self.queue.take();
             if results.is_empty() {

@@ -82,6 +82,11 @@ impl Port {
         self.portsc
     }
 
+    /// Sets PORTSC as a saved VM had it.
+    pub fn set_portsc(&mut self, portsc: u32) {
+        self.portsc = portsc;
+    }
+
     pub fn link_state(&self) -> u32 {
         (self.portsc & PORTSC_PLS_MASK) >> PORTSC_PLS_SHIFT
     }

@@ -88,6 +88,16 @@ impl RingCursor {
 }
 
 /// One Event Ring Segment Table entry.
+/// An event ring's producer state, as a saved VM keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedProducer {
+    pub segment: Option<(u64, u32)>,
+    pub segment_index: u32,
+    pub enqueue_index: u32,
+    pub cycle: bool,
+    pub full: bool,
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Segment {
     base: u64,
@@ -221,6 +231,39 @@ impl EventRing {
         } else {
             Ok(())
         }
+    }
+
+    /// The producer's position for a saved VM.
+    pub fn producer(&self) -> SavedProducer {
+        SavedProducer {
+            segment: self.segment.map(|s| (s.base, s.trbs)),
+            segment_index: self.segment_index,
+            enqueue_index: self.enqueue_index,
+            cycle: self.cycle,
+            full: self.full,
+        }
+    }
+
+    /// Puts the producer back where [`EventRing::producer`] found it; Err if it does not
+    /// fit the ring's registers.
+    pub fn set_producer(&mut self, p: &SavedProducer) -> Result<(), RingError> {
+        let trbs = p.segment.map_or(1, |(_, trbs)| trbs);
+        if (self.erst_size != 0 && p.segment_index >= self.erst_size)
+            || trbs == 0
+            || trbs > SEGMENT_MAX_TRBS
+            || p.enqueue_index >= trbs
+        {
+            return Err(RingError::EventRingInvalid {
+                size: self.erst_size,
+                trbs,
+            });
+        }
+        self.segment = p.segment.map(|(base, trbs)| Segment { base, trbs });
+        self.segment_index = p.segment_index;
+        self.enqueue_index = p.enqueue_index;
+        self.cycle = p.cycle;
+        self.full = p.full;
+        Ok(())
     }
 
     /// Address of the slot the next event goes to (for ERDP comparisons), if known.
