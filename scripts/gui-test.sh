@@ -7,7 +7,7 @@
 # `cargo build -p hospes -p hospes-vmm -p hospesctl`, and for the saved-state scenario
 # `cargo build -p hospes-core --example saved_state_fixture`). Screenshots go to
 # $HOSPES_GUI_TEST_OUT (default: target/gui-test/). HOSPES_GUI_TEST_ONLY="saved-state
-# snapshots" runs only those scenarios (12 and 13 below).
+# snapshots save-refused" runs only those scenarios (12 to 14 below).
 # Needs: xvfb xauth imagemagick x11-utils dbus-x11 at-spi2-core python3-pyatspi xdotool
 # openbox (a window manager for the fullscreen check).
 set -euo pipefail
@@ -159,6 +159,39 @@ scenario_snapshots() {
   [ -e "$dir/first.saved-state.hospes" ] && fail "delete left the snapshot's saved state"
   grep -q "\"$disk\"" "$dir/vm.ron" || fail "vm.ron does not name $disk again"
   stop_app
+}
+
+# 14. Save and Quit on a running tiny guest (tests/guests/powerbutton.S). Until the helper
+#     implements `hospes-save`, it refuses: the app shows the helper's reason as it shows
+#     other failed actions, the guest keeps running and no saved state appears. (Once the
+#     helper saves, this scenario becomes the end-to-end save: expect "Saved just now" and
+#     "Resume Save Guest" instead.)
+scenario_save_refused() {
+  if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+    echo "gui-test: skipping Save and Quit (no usable /dev/kvm)"
+    return
+  fi
+  local guests="$root/tests/guests"
+  gcc -c -I "$guests" "$guests/powerbutton.S" -o "$work/save.o"
+  ld -m elf_x86_64 -nostdlib --no-warn-rwx-segments -T "$guests/pvh.ld" \
+    "$work/save.o" -o "$work/save.elf"
+  local data="$work/save"
+  create_vm "$data" "Save Guest" --preset kernel --kernel "$work/save.elf" --memory 64M --cpus 1
+  local pidfile="$work/run/hospes/save-guest/pid"
+  start_app "$data"
+  echo "gui-test: Save and Quit on a running VM"
+  check --click "Start Save Guest" --expect "Pause Save Guest" --expect "Running"
+  check --click "More Actions Save Guest" --expect "Save and Quit"
+  check --click "Save and Quit" --expect "The action failed" \
+    --contains "was not saved and keeps running" --expect "Pause Save Guest" \
+    --screenshot "$out/save-refused.png"
+  kill -0 "$(cat "$pidfile")" || { echo "gui-test: the helper ended after a refused save" >&2; exit 1; }
+  if [ -e "$data/hospes/machines/save-guest/saved-state.hospes" ]; then
+    echo "gui-test: a refused save left a saved state" >&2
+    exit 1
+  fi
+  stop_app
+  kill -9 "$(cat "$pidfile")"
 }
 
 if [ -n "${HOSPES_GUI_TEST_ONLY:-}" ]; then
@@ -616,5 +649,6 @@ stop_app
 
 scenario_saved_state
 scenario_snapshots
+scenario_save_refused
 
 echo "gui-test: all passed; screenshots in $out"
