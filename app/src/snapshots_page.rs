@@ -93,10 +93,7 @@ impl Component for SnapshotsPage {
             adw::PreferencesGroup {
                 set_title: &gettext("New Snapshot"),
                 set_description: Some(&gettext(
-                    "A snapshot keeps the disks as they are now, and the machine's saved \
-                     state when it was saved. Snapshots are taken of stopped machines; raw \
-                     disks are first copied to qcow2 images, which the machine uses from \
-                     then on.",
+                    "A snapshot keeps the disks as they are now, and the machine’s saved state when it was saved. Snapshots are taken of stopped machines; raw disks are first copied to qcow2 images, which the machine uses from then on.",
                 )),
 
                 #[name = "name_row"]
@@ -124,8 +121,7 @@ impl Component for SnapshotsPage {
                     add_css_class: "warning",
                     set_visible: model.init.running,
                     set_label: &gettext(
-                        "The machine is running: shut it down or save it to take, revert \
-                         or delete snapshots.",
+                        "The machine is running: shut it down or save it to take, revert or delete snapshots.",
                     ),
                 },
 
@@ -314,8 +310,7 @@ impl SnapshotsPage {
                     .skip(1)
                     .count();
                 let mut body = gettext(
-                    "The disks go back to how they were at the snapshot (and the machine's \
-                     saved state with them). What changed since is lost.",
+                    "The disks go back to how they were at the snapshot (and the machine’s saved state with them). What changed since is lost.",
                 );
                 if later > 0 {
                     body.push(' ');
@@ -343,10 +338,7 @@ impl SnapshotsPage {
                     "Delete snapshot “{name}”?",
                     &[("name", &name)],
                 ),
-                gettext(
-                    "The disks keep their contents; only this point to go back to is \
-                     removed.",
-                ),
+                gettext("The disks keep their contents; only this point to go back to is removed."),
                 gettext("Delete"),
             ),
         };

@@ -701,8 +701,7 @@ impl AppWindow {
             &[("name", &name)],
         );
         let body = gettext(
-            "The machine will start afresh next time, as if its power had been cut: \
-             programs that were open and work not saved inside it are lost.",
+            "The machine will start afresh next time, as if its power had been cut: programs that were open and work not saved inside it are lost.",
         );
         let dialog = adw::MessageDialog::new(Some(&self.window), Some(&heading), Some(&body));
         dialog.add_response("cancel", &gettext("Cancel"));
