@@ -50,6 +50,8 @@ pub enum MachineRowInput {
     Settings,
     /// Open the VM's snapshots.
     Snapshots,
+    /// Time passed: show the saved state's age anew.
+    Tick,
     /// A save runs and is this far (percent), or it ended (`None`).
     SetSaving(Option<u32>),
 }
@@ -463,6 +465,7 @@ impl FactoryComponent for MachineRow {
                 self.read_saved();
             }
             MachineRowInput::SetSaving(saving) => self.saving = saving,
+            MachineRowInput::Tick => {}
             MachineRowInput::Snapshots => {
                 if sender
                     .output(MachineRowOutput::Snapshots(self.entry.id.clone()))

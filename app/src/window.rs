@@ -116,6 +116,8 @@ pub enum AppWindowInput {
     AssistantDone(Option<String>),
     /// Focus the search entry.
     Search,
+    /// A minute passed: the rows show their saved states' ages anew.
+    Tick,
 }
 
 /// Results of background work.
@@ -330,6 +332,12 @@ impl Component for AppWindow {
             window_state::restore(&root, settings);
         }
         install_actions(&root, &sender);
+        // "Saved 5 minutes ago" grows older.
+        let ticks = sender.input_sender().clone();
+        glib::timeout_add_seconds_local(60, move || {
+            ticks.emit(AppWindowInput::Tick);
+            glib::ControlFlow::Continue
+        });
         if launch.demo {
             sender.input(AppWindowInput::AddDemo(true));
         } else if let Some((load, states)) = take_finished_prefetch() {
@@ -421,6 +429,11 @@ impl Component for AppWindow {
                 }
             }
             AppWindowInput::Search => {}
+            AppWindowInput::Tick => {
+                for index in 0..self.machines.len() {
+                    self.machines.send(index, MachineRowInput::Tick);
+                }
+            }
         }
     }
 
