@@ -1,6 +1,11 @@
 //! One row of the library list: a VM's name, a summary line, an OS icon, its state and the
 //! buttons that start, pause, resume and stop it.
 //!
+//! A stopped VM with a saved state (after Save and Quit) shows "Saved" and when, and its
+//! Start button resumes it ("Resume"); a saved-state file that cannot be resumed shows
+//! why in the subtitle. Its menu offers Discard Saved State (the window asks first).
+//! While a save runs, the state reads "Saving… N %" beside a progress bar.
+//!
 //! A VM whose `vm.ron` does not load shows its folder name, the located error and a
 //! warning icon instead, so the person can go and fix the file; it has no buttons.
 //! The row does no work itself: it sends a [`MachineRowOutput`] to the window, which runs
@@ -14,7 +19,7 @@ use relm4::factory::{DynamicIndex, FactoryComponent, FactorySender};
 use crate::a11y;
 use crate::i18n::gettext_f;
 use crate::library_model::LibraryEntry;
-use crate::vm_control::{VmAction, VmState};
+use crate::vm_control::{self, SavedInfo, VmAction, VmState};
 
 /// A library row.
 pub struct MachineRow {
@@ -24,6 +29,10 @@ pub struct MachineRow {
     busy: bool,
     /// The latest picture of the guest's screen while it runs.
     thumbnail: Option<gtk::gdk::Texture>,
+    /// A stopped VM's saved state, if it has one.
+    saved: Option<SavedInfo>,
+    /// A save runs: the percent of guest RAM written.
+    saving: Option<u32>,
 }
 
 /// What a row is told.
@@ -39,6 +48,12 @@ pub enum MachineRowInput {
     SetThumbnail(gtk::gdk::Texture),
     /// Open the VM's settings.
     Settings,
+    /// Open the VM's snapshots.
+    Snapshots,
+    /// Time passed: show the saved state's age anew.
+    Tick,
+    /// A save runs and is this far (percent), or it ended (`None`).
+    SetSaving(Option<u32>),
 }
 
 /// What a row asks of the window.
@@ -50,6 +65,8 @@ pub enum MachineRowOutput {
     Open(String),
     /// Open the VM's settings.
     Settings(String),
+    /// Open the VM's snapshots (a page of its settings window).
+    Snapshots(String),
 }
 
 /// What a new row starts with.
@@ -77,6 +94,63 @@ impl MachineRow {
         self.state
     }
 
+    /// Whether a saved state that can be resumed waits: Start resumes it.
+    fn resumable(&self) -> bool {
+        self.state == VmState::Stopped && matches!(self.saved, Some(SavedInfo::Resumable(_)))
+    }
+
+    fn has_saved_state(&self) -> bool {
+        self.state == VmState::Stopped && self.saved.is_some()
+    }
+
+    /// The state as the row shows it.
+    fn state_text(&self) -> String {
+        if let Some(percent) = self.saving {
+            return gettext_f(
+                // Translators: the state of a virtual machine being saved; {percent} is a
+                // number from 0 to 100.
+                "Saving… {percent} %",
+                &[("percent", &percent.to_string())],
+            );
+        }
+        match (&self.saved, self.state) {
+            (Some(SavedInfo::Resumable(at)), VmState::Stopped) => {
+                vm_control::saved_label(*at, vm_control::unix_now())
+            }
+            // Translators: the state of a virtual machine whose saved state is damaged or
+            // from another version; the reason shows below the name.
+            (Some(SavedInfo::Unusable(_)), VmState::Stopped) => gettext("Saved State Unusable"),
+            _ => self.state.label(),
+        }
+    }
+
+    /// The second line: why a saved state cannot be resumed, else the entry's own.
+    fn subtitle(&self) -> &str {
+        match (&self.saved, self.state) {
+            (Some(SavedInfo::Unusable(why)), VmState::Stopped) => why,
+            _ => self.entry.subtitle(),
+        }
+    }
+
+    fn start_label(&self) -> String {
+        if self.resumable() {
+            gettext("Resume")
+        } else {
+            gettext("Start")
+        }
+    }
+
+    fn read_saved(&mut self) {
+        self.saved = if self.state.is_live() || self.entry.error.is_some() {
+            None
+        } else {
+            self.entry
+                .config_path
+                .parent()
+                .and_then(vm_control::saved_info)
+        };
+    }
+
     fn shows_thumbnail(&self) -> bool {
         self.thumbnail.is_some() && self.state.is_live()
     }
@@ -102,6 +176,14 @@ impl MachineRow {
     }
 
     fn state_css(&self) -> &'static str {
+        if self.saving.is_some() {
+            return "warning";
+        }
+        match (&self.saved, self.state) {
+            (Some(SavedInfo::Resumable(_)), VmState::Stopped) => return "accent",
+            (Some(SavedInfo::Unusable(_)), VmState::Stopped) => return "error",
+            _ => {}
+        }
         match self.state {
             VmState::Running => "success",
             VmState::Paused | VmState::Starting | VmState::Stopping => "warning",
@@ -124,7 +206,8 @@ impl FactoryComponent for MachineRow {
             set_activatable: self.entry.error.is_none(),
             connect_activated => MachineRowInput::Open,
             set_title: &self.entry.name,
-            set_subtitle: self.entry.subtitle(),
+            #[watch]
+            set_subtitle: self.subtitle(),
             set_tooltip_text: Some(self.entry.tooltip()),
 
             add_prefix = &gtk::Image {
@@ -157,9 +240,18 @@ impl FactoryComponent for MachineRow {
                     add_css_class: "caption-heading",
                     set_margin_end: 6,
                     #[watch]
-                    set_label: &self.state.label(),
+                    set_label: &self.state_text(),
                     #[watch]
                     set_css_classes: &["caption-heading", self.state_css()],
+                },
+
+                gtk::ProgressBar {
+                    set_valign: gtk::Align::Center,
+                    set_width_request: 80,
+                    #[watch]
+                    set_visible: self.saving.is_some(),
+                    #[watch]
+                    set_fraction: f64::from(self.saving.unwrap_or(0)) / 100.0,
                 },
 
                 #[name = "open_button"]
@@ -175,7 +267,8 @@ impl FactoryComponent for MachineRow {
                 #[name = "start_button"]
                 gtk::Button {
                     set_icon_name: "media-playback-start-symbolic",
-                    set_tooltip_text: Some(&gettext("Start")),
+                    #[watch]
+                    set_tooltip_text: Some(&self.start_label()),
                     add_css_class: "flat",
                     #[watch]
                     set_visible: self.state == VmState::Stopped,
@@ -239,6 +332,28 @@ impl FactoryComponent for MachineRow {
                                 connect_clicked => MachineRowInput::Settings,
                             },
                             gtk::Button {
+                                set_label: &gettext("Snapshots"),
+                                add_css_class: "flat",
+                                connect_clicked => MachineRowInput::Snapshots,
+                            },
+                            gtk::Button {
+                                set_label: &gettext("Save and Quit"),
+                                add_css_class: "flat",
+                                #[watch]
+                                set_visible: self.state.is_live(),
+                                #[watch]
+                                set_sensitive: self.can_stop(),
+                                connect_clicked => MachineRowInput::Act(VmAction::SaveAndQuit),
+                            },
+                            gtk::Button {
+                                set_label: &gettext("Discard Saved State"),
+                                add_css_class: "flat",
+                                add_css_class: "destructive-action",
+                                #[watch]
+                                set_visible: self.has_saved_state(),
+                                connect_clicked => MachineRowInput::Act(VmAction::DiscardSaved),
+                            },
+                            gtk::Button {
                                 set_label: &gettext("Reset"),
                                 add_css_class: "flat",
                                 #[watch]
@@ -261,12 +376,16 @@ impl FactoryComponent for MachineRow {
     }
 
     fn init_model(init: Self::Init, _index: &DynamicIndex, _sender: FactorySender<Self>) -> Self {
-        Self {
+        let mut row = Self {
             entry: init.entry,
             state: init.state,
             busy: false,
             thumbnail: None,
-        }
+            saved: None,
+            saving: None,
+        };
+        row.read_saved();
+        row
     }
 
     fn init_widgets(
@@ -306,12 +425,32 @@ impl FactoryComponent for MachineRow {
             ),
         );
         a11y::set_label(&widgets.open_button, &label(&gettext("Open")));
-        a11y::set_label(&widgets.start_button, &label(&gettext("Start")));
+        a11y::set_label(&widgets.start_button, &label(&self.start_label()));
         a11y::set_label(&widgets.pause_button, &label(&gettext("Pause")));
         a11y::set_label(&widgets.resume_button, &label(&gettext("Resume")));
         a11y::set_label(&widgets.power_button, &label(&gettext("Shut Down")));
         a11y::set_label(&widgets.more_button, &label(&gettext("More Actions")));
         widgets
+    }
+
+    fn update_with_view(
+        &mut self,
+        widgets: &mut Self::Widgets,
+        message: Self::Input,
+        sender: FactorySender<Self>,
+    ) {
+        let start = self.start_label();
+        self.update(message, sender.clone());
+        self.update_view(widgets, sender);
+        if self.start_label() != start {
+            a11y::set_label(
+                &widgets.start_button,
+                &gettext_f(
+                    "{action} {name}",
+                    &[("action", &self.start_label()), ("name", &self.entry.name)],
+                ),
+            );
+        }
     }
 
     fn update(&mut self, message: Self::Input, sender: FactorySender<Self>) {
@@ -321,6 +460,18 @@ impl FactoryComponent for MachineRow {
                 self.busy = false;
                 if !state.is_live() {
                     self.thumbnail = None;
+                    self.saving = None;
+                }
+                self.read_saved();
+            }
+            MachineRowInput::SetSaving(saving) => self.saving = saving,
+            MachineRowInput::Tick => {}
+            MachineRowInput::Snapshots => {
+                if sender
+                    .output(MachineRowOutput::Snapshots(self.entry.id.clone()))
+                    .is_err()
+                {
+                    log::debug!("the library window is gone");
                 }
             }
             MachineRowInput::SetThumbnail(texture) => self.thumbnail = Some(texture),

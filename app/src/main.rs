@@ -17,6 +17,7 @@ mod rfb_input;
 mod screen_view;
 mod settings_model;
 mod settings_window;
+mod snapshots_page;
 mod usb_choices;
 mod usb_live;
 mod usb_portal;

@@ -25,11 +25,15 @@ use gettextrs::gettext;
 use gtk::glib;
 use hospes_core::config::{UsbDevice, VmConfig};
 use hospes_core::usb_host;
-use relm4::{Component, ComponentParts, ComponentSender, RelmWidgetExt, WidgetTemplate};
+use relm4::{
+    Component, ComponentController, ComponentParts, ComponentSender, Controller, RelmWidgetExt,
+    WidgetTemplate,
+};
 
 use crate::a11y;
 use crate::i18n::gettext_f;
 use crate::settings_model::{self, Field, FieldError, Form, Loaded};
+use crate::snapshots_page::{SnapshotsInit, SnapshotsOutput, SnapshotsPage};
 use crate::usb_choices::{self, UsbChange, UsbChoice};
 use crate::usb_live::{self, PortalSupport};
 use crate::usb_portal;
@@ -45,6 +49,8 @@ pub struct SettingsInit {
     pub vm: VmRef,
     /// The VM runs now.
     pub running: bool,
+    /// Open on the Snapshots page rather than the settings.
+    pub snapshots: bool,
 }
 
 /// The settings pane.
@@ -68,6 +74,10 @@ pub struct SettingsWindow {
     load_error: Option<String>,
     saving: bool,
     finished: bool,
+    /// The Snapshots page.
+    snapshots: Controller<SnapshotsPage>,
+    /// A snapshot was taken, reverted to or deleted.
+    snapshots_changed: bool,
 }
 
 /// A listed USB device.
@@ -100,6 +110,8 @@ pub enum SettingsInput {
     UsbSwitched(UsbDevice, bool),
     /// The window is closing.
     Closing,
+    /// The Snapshots page changed the VM's disks or saved state.
+    SnapshotsChanged,
 }
 
 /// What the pane tells the library window.
@@ -205,6 +217,12 @@ impl Component for SettingsWindow {
                 set_orientation: gtk::Orientation::Vertical,
 
                 adw::HeaderBar {
+                    #[wrap(Some)]
+                    set_title_widget = &adw::ViewSwitcher {
+                        set_policy: adw::ViewSwitcherPolicy::Wide,
+                        set_stack: Some(&stack),
+                    },
+
                     #[name = "save_button"]
                     pack_end = &gtk::Button {
                         set_label: &gettext("Save"),
@@ -214,6 +232,13 @@ impl Component for SettingsWindow {
                         connect_clicked => SettingsInput::Save,
                     },
                 },
+
+                #[name = "stack"]
+                adw::ViewStack {
+                set_vexpand: true,
+
+                add_titled_with_icon[Some("settings"), &gettext("Settings"), "emblem-system-symbolic"] = &gtk::Box {
+                set_orientation: gtk::Orientation::Vertical,
 
                 gtk::Label {
                     set_label: &settings_model::restart_note(),
@@ -417,6 +442,8 @@ impl Component for SettingsWindow {
                         },
                     },
                 },
+                },
+                },
             },
 
             connect_close_request[sender] => move |_| {
@@ -433,7 +460,6 @@ impl Component for SettingsWindow {
     ) -> ComponentParts<Self> {
         let config = init.vm.config.clone();
         let model = SettingsWindow {
-            init,
             base: None,
             disks: Vec::new(),
             usb: Vec::new(),
@@ -446,8 +472,34 @@ impl Component for SettingsWindow {
             load_error: None,
             saving: false,
             finished: false,
+            snapshots: SnapshotsPage::builder()
+                .launch(SnapshotsInit {
+                    vm: init.vm.clone(),
+                    running: init.running,
+                })
+                .forward(sender.input_sender(), |output| match output {
+                    SnapshotsOutput::Changed => SettingsInput::SnapshotsChanged,
+                }),
+            snapshots_changed: false,
+            init,
         };
         let widgets = view_output!();
+        widgets.stack.add_titled_with_icon(
+            model.snapshots.widget(),
+            Some("snapshots"),
+            &gettext("Snapshots"),
+            "document-open-recent-symbolic",
+        );
+        // Save is the settings' own; the snapshots act at once.
+        let save_button = widgets.save_button.clone();
+        widgets
+            .stack
+            .connect_visible_child_name_notify(move |stack| {
+                save_button.set_visible(stack.visible_child_name().as_deref() == Some("settings"));
+            });
+        if model.init.snapshots {
+            widgets.stack.set_visible_child_name("snapshots");
+        }
         // The spin buttons and switches are named by their rows (activatable widgets).
         root.set_default_widget(Some(&widgets.save_button));
         a11y::set_label(&widgets.usb_add_button, &gettext("Add USB Device"));
@@ -478,6 +530,7 @@ impl Component for SettingsWindow {
             SettingsInput::AddUsb => self.add_typed_usb(widgets, &sender),
             SettingsInput::RemoveUsb(id) => self.remove_usb_row(widgets, id),
             SettingsInput::UsbSwitched(device, on) => self.switch_live(device, on, &sender),
+            SettingsInput::SnapshotsChanged => self.snapshots_changed = true,
             SettingsInput::RescanUsb => {
                 sender.spawn_oneshot_command(|| {
                     let devices = usb_host::scan(&usb_host::sysfs_root());
@@ -488,7 +541,10 @@ impl Component for SettingsWindow {
                 self.stop_usb_watch();
                 if !self.finished {
                     self.finished = true;
-                    let _ = sender.output(SettingsOutput::Closed(self.init.vm.id.clone(), false));
+                    let _ = sender.output(SettingsOutput::Closed(
+                        self.init.vm.id.clone(),
+                        self.snapshots_changed,
+                    ));
                 }
             }
         }

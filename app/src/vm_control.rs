@@ -15,8 +15,9 @@ use hospes_core::control::RunState;
 use hospes_core::control::client::{ClientError, QmpClient};
 use hospes_core::launch::{self, HelperStatus, LaunchSpec};
 use hospes_core::runtime::{Liveness, RuntimeDir};
+use hospes_core::saved_state;
 
-use crate::i18n::gettext_f;
+use crate::i18n::{gettext_f, ngettext_f};
 
 /// How many lines of `helper.log` the app shows when a helper dies.
 pub const LOG_LINES: usize = 12;
@@ -97,6 +98,10 @@ pub enum VmAction {
     Reset,
     /// Kill the helper at once.
     ForceOff,
+    /// Save the guest's state to the VM folder and end the helper (QMP `hospes-save`).
+    SaveAndQuit,
+    /// Delete a stopped VM's saved state, so its next start boots afresh.
+    DiscardSaved,
 }
 
 /// A VM to act on: its library id, name and settings file.
@@ -138,6 +143,8 @@ pub fn perform(vm: &VmRef, action: VmAction) -> Result<(), String> {
         VmAction::Resume => qmp(&vm.id, QmpClient::cont),
         VmAction::PowerButton => qmp(&vm.id, QmpClient::system_powerdown),
         VmAction::Reset => qmp(&vm.id, QmpClient::system_reset),
+        VmAction::SaveAndQuit => save(&vm.id, |_, _| {}),
+        VmAction::DiscardSaved => discard_saved(vm),
     };
     result.map_err(|detail| {
         gettext_f(
@@ -147,6 +154,112 @@ pub fn perform(vm: &VmRef, action: VmAction) -> Result<(), String> {
             &[("name", &vm.name), ("error", &detail)],
         )
     })
+}
+
+/// Like [`perform`] for [`VmAction::SaveAndQuit`], with the progress of the save: the
+/// percent of guest RAM written.
+pub fn save_and_quit(vm: &VmRef, mut progress: impl FnMut(u32)) -> Result<(), String> {
+    save(&vm.id, |done, total| {
+        progress(percent(done, total));
+    })
+    .map_err(|detail| {
+        gettext_f(
+            // Translators: shown when saving a virtual machine failed (it keeps running);
+            // {name} is the machine, {error} the technical reason.
+            "“{name}” was not saved and keeps running: {error}",
+            &[("name", &vm.name), ("error", &detail)],
+        )
+    })
+}
+
+/// `done` of `total` in percent, 0 to 100.
+pub fn percent(done: u64, total: u64) -> u32 {
+    if total == 0 {
+        return 0;
+    }
+    (u128::from(done.min(total)) * 100 / u128::from(total)) as u32
+}
+
+fn save(id: &str, progress: impl FnMut(u64, u64)) -> Result<(), String> {
+    let runtime = RuntimeDir::open(id).map_err(|err| error_chain(&err))?;
+    launch::save(&runtime, progress)
+        .map(drop)
+        .map_err(|err| error_chain(&err))
+}
+
+fn discard_saved(vm: &VmRef) -> Result<(), String> {
+    let dir = vm_dir(vm);
+    saved_state::discard(&dir)
+        .map(drop)
+        .map_err(|err| error_chain(&err))
+}
+
+/// The VM's folder (where `vm.ron` and a saved state live).
+pub fn vm_dir(vm: &VmRef) -> PathBuf {
+    vm.config
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// A stopped VM's saved state as the library shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavedInfo {
+    /// Saved at this time (seconds since the Unix epoch); Start resumes it.
+    Resumable(u64),
+    /// A saved-state file that cannot be resumed, and why (what to do is in the reason).
+    Unusable(String),
+}
+
+/// The saved state of the VM in `vm_dir`, if it has one. Reads the file's header only.
+pub fn saved_info(vm_dir: &Path) -> Option<SavedInfo> {
+    saved_state::find(vm_dir).map(|found| match found {
+        Ok(meta) => SavedInfo::Resumable(meta.saved_at),
+        Err(err) => SavedInfo::Unusable(error_chain(&err)),
+    })
+}
+
+/// "Saved 5 minutes ago": how long ago `saved_at` was, from `now` (Unix seconds).
+pub fn saved_label(saved_at: u64, now: u64) -> String {
+    let ago = now.saturating_sub(saved_at);
+    let (count, unit) = match ago {
+        // Translators: the state of a virtual machine saved less than a minute ago.
+        0..60 => return gettext("Saved just now"),
+        60..3600 => (ago / 60, 0),
+        3600..86400 => (ago / 3600, 1),
+        _ => (ago / 86400, 2),
+    };
+    let n = count.to_string();
+    let args = [("n", n.as_str())];
+    match unit {
+        0 => ngettext_f(
+            // Translators: the state of a virtual machine; {n} is a number of minutes.
+            "Saved {n} minute ago",
+            "Saved {n} minutes ago",
+            count as u32,
+            &args,
+        ),
+        1 => ngettext_f(
+            // Translators: the state of a virtual machine; {n} is a number of hours.
+            "Saved {n} hour ago",
+            "Saved {n} hours ago",
+            count as u32,
+            &args,
+        ),
+        _ => ngettext_f(
+            // Translators: the state of a virtual machine; {n} is a number of days.
+            "Saved {n} day ago",
+            "Saved {n} days ago",
+            count as u32,
+            &args,
+        ),
+    }
+}
+
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn start(vm: &VmRef) -> Result<(), String> {
@@ -289,7 +402,8 @@ pub fn watch(id: &str, thumbnails: bool, mut report: impl FnMut(WatchEvent) -> b
                     "STOP" => Some(VmState::Paused),
                     "RESUME" => Some(VmState::Running),
                     "POWERDOWN" => None,
-                    "SHUTDOWN" => {
+                    // A saved VM's helper exits next, as asked.
+                    "SHUTDOWN" | "SAVE_COMPLETED" => {
                         powered_off = true;
                         Some(VmState::Stopping)
                     }
@@ -383,6 +497,32 @@ mod tests {
         );
         assert!(!VmState::Stopped.is_live());
         assert!(VmState::Paused.is_live());
+    }
+
+    #[test]
+    fn saved_states_read_their_age_and_their_trouble() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(saved_info(dir.path()), None);
+        let meta = saved_state::Meta::now(1 << 20, 1, String::new());
+        let path = saved_state::path_in(dir.path());
+        saved_state::write(&path, &meta, &[], &[], |_, _| {}).unwrap();
+        assert_eq!(
+            saved_info(dir.path()),
+            Some(SavedInfo::Resumable(meta.saved_at))
+        );
+        std::fs::write(&path, b"not a saved state").unwrap();
+        match saved_info(dir.path()) {
+            Some(SavedInfo::Unusable(why)) => assert!(why.contains("saved state"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(saved_label(1000, 1030), "Saved just now");
+        assert_eq!(saved_label(1000, 1000 + 5 * 60 + 7), "Saved 5 minutes ago");
+        assert_eq!(saved_label(1000, 1000 + 60), "Saved 1 minute ago");
+        assert_eq!(saved_label(1000, 1000 + 2 * 3600), "Saved 2 hours ago");
+        assert_eq!(saved_label(0, 3 * 86400), "Saved 3 days ago");
+        assert_eq!(percent(1, 3), 33);
+        assert_eq!(percent(5, 0), 0);
+        assert_eq!(percent(9, 4), 100);
     }
 
     #[test]

@@ -202,6 +202,11 @@ impl Component for VmWindow {
                                     connect_clicked => VmWindowInput::Act(VmAction::Resume),
                                 },
                                 gtk::Button {
+                                    set_label: &gettext("Save and Quit"),
+                                    add_css_class: "flat",
+                                    connect_clicked => VmWindowInput::Act(VmAction::SaveAndQuit),
+                                },
+                                gtk::Button {
                                     set_label: &gettext("Shut Down"),
                                     add_css_class: "flat",
                                     connect_clicked => VmWindowInput::Act(VmAction::PowerButton),

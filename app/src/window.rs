@@ -95,12 +95,17 @@ pub enum AppWindowInput {
     Refresh,
     /// Carry out an action on the VM with this library id.
     Act(String, VmAction),
+    /// The person answered the question before an action that loses something: carry
+    /// it out when `true`.
+    Confirmed(String, VmAction, bool),
     /// Open the window of the VM with this library id (starting it when stopped).
     Open(String),
     /// A VM window closed.
     VmWindowClosed(String),
     /// Open the settings of the VM with this library id.
     Settings(String),
+    /// Open the settings of the VM with this library id on its Snapshots page.
+    Snapshots(String),
     /// A settings pane closed; the settings changed when `true`.
     SettingsClosed(String, bool),
     /// Put the Demo VM in the library; open (and start) it when `true`.
@@ -111,6 +116,8 @@ pub enum AppWindowInput {
     AssistantDone(Option<String>),
     /// Focus the search entry.
     Search,
+    /// A minute passed: the rows show their saved states' ages anew.
+    Tick,
 }
 
 /// Results of background work.
@@ -129,6 +136,8 @@ pub enum AppWindowCommand {
         /// The state found afterwards.
         state: VmState,
     },
+    /// A save of this VM is this far (percent of guest RAM written).
+    SaveProgress(String, u32),
     /// A watcher saw something.
     Watch(String, WatchEvent),
     /// A new thumbnail of a running VM's screen.
@@ -294,6 +303,7 @@ impl Component for AppWindow {
                 MachineRowOutput::Act(id, action) => AppWindowInput::Act(id, action),
                 MachineRowOutput::Open(id) => AppWindowInput::Open(id),
                 MachineRowOutput::Settings(id) => AppWindowInput::Settings(id),
+                MachineRowOutput::Snapshots(id) => AppWindowInput::Snapshots(id),
             });
         let mut model = AppWindow {
             page: Page::Loading,
@@ -322,6 +332,12 @@ impl Component for AppWindow {
             window_state::restore(&root, settings);
         }
         install_actions(&root, &sender);
+        // "Saved 5 minutes ago" grows older.
+        let ticks = sender.input_sender().clone();
+        glib::timeout_add_seconds_local(60, move || {
+            ticks.emit(AppWindowInput::Tick);
+            glib::ControlFlow::Continue
+        });
         if launch.demo {
             sender.input(AppWindowInput::AddDemo(true));
         } else if let Some((load, states)) = take_finished_prefetch() {
@@ -369,7 +385,22 @@ impl Component for AppWindow {
                     AppWindowCommand::Loaded(load, states)
                 });
             }
+            AppWindowInput::Act(id, VmAction::DiscardSaved) => {
+                self.confirm_discard(id, &sender);
+            }
             AppWindowInput::Act(id, action) => self.act(id, action, &sender),
+            AppWindowInput::Confirmed(id, action, true) => self.act(id, action, &sender),
+            AppWindowInput::Confirmed(id, _, false) => {
+                // The row waits for an answer: tell it nothing changed.
+                let state = self
+                    .machines
+                    .iter()
+                    .find(|row| row.id() == id)
+                    .map(MachineRow::state);
+                if let Some(state) = state {
+                    self.set_state(&id, state);
+                }
+            }
             AppWindowInput::Open(id) => self.open_vm(id, &sender),
             AppWindowInput::VmWindowClosed(id) => {
                 self.vm_windows.remove(&id);
@@ -382,7 +413,8 @@ impl Component for AppWindow {
                     AppWindowCommand::DemoReady(result, open)
                 });
             }
-            AppWindowInput::Settings(id) => self.open_settings(id, &sender),
+            AppWindowInput::Settings(id) => self.open_settings(id, false, &sender),
+            AppWindowInput::Snapshots(id) => self.open_settings(id, true, &sender),
             AppWindowInput::SettingsClosed(id, changed) => {
                 self.settings_panes.remove(&id);
                 if changed {
@@ -397,6 +429,11 @@ impl Component for AppWindow {
                 }
             }
             AppWindowInput::Search => {}
+            AppWindowInput::Tick => {
+                for index in 0..self.machines.len() {
+                    self.machines.send(index, MachineRowInput::Tick);
+                }
+            }
         }
     }
 
@@ -451,6 +488,9 @@ impl Component for AppWindow {
                 result,
                 state,
             } => {
+                if action == VmAction::SaveAndQuit {
+                    self.send_row(&id, MachineRowInput::SetSaving(None));
+                }
                 self.set_state(&id, state);
                 let open = self.open_when_started.remove(&id);
                 match result {
@@ -466,6 +506,9 @@ impl Component for AppWindow {
                         self.show_error(&gettext("The action failed"), &message);
                     }
                 }
+            }
+            AppWindowCommand::SaveProgress(id, percent) => {
+                self.send_row(&id, MachineRowInput::SetSaving(Some(percent)));
             }
             AppWindowCommand::Watch(id, WatchEvent::State(state)) => self.set_state(&id, state),
             AppWindowCommand::Watch(_, WatchEvent::Thumbnail(_)) => {}
@@ -529,6 +572,28 @@ impl AppWindow {
         let vm = vm_ref(row.entry());
         if action == VmAction::ForceOff {
             self.forced.insert(id.clone());
+        }
+        if action == VmAction::SaveAndQuit {
+            // On the pool, never here: a save writes all of guest RAM.
+            self.send_row(&id, MachineRowInput::SetSaving(Some(0)));
+            let progress = sender.command_sender().clone();
+            sender.spawn_oneshot_command(move || {
+                let mut last = None;
+                let result = vm_control::save_and_quit(&vm, |percent| {
+                    if last != Some(percent) {
+                        last = Some(percent);
+                        let _ = progress.send(AppWindowCommand::SaveProgress(id.clone(), percent));
+                    }
+                });
+                let state = vm_control::probe(&vm.id);
+                AppWindowCommand::Acted {
+                    id,
+                    action,
+                    result,
+                    state,
+                }
+            });
+            return;
         }
         sender.spawn_oneshot_command(move || {
             let result = vm_control::perform(&vm, action);
@@ -634,6 +699,47 @@ impl AppWindow {
         }
     }
 
+    /// Asks before deleting VM `id`'s saved state, which loses what the guest had not
+    /// written to its disks.
+    fn confirm_discard(&self, id: String, sender: &ComponentSender<Self>) {
+        let name = self
+            .machines
+            .iter()
+            .find(|row| row.id() == id)
+            .map_or_else(|| id.clone(), |row| row.entry().name.clone());
+        let heading = gettext_f(
+            // Translators: the heading of the question before a saved state is deleted;
+            // {name} is the virtual machine.
+            "Discard the saved state of “{name}”?",
+            &[("name", &name)],
+        );
+        let body = gettext(
+            "The machine will start afresh next time, as if its power had been cut: programs that were open and work not saved inside it are lost.",
+        );
+        let dialog = adw::MessageDialog::new(Some(&self.window), Some(&heading), Some(&body));
+        dialog.add_response("cancel", &gettext("Cancel"));
+        dialog.add_response("discard", &gettext("Discard"));
+        dialog.set_response_appearance("discard", adw::ResponseAppearance::Destructive);
+        dialog.set_default_response(Some("cancel"));
+        dialog.set_close_response("cancel");
+        let input = sender.input_sender().clone();
+        dialog.connect_response(None, move |_, response| {
+            input.emit(AppWindowInput::Confirmed(
+                id.clone(),
+                VmAction::DiscardSaved,
+                response == "discard",
+            ));
+        });
+        dialog.present();
+    }
+
+    /// Sends `message` to the row of VM `id`.
+    fn send_row(&self, id: &str, message: MachineRowInput) {
+        if let Some(index) = self.machines.iter().position(|row| row.id() == id) {
+            self.machines.send(index, message);
+        }
+    }
+
     /// Tells the row of VM `id` its new state.
     fn set_state(&mut self, id: &str, state: VmState) {
         if let Some(index) = self.machines.iter().position(|row| row.id() == id) {
@@ -691,7 +797,7 @@ impl AppWindow {
     }
 
     /// Opens (or raises) the settings pane of VM `id`.
-    fn open_settings(&mut self, id: String, sender: &ComponentSender<Self>) {
+    fn open_settings(&mut self, id: String, snapshots: bool, sender: &ComponentSender<Self>) {
         if let Some(pane) = self.settings_panes.get(&id) {
             pane.widget().present();
             return;
@@ -702,6 +808,7 @@ impl AppWindow {
         let init = SettingsInit {
             vm: vm_ref(row.entry()),
             running: row.state().is_live(),
+            snapshots,
         };
         let pane = SettingsWindow::builder()
             .transient_for(&self.window)

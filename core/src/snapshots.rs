@@ -18,6 +18,14 @@
 //!   half-way through the commit leaves the current contents intact too, since the overlay
 //!   still sits over every byte being written below it.
 //!
+//! A saved VM (one with [`saved_state::FILE_NAME`], after Save and Quit) is snapshotted
+//! with its saved state: the file is hard-linked (copied where links are refused) to
+//! `<snapshot>.saved-state.hospes` next to it and the snapshot names it. [`revert`] puts it
+//! back as the VM's saved state (or removes the VM's current saved state when the snapshot
+//! had none, since that state belongs to disks the revert throws away); [`delete`] removes
+//! it. A saved state lives with the disks it was saved with: a deleted snapshot's state is
+//! not merged anywhere, since the VM's current state is the one that resumes.
+//!
 //! The list lives in `snapshots.ron` in the VM folder (written atomically), paths in it
 //! relative to the folder. Images are created, read and merged with the `imago` crate.
 
@@ -35,9 +43,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, DiskFormat, VmConfig};
 use crate::runtime::{self, RuntimeDir};
+use crate::saved_state;
 
 /// The snapshot list in a VM folder.
 pub const FILE_NAME: &str = "snapshots.ron";
+
+/// The name of snapshot `name`'s copy of the saved state, in the VM folder.
+fn saved_state_name(name: &str) -> PathBuf {
+    PathBuf::from(format!("{name}.{}", saved_state::FILE_NAME))
+}
+
+/// Links (or copies, where the file system refuses links) `from` to the new file `to`.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(io_err("create", to)(e)),
+        Err(_) => std::fs::copy(from, to)
+            .map(drop)
+            .map_err(io_err("copy the saved state to", to)),
+    }
+}
+
+/// Removes `path`; one already gone is fine.
+fn remove_if_there(path: &Path) -> Result<(), SnapshotError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
 
 /// Bytes copied at a time when converting or merging.
 const CHUNK: u64 = 1 << 20;
@@ -96,6 +129,16 @@ pub struct Snapshot {
     pub created: u64,
     /// Per disk (vm.ron's order).
     pub disks: Vec<SnapshotDisk>,
+    /// The VM's saved state when it was taken (a saved VM), relative to the VM folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_state: Option<PathBuf>,
+}
+
+impl Snapshot {
+    /// Whether the snapshot carries a saved state (the VM was saved, not shut down).
+    pub fn has_saved_state(&self) -> bool {
+        self.saved_state.is_some()
+    }
 }
 
 /// What a snapshot did to one disk; paths relative to the VM folder.
@@ -395,10 +438,25 @@ pub fn create(
             overlay: relative(vm_dir, &overlay),
         });
     }
+    // A saved VM's state belongs to these disks: the snapshot keeps its own name for it.
+    let live_state = saved_state::path_in(vm_dir);
+    let mut saved = None;
+    if live_state.exists() {
+        let rel = saved_state_name(name);
+        let copy = vm_dir.join(&rel);
+        if let Err(e) = link_or_copy(&live_state, &copy) {
+            for m in &made {
+                let _ = std::fs::remove_file(m);
+            }
+            return Err(e);
+        }
+        saved = Some(rel);
+    }
     let snap = Snapshot {
         name: name.to_owned(),
         created: now(),
         disks,
+        saved_state: saved,
     };
     // The list first: a crash before vm.ron changes leaves an unused overlay and a
     // snapshot whose revert works all the same.
@@ -438,15 +496,22 @@ pub fn revert(vm_dir: &Path, name: &str) -> Result<Vec<String>, SnapshotError> {
         .iter()
         .map(|s| s.name.clone())
         .collect();
+    let doomed_states: Vec<PathBuf> = list.snapshots[at + 1..]
+        .iter()
+        .filter_map(|s| s.saved_state.as_ref())
+        .map(|p| vm_dir.join(p))
+        .collect();
     list.snapshots.truncate(at + 1);
     write_list(vm_dir, &list)?;
-    for p in &doomed {
-        match std::fs::remove_file(p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err("remove", p)(e));
-            }
-            _ => {}
-        }
+    for p in doomed.iter().chain(&doomed_states) {
+        remove_if_there(p)?;
+    }
+    // The VM's saved state goes with the disks it was saved with; the snapshot's, if any,
+    // comes back (a link again, so the snapshot keeps its own).
+    let live_state = saved_state::path_in(vm_dir);
+    saved_state::discard(vm_dir).map_err(io_err("remove", &live_state))?;
+    if let Some(rel) = &snap.saved_state {
+        link_or_copy(&vm_dir.join(rel), &live_state)?;
     }
     for (d, sd) in cfg.disks.iter_mut().zip(&snap.disks) {
         let frozen = VmConfig::resolve(vm_dir, &sd.frozen);
@@ -519,6 +584,10 @@ pub fn delete(vm_dir: &Path, name: &str, progress: Progress<'_>) -> Result<(), S
             }
         }
         write_list(vm_dir, &list)?;
+    }
+    // The VM's current saved state, if any, is not this one: it goes with the snapshot.
+    if let Some(rel) = &snap.saved_state {
+        remove_if_there(&vm_dir.join(rel))?;
     }
     Ok(())
 }
@@ -664,5 +733,73 @@ mod tests {
             bytes,
             "the raw file is kept"
         );
+    }
+
+    /// Writes a real saved state into the VM folder, told apart by its memory size.
+    fn save(dir: &Path, memory: u64) {
+        let meta = saved_state::Meta::now(memory, 1, "serial\n".into());
+        let ram = [saved_state::RamRun {
+            gpa: 0x1000,
+            data: &[0x5a; 4096],
+        }];
+        saved_state::write(&saved_state::path_in(dir), &meta, &[], &ram, |_, _| {}).unwrap();
+    }
+
+    fn saved_memory(dir: &Path) -> Option<u64> {
+        saved_state::find(dir).map(|m| m.unwrap().memory)
+    }
+
+    #[test]
+    fn a_saved_vm_is_snapshotted_with_its_saved_state() {
+        let vm = vm();
+        let dir = vm.path();
+        write(dir, 1, 0);
+        save(dir, 1 << 20);
+        let s1 = create(dir, "s1", false, &mut none()).unwrap();
+        assert_eq!(s1.saved_state, Some(PathBuf::from("s1.saved-state.hospes")));
+        assert_eq!(saved_memory(dir), Some(1 << 20), "the VM stays saved");
+        // The VM resumed (its helper removes the state) and shut down: no state now.
+        saved_state::discard(dir).unwrap();
+        write(dir, 2, 0);
+        let s2 = create(dir, "s2", false, &mut none()).unwrap();
+        assert!(!s2.has_saved_state());
+        let flags: Vec<bool> = list(dir)
+            .unwrap()
+            .iter()
+            .map(Snapshot::has_saved_state)
+            .collect();
+        assert_eq!(flags, [true, false]);
+        // Saved again later; reverting to a snapshot without a state removes that one,
+        // since it belongs to disks the revert throws away.
+        write(dir, 3, 0);
+        save(dir, 2 << 20);
+        revert(dir, "s2").unwrap();
+        assert_eq!(saved_memory(dir), None);
+        // Reverting to s1 brings its saved state back, and s1 keeps its own.
+        revert(dir, "s1").unwrap();
+        assert_eq!(saved_memory(dir), Some(1 << 20));
+        assert!(saved_state::open(&saved_state::path_in(dir)).is_ok());
+        assert!(dir.join("s1.saved-state.hospes").exists());
+        assert_eq!(contents(dir)[0], 1);
+        // The resumed VM changes its state; reverting again gives s1's back unchanged.
+        save(dir, 3 << 20);
+        revert(dir, "s1").unwrap();
+        assert_eq!(saved_memory(dir), Some(1 << 20));
+        // Deleting the snapshot removes its copy, and the VM's current state stays.
+        delete(dir, "s1", &mut none()).unwrap();
+        assert!(!dir.join("s1.saved-state.hospes").exists());
+        assert_eq!(saved_memory(dir), Some(1 << 20));
+        assert!(list(dir).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_list_from_before_saved_states_still_reads() {
+        let vm = vm();
+        let dir = vm.path();
+        let text = r#"(snapshots: [(name: "old", created: 5, disks: [(frozen: "disk.qcow2", overlay: "disk.old.qcow2")])])"#;
+        std::fs::write(dir.join(FILE_NAME), text).unwrap();
+        let l = list(dir).unwrap();
+        assert_eq!(l[0].name, "old");
+        assert!(!l[0].has_saved_state());
     }
 }

@@ -32,7 +32,7 @@ pub enum SnapshotAction {
         #[arg(long)]
         convert: bool,
     },
-    /// List the snapshots, oldest first.
+    /// List the snapshots, oldest first (and which carry a saved VM's state).
     List,
     /// Put the disks back as they were at a snapshot; later snapshots are dropped.
     Revert {
@@ -50,6 +50,7 @@ fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     json!({
         "name": s.name,
         "created": s.created,
+        "saved_state": s.saved_state,
         "disks": s.disks.iter().map(|d| json!({
             "frozen": d.frozen,
             "overlay": d.overlay,
@@ -96,7 +97,12 @@ pub fn run(command: SnapshotCommand, out: &Output) -> Result<(), CtlError> {
                             .iter()
                             .map(|d| d.frozen.display().to_string())
                             .collect();
-                        format!("{}\t{}\t{}", s.name, s.created, disks.join(","))
+                        let state = if s.has_saved_state() {
+                            "saved state"
+                        } else {
+                            "disks only"
+                        };
+                        format!("{}\t{}\t{}\t{}", s.name, s.created, disks.join(","), state)
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
