@@ -172,12 +172,6 @@ impl PciSetup {
         )?;
         Ok(slot)
     }
-
-    /// What moves a BAR on the bus, for a restored device whose BARs sit elsewhere than at
-    /// a fresh boot ([`hospes_devices::pci::root::PciSaved`]).
-    pub fn relocator(&self) -> Arc<dyn BarRelocator> {
-        self.bar_bus.clone()
-    }
 }
 
 /// Errors of putting PCI and its devices into a machine.
