@@ -420,37 +420,52 @@ fn snapshot_row(
     row.set_subtitle(&subtitle);
 
     let revert = gtk::Button::with_label(&gettext("Revert"));
-    revert.set_valign(gtk::Align::Center);
-    a11y::set_label(
-        &revert,
-        &gettext_f(
-            // Translators: the accessible name of a snapshot's Revert button; {name} is
-            // the snapshot.
-            "Revert to {name}",
-            &[("name", &snap.name)],
-        ),
+    let revert_label = gettext_f(
+        // Translators: the accessible name of a snapshot's Revert button; {name} is
+        // the snapshot.
+        "Revert to {name}",
+        &[("name", &snap.name)],
     );
-    let input = sender.input_sender().clone();
-    let name = snap.name.clone();
-    revert.connect_clicked(move |_| input.emit(SnapshotsInput::Ask(Risky::Revert, name.clone())));
-    row.add_suffix(&revert);
+    row.add_suffix(&risky_button(
+        revert,
+        &revert_label,
+        Risky::Revert,
+        &snap.name,
+        sender,
+    ));
 
     let delete = gtk::Button::from_icon_name("user-trash-symbolic");
-    delete.set_valign(gtk::Align::Center);
     delete.add_css_class("flat");
     delete.set_tooltip_text(Some(&gettext("Delete")));
-    a11y::set_label(
-        &delete,
-        &gettext_f(
-            // Translators: the accessible name of a snapshot's Delete button; {name} is
-            // the snapshot.
-            "Delete {name}",
-            &[("name", &snap.name)],
-        ),
+    let delete_label = gettext_f(
+        // Translators: the accessible name of a snapshot's Delete button; {name} is
+        // the snapshot.
+        "Delete {name}",
+        &[("name", &snap.name)],
     );
-    let input = sender.input_sender().clone();
-    let name = snap.name.clone();
-    delete.connect_clicked(move |_| input.emit(SnapshotsInput::Ask(Risky::Delete, name.clone())));
-    row.add_suffix(&delete);
+    row.add_suffix(&risky_button(
+        delete,
+        &delete_label,
+        Risky::Delete,
+        &snap.name,
+        sender,
+    ));
     row
+}
+
+/// Finishes a snapshot row's button: centred, named for assistive technology, and asking
+/// before it runs `risky` on the snapshot `name`.
+fn risky_button(
+    button: gtk::Button,
+    label: &str,
+    risky: Risky,
+    name: &str,
+    sender: &ComponentSender<SnapshotsPage>,
+) -> gtk::Button {
+    button.set_valign(gtk::Align::Center);
+    a11y::set_label(&button, label);
+    let input = sender.input_sender().clone();
+    let name = name.to_string();
+    button.connect_clicked(move |_| input.emit(SnapshotsInput::Ask(risky, name.clone())));
+    button
 }

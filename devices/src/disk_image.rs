@@ -98,6 +98,29 @@ impl DiskImage for RawImage {
     }
 }
 
+/// Takes an open-file-description lock on the whole image: shared for a read-only disk,
+/// exclusive otherwise, so two VMs (or a VM and a tool that locks the same way, like QEMU)
+/// never write one image at once. The lock lives as long as the file and its clones.
+pub fn lock_image(file: &std::fs::File, read_only: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let kind = if read_only {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    };
+    // SAFETY: `flock` is plain data; all-zero is a valid value that the fields below complete.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads the `flock` we pass, which lives for the call.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

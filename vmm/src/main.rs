@@ -269,7 +269,7 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         // Paths in vm.ron are relative to the VM's folder.
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         extras.vm_dir = Some(dir.to_path_buf());
-        cfg.save_file = Some(hospes_vmm::machine::save::default_path(dir));
+        cfg.save_file = Some(hospes_core::saved_state::path_in(dir));
         let machine_uuid = vm.uuid.map_or_else(|| vm_uuid(&vm_id(path)), |u| u.0);
         match vm.boot {
             hospes_core::config::Boot::Kernel {

@@ -75,8 +75,10 @@ impl Qcow2Image {
                 path: path.to_owned(),
                 source,
             })?;
-        lock_file(&lock, read_only).map_err(|_| DiskOpenError::Locked {
-            path: path.to_owned(),
+        hospes_devices::disk_image::lock_image(&lock, read_only).map_err(|_| {
+            DiskOpenError::Locked {
+                path: path.to_owned(),
+            }
         })?;
         let qcow2 = Qcow2::<ImagoFile>::builder_path(path)
             .write(!read_only)
@@ -133,28 +135,6 @@ fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> {
             io::ErrorKind::UnexpectedEof,
             "access past the end of the disk",
         )),
-    }
-}
-
-/// Takes an open-file-description lock on the whole file, as virtio-blk does for raw
-/// images: shared for a read-only disk, exclusive otherwise.
-fn lock_file(file: &std::fs::File, read_only: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let kind = if read_only {
-        libc::F_RDLCK
-    } else {
-        libc::F_WRLCK
-    };
-    // SAFETY: `flock` is plain data; all-zero is a valid value that the fields below complete.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: F_OFD_SETLK reads the `flock` we pass, which lives for the call.
-    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -64,21 +64,6 @@ pub trait SaveReporter: Send + Sync {
     fn failed(&self, error: &str);
 }
 
-/// A save reporter that only logs.
-pub struct LogReporter;
-
-impl SaveReporter for LogReporter {
-    fn progress(&self, _done: u64, _total: u64) {}
-
-    fn completed(&self, file: &Path, bytes: u64, ms: u64) {
-        log::info!("saved to {} ({bytes} bytes) in {ms} ms", file.display());
-    }
-
-    fn failed(&self, error: &str) {
-        log::error!("save failed: {error}");
-    }
-}
-
 /// A request to save, carried by the machine's event channel.
 #[derive(Clone)]
 pub struct SaveRequest {
@@ -342,11 +327,6 @@ impl Restore {
         log::info!("restored {bytes} bytes of guest RAM in {ms} ms");
         Ok(())
     }
-}
-
-/// Where a VM started from `vm_dir` saves to.
-pub fn default_path(vm_dir: &Path) -> PathBuf {
-    saved_state::path_in(vm_dir)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl Block {
                 path: path.to_owned(),
                 source,
             })?;
-        lock_image(&file, read_only).map_err(|source| {
+        crate::disk_image::lock_image(&file, read_only).map_err(|source| {
             if matches!(source.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) {
                 BlockError::Locked {
                     path: path.to_owned(),
@@ -141,29 +141,6 @@ impl Block {
             config,
             worker: None,
         }
-    }
-}
-
-/// Takes an open-file-description lock on the whole image: shared for a read-only disk,
-/// exclusive otherwise, so two VMs (or a VM and a tool that locks the same way, like QEMU)
-/// never write one image at once. The lock lives as long as the file and its clones.
-fn lock_image(file: &File, read_only: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let kind = if read_only {
-        libc::F_RDLCK
-    } else {
-        libc::F_WRLCK
-    };
-    // SAFETY: `flock` is plain data; all-zero is a valid value that the fields below complete.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: F_OFD_SETLK reads the `flock` we pass, which lives for the call.
-    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
