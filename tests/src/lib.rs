@@ -9,6 +9,7 @@
 pub mod initramfs;
 pub mod peers;
 pub mod rfb;
+pub mod save;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

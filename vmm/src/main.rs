@@ -137,6 +137,11 @@ struct Args {
     /// (the default) or off, for debugging; HOSPES_SANDBOX=off does the same.
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     sandbox: Option<bool>,
+    /// The VM's saved-state file: QMP `hospes-save` writes the VM there and ends the
+    /// helper; when FILE exists at start, the VM resumes from it and the file is removed
+    /// once it runs (default with --config: saved-state.hospes in the VM's folder).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -428,6 +433,9 @@ fn machine_config(args: Args) -> Result<(MachineConfig, Extras), String> {
         extras.tpm = Some(TpmState::from_flag(t));
     }
     cfg.tpm = extras.tpm.is_some();
+    if let Some(state) = args.state {
+        cfg.save_file = Some(state);
+    }
     extras.display.name = extras.name.clone().unwrap_or_else(|| "hospes".into());
     if let Some(fw) = &mut cfg.firmware {
         if let Some(uuid) = args.uuid {
@@ -518,6 +526,10 @@ fn sandbox_for(cfg: &MachineConfig, extras: &Extras, tpm: Option<&Tpm>) -> Sandb
     if let Some(q) = &extras.qmp {
         s.create_beside(q);
     }
+    // A save writes `<file>.partial` beside the file and renames it into place.
+    if let Some(state) = &cfg.save_file {
+        s.create_beside(state);
+    }
     if let Some(VncListen::Unix(v)) = &extras.display.vnc {
         s.create_beside(v);
     }
@@ -594,6 +606,16 @@ fn main() -> ExitCode {
     }
     // The device registration step, run on every boot before the vCPUs start.
     // The PCI host bridge is always there (the DSDT describes it); disks hang off it.
+    if let Some(file) = &cfg.save_file {
+        // What a save killed half-way left behind; the file it was to replace is intact.
+        let partial = hospes_core::saved_state::partial_path(file);
+        if std::fs::remove_file(&partial).is_ok() {
+            log::info!(
+                "removed {}, left by a save that did not finish",
+                partial.display()
+            );
+        }
+    }
     let saved = cfg.save_file.clone().filter(|p| p.exists());
     let result = Vmm::new(cfg).and_then(|mut vmm| {
         // A VM saved with hospes-save resumes where it was (the file goes once resumed).

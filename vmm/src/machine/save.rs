@@ -53,7 +53,7 @@ pub enum SaveError {
     VcpusLost { got: usize, want: usize },
     #[error("cannot read which guest pages are in use")]
     Mincore(#[source] std::io::Error),
-    #[error("this VM has nowhere to save to (start it from a vm.ron or give --save-file)")]
+    #[error("this VM has nowhere to save to (start it from a vm.ron or give --state FILE)")]
     NoFile,
 }
 
