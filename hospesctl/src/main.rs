@@ -82,7 +82,7 @@ pub enum Command {
     /// Library commands: list, create, show, check, edit, rm, import, rename.
     #[command(flatten)]
     Library(library_cmds::LibraryCommand),
-    /// Running VMs: start, stop, kill, console, status.
+    /// Running VMs: start, stop, kill, save, discard, console, status.
     #[command(flatten)]
     Vm(vm_cmds::VmCommand),
     /// The CD drive: cdrom NAME eject|insert FILE.
@@ -145,6 +145,15 @@ pub enum CtlError {
     /// The serial console could not be attached.
     #[error("serial console")]
     Console(#[source] ConsoleError),
+    /// A saved-state file could not be removed.
+    #[error("cannot remove the saved state {}", path.display())]
+    SavedState {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The command needs a running VM.
     #[error("{0} is not running")]
     NotRunning(String),
@@ -226,7 +235,9 @@ impl CtlError {
             } => exit::INVALID,
             CtlError::Usb { .. } => exit::FAILED,
             CtlError::Editor { .. } | CtlError::EditNotSaved { .. } => exit::INVALID,
-            CtlError::TempFile { .. } | CtlError::Output(_) => exit::FAILED,
+            CtlError::TempFile { .. } | CtlError::Output(_) | CtlError::SavedState { .. } => {
+                exit::FAILED
+            }
             CtlError::Launch(LaunchError::AlreadyRunning(_)) | CtlError::NotRunning(_) => {
                 exit::WRONG_STATE
             }

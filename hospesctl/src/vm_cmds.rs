@@ -5,6 +5,7 @@
 //! These commands find the VM in the library, then act on that folder: the pid file, the
 //! QMP socket (status, power button) and the serial socket (console).
 
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use serde_json::{Value, json};
 use super::{CtlError, Output};
 use hospes_core::control::RunState;
 use hospes_core::control::console::{self, ConsoleExit};
-use hospes_core::launch::{self, HelperStatus, LaunchSpec, StopOutcome};
+use hospes_core::launch::{self, HelperStatus, LaunchError, LaunchSpec, StopOutcome};
 use hospes_core::library::{Library, Machine};
 use hospes_core::runtime::{self, RuntimeDir};
+use hospes_core::saved_state;
 
 /// How long `status` waits for a helper's QMP answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,6 +39,18 @@ pub enum VmCommand {
     },
     /// Force a VM off at once, like pulling its power cord.
     Kill {
+        /// The VM's name or id.
+        name: String,
+    },
+    /// Save the running VM's whole state to its folder and stop it; the next `start`
+    /// resumes it where it was.
+    Save {
+        /// The VM's name or id.
+        name: String,
+    },
+    /// Delete a saved VM's state: the next `start` boots it afresh (unsaved work in the
+    /// guest is lost).
+    Discard {
         /// The VM's name or id.
         name: String,
     },
@@ -74,6 +88,8 @@ pub fn run(command: VmCommand, out: &Output) -> Result<(), CtlError> {
             stop(&library, &name, Duration::from_secs(timeout), out)
         }
         VmCommand::Kill { name } => kill(&library, &name, out),
+        VmCommand::Save { name } => save(&library, &name, out),
+        VmCommand::Discard { name } => discard(&library, &name, out),
         VmCommand::Console { name } => attach_console(&library, &name, out),
         VmCommand::Status { name: Some(name) } => status_one(&library, &name, out),
         VmCommand::Status { name: None } => status_all(&library, out),
@@ -120,6 +136,78 @@ fn kill(library: &Library, name: &str, out: &Output) -> Result<(), CtlError> {
     let runtime = RuntimeDir::open(&machine.id)?;
     let outcome = launch::kill(&runtime)?;
     report_outcome(&machine, outcome, out)
+}
+
+fn save(library: &Library, name: &str, out: &Output) -> Result<(), CtlError> {
+    let machine = library.find(name)?;
+    let runtime = RuntimeDir::open(&machine.id)?;
+    if launch::status(&runtime, STATUS_TIMEOUT)? == HelperStatus::NotRunning {
+        return Err(CtlError::NotRunning(machine.name().to_string()));
+    }
+    // Progress on a terminal only, one line rewritten as the RAM goes out.
+    let show = !out.is_json() && io::stderr().is_terminal();
+    let mut shown = None;
+    let report = launch::save(&runtime, |done, total| {
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
+        if show && shown != Some(percent) {
+            shown = Some(percent);
+            eprint!("\rSaving {}: {percent}%", machine.name());
+        }
+    })?;
+    if shown.is_some() {
+        eprintln!();
+    }
+    out.emit(
+        &format!(
+            "{} is saved ({}, {} ms); `hospesctl start {}` resumes it",
+            machine.name(),
+            human_bytes(report.bytes),
+            report.ms,
+            machine.name()
+        ),
+        &json!({ "id": machine.id, "name": machine.name(), "state": "saved",
+                 "file": report.file, "bytes": report.bytes, "ms": report.ms }),
+    )
+}
+
+fn discard(library: &Library, name: &str, out: &Output) -> Result<(), CtlError> {
+    let machine = library.find(name)?;
+    let runtime = RuntimeDir::open(&machine.id)?;
+    if let HelperStatus::Running { pid, .. } | HelperStatus::NotAnswering(pid) =
+        launch::status(&runtime, STATUS_TIMEOUT)?
+    {
+        return Err(CtlError::Launch(LaunchError::AlreadyRunning(pid)));
+    }
+    let had = saved_state::discard(&machine.dir).map_err(|source| CtlError::SavedState {
+        path: saved_state::path_in(&machine.dir),
+        source,
+    })?;
+    let text = match had {
+        true => format!(
+            "{}: saved state discarded; the next start boots afresh",
+            machine.name()
+        ),
+        false => format!("{} has no saved state", machine.name()),
+    };
+    out.emit(
+        &text,
+        &json!({ "id": machine.id, "name": machine.name(), "discarded": had }),
+    )
+}
+
+/// 36911 -> "36.0 KiB".
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn report_outcome(machine: &Machine, outcome: StopOutcome, out: &Output) -> Result<(), CtlError> {
@@ -187,6 +275,32 @@ fn status_json(machine: &Machine, status: HelperStatus) -> Value {
 fn status_one(library: &Library, name: &str, out: &Output) -> Result<(), CtlError> {
     let machine = library.find(name)?;
     let status = launch::status(&RuntimeDir::open(&machine.id)?, STATUS_TIMEOUT)?;
+    if status == HelperStatus::NotRunning
+        && let Some(saved) = saved_state::find(&machine.dir)
+    {
+        let (text, value) = match saved {
+            Ok(meta) => (
+                format!(
+                    "{}: saved (by Hospes {}); `hospesctl start` resumes it",
+                    machine.name(),
+                    meta.hospes_version
+                ),
+                json!({ "saved_at": meta.saved_at, "hospes_version": meta.hospes_version }),
+            ),
+            Err(e) => (
+                format!(
+                    "{}: stopped, with a saved state that cannot be resumed: {}",
+                    machine.name(),
+                    hospes_core::error_chain(&e)
+                ),
+                json!({ "error": hospes_core::error_chain(&e) }),
+            ),
+        };
+        let mut row = status_json(&machine, status);
+        row["state"] = json!("saved");
+        row["saved"] = value;
+        return out.emit(&text, &row);
+    }
     out.emit(
         &format!("{}: {}", machine.name(), state_words(status).1),
         &status_json(&machine, status),

@@ -331,3 +331,101 @@ fn cdrom_changes_the_disc_of_a_running_vm_without_touching_vm_ron() {
     let killed = json(&hospesctl(&data, &runtime, &["--json", "kill", "Changer"]));
     assert_eq!(killed["outcome"], "killed");
 }
+
+/// The counts a console shows, complete lines only.
+fn console_counts(text: &str) -> Vec<u64> {
+    hospes_tests::save::counts(text)
+}
+
+#[test]
+fn save_resumes_where_the_guest_was_and_discard_starts_afresh() {
+    if skip_without_kvm() {
+        return;
+    }
+    let g = build_guest("count", GuestKind::Pvh);
+    let data = g.dir.path().join("data");
+    let runtime = g.dir.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let kernel = g.path.to_str().unwrap();
+    let created = hospesctl(
+        &data,
+        &runtime,
+        &[
+            "create", "Counter", "--preset", "kernel", "--kernel", kernel, "--memory", "32M",
+            "--cpus", "1",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let serial = runtime.join("hospes/counter/serial.sock");
+    let state_file = data.join("hospes/machines/counter/saved-state.hospes");
+
+    // Nothing to save while stopped.
+    let stopped = hospesctl(&data, &runtime, &["save", "Counter"]);
+    assert_eq!(stopped.status.code(), Some(5), "{stopped:?}");
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("Counter is not running"));
+
+    json(&hospesctl(&data, &runtime, &["--json", "start", "Counter"]));
+    let before = read_console_until(&serial, "count 5\n");
+    assert!(before.contains("count 5\n"), "{before}");
+    let saved = json(&hospesctl(&data, &runtime, &["--json", "save", "Counter"]));
+    assert_eq!(saved["state"], "saved");
+    assert_eq!(
+        saved["bytes"],
+        std::fs::metadata(&state_file).unwrap().len()
+    );
+    let status = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "status", "Counter"],
+    ));
+    assert_eq!(status["state"], "saved", "{status}");
+    assert_eq!(status["saved"]["hospes_version"], env!("CARGO_PKG_VERSION"));
+
+    // Start resumes: the count goes on from past where the console was read, no "ready".
+    json(&hospesctl(&data, &runtime, &["--json", "start", "Counter"]));
+    let resumed = read_console_until(&serial, "0\n");
+    let seen_before = *console_counts(&before).last().unwrap();
+    let first_after = console_counts(&resumed)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no count after the resume: {resumed:?}"));
+    assert!(
+        !resumed.contains("ready"),
+        "the VM booted afresh: {resumed}"
+    );
+    assert!(
+        first_after > seen_before,
+        "resumed at count {first_after}, saved after {seen_before}"
+    );
+    assert!(!state_file.exists(), "the state file outlived the resume");
+
+    // Save again, then discard: the next start boots afresh.
+    json(&hospesctl(&data, &runtime, &["--json", "save", "Counter"]));
+    let running = json(&hospesctl(&data, &runtime, &["--json", "start", "Counter"]));
+    let refused = hospesctl(&data, &runtime, &["discard", "Counter"]);
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    json(&hospesctl(&data, &runtime, &["--json", "save", "Counter"]));
+    assert!(!helper_alive(running["pid"].as_i64().unwrap()));
+    let discarded = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "discard", "Counter"],
+    ));
+    assert_eq!(discarded["discarded"], true);
+    assert!(!state_file.exists());
+    let again = hospesctl(&data, &runtime, &["discard", "Counter"]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "Counter has no saved state\n"
+    );
+    let status = json(&hospesctl(
+        &data,
+        &runtime,
+        &["--json", "status", "Counter"],
+    ));
+    assert_eq!(status["state"], "stopped");
+    json(&hospesctl(&data, &runtime, &["--json", "start", "Counter"]));
+    let fresh = read_console_until(&serial, "count 1\n");
+    assert!(fresh.contains("ready\n"), "not a fresh boot: {fresh}");
+    json(&hospesctl(&data, &runtime, &["--json", "kill", "Counter"]));
+}
