@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod csum;
 mod handler;
+mod state;
 pub mod stream;
 
 use std::sync::Arc;
@@ -28,7 +29,8 @@ pub use backend::{Connection, ConnectionSlot, pollfd};
 #[cfg(any(test, feature = "test-support"))]
 pub use handler::SteppedWorker;
 
-use super::{Activation, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError};
+use super::{Activation, QueuePosition, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError};
+use crate::state::StateError;
 use hospes_core::config::MacAddress;
 
 /// Virtio device id of a network card.
@@ -78,6 +80,10 @@ pub struct Net {
     slot: Arc<ConnectionSlot>,
     counters: Arc<NetCounters>,
     worker: Option<super::worker::DeviceThread>,
+    /// What the worker held when it was paused for a save.
+    paused: handler::Carried,
+    /// What a restored card hands its next activation.
+    restored: handler::Carried,
 }
 
 impl Net {
@@ -88,6 +94,8 @@ impl Net {
             slot,
             counters: Arc::default(),
             worker: None,
+            paused: handler::Carried::default(),
+            restored: handler::Carried::default(),
         }
     }
 
@@ -147,12 +155,34 @@ impl VirtioDevice for Net {
             activation,
             self.slot.clone(),
             self.counters.clone(),
+            std::mem::take(&mut self.restored),
         )?);
         Ok(())
     }
 
     fn reset(&mut self) {
         self.worker = None;
+        self.restored = handler::Carried::default();
+    }
+
+    fn state_name(&self) -> &str {
+        state::NAME
+    }
+
+    fn can_save(&self) -> bool {
+        true
+    }
+
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, StateError> {
+        self.pause_worker()
+    }
+
+    fn save_device_state(&mut self) -> Result<Vec<u8>, StateError> {
+        self.save()
+    }
+
+    fn restore_device_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.restore(state)
     }
 }
 
