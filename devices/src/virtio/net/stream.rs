@@ -284,6 +284,39 @@ mod tests {
     }
 
     #[test]
+    fn a_save_keeps_the_unstarted_frames_and_drops_the_one_cut_in_the_stream() {
+        let mut w = FrameWriter::new();
+        let frames: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 60_000]).collect();
+        for f in &frames {
+            w.push_with(f.len(), |b| {
+                b.copy_from_slice(f);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        }
+        assert_eq!(w.unstarted_frames(), frames);
+        // Five and a half frames out: past WRITE_LIMIT, so the buffer is trimmed too.
+        let mut sink = Narrow {
+            got: Vec::new(),
+            room: 5 * 60_004 + 30_000,
+        };
+        w.flush(&mut sink).unwrap();
+        assert_eq!(w.unstarted_frames(), frames[6..]);
+        sink.room = 30_004;
+        w.flush(&mut sink).unwrap();
+        assert_eq!(w.unstarted_frames(), frames[6..]);
+        sink.room = 1;
+        w.flush(&mut sink).unwrap();
+        assert_eq!(w.unstarted_frames(), frames[7..]);
+
+        let mut r = FrameReader::new();
+        let data = framed(&[b"one", b"two", b"three"]);
+        let mut src = &data[..data.len() - 2];
+        r.fill(&mut src).unwrap();
+        assert_eq!(r.whole_frames(), vec![b"one".to_vec(), b"two".to_vec()]);
+    }
+
+    #[test]
     fn a_blocked_socket_keeps_the_rest_and_pushes_back() {
         let mut w = FrameWriter::new();
         let frame = vec![1u8; 60_000];
