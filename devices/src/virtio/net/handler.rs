@@ -242,11 +242,12 @@ impl Handler {
             return false;
         };
         for frame in std::mem::take(&mut self.carried.tx) {
-            c.writer.push_with(frame.len(), |b| {
-                b.copy_from_slice(&frame);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .unwrap_or_else(|never| match never {});
+            c.writer
+                .push_with(frame.len(), |b| {
+                    b.copy_from_slice(&frame);
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .unwrap_or_else(|never| match never {});
         }
         self.conn = Some(c);
         true

@@ -13,6 +13,11 @@
 //! says the link is down (with a configuration interrupt), as on an unplugged cable.
 //! Nothing here knows passt or KVM.
 //!
+//! Saved state ([`state`]): pausing stops the worker and takes its handler back; every
+//! chain the worker took is already in the used ring, so the transport saves plain queue
+//! positions. The card saves its MAC, the link state the guest saw and the whole frames it
+//! held; a restored card sends and delivers those first on its new connection.
+//!
 //! Offloads: checksum both ways (`CSUM`, `GUEST_CSUM`). Segmentation is not offered: passt
 //! gives the guest a 65520-byte MTU, so a guest already hands over 64 KiB frames.
 

@@ -16,9 +16,9 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use super::Net;
 use super::handler::{Carried, Handler};
 use super::stream::{MAX_FRAME, WRITE_LIMIT};
-use super::Net;
 use crate::state::{StateError, decode, encode};
 use crate::virtio::QueuePosition;
 use hospes_core::config::MacAddress;
@@ -70,11 +70,7 @@ impl Net {
         if s.mac != self.mac.0 {
             return Err(StateError::mismatch(
                 NAME,
-                format!(
-                    "saved MAC {}, the card has {}",
-                    MacAddress(s.mac),
-                    self.mac
-                ),
+                format!("saved MAC {}, the card has {}", MacAddress(s.mac), self.mac),
             ));
         }
         let mut total = 0usize;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::virtio::QueuePosition;
 use crate::virtio::ActiveQueue;
+use crate::virtio::QueuePosition;
 use crate::virtio::test_rings::{CONFIG, Irq, Ring};
 
 const RX_RINGS: u64 = 0x1000;
@@ -505,7 +505,9 @@ fn a_saved_card_sends_each_pending_frame_once_and_receives_into_buffers_posted_b
     // the later chains stay in the ring.
     for i in 0..chains {
         let at = TX_BUFS + u64::from(i) * 0x10000;
-        s.mem.write_slice(&[0u8; HDR_LEN], GuestAddress(at)).unwrap();
+        s.mem
+            .write_slice(&[0u8; HDR_LEN], GuestAddress(at))
+            .unwrap();
         s.mem
             .write_slice(&numbered(i), GuestAddress(at + HDR_LEN as u64))
             .unwrap();
@@ -530,7 +532,11 @@ fn a_saved_card_sends_each_pending_frame_once_and_receives_into_buffers_posted_b
     assert_eq!(tx_pos.index, TX_QUEUE as u16);
     assert_eq!(tx_pos.next_avail, used);
     assert_eq!(tx_pos.next_used, used);
-    assert_eq!(used_idx(&s.mem, TX_RINGS), used, "nothing moves after the pause");
+    assert_eq!(
+        used_idx(&s.mem, TX_RINGS),
+        used,
+        "nothing moves after the pause"
+    );
     assert_eq!(
         positions[RX_QUEUE],
         QueuePosition {
@@ -568,7 +574,11 @@ fn a_saved_card_sends_each_pending_frame_once_and_receives_into_buffers_posted_b
     assert_eq!(got.len(), want.len());
     assert!(got == want, "frames lost, repeated or reordered");
     for i in 0..chains {
-        assert_eq!(s.tx.used(&s.mem), (u32::from(i), 0), "chain {i} returned once");
+        assert_eq!(
+            s.tx.used(&s.mem),
+            (u32::from(i), 0),
+            "chain {i} returned once"
+        );
     }
     assert!(s.tx.idle(&s.mem));
     peer.set_nonblocking(true).unwrap();
@@ -606,7 +616,10 @@ fn a_saved_card_sends_each_pending_frame_once_and_receives_into_buffers_posted_b
     assert_eq!(s.rx.used(&s.mem), (u32::from(more[1]), 12 + 12));
     let mut got = [0u8; 12];
     s.mem
-        .read_slice(&mut got, GuestAddress(RX_BUFS + 3 * 0x1000 + HDR_LEN as u64))
+        .read_slice(
+            &mut got,
+            GuestAddress(RX_BUFS + 3 * 0x1000 + HDR_LEN as u64),
+        )
         .unwrap();
     assert_eq!(&got, b"after resume");
     // The link was up before and is up now: no configuration interrupt.
