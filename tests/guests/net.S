@@ -98,13 +98,8 @@ _start:
 
 	/* Wait for the offer: a UDP frame to port 68. */
 4:	call recv_frame			/* %esi = frame, %ecx = length, %edi = entry id */
-	cmpw $0x0008, 12(%esi)		/* IPv4 */
-	jne 5f
-	cmpb $17, 23(%esi)		/* UDP */
-	jne 5f
-	cmpw $0x4400, 36(%esi)		/* destination port 68 */
-	jne 5f
-	jmp 6f
+	call is_dhcp_reply
+	je 6f
 5:	call repost
 	jmp 4b
 6:	mov 6(%esi), %eax		/* passt's MAC, for what we send later */
@@ -284,11 +279,7 @@ rounds:
 	jb 22b
 	jmp 21b				/* no offer: discover again */
 23:	call recv_frame
-	cmpw $0x0008, 12(%esi)		/* IPv4 */
-	jne 24f
-	cmpb $17, 23(%esi)		/* UDP */
-	jne 24f
-	cmpw $0x4400, 36(%esi)		/* destination port 68 */
+	call is_dhcp_reply
 	jne 24f
 	call dhcp_offer
 	call repost
@@ -302,6 +293,15 @@ rounds:
 24:	call repost
 	jmp 22b
 #endif
+
+/* is_dhcp_reply: ZF set when the frame at %esi is IPv4 UDP to port 68. */
+is_dhcp_reply:
+	cmpw $0x0008, 12(%esi)		/* IPv4 */
+	jne 1f
+	cmpb $17, 23(%esi)		/* UDP */
+	jne 1f
+	cmpw $0x4400, 36(%esi)		/* destination port 68 */
+1:	ret
 
 /* send_frame: sends the %ecx-byte frame at %esi (copied behind a zero header unless it
  * is already at TXBUF+HDR) through transmit entry 0, and waits until the device used it. */
