@@ -10,6 +10,9 @@
  * With -DBENCH_PORT=P -DBENCH_SIZE=S -DBENCH_COUNT=N it instead sends N UDP datagrams of S
  * payload bytes to the router's port P (passt maps the router to the host's loopback),
  * keeping all eight transmit entries in flight, prints "bench sent N" and powers off.
+ * With -DDHCP_ROUNDS it instead runs DHCP exchanges forever, for the save and resume
+ * test: "round N", a DHCPDISCOVER (sent again when no offer comes within about 2^33 TSC
+ * ticks, as when the exchange was cut by a save), the offer, a pause of up to 2^32 ticks.
  *
  * The transport's layout in BAR0 is fixed (common config 0x0, device config 0x2000, notify
  * 0x3000 + 4 * queue), so this driver does not walk the capability list. No interrupts:
@@ -95,13 +98,8 @@ _start:
 
 	/* Wait for the offer: a UDP frame to port 68. */
 4:	call recv_frame			/* %esi = frame, %ecx = length, %edi = entry id */
-	cmpw $0x0008, 12(%esi)		/* IPv4 */
-	jne 5f
-	cmpb $17, 23(%esi)		/* UDP */
-	jne 5f
-	cmpw $0x4400, 36(%esi)		/* destination port 68 */
-	jne 5f
-	jmp 6f
+	call is_dhcp_reply
+	je 6f
 5:	call repost
 	jmp 4b
 6:	mov 6(%esi), %eax		/* passt's MAC, for what we send later */
@@ -113,6 +111,9 @@ _start:
 
 #ifdef BENCH_PORT
 	jmp bench
+#endif
+#ifdef DHCP_ROUNDS
+	jmp rounds
 #endif
 
 	mov $s_ready, %esi
@@ -253,6 +254,55 @@ bench:
 	jmp acpi_poweroff
 #endif
 
+#ifdef DHCP_ROUNDS
+/* DHCP exchanges, numbered, for as long as the guest runs; the TSC's high word times
+ * the retries and the pauses. */
+rounds:
+	incl round
+	mov $s_round, %esi
+	call puts
+	mov round, %eax
+	call putdec
+	mov $'\n', %al
+	call putc
+21:	mov $mac, %edi
+	call dhcp_discover
+	call send_frame
+	rdtsc
+	mov %edx, tsc_start
+22:	movzwl RXU+2, %eax		/* a frame? */
+	cmpw rx_seen, %ax
+	jne 23f
+	rdtsc
+	sub tsc_start, %edx
+	cmp $2, %edx
+	jb 22b
+	jmp 21b				/* no offer: discover again */
+23:	call recv_frame
+	call is_dhcp_reply
+	jne 24f
+	call dhcp_offer
+	call repost
+	rdtsc
+	mov %edx, tsc_start
+25:	rdtsc
+	sub tsc_start, %edx
+	cmp $1, %edx
+	jb 25b
+	jmp rounds
+24:	call repost
+	jmp 22b
+#endif
+
+/* is_dhcp_reply: ZF set when the frame at %esi is IPv4 UDP to port 68. */
+is_dhcp_reply:
+	cmpw $0x0008, 12(%esi)		/* IPv4 */
+	jne 1f
+	cmpb $17, 23(%esi)		/* UDP */
+	jne 1f
+	cmpw $0x4400, 36(%esi)		/* destination port 68 */
+1:	ret
+
 /* send_frame: sends the %ecx-byte frame at %esi (copied behind a zero header unless it
  * is already at TXBUF+HDR) through transmit entry 0, and waits until the device used it. */
 send_frame:
@@ -337,6 +387,8 @@ tx_avail:	.long 0
 rx_avail:	.word 0
 rx_seen:	.word 0
 rx_id:		.long 0
+round:		.long 0
+tsc_start:	.long 0
 
 	.section .rodata
 s_nonet:	.asciz "no virtio-net card\n"
@@ -345,6 +397,7 @@ s_ready:	.asciz "ready\n"
 s_echo:		.asciz "echo "
 s_bye:		.asciz "bye\n"
 s_bench:	.asciz "bench sent "
+s_round:	.asciz "round "
 
 	.bss
 	.align 16

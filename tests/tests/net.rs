@@ -1,12 +1,18 @@
 //! virtio-net through a real passt: DHCP from passt, a UDP port forward from the host into
-//! the guest and back, passt restarted after it dies, and a clear error without passt.
+//! the guest and back, passt restarted after it dies, a save and resume in the middle of
+//! DHCP exchanges, and a clear error without passt.
 //! The guest is `tests/guests/net.S`, a polling virtio-net driver.
 
 use std::net::UdpSocket;
+use std::path::Path;
 use std::time::Duration;
 
+use hospes_core::control::client::QmpClient;
 use hospes_tests::peers::{LiveVm, free_udp_port, host_ipv4, process_name, require_program};
-use hospes_tests::{Guest, GuestKind, build_guest, skip_without_kvm};
+use hospes_tests::save::save_and_wait;
+use hospes_tests::{
+    Guest, GuestKind, build_guest, build_guest_with, skip_without_kvm, wait_timeout,
+};
 
 const BOOT: Duration = Duration::from_secs(30);
 
@@ -199,4 +205,99 @@ fn a_forward_from_a_busy_host_port_fails_the_start_with_passts_reason() {
         err.contains(&format!("{port}")),
         "passt's own reason: {err}"
     );
+}
+
+/// The numbers of the "round N" lines among `lines`.
+fn rounds(lines: &[String]) -> Vec<u32> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("round "))
+        .map(|n| n.parse().unwrap_or_else(|_| panic!("not a round: {n:?}")))
+        .collect()
+}
+
+/// The DHCP_ROUNDS guest, which runs one DHCP exchange with passt after another, saved
+/// between two of them and resumed with the same flags: the rounds go on without a restart
+/// and a round begun after the resume gets its offer, so the card sent and received on
+/// the connection to the new passt.
+#[test]
+fn a_guest_saved_between_dhcp_exchanges_gets_offers_from_the_new_passt_after_the_resume() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("passt", "passt");
+    let g = build_guest_with("net", GuestKind::Pvh, &["DHCP_ROUNDS"]);
+    let state = g.dir.path().join("vm.hospes");
+    let start = |tag: &str| {
+        let qmp = g.dir.path().join(format!("qmp-{tag}.sock"));
+        let args = [
+            "--kernel".to_string(),
+            g.path.display().to_string(),
+            "-m".into(),
+            "64M".into(),
+            "--no-rng".into(),
+            "--net".into(),
+            "user,mac=52:54:00:ab:cd:01".into(),
+            "--qmp".into(),
+            format!("unix:{}", qmp.display()),
+            "--state".into(),
+            state.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (LiveVm::spawn(&args, &[("HOSPES_LOG", "info")]), qmp)
+    };
+
+    let (mut first, qmp) = start("first");
+    let Some(offer) = first.wait_line("dhcp offer ", BOOT) else {
+        let (_, out, err) = first.finish(Duration::ZERO);
+        panic!("no DHCP offer; stdout {out:?}, stderr {err}");
+    };
+    // Two exchanges done, the third about to start or under way.
+    assert!(
+        first.wait_line("round 3", BOOT).is_some(),
+        "{:?}",
+        first.seen
+    );
+    let report = save_and_wait(&qmp, &mut first.child);
+    assert_eq!(report.file, state);
+    let (_, before, err) = first.finish(BOOT);
+    assert!(state.exists(), "no state file; stderr {err}");
+    let last = *rounds(&before).last().expect("rounds before the save");
+
+    let (mut second, qmp) = start("second");
+    let next = format!("round {}", last + 1);
+    let resumed = second.wait_line(&next, BOOT);
+    assert!(
+        resumed.is_some(),
+        "the resumed guest never began {next:?}: {:?}",
+        second.seen
+    );
+    let offer_after = second.wait_line("dhcp offer ", BOOT);
+    assert_eq!(
+        offer_after.as_deref(),
+        Some(offer.as_str()),
+        "the round begun after the resume got no offer through the new passt: {:?}",
+        second.seen
+    );
+    assert!(
+        !state.exists(),
+        "the state file is gone once the guest runs"
+    );
+    quit(&qmp, &mut second);
+    let (_, after, _) = second.finish(Duration::ZERO);
+    // One run of rounds: a restarted guest would count from 1 again; none lost or repeated.
+    let all: Vec<u32> = rounds(&before).into_iter().chain(rounds(&after)).collect();
+    assert_eq!(
+        all,
+        (1..=all.len() as u32).collect::<Vec<_>>(),
+        "{before:?} then {after:?}"
+    );
+}
+
+/// Ends the helper through QMP `quit` and waits for it.
+fn quit(qmp: &Path, vm: &mut LiveVm) {
+    let mut client = QmpClient::connect(qmp).expect("connect to QMP");
+    client.quit().expect("quit");
+    let status = wait_timeout(&mut vm.child, BOOT).expect("the helper exits on quit");
+    assert!(status.success(), "quit: {status}");
 }

@@ -1,6 +1,7 @@
 //! The network device's worker thread: moves frames between the two queues and the peer
 //! socket. See the parent module for the data flow.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use super::{
     HDR_F_NEEDS_CSUM, HDR_GSO_NONE, HDR_LEN, NetCounters, RX_QUEUE, TX_QUEUE, pollfd,
 };
 use crate::virtio::worker::DeviceThread;
-use crate::virtio::{Activation, GuestMemory, VirtioError, VirtioInterrupt};
+use crate::virtio::{Activation, GuestMemory, QueuePosition, VirtioError, VirtioInterrupt};
 
 /// Receive chains one frame may span at most (a 64 KiB frame in 4 KiB pages needs 17).
 const MAX_RX_CHAINS: usize = 64;
@@ -45,17 +46,32 @@ enum Rx {
     Dropped,
 }
 
-/// Starts the worker; dropping the handle stops the thread, which hands the connection back.
+/// Starts the worker with `carried` (frames a restored card still holds); dropping the
+/// handle stops the thread, which hands the connection back. [`DeviceThread::stop_and_take`]
+/// returns the [`Handler`] instead, for a save.
 pub fn spawn(
     a: Activation,
     slot: Arc<ConnectionSlot>,
     counters: Arc<NetCounters>,
+    carried: Carried,
 ) -> Result<DeviceThread, VirtioError> {
     let (mut h, rx_event, tx_event) = handler(a, slot, counters)?;
+    h.carried = carried;
     let thread = DeviceThread::spawn("hospes-net", move |stop| {
         h.run(&[stop, rx_event, tx_event]);
+        h
     })?;
     Ok(thread)
+}
+
+/// Whole frames a card held when it was saved: transmitted frames the guest handed over
+/// that had not reached the peer, and received ones the guest had not taken yet. A
+/// restored card sends the first on its new connection and delivers the second before
+/// anything the new peer sends.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub tx: Vec<Vec<u8>>,
+    pub rx: VecDeque<Vec<u8>>,
 }
 
 /// The worker's state for activation `a`, with the receive and transmit kicks.
@@ -84,6 +100,7 @@ fn handler(
         conn: None,
         counters,
         rx_blocked: false,
+        carried: Carried::default(),
     };
     Ok((h, rx.event, tx.event))
 }
@@ -102,7 +119,7 @@ impl SteppedWorker {
         counters: Arc<NetCounters>,
     ) -> Result<Self, VirtioError> {
         let (mut h, _, _) = handler(a, slot, counters)?;
-        h.conn = h.slot.take();
+        h.take_connection();
         Ok(Self(h))
     }
 
@@ -115,7 +132,7 @@ impl SteppedWorker {
     }
 }
 
-struct Handler {
+pub struct Handler {
     mem: GuestMemory,
     interrupt: Arc<dyn VirtioInterrupt>,
     rx: Queue,
@@ -128,12 +145,24 @@ struct Handler {
     counters: Arc<NetCounters>,
     /// A whole frame waits in the reader for guest buffers.
     rx_blocked: bool,
+    /// Frames carried over a save and restore.
+    carried: Carried,
+}
+
+impl Drop for Handler {
+    /// A stopped worker hands its connection back, half-read frames included, so the next
+    /// activation carries on the same stream.
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.slot.give_back(c);
+        }
+    }
 }
 
 impl Handler {
     /// `events`: stop, receive kick, transmit kick.
     fn run(&mut self, events: &[EventFd; 3]) {
-        self.conn = self.slot.take();
+        self.take_connection();
         self.update_link();
         loop {
             self.service();
@@ -169,24 +198,59 @@ impl Handler {
             if fds[1].revents != 0 {
                 self.rx_blocked = false;
             }
-            if fds[3].revents != 0
-                && let Some(c) = self.slot.take()
-            {
+            if fds[3].revents != 0 && self.take_connection() {
                 log::info!("net: peer connected");
-                self.conn = Some(c);
                 self.rx_blocked = false;
             }
             self.update_link();
         }
-        if let Some(c) = self.conn.take() {
-            self.slot.give_back(c);
+    }
+
+    /// Where the receive and transmit queues stand (the worker has stopped).
+    pub fn positions(&self) -> Vec<QueuePosition> {
+        vec![
+            QueuePosition::of(RX_QUEUE as u16, &self.rx),
+            QueuePosition::of(TX_QUEUE as u16, &self.tx),
+        ]
+    }
+
+    /// For a save, once the worker has stopped: writes what the connection takes without
+    /// blocking, then returns the whole frames still held. A frame partly written to or
+    /// partly read from the stream is dropped, as on a wire; the connection is closed.
+    pub fn take_frames(&mut self) -> Carried {
+        let mut carried = std::mem::take(&mut self.carried);
+        if let Some(mut c) = self.conn.take() {
+            if let Err(e) = c.writer.flush(&mut c.stream) {
+                log::debug!("net: last write before the save failed: {e}");
+            }
+            carried.tx.extend(c.writer.unstarted_frames());
+            carried.rx.extend(c.reader.whole_frames());
         }
+        carried
     }
 
     fn service(&mut self) {
         self.transmit();
         self.receive();
         self.update_link();
+    }
+
+    /// Takes the connection waiting in the slot, if any; frames carried over a restore
+    /// are queued on it first.
+    fn take_connection(&mut self) -> bool {
+        let Some(mut c) = self.slot.take() else {
+            return false;
+        };
+        for frame in std::mem::take(&mut self.carried.tx) {
+            c.writer
+                .push_with(frame.len(), |b| {
+                    b.copy_from_slice(&frame);
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .unwrap_or_else(|never| match never {});
+        }
+        self.conn = Some(c);
+        true
     }
 
     /// Publishes whether there is a peer as the link state, with a configuration
@@ -272,6 +336,27 @@ impl Handler {
 
     fn receive(&mut self) {
         let mut used_any = false;
+        let flags = if self.guest_csum { HDR_F_DATA_VALID } else { 0 };
+        // Frames carried over a restore go first, connection or not.
+        while !self.rx_blocked {
+            let Some(frame) = self.carried.rx.front() else {
+                break;
+            };
+            let len = frame.len();
+            match deliver(&self.mem, &mut self.rx, frame, flags, self.mrg) {
+                Rx::Delivered => {
+                    NetCounters::add(&self.counters.rx_frames, 1);
+                    NetCounters::add(&self.counters.rx_bytes, len as u64);
+                }
+                Rx::Dropped => NetCounters::add(&self.counters.rx_dropped, 1),
+                Rx::NoRoom => {
+                    self.rx_blocked = true;
+                    break;
+                }
+            }
+            used_any = true;
+            self.carried.rx.pop_front();
+        }
         while !self.rx_blocked {
             let Some(conn) = &mut self.conn else { break };
             let frame = match conn.reader.peek() {
@@ -295,7 +380,6 @@ impl Handler {
                 }
             };
             let len = frame.len();
-            let flags = if self.guest_csum { HDR_F_DATA_VALID } else { 0 };
             match deliver(&self.mem, &mut self.rx, frame, flags, self.mrg) {
                 Rx::Delivered => {
                     used_any = true;

@@ -13,12 +13,18 @@
 //! says the link is down (with a configuration interrupt), as on an unplugged cable.
 //! Nothing here knows passt or KVM.
 //!
+//! Saved state ([`state`]): pausing stops the worker and takes its handler back; every
+//! chain the worker took is already in the used ring, so the transport saves plain queue
+//! positions. The card saves its MAC, the link state the guest saw and the whole frames it
+//! held; a restored card sends and delivers those first on its new connection.
+//!
 //! Offloads: checksum both ways (`CSUM`, `GUEST_CSUM`). Segmentation is not offered: passt
 //! gives the guest a 65520-byte MTU, so a guest already hands over 64 KiB frames.
 
 pub mod backend;
 pub mod csum;
 mod handler;
+mod state;
 pub mod stream;
 
 use std::sync::Arc;
@@ -28,7 +34,8 @@ pub use backend::{Connection, ConnectionSlot, pollfd};
 #[cfg(any(test, feature = "test-support"))]
 pub use handler::SteppedWorker;
 
-use super::{Activation, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError};
+use super::{Activation, QueuePosition, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError};
+use crate::state::StateError;
 use hospes_core::config::MacAddress;
 
 /// Virtio device id of a network card.
@@ -78,6 +85,10 @@ pub struct Net {
     slot: Arc<ConnectionSlot>,
     counters: Arc<NetCounters>,
     worker: Option<super::worker::DeviceThread>,
+    /// What the worker held when it was paused for a save.
+    paused: handler::Carried,
+    /// What a restored card hands its next activation.
+    restored: handler::Carried,
 }
 
 impl Net {
@@ -88,6 +99,8 @@ impl Net {
             slot,
             counters: Arc::default(),
             worker: None,
+            paused: handler::Carried::default(),
+            restored: handler::Carried::default(),
         }
     }
 
@@ -147,12 +160,34 @@ impl VirtioDevice for Net {
             activation,
             self.slot.clone(),
             self.counters.clone(),
+            std::mem::take(&mut self.restored),
         )?);
         Ok(())
     }
 
     fn reset(&mut self) {
         self.worker = None;
+        self.restored = handler::Carried::default();
+    }
+
+    fn state_name(&self) -> &str {
+        state::NAME
+    }
+
+    fn can_save(&self) -> bool {
+        true
+    }
+
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, StateError> {
+        self.pause_worker()
+    }
+
+    fn save_device_state(&mut self) -> Result<Vec<u8>, StateError> {
+        self.save()
+    }
+
+    fn restore_device_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.restore(state)
     }
 }
 

@@ -57,6 +57,12 @@ impl FrameReader {
         Ok(have.get(PREFIX..PREFIX + len))
     }
 
+    /// The whole frames read and not yet consumed, in order (for a save); a frame whose
+    /// bytes have not all arrived is left out.
+    pub fn whole_frames(&self) -> Vec<Vec<u8>> {
+        whole_frames(&self.buf[self.start..self.end])
+    }
+
     /// Drops the frame [`peek`](Self::peek) returned.
     pub fn consume(&mut self) {
         if let Ok(Some(frame)) = self.peek() {
@@ -83,11 +89,29 @@ impl FrameReader {
     }
 }
 
+/// The length-prefixed frames at the start of `bytes`, up to the first incomplete one (or
+/// one announcing more than [`MAX_FRAME`]).
+fn whole_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    while let Some((prefix, rest)) = bytes.split_first_chunk::<PREFIX>() {
+        let len = u32::from_be_bytes(*prefix) as usize;
+        let Some(frame) = rest.get(..len).filter(|_| len <= MAX_FRAME) else {
+            break;
+        };
+        frames.push(frame.to_vec());
+        bytes = &rest[len..];
+    }
+    frames
+}
+
 /// Queues frames for a non-blocking stream.
 #[derive(Default)]
 pub struct FrameWriter {
     buf: Vec<u8>,
     sent: usize,
+    /// Where the frame holding byte `sent` starts: `buf` is only ever trimmed at a frame
+    /// boundary, so the frames not yet started can be told from a partly written one.
+    frame: usize,
 }
 
 impl FrameWriter {
@@ -136,11 +160,33 @@ impl FrameWriter {
         if self.sent == self.buf.len() {
             self.buf.clear();
             self.sent = 0;
-        } else if self.sent > WRITE_LIMIT {
-            self.buf.drain(..self.sent);
-            self.sent = 0;
+            self.frame = 0;
+            return Ok(());
+        }
+        // Step over the frames written out completely.
+        while let Some(prefix) = self.buf[self.frame..].first_chunk::<PREFIX>() {
+            let end = self.frame + PREFIX + u32::from_be_bytes(*prefix) as usize;
+            if end > self.sent {
+                break;
+            }
+            self.frame = end;
+        }
+        if self.frame > WRITE_LIMIT {
+            self.buf.drain(..self.frame);
+            self.sent -= self.frame;
+            self.frame = 0;
         }
         Ok(())
+    }
+
+    /// The frames queued whose first byte has not been written yet, in order (for a save);
+    /// a frame the stream has taken part of is left out.
+    pub fn unstarted_frames(&self) -> Vec<Vec<u8>> {
+        let mut frames = whole_frames(&self.buf[self.frame..]);
+        if self.sent > self.frame && !frames.is_empty() {
+            frames.remove(0);
+        }
+        frames
     }
 }
 
@@ -235,6 +281,39 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_save_keeps_the_unstarted_frames_and_drops_the_one_cut_in_the_stream() {
+        let mut w = FrameWriter::new();
+        let frames: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 60_000]).collect();
+        for f in &frames {
+            w.push_with(f.len(), |b| {
+                b.copy_from_slice(f);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        }
+        assert_eq!(w.unstarted_frames(), frames);
+        // Five and a half frames out: past WRITE_LIMIT, so the buffer is trimmed too.
+        let mut sink = Narrow {
+            got: Vec::new(),
+            room: 5 * 60_004 + 30_000,
+        };
+        w.flush(&mut sink).unwrap();
+        assert_eq!(w.unstarted_frames(), frames[6..]);
+        sink.room = 30_004;
+        w.flush(&mut sink).unwrap();
+        assert_eq!(w.unstarted_frames(), frames[6..]);
+        sink.room = 1;
+        w.flush(&mut sink).unwrap();
+        assert_eq!(w.unstarted_frames(), frames[7..]);
+
+        let mut r = FrameReader::new();
+        let data = framed(&[b"one", b"two", b"three"]);
+        let mut src = &data[..data.len() - 2];
+        r.fill(&mut src).unwrap();
+        assert_eq!(r.whole_frames(), vec![b"one".to_vec(), b"two".to_vec()]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::virtio::ActiveQueue;
+use crate::virtio::QueuePosition;
 use crate::virtio::test_rings::{CONFIG, Irq, Ring};
 
 const RX_RINGS: u64 = 0x1000;
@@ -415,4 +416,292 @@ fn a_transmit_avail_index_far_ahead_does_not_stall_the_worker() {
     );
     let used_idx: u16 = mem.read_obj(GuestAddress(TX_RINGS + 0x1002)).unwrap();
     assert_eq!(used_idx, 0, "nothing was taken from the broken ring");
+}
+
+/// A queue on the rings at `base` that a restored transport hands over: the driver's
+/// addresses, the device's saved positions, the ring memory left as the guest has it.
+fn queue_at(base: u64, p: &QueuePosition) -> virtio_queue::Queue {
+    use virtio_queue::QueueT;
+    let mut q = virtio_queue::Queue::new(crate::virtio::test_rings::QSIZE).unwrap();
+    q.set_size(crate::virtio::test_rings::QSIZE);
+    q.set_desc_table_address(Some(base as u32), Some(0));
+    q.set_avail_ring_address(Some((base + 0x800) as u32), Some(0));
+    q.set_used_ring_address(Some((base + 0x1000) as u32), Some(0));
+    q.set_ready(true);
+    q.set_next_avail(p.next_avail);
+    q.set_next_used(p.next_used);
+    q
+}
+
+/// A card restored from `state` on `slot`, activated on the rings at their saved positions.
+fn restored(
+    state: &[u8],
+    positions: &[QueuePosition],
+    slot: &Arc<ConnectionSlot>,
+    s: &Setup,
+    irq: Arc<Irq>,
+) -> Net {
+    let mut dev = Net::new(MAC, slot.clone());
+    dev.restore_device_state(state).unwrap();
+    let queue = |index: usize, base: u64, ring: &crate::virtio::test_rings::Ring| {
+        let p = positions.iter().find(|p| usize::from(p.index) == index);
+        ActiveQueue {
+            index: index as u16,
+            queue: queue_at(base, p.expect("a position per queue")),
+            event: ring.kick.try_clone().unwrap(),
+        }
+    };
+    dev.activate(Activation {
+        mem: s.mem.clone(),
+        interrupt: irq,
+        queues: vec![
+            queue(RX_QUEUE, RX_RINGS, &s.rx),
+            queue(TX_QUEUE, TX_RINGS, &s.tx),
+        ],
+        acked_features: ALL,
+    })
+    .unwrap();
+    dev
+}
+
+/// The used index the device has published on the rings at `base`.
+fn used_idx(mem: &GuestMemoryMmap, base: u64) -> u16 {
+    mem.read_obj(GuestAddress(base + 0x1002)).unwrap()
+}
+
+/// Frame `i` of the save test: 60,000 bytes that say their number.
+fn numbered(i: u16) -> Vec<u8> {
+    let mut f = pattern(60_000);
+    f[..2].copy_from_slice(&i.to_be_bytes());
+    f
+}
+
+/// The whole length-prefixed frames in `bytes`, and whether a partial one follows.
+fn split_frames(mut bytes: &[u8]) -> (Vec<Vec<u8>>, bool) {
+    let mut frames = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        if bytes.len() < 4 + len {
+            break;
+        }
+        frames.push(bytes[4..4 + len].to_vec());
+        bytes = &bytes[4 + len..];
+    }
+    (frames, !bytes.is_empty())
+}
+
+#[test]
+fn a_saved_card_sends_each_pending_frame_once_and_receives_into_buffers_posted_before() {
+    let mut s = started(ALL);
+    let chains = crate::virtio::test_rings::QSIZE;
+    // Receive: two 2 KiB buffers, and a 6000-byte frame from the old peer that needs
+    // three: it waits in the card.
+    let posted: Vec<u16> = (0..2)
+        .map(|i| s.rx.add(&s.mem, &[(RX_BUFS + i * 0x1000, 2048, true)]))
+        .collect();
+    let held = pattern(6000);
+    write_framed(&mut s.peer, &held);
+    // Transmit: the old peer reads nothing, so the socket and the card's buffer fill and
+    // the later chains stay in the ring.
+    for i in 0..chains {
+        let at = TX_BUFS + u64::from(i) * 0x10000;
+        s.mem
+            .write_slice(&[0u8; HDR_LEN], GuestAddress(at))
+            .unwrap();
+        s.mem
+            .write_slice(&numbered(i), GuestAddress(at + HDR_LEN as u64))
+            .unwrap();
+        s.tx.add(&s.mem, &[(at, (HDR_LEN + 60_000) as u32, false)]);
+    }
+    let mut used = used_idx(&s.mem, TX_RINGS);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = used_idx(&s.mem, TX_RINGS);
+        if now == used {
+            break;
+        }
+        used = now;
+    }
+    let positions = s.dev.pause().unwrap();
+    let state = s.dev.save_device_state().unwrap();
+    let used = used_idx(&s.mem, TX_RINGS);
+    assert!(used < chains, "back-pressure left chains in the ring");
+    assert_eq!(used_idx(&s.mem, RX_RINGS), 0, "the held frame waits");
+    // Every chain the worker took is in the used ring: none half-used.
+    let tx_pos = positions[TX_QUEUE];
+    assert_eq!(tx_pos.index, TX_QUEUE as u16);
+    assert_eq!(tx_pos.next_avail, used);
+    assert_eq!(tx_pos.next_used, used);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        used_idx(&s.mem, TX_RINGS),
+        used,
+        "nothing moves after the pause"
+    );
+    assert_eq!(
+        positions[RX_QUEUE],
+        QueuePosition {
+            index: RX_QUEUE as u16,
+            next_avail: 0,
+            next_used: 0
+        }
+    );
+    // The old peer gets what reached its socket, then the end of the stream.
+    let mut old = Vec::new();
+    s.peer.read_to_end(&mut old).unwrap();
+    let (old_frames, partial) = split_frames(&old);
+    let dropped = usize::from(partial);
+    assert!(
+        old_frames.len() + dropped < usize::from(used),
+        "some frames the guest handed over were still in the card at the save"
+    );
+
+    // A resumed helper: a new passt on a new slot.
+    let slot = Arc::new(ConnectionSlot::new().unwrap());
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slot.put(Connection::new(ours, 1).unwrap());
+    let irq = Arc::new(Irq::default());
+    let mut dev = restored(&state, &positions, &slot, &s, irq.clone());
+    let new_frames: Vec<Vec<u8>> = (0..usize::from(chains) - old_frames.len() - dropped)
+        .map(|_| read_framed(&mut peer))
+        .collect();
+    // Each frame once, in order; only a frame cut in the old stream is missing.
+    let mut want: Vec<Vec<u8>> = (0..chains).map(numbered).collect();
+    if partial {
+        want.remove(old_frames.len());
+    }
+    let got: Vec<Vec<u8>> = old_frames.into_iter().chain(new_frames).collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "frames lost, repeated or reordered");
+    for i in 0..chains {
+        assert_eq!(
+            s.tx.used(&s.mem),
+            (u32::from(i), 0),
+            "chain {i} returned once"
+        );
+    }
+    assert!(s.tx.idle(&s.mem));
+    peer.set_nonblocking(true).unwrap();
+    assert!(
+        peer.read(&mut [0u8; 16]).is_err(),
+        "nothing more reaches the new peer"
+    );
+    peer.set_nonblocking(false).unwrap();
+
+    // The held frame goes first, into the buffers posted before the save and a new one.
+    let more: Vec<u16> = (2..4)
+        .map(|i| s.rx.add(&s.mem, &[(RX_BUFS + i * 0x1000, 2048, true)]))
+        .collect();
+    let first: Vec<_> = (0..3).map(|_| s.rx.used(&s.mem)).collect();
+    assert_eq!(
+        first,
+        [
+            (u32::from(posted[0]), 2048),
+            (u32::from(posted[1]), 2048),
+            (u32::from(more[0]), 6012 - 4096)
+        ]
+    );
+    let mut got = vec![0u8; 3 * 2048];
+    for i in 0..3 {
+        s.mem
+            .read_slice(
+                &mut got[i * 2048..(i + 1) * 2048],
+                GuestAddress(RX_BUFS + i as u64 * 0x1000),
+            )
+            .unwrap();
+    }
+    assert_eq!(&got[HDR_LEN..HDR_LEN + 6000], &held[..]);
+    // Then a frame from the new peer.
+    write_framed(&mut peer, b"after resume");
+    assert_eq!(s.rx.used(&s.mem), (u32::from(more[1]), 12 + 12));
+    let mut got = [0u8; 12];
+    s.mem
+        .read_slice(
+            &mut got,
+            GuestAddress(RX_BUFS + 3 * 0x1000 + HDR_LEN as u64),
+        )
+        .unwrap();
+    assert_eq!(&got, b"after resume");
+    // The link was up before and is up now: no configuration interrupt.
+    wait_link(&dev, STATUS_LINK_UP);
+    assert!(!irq.0.lock().unwrap().contains(&CONFIG));
+    dev.reset();
+}
+
+/// A started card paused and saved with nothing in flight.
+fn saved_idle() -> (Setup, Vec<QueuePosition>, Vec<u8>) {
+    let mut s = started(ALL);
+    wait_link(&s.dev, STATUS_LINK_UP);
+    let positions = s.dev.pause().unwrap();
+    let state = s.dev.save_device_state().unwrap();
+    (s, positions, state)
+}
+
+#[test]
+fn a_card_restored_without_a_peer_shows_the_cable_unplugged_with_a_configuration_interrupt() {
+    let (s, positions, state) = saved_idle();
+    let slot = Arc::new(ConnectionSlot::new().unwrap());
+    let irq = Arc::new(Irq::default());
+    let dev = restored(&state, &positions, &slot, &s, irq.clone());
+    wait_link(&dev, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !irq.0.lock().unwrap().contains(&CONFIG) {
+        assert!(Instant::now() < deadline, "no configuration interrupt");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The peer arrives: the link comes up again.
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    slot.put(Connection::new(ours, 1).unwrap());
+    wait_link(&dev, STATUS_LINK_UP);
+}
+
+#[test]
+fn a_state_with_another_mac_is_refused_by_name() {
+    let (s, _, state) = saved_idle();
+    let mut other = Net::new(MacAddress([0x52, 0x54, 0, 9, 9, 9]), s.slot.clone());
+    let err = other.restore_device_state(&state).unwrap_err().to_string();
+    assert!(err.contains("virtio-net"), "{err}");
+    assert!(err.contains("52:54:00:01:02:03"), "{err}");
+    assert!(err.contains("52:54:00:09:09:09"), "{err}");
+}
+
+#[test]
+fn a_truncated_or_garbage_state_is_an_error_not_a_panic() {
+    let (s, _, state) = saved_idle();
+    let mut fresh = Net::new(MAC, s.slot.clone());
+    for cut in 0..state.len() {
+        assert!(
+            fresh.restore_device_state(&state[..cut]).is_err(),
+            "{cut} of {} bytes accepted",
+            state.len()
+        );
+    }
+    let mut seed = 0x1234_5678u32;
+    for len in [1, 7, 16, 64, 300] {
+        let garbage: Vec<u8> = (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (seed >> 16) as u8
+            })
+            .collect();
+        let _ = fresh.restore_device_state(&garbage);
+    }
+    // A frame longer than the stream allows.
+    let mut big = state[..7].to_vec();
+    assert_eq!(state.len(), 9, "mac, link, two empty frame lists");
+    // One transmit frame of MAX_FRAME + 1 bytes: postcard's varint length, then the bytes.
+    big.push(1);
+    let mut len = stream::MAX_FRAME + 1;
+    while len >= 0x80 {
+        big.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    big.push(len as u8);
+    big.extend(std::iter::repeat_n(0u8, stream::MAX_FRAME + 1));
+    big.push(0);
+    let err = fresh.restore_device_state(&big).unwrap_err().to_string();
+    assert!(err.contains("frame"), "{err}");
+    // The card is untouched: its own state still restores.
+    fresh.restore_device_state(&state).unwrap();
 }
