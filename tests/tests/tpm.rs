@@ -463,3 +463,75 @@ fn hospes_save_and_resume_keep_an_extended_pcr_with_a_temporary_tpm_folder() {
     let g = build_guest("tpm", GuestKind::Pvh);
     pcr16_survives_save_and_resume(&g, "--tpm");
 }
+
+/// Overwrites 16 bytes of the "dev/tpm" section of the saved state `file` where `needle`
+/// (bytes of the TPM's permanent state) lies, and seals the section's checksum again, so
+/// the file reads well and only swtpm can tell.
+fn damage_tpm_section(file: &Path, needle: &[u8]) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let name = b"\x07\x00dev/tpm";
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("a dev/tpm section");
+    let len_at = at + name.len();
+    let len = u64::from_le_bytes(bytes[len_at..len_at + 8].try_into().unwrap()) as usize;
+    let data = len_at + 8;
+    let blob = bytes[data..data + len]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the permanent state in the tpm section");
+    bytes[data + blob..data + blob + 16].fill(0xee);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(b"dev/tpm");
+    crc.update(&bytes[data..data + len]);
+    bytes[data + len..data + len + 4].copy_from_slice(&crc.finalize().to_le_bytes());
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// Needs swtpm. A saved state whose TPM blobs swtpm refuses: the resume fails with the
+/// TPM named, no vCPU runs (the console stays empty) and the file stays for another try.
+#[test]
+fn hospes_save_a_tpm_state_swtpm_refuses_stops_the_resume_naming_the_tpm() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("swtpm", "swtpm");
+    let g = build_guest("tpm", GuestKind::Pvh);
+    let dir = g.dir.path().join("tpm-state");
+    let flag = format!("--tpm={}", dir.display());
+    let state = g.dir.path().join("vm.hospes");
+    let mut first = start_pcrs(&g, "first", &state, &flag);
+    wait_pcr_reads(&mut first, 2);
+    save_and_wait(&first.qmp, &mut first.child.0);
+    let permanent = std::fs::read(dir.join("tpm2-00.permall")).unwrap();
+    // Past the state file's own header, which the blob does not carry.
+    damage_tpm_section(&state, &permanent[16..48]);
+
+    let console = g.dir.path().join("console-damaged.txt");
+    let out = run_vmm(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "32M",
+            "--serial",
+            &format!("file:{}", console.display()),
+            "--state",
+            state.to_str().unwrap(),
+            &flag,
+            "--cmdline",
+            "pcrs",
+        ],
+        TIMEOUT,
+    );
+    assert!(!out.success(), "a refused TPM state must not resume: {out:?}");
+    assert!(
+        out.stderr.contains("tpm: the TPM refused its saved state"),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(text.is_empty(), "the guest ran: {text}");
+    assert!(state.exists(), "the state file is kept");
+}

@@ -391,7 +391,7 @@ impl SwtpmChannel {
                 .map_err(|e| match e {
                     SwtpmError::Refused { result, .. } => SwtpmError::BadBlob {
                         blob: blob_name(blob),
-                        why: format!("swtpm refused it with result {result:#x}"),
+                        why: format!("refused with result {result:#x}"),
                     },
                     other => other,
                 })?;
