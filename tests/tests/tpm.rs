@@ -32,8 +32,8 @@ use hospes_core::control::client::QmpClient;
 use hospes_tests::peers::{LiveVm, process_name, require_program};
 use hospes_tests::save::save_and_wait;
 use hospes_tests::{
-    Guest, GuestKind, build_guest, run_vmm, skip_without_kvm, spawn_vmm, vmm_binary,
-    wait_for_text, wait_timeout,
+    Guest, GuestKind, build_guest, run_vmm, skip_without_kvm, spawn_vmm, vmm_binary, wait_for_text,
+    wait_timeout,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -422,7 +422,10 @@ fn pcr16_survives_save_and_resume(g: &Guest, tpm: &str) -> String {
             "the resumed TPM has the saved PCR 16:\n{before}\n--- resumed ---\n{after}"
         );
     }
-    assert!(!state.exists(), "the state file goes once the VM runs again");
+    assert!(
+        !state.exists(),
+        "the state file goes once the VM runs again"
+    );
     quit(second);
     extended
 }
@@ -448,7 +451,10 @@ fn hospes_save_and_resume_keep_an_extended_pcr_and_a_plain_boot_clears_it() {
     let reads = pcr_lines(&text);
     assert!(text.contains("startup rc 00000000"), "{text}");
     assert_eq!(reads[0], zero_pcr(), "a plain boot clears PCR 16: {text}");
-    assert_eq!(reads[1], extended, "the same extend, the same value: {text}");
+    assert_eq!(
+        reads[1], extended,
+        "the same extend, the same value: {text}"
+    );
     quit(plain);
 }
 
@@ -525,7 +531,10 @@ fn hospes_save_a_tpm_state_swtpm_refuses_stops_the_resume_naming_the_tpm() {
         ],
         TIMEOUT,
     );
-    assert!(!out.success(), "a refused TPM state must not resume: {out:?}");
+    assert!(
+        !out.success(),
+        "a refused TPM state must not resume: {out:?}"
+    );
     assert!(
         out.stderr.contains("tpm: the TPM refused its saved state"),
         "{}",

@@ -387,14 +387,13 @@ impl SwtpmChannel {
             self.ctrl
                 .write_all(&msg)
                 .map_err(|source| SwtpmError::Control { command, source })?;
-            self.read_answer(command, 0)
-                .map_err(|e| match e {
-                    SwtpmError::Refused { result, .. } => SwtpmError::BadBlob {
-                        blob: blob_name(blob),
-                        why: format!("refused with result {result:#x}"),
-                    },
-                    other => other,
-                })?;
+            self.read_answer(command, 0).map_err(|e| match e {
+                SwtpmError::Refused { result, .. } => SwtpmError::BadBlob {
+                    blob: blob_name(blob),
+                    why: format!("refused with result {result:#x}"),
+                },
+                other => other,
+            })?;
         }
         let size = (CRB_BUFFER_SIZE as u32).to_be_bytes();
         self.control(CMD_SET_BUFFERSIZE, &size, 12)?;
@@ -845,7 +844,8 @@ mod tests {
     /// A channel whose other end is `serve`, run on a thread with the peer socket.
     fn fake_channel(serve: impl FnOnce(UnixStream) + Send + 'static) -> SwtpmChannel {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        ours.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         std::thread::spawn(move || serve(theirs));
         SwtpmChannel {
             ctrl: ours,
@@ -893,7 +893,10 @@ mod tests {
             s.write_all(&header([0, 0, 90, 0])).unwrap();
         });
         let err = ch.get_blob(BLOB_VOLATILE).unwrap_err().to_string();
-        assert!(err.contains("volatile") && err.contains("10 of 100"), "{err}");
+        assert!(
+            err.contains("volatile") && err.contains("10 of 100"),
+            "{err}"
+        );
     }
 
     #[test]
