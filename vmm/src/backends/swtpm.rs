@@ -778,6 +778,24 @@ mod tests {
         assert_eq!(again.permanent, blobs.permanent);
     }
 
+    /// Needs swtpm. Saved before the firmware sent TPM2_Startup (early boot): the
+    /// restored TPM still waits for it.
+    #[test]
+    fn a_tpm_saved_before_startup_still_waits_for_startup_after_the_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Swtpm::start(SwtpmConfig::new(dir.path().join("a"))).unwrap();
+        a.reset().unwrap();
+        let blobs = a.state_backend().save_blobs().unwrap();
+        drop(a);
+        let b = Swtpm::start(SwtpmConfig::new(dir.path().join("b"))).unwrap();
+        b.reset().unwrap();
+        b.state_backend().restore_blobs(&blobs).unwrap();
+        assert_eq!(pcr16(&b.backend()), Err(0x100), "TPM_RC_INITIALIZE");
+        let r = lock(&b.backend()).execute(&STARTUP_CLEAR).unwrap();
+        assert_eq!(code(&r), TPM_RC_SUCCESS);
+        assert_eq!(pcr16(&b.backend()), Ok(vec![0; 32]));
+    }
+
     /// Needs swtpm.
     #[test]
     fn blobs_swtpm_refuses_are_an_error_naming_the_blob() {
@@ -981,5 +999,7 @@ mod tests {
             assert!(lock(&backend).execute(&GET_RANDOM_16).is_err());
         }
         assert!(matches!(tpm.reset(), Err(SwtpmError::Dead)));
+        let err = tpm.state_backend().save_blobs().unwrap_err();
+        assert_eq!(err.to_string(), "swtpm is not running");
     }
 }
