@@ -19,6 +19,13 @@
  * after GetRandom, and the second says "second boot" and powers off: a TPM reset with
  * the platform's lets the second Startup succeed too (TPM_RC_INITIALIZE otherwise).
  *
+ * With a command line starting with "pcrs", it reads PCR 16 of the SHA-256 bank
+ * (TPM2_PCR_Read: "pcr16 rc XXXXXXXX value <64 hex digits>", the value only when rc is 0),
+ * extends it with a digest of 32 0x5a bytes (TPM2_PCR_Extend, empty password session:
+ * "extend rc XXXXXXXX"), reads it again, says "extended" and then reads and prints it
+ * again and again, a pause between reads, without ever sending Startup again: the save
+ * tests save and resume it meanwhile.
+ *
  * A step that times out prints "FAILED: <what>" and halts.
  *
  * Under QEMU (SeaBIOS boots the PVH note; it sends TPM2_Startup itself, so the guest's
@@ -43,6 +50,7 @@
 #define SPINS		0x1000000	/* polls before a step times out */
 #define LOOPS		3000		/* loop mode: GetRandom rounds before giving up */
 #define GAP		0x10000		/* loop mode: spins between rounds */
+#define PCR_GAP		0x80000		/* pcrs mode: spins between reads */
 
 	.code32
 	.text
@@ -104,6 +112,8 @@ _start:
 	call get_random
 
 	mov 24(%ebp), %esi		/* cmdline_paddr */
+	cmpl $0x73726370, (%esi)	/* "pcrs" */
+	je pcr_mode
 	cmpl $0x706f6f6c, (%esi)	/* "loop" */
 	je loop_mode
 	cmpl $0x65736572, (%esi)	/* "rese(t)" */
@@ -159,6 +169,55 @@ loop_mode:
 	mov $s_alive, %esi
 	call puts
 	jmp acpi_poweroff
+
+pcr_mode:
+	call pcr_read
+	mov $cmd_extend, %esi
+	mov $cmd_extend_end - cmd_extend, %ecx
+	call tpm_run
+	mov %eax, %ebx
+	mov $s_extend, %esi
+	call puts
+	mov %ebx, %eax
+	call puthex32
+	call newline
+	call pcr_read
+	mov $s_extended, %esi
+	call puts
+1:	mov $PCR_GAP, %ecx
+2:	loop 2b
+	call pcr_read
+	jmp 1b
+
+/* pcr_read: TPM2_PCR_Read of PCR 16 (SHA-256), printed as
+ * "pcr16 rc XXXXXXXX[ value <the digest in hex>]". */
+pcr_read:
+	push %ebx
+	push %ecx
+	push %esi
+	mov $cmd_pcr_read, %esi
+	mov $cmd_pcr_read_end - cmd_pcr_read, %ecx
+	call tpm_run
+	mov %eax, %ebx
+	mov $s_pcr, %esi
+	call puts
+	mov %ebx, %eax
+	call puthex32
+	test %ebx, %ebx
+	jnz 9f
+	mov $s_value, %esi
+	call puts
+	/* header 10, pcrUpdateCounter 4, the selection 10, digest count 4, size 2 */
+	mov $(CRB + BUF + 30), %esi
+	mov $32, %ecx
+1:	lodsb
+	call puthex8
+	loop 1b
+9:	call newline
+	pop %esi
+	pop %ecx
+	pop %ebx
+	ret
 
 /* tpm_run: copy %ecx bytes at %esi into the CRB buffer, start the command and wait for
  * CTRL_START to read 0; %eax = the response code (big-endian in the buffer). */
@@ -297,6 +356,18 @@ fail:
 cmd_startup:	.byte 0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0
 /* TPM2_GetRandom(16): TPM_CC_GetRandom 0x17b, bytesRequested 16. */
 cmd_random:	.byte 0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 16
+/* TPM2_PCR_Extend(PCR 16): tag TPM_ST_SESSIONS, size 65, TPM_CC_PCR_Extend 0x182, the
+ * handle, a 9-byte password session (TPM_RS_PW, no nonce, no attributes, empty
+ * password), then one digest: TPM_ALG_SHA256 and 32 bytes of 0x5a. */
+cmd_extend:	.byte 0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, 16
+		.byte 0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 0, 0, 0
+		.byte 0, 0, 0, 1, 0, 0x0b
+		.fill 32, 1, 0x5a
+cmd_extend_end:
+/* TPM2_PCR_Read: TPM_CC_PCR_Read 0x17e, one selection: SHA-256, 3 bytes, PCR 16. */
+cmd_pcr_read:	.byte 0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e
+		.byte 0, 0, 0, 1, 0, 0x0b, 3, 0, 0, 1
+cmd_pcr_read_end:
 s_tpm2:		.asciz "tpm2: start method "
 s_control:	.asciz " control area "
 s_no_tpm2:	.asciz "tpm2: none\n"
@@ -313,6 +384,10 @@ s_sts:		.asciz " sts "
 s_alive:	.asciz "still running\n"
 s_resetting:	.asciz "resetting\n"
 s_second:	.asciz "second boot\n"
+s_pcr:		.asciz "pcr16 rc "
+s_value:	.asciz " value "
+s_extend:	.asciz "extend rc "
+s_extended:	.asciz "extended\n"
 s_failed:	.asciz "FAILED: "
 s_no_locality:	.asciz "locality 0 not granted"
 s_not_ready:	.asciz "cmdReady not taken"

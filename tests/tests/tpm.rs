@@ -9,6 +9,10 @@
 //!   is reset with it, so the second boot's Startup succeeds as well. With `loop`, the test kills swtpm
 //!   while the guest sends GetRandom after GetRandom: the helper logs the death once, the
 //!   guest gets TPM_RC_FAILURE (0x101) with CTRL_STS.tpmSts set, and runs on to power off.
+//! - `hospes_save_*`: with `pcrs`, the guest extends PCR 16 and reads it again and
+//!   again; QMP `hospes-save` saves the helper to `--state FILE`, a new helper resumes it,
+//!   and the resumed guest, which never sends Startup again, reads the extended value
+//!   (with `--tpm=DIR` and with a temporary `--tpm`). A plain boot afterwards reads zero.
 //! - `hospes_seabios_*`: SeaBIOS under `hospes-vmm --bios --tpm` finds the TPM through
 //!   the firmware's ACPI tables (TPM2, with its log area) and sends Startup and PCR
 //!   extends, which the helper's debug log shows.
@@ -20,12 +24,17 @@
 //! swtpm (Debian package swtpm) and QEMU (qemu-system-x86) are installed by the test
 //! command; the tests fail without them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hospes_core::control::client::QmpClient;
 use hospes_tests::peers::{LiveVm, process_name, require_program};
-use hospes_tests::{GuestKind, build_guest, run_vmm, skip_without_kvm, vmm_binary, wait_for_text};
+use hospes_tests::save::save_and_wait;
+use hospes_tests::{
+    Guest, GuestKind, build_guest, run_vmm, skip_without_kvm, spawn_vmm, vmm_binary, wait_for_text,
+    wait_timeout,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
@@ -304,4 +313,234 @@ fn qemu_tpm_crb_shows_the_interface_hospes_shows() {
             .collect()
     };
     assert_eq!(interface(&hospes), interface(&qemu));
+}
+
+/// One run of the `pcrs` guest that a test saves or resumes: its console file and QMP
+/// socket; the helper is killed if the test fails.
+struct PcrRun {
+    console: PathBuf,
+    qmp: PathBuf,
+    child: KillOnDrop,
+}
+
+/// Starts the `pcrs` guest with `tpm` (`--tpm` or `--tpm=DIR`), saving to and resuming
+/// from `state`.
+fn start_pcrs(g: &Guest, tag: &str, state: &Path, tpm: &str) -> PcrRun {
+    let console = g.dir.path().join(format!("console-{tag}.txt"));
+    let qmp = g.dir.path().join(format!("qmp-{tag}.sock"));
+    let args = [
+        "--serial".to_string(),
+        format!("file:{}", console.display()),
+        "--qmp".into(),
+        format!("unix:{}", qmp.display()),
+        "--state".into(),
+        state.display().to_string(),
+        tpm.into(),
+        "--cmdline".into(),
+        "pcrs".into(),
+    ];
+    let child = KillOnDrop(spawn_vmm(g, "32M", &args));
+    PcrRun {
+        console,
+        qmp,
+        child,
+    }
+}
+
+/// The complete "pcr16 rc ..." lines of a console (a line cut off at either end is left
+/// out: it does not start with "pcr16" or has no newline yet).
+fn pcr_lines(console: &str) -> Vec<&str> {
+    let complete = console.rfind('\n').map_or("", |end| &console[..end]);
+    complete
+        .lines()
+        .filter(|l| l.starts_with("pcr16 rc "))
+        .collect()
+}
+
+/// Waits until the console shows `n` complete PCR reads; returns its text.
+fn wait_pcr_reads(run: &mut PcrRun, n: usize) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(&run.console).unwrap_or_default();
+        if pcr_lines(&text).len() >= n {
+            return text;
+        }
+        if let Ok(Some(status)) = run.child.0.try_wait() {
+            panic!("the helper ended ({status}) before {n} PCR reads:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} PCR reads after {TIMEOUT:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn quit(mut run: PcrRun) {
+    let mut qmp = QmpClient::connect(&run.qmp).expect("QMP");
+    qmp.quit().expect("quit");
+    let status = wait_timeout(&mut run.child.0, TIMEOUT).expect("the helper exits on quit");
+    assert!(status.success(), "quit: {status}");
+}
+
+/// PCR 16 as a freshly started TPM has it.
+fn zero_pcr() -> String {
+    format!("pcr16 rc 00000000 value {}", "0".repeat(64))
+}
+
+/// Runs the `pcrs` guest until it has extended PCR 16, saves it, resumes it and checks
+/// that the resumed TPM reads the extended value (a fresh TPM that never saw Startup
+/// answers TPM_RC_INITIALIZE, "pcr16 rc 00000100"); returns that PCR line.
+fn pcr16_survives_save_and_resume(g: &Guest, tpm: &str) -> String {
+    let state = g.dir.path().join("vm.hospes");
+    let mut first = start_pcrs(g, "first", &state, tpm);
+    let before = wait_pcr_reads(&mut first, 3);
+    assert!(
+        before.lines().any(|l| l == "extend rc 00000000"),
+        "{before}"
+    );
+    let reads = pcr_lines(&before);
+    assert_eq!(reads[0], zero_pcr(), "PCR 16 after Startup: {before}");
+    let extended = reads[1].to_string();
+    assert!(extended.starts_with("pcr16 rc 00000000 value "), "{before}");
+    assert_ne!(extended, zero_pcr(), "the extend changed PCR 16");
+    save_and_wait(&first.qmp, &mut first.child.0);
+    let before = std::fs::read_to_string(&first.console).unwrap();
+    for read in &pcr_lines(&before)[1..] {
+        assert_eq!(*read, extended, "before the save: {before}");
+    }
+
+    let mut second = start_pcrs(g, "second", &state, tpm);
+    let after = wait_pcr_reads(&mut second, 3);
+    assert!(
+        !after.contains("startup rc") && !after.contains("extended"),
+        "the resumed guest started over:\n{after}"
+    );
+    for read in pcr_lines(&after) {
+        assert_eq!(
+            read, extended,
+            "the resumed TPM has the saved PCR 16:\n{before}\n--- resumed ---\n{after}"
+        );
+    }
+    assert!(
+        !state.exists(),
+        "the state file goes once the VM runs again"
+    );
+    quit(second);
+    extended
+}
+
+/// Needs swtpm. A TPM whose state lives in `--tpm=DIR`: the extended PCR 16 is there
+/// after the resume; a plain boot on the same folder afterwards starts from zero again
+/// (PCRs are not kept across a power cycle) and the same extend gives the same value.
+#[test]
+fn hospes_save_and_resume_keep_an_extended_pcr_and_a_plain_boot_clears_it() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("swtpm", "swtpm");
+    let g = build_guest("tpm", GuestKind::Pvh);
+    let dir = g.dir.path().join("tpm-state");
+    let flag = format!("--tpm={}", dir.display());
+    let extended = pcr16_survives_save_and_resume(&g, &flag);
+
+    // No state file any more: a plain boot of the same VM.
+    let state = g.dir.path().join("vm.hospes");
+    let mut plain = start_pcrs(&g, "plain", &state, &flag);
+    let text = wait_pcr_reads(&mut plain, 2);
+    let reads = pcr_lines(&text);
+    assert!(text.contains("startup rc 00000000"), "{text}");
+    assert_eq!(reads[0], zero_pcr(), "a plain boot clears PCR 16: {text}");
+    assert_eq!(
+        reads[1], extended,
+        "the same extend, the same value: {text}"
+    );
+    quit(plain);
+}
+
+/// Needs swtpm. A bare `--tpm`: the resumed helper's TPM lives in a new temporary
+/// folder and gets all of its state from the saved blobs.
+#[test]
+fn hospes_save_and_resume_keep_an_extended_pcr_with_a_temporary_tpm_folder() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("swtpm", "swtpm");
+    let g = build_guest("tpm", GuestKind::Pvh);
+    pcr16_survives_save_and_resume(&g, "--tpm");
+}
+
+/// Overwrites 16 bytes of the "dev/tpm" section of the saved state `file` where `needle`
+/// (bytes of the TPM's permanent state) lies, and seals the section's checksum again, so
+/// the file reads well and only swtpm can tell.
+fn damage_tpm_section(file: &Path, needle: &[u8]) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let name = b"\x07\x00dev/tpm";
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("a dev/tpm section");
+    let len_at = at + name.len();
+    let len = u64::from_le_bytes(bytes[len_at..len_at + 8].try_into().unwrap()) as usize;
+    let data = len_at + 8;
+    let blob = bytes[data..data + len]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the permanent state in the tpm section");
+    bytes[data + blob..data + blob + 16].fill(0xee);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(b"dev/tpm");
+    crc.update(&bytes[data..data + len]);
+    bytes[data + len..data + len + 4].copy_from_slice(&crc.finalize().to_le_bytes());
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// Needs swtpm. A saved state whose TPM blobs swtpm refuses: the resume fails with the
+/// TPM named, no vCPU runs (the console stays empty) and the file stays for another try.
+#[test]
+fn hospes_save_a_tpm_state_swtpm_refuses_stops_the_resume_naming_the_tpm() {
+    if skip_without_kvm() {
+        return;
+    }
+    require_program("swtpm", "swtpm");
+    let g = build_guest("tpm", GuestKind::Pvh);
+    let dir = g.dir.path().join("tpm-state");
+    let flag = format!("--tpm={}", dir.display());
+    let state = g.dir.path().join("vm.hospes");
+    let mut first = start_pcrs(&g, "first", &state, &flag);
+    wait_pcr_reads(&mut first, 2);
+    save_and_wait(&first.qmp, &mut first.child.0);
+    let permanent = std::fs::read(dir.join("tpm2-00.permall")).unwrap();
+    // Past the state file's own header, which the blob does not carry.
+    damage_tpm_section(&state, &permanent[16..48]);
+
+    let console = g.dir.path().join("console-damaged.txt");
+    let out = run_vmm(
+        &[
+            "--kernel",
+            g.path.to_str().unwrap(),
+            "-m",
+            "32M",
+            "--serial",
+            &format!("file:{}", console.display()),
+            "--state",
+            state.to_str().unwrap(),
+            &flag,
+            "--cmdline",
+            "pcrs",
+        ],
+        TIMEOUT,
+    );
+    assert!(
+        !out.success(),
+        "a refused TPM state must not resume: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("tpm: the TPM refused its saved state"),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(text.is_empty(), "the guest ran: {text}");
+    assert!(state.exists(), "the state file is kept");
 }

@@ -12,9 +12,16 @@
 //! error (or a response that does not fit) is answered with TPM_RC_FAILURE and sets
 //! CTRL_STS.tpmSts, which stays set for this boot. There is no interrupt line: drivers
 //! poll CTRL_START, as the TPM2 table's start method 7 lets them.
+//!
+//! Save and restore ([`TpmCrb::save_regs`], [`TpmCrb::restore_regs`], used by
+//! `super::state`): a save waits until the worker has finished the command it runs, so
+//! the state is always an idle device whose buffer holds what the guest last saw.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::{
     CRB_BASE, CRB_BUFFER_OFFSET, CRB_BUFFER_SIZE, TPM_HEADER_LEN, TPM_RC_COMMAND_SIZE,
@@ -154,6 +161,32 @@ impl Regs {
 /// What the vCPU side and the worker share.
 struct Shared {
     regs: Mutex<Regs>,
+    /// Signalled whenever a command completes (`Regs::running` turns false).
+    done: Condvar,
+}
+
+/// The registers of an idle CRB device as a save takes them: locality and control
+/// state, and the command/response buffer as the guest last saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrbState {
+    pub assigned: bool,
+    pub idle: bool,
+    pub error: bool,
+    pub cancel: u32,
+    pub int_enable: u32,
+    pub int_status: u32,
+    pub buffer: Vec<u8>,
+}
+
+/// Errors taking or giving back the registers.
+#[derive(Debug, thiserror::Error)]
+pub enum CrbStateError {
+    #[error("a TPM command was still running after {0:?}")]
+    Busy(Duration),
+    #[error("the saved command/response buffer has {0} bytes instead of {CRB_BUFFER_SIZE}")]
+    BufferSize(usize),
+    #[error("the device is running a command and cannot take a saved state")]
+    NotFresh,
 }
 
 /// The CRB page of one boot. Insert it on the MMIO bus at [`CRB_BASE`] for
@@ -168,6 +201,7 @@ impl TpmCrb {
     pub fn new(backend: SharedBackend) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             regs: Mutex::new(Regs::new()),
+            done: Condvar::new(),
         });
         let (jobs, rx) = channel();
         let worker = shared.clone();
@@ -175,6 +209,49 @@ impl TpmCrb {
             .name("tpm".into())
             .spawn(move || run_worker(&worker, &backend, &rx))?;
         Ok(Self { shared, jobs })
+    }
+
+    /// The registers, once the command in flight (if any) has completed; waits at most
+    /// `wait` for it. No new command can start meanwhile when no vCPU runs.
+    pub fn save_regs(&self, wait: Duration) -> Result<CrbState, CrbStateError> {
+        let regs = lock(&self.shared.regs);
+        let (regs, _) = self
+            .shared
+            .done
+            .wait_timeout_while(regs, wait, |r| r.running)
+            .unwrap_or_else(|e| e.into_inner());
+        if regs.running {
+            return Err(CrbStateError::Busy(wait));
+        }
+        Ok(CrbState {
+            assigned: regs.assigned,
+            idle: regs.idle,
+            error: regs.error,
+            cancel: regs.cancel,
+            int_enable: regs.int_enable,
+            int_status: regs.int_status,
+            buffer: regs.buffer.clone(),
+        })
+    }
+
+    /// Takes back registers [`save_regs`](Self::save_regs) gave, on a device that runs
+    /// no command; an error leaves the device as it was.
+    pub fn restore_regs(&mut self, state: &CrbState) -> Result<(), CrbStateError> {
+        if state.buffer.len() != CRB_BUFFER_SIZE {
+            return Err(CrbStateError::BufferSize(state.buffer.len()));
+        }
+        let mut regs = lock(&self.shared.regs);
+        if regs.running {
+            return Err(CrbStateError::NotFresh);
+        }
+        regs.assigned = state.assigned;
+        regs.idle = state.idle;
+        regs.error = state.error;
+        regs.cancel = state.cancel & INVOKE;
+        regs.int_enable = state.int_enable;
+        regs.int_status = state.int_status;
+        regs.buffer.copy_from_slice(&state.buffer);
+        Ok(())
     }
 
     fn write_reg(&mut self, offset: u64, value: u32, mask: u32) {
@@ -267,6 +344,8 @@ fn run_worker(shared: &Shared, backend: &SharedBackend, jobs: &Receiver<Vec<u8>>
                 regs.complete(&error_response(TPM_RC_FAILURE));
             }
         }
+        drop(regs);
+        shared.done.notify_all();
     }
 }
 

@@ -15,6 +15,7 @@
 //! device `MSFT0101`) is built by the helper from the constants here.
 
 pub mod crb;
+pub mod state;
 
 pub use crb::TpmCrb;
 

@@ -13,6 +13,13 @@
 //! commands go through [`SwtpmChannel`], the device's [`TpmBackend`]: the command written
 //! whole, the response read by its header's size.
 //!
+//! Saved state ([`TpmStateBackend`] on the channel): CMD_GET_STATEBLOB hands out the
+//! permanent, volatile and savestate blobs while the TPM runs (the answer's header
+//! carries the length still to come, the data follows it on the channel, in as many
+//! requests as it takes); on resume CMD_STOP, CMD_SET_STATEBLOB for each blob (only a
+//! stopped TPM takes them), then CMD_SET_BUFFERSIZE and CMD_INIT without
+//! INIT_FLAG_DELETE_VOLATILE: the TPM goes on with the PCRs, sessions and objects it had.
+//!
 //! Supervision: swtpm's stderr becomes `swtpm: ...` log lines; it gets SIGTERM when the
 //! watcher thread (alive as long as [`Swtpm`]) ends (parent-death signal), and dropping
 //! [`Swtpm`] stops it (SIGTERM, on which swtpm saves its state, then SIGKILL if it
@@ -35,20 +42,43 @@ use super::child::inherit_fd_and_die_with_thread;
 use hospes_core::control::fdpass::send_with_fd;
 use hospes_devices::bus::lock;
 use hospes_devices::tpm::crb::SharedBackend;
+use hospes_devices::tpm::state::{BackendStateError, TpmBlob, TpmBlobs, TpmStateBackend};
 use hospes_devices::tpm::{CRB_BUFFER_SIZE, TPM_HEADER_LEN, TpmBackend, TpmBackendError};
 
 /// Control channel commands (`tpm_ioctl.h`, "Commands used by the non-CUSE TPMs").
 const CMD_GET_CAPABILITY: u32 = 1;
 const CMD_INIT: u32 = 2;
+const CMD_GET_STATEBLOB: u32 = 12;
+const CMD_SET_STATEBLOB: u32 = 13;
 const CMD_STOP: u32 = 14;
 const CMD_SET_DATAFD: u32 = 16;
 const CMD_SET_BUFFERSIZE: u32 = 17;
 /// Capability bits CMD_GET_CAPABILITY reports, of the commands Hospes sends.
 const CAP_INIT: u64 = 1;
+const CAP_GET_STATEBLOB: u64 = 1 << 8;
+const CAP_SET_STATEBLOB: u64 = 1 << 9;
 const CAP_STOP: u64 = 1 << 10;
 const CAP_SET_DATAFD: u64 = 1 << 12;
 const CAP_SET_BUFFERSIZE: u64 = 1 << 13;
-const CAPS_NEEDED: u64 = CAP_INIT | CAP_STOP | CAP_SET_DATAFD | CAP_SET_BUFFERSIZE;
+const CAPS_NEEDED: u64 = CAP_INIT
+    | CAP_STOP
+    | CAP_SET_DATAFD
+    | CAP_SET_BUFFERSIZE
+    | CAP_GET_STATEBLOB
+    | CAP_SET_STATEBLOB;
+/// The state blobs (PTM_BLOB_TYPE_*).
+const BLOB_PERMANENT: u32 = 1;
+const BLOB_VOLATILE: u32 = 2;
+const BLOB_SAVESTATE: u32 = 3;
+/// A blob's state_flags: it is encrypted (PTM_STATE_FLAG_ENCRYPTED). Hospes never asks
+/// for decrypted blobs (PTM_STATE_FLAG_DECRYPTED): they go back as they came.
+const STATE_FLAG_ENCRYPTED: u32 = 2;
+/// CMD_GET_STATEBLOB's answer before the data: result, state_flags, totlength, length.
+const GETSTATE_HEADER_LEN: usize = 16;
+/// The result with which CMD_GET_STATEBLOB says a blob does not exist.
+const TPM_RETRY: u32 = 0x800;
+/// The largest blob accepted (swtpm's are tens of KiB; this only bounds a bad length).
+const MAX_BLOB: usize = 64 << 20;
 
 /// The largest response accepted from swtpm (its own largest buffer).
 const MAX_RESPONSE: usize = 4096;
@@ -92,6 +122,90 @@ pub enum SwtpmError {
     Capabilities(u64),
     #[error("swtpm is not running")]
     Dead,
+    #[error("swtpm's {blob} state blob: {why}")]
+    BadBlob { blob: &'static str, why: String },
+}
+
+/// The name of blob type `blob` in messages.
+fn blob_name(blob: u32) -> &'static str {
+    match blob {
+        BLOB_PERMANENT => "permanent",
+        BLOB_VOLATILE => "volatile",
+        BLOB_SAVESTATE => "savestate",
+        _ => "unknown",
+    }
+}
+
+/// CMD_GET_STATEBLOB for blob type `blob` from byte `offset` (not decrypted).
+fn get_stateblob_request(blob: u32, offset: u32) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(16);
+    for word in [CMD_GET_STATEBLOB, 0, blob, offset] {
+        msg.extend_from_slice(&word.to_be_bytes());
+    }
+    msg
+}
+
+/// The header of a CMD_GET_STATEBLOB answer.
+#[derive(Debug, PartialEq, Eq)]
+struct GetStateHeader {
+    encrypted: bool,
+    /// The bytes of the blob from the requested offset to its end.
+    total: usize,
+    /// The bytes that follow this header.
+    length: usize,
+}
+
+/// Reads a CMD_GET_STATEBLOB answer's header; Err for a refusal or lengths that cannot be.
+fn parse_getstate_header(
+    blob: u32,
+    h: &[u8; GETSTATE_HEADER_LEN],
+) -> Result<GetStateHeader, SwtpmError> {
+    let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let result = word(0);
+    if result != 0 {
+        return Err(SwtpmError::Refused {
+            command: CMD_GET_STATEBLOB,
+            result,
+        });
+    }
+    let (total, length) = (word(8) as usize, word(12) as usize);
+    let bad = |why: String| SwtpmError::BadBlob {
+        blob: blob_name(blob),
+        why,
+    };
+    if total > MAX_BLOB {
+        return Err(bad(format!("{total} bytes is more than {MAX_BLOB}")));
+    }
+    if length > total {
+        return Err(bad(format!("{length} bytes sent of {total} announced")));
+    }
+    Ok(GetStateHeader {
+        encrypted: word(4) & STATE_FLAG_ENCRYPTED != 0,
+        total,
+        length,
+    })
+}
+
+/// CMD_SET_STATEBLOB for blob type `blob`: the header and the whole blob in one message.
+fn set_stateblob_request(blob: u32, state: &TpmBlob) -> Result<Vec<u8>, SwtpmError> {
+    let length = u32::try_from(state.data.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_BLOB)
+        .ok_or_else(|| SwtpmError::BadBlob {
+            blob: blob_name(blob),
+            why: format!("{} bytes is more than {MAX_BLOB}", state.data.len()),
+        })?;
+    let flags = if state.encrypted {
+        STATE_FLAG_ENCRYPTED
+    } else {
+        0
+    };
+    let mut msg = Vec::with_capacity(16 + state.data.len());
+    for word in [CMD_SET_STATEBLOB, flags, blob, length] {
+        msg.extend_from_slice(&word.to_be_bytes());
+    }
+    msg.extend_from_slice(&state.data);
+    Ok(msg)
 }
 
 /// How to run swtpm.
@@ -194,6 +308,112 @@ impl SwtpmChannel {
         self.control(CMD_INIT, &0u32.to_be_bytes(), 0)?;
         Ok(())
     }
+
+    /// One state blob of the running TPM, read in as many requests as swtpm needs.
+    fn get_blob(&mut self, blob: u32) -> Result<TpmBlob, SwtpmError> {
+        let command = CMD_GET_STATEBLOB;
+        let io = |source| SwtpmError::Control { command, source };
+        let mut state = TpmBlob::default();
+        let mut total = None;
+        loop {
+            let offset = u32::try_from(state.data.len()).unwrap_or(u32::MAX);
+            self.ctrl
+                .write_all(&get_stateblob_request(blob, offset))
+                .map_err(io)?;
+            let mut h = [0u8; GETSTATE_HEADER_LEN];
+            self.ctrl.read_exact(&mut h).map_err(io)?;
+            let header = match parse_getstate_header(blob, &h) {
+                // TPM_RETRY on the first request: the TPM has no such blob (no savestate
+                // without a TPM2_Shutdown(STATE)). Its answer carries no data.
+                Err(SwtpmError::Refused {
+                    result: TPM_RETRY, ..
+                }) if total.is_none() => return Ok(state),
+                other => other?,
+            };
+            let end = state.data.len() + header.length;
+            // The first answer says how long the blob is; later ones only carry more of it.
+            let total = *total.get_or_insert(header.total);
+            if end > total {
+                return Err(SwtpmError::BadBlob {
+                    blob: blob_name(blob),
+                    why: format!("{end} bytes sent of {total} announced"),
+                });
+            }
+            state.encrypted = header.encrypted;
+            state.data.resize(end, 0);
+            let at = end - header.length;
+            self.ctrl.read_exact(&mut state.data[at..]).map_err(io)?;
+            if end == total {
+                return Ok(state);
+            }
+            if header.length == 0 {
+                return Err(SwtpmError::BadBlob {
+                    blob: blob_name(blob),
+                    why: format!("it ended after {end} of {total} bytes"),
+                });
+            }
+        }
+    }
+
+    /// The TPM's blobs, taken while it runs no command (the caller holds the channel).
+    fn save_blobs(&mut self) -> Result<TpmBlobs, SwtpmError> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(SwtpmError::Dead);
+        }
+        Ok(TpmBlobs {
+            permanent: self.get_blob(BLOB_PERMANENT)?,
+            volatile: self.get_blob(BLOB_VOLATILE)?,
+            savestate: self.get_blob(BLOB_SAVESTATE)?,
+        })
+    }
+
+    /// Stops the TPM, hands it `blobs` (an empty one is left out: the TPM had none) and
+    /// starts it again on them with its volatile state.
+    fn restore_blobs(&mut self, blobs: &TpmBlobs) -> Result<(), SwtpmError> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(SwtpmError::Dead);
+        }
+        self.control(CMD_STOP, &[], 0)?;
+        for (blob, state) in [
+            (BLOB_PERMANENT, &blobs.permanent),
+            (BLOB_VOLATILE, &blobs.volatile),
+            (BLOB_SAVESTATE, &blobs.savestate),
+        ] {
+            if state.data.is_empty() {
+                continue;
+            }
+            let command = CMD_SET_STATEBLOB;
+            let msg = set_stateblob_request(blob, state)?;
+            self.ctrl
+                .write_all(&msg)
+                .map_err(|source| SwtpmError::Control { command, source })?;
+            self.read_answer(command, 0).map_err(|e| match e {
+                SwtpmError::Refused { result, .. } => SwtpmError::BadBlob {
+                    blob: blob_name(blob),
+                    why: format!("refused with result {result:#x}"),
+                },
+                other => other,
+            })?;
+        }
+        let size = (CRB_BUFFER_SIZE as u32).to_be_bytes();
+        self.control(CMD_SET_BUFFERSIZE, &size, 12)?;
+        // init_flags 0: the volatile state just set is kept (no DELETE_VOLATILE).
+        self.control(CMD_INIT, &0u32.to_be_bytes(), 0)?;
+        Ok(())
+    }
+}
+
+/// The channel as the TPM's saved state sees it (holding it keeps TPM commands out).
+struct SwtpmState(Arc<Mutex<SwtpmChannel>>);
+
+impl TpmStateBackend for SwtpmState {
+    fn save_blobs(&self) -> Result<TpmBlobs, BackendStateError> {
+        Ok(lock(&self.0).save_blobs()?)
+    }
+
+    fn restore_blobs(&self, blobs: &TpmBlobs) -> Result<(), BackendStateError> {
+        Ok(lock(&self.0).restore_blobs(blobs)?)
+    }
 }
 
 impl TpmBackend for SwtpmChannel {
@@ -280,6 +500,11 @@ impl Swtpm {
     /// The guest TPM's backend.
     pub fn backend(&self) -> SharedBackend {
         self.channel.clone()
+    }
+
+    /// The TPM's state blobs, for a save and a resume.
+    pub fn state_backend(&self) -> Arc<dyn TpmStateBackend> {
+        Arc::new(SwtpmState(self.channel.clone()))
     }
 
     /// Resets the TPM, as the platform reset of every boot does (waits for a command in
@@ -496,6 +721,267 @@ mod tests {
         );
     }
 
+    /// TPM2_PCR_Extend(PCR 16, password session, one SHA-256 digest of 0x5a bytes).
+    fn pcr16_extend() -> Vec<u8> {
+        let mut c = vec![0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, 16];
+        c.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 0, 0, 0]);
+        c.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b]);
+        c.extend_from_slice(&[0x5a; 32]);
+        c
+    }
+    /// TPM2_PCR_Read of PCR 16 in the SHA-256 bank.
+    const PCR16_READ: [u8; 20] = [
+        0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e, 0, 0, 0, 1, 0, 0x0b, 3, 0, 0, 1,
+    ];
+
+    /// PCR 16's SHA-256 value, or the response code when the read fails.
+    fn pcr16(backend: &SharedBackend) -> Result<Vec<u8>, u32> {
+        let r = lock(backend).execute(&PCR16_READ).unwrap();
+        match code(&r) {
+            TPM_RC_SUCCESS => Ok(r[30..62].to_vec()),
+            rc => Err(rc),
+        }
+    }
+
+    /// A running, started swtpm on a new state folder in `dir`.
+    fn started(dir: &std::path::Path, name: &str) -> Swtpm {
+        let tpm = Swtpm::start(SwtpmConfig::new(dir.join(name))).unwrap();
+        tpm.reset().unwrap();
+        let r = lock(&tpm.backend()).execute(&STARTUP_CLEAR).unwrap();
+        assert_eq!(code(&r), TPM_RC_SUCCESS);
+        tpm
+    }
+
+    /// Needs swtpm.
+    #[test]
+    fn blobs_taken_from_one_swtpm_carry_pcrs_into_a_fresh_one_without_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = started(dir.path(), "a");
+        let r = lock(&a.backend()).execute(&pcr16_extend()).unwrap();
+        assert_eq!(code(&r), TPM_RC_SUCCESS);
+        let value = pcr16(&a.backend()).unwrap();
+        assert_ne!(value, vec![0; 32], "the extend changed PCR 16");
+        let blobs = a.state_backend().save_blobs().unwrap();
+        assert!(!blobs.permanent.data.is_empty());
+        assert!(!blobs.volatile.data.is_empty());
+        // The TPM runs on after its state was taken.
+        assert_eq!(pcr16(&a.backend()), Ok(value.clone()));
+        drop(a);
+
+        // A fresh swtpm in another folder, as after a plain boot: not started.
+        let b = Swtpm::start(SwtpmConfig::new(dir.path().join("b"))).unwrap();
+        b.reset().unwrap();
+        assert_eq!(pcr16(&b.backend()), Err(0x100), "TPM_RC_INITIALIZE");
+        b.state_backend().restore_blobs(&blobs).unwrap();
+        assert_eq!(pcr16(&b.backend()), Ok(value));
+        let again = b.state_backend().save_blobs().unwrap();
+        assert_eq!(again.permanent, blobs.permanent);
+    }
+
+    /// Needs swtpm. Saved before the firmware sent TPM2_Startup (early boot): the
+    /// restored TPM still waits for it.
+    #[test]
+    fn a_tpm_saved_before_startup_still_waits_for_startup_after_the_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Swtpm::start(SwtpmConfig::new(dir.path().join("a"))).unwrap();
+        a.reset().unwrap();
+        let blobs = a.state_backend().save_blobs().unwrap();
+        drop(a);
+        let b = Swtpm::start(SwtpmConfig::new(dir.path().join("b"))).unwrap();
+        b.reset().unwrap();
+        b.state_backend().restore_blobs(&blobs).unwrap();
+        assert_eq!(pcr16(&b.backend()), Err(0x100), "TPM_RC_INITIALIZE");
+        let r = lock(&b.backend()).execute(&STARTUP_CLEAR).unwrap();
+        assert_eq!(code(&r), TPM_RC_SUCCESS);
+        assert_eq!(pcr16(&b.backend()), Ok(vec![0; 32]));
+    }
+
+    /// Needs swtpm.
+    #[test]
+    fn blobs_swtpm_refuses_are_an_error_naming_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = started(dir.path(), "a");
+        let mut blobs = a.state_backend().save_blobs().unwrap();
+        blobs.permanent.data = vec![0xee; 300];
+        let err = a.state_backend().restore_blobs(&blobs).unwrap_err();
+        let text = hospes_core::error_chain(err.as_ref());
+        assert!(
+            text.contains("permanent state blob") && text.contains("refused"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn get_stateblob_is_four_big_endian_words() {
+        assert_eq!(
+            get_stateblob_request(BLOB_VOLATILE, 0x0102_0304),
+            [0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn set_stateblob_carries_flags_type_length_and_the_data() {
+        let blob = TpmBlob {
+            encrypted: true,
+            data: vec![9, 8, 7],
+        };
+        assert_eq!(
+            set_stateblob_request(BLOB_SAVESTATE, &blob).unwrap(),
+            [0, 0, 0, 13, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 3, 9, 8, 7]
+        );
+    }
+
+    fn header(words: [u32; 4]) -> [u8; GETSTATE_HEADER_LEN] {
+        let mut h = [0u8; GETSTATE_HEADER_LEN];
+        for (i, w) in words.iter().enumerate() {
+            h[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn getstate_headers_with_a_refusal_or_impossible_lengths_are_errors() {
+        assert_eq!(
+            parse_getstate_header(BLOB_PERMANENT, &header([0, 2, 100, 40])).unwrap(),
+            GetStateHeader {
+                encrypted: true,
+                total: 100,
+                length: 40
+            }
+        );
+        assert!(matches!(
+            parse_getstate_header(BLOB_PERMANENT, &header([0x9, 0, 0, 0])),
+            Err(SwtpmError::Refused { result: 9, .. })
+        ));
+        let long = parse_getstate_header(BLOB_VOLATILE, &header([0, 0, 10, 11])).unwrap_err();
+        assert!(long.to_string().contains("volatile"), "{long}");
+        let huge = parse_getstate_header(BLOB_VOLATILE, &header([0, 0, u32::MAX, 0]));
+        assert!(huge.is_err());
+    }
+
+    /// A channel whose other end is `serve`, run on a thread with the peer socket.
+    fn fake_channel(serve: impl FnOnce(UnixStream) + Send + 'static) -> SwtpmChannel {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        std::thread::spawn(move || serve(theirs));
+        SwtpmChannel {
+            ctrl: ours,
+            data: None,
+            dead: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn read_words<const N: usize>(s: &mut UnixStream) -> [u32; N] {
+        let mut b = vec![0u8; 4 * N];
+        s.read_exact(&mut b).unwrap();
+        std::array::from_fn(|i| u32::from_be_bytes(b[4 * i..4 * i + 4].try_into().unwrap()))
+    }
+
+    #[test]
+    fn a_large_blob_sent_in_chunks_is_read_with_advancing_offsets() {
+        let blob: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = blob.clone();
+        let mut ch = fake_channel(move |mut s| {
+            let mut offset = 0usize;
+            while offset < sent.len() {
+                let [cmd, flags, kind, at] = read_words::<4>(&mut s);
+                assert_eq!((cmd, flags, kind), (CMD_GET_STATEBLOB, 0, BLOB_PERMANENT));
+                assert_eq!(at as usize, offset, "the offset advances by what was read");
+                // As the ioctl interface does: the total, then at most 8 KiB a time.
+                let n = (sent.len() - offset).min(8192);
+                let words = [0, 0, sent.len() as u32, n as u32];
+                s.write_all(&header(words)).unwrap();
+                s.write_all(&sent[offset..offset + n]).unwrap();
+                offset += n;
+            }
+        });
+        let got = ch.get_blob(BLOB_PERMANENT).unwrap();
+        assert_eq!(got.data, blob);
+        assert!(!got.encrypted);
+    }
+
+    #[test]
+    fn a_blob_that_stops_short_is_an_error_not_a_hang() {
+        let mut ch = fake_channel(|mut s| {
+            let _ = read_words::<4>(&mut s);
+            s.write_all(&header([0, 0, 100, 10])).unwrap();
+            s.write_all(&[1; 10]).unwrap();
+            let _ = read_words::<4>(&mut s);
+            s.write_all(&header([0, 0, 90, 0])).unwrap();
+        });
+        let err = ch.get_blob(BLOB_VOLATILE).unwrap_err().to_string();
+        assert!(
+            err.contains("volatile") && err.contains("10 of 100"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn restore_stops_sets_each_nonempty_blob_then_inits_keeping_volatile_state() {
+        let (log_tx, log_rx) = channel();
+        let mut ch = fake_channel(move |mut s| {
+            let ok = 0u32.to_be_bytes();
+            let [cmd] = read_words::<1>(&mut s);
+            log_tx.send(format!("{cmd}")).unwrap();
+            s.write_all(&ok).unwrap();
+            for _ in 0..2 {
+                let [cmd, flags, kind, len] = read_words::<4>(&mut s);
+                let mut data = vec![0u8; len as usize];
+                s.read_exact(&mut data).unwrap();
+                log_tx
+                    .send(format!("{cmd} {flags} {kind} {}", data.len()))
+                    .unwrap();
+                s.write_all(&ok).unwrap();
+            }
+            let [cmd, size] = read_words::<2>(&mut s);
+            log_tx.send(format!("{cmd} {size}")).unwrap();
+            s.write_all(&[0; 16]).unwrap();
+            let [cmd, flags] = read_words::<2>(&mut s);
+            log_tx.send(format!("{cmd} {flags}")).unwrap();
+            s.write_all(&ok).unwrap();
+        });
+        let blobs = TpmBlobs {
+            permanent: TpmBlob {
+                encrypted: false,
+                data: vec![1; 9000],
+            },
+            volatile: TpmBlob {
+                encrypted: true,
+                data: vec![2; 300],
+            },
+            savestate: TpmBlob::default(),
+        };
+        ch.restore_blobs(&blobs).unwrap();
+        let log: Vec<String> = log_rx.iter().collect();
+        assert_eq!(
+            log,
+            ["14", "13 0 1 9000", "13 2 2 300", "17 3968", "2 0"],
+            "CMD_STOP, the blobs, CMD_SET_BUFFERSIZE, CMD_INIT without DELETE_VOLATILE"
+        );
+    }
+
+    #[test]
+    fn a_refused_blob_names_it() {
+        let mut ch = fake_channel(|mut s| {
+            let _ = read_words::<1>(&mut s);
+            s.write_all(&0u32.to_be_bytes()).unwrap();
+            let [_, _, _, len] = read_words::<4>(&mut s);
+            let mut data = vec![0u8; len as usize];
+            s.read_exact(&mut data).unwrap();
+            s.write_all(&0x2du32.to_be_bytes()).unwrap();
+        });
+        let blobs = TpmBlobs {
+            permanent: TpmBlob {
+                encrypted: false,
+                data: vec![1; 10],
+            },
+            ..TpmBlobs::default()
+        };
+        let err = ch.restore_blobs(&blobs).unwrap_err().to_string();
+        assert!(err.contains("permanent") && err.contains("0x2d"), "{err}");
+    }
+
     #[test]
     fn a_killed_swtpm_makes_every_command_fail_without_hanging() {
         let dir = tempfile::tempdir().unwrap();
@@ -513,5 +999,7 @@ mod tests {
             assert!(lock(&backend).execute(&GET_RANDOM_16).is_err());
         }
         assert!(matches!(tpm.reset(), Err(SwtpmError::Dead)));
+        let err = tpm.state_backend().save_blobs().unwrap_err();
+        assert_eq!(err.to_string(), "swtpm is not running");
     }
 }

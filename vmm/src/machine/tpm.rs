@@ -7,12 +7,18 @@
 //! fresh `hospes_devices::tpm::TpmCrb` on the MMIO bus at `CRB_BASE`, its commands going
 //! to swtpm. The ACPI tables describe it when `MachineConfig::tpm` is set. If swtpm has
 //! died, the device is placed all the same and answers every command with TPM_RC_FAILURE.
+//!
+//! Save and resume: the device and swtpm's state blobs are one registry entry, "tpm"
+//! (`hospes_devices::tpm::state`). A resumed VM runs a fresh swtpm on the same state
+//! folder (or a new temporary one: the permanent blob brings the TPM's state along);
+//! the restore hands it the saved blobs before any vCPU runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{Machine, MachineError};
 use crate::backends::swtpm::{Swtpm, SwtpmConfig, SwtpmError};
+use hospes_devices::tpm::state::{STATE_NAME, TpmSnapshot};
 use hospes_devices::tpm::{CRB_BASE, CRB_SIZE, TpmCrb};
 
 /// Where the TPM keeps its state.
@@ -77,7 +83,6 @@ impl Tpm {
 
     /// Resets the TPM for a new boot and places this boot's CRB device.
     pub fn attach(&self, machine: &mut Machine) -> Result<(), MachineError> {
-        machine.states.unsupported("TPM");
         match self.swtpm.reset() {
             Ok(()) => {}
             // Its death was logged when it happened.
@@ -88,11 +93,14 @@ impl Tpm {
             ),
         }
         let crb = TpmCrb::new(self.swtpm.backend()).map_err(MachineError::Thread)?;
+        let crb = Arc::new(Mutex::new(crb));
         machine
             .mmio_bus
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(Arc::new(Mutex::new(crb)), CRB_BASE, CRB_SIZE)?;
+            .insert(crb.clone(), CRB_BASE, CRB_SIZE)?;
+        let state = TpmSnapshot::new(crb, self.swtpm.state_backend());
+        machine.states.add(STATE_NAME, Arc::new(state));
         Ok(())
     }
 
