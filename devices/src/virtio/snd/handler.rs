@@ -71,10 +71,10 @@ pub fn spawn(
         underruns: 0,
         overruns: 0,
     };
+    if let Some(r) = resume {
+        h.resume(r);
+    }
     let thread = DeviceThread::spawn("hospes-snd", move |stop| {
-        if let Some(r) = resume {
-            h.resume(r);
-        }
         h.run(&stop, &events);
         h
     })?;
