@@ -752,16 +752,20 @@ fn a_virtio_keyboard_saved_and_resumed_delivers_keys_sent_after_the_resume() {
             "--kernel".into(),
             g.path.display().to_string(),
             "--vnc".into(),
-            format!("unix:{}", g.dir.path().join(format!("vnc-{tag}.sock")).display()),
+            format!(
+                "unix:{}",
+                g.dir.path().join(format!("vnc-{tag}.sock")).display()
+            ),
             "--qmp".into(),
-            format!("unix:{}", g.dir.path().join(format!("qmp-{tag}.sock")).display()),
+            format!(
+                "unix:{}",
+                g.dir.path().join(format!("qmp-{tag}.sock")).display()
+            ),
             "--state".into(),
             state.display().to_string(),
         ]
     };
-    let key = |down: bool, qcode: &str| {
-        json!({"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": qcode}}})
-    };
+    let key = |down: bool, qcode: &str| json!({"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": qcode}}});
     let first_args = args("first");
     let mut first = Vm::spawn(&first_args.iter().map(String::as_str).collect::<Vec<_>>());
     first.wait_line("vinput ready");
@@ -775,7 +779,10 @@ fn a_virtio_keyboard_saved_and_resumed_delivers_keys_sent_after_the_resume() {
         )
         .unwrap();
     let before = first.lines_until(|l| l.iter().filter(|x| x.starts_with("vin ")).count() >= 4);
-    assert!(before.contains(&"vin 0001 001e 00000001".to_string()), "{before:?}");
+    assert!(
+        before.contains(&"vin 0001 001e 00000001".to_string()),
+        "{before:?}"
+    );
     drop(client);
     hospes_tests::save::save_and_wait(&qmp, &mut first.child);
 
@@ -820,7 +827,9 @@ fn a_virtio_keyboard_saved_and_resumed_delivers_keys_sent_after_the_resume() {
         ]
     );
     assert!(
-        !after.iter().any(|l| l == "vinput ready" || l.starts_with("kbd")),
+        !after
+            .iter()
+            .any(|l| l == "vinput ready" || l.starts_with("kbd")),
         "the guest started over or the key went to PS/2: {after:?}"
     );
 }

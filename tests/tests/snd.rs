@@ -194,9 +194,16 @@ fn a_guest_saved_mid_tone_is_heard_again_after_the_resume() {
     let first_args = args("first");
     let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
     let mut first = LiveVm::spawn(&first_args, &env);
-    assert!(first.wait_line("snd pcm0", RUN).is_some(), "{:?}", first.seen);
+    assert!(
+        first.wait_line("snd pcm0", RUN).is_some(),
+        "{:?}",
+        first.seen
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !pw.pw_cli(&["ls", "Node"]).contains("hospes.resumed.playback") {
+    while !pw
+        .pw_cli(&["ls", "Node"])
+        .contains("hospes.resumed.playback")
+    {
         assert!(Instant::now() < deadline, "no hospes.resumed.playback node");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -233,7 +240,8 @@ fn a_guest_saved_mid_tone_is_heard_again_after_the_resume() {
     );
     assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
     assert!(
-        !out.iter().any(|l| l.starts_with("snd jacks") || l.contains("failed")),
+        !out.iter()
+            .any(|l| l.starts_with("snd jacks") || l.contains("failed")),
         "the resumed guest started over or failed: {out:?}"
     );
     assert!(!state.exists(), "the state file outlived the resume");

@@ -27,9 +27,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::worker::{QueueHandler, Worker, drain_queue};
-use super::{
-    Activation, GuestMemory, QueuePosition, VirtioDevice, VirtioError, VirtioInterrupt,
-};
+use super::{Activation, GuestMemory, QueuePosition, VirtioDevice, VirtioError, VirtioInterrupt};
 use crate::bus::lock;
 use crate::state::{self, StateError};
 

@@ -106,7 +106,10 @@ impl Handler {
                 StreamState::Prepared | StreamState::Running | StreamState::Stopped
             ) {
                 if let Err(e) = s.open(&*self.backend) {
-                    crate::guest_warn!("snd: stream {}: cannot open again after a resume: {e}", s.id);
+                    crate::guest_warn!(
+                        "snd: stream {}: cannot open again after a resume: {e}",
+                        s.id
+                    );
                     continue;
                 }
                 if state == StreamState::Running {

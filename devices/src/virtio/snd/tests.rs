@@ -13,8 +13,8 @@ use super::control::{
 };
 use super::*;
 use crate::virtio::ActiveQueue;
-use virtio_queue::QueueT;
 use crate::virtio::test_rings::{Irq, Ring};
+use virtio_queue::QueueT;
 
 const RINGS: [u64; 4] = [0x1_0000, 0x1_2000, 0x1_4000, 0x1_6000];
 const REQ: u64 = 0x10_0000;
