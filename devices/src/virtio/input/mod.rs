@@ -321,7 +321,10 @@ impl VirtioDevice for VirtioInput {
         if s.kind != self.kind {
             return Err(StateError::mismatch(
                 &name,
-                format!("the state is of a {:?}", s.kind),
+                match s.kind {
+                    InputKind::Keyboard => "it was saved from a keyboard",
+                    InputKind::Tablet => "it was saved from a tablet",
+                },
             ));
         }
         if s.pending.len() > MAX_PENDING {

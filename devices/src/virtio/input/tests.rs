@@ -214,7 +214,10 @@ fn a_truncated_garbage_or_other_kind_state_is_refused() {
 
     let mut tablet = VirtioInput::new(InputKind::Tablet).unwrap();
     let err = tablet.restore_device_state(&state).unwrap_err().to_string();
-    assert!(err.contains("tablet"), "{err}");
+    assert!(
+        err.contains("tablet") && err.contains("saved from a keyboard"),
+        "{err}"
+    );
     for bad in [
         &state[..state.len() - 1],
         &[][..],
