@@ -118,7 +118,7 @@ impl Handler {
             }
         }
         if r.returned_tx {
-            self.interrupt.notify_queue(TX_QUEUE as u16);
+            self.notify(TX_QUEUE);
         }
     }
 
@@ -423,6 +423,16 @@ impl Handler {
             crate::guest_warn!("snd: capture overrun ({over} in this stream so far)");
         }
         (self.underruns, self.overruns) = (under, over);
+    }
+}
+
+/// Streams a restore opened stay open no longer than the handler, even when its thread
+/// never started (closing twice is a no-op).
+impl Drop for Handler {
+    fn drop(&mut self) {
+        for s in &mut self.streams {
+            s.close(&*self.backend);
+        }
     }
 }
 
