@@ -158,3 +158,108 @@ fn without_a_pipewire_daemon_the_vm_runs_without_a_sound_card() {
     assert!(status.is_some_and(|s| s.success()), "{err}");
     assert!(err.contains("sound unavailable"), "{err}");
 }
+
+/// The snd guest saved with `hospes-save` while it plays its tone, and resumed from
+/// `--state FILE`: the playback stream opens again on PipeWire and the rest of the tone
+/// is heard at its frequency, the guest going on to the end instead of starting over.
+#[test]
+fn a_guest_saved_mid_tone_is_heard_again_after_the_resume() {
+    if skip_without_kvm() {
+        return;
+    }
+    let _one = serial();
+    let pw = PipeWireDaemon::start();
+    require_program("pw-record", "pipewire-bin");
+    // 3 s of tone: saved after about 0.7 s of it.
+    let g = build_guest_with("snd", GuestKind::Pvh, &["PERIODS=300"]);
+    let state = g.dir.path().join("vm.hospes");
+    let kernel = g.path.display().to_string();
+    let qmp = |tag: &str| g.dir.path().join(format!("qmp-{tag}.sock"));
+    let args = |tag: &str| -> Vec<String> {
+        [
+            "--kernel", &kernel, "-m", "64M", "--no-rng", "--sound", "on", "--name", "resumed",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--qmp".to_string(),
+            format!("unix:{}", qmp(tag).display()),
+            "--state".to_string(),
+            state.display().to_string(),
+        ])
+        .collect()
+    };
+    let (k, v) = pw.env();
+    let env = [(k, v.as_str()), ("HOSPES_LOG", "info")];
+    let first_args = args("first");
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut first = LiveVm::spawn(&first_args, &env);
+    assert!(
+        first.wait_line("snd pcm0", RUN).is_some(),
+        "{:?}",
+        first.seen
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pw
+        .pw_cli(&["ls", "Node"])
+        .contains("hospes.resumed.playback")
+    {
+        assert!(Instant::now() < deadline, "no hospes.resumed.playback node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    hospes_tests::save::save_and_wait(&qmp("first"), &mut first.child);
+    let (_, out, err) = first.finish(RUN);
+    assert!(
+        !out.iter().any(|l| l.starts_with("played ")),
+        "the tone ended before the save: {out:?} {err}"
+    );
+
+    let wav = pw.runtime_dir.path().join("resumed.wav");
+    let recorder = pw
+        .command("pw-record")
+        .args(["--target", TEST_SINK, "-P", "{ stream.capture.sink=true }"])
+        .args(["--format", "s16", "--rate", "48000", "--channels", "1"])
+        .arg(&wav)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pw-record");
+    std::thread::sleep(Duration::from_millis(300));
+    let second_args = args("second");
+    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    let mut second = LiveVm::spawn(&second_args, &env);
+    let started = Instant::now();
+    let played = second.wait_line("played ", RUN);
+    let elapsed = started.elapsed();
+    let (status, out, err) = second.finish(RUN);
+    assert_eq!(
+        played.as_deref(),
+        Some("played 300 periods"),
+        "{out:?} {err}"
+    );
+    assert!(status.is_some_and(|s| s.success()), "{out:?} {err}");
+    assert!(
+        !out.iter()
+            .any(|l| l.starts_with("snd jacks") || l.contains("failed")),
+        "the resumed guest started over or failed: {out:?}"
+    );
+    assert!(!state.exists(), "the state file outlived the resume");
+    // The rest of the tone is paced by PipeWire's clock on the resumed stream.
+    assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}: {err}");
+    std::thread::sleep(Duration::from_millis(300));
+    interrupt(recorder);
+
+    let samples = read_wav_samples(&wav);
+    let (freq, loud) = tone_frequency(&samples, 48000, 1000).unwrap_or_else(|| {
+        panic!(
+            "silence recorded after the resume ({} samples); {err}",
+            samples.len()
+        )
+    });
+    assert!((950.0..1050.0).contains(&freq), "{freq} Hz over {loud:?}");
+    assert!(
+        loud >= Duration::from_millis(800),
+        "only {loud:?} of tone after the resume"
+    );
+}

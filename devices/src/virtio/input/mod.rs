@@ -8,6 +8,11 @@
 //! the buffers the driver posted on the event queue. The handle kicks the worker through an
 //! eventfd, so the client thread never touches guest memory. The status queue (LED state
 //! from the guest) is drained and ignored.
+//!
+//! Saved state: the configuration selector (select, subsel) the driver wrote, the events
+//! not yet delivered, and the kind, which a restore checks. The worker takes event-queue
+//! buffers only when it has an event for them, so the buffers the driver posted stay in
+//! the ring across a save; the restored worker delivers the saved events into them first.
 
 #[cfg(test)]
 mod tests;
@@ -16,13 +21,15 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::worker::{QueueHandler, Worker, drain_queue};
-use super::{Activation, GuestMemory, VirtioDevice, VirtioError, VirtioInterrupt};
+use super::{Activation, GuestMemory, QueuePosition, VirtioDevice, VirtioError, VirtioInterrupt};
 use crate::bus::lock;
+use crate::state::{self, StateError};
 
 /// Virtio device id of an input device.
 pub const DEVICE_TYPE: u16 = 18;
@@ -51,14 +58,14 @@ pub const REL_WHEEL: u16 = 0x08;
 const INPUT_PROP_POINTER: u16 = 0;
 
 /// Which device this is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InputKind {
     Keyboard,
     Tablet,
 }
 
 /// One evdev event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputEvent {
     pub kind: u16,
     pub code: u16,
@@ -116,6 +123,15 @@ impl VirtioInputHandle {
         drop(p);
         let _ = self.kick.write(1);
     }
+}
+
+/// What a save keeps of a device (see the module notes).
+#[derive(Serialize, Deserialize)]
+struct SavedInput {
+    kind: InputKind,
+    select: u8,
+    subsel: u8,
+    pending: Vec<InputEvent>,
 }
 
 /// The device.
@@ -264,6 +280,65 @@ impl VirtioDevice for VirtioInput {
         self.handle.active.store(false, Ordering::SeqCst);
         self.worker = None;
         lock(&self.handle.pending).events.clear();
+    }
+
+    fn state_name(&self) -> &str {
+        match self.kind {
+            InputKind::Keyboard => "virtio-input keyboard",
+            InputKind::Tablet => "virtio-input tablet",
+        }
+    }
+
+    fn can_save(&self) -> bool {
+        true
+    }
+
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, StateError> {
+        let name = self.state_name().to_string();
+        super::pause_worker(&name, &mut self.worker, |h: &InputHandler| {
+            h.queues
+                .iter()
+                .map(|(q, index)| QueuePosition::of(*index, q))
+                .collect()
+        })
+    }
+
+    /// Events queued until now are saved; the VM ends after the save, so later ones are
+    /// the host's to lose.
+    fn save_device_state(&mut self) -> Result<Vec<u8>, StateError> {
+        let saved = SavedInput {
+            kind: self.kind,
+            select: self.config[0],
+            subsel: self.config[1],
+            pending: lock(&self.handle.pending).events.iter().copied().collect(),
+        };
+        state::encode(self.state_name(), &saved)
+    }
+
+    fn restore_device_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let name = self.state_name().to_string();
+        let s: SavedInput = state::decode(&name, bytes)?;
+        if s.kind != self.kind {
+            return Err(StateError::mismatch(
+                &name,
+                match s.kind {
+                    InputKind::Keyboard => "it was saved from a keyboard",
+                    InputKind::Tablet => "it was saved from a tablet",
+                },
+            ));
+        }
+        if s.pending.len() > MAX_PENDING {
+            return Err(StateError::mismatch(
+                &name,
+                format!("{} pending events, at most {MAX_PENDING}", s.pending.len()),
+            ));
+        }
+        self.config[0] = s.select;
+        self.config[1] = s.subsel;
+        self.select();
+        // The worker delivers these first when the transport activates the device again.
+        lock(&self.handle.pending).events = s.pending.into();
+        Ok(())
     }
 }
 

@@ -113,3 +113,141 @@ fn xt_scancodes_map_to_linux_key_codes() {
     assert_eq!(xt_to_evdev(0xe2), None);
     assert_eq!(xt_to_evdev(0), None);
 }
+
+fn ev(kind: u16, code: u16, value: u32) -> InputEvent {
+    InputEvent { kind, code, value }
+}
+
+/// The event in the buffer of descriptor `id` (buffers at `DATA + id * 16`).
+fn event_at(d: &MockDriver, id: u32) -> InputEvent {
+    let mut b = [0u8; 8];
+    d.mem
+        .read_slice(&mut b, GuestAddress(DATA + u64::from(id) * 16))
+        .unwrap();
+    ev(
+        u16::from_le_bytes([b[0], b[1]]),
+        u16::from_le_bytes([b[2], b[3]]),
+        u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+    )
+}
+
+/// Posts 8-byte event buffers `from..from + n` (one descriptor each, so the head is the
+/// number posted before it) at `DATA + head * 16`.
+fn post(d: &mut MockDriver, from: u64, n: u64) {
+    for k in from..from + n {
+        let head = d.add_chain(&[(DATA + k * 16, 8, true)]);
+        assert_eq!(u64::from(head), k);
+    }
+    d.kick(0);
+}
+
+#[test]
+fn a_restored_tablet_delivers_its_pending_events_once_in_order_then_new_ones() {
+    use crate::state::Snapshot;
+    let (mut d, h) = started(InputKind::Tablet);
+    // The driver's last configuration read: the Y axis.
+    let abs_y = select(&d, CFG_ABS_INFO, 1);
+    post(&mut d, 0, 1);
+    h.send(&[ev(EV_ABS, 0, 100), ev(EV_ABS, 1, 200)]);
+    let (id, len) = d.wait_used();
+    assert_eq!((event_at(&d, id), len), (ev(EV_ABS, 0, 100), 8));
+    assert!(d.stays_idle(), "two events wait for buffers");
+
+    let state = d.dev.lock().unwrap().save_state().unwrap();
+    // The old device's handle no longer reaches a guest buffer.
+    h.send(&[ev(EV_KEY, BTN_LEFT, 1)]);
+    let fresh = VirtioInput::new(InputKind::Tablet).unwrap();
+    let h2 = fresh.handle();
+    d.restore_into(Box::new(fresh), &state).unwrap();
+    assert!(h2.ready(), "the restored device is active again");
+    assert!(d.stays_idle(), "no buffer posted: nothing delivered");
+    // The selector survives: the size and data read without selecting again.
+    let mut size = [0u8];
+    d.read(DEVICE_OFFSET + 2, &mut size);
+    let mut data = vec![0u8; size[0] as usize];
+    d.read(DEVICE_OFFSET + 8, &mut data);
+    assert_eq!(data, abs_y);
+
+    post(&mut d, 1, 4);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (id, len) = d.wait_used();
+        assert_eq!(len, 8);
+        got.push(event_at(&d, id));
+    }
+    assert_eq!(got, [ev(EV_ABS, 1, 200), InputEvent::SYN]);
+    assert!(d.stays_idle(), "each pending event exactly once");
+    // Host input after the resume reaches the two buffers still posted.
+    h2.send(&[ev(EV_KEY, BTN_RIGHT, 1)]);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (id, _) = d.wait_used();
+        got.push(event_at(&d, id));
+    }
+    assert_eq!(got, [ev(EV_KEY, BTN_RIGHT, 1), InputEvent::SYN]);
+    assert!(d.stays_idle());
+}
+
+#[test]
+fn buffers_posted_before_a_save_stay_posted_for_a_keyboard() {
+    let (mut d, _h) = started(InputKind::Keyboard);
+    post(&mut d, 0, 2);
+    assert!(d.stays_idle());
+    let fresh = VirtioInput::new(InputKind::Keyboard).unwrap();
+    let h2 = fresh.handle();
+    d.save_and_restore(Box::new(fresh)).unwrap();
+    h2.send(&[ev(EV_KEY, 30, 1)]);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (id, _) = d.wait_used();
+        got.push(event_at(&d, id));
+    }
+    assert_eq!(got, [ev(EV_KEY, 30, 1), InputEvent::SYN]);
+}
+
+#[test]
+fn a_truncated_garbage_or_other_kind_state_is_refused() {
+    let mut kbd = VirtioInput::new(InputKind::Keyboard).unwrap();
+    kbd.write_config(0, &[CFG_EV_BITS, EV_KEY as u8]);
+    kbd.handle().send(&[ev(EV_KEY, 30, 1)]);
+    let state = kbd.save_device_state().unwrap();
+
+    let mut tablet = VirtioInput::new(InputKind::Tablet).unwrap();
+    let err = tablet.restore_device_state(&state).unwrap_err().to_string();
+    assert!(
+        err.contains("tablet") && err.contains("saved from a keyboard"),
+        "{err}"
+    );
+    for bad in [
+        &state[..state.len() - 1],
+        &[][..],
+        &[0xff; 40][..],
+        &[state.clone(), vec![0]].concat()[..],
+    ] {
+        let mut k = VirtioInput::new(InputKind::Keyboard).unwrap();
+        assert!(k.restore_device_state(bad).is_err(), "{bad:?}");
+    }
+    // Too many pending events for the queue bound.
+    let flood = crate::state::encode(
+        "test",
+        &SavedInput {
+            kind: InputKind::Keyboard,
+            select: 0,
+            subsel: 0,
+            pending: vec![InputEvent::SYN; MAX_PENDING + 1],
+        },
+    )
+    .unwrap();
+    let mut k = VirtioInput::new(InputKind::Keyboard).unwrap();
+    assert!(k.restore_device_state(&flood).is_err());
+
+    let mut k = VirtioInput::new(InputKind::Keyboard).unwrap();
+    k.restore_device_state(&state).unwrap();
+    let mut keys = [0u8; 8];
+    k.read_config(8, &mut keys);
+    assert_ne!(keys[30 / 8] & (1 << (30 % 8)), 0, "selector restored");
+    assert_eq!(
+        lock(&k.handle.pending).events,
+        [ev(EV_KEY, 30, 1), InputEvent::SYN]
+    );
+}

@@ -32,7 +32,7 @@ const CHMAP_FL: u8 = 3;
 const CHMAP_FR: u8 = 4;
 
 /// Where a stream is in its life (5.14.6.6.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StreamState {
     /// No parameters yet.
     Fresh,
@@ -212,7 +212,7 @@ fn pcm(code: u32, request: &[u8], s: &mut StreamSlot, backend: &dyn AudioBackend
 
 /// `virtio_snd_pcm_set_params`: hdr, stream_id, buffer_bytes, period_bytes, features,
 /// channels, format, rate, padding.
-fn parse_params(r: &[u8]) -> Option<PcmParams> {
+pub(super) fn parse_params(r: &[u8]) -> Option<PcmParams> {
     let buffer_bytes = le32(r, 8)?;
     let period_bytes = le32(r, 12)?;
     let features = le32(r, 16)?;
@@ -231,4 +231,16 @@ fn parse_params(r: &[u8]) -> Option<PcmParams> {
         && buffer_bytes >= period_bytes
         && (period_bytes as usize).is_multiple_of(p.frame_bytes());
     valid.then_some(p)
+}
+
+/// The SET_PARAMS request that sets `p` on `stream` (what a restore checks again with
+/// [`parse_params`]).
+pub(super) fn params_request(stream: u32, p: &PcmParams) -> Vec<u8> {
+    let rate = RATES.iter().find(|r| r.1 == p.rate).map_or(0, |r| r.0);
+    let mut r = Vec::with_capacity(24);
+    for w in [R_PCM_SET_PARAMS, stream, p.buffer_bytes, p.period_bytes, 0] {
+        r.extend_from_slice(&w.to_le_bytes());
+    }
+    r.extend_from_slice(&[p.channels, p.format.code(), rate, 0]);
+    r
 }

@@ -12,10 +12,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::control::{self, S_BAD_MSG, S_IO_ERR, S_OK, StreamState};
 use super::{
-    AudioBackend, CONTROL_QUEUE, Direction, PcmBuffer, RX_QUEUE, STREAMS, StreamSlot, TX_QUEUE,
+    AudioBackend, CONTROL_QUEUE, Direction, PcmBuffer, PcmParams, RX_QUEUE, STREAMS, StreamSlot,
+    TX_QUEUE,
 };
 use crate::virtio::worker::DeviceThread;
-use crate::virtio::{Activation, GuestMemory, VirtioError, VirtioInterrupt};
+use crate::virtio::{Activation, GuestMemory, QueuePosition, VirtioError, VirtioInterrupt};
 
 /// `virtio_snd_pcm_status`: status, latency_bytes.
 const STATUS_LEN: usize = 8;
@@ -31,8 +32,20 @@ struct PendingTx {
     end: u64,
 }
 
-/// Starts the worker; dropping the handle stops the thread.
-pub fn spawn(a: Activation, backend: Arc<dyn AudioBackend>) -> Result<DeviceThread, VirtioError> {
+/// What a restored device starts from: the streams as the guest left them, and whether
+/// playback requests were returned at the save (the driver is told once the worker runs).
+pub struct Resume {
+    pub streams: Vec<(StreamState, Option<PcmParams>)>,
+    pub returned_tx: bool,
+}
+
+/// Starts the worker; dropping the handle stops the thread, and
+/// [`DeviceThread::stop_and_take`] hands back the [`Handler`] for a save.
+pub fn spawn(
+    a: Activation,
+    backend: Arc<dyn AudioBackend>,
+    resume: Option<Resume>,
+) -> Result<DeviceThread, VirtioError> {
     let got = a.queues.len();
     if got != 4
         || a.queues
@@ -58,11 +71,17 @@ pub fn spawn(a: Activation, backend: Arc<dyn AudioBackend>) -> Result<DeviceThre
         underruns: 0,
         overruns: 0,
     };
-    let thread = DeviceThread::spawn("hospes-snd", move |stop| h.run(&stop, &events))?;
+    if let Some(r) = resume {
+        h.resume(r);
+    }
+    let thread = DeviceThread::spawn("hospes-snd", move |stop| {
+        h.run(&stop, &events);
+        h
+    })?;
     Ok(thread)
 }
 
-struct Handler {
+pub struct Handler {
     mem: GuestMemory,
     interrupt: Arc<dyn VirtioInterrupt>,
     queues: Vec<Queue>,
@@ -75,6 +94,60 @@ struct Handler {
 }
 
 impl Handler {
+    /// Takes back the streams of a saved device: a stream that was prepared, running or
+    /// stopped opens its backend stream again (on a fresh, empty buffer), a running one
+    /// starts; the driver is interrupted for requests returned at the save.
+    fn resume(&mut self, r: Resume) {
+        for (s, (state, params)) in self.streams.iter_mut().zip(r.streams) {
+            s.state = state;
+            s.params = params;
+            if matches!(
+                state,
+                StreamState::Prepared | StreamState::Running | StreamState::Stopped
+            ) {
+                if let Err(e) = s.open(&*self.backend) {
+                    crate::guest_warn!(
+                        "snd: stream {}: cannot open again after a resume: {e}",
+                        s.id
+                    );
+                    continue;
+                }
+                if state == StreamState::Running {
+                    self.backend.start(s.id);
+                }
+            }
+        }
+        if r.returned_tx {
+            self.notify(TX_QUEUE);
+        }
+    }
+
+    /// For a save, on the stopped worker: returns every playback request still held,
+    /// with an OK status, to the used ring (no interrupt: the restored worker raises it),
+    /// and says whether there were any. The bytes of those not yet played are not heard.
+    pub fn return_held(&mut self) -> bool {
+        let held = std::mem::take(&mut self.pending);
+        let any = !held.is_empty();
+        for p in held {
+            self.finish_tx(p.head, p.status, S_OK, 0);
+        }
+        any
+    }
+
+    /// Where each queue stands.
+    pub fn positions(&self) -> Vec<QueuePosition> {
+        self.queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| QueuePosition::of(i as u16, q))
+            .collect()
+    }
+
+    /// Each stream's state and parameters as the guest set them.
+    pub fn streams(&self) -> Vec<(StreamState, Option<PcmParams>)> {
+        self.streams.iter().map(|s| (s.state, s.params)).collect()
+    }
+
     fn run(&mut self, stop: &EventFd, events: &[EventFd]) {
         loop {
             self.control();
@@ -350,6 +423,16 @@ impl Handler {
             crate::guest_warn!("snd: capture overrun ({over} in this stream so far)");
         }
         (self.underruns, self.overruns) = (under, over);
+    }
+}
+
+/// Streams a restore opened stay open no longer than the handler, even when its thread
+/// never started (closing twice is a no-op).
+impl Drop for Handler {
+    fn drop(&mut self) {
+        for s in &mut self.streams {
+            s.close(&*self.backend);
+        }
     }
 }
 

@@ -11,6 +11,12 @@
 //! backend's real-time thread only touches the [`PcmBuffer`]s and never waits; underruns
 //! and overruns are counted there and logged (rate-limited) by the worker. The event queue
 //! (1) is never used: jacks do not change.
+//!
+//! Saved state: each stream's state and parameters as the guest set them. The worker
+//! holds no control or capture request (a capture buffer not yet filled stays in the
+//! ring); playback requests it holds are returned to the guest at the save with an OK
+//! status (their unplayed bytes are not heard). A restored stream that was prepared,
+//! running or stopped opens its backend stream again, and a running one starts.
 
 pub mod control;
 mod handler;
@@ -20,8 +26,13 @@ use std::sync::Arc;
 pub use crate::audio::pcm;
 pub use crate::audio::{AudioBackend, AudioError, Direction, PcmBuffer, PcmParams, SampleFormat};
 
-use super::{Activation, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError};
+use serde::{Deserialize, Serialize};
+
+use super::{Activation, QueuePosition, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, VirtioError};
+use crate::state::{self, StateError};
 use control::StreamState;
+
+const NAME: &str = "virtio-snd";
 
 /// Virtio device id of a sound card.
 pub const DEVICE_TYPE: u16 = 25;
@@ -79,10 +90,29 @@ impl StreamSlot {
     }
 }
 
+/// One stream in a saved device: its state and its parameters as the SET_PARAMS request
+/// that set them (checked again on restore).
+#[derive(Serialize, Deserialize)]
+struct SavedStream {
+    state: StreamState,
+    params: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedSnd {
+    streams: Vec<SavedStream>,
+    /// Playback requests were returned at the save: the driver needs an interrupt.
+    returned_tx: bool,
+}
+
 /// The sound card.
 pub struct Snd {
     backend: Arc<dyn AudioBackend>,
     worker: Option<super::worker::DeviceThread>,
+    /// What [`VirtioDevice::pause`] took from the worker.
+    paused: Option<handler::Resume>,
+    /// What a restore took back, for the next activation.
+    resume: Option<handler::Resume>,
 }
 
 impl Snd {
@@ -90,6 +120,8 @@ impl Snd {
         Self {
             backend,
             worker: None,
+            paused: None,
+            resume: None,
         }
     }
 }
@@ -123,12 +155,95 @@ impl VirtioDevice for Snd {
 
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError> {
         self.worker = None;
-        self.worker = Some(handler::spawn(activation, self.backend.clone())?);
+        let resume = self.resume.take();
+        self.worker = Some(handler::spawn(activation, self.backend.clone(), resume)?);
         Ok(())
     }
 
     fn reset(&mut self) {
         self.worker = None;
+        self.resume = None;
+    }
+
+    fn state_name(&self) -> &str {
+        NAME
+    }
+
+    fn can_save(&self) -> bool {
+        true
+    }
+
+    fn pause(&mut self) -> Result<Vec<QueuePosition>, StateError> {
+        let mut h = self
+            .worker
+            .take()
+            .and_then(|mut w| w.stop_and_take::<handler::Handler>())
+            .ok_or_else(|| StateError::device(NAME, "its worker was not running"))?;
+        let returned_tx = h.return_held();
+        self.paused = Some(handler::Resume {
+            streams: h.streams(),
+            returned_tx,
+        });
+        Ok(h.positions())
+    }
+
+    fn save_device_state(&mut self) -> Result<Vec<u8>, StateError> {
+        // A device the driver has not started has fresh streams.
+        let paused = self.paused.take().unwrap_or(handler::Resume {
+            streams: vec![(StreamState::Fresh, None); STREAMS],
+            returned_tx: false,
+        });
+        let saved = SavedSnd {
+            streams: paused
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(i, (state, params))| SavedStream {
+                    state: *state,
+                    params: params.map(|p| control::params_request(i as u32, &p)),
+                })
+                .collect(),
+            returned_tx: paused.returned_tx,
+        };
+        state::encode(NAME, &saved)
+    }
+
+    fn restore_device_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let s: SavedSnd = state::decode(NAME, bytes)?;
+        if s.streams.len() != STREAMS {
+            return Err(StateError::mismatch(
+                NAME,
+                format!("{} saved streams, the card has {STREAMS}", s.streams.len()),
+            ));
+        }
+        let mut streams = Vec::with_capacity(STREAMS);
+        for (i, saved) in s.streams.into_iter().enumerate() {
+            let params = match &saved.params {
+                Some(req) => Some(control::parse_params(req).ok_or_else(|| {
+                    StateError::mismatch(NAME, format!("stream {i}: invalid saved parameters"))
+                })?),
+                None => None,
+            };
+            let needs_params = matches!(
+                saved.state,
+                StreamState::Params
+                    | StreamState::Prepared
+                    | StreamState::Running
+                    | StreamState::Stopped
+            );
+            if needs_params && params.is_none() {
+                return Err(StateError::mismatch(
+                    NAME,
+                    format!("stream {i}: {:?} without parameters", saved.state),
+                ));
+            }
+            streams.push((saved.state, params));
+        }
+        self.resume = Some(handler::Resume {
+            streams,
+            returned_tx: s.returned_tx,
+        });
+        Ok(())
     }
 }
 

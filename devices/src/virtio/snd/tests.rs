@@ -14,6 +14,7 @@ use super::control::{
 use super::*;
 use crate::virtio::ActiveQueue;
 use crate::virtio::test_rings::{Irq, Ring};
+use virtio_queue::QueueT;
 
 const RINGS: [u64; 4] = [0x1_0000, 0x1_2000, 0x1_4000, 0x1_6000];
 const REQ: u64 = 0x10_0000;
@@ -74,6 +75,7 @@ struct Setup {
     dev: Snd,
     rings: Vec<Ring>,
     backend: Arc<FakeBackend>,
+    irq: Arc<Irq>,
 }
 
 fn started() -> Setup {
@@ -91,9 +93,10 @@ fn started() -> Setup {
         });
         rings.push(ring);
     }
+    let irq = Arc::new(Irq::default());
     dev.activate(Activation {
         mem: mem.clone(),
-        interrupt: Arc::new(Irq::default()),
+        interrupt: irq.clone(),
         queues,
         acked_features: 1 << 32,
     })
@@ -103,6 +106,7 @@ fn started() -> Setup {
         dev,
         rings,
         backend,
+        irq,
     }
 }
 
@@ -111,6 +115,44 @@ fn le(words: &[u32]) -> Vec<u8> {
 }
 
 impl Setup {
+    /// Saves the device as the transport does (pause, then its state) and goes on with a
+    /// fresh device on the same backend, restored and activated with the queues at their
+    /// saved positions, as the transport's restore does.
+    fn save_and_restore(&mut self) {
+        let positions = self.dev.pause().unwrap();
+        assert_eq!(positions.len(), 4);
+        let state = self.dev.save_device_state().unwrap();
+        let mut dev = Snd::new(self.backend.clone());
+        dev.restore_device_state(&state).unwrap();
+        let mut queues = Vec::new();
+        for (i, base) in RINGS.iter().enumerate() {
+            let mut q = virtio_queue::Queue::new(crate::virtio::test_rings::QSIZE).unwrap();
+            q.set_size(crate::virtio::test_rings::QSIZE);
+            q.set_desc_table_address(Some(*base as u32), Some(0));
+            q.set_avail_ring_address(Some((base + 0x800) as u32), Some(0));
+            q.set_used_ring_address(Some((base + 0x1000) as u32), Some(0));
+            q.set_ready(true);
+            let p = positions[i];
+            assert_eq!(usize::from(p.index), i);
+            q.set_next_avail(p.next_avail);
+            q.set_next_used(p.next_used);
+            queues.push(ActiveQueue {
+                index: i as u16,
+                queue: q,
+                event: self.rings[i].kick.try_clone().unwrap(),
+            });
+        }
+        self.irq = Arc::new(Irq::default());
+        dev.activate(Activation {
+            mem: self.mem.clone(),
+            interrupt: self.irq.clone(),
+            queues,
+            acked_features: 1 << 32,
+        })
+        .unwrap();
+        self.dev = dev;
+    }
+
     /// Sends a control request and returns the reply (as many bytes as the device wrote).
     fn control(&mut self, req: &[u8], resp_len: u32) -> Vec<u8> {
         self.mem.write_slice(req, GuestAddress(REQ)).unwrap();
@@ -418,4 +460,200 @@ fn a_stream_the_backend_refuses_fails_prepare_with_an_io_error() {
         .refuse
         .store(false, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(s.pcm(R_PCM_PREPARE, 0), S_OK, "a later try may succeed");
+}
+
+#[test]
+fn a_running_stream_plays_again_after_a_restore_and_held_periods_come_back() {
+    let mut s = started();
+    s.running(0);
+    let a = s.play(0, &[1; PERIOD as usize], 0);
+    let b = s.play(0, &[2; PERIOD as usize], 1);
+    assert!(s.rings[TX_QUEUE].idle(&s.mem), "both held until played");
+    let old = s.backend.buffer(0);
+    s.save_and_restore();
+    // Held periods are back in the used ring, OK, and the restored worker interrupts.
+    assert_eq!(s.rings[TX_QUEUE].used(&s.mem), (u32::from(a), 8));
+    assert_eq!(s.rings[TX_QUEUE].used(&s.mem), (u32::from(b), 8));
+    assert_eq!((s.pcm_status(0), s.pcm_status(1)), (S_OK, S_OK));
+    assert!(s.rings[TX_QUEUE].idle(&s.mem), "each returned once");
+    assert!(s.irq.0.lock().unwrap().contains(&(TX_QUEUE as u16)));
+    let calls = s.backend.calls();
+    assert_eq!(
+        calls[calls.len() - 3..],
+        ["close 0", "open 0 Output 1xS16@48000", "start 0"],
+        "the old stream closed, the same stream opened and started again"
+    );
+    let buffer = s.backend.buffer(0);
+    assert!(!Arc::ptr_eq(&old, &buffer), "a fresh buffer");
+    assert_eq!(buffer.len(), 0);
+
+    // The next period plays on the restored stream and completes.
+    let data: Vec<u8> = (0..PERIOD).map(|i| (i * 7) as u8).collect();
+    let c = s.play(0, &data, 2);
+    assert!(s.rings[TX_QUEUE].idle(&s.mem));
+    let mut out = vec![0u8; PERIOD as usize];
+    assert_eq!(buffer.play_into(&mut out, true), PERIOD as usize);
+    assert_eq!(out, data);
+    assert_eq!(s.rings[TX_QUEUE].used(&s.mem), (u32::from(c), 8));
+    assert_eq!(s.pcm_status(2), S_OK);
+    // Still running: the guest's STOP is accepted, and the control queue goes on.
+    assert_eq!(s.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(s.pcm(R_PCM_RELEASE, 0), S_OK);
+}
+
+#[test]
+fn prepared_and_stopped_streams_come_back_open_but_silent() {
+    let mut s = started();
+    assert_eq!(s.set_params(0), S_OK);
+    assert_eq!(s.pcm(R_PCM_PREPARE, 0), S_OK);
+    s.running(1);
+    assert_eq!(s.pcm(R_PCM_STOP, 1), S_OK);
+    let before = s.backend.calls().len();
+    s.save_and_restore();
+    let mut calls = s.backend.calls()[before..].to_vec();
+    calls.sort();
+    assert_eq!(
+        calls,
+        [
+            "close 0",
+            "close 1",
+            "open 0 Output 1xS16@48000",
+            "open 1 Input 1xS16@48000"
+        ],
+        "opened, none started"
+    );
+    assert!(!s.irq.0.lock().unwrap().contains(&(TX_QUEUE as u16)));
+    assert_eq!(s.pcm(R_PCM_STOP, 0), S_BAD_MSG, "stream 0 is prepared");
+    assert_eq!(s.pcm(R_PCM_START, 0), S_OK);
+    assert_eq!(s.pcm(R_PCM_START, 1), S_OK, "stream 1 was stopped");
+}
+
+#[test]
+fn a_capture_buffer_not_yet_filled_stays_posted_across_a_restore() {
+    let mut s = started();
+    s.running(1);
+    s.mem.write_obj(1u32, GuestAddress(PCM)).unwrap();
+    let head = s.rings[RX_QUEUE].add(&s.mem, &[(PCM, 4, false), (PCM + 0x1000, PERIOD + 8, true)]);
+    s.backend.buffer(1).record_from(&[9; 100]);
+    assert!(s.rings[RX_QUEUE].idle(&s.mem));
+    s.save_and_restore();
+    assert!(s.rings[RX_QUEUE].idle(&s.mem), "not returned at the save");
+    let recorded: Vec<u8> = (0..PERIOD).map(|i| (i * 5) as u8).collect();
+    s.backend.buffer(1).record_from(&recorded);
+    assert_eq!(
+        s.rings[RX_QUEUE].used(&s.mem),
+        (u32::from(head), PERIOD + 8)
+    );
+    let mut got = vec![0u8; PERIOD as usize];
+    s.mem
+        .read_slice(&mut got, GuestAddress(PCM + 0x1000))
+        .unwrap();
+    assert_eq!(got, recorded, "recorded after the resume only");
+}
+
+#[test]
+fn an_unstarted_card_saves_fresh_streams() {
+    let mut dev = Snd::new(Arc::new(FakeBackend::default()));
+    let state = dev.save_device_state().unwrap();
+    let mut fresh = Snd::new(Arc::new(FakeBackend::default()));
+    fresh.restore_device_state(&state).unwrap();
+    assert!(dev.pause().is_err(), "no worker to pause");
+}
+
+#[test]
+fn a_truncated_garbage_or_inconsistent_state_is_refused() {
+    let mut s = started();
+    s.running(0);
+    s.dev.pause().unwrap();
+    let state = s.dev.save_device_state().unwrap();
+    let fresh = || Snd::new(Arc::new(FakeBackend::default()));
+    assert!(fresh().restore_device_state(&state).is_ok());
+    for bad in [
+        &state[..state.len() - 1],
+        &[][..],
+        &[0xff; 64][..],
+        &[state.clone(), vec![0]].concat()[..],
+    ] {
+        let err = fresh().restore_device_state(bad).unwrap_err().to_string();
+        assert!(err.contains("virtio-snd"), "{err}");
+    }
+    let encode = |streams: Vec<SavedStream>| {
+        crate::state::encode(
+            "test",
+            &SavedSnd {
+                streams,
+                returned_tx: false,
+            },
+        )
+        .unwrap()
+    };
+    let good = || {
+        let p = PcmParams {
+            format: SampleFormat::S16,
+            rate: 48000,
+            channels: 2,
+            buffer_bytes: 4 * PERIOD,
+            period_bytes: PERIOD,
+        };
+        Some(control::params_request(0, &p))
+    };
+    let mut bad_rate = good().unwrap();
+    bad_rate[22] = 0;
+    for streams in [
+        vec![],
+        vec![SavedStream {
+            state: StreamState::Running,
+            params: good(),
+        }],
+        vec![
+            SavedStream {
+                state: StreamState::Running,
+                params: None,
+            },
+            SavedStream {
+                state: StreamState::Fresh,
+                params: None,
+            },
+        ],
+        vec![
+            SavedStream {
+                state: StreamState::Prepared,
+                params: Some(bad_rate),
+            },
+            SavedStream {
+                state: StreamState::Fresh,
+                params: None,
+            },
+        ],
+        vec![
+            SavedStream {
+                state: StreamState::Prepared,
+                params: Some(vec![1, 2, 3]),
+            },
+            SavedStream {
+                state: StreamState::Fresh,
+                params: None,
+            },
+        ],
+    ] {
+        assert!(fresh().restore_device_state(&encode(streams)).is_err());
+    }
+}
+
+#[test]
+fn a_restored_stream_the_backend_refuses_fails_its_periods_not_the_device() {
+    let mut s = started();
+    s.running(0);
+    s.backend
+        .refuse
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    s.save_and_restore();
+    let h = s.play(0, &[0; 64], 0);
+    assert_eq!(s.rings[TX_QUEUE].used(&s.mem), (u32::from(h), 8));
+    assert_eq!(s.pcm_status(0), S_BAD_MSG);
+    s.backend
+        .refuse
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(s.pcm(R_PCM_STOP, 0), S_OK);
+    assert_eq!(s.pcm(R_PCM_PREPARE, 0), S_OK, "the guest's recovery works");
 }
